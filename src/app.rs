@@ -1,0 +1,39 @@
+//! `App`: the live state built from one validated `Config` (route table, verifier), shared
+//! by every worker. Built off the hot path; held in an `ArcSwap` so it can be replaced whole.
+
+use std::sync::Arc;
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::jwks::IssuerKeys;
+use crate::route::Router;
+
+/// Everything a request needs that comes from configuration.
+pub struct App {
+    pub config: Config,
+    pub router: Router,
+    pub verifier: Verifier,
+}
+
+impl App {
+    pub fn new(config: Config) -> App {
+        let issuers = config
+            .issuers
+            .iter()
+            .cloned()
+            .map(|c| Arc::new(IssuerKeys::new(c)))
+            .collect();
+        let verifier = Verifier::new(issuers, config.identity.clone());
+        let router = Router::new(config.routes.clone());
+        App {
+            config,
+            router,
+            verifier,
+        }
+    }
+
+    /// Ready when every issuer has a key set.
+    pub fn keys_ready(&self) -> bool {
+        self.verifier.issuers().iter().all(|i| i.is_loaded())
+    }
+}

@@ -1,0 +1,542 @@
+//! Authentication: find the token, verify it with a key chosen by issuer + `kid` (never by
+//! the token's `alg`), check claims and scopes. Verified tokens are cached by SHA-256 of the
+//! whole token; time-dependent checks (exp, nbf) run on every request. Revocation is
+//! consulted by the caller (`proxy::handle`) after this stage.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
+use jsonwebtoken::Algorithm;
+use serde_json::{Map, Value};
+
+use crate::config::{AuthMode, Identity, RouteConfig, TokenSource, Tokens};
+use crate::error::{GatewayError, TokenError};
+use crate::jwks::{self, IssuerKeys, KidLookup, VerifyKey};
+
+/// Tokens larger than this are refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Upper bound on memory held by the verified-token cache (weighted by claim size).
+const CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A token whose signature and static claims were verified. Header values are prepared
+/// once here so that a cache hit costs no parsing or formatting.
+#[derive(Debug)]
+pub struct Verified {
+    pub issuer: usize,
+    /// The issuer's key-set generation this was verified under.
+    pub generation: u64,
+    pub sub: String,
+    pub sub_header: HeaderValue,
+    pub scopes: Vec<String>,
+    pub scopes_header: Option<HeaderValue>,
+    /// base64url of the verified claims JSON.
+    pub claims_header: HeaderValue,
+    pub extra_headers: Vec<(HeaderName, HeaderValue)>,
+    pub exp: i64,
+    pub nbf: Option<i64>,
+    pub iat: Option<i64>,
+    pub jti: Option<String>,
+    pub leeway: i64,
+    weight: u32,
+}
+
+/// Where the token was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carrier {
+    AuthorizationHeader,
+    OtherHeader,
+    Cookie,
+}
+
+/// The outcome of authentication for one request.
+#[derive(Debug)]
+pub struct Authenticated {
+    pub verified: Arc<Verified>,
+    /// `Bearer <token>` for upstreams when the token did not already come that way.
+    pub bearer: Option<HeaderValue>,
+}
+
+/// Verifies tokens against the configured issuers.
+pub struct Verifier {
+    issuers: Vec<Arc<IssuerKeys>>,
+    by_iss: HashMap<String, usize>,
+    identity: Identity,
+    cache: moka::sync::Cache<[u8; 32], Arc<Verified>>,
+}
+
+struct UntilExp;
+
+impl moka::Expiry<[u8; 32], Arc<Verified>> for UntilExp {
+    fn expire_after_create(&self, _k: &[u8; 32], v: &Arc<Verified>, _now: std::time::Instant) -> Option<Duration> {
+        let left = v.exp + v.leeway - now_unix();
+        Some(Duration::from_secs(left.max(0) as u64))
+    }
+}
+
+pub fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Verifier {
+    pub fn new(issuers: Vec<Arc<IssuerKeys>>, identity: Identity) -> Verifier {
+        let by_iss = issuers
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.config.issuer.clone(), i))
+            .collect();
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(CACHE_MAX_BYTES)
+            .weigher(|_k, v: &Arc<Verified>| v.weight)
+            .expire_after(UntilExp)
+            .build();
+        Verifier {
+            issuers,
+            by_iss,
+            identity,
+            cache,
+        }
+    }
+
+    pub fn issuers(&self) -> &[Arc<IssuerKeys>] {
+        &self.issuers
+    }
+
+    /// Authenticate a request for `route`. `Ok(None)`: no token on an optional route.
+    pub async fn authenticate(
+        &self,
+        route: &RouteConfig,
+        tokens: &Tokens,
+        method: &Method,
+        host: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<Option<Authenticated>, GatewayError> {
+        let Some((token, carrier)) = find_token(tokens, headers)? else {
+            return match route.auth {
+                AuthMode::Required => Err(GatewayError::MissingToken),
+                _ => Ok(None),
+            };
+        };
+        if carrier == Carrier::Cookie && tokens.csrf && !is_safe(method) && !same_origin(host, headers) {
+            return Err(GatewayError::Csrf);
+        }
+        let verified = self.verify(token).await?;
+        check_time(&verified, now_unix())?;
+        check_scopes(&route.scopes, &verified.scopes)?;
+        let bearer = match carrier {
+            Carrier::AuthorizationHeader => None,
+            _ => HeaderValue::try_from(format!("Bearer {token}")).ok(),
+        };
+        Ok(Some(Authenticated { verified, bearer }))
+    }
+
+    /// Signature and static claims, through the cache. Time checks are the caller's.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Verified>, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::Malformed("token too large"));
+        }
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest.as_ref());
+        if let Some(v) = self.cache.get(&key) {
+            if self.issuers[v.issuer].generation() == v.generation {
+                return Ok(v);
+            }
+        }
+        let v = Arc::new(self.verify_uncached(token).await?);
+        self.cache.insert(key, v.clone());
+        Ok(v)
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<Verified, TokenError> {
+        let mut parts = token.split('.');
+        let (Some(h64), Some(p64), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err(TokenError::Malformed("expected three dot-separated parts"));
+        };
+        let header: RawHeader = decode_json(h64, "header")?;
+        let Some(alg) = jwks::parse_alg(&header.alg) else {
+            return Err(TokenError::UnsupportedAlgorithm);
+        };
+        if header.crit.is_some() {
+            return Err(TokenError::Malformed("critical header extensions (crit) are not supported"));
+        }
+        let claims: Value = decode_json(p64, "payload")?;
+        let Value::Object(claims) = claims else {
+            return Err(TokenError::Malformed("payload is not a JSON object"));
+        };
+        let iss = match claims.get("iss") {
+            Some(Value::String(s)) => s,
+            Some(_) => return Err(TokenError::Malformed("iss is not a string")),
+            None => return Err(TokenError::MissingClaim("iss")),
+        };
+        let Some(&idx) = self.by_iss.get(iss.as_str()) else {
+            return Err(TokenError::IssuerMismatch);
+        };
+        let issuer = &self.issuers[idx];
+        if let Some(allow) = &issuer.config.algorithms {
+            if !allow.contains(&alg) {
+                return Err(TokenError::UnsupportedAlgorithm);
+            }
+        }
+        // The generation is read before the keys, so a concurrent rotation can only make
+        // this entry look stale (re-verified), never fresh.
+        let generation = issuer.generation();
+        if sig.is_empty() {
+            return Err(TokenError::BadSignature);
+        }
+        let message = &token.as_bytes()[..h64.len() + 1 + p64.len()];
+        match header.kid.as_deref() {
+            Some(kid) => {
+                let key = match issuer.find_kid(kid).await {
+                    KidLookup::Found(k) => k,
+                    KidLookup::Unknown => return Err(TokenError::UnknownKid),
+                };
+                if !key.algs.contains(&alg) {
+                    return Err(TokenError::UnsupportedAlgorithm);
+                }
+                verify_sig(sig, message, &key, alg)?;
+            }
+            None => {
+                let keys = issuer.keys();
+                let mut candidates = keys.pinned.iter().filter(|k| k.pinned == Some(alg)).peekable();
+                if candidates.peek().is_none() {
+                    return Err(TokenError::UnknownKid);
+                }
+                let mut ok = false;
+                for k in candidates {
+                    if verify_sig(sig, message, k, alg).is_ok() {
+                        ok = true;
+                        break;
+                    }
+                }
+                if !ok {
+                    return Err(TokenError::BadSignature);
+                }
+            }
+        }
+        self.check_static_claims(idx, generation, p64, &claims)
+    }
+
+    fn check_static_claims(&self, idx: usize, generation: u64, p64: &str, claims: &Map<String, Value>) -> Result<Verified, TokenError> {
+        let cfg = &self.issuers[idx].config;
+        let exp = match claims.get("exp") {
+            None => return Err(TokenError::MissingClaim("exp")),
+            Some(v) => numeric_date(v).ok_or(TokenError::Malformed("exp is not a number"))?,
+        };
+        let nbf = claims
+            .get("nbf")
+            .map(|v| numeric_date(v).ok_or(TokenError::Malformed("nbf is not a number")))
+            .transpose()?;
+        let iat = claims
+            .get("iat")
+            .map(|v| numeric_date(v).ok_or(TokenError::Malformed("iat is not a number")))
+            .transpose()?;
+        if !cfg.audiences.is_empty() {
+            let ok = match claims.get("aud") {
+                None => return Err(TokenError::MissingClaim("aud")),
+                Some(Value::String(a)) => cfg.audiences.iter().any(|x| x == a),
+                Some(Value::Array(list)) => list
+                    .iter()
+                    .any(|a| a.as_str().is_some_and(|a| cfg.audiences.iter().any(|x| x == a))),
+                Some(_) => return Err(TokenError::Malformed("aud is not a string or array")),
+            };
+            if !ok {
+                return Err(TokenError::AudienceMismatch);
+            }
+        }
+        let sub = match claims.get("sub") {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::String(_)) | None => return Err(TokenError::MissingClaim("sub")),
+            Some(_) => return Err(TokenError::Malformed("sub is not a string")),
+        };
+        let sub_header = HeaderValue::from_str(&sub).map_err(|_| TokenError::Malformed("sub has characters not allowed in a header"))?;
+        let scopes: Vec<String> = match (claims.get("scope"), claims.get("scp")) {
+            (Some(Value::String(s)), _) => s.split_ascii_whitespace().map(str::to_string).collect(),
+            (Some(_), _) => return Err(TokenError::Malformed("scope is not a string")),
+            (None, Some(Value::Array(a))) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+            (None, Some(Value::String(s))) => s.split_ascii_whitespace().map(str::to_string).collect(),
+            (None, Some(_)) => return Err(TokenError::Malformed("scp is not an array")),
+            (None, None) => Vec::new(),
+        };
+        let scopes_header = if scopes.is_empty() {
+            None
+        } else {
+            HeaderValue::from_str(&scopes.join(" ")).ok()
+        };
+        let claims_header = HeaderValue::from_str(p64).map_err(|_| TokenError::Malformed("payload is not base64url"))?;
+        let mut extra_headers = Vec::with_capacity(self.identity.claims.len());
+        for (name, claim) in &self.identity.claims {
+            if let Some(v) = claims.get(claim).and_then(claim_header_value) {
+                extra_headers.push((name.clone(), v));
+            }
+        }
+        let jti = match claims.get("jti") {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(TokenError::Malformed("jti is not a string")),
+            None => None,
+        };
+        let weight = (p64.len() * 2 + 256).min(u32::MAX as usize) as u32;
+        Ok(Verified {
+            issuer: idx,
+            generation,
+            sub,
+            sub_header,
+            scopes,
+            scopes_header,
+            claims_header,
+            extra_headers,
+            exp,
+            nbf,
+            iat,
+            jti,
+            leeway: cfg.leeway_s as i64,
+            weight,
+        })
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct RawHeader {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    crit: Option<Value>,
+    // `jwk`, `jku`, `x5u`, `x5c` are deliberately not read: keys come from config only.
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(seg: &str, what: &'static str) -> Result<T, TokenError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(seg)
+        .map_err(|_| TokenError::Malformed(if what == "header" { "header is not base64url" } else { "payload is not base64url" }))?;
+    serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed(if what == "header" { "header is not JSON" } else { "payload is not JSON" }))
+}
+
+fn verify_sig(sig: &str, message: &[u8], key: &VerifyKey, alg: Algorithm) -> Result<(), TokenError> {
+    match jsonwebtoken::crypto::verify(sig, message, &key.key, alg) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(TokenError::BadSignature),
+        Err(e) => match e.kind() {
+            jsonwebtoken::errors::ErrorKind::Base64(_) => Err(TokenError::Malformed("signature is not base64url")),
+            _ => Err(TokenError::BadSignature),
+        },
+    }
+}
+
+/// RFC 7519 NumericDate: a JSON number (integers or fractions, truncated).
+fn numeric_date(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64)),
+        _ => None,
+    }
+}
+
+/// Claim values as header values: arrays joined with commas, objects as JSON.
+fn claim_header_value(v: &Value) -> Option<HeaderValue> {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        Value::Null => return None,
+        Value::Array(a) => a
+            .iter()
+            .map(|x| match x {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    };
+    HeaderValue::from_str(&s).ok()
+}
+
+/// `exp` and `nbf` against the clock, with the issuer's leeway.
+pub fn check_time(v: &Verified, now: i64) -> Result<(), TokenError> {
+    if now > v.exp + v.leeway {
+        return Err(TokenError::Expired);
+    }
+    if let Some(nbf) = v.nbf {
+        if now + v.leeway < nbf {
+            return Err(TokenError::NotYetValid);
+        }
+    }
+    Ok(())
+}
+
+/// Every scope the route requires must be granted.
+pub fn check_scopes(required: &[String], granted: &[String]) -> Result<(), GatewayError> {
+    if required.iter().all(|r| granted.iter().any(|g| g == r)) {
+        Ok(())
+    } else {
+        Err(GatewayError::InsufficientScope)
+    }
+}
+
+fn is_safe(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE)
+}
+
+/// CSRF defence for cookie-carried tokens: `Origin` (or, failing that, `Referer`) must
+/// name the host the request was sent to.
+fn same_origin(host: Option<&str>, headers: &HeaderMap) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    let origin = headers
+        .get(header::ORIGIN)
+        .or_else(|| headers.get(header::REFERER))
+        .and_then(|v| v.to_str().ok());
+    let Some(origin) = origin else { return false };
+    let Some(rest) = origin.split_once("://").map(|(_, r)| r) else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority.eq_ignore_ascii_case(host)
+}
+
+/// Find the token in the configured sources, in order. A present but malformed
+/// Authorization header is an error, not "no token".
+pub fn find_token<'a>(tokens: &Tokens, headers: &'a HeaderMap) -> Result<Option<(&'a str, Carrier)>, TokenError> {
+    for src in &tokens.sources {
+        match src {
+            TokenSource::Header(name) if name == header::AUTHORIZATION => {
+                if let Some(v) = headers.get(header::AUTHORIZATION) {
+                    let v = v.to_str().map_err(|_| TokenError::Malformed("authorization header is not ASCII"))?;
+                    let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
+                    if !scheme.eq_ignore_ascii_case("bearer") {
+                        return Err(TokenError::Malformed("authorization scheme is not Bearer"));
+                    }
+                    let t = rest.trim();
+                    if t.is_empty() {
+                        return Err(TokenError::Malformed("empty bearer token"));
+                    }
+                    return Ok(Some((t, Carrier::AuthorizationHeader)));
+                }
+            }
+            TokenSource::Header(name) => {
+                if let Some(v) = headers.get(name) {
+                    let t = v.to_str().map_err(|_| TokenError::Malformed("token header is not ASCII"))?.trim();
+                    if !t.is_empty() {
+                        return Ok(Some((t, Carrier::OtherHeader)));
+                    }
+                }
+            }
+            TokenSource::Cookie(name) => {
+                if let Some(t) = find_cookie(headers, name) {
+                    return Ok(Some((t, Carrier::Cookie)));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The value of cookie `name` across all `Cookie` headers.
+pub fn find_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name && !v.is_empty()).then_some(v.trim_matches('"'))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens() -> Tokens {
+        Tokens {
+            sources: vec![
+                TokenSource::Header(header::AUTHORIZATION),
+                TokenSource::Cookie("access_token".into()),
+            ],
+            csrf: true,
+        }
+    }
+
+    fn hm(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_header_then_cookie() {
+        let h = hm(&[("authorization", "Bearer abc")]);
+        assert_eq!(find_token(&tokens(), &h).unwrap(), Some(("abc", Carrier::AuthorizationHeader)));
+        let h = hm(&[("cookie", "a=1; access_token=xyz")]);
+        assert_eq!(find_token(&tokens(), &h).unwrap(), Some(("xyz", Carrier::Cookie)));
+        assert_eq!(find_token(&tokens(), &HeaderMap::new()).unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_authorization_is_an_error() {
+        for v in ["Basic Zm9vOmJhcg==", "Bearer", "Bearer   ", "Token abc"] {
+            let h = hm(&[("authorization", v)]);
+            assert!(find_token(&tokens(), &h).is_err(), "{v}");
+        }
+    }
+
+    fn verified(exp: i64, nbf: Option<i64>) -> Verified {
+        Verified {
+            issuer: 0,
+            generation: 0,
+            sub: "a".into(),
+            sub_header: HeaderValue::from_static("a"),
+            scopes: vec![],
+            scopes_header: None,
+            claims_header: HeaderValue::from_static("e30"),
+            extra_headers: vec![],
+            exp,
+            nbf,
+            iat: None,
+            jti: None,
+            leeway: 30,
+            weight: 1,
+        }
+    }
+
+    #[test]
+    fn time_checks_use_leeway() {
+        assert_eq!(check_time(&verified(1000, None), 1029), Ok(()));
+        assert_eq!(check_time(&verified(1000, None), 1031), Err(TokenError::Expired));
+        assert_eq!(check_time(&verified(2000, Some(1100)), 1050), Err(TokenError::NotYetValid));
+        assert_eq!(check_time(&verified(2000, Some(1100)), 1075), Ok(()));
+    }
+
+    #[test]
+    fn scopes_all_required() {
+        let g = vec!["a".to_string(), "b".to_string()];
+        assert!(check_scopes(&["a".into()], &g).is_ok());
+        assert!(check_scopes(&["a".into(), "c".into()], &g).is_err());
+        assert!(check_scopes(&[], &[]).is_ok());
+    }
+
+    #[test]
+    fn claim_values_become_headers() {
+        assert_eq!(claim_header_value(&serde_json::json!(["a", "b"])).unwrap(), "a,b");
+        assert_eq!(claim_header_value(&serde_json::json!({"k": 1})).unwrap(), "{\"k\":1}");
+        assert_eq!(claim_header_value(&serde_json::json!(7)).unwrap(), "7");
+    }
+
+    #[test]
+    fn csrf_origin_must_match_host() {
+        let h = Some("a.example");
+        assert!(same_origin(h, &hm(&[("origin", "https://a.example")])));
+        assert!(!same_origin(h, &hm(&[("origin", "https://evil.example")])));
+        assert!(!same_origin(h, &hm(&[])));
+        assert!(same_origin(h, &hm(&[("referer", "https://a.example/page")])));
+    }
+}

@@ -1,0 +1,903 @@
+//! gateway.toml -> `FileConfig` (serde, deny_unknown_fields) -> `Config::load()` (validated,
+//! resolved paths, loaded keys and certificates). Raw structs never leave this module; the
+//! rest of the gateway sees only the validated `Config`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Uri;
+use serde::Deserialize;
+
+use crate::jwks::{self, StaticKey};
+
+/// A configuration problem, always naming the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read config file: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The TOML parser's message includes the line, column and key.
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: `{key}`: {message}")]
+    Invalid {
+        path: String,
+        key: String,
+        message: String,
+    },
+}
+
+// === raw file format ===
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: FileListen,
+    #[serde(default)]
+    server: FileServer,
+    tls: Option<FileTls>,
+    #[serde(default)]
+    admin: FileAdmin,
+    #[serde(default)]
+    issuers: Vec<FileIssuer>,
+    #[serde(default)]
+    tokens: FileTokens,
+    #[serde(default)]
+    identity: FileIdentity,
+    #[serde(default)]
+    revocation: FileRevocation,
+    refresh: Option<toml::Table>,
+    anomaly: Option<toml::Table>,
+    #[serde(default)]
+    routes: Vec<FileRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileListen {
+    https: Option<String>,
+    http: Option<String>,
+    admin: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileServer {
+    worker_threads: usize,
+    drain_s: u64,
+    header_timeout_ms: u64,
+    max_header_bytes: usize,
+    max_body_bytes: u64,
+    trusted_proxy_hops: usize,
+    log_format: String,
+}
+
+impl Default for FileServer {
+    fn default() -> Self {
+        FileServer {
+            worker_threads: 0,
+            drain_s: 30,
+            header_timeout_ms: 10_000,
+            max_header_bytes: 65_536,
+            max_body_bytes: 10 * 1024 * 1024,
+            trusted_proxy_hops: 0,
+            log_format: "json".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert: String,
+    key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileAdmin {
+    token_env: String,
+}
+
+impl Default for FileAdmin {
+    fn default() -> Self {
+        FileAdmin {
+            token_env: "JWTGATE_ADMIN_TOKEN".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileIssuer {
+    name: String,
+    issuer: String,
+    #[serde(default)]
+    audiences: Vec<String>,
+    algorithms: Option<Vec<String>>,
+    #[serde(default = "default_leeway")]
+    leeway_s: u64,
+    jwks_url: Option<String>,
+    keys: Option<Vec<FileKey>>,
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileKey {
+    kid: Option<String>,
+    alg: String,
+    pem: Option<String>,
+    secret_env: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileTokens {
+    sources: Vec<String>,
+    csrf: bool,
+}
+
+impl Default for FileTokens {
+    fn default() -> Self {
+        FileTokens {
+            sources: vec!["header:authorization".into(), "cookie:access_token".into()],
+            csrf: true,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileIdentity {
+    subject_header: String,
+    scopes_header: String,
+    claims_header: String,
+    forward_token: bool,
+    assertion_header: Option<String>,
+    assertion_key: Option<String>,
+    assertion_ttl_s: Option<u64>,
+    claims: toml::Table,
+}
+
+impl Default for FileIdentity {
+    fn default() -> Self {
+        FileIdentity {
+            subject_header: "x-user-id".into(),
+            scopes_header: "x-user-scopes".into(),
+            claims_header: "x-auth-claims".into(),
+            forward_token: true,
+            assertion_header: None,
+            assertion_key: None,
+            assertion_ttl_s: None,
+            claims: toml::Table::new(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileRevocation {
+    store: String,
+    redis_url: String,
+    key_prefix: String,
+    cache_ttl_ms: u64,
+    cache_capacity: u64,
+    timeout_ms: u64,
+    on_error: String,
+    subject_ttl_s: u64,
+}
+
+impl Default for FileRevocation {
+    fn default() -> Self {
+        FileRevocation {
+            store: "memory".into(),
+            redis_url: "redis://127.0.0.1:6379/0".into(),
+            key_prefix: "jwtgate:".into(),
+            cache_ttl_ms: 1000,
+            cache_capacity: 100_000,
+            timeout_ms: 50,
+            on_error: "deny".into(),
+            subject_ttl_s: 86_400,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoute {
+    name: String,
+    path_prefix: String,
+    host: Option<String>,
+    upstreams: Vec<String>,
+    #[serde(default)]
+    strip_prefix: bool,
+    #[serde(default = "default_auth")]
+    auth: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default = "default_timeout")]
+    timeout_ms: u64,
+    rate_limit: Option<toml::Table>,
+    cors: Option<toml::Table>,
+}
+
+fn default_auth() -> String {
+    "required".into()
+}
+
+fn default_timeout() -> u64 {
+    30_000
+}
+
+// === validated configuration ===
+
+/// The validated configuration the gateway runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (for reload and messages).
+    pub path: PathBuf,
+    pub listen: Listen,
+    pub server: Server,
+    /// Ready-to-use TLS server config when `listen.https` is set.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Value of the admin bearer token (from the env var `admin.token_env`), if set.
+    pub admin_token: Option<String>,
+    pub issuers: Vec<IssuerConfig>,
+    pub tokens: Tokens,
+    pub identity: Identity,
+    pub revocation: Revocation,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub https: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub admin: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Resolved: never 0.
+    pub worker_threads: usize,
+    pub drain: Duration,
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub trusted_proxy_hops: usize,
+    pub log_format: LogFormat,
+}
+
+/// Where an issuer's verification keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    Static(Vec<StaticKey>),
+    Jwks(Uri),
+}
+
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    pub name: String,
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    /// Allow-list; `None` means "the keys' own algorithms".
+    pub algorithms: Option<Vec<jsonwebtoken::Algorithm>>,
+    pub leeway_s: u64,
+    pub keys: KeySource,
+}
+
+/// One place to look for the access token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `header:authorization` (Bearer scheme) or any other header carrying the bare token.
+    Header(http::HeaderName),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub sources: Vec<TokenSource>,
+    pub csrf: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub subject_header: http::HeaderName,
+    pub scopes_header: http::HeaderName,
+    pub claims_header: http::HeaderName,
+    pub forward_token: bool,
+    /// (header, claim name)
+    pub claims: Vec<(http::HeaderName, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    Deny,
+    Allow,
+}
+
+#[derive(Debug, Clone)]
+pub struct Revocation {
+    pub store: StoreKind,
+    pub redis_url: String,
+    pub key_prefix: String,
+    pub cache_ttl: Duration,
+    pub cache_capacity: u64,
+    pub timeout: Duration,
+    pub on_error: OnError,
+    pub subject_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Required,
+    Optional,
+    None,
+}
+
+/// An upstream base URL: scheme + authority, and a path prefix (without trailing slash).
+#[derive(Debug, Clone)]
+pub struct UpstreamUrl {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    pub base_path: String,
+}
+
+impl std::fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.base_path)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Lower-case, without port.
+    pub host: Option<String>,
+    /// Normalised: starts with `/`, no trailing `/` except for the root.
+    pub path_prefix: String,
+    pub upstreams: Vec<UpstreamUrl>,
+    pub strip_prefix: bool,
+    pub auth: AuthMode,
+    pub scopes: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// Where the config file is: `-c`, then `JWTGATE_CONFIG`, then ./gateway.toml.
+pub fn resolve_path(cli: Option<PathBuf>) -> PathBuf {
+    cli.or_else(|| std::env::var_os("JWTGATE_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("gateway.toml"))
+}
+
+/// Collects the first problem found, with file and key.
+struct Ctx<'a> {
+    file: &'a str,
+    dir: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.file.to_string(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Relative paths in the config are relative to the config file's folder.
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+
+    fn read(&self, key: &str, p: &str) -> Result<Vec<u8>, ConfigError> {
+        let path = self.resolve(p);
+        std::fs::read(&path)
+            .map_err(|e| self.err(key, format!("cannot read {}: {e}", path.display())))
+    }
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        Self::from_str(path, &text)
+    }
+
+    /// Parse and validate config text; `path` is used for messages and relative paths.
+    pub fn from_str(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let raw: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: file.clone(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let ctx = Ctx { file: &file, dir };
+        validate(&ctx, path, raw)
+    }
+}
+
+fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
+    // Tables the contract names but this version does not implement yet: refuse loudly
+    // rather than run without a protection the operator asked for.
+    if raw.refresh.is_some() {
+        return Err(ctx.err("refresh", "edge token refresh is not implemented in this version; remove the [refresh] table"));
+    }
+    if raw.anomaly.is_some() {
+        return Err(ctx.err("anomaly", "leaked-token detection is not implemented in this version; remove the [anomaly] table"));
+    }
+
+    let listen = validate_listen(ctx, &raw.listen)?;
+    let server = validate_server(ctx, &raw.server)?;
+    let tls = match (&listen.https, &raw.tls) {
+        (Some(_), Some(t)) => Some(load_tls(ctx, t)?),
+        (Some(_), None) => {
+            return Err(ctx.err("tls", "[tls] with `cert` and `key` is required when listen.https is set"))
+        }
+        (None, _) => None,
+    };
+    if raw.admin.token_env.is_empty() {
+        return Err(ctx.err("admin.token_env", "must name an environment variable"));
+    }
+    let admin_token = std::env::var(&raw.admin.token_env)
+        .ok()
+        .filter(|v| !v.is_empty());
+
+    let mut issuers = Vec::with_capacity(raw.issuers.len());
+    let mut names = HashSet::new();
+    let mut iss_values = HashSet::new();
+    for (i, fi) in raw.issuers.iter().enumerate() {
+        let key = format!("issuers[{i}]");
+        if fi.name.is_empty() {
+            return Err(ctx.err(format!("{key}.name"), "must not be empty"));
+        }
+        if !names.insert(fi.name.clone()) {
+            return Err(ctx.err(format!("{key}.name"), format!("duplicate issuer name {:?}", fi.name)));
+        }
+        if fi.issuer.is_empty() {
+            return Err(ctx.err(format!("{key}.issuer"), "must not be empty"));
+        }
+        if !iss_values.insert(fi.issuer.clone()) {
+            return Err(ctx.err(format!("{key}.issuer"), format!("issuer {:?} is configured twice; the token's `iss` picks the issuer, so it must be unique", fi.issuer)));
+        }
+        issuers.push(validate_issuer(ctx, &key, fi)?);
+    }
+
+    let tokens = validate_tokens(ctx, &raw.tokens)?;
+    let identity = validate_identity(ctx, &raw.identity)?;
+    let revocation = validate_revocation(ctx, &raw.revocation)?;
+
+    if raw.routes.is_empty() {
+        return Err(ctx.err("routes", "at least one [[routes]] entry is required"));
+    }
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    let mut route_names = HashSet::new();
+    let mut seen = HashSet::new();
+    for (i, fr) in raw.routes.iter().enumerate() {
+        let key = format!("routes[{i}]");
+        let r = validate_route(ctx, &key, fr)?;
+        if !route_names.insert(r.name.clone()) {
+            return Err(ctx.err(format!("{key}.name"), format!("duplicate route name {:?}", r.name)));
+        }
+        if !seen.insert((r.host.clone(), r.path_prefix.clone())) {
+            return Err(ctx.err(
+                format!("{key}.path_prefix"),
+                format!("another route already has host {:?} and path_prefix {:?}", r.host.as_deref().unwrap_or("*"), r.path_prefix),
+            ));
+        }
+        if r.auth != AuthMode::None && issuers.is_empty() {
+            return Err(ctx.err(format!("{key}.auth"), format!("route {:?} authenticates (auth = \"{}\") but no [[issuers]] is configured", r.name, fr.auth)));
+        }
+        routes.push(r);
+    }
+
+    Ok(Config {
+        path: path.to_path_buf(),
+        listen,
+        server,
+        tls,
+        admin_token,
+        issuers,
+        tokens,
+        identity,
+        revocation,
+        routes,
+    })
+}
+
+fn parse_addr(ctx: &Ctx, key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.parse()
+        .map_err(|_| ctx.err(key, format!("{v:?} is not an address like \"127.0.0.1:8080\"")))
+}
+
+fn validate_listen(ctx: &Ctx, l: &FileListen) -> Result<Listen, ConfigError> {
+    let https = l.https.as_deref().map(|v| parse_addr(ctx, "listen.https", v)).transpose()?;
+    let http = l.http.as_deref().map(|v| parse_addr(ctx, "listen.http", v)).transpose()?;
+    if https.is_none() && http.is_none() {
+        return Err(ctx.err("listen", "set at least one of listen.https and listen.http"));
+    }
+    let admin = match &l.admin {
+        Some(v) => parse_addr(ctx, "listen.admin", v)?,
+        None => return Err(ctx.err("listen.admin", "is required (health checks and the admin API live there)")),
+    };
+    Ok(Listen { https, http, admin })
+}
+
+fn validate_server(ctx: &Ctx, s: &FileServer) -> Result<Server, ConfigError> {
+    let worker_threads = if s.worker_threads == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    } else if s.worker_threads > 1024 {
+        return Err(ctx.err("server.worker_threads", "must be at most 1024"));
+    } else {
+        s.worker_threads
+    };
+    if s.header_timeout_ms == 0 {
+        return Err(ctx.err("server.header_timeout_ms", "must be greater than 0"));
+    }
+    if s.max_header_bytes < 8192 {
+        return Err(ctx.err("server.max_header_bytes", "must be at least 8192"));
+    }
+    let log_format = match s.log_format.as_str() {
+        "json" => LogFormat::Json,
+        "text" => LogFormat::Text,
+        other => return Err(ctx.err("server.log_format", format!("{other:?} is not \"json\" or \"text\""))),
+    };
+    Ok(Server {
+        worker_threads,
+        drain: Duration::from_secs(s.drain_s),
+        header_timeout: Duration::from_millis(s.header_timeout_ms),
+        max_header_bytes: s.max_header_bytes,
+        max_body_bytes: s.max_body_bytes,
+        trusted_proxy_hops: s.trusted_proxy_hops,
+        log_format,
+    })
+}
+
+fn load_tls(ctx: &Ctx, t: &FileTls) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let cert_pem = ctx.read("tls.cert", &t.cert)?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| ctx.err("tls.cert", format!("not a PEM certificate chain: {e}")))?;
+    if certs.is_empty() {
+        return Err(ctx.err("tls.cert", "no CERTIFICATE block found in the PEM file"));
+    }
+    let key_pem = ctx.read("tls.key", &t.key)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| ctx.err("tls.key", format!("not a PEM private key (PKCS#8, PKCS#1 or SEC1): {e}")))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    rustls::sign::CertifiedKey::from_der(certs.clone(), key.clone_key(), &provider)
+        .map_err(|e| ctx.err("tls.key", format!("unusable with the certificate in tls.cert: {e}")))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| ctx.err("tls", e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ctx.err("tls.key", e.to_string()))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+fn validate_issuer(ctx: &Ctx, key: &str, fi: &FileIssuer) -> Result<IssuerConfig, ConfigError> {
+    let algorithms = match &fi.algorithms {
+        None => None,
+        Some(list) if list.is_empty() => {
+            return Err(ctx.err(format!("{key}.algorithms"), "must not be empty (omit it to use the keys' own algorithms)"))
+        }
+        Some(list) => Some(
+            list.iter()
+                .map(|a| jwks::parse_alg(a).ok_or_else(|| ctx.err(format!("{key}.algorithms"), format!("{a:?} is not a supported algorithm ({})", jwks::SUPPORTED_ALGS))))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let keys = match (&fi.jwks_url, &fi.keys) {
+        (Some(_), Some(_)) => return Err(ctx.err(key, "set either `jwks_url` or `keys`, not both")),
+        (None, None) => return Err(ctx.err(key, "needs `jwks_url` or `keys`")),
+        (Some(url), None) => {
+            let uri: Uri = url.parse().map_err(|_| ctx.err(format!("{key}.jwks_url"), format!("{url:?} is not a URL")))?;
+            match uri.scheme_str() {
+                Some("https") | Some("http") if uri.authority().is_some() => {}
+                _ => return Err(ctx.err(format!("{key}.jwks_url"), format!("{url:?} must be an http:// or https:// URL"))),
+            }
+            if uri.scheme_str() == Some("http") && !is_loopback_authority(&uri) {
+                tracing::warn!(issuer = %fi.name, "jwks_url uses plain http on a non-loopback host; keys can be tampered with in transit");
+            }
+            KeySource::Jwks(uri)
+        }
+        (None, Some(list)) => {
+            if list.is_empty() {
+                return Err(ctx.err(format!("{key}.keys"), "must not be empty"));
+            }
+            let mut out = Vec::with_capacity(list.len());
+            let mut kids = HashSet::new();
+            for (j, k) in list.iter().enumerate() {
+                let kkey = format!("{key}.keys[{j}]");
+                if let Some(kid) = &k.kid {
+                    if !kids.insert(kid.clone()) {
+                        return Err(ctx.err(format!("{kkey}.kid"), format!("duplicate kid {kid:?}")));
+                    }
+                }
+                let alg = jwks::parse_alg(&k.alg).ok_or_else(|| ctx.err(format!("{kkey}.alg"), format!("{:?} is not a supported algorithm ({})", k.alg, jwks::SUPPORTED_ALGS)))?;
+                if let Some(allowed) = &algorithms {
+                    if !allowed.contains(&alg) {
+                        return Err(ctx.err(format!("{kkey}.alg"), format!("{} is not in {key}.algorithms", k.alg)));
+                    }
+                }
+                let material = match (&k.pem, &k.secret_env) {
+                    (Some(_), Some(_)) => return Err(ctx.err(&kkey, "set either `pem` or `secret_env`, not both")),
+                    (None, None) => return Err(ctx.err(&kkey, "needs `pem` (public key file) or `secret_env` (HMAC secret)")),
+                    (Some(p), None) => jwks::KeyMaterial::Pem(ctx.read(&format!("{kkey}.pem"), p)?),
+                    (None, Some(var)) => {
+                        let v = std::env::var_os(var).ok_or_else(|| ctx.err(format!("{kkey}.secret_env"), format!("environment variable {var} is not set")))?;
+                        jwks::KeyMaterial::Secret(std::os::unix::ffi::OsStringExt::into_vec(v))
+                    }
+                };
+                let sk = StaticKey::new(k.kid.clone(), alg, material).map_err(|m| ctx.err(&kkey, m))?;
+                out.push(sk);
+            }
+            KeySource::Static(out)
+        }
+    };
+    Ok(IssuerConfig {
+        name: fi.name.clone(),
+        issuer: fi.issuer.clone(),
+        audiences: fi.audiences.clone(),
+        algorithms,
+        leeway_s: fi.leeway_s,
+        keys,
+    })
+}
+
+/// True when the URL's host is a loopback name or address.
+pub fn is_loopback_authority(uri: &Uri) -> bool {
+    match uri.host() {
+        Some("localhost") => true,
+        Some(h) => h
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false),
+        None => false,
+    }
+}
+
+fn header_name(ctx: &Ctx, key: &str, v: &str) -> Result<http::HeaderName, ConfigError> {
+    http::HeaderName::from_bytes(v.as_bytes())
+        .map_err(|_| ctx.err(key, format!("{v:?} is not a valid header name")))
+}
+
+fn validate_tokens(ctx: &Ctx, t: &FileTokens) -> Result<Tokens, ConfigError> {
+    if t.sources.is_empty() {
+        return Err(ctx.err("tokens.sources", "must list at least one source"));
+    }
+    let mut sources = Vec::with_capacity(t.sources.len());
+    for s in &t.sources {
+        let src = if let Some(h) = s.strip_prefix("header:") {
+            TokenSource::Header(header_name(ctx, "tokens.sources", h)?)
+        } else if let Some(c) = s.strip_prefix("cookie:") {
+            if c.is_empty() || c.contains([';', '=', ' ']) {
+                return Err(ctx.err("tokens.sources", format!("{s:?}: invalid cookie name")));
+            }
+            TokenSource::Cookie(c.to_string())
+        } else {
+            return Err(ctx.err("tokens.sources", format!("{s:?} must look like \"header:NAME\" or \"cookie:NAME\"")));
+        };
+        sources.push(src);
+    }
+    Ok(Tokens {
+        sources,
+        csrf: t.csrf,
+    })
+}
+
+fn validate_identity(ctx: &Ctx, i: &FileIdentity) -> Result<Identity, ConfigError> {
+    if i.assertion_header.is_some() || i.assertion_key.is_some() || i.assertion_ttl_s.is_some() {
+        return Err(ctx.err("identity.assertion_header", "gateway-signed identity assertions are not implemented in this version; remove the assertion_* keys"));
+    }
+    let mut claims = Vec::with_capacity(i.claims.len());
+    for (h, v) in &i.claims {
+        let key = format!("identity.claims.{h}");
+        let claim = v.as_str().ok_or_else(|| ctx.err(&key, "must be a claim name (a string)"))?;
+        claims.push((header_name(ctx, &key, h)?, claim.to_string()));
+    }
+    Ok(Identity {
+        subject_header: header_name(ctx, "identity.subject_header", &i.subject_header)?,
+        scopes_header: header_name(ctx, "identity.scopes_header", &i.scopes_header)?,
+        claims_header: header_name(ctx, "identity.claims_header", &i.claims_header)?,
+        forward_token: i.forward_token,
+        claims,
+    })
+}
+
+fn validate_revocation(ctx: &Ctx, r: &FileRevocation) -> Result<Revocation, ConfigError> {
+    let store = match r.store.as_str() {
+        "memory" => StoreKind::Memory,
+        "redis" => StoreKind::Redis,
+        other => return Err(ctx.err("revocation.store", format!("{other:?} is not \"memory\" or \"redis\""))),
+    };
+    if store == StoreKind::Redis {
+        return Err(ctx.err("revocation.store", "the redis store is not implemented in this version; use \"memory\""));
+    }
+    let on_error = match r.on_error.as_str() {
+        "deny" => OnError::Deny,
+        "allow" => OnError::Allow,
+        other => return Err(ctx.err("revocation.on_error", format!("{other:?} is not \"deny\" or \"allow\""))),
+    };
+    Ok(Revocation {
+        store,
+        redis_url: r.redis_url.clone(),
+        key_prefix: r.key_prefix.clone(),
+        cache_ttl: Duration::from_millis(r.cache_ttl_ms),
+        cache_capacity: r.cache_capacity,
+        timeout: Duration::from_millis(r.timeout_ms),
+        on_error,
+        subject_ttl: Duration::from_secs(r.subject_ttl_s),
+    })
+}
+
+fn validate_route(ctx: &Ctx, key: &str, r: &FileRoute) -> Result<RouteConfig, ConfigError> {
+    if r.name.is_empty() {
+        return Err(ctx.err(format!("{key}.name"), "must not be empty"));
+    }
+    if r.rate_limit.is_some() {
+        return Err(ctx.err(format!("{key}.rate_limit"), "rate limiting is not implemented in this version; remove the key"));
+    }
+    if r.cors.is_some() {
+        return Err(ctx.err(format!("{key}.cors"), "CORS handling is not implemented in this version; remove the key"));
+    }
+    if !r.path_prefix.starts_with('/') {
+        return Err(ctx.err(format!("{key}.path_prefix"), format!("{:?} must start with '/'", r.path_prefix)));
+    }
+    if r.path_prefix.contains(['?', '#']) {
+        return Err(ctx.err(format!("{key}.path_prefix"), "must not contain '?' or '#'"));
+    }
+    let path_prefix = normalize_prefix(&r.path_prefix);
+    let host = match &r.host {
+        None => None,
+        Some(h) if h.is_empty() || h.contains(['/', ' ']) => {
+            return Err(ctx.err(format!("{key}.host"), format!("{h:?} is not a host name")))
+        }
+        Some(h) => Some(crate::route::host_without_port(h).to_ascii_lowercase()),
+    };
+    if r.upstreams.is_empty() {
+        return Err(ctx.err(format!("{key}.upstreams"), "must list at least one upstream URL"));
+    }
+    let mut upstreams = Vec::with_capacity(r.upstreams.len());
+    for (j, u) in r.upstreams.iter().enumerate() {
+        upstreams.push(parse_upstream(u).map_err(|m| ctx.err(format!("{key}.upstreams[{j}]"), m))?);
+    }
+    let auth = match r.auth.as_str() {
+        "required" => AuthMode::Required,
+        "optional" => AuthMode::Optional,
+        "none" => AuthMode::None,
+        other => return Err(ctx.err(format!("{key}.auth"), format!("{other:?} is not \"required\", \"optional\" or \"none\""))),
+    };
+    if auth == AuthMode::None && !r.scopes.is_empty() {
+        return Err(ctx.err(format!("{key}.scopes"), "scopes need an authenticating route (auth = \"required\")"));
+    }
+    if r.timeout_ms == 0 {
+        return Err(ctx.err(format!("{key}.timeout_ms"), "must be greater than 0"));
+    }
+    Ok(RouteConfig {
+        name: r.name.clone(),
+        host,
+        path_prefix,
+        upstreams,
+        strip_prefix: r.strip_prefix,
+        auth,
+        scopes: r.scopes.clone(),
+        timeout: Duration::from_millis(r.timeout_ms),
+    })
+}
+
+fn normalize_prefix(p: &str) -> String {
+    let trimmed = p.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".to_string()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+/// Parse an upstream base URL (`http://host:port[/base]` or `https://...`).
+pub fn parse_upstream(u: &str) -> Result<UpstreamUrl, String> {
+    let uri: Uri = u.parse().map_err(|_| format!("{u:?} is not a URL"))?;
+    let scheme = match uri.scheme_str() {
+        Some("http") | Some("https") => uri.scheme().cloned().ok_or("missing scheme")?,
+        _ => return Err(format!("{u:?} must start with http:// or https://")),
+    };
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("{u:?} has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("{u:?}: credentials in upstream URLs are not supported"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{u:?}: an upstream URL cannot have a query"));
+    }
+    Ok(UpstreamUrl {
+        scheme,
+        authority,
+        base_path: uri.path().trim_end_matches('/').to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_str(Path::new("/tmp/gw.toml"), text)
+    }
+
+    const BASE: &str = r#"
+[listen]
+http = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+"#;
+
+    #[test]
+    fn minimal_config_loads_with_defaults() {
+        let c = load(&format!("{BASE}\n[[routes]]\nname='a'\npath_prefix='/api/'\nupstreams=['http://127.0.0.1:1']\nauth='none'\n")).unwrap();
+        assert_eq!(c.routes[0].path_prefix, "/api");
+        assert_eq!(c.server.max_header_bytes, 65536);
+        assert_eq!(c.identity.subject_header, "x-user-id");
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let e = load(&format!("{BASE}\n[server]\nbogus = 1\n")).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+        assert!(e.contains("line"), "{e}");
+        assert!(e.starts_with("/tmp/gw.toml"), "{e}");
+    }
+
+    #[test]
+    fn bad_upstream_names_route_key() {
+        let e = load(&format!("{BASE}\n[[routes]]\nname='a'\npath_prefix='/'\nupstreams=['ftp://x']\nauth='none'\n")).unwrap_err().to_string();
+        assert!(e.contains("routes[0].upstreams[0]"), "{e}");
+    }
+
+    #[test]
+    fn auth_route_without_issuer_is_refused() {
+        let e = load(&format!("{BASE}\n[[routes]]\nname='a'\npath_prefix='/'\nupstreams=['http://x']\n")).unwrap_err().to_string();
+        assert!(e.contains("routes[0].auth"), "{e}");
+    }
+}

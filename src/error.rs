@@ -1,0 +1,148 @@
+//! `GatewayError`: every way a request can fail, and the one place that decides how a
+//! client sees it (status, RFC 6750 `WWW-Authenticate`, JSON body).
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::{self, Body};
+
+/// Why a presented token was refused. The `Display` text is the RFC 6750
+/// `error_description`; it never contains the token or key material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("signature invalid")]
+    BadSignature,
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    #[error("unsupported algorithm")]
+    UnsupportedAlgorithm,
+    #[error("unknown key id")]
+    UnknownKid,
+    #[error("issuer mismatch")]
+    IssuerMismatch,
+    #[error("audience mismatch")]
+    AudienceMismatch,
+    #[error("missing claim {0}")]
+    MissingClaim(&'static str),
+    #[error("token revoked")]
+    Revoked,
+}
+
+/// A request that cannot be forwarded, with the response the client gets instead.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no route matches")]
+    NoRoute,
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("authentication required")]
+    MissingToken,
+    #[error("{0}")]
+    InvalidToken(TokenError),
+    #[error("insufficient scope")]
+    InsufficientScope,
+    #[error("cross-site request refused")]
+    Csrf,
+    #[error("request body too large")]
+    BodyTooLarge,
+    #[error("upstream unreachable")]
+    UpstreamUnreachable,
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    #[error("no upstream available")]
+    NoUpstream,
+    #[error("identity keys not loaded yet")]
+    KeysUnavailable,
+    #[error("revocation store unavailable")]
+    RevocationUnavailable,
+}
+
+impl From<TokenError> for GatewayError {
+    fn from(e: TokenError) -> Self {
+        GatewayError::InvalidToken(e)
+    }
+}
+
+const REALM: &str = "Bearer realm=\"jwtgate\"";
+
+impl GatewayError {
+    /// Status and the short `error` code of the JSON body.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            GatewayError::NoRoute => (StatusCode::NOT_FOUND, "not_found"),
+            GatewayError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            GatewayError::MissingToken => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            GatewayError::InvalidToken(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            GatewayError::InsufficientScope => (StatusCode::FORBIDDEN, "insufficient_scope"),
+            GatewayError::Csrf => (StatusCode::FORBIDDEN, "csrf"),
+            GatewayError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            GatewayError::UpstreamUnreachable => (StatusCode::BAD_GATEWAY, "bad_gateway"),
+            GatewayError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
+            GatewayError::NoUpstream => (StatusCode::SERVICE_UNAVAILABLE, "no_upstream"),
+            GatewayError::KeysUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "keys_unavailable"),
+            GatewayError::RevocationUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "revocation_unavailable")
+            }
+        }
+    }
+
+    /// The response a client sees. Never includes the token, keys or internal detail.
+    pub fn into_response(self) -> Response<Body> {
+        let (status, code) = self.status_and_code();
+        let description = self.to_string();
+        let mut resp = json_response(status, code, &description);
+        let www = match &self {
+            GatewayError::MissingToken => Some(REALM.to_string()),
+            GatewayError::InvalidToken(_) => Some(format!(
+                "{REALM}, error=\"invalid_token\", error_description=\"{description}\""
+            )),
+            GatewayError::InsufficientScope => {
+                Some(format!("{REALM}, error=\"insufficient_scope\""))
+            }
+            _ => None,
+        };
+        if let Some(v) = www.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        resp
+    }
+}
+
+/// `{"error": code, "error_description": description}` with the given status.
+pub fn json_response(status: StatusCode, code: &str, description: &str) -> Response<Body> {
+    let json = serde_json::json!({ "error": code, "error_description": description });
+    let mut resp = Response::new(body::full(Bytes::from(json.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_token_carries_rfc6750_header() {
+        let resp = GatewayError::InvalidToken(TokenError::Expired).into_response();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        let www = resp.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
+        assert_eq!(
+            www,
+            "Bearer realm=\"jwtgate\", error=\"invalid_token\", error_description=\"token expired\""
+        );
+    }
+
+    #[test]
+    fn missing_token_has_no_error_attribute() {
+        let resp = GatewayError::MissingToken.into_response();
+        let www = resp.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
+        assert_eq!(www, "Bearer realm=\"jwtgate\"");
+    }
+}

@@ -1,0 +1,207 @@
+//! Header hygiene: strip identity headers a client sent, set the verified identity and the
+//! forwarding headers (`x-forwarded-*`, `x-request-id`), remove hop-by-hop headers. Every
+//! header the gateway sets on an upstream request is set here.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::{header, HeaderMap, HeaderName, HeaderValue};
+
+use crate::auth::Authenticated;
+use crate::config::Identity;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Step 3: remove every identity header the client may have forged: the ones named in
+/// `[identity]` and anything starting with `x-auth-` or `x-jwtgate-`.
+pub fn strip_client_headers(headers: &mut HeaderMap, identity: &Identity) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        let s = name.as_str();
+        if s.starts_with("x-auth-")
+            || s.starts_with("x-jwtgate-")
+            || *name == identity.subject_header
+            || *name == identity.scopes_header
+            || *name == identity.claims_header
+            || identity.claims.iter().any(|(h, _)| h == name)
+        {
+            doomed.push(name.clone());
+        }
+    }
+    for name in doomed {
+        headers.remove(&name);
+    }
+}
+
+/// Step 6a: the verified identity, for upstreams.
+pub fn set_identity(headers: &mut HeaderMap, identity: &Identity, auth: &Authenticated) {
+    let v = &auth.verified;
+    headers.insert(identity.subject_header.clone(), v.sub_header.clone());
+    if let Some(s) = &v.scopes_header {
+        headers.insert(identity.scopes_header.clone(), s.clone());
+    }
+    headers.insert(identity.claims_header.clone(), v.claims_header.clone());
+    for (name, value) in &v.extra_headers {
+        headers.insert(name.clone(), value.clone());
+    }
+    if identity.forward_token {
+        if let Some(b) = &auth.bearer {
+            headers.insert(header::AUTHORIZATION, b.clone());
+        }
+    } else {
+        headers.remove(header::AUTHORIZATION);
+    }
+}
+
+/// Facts about the client connection that forwarding headers are made of.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Step 6b: `x-forwarded-for` (client address appended), `-proto`, `-host` (the client's
+/// authority verbatim), and `x-request-id` (the client's if sane, else a new one).
+/// Returns the request id for the access log.
+pub fn set_forwarded(headers: &mut HeaderMap, client: ClientInfo, authority: Option<&str>) -> HeaderValue {
+    let ip = client.peer.ip().to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::try_from(xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if client.tls { "https" } else { "http" }),
+    );
+    match authority.and_then(|a| HeaderValue::from_str(a).ok()) {
+        Some(a) => {
+            headers.insert(X_FORWARDED_HOST.clone(), a);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+    let id = match headers.get(&X_REQUEST_ID) {
+        Some(v) if is_sane_request_id(v.as_bytes()) => v.clone(),
+        _ => {
+            let id = new_request_id();
+            headers.insert(X_REQUEST_ID.clone(), id.clone());
+            id
+        }
+    };
+    id
+}
+
+/// 1–128 characters of `[A-Za-z0-9._:-]` (UUIDs, trace ids): anything else is replaced.
+fn is_sane_request_id(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// A process-unique id: random 64-bit prefix chosen at start, then a counter.
+fn new_request_id() -> HeaderValue {
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut b = [0u8; 8];
+        let _ = aws_lc_rs::rand::fill(&mut b);
+        u64::from_le_bytes(b)
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let s = format!("{prefix:016x}-{n:012x}");
+    HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// Step 6c: remove hop-by-hop headers, including those the `Connection` header names.
+/// For an upgrade request `Connection: upgrade` and `Upgrade` are kept, so the upstream
+/// sees the handshake.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(upgrade && *n == header::UPGRADE))
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    headers.remove(header::CONNECTION);
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TE);
+    headers.remove(header::TRAILER);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    headers.remove(header::PROXY_AUTHENTICATE);
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> Identity {
+        Identity {
+            subject_header: HeaderName::from_static("x-user-id"),
+            scopes_header: HeaderName::from_static("x-user-scopes"),
+            claims_header: HeaderName::from_static("x-auth-claims"),
+            forward_token: true,
+            claims: vec![(HeaderName::from_static("x-user-email"), "email".into())],
+        }
+    }
+
+    #[test]
+    fn strips_forged_identity() {
+        let mut h = HeaderMap::new();
+        for n in ["x-user-id", "x-user-scopes", "x-auth-claims", "x-auth-anything", "x-jwtgate-assertion", "x-user-email", "x-other"] {
+            h.insert(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_static("evil"));
+        }
+        strip_client_headers(&mut h, &identity());
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-other"));
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"]);
+    }
+
+    #[test]
+    fn forwarded_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.insert("x-request-id", HeaderValue::from_static("bad id with spaces"));
+        let id = set_forwarded(&mut h, ClientInfo { peer: "127.0.0.9:5000".parse().unwrap(), tls: true }, Some("api.example:8443"));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "api.example:8443");
+        assert_ne!(id, "bad id with spaces");
+        assert_eq!(h["x-request-id"], id);
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(set_forwarded(&mut h, ClientInfo { peer: "[::1]:1".parse().unwrap(), tls: false }, None), "abc-123");
+    }
+}

@@ -1,0 +1,464 @@
+//! Verification keys: static keys from the config and remote JWKS sets, fetched in the
+//! background, rotated on `Cache-Control: max-age`, refetched (rate-limited) on an unknown
+//! `kid`. The key, never the token header, decides which algorithms it verifies.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::Uri;
+use http_body_util::{BodyExt, Limited};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use tokio::sync::{watch, Notify};
+
+use crate::config::{IssuerConfig, KeySource};
+
+/// Algorithms a config may name (never `none`).
+pub const SUPPORTED_ALGS: &str =
+    "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA";
+
+/// Shortest HMAC secret accepted (RFC 7518 §3.2: at least the hash size; 32 bytes for HS256).
+pub const MIN_HMAC_SECRET: usize = 32;
+
+/// Least time between two refetches caused by unknown `kid`s, per issuer.
+pub const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Exact, case-sensitive algorithm names. `none` in any spelling is not among them.
+pub fn parse_alg(s: &str) -> Option<Algorithm> {
+    Some(match s {
+        "HS256" => Algorithm::HS256,
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+/// Raw key material from the config file.
+pub enum KeyMaterial {
+    /// PEM public key (RSA, EC, Ed25519).
+    Pem(Vec<u8>),
+    /// HMAC secret: the environment variable's exact bytes.
+    Secret(Vec<u8>),
+}
+
+/// A key ready to verify signatures, with the algorithms it may be used with.
+#[derive(Clone)]
+pub struct VerifyKey {
+    pub kid: Option<String>,
+    /// Algorithms this key verifies; decided by the key (its type and pinned `alg`).
+    pub algs: Vec<Algorithm>,
+    /// Set when the key names exactly one algorithm (config `alg`, JWK `alg`): only such
+    /// keys are tried for tokens without `kid`.
+    pub pinned: Option<Algorithm>,
+    pub key: DecodingKey,
+}
+
+impl std::fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("VerifyKey")
+            .field("kid", &self.kid)
+            .field("algs", &self.algs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A key from the config file.
+pub type StaticKey = VerifyKey;
+
+impl VerifyKey {
+    /// Build a static key; the message says what is wrong (without the material).
+    pub fn new(kid: Option<String>, alg: Algorithm, material: KeyMaterial) -> Result<VerifyKey, String> {
+        use jsonwebtoken::AlgorithmFamily as F;
+        let key = match (alg.family(), material) {
+            (F::Hmac, KeyMaterial::Secret(s)) => {
+                if s.len() < MIN_HMAC_SECRET {
+                    return Err(format!(
+                        "HMAC secret is {} bytes; at least {MIN_HMAC_SECRET} are required",
+                        s.len()
+                    ));
+                }
+                DecodingKey::from_secret(&s)
+            }
+            (F::Hmac, KeyMaterial::Pem(_)) => {
+                return Err(format!("{alg:?} needs `secret_env`, not a PEM file"))
+            }
+            (_, KeyMaterial::Secret(_)) => {
+                return Err(format!("{alg:?} needs a `pem` public key, not a secret"))
+            }
+            (F::Rsa, KeyMaterial::Pem(p)) => DecodingKey::from_rsa_pem(&p)
+                .map_err(|e| format!("not an RSA public key PEM: {e}"))?,
+            (F::Ec, KeyMaterial::Pem(p)) => DecodingKey::from_ec_pem(&p)
+                .map_err(|e| format!("not an EC public key PEM: {e}"))?,
+            (F::Ed, KeyMaterial::Pem(p)) => DecodingKey::from_ed_pem(&p)
+                .map_err(|e| format!("not an Ed25519 public key PEM: {e}"))?,
+        };
+        Ok(VerifyKey {
+            kid,
+            algs: vec![alg],
+            pinned: Some(alg),
+            key,
+        })
+    }
+
+    /// A JWKS entry as a verification key, or `None` when it is not a signing key we use.
+    fn from_jwk(jwk: &Jwk, allow: Option<&[Algorithm]>) -> Option<VerifyKey> {
+        if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
+            return None;
+        }
+        let by_type: Vec<Algorithm> = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => vec![
+                Algorithm::RS256,
+                Algorithm::RS384,
+                Algorithm::RS512,
+                Algorithm::PS256,
+                Algorithm::PS384,
+                Algorithm::PS512,
+            ],
+            AlgorithmParameters::EllipticCurve(p) => match p.curve {
+                EllipticCurve::P256 => vec![Algorithm::ES256],
+                EllipticCurve::P384 => vec![Algorithm::ES384],
+                _ => return None,
+            },
+            AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+                vec![Algorithm::EdDSA]
+            }
+            // Shared secrets never come from a remote document.
+            _ => return None,
+        };
+        let pinned = match jwk.common.key_algorithm {
+            None => None,
+            Some(ka) => Some(key_algorithm(ka)?),
+        };
+        let mut algs: Vec<Algorithm> = match pinned {
+            Some(a) if by_type.contains(&a) => vec![a],
+            Some(_) => return None,
+            None => by_type,
+        };
+        if let Some(allow) = allow {
+            algs.retain(|a| allow.contains(a));
+        }
+        if algs.is_empty() {
+            return None;
+        }
+        let key = DecodingKey::from_jwk(jwk).ok()?;
+        Some(VerifyKey {
+            kid: jwk.common.key_id.clone(),
+            algs,
+            pinned,
+            key,
+        })
+    }
+}
+
+fn key_algorithm(ka: KeyAlgorithm) -> Option<Algorithm> {
+    Some(match ka {
+        KeyAlgorithm::RS256 => Algorithm::RS256,
+        KeyAlgorithm::RS384 => Algorithm::RS384,
+        KeyAlgorithm::RS512 => Algorithm::RS512,
+        KeyAlgorithm::PS256 => Algorithm::PS256,
+        KeyAlgorithm::PS384 => Algorithm::PS384,
+        KeyAlgorithm::PS512 => Algorithm::PS512,
+        KeyAlgorithm::ES256 => Algorithm::ES256,
+        KeyAlgorithm::ES384 => Algorithm::ES384,
+        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+/// An issuer's current keys, indexed for the request path.
+#[derive(Default)]
+pub struct KeySet {
+    pub by_kid: HashMap<String, Arc<VerifyKey>>,
+    /// Keys with a pinned algorithm, tried for tokens that carry no `kid`.
+    pub pinned: Vec<Arc<VerifyKey>>,
+}
+
+impl KeySet {
+    pub fn new(keys: Vec<VerifyKey>) -> KeySet {
+        let mut set = KeySet::default();
+        for k in keys {
+            let k = Arc::new(k);
+            if let Some(kid) = &k.kid {
+                set.by_kid.insert(kid.clone(), k.clone());
+            }
+            if k.pinned.is_some() {
+                set.pinned.push(k);
+            }
+        }
+        set
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_kid.is_empty() && self.pinned.is_empty()
+    }
+}
+
+/// An issuer at run time: its config and its live key set.
+pub struct IssuerKeys {
+    pub config: IssuerConfig,
+    keys: ArcSwap<KeySet>,
+    /// Bumped whenever the key set changes, so cached verifications can be dropped.
+    generation: AtomicU64,
+    loaded: AtomicBool,
+    jwks: Option<JwksState>,
+}
+
+struct JwksState {
+    url: Uri,
+    wake: Notify,
+    /// Incremented after every fetch attempt; waiters on an unknown kid watch it.
+    attempts: watch::Sender<u64>,
+    in_flight: AtomicBool,
+    /// Milliseconds since `epoch` of the last unknown-kid refetch (0 = never).
+    last_kid_refetch_ms: AtomicU64,
+    epoch: Instant,
+    fetches: AtomicU64,
+}
+
+/// What the request path learns when a `kid` is not in the set.
+pub enum KidLookup {
+    Found(Arc<VerifyKey>),
+    /// After (or without) a refetch, the kid is still unknown.
+    Unknown,
+}
+
+impl IssuerKeys {
+    pub fn new(config: IssuerConfig) -> IssuerKeys {
+        let (keys, loaded, jwks) = match &config.keys {
+            KeySource::Static(keys) => (KeySet::new(keys.clone()), true, None),
+            KeySource::Jwks(url) => (
+                KeySet::default(),
+                false,
+                Some(JwksState {
+                    url: url.clone(),
+                    wake: Notify::new(),
+                    attempts: watch::channel(0).0,
+                    in_flight: AtomicBool::new(false),
+                    last_kid_refetch_ms: AtomicU64::new(0),
+                    epoch: Instant::now(),
+                    fetches: AtomicU64::new(0),
+                }),
+            ),
+        };
+        IssuerKeys {
+            config,
+            keys: ArcSwap::from_pointee(keys),
+            generation: AtomicU64::new(0),
+            loaded: AtomicBool::new(loaded),
+            jwks,
+        }
+    }
+
+    /// Whether the issuer has a usable key set (readiness).
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn keys(&self) -> arc_swap::Guard<Arc<KeySet>> {
+        self.keys.load()
+    }
+
+    /// Number of JWKS documents fetched (successfully or not) so far.
+    pub fn jwks_fetches(&self) -> u64 {
+        self.jwks.as_ref().map_or(0, |j| j.fetches.load(Ordering::Relaxed))
+    }
+
+    fn install(&self, set: KeySet) {
+        self.keys.store(Arc::new(set));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.loaded.store(true, Ordering::Release);
+    }
+
+    /// Look a kid up; when unknown, trigger at most one refetch per
+    /// `UNKNOWN_KID_REFETCH_INTERVAL` (or join one in flight) and wait for it briefly.
+    pub async fn find_kid(&self, kid: &str) -> KidLookup {
+        if let Some(k) = self.keys.load().by_kid.get(kid) {
+            return KidLookup::Found(k.clone());
+        }
+        let Some(j) = &self.jwks else {
+            return KidLookup::Unknown;
+        };
+        let mut rx = j.attempts.subscribe();
+        if !j.in_flight.load(Ordering::Acquire) {
+            let now_ms = j.epoch.elapsed().as_millis() as u64 + 1;
+            let last = j.last_kid_refetch_ms.load(Ordering::Acquire);
+            let due = last == 0 || now_ms.saturating_sub(last) >= UNKNOWN_KID_REFETCH_INTERVAL.as_millis() as u64;
+            if !due
+                || j
+                    .last_kid_refetch_ms
+                    .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            {
+                // Negative answer: a refetch happened recently (or another request just
+                // started one and will see the result); this kid stays unknown until then.
+                if !j.in_flight.load(Ordering::Acquire) {
+                    return KidLookup::Unknown;
+                }
+            } else {
+                j.in_flight.store(true, Ordering::Release);
+                j.wake.notify_one();
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(3), rx.changed()).await;
+        match self.keys.load().by_kid.get(kid) {
+            Some(k) => KidLookup::Found(k.clone()),
+            None => KidLookup::Unknown,
+        }
+    }
+
+    /// Background task: keep this issuer's JWKS fresh until `shutdown` fires.
+    pub async fn run_jwks(self: Arc<Self>, client: crate::upstream::Client, mut shutdown: watch::Receiver<bool>) {
+        let Some(j) = &self.jwks else { return };
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let next = match fetch_jwks(&client, &j.url, self.config.algorithms.as_deref()).await {
+                Ok((keys, max_age)) => {
+                    backoff = Duration::from_millis(250);
+                    let n = keys.len();
+                    let set = KeySet::new(keys);
+                    if set.is_empty() {
+                        tracing::warn!(issuer = %self.config.name, "JWKS holds no usable signing key");
+                    } else {
+                        tracing::info!(issuer = %self.config.name, keys = n, refresh_s = max_age.as_secs(), "JWKS loaded");
+                        self.install(set);
+                    }
+                    max_age
+                }
+                Err(e) => {
+                    tracing::warn!(issuer = %self.config.name, error = %e, retry_ms = backoff.as_millis() as u64, "JWKS fetch failed; keeping the last good key set");
+                    let b = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    b
+                }
+            };
+            j.fetches.fetch_add(1, Ordering::Relaxed);
+            j.in_flight.store(false, Ordering::Release);
+            j.attempts.send_modify(|n| *n += 1);
+            tokio::select! {
+                _ = tokio::time::sleep(next) => {}
+                _ = j.wake.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+            j.in_flight.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Bounds for the refresh interval taken from `Cache-Control: max-age`.
+const MIN_REFRESH: Duration = Duration::from_secs(60);
+const MAX_REFRESH: Duration = Duration::from_secs(24 * 3600);
+const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+/// Why a JWKS fetch failed (logged; the last good set keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("request failed: {0}")]
+    Request(String),
+    #[error("timed out")]
+    Timeout,
+    #[error("status {0}")]
+    Status(http::StatusCode),
+    #[error("body: {0}")]
+    Body(String),
+    #[error("not a JWKS document: {0}")]
+    Parse(#[from] serde_json::Error),
+}
+
+async fn fetch_jwks(
+    client: &crate::upstream::Client,
+    url: &Uri,
+    allow: Option<&[Algorithm]>,
+) -> Result<(Vec<VerifyKey>, Duration), JwksError> {
+    let req = http::Request::get(url.clone())
+        .header(http::header::ACCEPT, "application/json")
+        .body(crate::body::empty())
+        .map_err(|e| JwksError::Request(e.to_string()))?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .map_err(|_| JwksError::Timeout)?
+        .map_err(|e| JwksError::Request(e.to_string()))?;
+    if resp.status() != http::StatusCode::OK {
+        return Err(JwksError::Status(resp.status()));
+    }
+    let max_age = resp
+        .headers()
+        .get(http::header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_max_age)
+        .map(|d| d.clamp(MIN_REFRESH, MAX_REFRESH))
+        .unwrap_or(DEFAULT_REFRESH);
+    let body = tokio::time::timeout(
+        Duration::from_secs(5),
+        Limited::new(resp.into_body(), MAX_JWKS_BYTES).collect(),
+    )
+    .await
+    .map_err(|_| JwksError::Timeout)?
+    .map_err(|e| JwksError::Body(e.to_string()))?
+    .to_bytes();
+    let set: JwkSet = serde_json::from_slice(&body)?;
+    let keys = set.keys.iter().filter_map(|k| VerifyKey::from_jwk(k, allow)).collect();
+    Ok((keys, max_age))
+}
+
+fn parse_max_age(v: &str) -> Option<Duration> {
+    v.split(',')
+        .filter_map(|d| d.trim().strip_prefix("max-age="))
+        .find_map(|n| n.trim_matches('"').parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn none_is_never_an_algorithm() {
+        for s in ["none", "None", "NONE", "nOnE", "", "hs256"] {
+            assert!(parse_alg(s).is_none(), "{s}");
+        }
+        assert_eq!(parse_alg("EdDSA"), Some(Algorithm::EdDSA));
+    }
+
+    #[test]
+    fn short_hmac_secret_refused() {
+        let e = VerifyKey::new(None, Algorithm::HS256, KeyMaterial::Secret(vec![1; 31])).unwrap_err();
+        assert!(e.contains("31 bytes"), "{e}");
+        assert!(VerifyKey::new(None, Algorithm::HS256, KeyMaterial::Secret(vec![1; 32])).is_ok());
+    }
+
+    #[test]
+    fn hmac_alg_with_pem_refused() {
+        assert!(VerifyKey::new(None, Algorithm::HS256, KeyMaterial::Pem(b"x".to_vec())).is_err());
+        assert!(VerifyKey::new(None, Algorithm::RS256, KeyMaterial::Secret(vec![1; 40])).is_err());
+    }
+
+    #[test]
+    fn max_age_parsing() {
+        assert_eq!(parse_max_age("public, max-age=600"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_max_age("no-cache"), None);
+    }
+
+    #[test]
+    fn jwk_oct_keys_are_ignored() {
+        let set: JwkSet = serde_json::from_str(r#"{"keys":[{"kty":"oct","k":"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0","kid":"h"}]}"#).unwrap();
+        assert!(VerifyKey::from_jwk(&set.keys[0], None).is_none());
+    }
+}

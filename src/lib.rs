@@ -1,0 +1,134 @@
+//! jwtgate: an identity-aware edge gateway. Modules in request order:
+//! `listener` (accept, TLS) -> `proxy::handle` (the request path) -> `route` -> `identity`
+//! (strip) -> `auth` (+ `jwks`) -> `identity` (set) -> `upstream` (forward).
+//! `config` turns gateway.toml into a validated `Config`; `app` holds the live state.
+
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod body;
+pub mod certs;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod identity;
+pub mod jwks;
+pub mod listener;
+pub mod proxy;
+pub mod route;
+pub mod token;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::app::App;
+use crate::config::Config;
+use crate::listener::Shared;
+
+/// Failure to start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cannot start worker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running gateway: its bound addresses and the handle to stop it.
+pub struct Running {
+    pub https_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
+    pub admin_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stop accepting, let in-flight requests finish (up to `server.drain_s`), return when
+    /// every worker has exited.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let workers = self.workers;
+        let _ = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                let _ = w.join();
+            }
+        })
+        .await;
+    }
+
+    /// Ask the gateway to stop without waiting.
+    pub fn begin_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// Bind every listener, start the workers, the admin API and the background tasks (JWKS).
+/// Must be called inside a Tokio runtime, which hosts the admin API and background tasks.
+pub async fn serve(config: Config) -> Result<Running, ServeError> {
+    let workers_n = config.server.worker_threads;
+    let bind = |addr: SocketAddr, what| {
+        listener::bind(addr, workers_n).map_err(|source| ServeError::Bind { addr, what, source })
+    };
+    let https = config.listen.https.map(|a| bind(a, "listen.https")).transpose()?;
+    let http = config.listen.http.map(|a| bind(a, "listen.http")).transpose()?;
+    let admin_std = listener::bind(config.listen.admin, 1)
+        .map_err(|source| ServeError::Bind { addr: config.listen.admin, what: "listen.admin", source })?
+        .pop()
+        .expect("bind returns one socket per worker");
+    let https_addr = https.as_ref().and_then(|v| v.first()).and_then(|l| l.local_addr().ok());
+    let http_addr = http.as_ref().and_then(|v| v.first()).and_then(|l| l.local_addr().ok());
+    let admin_addr = admin_std.local_addr().map_err(|source| ServeError::Bind { addr: config.listen.admin, what: "listen.admin", source })?;
+
+    let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let app = App::new(config);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+
+    // Background: JWKS fetchers, on the caller's runtime.
+    let control_client = upstream::client(4);
+    for issuer in app.verifier.issuers() {
+        tokio::spawn(issuer.clone().run_jwks(control_client.clone(), shutdown_rx.clone()));
+    }
+
+    let shared = Arc::new(Shared { app: ArcSwap::from_pointee(app), tls });
+
+    let mut per_worker: Vec<listener::WorkerSockets> = (0..workers_n).map(|_| Vec::new()).collect();
+    for (set, is_tls) in [(https, true), (http, false)] {
+        for (i, l) in set.into_iter().flatten().enumerate() {
+            per_worker[i].push((l, is_tls));
+        }
+    }
+    let mut workers = Vec::with_capacity(workers_n);
+    for (i, sockets) in per_worker.into_iter().enumerate() {
+        let shared = shared.clone();
+        let rx = shutdown_rx.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("jwtgate-worker-{i}"))
+            .spawn(move || listener::run_worker(i, sockets, shared, rx))
+            .map_err(ServeError::Thread)?;
+        workers.push(h);
+    }
+
+    let admin_l = tokio::net::TcpListener::from_std(admin_std)
+        .map_err(|source| ServeError::Bind { addr: admin_addr, what: "listen.admin", source })?;
+    tokio::spawn(admin::serve(admin_l, shared.clone(), shutdown_rx));
+
+    tracing::info!(https = ?https_addr, http = ?http_addr, admin = %admin_addr, workers = workers_n, "jwtgate serving");
+    Ok(Running {
+        https_addr,
+        http_addr,
+        admin_addr,
+        shared,
+        shutdown,
+        workers,
+    })
+}

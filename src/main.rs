@@ -1,0 +1,225 @@
+//! The `jwtgate` command: subcommand dispatch, exit codes, logging and crypto provider set-up.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use jwtgate::config::{self, Config, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "jwtgate", version, about = "Identity-aware edge gateway: validates JWTs locally and forwards a verified identity")]
+struct Cli {
+    /// Config file (default: $JWTGATE_CONFIG, then ./gateway.toml).
+    #[arg(short, long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve (the default).
+    Run,
+    /// Validate config, keys and certificates; print the route table.
+    Check,
+    /// Mint a signed token for testing; the JWT is the last line of stdout.
+    Token {
+        #[arg(long)]
+        alg: String,
+        /// PEM private key file (RSA, EC, Ed25519).
+        #[arg(long, conflicts_with = "secret_env", required_unless_present = "secret_env")]
+        key: Option<PathBuf>,
+        /// Environment variable holding the HMAC secret.
+        #[arg(long)]
+        secret_env: Option<String>,
+        #[arg(long)]
+        sub: String,
+        #[arg(long)]
+        kid: Option<String>,
+        #[arg(long)]
+        iss: Option<String>,
+        #[arg(long)]
+        aud: Option<String>,
+        /// Space-separated scopes.
+        #[arg(long)]
+        scope: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// Extra claim (repeatable); VALUE is parsed as JSON when it is JSON.
+        #[arg(long = "claim", value_name = "K=V")]
+        claims: Vec<String>,
+    },
+    /// Write a self-signed development certificate and key (PEM).
+    GenCert {
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        #[arg(long = "host", default_value = "localhost")]
+        hosts: Vec<String>,
+    },
+    /// Run a self-contained local demo: echo upstream, identity provider, gateway.
+    Demo {
+        /// Run the walkthrough, print the result and exit instead of serving.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cli = Cli::parse();
+    match cli.cmd.unwrap_or(Cmd::Run) {
+        Cmd::Run => run(config::resolve_path(cli.config)),
+        Cmd::Check => check(config::resolve_path(cli.config)),
+        Cmd::Token { alg, key, secret_env, sub, kid, iss, aud, scope, ttl, claims } => {
+            token(alg, key, secret_env, sub, kid, iss, aud, scope, ttl, claims)
+        }
+        Cmd::GenCert { out, hosts } => match jwtgate::certs::write(&out, &hosts) {
+            Ok((c, k)) => {
+                println!("certificate: {}\nkey:         {}", c.display(), k.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        Cmd::Demo { once } => {
+            init_logging(LogFormat::Text, "warn");
+            runtime().block_on(jwtgate::demo::run(once))
+        }
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("jwtgate: {e}");
+    ExitCode::from(1)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("jwtgate-control")
+        .enable_all()
+        .build()
+        .expect("cannot start the control runtime")
+}
+
+fn init_logging(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => b.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Text => b.try_init(),
+    };
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let cfg = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    init_logging(cfg.server.log_format, "info");
+    runtime().block_on(async move {
+        let running = match jwtgate::serve(cfg).await {
+            Ok(r) => r,
+            Err(e) => return fail(e),
+        };
+        wait_for_signal().await;
+        tracing::info!("shutting down: draining in-flight requests");
+        running.shutdown().await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers, serve until killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn check(path: PathBuf) -> ExitCode {
+    let cfg = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    println!("{}: OK", path.display());
+    println!("listen: https={} http={} admin={}", opt(cfg.listen.https), opt(cfg.listen.http), cfg.listen.admin);
+    for i in &cfg.issuers {
+        let src = match &i.keys {
+            config::KeySource::Jwks(u) => format!("jwks {u}"),
+            config::KeySource::Static(k) => format!("{} static key(s)", k.len()),
+        };
+        println!("issuer {:?}: iss={:?} {src}", i.name, i.issuer);
+    }
+    println!("{:<20} {:<24} {:<28} {:<9} {:<6} upstreams", "ROUTE", "HOST", "PATH_PREFIX", "AUTH", "STRIP");
+    for r in &cfg.routes {
+        let ups: Vec<String> = r.upstreams.iter().map(|u| u.to_string()).collect();
+        println!(
+            "{:<20} {:<24} {:<28} {:<9} {:<6} {}",
+            r.name,
+            r.host.as_deref().unwrap_or("*"),
+            r.path_prefix,
+            format!("{:?}", r.auth).to_lowercase(),
+            r.strip_prefix,
+            ups.join(", ")
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn opt(a: Option<std::net::SocketAddr>) -> String {
+    a.map_or("-".into(), |a| a.to_string())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn token(
+    alg: String,
+    key: Option<PathBuf>,
+    secret_env: Option<String>,
+    sub: String,
+    kid: Option<String>,
+    iss: Option<String>,
+    aud: Option<String>,
+    scope: Option<String>,
+    ttl: u64,
+    claims: Vec<String>,
+) -> ExitCode {
+    use jwtgate::token::{mint, Mint, SigningKey};
+    let Some(alg_v) = jwtgate::jwks::parse_alg(&alg) else {
+        return fail(format!("--alg {alg:?} is not one of {}", jwtgate::jwks::SUPPORTED_ALGS));
+    };
+    let key = match (key, secret_env) {
+        (Some(p), _) => match std::fs::read(&p) {
+            Ok(b) => SigningKey::Pem(b),
+            Err(e) => return fail(format!("--key {}: {e}", p.display())),
+        },
+        (None, Some(var)) => match std::env::var_os(&var) {
+            Some(v) => SigningKey::Secret(std::os::unix::ffi::OsStringExt::into_vec(v)),
+            None => return fail(format!("--secret-env: environment variable {var} is not set")),
+        },
+        (None, None) => return fail("give --key FILE or --secret-env VAR"),
+    };
+    let mut kv = Vec::with_capacity(claims.len());
+    for c in claims {
+        match c.split_once('=') {
+            Some((k, v)) if !k.is_empty() => kv.push((k.to_string(), v.to_string())),
+            _ => return fail(format!("--claim {c:?} must be K=V")),
+        }
+    }
+    let m = Mint { alg: alg_v, key, sub, kid, iss, aud, scope, ttl: Duration::from_secs(ttl), claims: kv };
+    match mint(&m) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}

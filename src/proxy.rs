@@ -1,0 +1,154 @@
+//! `handle`: the request path of SPEC.md, one numbered step per stage, each a call into the
+//! module that owns it. Start reading here.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{header, HeaderValue, Request, Response};
+use http_body_util::Limited;
+use hyper::body::Incoming;
+
+use crate::app::App;
+use crate::body::{self, Body};
+use crate::config::AuthMode;
+use crate::error::GatewayError;
+use crate::identity::{self, ClientInfo, X_REQUEST_ID};
+use crate::upstream::{self, Client};
+
+/// Serve one request and write its access-log line.
+pub async fn handle(app: Arc<App>, client: &Client, conn: ClientInfo, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let version = req.version();
+    let path = req.uri().path().to_owned();
+    let mut log = LogFields::default();
+    let mut resp = match proxy(&app, client, conn, req, &mut log).await {
+        Ok(r) => r,
+        Err(e) => {
+            log.error = Some(e.to_string());
+            let close = matches!(e, GatewayError::BadRequest(_)) && version < http::Version::HTTP_2;
+            let mut r = e.into_response();
+            if close {
+                // Never reuse a connection whose framing we could not trust.
+                r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            r
+        }
+    };
+    if let Some(id) = &log.request_id {
+        resp.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+    }
+    tracing::info!(
+        target: "jwtgate::access",
+        method = %method,
+        path = %path,
+        route = log.route.as_deref().unwrap_or("-"),
+        status = resp.status().as_u16(),
+        duration_us = started.elapsed().as_micros() as u64,
+        request_id = log.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+        sub = log.sub.as_deref().unwrap_or("-"),
+        error = log.error.as_deref().unwrap_or(""),
+    );
+    resp
+}
+
+#[derive(Default)]
+struct LogFields {
+    route: Option<String>,
+    request_id: Option<HeaderValue>,
+    sub: Option<String>,
+    error: Option<String>,
+}
+
+async fn proxy(app: &App, client: &Client, conn: ClientInfo, mut req: Request<Incoming>, log: &mut LogFields) -> Result<Response<Body>, GatewayError> {
+    // 1. Accept: TLS, HTTP/1.1 or h2, header timeout and size limits live in `listener`.
+    //    Framing that could smuggle a second request past us is refused here.
+    check_framing(&req, app.config.server.max_body_bytes)?;
+    let upgrade = is_upgrade(&req);
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let authority = authority(&parts).map(str::to_owned);
+
+    // 2. Route.
+    let route = app.router.find(authority.as_deref(), parts.uri.path()).ok_or(GatewayError::NoRoute)?;
+    log.route = Some(route.config.name.clone());
+
+    // 3. Strip identity headers the client sent, on every route, before anything else.
+    identity::strip_client_headers(&mut parts.headers, &app.config.identity);
+
+    // 4. Authenticate: token, signature, claims, scopes.
+    let auth = match route.config.auth {
+        AuthMode::None => None,
+        _ => app.verifier.authenticate(&route.config, &app.config.tokens, &parts.method, authority.as_deref(), &parts.headers).await?,
+    };
+
+    // 5. Refresh: not in this version (the config refuses a [refresh] table).
+
+    // 6. Identity, forwarding headers, hop-by-hop removal.
+    if let Some(a) = &auth {
+        identity::set_identity(&mut parts.headers, &app.config.identity, a);
+        log.sub = Some(a.verified.sub.clone());
+    }
+    log.request_id = Some(identity::set_forwarded(&mut parts.headers, conn, authority.as_deref()));
+    identity::remove_hop_by_hop(&mut parts.headers, upgrade);
+
+    // 7. Forward, streaming both ways; splice upgraded connections.
+    let replayable = !has_body(&parts.headers);
+    let body = body::stream(Limited::new(body, app.config.server.max_body_bytes as usize));
+    let mut resp = upstream::forward(client, route, parts, body, replayable).await?;
+    if let Some(on) = on_upgrade {
+        upstream::splice_upgrade(on, &mut resp);
+    }
+    let upgraded = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    identity::remove_hop_by_hop(resp.headers_mut(), upgraded);
+    Ok(resp.map(body::stream))
+}
+
+/// Content-Length together with Transfer-Encoding (or several differing lengths) is the
+/// classic request-smuggling shape: refuse it and close the connection.
+fn check_framing(req: &Request<Incoming>, max_body: u64) -> Result<(), GatewayError> {
+    let h = req.headers();
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Err(GatewayError::BadRequest("both Content-Length and Transfer-Encoding"));
+    }
+    let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next() {
+        if lengths.any(|v| v != first) {
+            return Err(GatewayError::BadRequest("conflicting Content-Length headers"));
+        }
+        let n: u64 = first
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or(GatewayError::BadRequest("invalid Content-Length"))?;
+        if n > max_body {
+            return Err(GatewayError::BodyTooLarge);
+        }
+    }
+    Ok(())
+}
+
+fn has_body(h: &http::HeaderMap) -> bool {
+    h.contains_key(header::TRANSFER_ENCODING)
+        || h.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == http::Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// The authority the client addressed: `Host` (HTTP/1.1) or `:authority` (h2).
+fn authority(parts: &http::request::Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+}
