@@ -1,0 +1,541 @@
+//! Test harness: `EchoUpstream`, `MockIdp`, `TestGateway`, and a real HTTP client over
+//! plain TCP, TLS + HTTP/1.1 and TLS + h2. Everything binds 127.0.0.1 port 0.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use jwtgate::body::{self, Body};
+use tokio::net::TcpListener;
+
+// === temp dirs ===
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "jwtgate-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+pub fn fixture_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(fixture(name)).unwrap()
+}
+
+// === echo upstream ===
+
+/// What the upstream received.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: String,
+    pub headers: HeaderMap,
+}
+
+/// A real HTTP upstream. Paths:
+/// - `/echo-body...` streams the request body back;
+/// - `/slow/<ms>` answers after a delay;
+/// - `/big/<bytes>` streams that many bytes;
+/// - `/ws` accepts an upgrade and echoes raw bytes;
+/// - anything else: 200 with JSON `{method, uri}`.
+///
+/// Every answer carries `x-upstream: <name>`.
+pub struct EchoUpstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EchoUpstream {
+    pub async fn start() -> EchoUpstream {
+        Self::named("up").await
+    }
+
+    pub async fn named(name: &str) -> EchoUpstream {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (s2, n2) = (seen.clone(), name.to_string());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = l.accept().await {
+                let (seen, name) = (s2.clone(), n2.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let (seen, name) = (seen.clone(), name.clone());
+                        async move { Ok::<_, Infallible>(echo(req, &seen, &name).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        EchoUpstream { addr, name: name.to_string(), seen, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen.lock().unwrap().last().cloned().expect("upstream saw no request")
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+impl Drop for EchoUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn echo(mut req: Request<Incoming>, seen: &Mutex<Vec<Seen>>, name: &str) -> Response<Body> {
+    seen.lock().unwrap().push(Seen {
+        method: req.method().clone(),
+        uri: req.uri().to_string(),
+        headers: req.headers().clone(),
+    });
+    let path = req.uri().path().to_string();
+    let mut resp = if path.starts_with("/echo-body") {
+        Response::new(body::stream(req.into_body()))
+    } else if let Some(ms) = path.strip_prefix("/slow/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(100))).await;
+        Response::new(body::full("slow done"))
+    } else if let Some(n) = path.strip_prefix("/big/") {
+        let n: usize = n.parse().unwrap_or(0);
+        let chunks = (0..n.div_ceil(65536)).map(move |i| {
+            let len = 65536.min(n - i * 65536);
+            Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'x'; len])))
+        });
+        Response::new(body::stream(StreamBody::new(futures_util::stream::iter(chunks))))
+    } else if path == "/ws" {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                let mut io = TokioIo::new(up);
+                let (mut r, mut w) = tokio::io::split(&mut io);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let mut r = Response::new(body::empty());
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        r.headers_mut().insert("connection", "upgrade".parse().unwrap());
+        r.headers_mut().insert("upgrade", "websocket".parse().unwrap());
+        r
+    } else {
+        let json = serde_json::json!({"method": req.method().as_str(), "uri": req.uri().to_string()});
+        Response::new(body::full(json.to_string()))
+    };
+    resp.headers_mut().insert("x-upstream", name.parse().unwrap());
+    resp
+}
+
+// === identity provider ===
+
+/// Signing keys the tests use, with their public JWK forms.
+pub struct Keys;
+
+impl Keys {
+    pub fn rsa_jwk(kid: &str, which: &str) -> serde_json::Value {
+        let mut v: serde_json::Value = serde_json::from_slice(&fixture_bytes(&format!("{which}.jwk.json"))).unwrap();
+        v["kid"] = kid.into();
+        v["use"] = "sig".into();
+        v
+    }
+
+    pub fn ec_jwk(kid: &str) -> serde_json::Value {
+        let der = spki_der("ec.pub.pem");
+        let raw = &der[der.len() - 65..];
+        serde_json::json!({"kty": "EC", "crv": "P-256", "kid": kid, "x": URL_SAFE_NO_PAD.encode(&raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&raw[33..65])})
+    }
+
+    pub fn ed_jwk(kid: &str) -> serde_json::Value {
+        let der = spki_der("ed.pub.pem");
+        serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": URL_SAFE_NO_PAD.encode(&der[der.len() - 32..])})
+    }
+}
+
+fn spki_der(name: &str) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::SubjectPublicKeyInfoDer::from_pem_file(fixture(name)).unwrap().as_ref().to_vec()
+}
+
+/// A mock identity provider serving a JWKS that tests can change, count and break.
+pub struct MockIdp {
+    pub addr: SocketAddr,
+    state: Arc<IdpState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub struct IdpState {
+    pub jwks: Mutex<serde_json::Value>,
+    pub jwks_fetches: AtomicU64,
+    /// 0 = serve; otherwise answer this status.
+    pub fail_status: AtomicU64,
+}
+
+impl MockIdp {
+    pub async fn start(keys: Vec<serde_json::Value>) -> MockIdp {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let state = Arc::new(IdpState {
+            jwks: Mutex::new(serde_json::json!({ "keys": keys })),
+            jwks_fetches: AtomicU64::new(0),
+            fail_status: AtomicU64::new(0),
+        });
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = l.accept().await {
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let st = st.clone();
+                        async move { Ok::<_, Infallible>(idp(req, &st)) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        MockIdp { addr, state, task }
+    }
+
+    pub fn jwks_url(&self) -> String {
+        format!("http://{}/.well-known/jwks.json", self.addr)
+    }
+
+    pub fn set_keys(&self, keys: Vec<serde_json::Value>) {
+        *self.state.jwks.lock().unwrap() = serde_json::json!({ "keys": keys });
+    }
+
+    pub fn fetches(&self) -> u64 {
+        self.state.jwks_fetches.load(Ordering::SeqCst)
+    }
+
+    pub fn fail_with(&self, status: u16) {
+        self.state.fail_status.store(status as u64, Ordering::SeqCst);
+    }
+
+    /// Stop answering at all (connections refused from now on).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for MockIdp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn idp(req: Request<Incoming>, st: &IdpState) -> Response<Body> {
+    if req.uri().path() == "/.well-known/jwks.json" {
+        st.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+        let fail = st.fail_status.load(Ordering::SeqCst);
+        if fail != 0 {
+            let mut r = Response::new(body::full("down"));
+            *r.status_mut() = StatusCode::from_u16(fail as u16).unwrap();
+            return r;
+        }
+        let mut r = Response::new(body::full(st.jwks.lock().unwrap().to_string()));
+        r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+        r.headers_mut().insert("cache-control", "max-age=600".parse().unwrap());
+        return r;
+    }
+    let mut r = Response::new(body::full("not found"));
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    r
+}
+
+// === tokens ===
+
+/// Mint a token with the fixtures' keys. `claims` are merged over sane defaults
+/// (iss "https://idp.test", sub "alice", aud "api", exp in an hour, iat now, jti).
+pub fn token(alg: &str, kid: Option<&str>, claims: serde_json::Value) -> String {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let now = jwtgate::auth::now_unix();
+    let mut c = serde_json::json!({"iss": "https://idp.test", "sub": "alice", "aud": "api", "exp": now + 3600, "iat": now, "jti": jwtgate::token::random_id()});
+    for (k, v) in claims.as_object().unwrap() {
+        if v.is_null() {
+            c.as_object_mut().unwrap().remove(k);
+        } else {
+            c[k] = v.clone();
+        }
+    }
+    let alg_v = jwtgate::jwks::parse_alg(alg).unwrap();
+    let key = match alg_v {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => EncodingKey::from_secret(HS_SECRET.as_bytes()),
+        Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => {
+            EncodingKey::from_rsa_pem(&fixture_bytes("rsa.pem")).unwrap()
+        }
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&fixture_bytes("ec.pem")).unwrap(),
+        _ => EncodingKey::from_ed_pem(&fixture_bytes("ed.pem")).unwrap(),
+    };
+    let mut h = Header::new(alg_v);
+    h.kid = kid.map(str::to_string);
+    jsonwebtoken::encode(&h, &c, &key).unwrap()
+}
+
+/// Assemble a token from raw parts (for forged-header attacks).
+pub fn raw_token(header: &serde_json::Value, claims: &serde_json::Value, sig: &str) -> String {
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        sig
+    )
+}
+
+pub const HS_SECRET: &str = "test-secret-with-at-least-32-bytes-of-entropy!";
+pub const HS_ENV: &str = "JWTGATE_TEST_HS_SECRET";
+
+// === gateway ===
+
+/// The gateway, in process, on 127.0.0.1 port 0 (https, http and admin), with a fresh dev
+/// certificate. `extra` is appended to the generated [listen]/[tls]/[server] header.
+pub struct TestGateway {
+    pub running: Option<jwtgate::Running>,
+    pub https: SocketAddr,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub cert_pem: Vec<u8>,
+    pub dir: TempDir,
+}
+
+pub fn base_config(dir: &Path, server_extra: &str) -> String {
+    let (cert, key) = jwtgate::certs::write(dir, &["localhost".into(), "127.0.0.1".into()]).unwrap();
+    format!(
+        "[listen]\nhttps = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[server]\nworker_threads = 2\ndrain_s = 5\nlog_format = \"text\"\n{server_extra}\n\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n",
+        cert.display(),
+        key.display()
+    )
+}
+
+impl TestGateway {
+    /// Start with `body` (issuers, routes, ...) after the generated listener section.
+    pub async fn start(body: &str) -> TestGateway {
+        Self::start_with(body, "").await
+    }
+
+    pub async fn start_with(body: &str, server_extra: &str) -> TestGateway {
+        init();
+        let dir = TempDir::new();
+        let text = format!("{}{body}", base_config(dir.path(), server_extra));
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, text).unwrap();
+        let cfg = jwtgate::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let running = jwtgate::serve(cfg).await.unwrap();
+        let cert_pem = std::fs::read(dir.path().join("localhost.crt")).unwrap();
+        let gw = TestGateway {
+            https: running.https_addr.unwrap(),
+            http: running.http_addr.unwrap(),
+            admin: running.admin_addr,
+            running: Some(running),
+            cert_pem,
+            dir,
+        };
+        gw.wait_ready().await;
+        gw
+    }
+
+    /// Wait for /readyz (keys loaded) — the readiness signal, not a sleep.
+    pub async fn wait_ready(&self) {
+        let c = Client::plain();
+        for _ in 0..200 {
+            if let Ok(r) = c.try_get(&format!("http://{}/readyz", self.admin), &[]).await {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("gateway never became ready");
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.https.port())
+    }
+
+    pub fn client_plain(&self) -> Client {
+        Client::plain()
+    }
+
+    pub fn client_tls(&self) -> Client {
+        Client::tls(&self.cert_pem, false)
+    }
+
+    pub fn client_h2(&self) -> Client {
+        Client::tls(&self.cert_pem, true)
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(r) = &self.running {
+            r.begin_shutdown();
+        }
+    }
+}
+
+pub fn init() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+// === client ===
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub version: http::Version,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.text()))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+}
+
+type HttpsClient = hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Body>;
+
+/// A real HTTP client (hyper-util over hyper-rustls), trusting the gateway's dev cert.
+#[derive(Clone)]
+pub struct Client(HttpsClient);
+
+impl Client {
+    pub fn plain() -> Client {
+        Self::build(None, false)
+    }
+
+    pub fn tls(cert_pem: &[u8], h2: bool) -> Client {
+        Self::build(Some(cert_pem), h2)
+    }
+
+    fn build(cert_pem: Option<&[u8]>, h2: bool) -> Client {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(pem) = cert_pem {
+            for c in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
+                roots.add(c.unwrap()).unwrap();
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+        let conn = if h2 { b.enable_http2().build() } else { b.enable_http1().build() };
+        let mut cb = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
+        cb.http2_only(h2);
+        Client(cb.build(conn))
+    }
+
+    pub async fn get(&self, url: &str, headers: &[(&str, &str)]) -> Resp {
+        self.send(Method::GET, url, headers, body::empty()).await
+    }
+
+    pub async fn try_get(&self, url: &str, headers: &[(&str, &str)]) -> Result<Resp, String> {
+        self.try_send(Method::GET, url, headers, body::empty()).await
+    }
+
+    pub async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], b: Body) -> Resp {
+        self.try_send(method, url, headers, b).await.unwrap_or_else(|e| panic!("{url}: {e}"))
+    }
+
+    pub async fn try_send(&self, method: Method, url: &str, headers: &[(&str, &str)], b: Body) -> Result<Resp, String> {
+        let mut rb = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        let req = rb.body(b).map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(Duration::from_secs(20), self.0.request(req))
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|e| format!("{e:?}"))?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Resp { status: parts.status.as_u16(), headers: parts.headers, body, version: parts.version })
+    }
+}
+
+/// A body of `n` bytes sent in 64 KiB chunks (streamed, never one buffer).
+pub fn streamed_body(n: usize) -> Body {
+    let chunks = (0..n.div_ceil(65536)).map(move |i| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'y'; 65536.min(n - i * 65536)]))));
+    body::stream(StreamBody::new(futures_util::stream::iter(chunks)))
+}
+
+/// Raw request/response over a TCP socket (for what a well-behaved client never sends).
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// A route block for the config.
+pub fn route(name: &str, prefix: &str, upstreams: &[&str], extra: &str) -> String {
+    let ups: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
+    format!("[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstreams = [{}]\n{extra}\n\n", ups.join(", "))
+}

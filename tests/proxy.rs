@@ -1,0 +1,350 @@
+//! Gateway core through real sockets: routing, forwarding, streaming, header hygiene,
+//! limits and hostile input, upgrades, over plain TCP, TLS + HTTP/1.1 and TLS + h2.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http::Method;
+
+fn open(name: &str, prefix: &str, ups: &[&str], extra: &str) -> String {
+    route(name, prefix, ups, &format!("auth = \"none\"\n{extra}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_table_longest_prefix_and_hosts() {
+    let a = EchoUpstream::named("a").await;
+    let b = EchoUpstream::named("b").await;
+    let c = EchoUpstream::named("c").await;
+    let h = EchoUpstream::named("h").await;
+    let cfg = [
+        open("root", "/", &[&a.url()], ""),
+        open("api", "/api", &[&b.url()], ""),
+        open("orders", "/api/orders", &[&c.url()], ""),
+        open("hosted", "/api", &[&h.url()], "host = \"api.example.com\""),
+    ]
+    .concat();
+    let gw = TestGateway::start(&cfg).await;
+    let cl = gw.client_plain();
+    for (path, host, want) in [
+        ("/api/orders", None, "c"),
+        ("/api/orders/7", None, "c"),
+        ("/api/ordersX", None, "b"),
+        ("/api", None, "b"),
+        ("/other", None, "a"),
+        ("/api/x", Some("api.example.com"), "h"),
+        ("/api/x", Some("API.example.com:8080"), "h"),
+        ("/api/x", Some("other.example.com"), "b"),
+    ] {
+        let headers: Vec<(&str, &str)> = host.map(|h| vec![("host", h)]).unwrap_or_default();
+        let r = cl.get(&gw.http_url(path), &headers).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.header("x-upstream"), Some(want), "{path} host {host:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_route_is_404_json() {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start(&open("api", "/api", &[&up.url()], "")).await;
+    let r = gw.client_plain().get(&gw.http_url("/nope"), &[]).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"], "not_found");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strip_prefix_and_upstream_base_path() {
+    let up = EchoUpstream::start().await;
+    let cfg = [
+        open("s", "/svc", &[&up.url()], "strip_prefix = true"),
+        open("b", "/base", &[&format!("{}/v2", up.url())], "strip_prefix = true"),
+        open("k", "/keep", &[&up.url()], ""),
+    ]
+    .concat();
+    let gw = TestGateway::start(&cfg).await;
+    let cl = gw.client_plain();
+    cl.get(&gw.http_url("/svc/items/1?x=1"), &[]).await;
+    assert_eq!(up.last().uri, "/items/1?x=1");
+    cl.get(&gw.http_url("/svc"), &[]).await;
+    assert_eq!(up.last().uri, "/");
+    cl.get(&gw.http_url("/base/items"), &[]).await;
+    assert_eq!(up.last().uri, "/v2/items");
+    cl.get(&gw.http_url("/keep/items"), &[]).await;
+    assert_eq!(up.last().uri, "/keep/items");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_over_upstreams() {
+    let a = EchoUpstream::named("a").await;
+    let b = EchoUpstream::named("b").await;
+    let gw = TestGateway::start(&open("rr", "/", &[&a.url(), &b.url()], "")).await;
+    let cl = gw.client_plain();
+    let mut names = Vec::new();
+    for _ in 0..6 {
+        names.push(cl.get(&gw.http_url("/x"), &[]).await.header("x-upstream").unwrap().to_string());
+    }
+    assert_eq!(names, ["a", "b", "a", "b", "a", "b"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_upstream_is_502_and_idempotent_requests_fail_over() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let live = EchoUpstream::named("live").await;
+    let cfg = [
+        open("dead", "/dead", &[&dead], ""),
+        open("mixed", "/mixed", &[&dead, &live.url()], ""),
+    ]
+    .concat();
+    let gw = TestGateway::start(&cfg).await;
+    let cl = gw.client_plain();
+    let r = cl.get(&gw.http_url("/dead/x"), &[]).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["error"], "bad_gateway");
+    // Every GET lands on the live upstream, whichever the round robin tried first.
+    for _ in 0..4 {
+        let r = cl.get(&gw.http_url("/mixed/x"), &[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-upstream"), Some("live"));
+    }
+    // A POST with a body is not replayed: some fail with 502.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(cl.send(Method::POST, &gw.http_url("/mixed/x"), &[("content-type", "text/plain")], jwtgate::body::full("data")).await.status);
+    }
+    assert!(statuses.contains(&502) && statuses.contains(&200), "{statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upstream_is_504_and_gateway_keeps_serving() {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start(&open("slow", "/", &[&up.url()], "timeout_ms = 200")).await;
+    let cl = gw.client_plain();
+    let r = cl.get(&gw.http_url("/slow/2000"), &[]).await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.json()["error"], "gateway_timeout");
+    assert_eq!(cl.get(&gw.http_url("/fast"), &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_megabytes_stream_both_ways_on_every_protocol() {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start(&open("all", "/", &[&up.url()], "")).await;
+    const N: usize = 5 * 1024 * 1024;
+    for (cl, url) in [
+        (gw.client_plain(), gw.http_url("")),
+        (gw.client_tls(), gw.https_url("")),
+        (gw.client_h2(), gw.https_url("")),
+    ] {
+        let r = cl.send(Method::POST, &format!("{url}/echo-body"), &[], streamed_body(N)).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), N);
+        assert!(r.body.iter().all(|&b| b == b'y'));
+        let r = cl.get(&format!("{url}/big/{N}"), &[]).await;
+        assert_eq!(r.body.len(), N);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_speaks_h2_and_http11() {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start(&open("all", "/", &[&up.url()], "")).await;
+    let r = gw.client_h2().get(&gw.https_url("/x"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.version, http::Version::HTTP_2);
+    assert_eq!(up.last().headers["x-forwarded-proto"], "https");
+    let r = gw.client_tls().get(&gw.https_url("/x"), &[]).await;
+    assert_eq!(r.version, http::Version::HTTP_11);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_removed_and_forwarded_headers_set() {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start(&open("all", "/", &[&up.url()], "")).await;
+    let cl = gw.client_plain();
+    let r = cl
+        .get(
+            &gw.http_url("/x"),
+            &[
+                ("connection", "keep-alive, x-private"),
+                ("x-private", "secret"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-authorization", "Basic abc"),
+                ("te", "trailers"),
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-request-id", "trace-123"),
+                ("host", "shop.example:8080"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-request-id"), Some("trace-123"));
+    let h = up.last().headers;
+    for gone in ["x-private", "keep-alive", "proxy-authorization", "te"] {
+        assert!(!h.contains_key(gone), "{gone} reached the upstream");
+    }
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "shop.example:8080");
+    assert_eq!(h["x-request-id"], "trace-123");
+    // A hostile request id is replaced by a generated one.
+    cl.get(&gw.http_url("/x"), &[("x-request-id", "<script>")]).await;
+    let id = up.last().headers["x-request-id"].to_str().unwrap().to_string();
+    assert!(id != "<script>" && !id.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_identity_headers_removed_on_open_route() {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start(&open("all", "/", &[&up.url()], "")).await;
+    gw.client_plain()
+        .get(
+            &gw.http_url("/x"),
+            &[("x-user-id", "admin"), ("x-user-scopes", "root"), ("x-auth-claims", "e30"), ("x-auth-role", "admin"), ("x-jwtgate-assertion", "x"), ("x-app", "kept")],
+        )
+        .await;
+    let h = up.last().headers;
+    for gone in ["x-user-id", "x-user-scopes", "x-auth-claims", "x-auth-role", "x-jwtgate-assertion"] {
+        assert!(!h.contains_key(gone), "{gone} reached the upstream");
+    }
+    assert_eq!(h["x-app"], "kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_is_cut_off_while_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start_with(&open("all", "/", &[&up.url()], ""), "header_timeout_ms = 300").await;
+    let mut s = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+    // Meanwhile a normal client is served.
+    assert_eq!(gw.client_plain().get(&gw.http_url("/x"), &[]).await.status, 200);
+    // The slow client never finishes its head: the gateway closes the connection.
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if s.write_all(b"X-a: b\r\n").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut tmp = [0u8; 512];
+            match tokio::time::timeout(Duration::from_millis(10), s.read(&mut tmp)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(n)) => buf.extend_from_slice(&tmp[..n]),
+                Err(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "slow client was not disconnected");
+    assert_eq!(up.count(), 1, "the incomplete request must not reach the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_get_431() {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start_with(&open("all", "/", &[&up.url()], ""), "max_header_bytes = 8192").await;
+    let big = "a".repeat(20_000);
+    let req = format!("GET /x HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n");
+    let resp = raw_exchange(gw.http, req.as_bytes(), Duration::from_secs(3)).await;
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+    assert_eq!(up.count(), 0);
+    assert_eq!(gw.client_plain().get(&gw.http_url("/x"), &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_body_gets_413() {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start_with(&open("all", "/", &[&up.url()], ""), "max_body_bytes = 1000").await;
+    let cl = gw.client_plain();
+    let r = cl.send(Method::POST, &gw.http_url("/echo-body"), &[("content-length", "5000")], jwtgate::body::full(vec![b'z'; 5000])).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(up.count(), 0);
+    // Chunked (no length announced) is cut off when it passes the limit.
+    let r = cl.send(Method::POST, &gw.http_url("/echo-body"), &[], streamed_body(200_000)).await;
+    assert!(r.status == 413 || r.body.len() < 200_000, "status {}", r.status);
+    let r = cl.send(Method::POST, &gw.http_url("/echo-body"), &[], jwtgate::body::full(vec![b'z'; 500])).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 500);
+}
+
+/// hyper's HTTP/1 parser resolves Content-Length + Transfer-Encoding itself (RFC 9112
+/// §6.3: chunked wins, the length is dropped, the connection is closed after the response),
+/// before the gateway can see both headers. What a user relies on is that nothing can be
+/// smuggled: the hidden second request is never parsed or forwarded, and the upstream
+/// never sees an ambiguous message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_transfer_encoding_cannot_smuggle() {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start(&open("all", "/", &[&up.url()], "")).await;
+    for smuggle in [
+        &b"POST /echo-body HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+        &b"POST /echo-body HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+    ] {
+        let resp = raw_exchange(gw.http, smuggle, Duration::from_secs(3)).await;
+        assert_eq!(resp.matches("HTTP/1.1 ").count(), 1, "only one response, then close: {resp}");
+        let seen = up.last();
+        assert_ne!(seen.uri, "/smuggled");
+        assert!(!(seen.headers.contains_key("content-length") && seen.headers.contains_key("transfer-encoding")));
+    }
+    assert!(up.count() <= 2);
+    assert_eq!(gw.client_plain().get(&gw.http_url("/x"), &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_content_lengths_are_refused() {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start(&open("all", "/", &[&up.url()], "")).await;
+    let req = b"POST /echo-body HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 10\r\n\r\nabcd";
+    let resp = raw_exchange(gw.http, req, Duration::from_secs(3)).await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_passes_through() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start(&open("all", "/", &[&up.url()], "")).await;
+    let mut s = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(up.last().headers["upgrade"], "websocket");
+    // A masked WebSocket text frame "hello", echoed back byte for byte.
+    let frame = [0x81u8, 0x85, 1, 2, 3, 4, b'h' ^ 1, b'e' ^ 2, b'l' ^ 3, b'l' ^ 4, b'o' ^ 1];
+    s.write_all(&frame).await.unwrap();
+    let mut got = vec![0u8; frame.len()];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got)).await.unwrap().unwrap();
+    assert_eq!(got, frame);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_drain_completes_in_flight_request() {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start(&open("all", "/", &[&up.url()], "")).await;
+    let cl = gw.client_plain();
+    let url = gw.http_url("/slow/800");
+    let inflight = tokio::spawn(async move { cl.get(&url, &[]).await });
+    // Wait until the upstream has the request (readiness, not a guess).
+    for _ in 0..200 {
+        if up.count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(up.count(), 1);
+    let http = gw.http;
+    gw.shutdown().await;
+    let r = inflight.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "slow done");
+    assert!(tokio::net::TcpStream::connect(http).await.is_err(), "listener still accepting after drain");
+}
