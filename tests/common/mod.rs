@@ -355,6 +355,13 @@ impl TestGateway {
     }
 
     pub async fn start_with(body: &str, server_extra: &str) -> TestGateway {
+        let gw = Self::start_nowait(body, server_extra).await;
+        gw.wait_ready().await;
+        gw
+    }
+
+    /// Start without waiting for readiness (to observe /readyz itself).
+    pub async fn start_nowait(body: &str, server_extra: &str) -> TestGateway {
         init();
         let dir = TempDir::new();
         let text = format!("{}{body}", base_config(dir.path(), server_extra));
@@ -371,7 +378,6 @@ impl TestGateway {
             cert_pem,
             dir,
         };
-        gw.wait_ready().await;
         gw
     }
 
