@@ -47,10 +47,21 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
                 .map(|i| serde_json::json!({"name": i.config.name, "keys_loaded": i.is_loaded()}))
                 .collect();
             let ready = app.keys_ready();
-            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-            json(status, serde_json::json!({"ready": ready, "issuers": issuers}))
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json(
+                status,
+                serde_json::json!({"ready": ready, "issuers": issuers}),
+            )
         }
-        (_, "/healthz") | (_, "/readyz") => json_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET"),
+        (_, "/healthz") | (_, "/readyz") => json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "use GET",
+        ),
         _ => json_response(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
     }
 }
@@ -58,6 +69,9 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
 fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
     let mut r = Response::new(body::full(v.to_string()));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }

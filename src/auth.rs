@@ -72,7 +72,12 @@ pub struct Verifier {
 struct UntilExp;
 
 impl moka::Expiry<[u8; 32], Arc<Verified>> for UntilExp {
-    fn expire_after_create(&self, _k: &[u8; 32], v: &Arc<Verified>, _now: std::time::Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _k: &[u8; 32],
+        v: &Arc<Verified>,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
         let left = v.exp + v.leeway - now_unix();
         Some(Duration::from_secs(left.max(0) as u64))
     }
@@ -124,7 +129,11 @@ impl Verifier {
                 _ => Ok(None),
             };
         };
-        if carrier == Carrier::Cookie && tokens.csrf && !is_safe(method) && !same_origin(host, headers) {
+        if carrier == Carrier::Cookie
+            && tokens.csrf
+            && !is_safe(method)
+            && !same_origin(host, headers)
+        {
             return Err(GatewayError::Csrf);
         }
         let verified = self.verify(token).await?;
@@ -157,7 +166,9 @@ impl Verifier {
 
     async fn verify_uncached(&self, token: &str) -> Result<Verified, TokenError> {
         let mut parts = token.split('.');
-        let (Some(h64), Some(p64), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(h64), Some(p64), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(TokenError::Malformed("expected three dot-separated parts"));
         };
         let header: RawHeader = decode_json(h64, "header")?;
@@ -165,7 +176,9 @@ impl Verifier {
             return Err(TokenError::UnsupportedAlgorithm);
         };
         if header.crit.is_some() {
-            return Err(TokenError::Malformed("critical header extensions (crit) are not supported"));
+            return Err(TokenError::Malformed(
+                "critical header extensions (crit) are not supported",
+            ));
         }
         let claims: Value = decode_json(p64, "payload")?;
         let Value::Object(claims) = claims else {
@@ -205,7 +218,11 @@ impl Verifier {
             }
             None => {
                 let keys = issuer.keys();
-                let mut candidates = keys.pinned.iter().filter(|k| k.pinned == Some(alg)).peekable();
+                let mut candidates = keys
+                    .pinned
+                    .iter()
+                    .filter(|k| k.pinned == Some(alg))
+                    .peekable();
                 if candidates.peek().is_none() {
                     return Err(TokenError::UnknownKid);
                 }
@@ -224,7 +241,13 @@ impl Verifier {
         self.check_static_claims(idx, generation, p64, &claims)
     }
 
-    fn check_static_claims(&self, idx: usize, generation: u64, p64: &str, claims: &Map<String, Value>) -> Result<Verified, TokenError> {
+    fn check_static_claims(
+        &self,
+        idx: usize,
+        generation: u64,
+        p64: &str,
+        claims: &Map<String, Value>,
+    ) -> Result<Verified, TokenError> {
         let cfg = &self.issuers[idx].config;
         let exp = match claims.get("exp") {
             None => return Err(TokenError::MissingClaim("exp")),
@@ -242,9 +265,10 @@ impl Verifier {
             let ok = match claims.get("aud") {
                 None => return Err(TokenError::MissingClaim("aud")),
                 Some(Value::String(a)) => cfg.audiences.iter().any(|x| x == a),
-                Some(Value::Array(list)) => list
-                    .iter()
-                    .any(|a| a.as_str().is_some_and(|a| cfg.audiences.iter().any(|x| x == a))),
+                Some(Value::Array(list)) => list.iter().any(|a| {
+                    a.as_str()
+                        .is_some_and(|a| cfg.audiences.iter().any(|x| x == a))
+                }),
                 Some(_) => return Err(TokenError::Malformed("aud is not a string or array")),
             };
             if !ok {
@@ -256,12 +280,18 @@ impl Verifier {
             Some(Value::String(_)) | None => return Err(TokenError::MissingClaim("sub")),
             Some(_) => return Err(TokenError::Malformed("sub is not a string")),
         };
-        let sub_header = HeaderValue::from_str(&sub).map_err(|_| TokenError::Malformed("sub has characters not allowed in a header"))?;
+        let sub_header = HeaderValue::from_str(&sub)
+            .map_err(|_| TokenError::Malformed("sub has characters not allowed in a header"))?;
         let scopes: Vec<String> = match (claims.get("scope"), claims.get("scp")) {
             (Some(Value::String(s)), _) => s.split_ascii_whitespace().map(str::to_string).collect(),
             (Some(_), _) => return Err(TokenError::Malformed("scope is not a string")),
-            (None, Some(Value::Array(a))) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-            (None, Some(Value::String(s))) => s.split_ascii_whitespace().map(str::to_string).collect(),
+            (None, Some(Value::Array(a))) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            (None, Some(Value::String(s))) => {
+                s.split_ascii_whitespace().map(str::to_string).collect()
+            }
             (None, Some(_)) => return Err(TokenError::Malformed("scp is not an array")),
             (None, None) => Vec::new(),
         };
@@ -270,7 +300,8 @@ impl Verifier {
         } else {
             HeaderValue::from_str(&scopes.join(" ")).ok()
         };
-        let claims_header = HeaderValue::from_str(p64).map_err(|_| TokenError::Malformed("payload is not base64url"))?;
+        let claims_header = HeaderValue::from_str(p64)
+            .map_err(|_| TokenError::Malformed("payload is not base64url"))?;
         let mut extra_headers = Vec::with_capacity(self.identity.claims.len());
         for (name, claim) in &self.identity.claims {
             if let Some(v) = claims.get(claim).and_then(claim_header_value) {
@@ -312,19 +343,39 @@ struct RawHeader {
     // `jwk`, `jku`, `x5u`, `x5c` are deliberately not read: keys come from config only.
 }
 
-fn decode_json<T: serde::de::DeserializeOwned>(seg: &str, what: &'static str) -> Result<T, TokenError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(seg)
-        .map_err(|_| TokenError::Malformed(if what == "header" { "header is not base64url" } else { "payload is not base64url" }))?;
-    serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed(if what == "header" { "header is not JSON" } else { "payload is not JSON" }))
+fn decode_json<T: serde::de::DeserializeOwned>(
+    seg: &str,
+    what: &'static str,
+) -> Result<T, TokenError> {
+    let bytes = URL_SAFE_NO_PAD.decode(seg).map_err(|_| {
+        TokenError::Malformed(if what == "header" {
+            "header is not base64url"
+        } else {
+            "payload is not base64url"
+        })
+    })?;
+    serde_json::from_slice(&bytes).map_err(|_| {
+        TokenError::Malformed(if what == "header" {
+            "header is not JSON"
+        } else {
+            "payload is not JSON"
+        })
+    })
 }
 
-fn verify_sig(sig: &str, message: &[u8], key: &VerifyKey, alg: Algorithm) -> Result<(), TokenError> {
+fn verify_sig(
+    sig: &str,
+    message: &[u8],
+    key: &VerifyKey,
+    alg: Algorithm,
+) -> Result<(), TokenError> {
     match jsonwebtoken::crypto::verify(sig, message, &key.key, alg) {
         Ok(true) => Ok(()),
         Ok(false) => Err(TokenError::BadSignature),
         Err(e) => match e.kind() {
-            jsonwebtoken::errors::ErrorKind::Base64(_) => Err(TokenError::Malformed("signature is not base64url")),
+            jsonwebtoken::errors::ErrorKind::Base64(_) => {
+                Err(TokenError::Malformed("signature is not base64url"))
+            }
             _ => Err(TokenError::BadSignature),
         },
     }
@@ -333,7 +384,9 @@ fn verify_sig(sig: &str, message: &[u8], key: &VerifyKey, alg: Algorithm) -> Res
 /// RFC 7519 NumericDate: a JSON number (integers or fractions, truncated).
 fn numeric_date(v: &Value) -> Option<i64> {
     match v {
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64)),
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64)),
         _ => None,
     }
 }
@@ -379,7 +432,10 @@ pub fn check_scopes(required: &[String], granted: &[String]) -> Result<(), Gatew
 }
 
 fn is_safe(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE)
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
 }
 
 /// CSRF defence for cookie-carried tokens: `Origin` (or, failing that, `Referer`) must
@@ -402,12 +458,17 @@ fn same_origin(host: Option<&str>, headers: &HeaderMap) -> bool {
 
 /// Find the token in the configured sources, in order. A present but malformed
 /// Authorization header is an error, not "no token".
-pub fn find_token<'a>(tokens: &Tokens, headers: &'a HeaderMap) -> Result<Option<(&'a str, Carrier)>, TokenError> {
+pub fn find_token<'a>(
+    tokens: &Tokens,
+    headers: &'a HeaderMap,
+) -> Result<Option<(&'a str, Carrier)>, TokenError> {
     for src in &tokens.sources {
         match src {
             TokenSource::Header(name) if name == header::AUTHORIZATION => {
                 if let Some(v) = headers.get(header::AUTHORIZATION) {
-                    let v = v.to_str().map_err(|_| TokenError::Malformed("authorization header is not ASCII"))?;
+                    let v = v
+                        .to_str()
+                        .map_err(|_| TokenError::Malformed("authorization header is not ASCII"))?;
                     let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
                     if !scheme.eq_ignore_ascii_case("bearer") {
                         return Err(TokenError::Malformed("authorization scheme is not Bearer"));
@@ -421,7 +482,10 @@ pub fn find_token<'a>(tokens: &Tokens, headers: &'a HeaderMap) -> Result<Option<
             }
             TokenSource::Header(name) => {
                 if let Some(v) = headers.get(name) {
-                    let t = v.to_str().map_err(|_| TokenError::Malformed("token header is not ASCII"))?.trim();
+                    let t = v
+                        .to_str()
+                        .map_err(|_| TokenError::Malformed("token header is not ASCII"))?
+                        .trim();
                     if !t.is_empty() {
                         return Ok(Some((t, Carrier::OtherHeader)));
                     }
@@ -475,9 +539,15 @@ mod tests {
     #[test]
     fn bearer_header_then_cookie() {
         let h = hm(&[("authorization", "Bearer abc")]);
-        assert_eq!(find_token(&tokens(), &h).unwrap(), Some(("abc", Carrier::AuthorizationHeader)));
+        assert_eq!(
+            find_token(&tokens(), &h).unwrap(),
+            Some(("abc", Carrier::AuthorizationHeader))
+        );
         let h = hm(&[("cookie", "a=1; access_token=xyz")]);
-        assert_eq!(find_token(&tokens(), &h).unwrap(), Some(("xyz", Carrier::Cookie)));
+        assert_eq!(
+            find_token(&tokens(), &h).unwrap(),
+            Some(("xyz", Carrier::Cookie))
+        );
         assert_eq!(find_token(&tokens(), &HeaderMap::new()).unwrap(), None);
     }
 
@@ -511,8 +581,14 @@ mod tests {
     #[test]
     fn time_checks_use_leeway() {
         assert_eq!(check_time(&verified(1000, None), 1029), Ok(()));
-        assert_eq!(check_time(&verified(1000, None), 1031), Err(TokenError::Expired));
-        assert_eq!(check_time(&verified(2000, Some(1100)), 1050), Err(TokenError::NotYetValid));
+        assert_eq!(
+            check_time(&verified(1000, None), 1031),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            check_time(&verified(2000, Some(1100)), 1050),
+            Err(TokenError::NotYetValid)
+        );
         assert_eq!(check_time(&verified(2000, Some(1100)), 1075), Ok(()));
     }
 
@@ -526,8 +602,14 @@ mod tests {
 
     #[test]
     fn claim_values_become_headers() {
-        assert_eq!(claim_header_value(&serde_json::json!(["a", "b"])).unwrap(), "a,b");
-        assert_eq!(claim_header_value(&serde_json::json!({"k": 1})).unwrap(), "{\"k\":1}");
+        assert_eq!(
+            claim_header_value(&serde_json::json!(["a", "b"])).unwrap(),
+            "a,b"
+        );
+        assert_eq!(
+            claim_header_value(&serde_json::json!({"k": 1})).unwrap(),
+            "{\"k\":1}"
+        );
         assert_eq!(claim_header_value(&serde_json::json!(7)).unwrap(), "7");
     }
 
@@ -537,6 +619,9 @@ mod tests {
         assert!(same_origin(h, &hm(&[("origin", "https://a.example")])));
         assert!(!same_origin(h, &hm(&[("origin", "https://evil.example")])));
         assert!(!same_origin(h, &hm(&[])));
-        assert!(same_origin(h, &hm(&[("referer", "https://a.example/page")])));
+        assert!(same_origin(
+            h,
+            &hm(&[("referer", "https://a.example/page")])
+        ));
     }
 }

@@ -455,10 +455,16 @@ fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigErr
     // Tables the contract names but this version does not implement yet: refuse loudly
     // rather than run without a protection the operator asked for.
     if raw.refresh.is_some() {
-        return Err(ctx.err("refresh", "edge token refresh is not implemented in this version; remove the [refresh] table"));
+        return Err(ctx.err(
+            "refresh",
+            "edge token refresh is not implemented in this version; remove the [refresh] table",
+        ));
     }
     if raw.anomaly.is_some() {
-        return Err(ctx.err("anomaly", "leaked-token detection is not implemented in this version; remove the [anomaly] table"));
+        return Err(ctx.err(
+            "anomaly",
+            "leaked-token detection is not implemented in this version; remove the [anomaly] table",
+        ));
     }
 
     let listen = validate_listen(ctx, &raw.listen)?;
@@ -466,7 +472,10 @@ fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigErr
     let tls = match (&listen.https, &raw.tls) {
         (Some(_), Some(t)) => Some(load_tls(ctx, t)?),
         (Some(_), None) => {
-            return Err(ctx.err("tls", "[tls] with `cert` and `key` is required when listen.https is set"))
+            return Err(ctx.err(
+                "tls",
+                "[tls] with `cert` and `key` is required when listen.https is set",
+            ))
         }
         (None, _) => None,
     };
@@ -486,7 +495,10 @@ fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigErr
             return Err(ctx.err(format!("{key}.name"), "must not be empty"));
         }
         if !names.insert(fi.name.clone()) {
-            return Err(ctx.err(format!("{key}.name"), format!("duplicate issuer name {:?}", fi.name)));
+            return Err(ctx.err(
+                format!("{key}.name"),
+                format!("duplicate issuer name {:?}", fi.name),
+            ));
         }
         if fi.issuer.is_empty() {
             return Err(ctx.err(format!("{key}.issuer"), "must not be empty"));
@@ -511,16 +523,29 @@ fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigErr
         let key = format!("routes[{i}]");
         let r = validate_route(ctx, &key, fr)?;
         if !route_names.insert(r.name.clone()) {
-            return Err(ctx.err(format!("{key}.name"), format!("duplicate route name {:?}", r.name)));
+            return Err(ctx.err(
+                format!("{key}.name"),
+                format!("duplicate route name {:?}", r.name),
+            ));
         }
         if !seen.insert((r.host.clone(), r.path_prefix.clone())) {
             return Err(ctx.err(
                 format!("{key}.path_prefix"),
-                format!("another route already has host {:?} and path_prefix {:?}", r.host.as_deref().unwrap_or("*"), r.path_prefix),
+                format!(
+                    "another route already has host {:?} and path_prefix {:?}",
+                    r.host.as_deref().unwrap_or("*"),
+                    r.path_prefix
+                ),
             ));
         }
         if r.auth != AuthMode::None && issuers.is_empty() {
-            return Err(ctx.err(format!("{key}.auth"), format!("route {:?} authenticates (auth = \"{}\") but no [[issuers]] is configured", r.name, fr.auth)));
+            return Err(ctx.err(
+                format!("{key}.auth"),
+                format!(
+                    "route {:?} authenticates (auth = \"{}\") but no [[issuers]] is configured",
+                    r.name, fr.auth
+                ),
+            ));
         }
         routes.push(r);
     }
@@ -540,26 +565,45 @@ fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigErr
 }
 
 fn parse_addr(ctx: &Ctx, key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
-    v.parse()
-        .map_err(|_| ctx.err(key, format!("{v:?} is not an address like \"127.0.0.1:8080\"")))
+    v.parse().map_err(|_| {
+        ctx.err(
+            key,
+            format!("{v:?} is not an address like \"127.0.0.1:8080\""),
+        )
+    })
 }
 
 fn validate_listen(ctx: &Ctx, l: &FileListen) -> Result<Listen, ConfigError> {
-    let https = l.https.as_deref().map(|v| parse_addr(ctx, "listen.https", v)).transpose()?;
-    let http = l.http.as_deref().map(|v| parse_addr(ctx, "listen.http", v)).transpose()?;
+    let https = l
+        .https
+        .as_deref()
+        .map(|v| parse_addr(ctx, "listen.https", v))
+        .transpose()?;
+    let http = l
+        .http
+        .as_deref()
+        .map(|v| parse_addr(ctx, "listen.http", v))
+        .transpose()?;
     if https.is_none() && http.is_none() {
         return Err(ctx.err("listen", "set at least one of listen.https and listen.http"));
     }
     let admin = match &l.admin {
         Some(v) => parse_addr(ctx, "listen.admin", v)?,
-        None => return Err(ctx.err("listen.admin", "is required (health checks and the admin API live there)")),
+        None => {
+            return Err(ctx.err(
+                "listen.admin",
+                "is required (health checks and the admin API live there)",
+            ))
+        }
     };
     Ok(Listen { https, http, admin })
 }
 
 fn validate_server(ctx: &Ctx, s: &FileServer) -> Result<Server, ConfigError> {
     let worker_threads = if s.worker_threads == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     } else if s.worker_threads > 1024 {
         return Err(ctx.err("server.worker_threads", "must be at most 1024"));
     } else {
@@ -574,7 +618,12 @@ fn validate_server(ctx: &Ctx, s: &FileServer) -> Result<Server, ConfigError> {
     let log_format = match s.log_format.as_str() {
         "json" => LogFormat::Json,
         "text" => LogFormat::Text,
-        other => return Err(ctx.err("server.log_format", format!("{other:?} is not \"json\" or \"text\""))),
+        other => {
+            return Err(ctx.err(
+                "server.log_format",
+                format!("{other:?} is not \"json\" or \"text\""),
+            ))
+        }
     };
     Ok(Server {
         worker_threads,
@@ -598,11 +647,21 @@ fn load_tls(ctx: &Ctx, t: &FileTls) -> Result<Arc<rustls::ServerConfig>, ConfigE
         return Err(ctx.err("tls.cert", "no CERTIFICATE block found in the PEM file"));
     }
     let key_pem = ctx.read("tls.key", &t.key)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| ctx.err("tls.key", format!("not a PEM private key (PKCS#8, PKCS#1 or SEC1): {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        ctx.err(
+            "tls.key",
+            format!("not a PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"),
+        )
+    })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    rustls::sign::CertifiedKey::from_der(certs.clone(), key.clone_key(), &provider)
-        .map_err(|e| ctx.err("tls.key", format!("unusable with the certificate in tls.cert: {e}")))?;
+    rustls::sign::CertifiedKey::from_der(certs.clone(), key.clone_key(), &provider).map_err(
+        |e| {
+            ctx.err(
+                "tls.key",
+                format!("unusable with the certificate in tls.cert: {e}"),
+            )
+        },
+    )?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| ctx.err("tls", e.to_string()))?
@@ -617,11 +676,24 @@ fn validate_issuer(ctx: &Ctx, key: &str, fi: &FileIssuer) -> Result<IssuerConfig
     let algorithms = match &fi.algorithms {
         None => None,
         Some(list) if list.is_empty() => {
-            return Err(ctx.err(format!("{key}.algorithms"), "must not be empty (omit it to use the keys' own algorithms)"))
+            return Err(ctx.err(
+                format!("{key}.algorithms"),
+                "must not be empty (omit it to use the keys' own algorithms)",
+            ))
         }
         Some(list) => Some(
             list.iter()
-                .map(|a| jwks::parse_alg(a).ok_or_else(|| ctx.err(format!("{key}.algorithms"), format!("{a:?} is not a supported algorithm ({})", jwks::SUPPORTED_ALGS))))
+                .map(|a| {
+                    jwks::parse_alg(a).ok_or_else(|| {
+                        ctx.err(
+                            format!("{key}.algorithms"),
+                            format!(
+                                "{a:?} is not a supported algorithm ({})",
+                                jwks::SUPPORTED_ALGS
+                            ),
+                        )
+                    })
+                })
                 .collect::<Result<Vec<_>, _>>()?,
         ),
     };
@@ -629,10 +701,17 @@ fn validate_issuer(ctx: &Ctx, key: &str, fi: &FileIssuer) -> Result<IssuerConfig
         (Some(_), Some(_)) => return Err(ctx.err(key, "set either `jwks_url` or `keys`, not both")),
         (None, None) => return Err(ctx.err(key, "needs `jwks_url` or `keys`")),
         (Some(url), None) => {
-            let uri: Uri = url.parse().map_err(|_| ctx.err(format!("{key}.jwks_url"), format!("{url:?} is not a URL")))?;
+            let uri: Uri = url
+                .parse()
+                .map_err(|_| ctx.err(format!("{key}.jwks_url"), format!("{url:?} is not a URL")))?;
             match uri.scheme_str() {
                 Some("https") | Some("http") if uri.authority().is_some() => {}
-                _ => return Err(ctx.err(format!("{key}.jwks_url"), format!("{url:?} must be an http:// or https:// URL"))),
+                _ => {
+                    return Err(ctx.err(
+                        format!("{key}.jwks_url"),
+                        format!("{url:?} must be an http:// or https:// URL"),
+                    ))
+                }
             }
             if uri.scheme_str() == Some("http") && !is_loopback_authority(&uri) {
                 tracing::warn!(issuer = %fi.name, "jwks_url uses plain http on a non-loopback host; keys can be tampered with in transit");
@@ -649,25 +728,52 @@ fn validate_issuer(ctx: &Ctx, key: &str, fi: &FileIssuer) -> Result<IssuerConfig
                 let kkey = format!("{key}.keys[{j}]");
                 if let Some(kid) = &k.kid {
                     if !kids.insert(kid.clone()) {
-                        return Err(ctx.err(format!("{kkey}.kid"), format!("duplicate kid {kid:?}")));
+                        return Err(
+                            ctx.err(format!("{kkey}.kid"), format!("duplicate kid {kid:?}"))
+                        );
                     }
                 }
-                let alg = jwks::parse_alg(&k.alg).ok_or_else(|| ctx.err(format!("{kkey}.alg"), format!("{:?} is not a supported algorithm ({})", k.alg, jwks::SUPPORTED_ALGS)))?;
+                let alg = jwks::parse_alg(&k.alg).ok_or_else(|| {
+                    ctx.err(
+                        format!("{kkey}.alg"),
+                        format!(
+                            "{:?} is not a supported algorithm ({})",
+                            k.alg,
+                            jwks::SUPPORTED_ALGS
+                        ),
+                    )
+                })?;
                 if let Some(allowed) = &algorithms {
                     if !allowed.contains(&alg) {
-                        return Err(ctx.err(format!("{kkey}.alg"), format!("{} is not in {key}.algorithms", k.alg)));
+                        return Err(ctx.err(
+                            format!("{kkey}.alg"),
+                            format!("{} is not in {key}.algorithms", k.alg),
+                        ));
                     }
                 }
                 let material = match (&k.pem, &k.secret_env) {
-                    (Some(_), Some(_)) => return Err(ctx.err(&kkey, "set either `pem` or `secret_env`, not both")),
-                    (None, None) => return Err(ctx.err(&kkey, "needs `pem` (public key file) or `secret_env` (HMAC secret)")),
+                    (Some(_), Some(_)) => {
+                        return Err(ctx.err(&kkey, "set either `pem` or `secret_env`, not both"))
+                    }
+                    (None, None) => {
+                        return Err(ctx.err(
+                            &kkey,
+                            "needs `pem` (public key file) or `secret_env` (HMAC secret)",
+                        ))
+                    }
                     (Some(p), None) => jwks::KeyMaterial::Pem(ctx.read(&format!("{kkey}.pem"), p)?),
                     (None, Some(var)) => {
-                        let v = std::env::var_os(var).ok_or_else(|| ctx.err(format!("{kkey}.secret_env"), format!("environment variable {var} is not set")))?;
+                        let v = std::env::var_os(var).ok_or_else(|| {
+                            ctx.err(
+                                format!("{kkey}.secret_env"),
+                                format!("environment variable {var} is not set"),
+                            )
+                        })?;
                         jwks::KeyMaterial::Secret(std::os::unix::ffi::OsStringExt::into_vec(v))
                     }
                 };
-                let sk = StaticKey::new(k.kid.clone(), alg, material).map_err(|m| ctx.err(&kkey, m))?;
+                let sk =
+                    StaticKey::new(k.kid.clone(), alg, material).map_err(|m| ctx.err(&kkey, m))?;
                 out.push(sk);
             }
             KeySource::Static(out)
@@ -716,7 +822,10 @@ fn validate_tokens(ctx: &Ctx, t: &FileTokens) -> Result<Tokens, ConfigError> {
             }
             TokenSource::Cookie(c.to_string())
         } else {
-            return Err(ctx.err("tokens.sources", format!("{s:?} must look like \"header:NAME\" or \"cookie:NAME\"")));
+            return Err(ctx.err(
+                "tokens.sources",
+                format!("{s:?} must look like \"header:NAME\" or \"cookie:NAME\""),
+            ));
         };
         sources.push(src);
     }
@@ -733,7 +842,9 @@ fn validate_identity(ctx: &Ctx, i: &FileIdentity) -> Result<Identity, ConfigErro
     let mut claims = Vec::with_capacity(i.claims.len());
     for (h, v) in &i.claims {
         let key = format!("identity.claims.{h}");
-        let claim = v.as_str().ok_or_else(|| ctx.err(&key, "must be a claim name (a string)"))?;
+        let claim = v
+            .as_str()
+            .ok_or_else(|| ctx.err(&key, "must be a claim name (a string)"))?;
         claims.push((header_name(ctx, &key, h)?, claim.to_string()));
     }
     Ok(Identity {
@@ -749,15 +860,28 @@ fn validate_revocation(ctx: &Ctx, r: &FileRevocation) -> Result<Revocation, Conf
     let store = match r.store.as_str() {
         "memory" => StoreKind::Memory,
         "redis" => StoreKind::Redis,
-        other => return Err(ctx.err("revocation.store", format!("{other:?} is not \"memory\" or \"redis\""))),
+        other => {
+            return Err(ctx.err(
+                "revocation.store",
+                format!("{other:?} is not \"memory\" or \"redis\""),
+            ))
+        }
     };
     if store == StoreKind::Redis {
-        return Err(ctx.err("revocation.store", "the redis store is not implemented in this version; use \"memory\""));
+        return Err(ctx.err(
+            "revocation.store",
+            "the redis store is not implemented in this version; use \"memory\"",
+        ));
     }
     let on_error = match r.on_error.as_str() {
         "deny" => OnError::Deny,
         "allow" => OnError::Allow,
-        other => return Err(ctx.err("revocation.on_error", format!("{other:?} is not \"deny\" or \"allow\""))),
+        other => {
+            return Err(ctx.err(
+                "revocation.on_error",
+                format!("{other:?} is not \"deny\" or \"allow\""),
+            ))
+        }
     };
     Ok(Revocation {
         store,
@@ -776,13 +900,22 @@ fn validate_route(ctx: &Ctx, key: &str, r: &FileRoute) -> Result<RouteConfig, Co
         return Err(ctx.err(format!("{key}.name"), "must not be empty"));
     }
     if r.rate_limit.is_some() {
-        return Err(ctx.err(format!("{key}.rate_limit"), "rate limiting is not implemented in this version; remove the key"));
+        return Err(ctx.err(
+            format!("{key}.rate_limit"),
+            "rate limiting is not implemented in this version; remove the key",
+        ));
     }
     if r.cors.is_some() {
-        return Err(ctx.err(format!("{key}.cors"), "CORS handling is not implemented in this version; remove the key"));
+        return Err(ctx.err(
+            format!("{key}.cors"),
+            "CORS handling is not implemented in this version; remove the key",
+        ));
     }
     if !r.path_prefix.starts_with('/') {
-        return Err(ctx.err(format!("{key}.path_prefix"), format!("{:?} must start with '/'", r.path_prefix)));
+        return Err(ctx.err(
+            format!("{key}.path_prefix"),
+            format!("{:?} must start with '/'", r.path_prefix),
+        ));
     }
     if r.path_prefix.contains(['?', '#']) {
         return Err(ctx.err(format!("{key}.path_prefix"), "must not contain '?' or '#'"));
@@ -796,7 +929,10 @@ fn validate_route(ctx: &Ctx, key: &str, r: &FileRoute) -> Result<RouteConfig, Co
         Some(h) => Some(crate::route::host_without_port(h).to_ascii_lowercase()),
     };
     if r.upstreams.is_empty() {
-        return Err(ctx.err(format!("{key}.upstreams"), "must list at least one upstream URL"));
+        return Err(ctx.err(
+            format!("{key}.upstreams"),
+            "must list at least one upstream URL",
+        ));
     }
     let mut upstreams = Vec::with_capacity(r.upstreams.len());
     for (j, u) in r.upstreams.iter().enumerate() {
@@ -806,10 +942,18 @@ fn validate_route(ctx: &Ctx, key: &str, r: &FileRoute) -> Result<RouteConfig, Co
         "required" => AuthMode::Required,
         "optional" => AuthMode::Optional,
         "none" => AuthMode::None,
-        other => return Err(ctx.err(format!("{key}.auth"), format!("{other:?} is not \"required\", \"optional\" or \"none\""))),
+        other => {
+            return Err(ctx.err(
+                format!("{key}.auth"),
+                format!("{other:?} is not \"required\", \"optional\" or \"none\""),
+            ))
+        }
     };
     if auth == AuthMode::None && !r.scopes.is_empty() {
-        return Err(ctx.err(format!("{key}.scopes"), "scopes need an authenticating route (auth = \"required\")"));
+        return Err(ctx.err(
+            format!("{key}.scopes"),
+            "scopes need an authenticating route (auth = \"required\")",
+        ));
     }
     if r.timeout_ms == 0 {
         return Err(ctx.err(format!("{key}.timeout_ms"), "must be greater than 0"));
@@ -847,7 +991,9 @@ pub fn parse_upstream(u: &str) -> Result<UpstreamUrl, String> {
         .cloned()
         .ok_or_else(|| format!("{u:?} has no host"))?;
     if authority.as_str().contains('@') {
-        return Err(format!("{u:?}: credentials in upstream URLs are not supported"));
+        return Err(format!(
+            "{u:?}: credentials in upstream URLs are not supported"
+        ));
     }
     if uri.query().is_some() {
         return Err(format!("{u:?}: an upstream URL cannot have a query"));
@@ -883,7 +1029,9 @@ admin = "127.0.0.1:0"
 
     #[test]
     fn unknown_key_names_key_and_line() {
-        let e = load(&format!("{BASE}\n[server]\nbogus = 1\n")).unwrap_err().to_string();
+        let e = load(&format!("{BASE}\n[server]\nbogus = 1\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bogus"), "{e}");
         assert!(e.contains("line"), "{e}");
         assert!(e.starts_with("/tmp/gw.toml"), "{e}");
@@ -891,13 +1039,21 @@ admin = "127.0.0.1:0"
 
     #[test]
     fn bad_upstream_names_route_key() {
-        let e = load(&format!("{BASE}\n[[routes]]\nname='a'\npath_prefix='/'\nupstreams=['ftp://x']\nauth='none'\n")).unwrap_err().to_string();
+        let e = load(&format!(
+            "{BASE}\n[[routes]]\nname='a'\npath_prefix='/'\nupstreams=['ftp://x']\nauth='none'\n"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("routes[0].upstreams[0]"), "{e}");
     }
 
     #[test]
     fn auth_route_without_issuer_is_refused() {
-        let e = load(&format!("{BASE}\n[[routes]]\nname='a'\npath_prefix='/'\nupstreams=['http://x']\n")).unwrap_err().to_string();
+        let e = load(&format!(
+            "{BASE}\n[[routes]]\nname='a'\npath_prefix='/'\nupstreams=['http://x']\n"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("routes[0].auth"), "{e}");
     }
 }

@@ -42,7 +42,8 @@ async fn run_inner(once: bool) -> Result<(), String> {
     let upstream = serve_fn(|req| async move { echo(req).await }).await?;
 
     // 2. Identity provider: an ES256 key, published as a JWKS.
-    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    let kp =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
     let raw = kp.public_key_raw();
     let jwks = serde_json::json!({"keys": [{
         "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": KID,
@@ -63,7 +64,9 @@ async fn run_inner(once: bool) -> Result<(), String> {
     let signing_pem = kp.serialize_pem();
 
     // 3. Gateway: dev certificate and a config pointing at both.
-    let (cert, key) = crate::certs::write(&dir, &["localhost".to_string(), "127.0.0.1".to_string()]).map_err(|e| e.to_string())?;
+    let (cert, key) =
+        crate::certs::write(&dir, &["localhost".to_string(), "127.0.0.1".to_string()])
+            .map_err(|e| e.to_string())?;
     let toml = format!(
         r#"[listen]
 https = "127.0.0.1:0"
@@ -138,22 +141,52 @@ auth = "none"
     println!("jwtgate demo: upstream http://{upstream}  identity provider http://{idp}  gateway https://{https} http://{http}  admin http://{}", gw.admin_addr);
     println!("config: {}\n", cfg_path.display());
     let bearer = format!("Bearer {token}");
-    let steps: [(&str, &str, Vec<(&str, &str)>, u16); 5] = [
+    // (what it shows, path, request headers, expected status)
+    type Step<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, u16);
+    let steps: [Step; 5] = [
         ("no token -> 401", "/api/hello", vec![], 401),
-        ("valid token -> 200, identity headers set by the gateway", "/api/hello", vec![("authorization", &bearer)], 200),
-        ("forged x-user-id is ignored", "/api/hello", vec![("authorization", &bearer), ("x-user-id", "admin")], 200),
-        ("route needs scope admin -> 403", "/admin/panel", vec![("authorization", &bearer)], 403),
-        ("public route, no token needed -> 200", "/public/info", vec![], 200),
+        (
+            "valid token -> 200, identity headers set by the gateway",
+            "/api/hello",
+            vec![("authorization", &bearer)],
+            200,
+        ),
+        (
+            "forged x-user-id is ignored",
+            "/api/hello",
+            vec![("authorization", &bearer), ("x-user-id", "admin")],
+            200,
+        ),
+        (
+            "route needs scope admin -> 403",
+            "/admin/panel",
+            vec![("authorization", &bearer)],
+            403,
+        ),
+        (
+            "public route, no token needed -> 200",
+            "/public/info",
+            vec![],
+            200,
+        ),
     ];
     let mut ok = true;
     for (what, path, headers, want) in steps {
         let (status, body) = get(http, path, &headers).await?;
-        let mark = if status == want { "ok  " } else { ok = false; "FAIL" };
+        let mark = if status == want {
+            "ok  "
+        } else {
+            ok = false;
+            "FAIL"
+        };
         println!("[{mark}] {what}: GET {path} -> {status}");
         if status == 200 && path.starts_with("/api") {
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             let h = &v["headers"];
-            println!("       upstream saw x-user-id={} x-user-scopes={} x-user-email={}", h["x-user-id"], h["x-user-scopes"], h["x-user-email"]);
+            println!(
+                "       upstream saw x-user-id={} x-user-scopes={} x-user-email={}",
+                h["x-user-id"], h["x-user-scopes"], h["x-user-email"]
+            );
             if h["x-user-id"] != "alice" {
                 ok = false;
                 println!("[FAIL] upstream did not see the verified subject");
@@ -163,7 +196,10 @@ auth = "none"
 
     println!("\nTry it yourself (the gateway runs until Ctrl-C):\n");
     println!("  TOKEN='{token}'");
-    println!("  curl -sk https://localhost:{}/api/hello                                  # 401", https.port());
+    println!(
+        "  curl -sk https://localhost:{}/api/hello                                  # 401",
+        https.port()
+    );
     println!("  curl -sk -H \"Authorization: Bearer $TOKEN\" https://localhost:{}/api/hello   # 200, see x-user-id", https.port());
     println!("  curl -sk -H \"Authorization: Bearer $TOKEN\" -H 'x-user-id: admin' https://localhost:{}/api/hello  # x-user-id stays alice", https.port());
     println!("  curl -sk -H \"Authorization: Bearer $TOKEN\" https://localhost:{}/admin/panel   # 403 insufficient_scope", https.port());
@@ -191,7 +227,9 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, String>> + Send + 'static,
 {
-    let l = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
     let addr = l.local_addr().map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
@@ -219,7 +257,10 @@ where
 async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, String> {
     let mut headers = serde_json::Map::new();
     for (k, v) in req.headers() {
-        headers.insert(k.to_string(), serde_json::Value::from(v.to_str().unwrap_or("<binary>")));
+        headers.insert(
+            k.to_string(),
+            serde_json::Value::from(v.to_str().unwrap_or("<binary>")),
+        );
     }
     let json = serde_json::json!({"method": req.method().as_str(), "path": req.uri().to_string(), "headers": headers});
     Response::builder()
@@ -228,8 +269,13 @@ async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, String> {
         .map_err(|e| e.to_string())
 }
 
-async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<(u16, Bytes), String> {
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+async fn get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, Bytes), String> {
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
     let mut b = Request::get(format!("http://{addr}{path}"));
     for (k, v) in headers {
         b = b.header(*k, *v);
@@ -237,6 +283,11 @@ async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<(
     let req = b.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
     let resp = client.request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
     Ok((status, body))
 }

@@ -68,7 +68,11 @@ pub struct ClientInfo {
 /// Step 6b: `x-forwarded-for` (client address appended), `-proto`, `-host` (the client's
 /// authority verbatim), and `x-request-id` (the client's if sane, else a new one).
 /// Returns the request id for the access log.
-pub fn set_forwarded(headers: &mut HeaderMap, client: ClientInfo, authority: Option<&str>) -> HeaderValue {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: ClientInfo,
+    authority: Option<&str>,
+) -> HeaderValue {
     let ip = client.peer.ip().to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
@@ -104,7 +108,8 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: ClientInfo, authority: Opt
 fn is_sane_request_id(v: &[u8]) -> bool {
     !v.is_empty()
         && v.len() <= 128
-        && v.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// A process-unique id: random 64-bit prefix chosen at start, then a counter.
@@ -168,8 +173,19 @@ mod tests {
     #[test]
     fn strips_forged_identity() {
         let mut h = HeaderMap::new();
-        for n in ["x-user-id", "x-user-scopes", "x-auth-claims", "x-auth-anything", "x-jwtgate-assertion", "x-user-email", "x-other"] {
-            h.insert(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_static("evil"));
+        for n in [
+            "x-user-id",
+            "x-user-scopes",
+            "x-auth-claims",
+            "x-auth-anything",
+            "x-jwtgate-assertion",
+            "x-user-email",
+            "x-other",
+        ] {
+            h.insert(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_static("evil"),
+            );
         }
         strip_client_headers(&mut h, &identity());
         assert_eq!(h.len(), 1);
@@ -179,7 +195,10 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -193,8 +212,18 @@ mod tests {
     fn forwarded_headers() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        h.insert("x-request-id", HeaderValue::from_static("bad id with spaces"));
-        let id = set_forwarded(&mut h, ClientInfo { peer: "127.0.0.9:5000".parse().unwrap(), tls: true }, Some("api.example:8443"));
+        h.insert(
+            "x-request-id",
+            HeaderValue::from_static("bad id with spaces"),
+        );
+        let id = set_forwarded(
+            &mut h,
+            ClientInfo {
+                peer: "127.0.0.9:5000".parse().unwrap(),
+                tls: true,
+            },
+            Some("api.example:8443"),
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "api.example:8443");
@@ -202,6 +231,16 @@ mod tests {
         assert_eq!(h["x-request-id"], id);
         let mut h = HeaderMap::new();
         h.insert("x-request-id", HeaderValue::from_static("abc-123"));
-        assert_eq!(set_forwarded(&mut h, ClientInfo { peer: "[::1]:1".parse().unwrap(), tls: false }, None), "abc-123");
+        assert_eq!(
+            set_forwarded(
+                &mut h,
+                ClientInfo {
+                    peer: "[::1]:1".parse().unwrap(),
+                    tls: false
+                },
+                None
+            ),
+            "abc-123"
+        );
     }
 }

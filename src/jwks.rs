@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use http::Uri;
 use http_body_util::{BodyExt, Limited};
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::sync::{watch, Notify};
 
@@ -80,7 +82,11 @@ pub type StaticKey = VerifyKey;
 
 impl VerifyKey {
     /// Build a static key; the message says what is wrong (without the material).
-    pub fn new(kid: Option<String>, alg: Algorithm, material: KeyMaterial) -> Result<VerifyKey, String> {
+    pub fn new(
+        kid: Option<String>,
+        alg: Algorithm,
+        material: KeyMaterial,
+    ) -> Result<VerifyKey, String> {
         use jsonwebtoken::AlgorithmFamily as F;
         let key = match (alg.family(), material) {
             (F::Hmac, KeyMaterial::Secret(s)) => {
@@ -277,7 +283,9 @@ impl IssuerKeys {
 
     /// Number of JWKS documents fetched (successfully or not) so far.
     pub fn jwks_fetches(&self) -> u64 {
-        self.jwks.as_ref().map_or(0, |j| j.fetches.load(Ordering::Relaxed))
+        self.jwks
+            .as_ref()
+            .map_or(0, |j| j.fetches.load(Ordering::Relaxed))
     }
 
     fn install(&self, set: KeySet) {
@@ -299,10 +307,10 @@ impl IssuerKeys {
         if !j.in_flight.load(Ordering::Acquire) {
             let now_ms = j.epoch.elapsed().as_millis() as u64 + 1;
             let last = j.last_kid_refetch_ms.load(Ordering::Acquire);
-            let due = last == 0 || now_ms.saturating_sub(last) >= UNKNOWN_KID_REFETCH_INTERVAL.as_millis() as u64;
+            let due = last == 0
+                || now_ms.saturating_sub(last) >= UNKNOWN_KID_REFETCH_INTERVAL.as_millis() as u64;
             if !due
-                || j
-                    .last_kid_refetch_ms
+                || j.last_kid_refetch_ms
                     .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Acquire)
                     .is_err()
             {
@@ -324,7 +332,11 @@ impl IssuerKeys {
     }
 
     /// Background task: keep this issuer's JWKS fresh until `shutdown` fires.
-    pub async fn run_jwks(self: Arc<Self>, client: crate::upstream::Client, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run_jwks(
+        self: Arc<Self>,
+        client: crate::upstream::Client,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let Some(j) = &self.jwks else { return };
         let mut backoff = Duration::from_millis(250);
         loop {
@@ -414,7 +426,11 @@ async fn fetch_jwks(
     .map_err(|e| JwksError::Body(e.to_string()))?
     .to_bytes();
     let set: JwkSet = serde_json::from_slice(&body)?;
-    let keys = set.keys.iter().filter_map(|k| VerifyKey::from_jwk(k, allow)).collect();
+    let keys = set
+        .keys
+        .iter()
+        .filter_map(|k| VerifyKey::from_jwk(k, allow))
+        .collect();
     Ok((keys, max_age))
 }
 
@@ -439,7 +455,8 @@ mod tests {
 
     #[test]
     fn short_hmac_secret_refused() {
-        let e = VerifyKey::new(None, Algorithm::HS256, KeyMaterial::Secret(vec![1; 31])).unwrap_err();
+        let e =
+            VerifyKey::new(None, Algorithm::HS256, KeyMaterial::Secret(vec![1; 31])).unwrap_err();
         assert!(e.contains("31 bytes"), "{e}");
         assert!(VerifyKey::new(None, Algorithm::HS256, KeyMaterial::Secret(vec![1; 32])).is_ok());
     }
@@ -452,13 +469,19 @@ mod tests {
 
     #[test]
     fn max_age_parsing() {
-        assert_eq!(parse_max_age("public, max-age=600"), Some(Duration::from_secs(600)));
+        assert_eq!(
+            parse_max_age("public, max-age=600"),
+            Some(Duration::from_secs(600))
+        );
         assert_eq!(parse_max_age("no-cache"), None);
     }
 
     #[test]
     fn jwk_oct_keys_are_ignored() {
-        let set: JwkSet = serde_json::from_str(r#"{"keys":[{"kty":"oct","k":"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0","kid":"h"}]}"#).unwrap();
+        let set: JwkSet = serde_json::from_str(
+            r#"{"keys":[{"kty":"oct","k":"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0","kid":"h"}]}"#,
+        )
+        .unwrap();
         assert!(VerifyKey::from_jwk(&set.keys[0], None).is_none());
     }
 }

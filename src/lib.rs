@@ -79,15 +79,37 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
     let bind = |addr: SocketAddr, what| {
         listener::bind(addr, workers_n).map_err(|source| ServeError::Bind { addr, what, source })
     };
-    let https = config.listen.https.map(|a| bind(a, "listen.https")).transpose()?;
-    let http = config.listen.http.map(|a| bind(a, "listen.http")).transpose()?;
+    let https = config
+        .listen
+        .https
+        .map(|a| bind(a, "listen.https"))
+        .transpose()?;
+    let http = config
+        .listen
+        .http
+        .map(|a| bind(a, "listen.http"))
+        .transpose()?;
     let admin_std = listener::bind(config.listen.admin, 1)
-        .map_err(|source| ServeError::Bind { addr: config.listen.admin, what: "listen.admin", source })?
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen.admin,
+            what: "listen.admin",
+            source,
+        })?
         .pop()
         .expect("bind returns one socket per worker");
-    let https_addr = https.as_ref().and_then(|v| v.first()).and_then(|l| l.local_addr().ok());
-    let http_addr = http.as_ref().and_then(|v| v.first()).and_then(|l| l.local_addr().ok());
-    let admin_addr = admin_std.local_addr().map_err(|source| ServeError::Bind { addr: config.listen.admin, what: "listen.admin", source })?;
+    let https_addr = https
+        .as_ref()
+        .and_then(|v| v.first())
+        .and_then(|l| l.local_addr().ok());
+    let http_addr = http
+        .as_ref()
+        .and_then(|v| v.first())
+        .and_then(|l| l.local_addr().ok());
+    let admin_addr = admin_std.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen.admin,
+        what: "listen.admin",
+        source,
+    })?;
 
     let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let app = App::new(config);
@@ -96,10 +118,17 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
     // Background: JWKS fetchers, on the caller's runtime.
     let control_client = upstream::client(4);
     for issuer in app.verifier.issuers() {
-        tokio::spawn(issuer.clone().run_jwks(control_client.clone(), shutdown_rx.clone()));
+        tokio::spawn(
+            issuer
+                .clone()
+                .run_jwks(control_client.clone(), shutdown_rx.clone()),
+        );
     }
 
-    let shared = Arc::new(Shared { app: ArcSwap::from_pointee(app), tls });
+    let shared = Arc::new(Shared {
+        app: ArcSwap::from_pointee(app),
+        tls,
+    });
 
     let mut per_worker: Vec<listener::WorkerSockets> = (0..workers_n).map(|_| Vec::new()).collect();
     for (set, is_tls) in [(https, true), (http, false)] {
@@ -118,11 +147,16 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
         workers.push(h);
     }
 
-    let admin_l = tokio::net::TcpListener::from_std(admin_std)
-        .map_err(|source| ServeError::Bind { addr: admin_addr, what: "listen.admin", source })?;
+    let admin_l =
+        tokio::net::TcpListener::from_std(admin_std).map_err(|source| ServeError::Bind {
+            addr: admin_addr,
+            what: "listen.admin",
+            source,
+        })?;
     tokio::spawn(admin::serve(admin_l, shared.clone(), shutdown_rx));
 
-    tracing::info!(https = ?https_addr, http = ?http_addr, admin = %admin_addr, workers = workers_n, "jwtgate serving");
+    let show = |a: Option<SocketAddr>| a.map_or_else(|| "-".to_string(), |a| a.to_string());
+    tracing::info!(https = %show(https_addr), http = %show(http_addr), admin = %admin_addr, workers = workers_n, "jwtgate serving");
     Ok(Running {
         https_addr,
         http_addr,

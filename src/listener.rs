@@ -35,7 +35,11 @@ pub fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpList
     let mut out = Vec::with_capacity(n);
     let mut addr = addr;
     for _ in 0..n {
-        let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
         s.set_reuse_address(true)?;
         s.set_reuse_port(true)?;
         s.set_nonblocking(true)?;
@@ -52,8 +56,16 @@ pub fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpList
 pub type WorkerSockets = Vec<(std::net::TcpListener, bool)>;
 
 /// Run one worker thread until `shutdown` is set, then drain for at most `drain`.
-pub fn run_worker(id: usize, sockets: WorkerSockets, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+pub fn run_worker(
+    id: usize,
+    sockets: WorkerSockets,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(worker = id, error = %e, "cannot start worker runtime");
@@ -86,8 +98,14 @@ pub fn run_worker(id: usize, sockets: WorkerSockets, shared: Arc<Shared>, mut sh
         // Accept loops return once shutdown is set; then stop accepting and drain.
         futures_util::future::join_all(loops).await;
         let _ = shutdown.wait_for(|s| *s).await;
-        if tokio::time::timeout(server.drain, graceful.shutdown()).await.is_err() {
-            tracing::warn!(worker = id, "drain period over; closing remaining connections");
+        if tokio::time::timeout(server.drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                worker = id,
+                "drain period over; closing remaining connections"
+            );
         }
     });
 }
@@ -114,7 +132,12 @@ struct ConnCtx {
     tls: bool,
 }
 
-async fn accept_loop(l: TcpListener, ctx: ConnCtx, graceful: &GracefulShutdown, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    l: TcpListener,
+    ctx: ConnCtx,
+    graceful: &GracefulShutdown,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             r = l.accept() => match r {
@@ -134,7 +157,9 @@ async fn accept_loop(l: TcpListener, ctx: ConnCtx, graceful: &GracefulShutdown, 
         tokio::spawn(async move {
             let info = ClientInfo { peer, tls: ctx.tls };
             if ctx.tls {
-                let Some(acceptor) = ctx.shared.tls.clone() else { return };
+                let Some(acceptor) = ctx.shared.tls.clone() else {
+                    return;
+                };
                 match tokio::time::timeout(ctx.header_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(s)) => serve_conn(s, info, ctx, watcher).await,
                     Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
@@ -158,7 +183,10 @@ where
         let client = client.clone();
         async move { Ok::<_, Infallible>(proxy::handle(app, &client, info, req).await) }
     });
-    let conn = ctx.builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned();
+    let conn = ctx
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .into_owned();
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(peer = %info.peer, error = %e, "connection ended with error");
     }

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use jwtgate::config::{self, Config, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "jwtgate", version, about = "Identity-aware edge gateway: validates JWTs locally and forwards a verified identity")]
+#[command(
+    name = "jwtgate",
+    version,
+    about = "Identity-aware edge gateway: validates JWTs locally and forwards a verified identity"
+)]
 struct Cli {
     /// Config file (default: $JWTGATE_CONFIG, then ./gateway.toml).
     #[arg(short, long, global = true, value_name = "FILE")]
@@ -28,7 +32,11 @@ enum Cmd {
         #[arg(long)]
         alg: String,
         /// PEM private key file (RSA, EC, Ed25519).
-        #[arg(long, conflicts_with = "secret_env", required_unless_present = "secret_env")]
+        #[arg(
+            long,
+            conflicts_with = "secret_env",
+            required_unless_present = "secret_env"
+        )]
         key: Option<PathBuf>,
         /// Environment variable holding the HMAC secret.
         #[arg(long)]
@@ -72,9 +80,18 @@ fn main() -> ExitCode {
     match cli.cmd.unwrap_or(Cmd::Run) {
         Cmd::Run => run(config::resolve_path(cli.config)),
         Cmd::Check => check(config::resolve_path(cli.config)),
-        Cmd::Token { alg, key, secret_env, sub, kid, iss, aud, scope, ttl, claims } => {
-            token(alg, key, secret_env, sub, kid, iss, aud, scope, ttl, claims)
-        }
+        Cmd::Token {
+            alg,
+            key,
+            secret_env,
+            sub,
+            kid,
+            iss,
+            aud,
+            scope,
+            ttl,
+            claims,
+        } => token(alg, key, secret_env, sub, kid, iss, aud, scope, ttl, claims),
         Cmd::GenCert { out, hosts } => match jwtgate::certs::write(&out, &hosts) {
             Ok((c, k)) => {
                 println!("certificate: {}\nkey:         {}", c.display(), k.display());
@@ -106,9 +123,15 @@ fn runtime() -> tokio::runtime::Runtime {
 fn init_logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Json => b.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Json => b
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
         LogFormat::Text => b.try_init(),
     };
 }
@@ -134,7 +157,10 @@ fn run(path: PathBuf) -> ExitCode {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers, serve until killed.
         std::future::pending::<()>().await;
         return;
@@ -151,7 +177,12 @@ fn check(path: PathBuf) -> ExitCode {
         Err(e) => return fail(e),
     };
     println!("{}: OK", path.display());
-    println!("listen: https={} http={} admin={}", opt(cfg.listen.https), opt(cfg.listen.http), cfg.listen.admin);
+    println!(
+        "listen: https={} http={} admin={}",
+        opt(cfg.listen.https),
+        opt(cfg.listen.http),
+        cfg.listen.admin
+    );
     for i in &cfg.issuers {
         let src = match &i.keys {
             config::KeySource::Jwks(u) => format!("jwks {u}"),
@@ -159,7 +190,10 @@ fn check(path: PathBuf) -> ExitCode {
         };
         println!("issuer {:?}: iss={:?} {src}", i.name, i.issuer);
     }
-    println!("{:<20} {:<24} {:<28} {:<9} {:<6} upstreams", "ROUTE", "HOST", "PATH_PREFIX", "AUTH", "STRIP");
+    println!(
+        "{:<20} {:<24} {:<28} {:<9} {:<6} upstreams",
+        "ROUTE", "HOST", "PATH_PREFIX", "AUTH", "STRIP"
+    );
     for r in &cfg.routes {
         let ups: Vec<String> = r.upstreams.iter().map(|u| u.to_string()).collect();
         println!(
@@ -194,7 +228,10 @@ fn token(
 ) -> ExitCode {
     use jwtgate::token::{mint, Mint, SigningKey};
     let Some(alg_v) = jwtgate::jwks::parse_alg(&alg) else {
-        return fail(format!("--alg {alg:?} is not one of {}", jwtgate::jwks::SUPPORTED_ALGS));
+        return fail(format!(
+            "--alg {alg:?} is not one of {}",
+            jwtgate::jwks::SUPPORTED_ALGS
+        ));
     };
     let key = match (key, secret_env) {
         (Some(p), _) => match std::fs::read(&p) {
@@ -203,7 +240,11 @@ fn token(
         },
         (None, Some(var)) => match std::env::var_os(&var) {
             Some(v) => SigningKey::Secret(std::os::unix::ffi::OsStringExt::into_vec(v)),
-            None => return fail(format!("--secret-env: environment variable {var} is not set")),
+            None => {
+                return fail(format!(
+                    "--secret-env: environment variable {var} is not set"
+                ))
+            }
         },
         (None, None) => return fail("give --key FILE or --secret-env VAR"),
     };
@@ -214,7 +255,17 @@ fn token(
             _ => return fail(format!("--claim {c:?} must be K=V")),
         }
     }
-    let m = Mint { alg: alg_v, key, sub, kid, iss, aud, scope, ttl: Duration::from_secs(ttl), claims: kv };
+    let m = Mint {
+        alg: alg_v,
+        key,
+        sub,
+        kid,
+        iss,
+        aud,
+        scope,
+        ttl: Duration::from_secs(ttl),
+        claims: kv,
+    };
     match mint(&m) {
         Ok(t) => {
             println!("{t}");

@@ -16,7 +16,12 @@ use crate::identity::{self, ClientInfo, X_REQUEST_ID};
 use crate::upstream::{self, Client};
 
 /// Serve one request and write its access-log line.
-pub async fn handle(app: Arc<App>, client: &Client, conn: ClientInfo, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    app: Arc<App>,
+    client: &Client,
+    conn: ClientInfo,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let version = req.version();
@@ -30,7 +35,8 @@ pub async fn handle(app: Arc<App>, client: &Client, conn: ClientInfo, req: Reque
             let mut r = e.into_response();
             if close {
                 // Never reuse a connection whose framing we could not trust.
-                r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             r
         }
@@ -60,7 +66,13 @@ struct LogFields {
     error: Option<String>,
 }
 
-async fn proxy(app: &App, client: &Client, conn: ClientInfo, mut req: Request<Incoming>, log: &mut LogFields) -> Result<Response<Body>, GatewayError> {
+async fn proxy(
+    app: &App,
+    client: &Client,
+    conn: ClientInfo,
+    mut req: Request<Incoming>,
+    log: &mut LogFields,
+) -> Result<Response<Body>, GatewayError> {
     // 1. Accept: TLS, HTTP/1.1 or h2, header timeout and size limits live in `listener`.
     //    Framing that could smuggle a second request past us is refused here.
     check_framing(&req, app.config.server.max_body_bytes)?;
@@ -70,7 +82,10 @@ async fn proxy(app: &App, client: &Client, conn: ClientInfo, mut req: Request<In
     let authority = authority(&parts).map(str::to_owned);
 
     // 2. Route.
-    let route = app.router.find(authority.as_deref(), parts.uri.path()).ok_or(GatewayError::NoRoute)?;
+    let route = app
+        .router
+        .find(authority.as_deref(), parts.uri.path())
+        .ok_or(GatewayError::NoRoute)?;
     log.route = Some(route.config.name.clone());
 
     // 3. Strip identity headers the client sent, on every route, before anything else.
@@ -79,7 +94,17 @@ async fn proxy(app: &App, client: &Client, conn: ClientInfo, mut req: Request<In
     // 4. Authenticate: token, signature, claims, scopes.
     let auth = match route.config.auth {
         AuthMode::None => None,
-        _ => app.verifier.authenticate(&route.config, &app.config.tokens, &parts.method, authority.as_deref(), &parts.headers).await?,
+        _ => {
+            app.verifier
+                .authenticate(
+                    &route.config,
+                    &app.config.tokens,
+                    &parts.method,
+                    authority.as_deref(),
+                    &parts.headers,
+                )
+                .await?
+        }
     };
 
     // 5. Refresh: not in this version (the config refuses a [refresh] table).
@@ -89,12 +114,19 @@ async fn proxy(app: &App, client: &Client, conn: ClientInfo, mut req: Request<In
         identity::set_identity(&mut parts.headers, &app.config.identity, a);
         log.sub = Some(a.verified.sub.clone());
     }
-    log.request_id = Some(identity::set_forwarded(&mut parts.headers, conn, authority.as_deref()));
+    log.request_id = Some(identity::set_forwarded(
+        &mut parts.headers,
+        conn,
+        authority.as_deref(),
+    ));
     identity::remove_hop_by_hop(&mut parts.headers, upgrade);
 
     // 7. Forward, streaming both ways; splice upgraded connections.
     let replayable = !has_body(&parts.headers);
-    let body = body::stream(Limited::new(body, app.config.server.max_body_bytes as usize));
+    let body = body::stream(Limited::new(
+        body,
+        app.config.server.max_body_bytes as usize,
+    ));
     let mut resp = upstream::forward(client, route, parts, body, replayable).await?;
     if let Some(on) = on_upgrade {
         upstream::splice_upgrade(on, &mut resp);
@@ -109,12 +141,16 @@ async fn proxy(app: &App, client: &Client, conn: ClientInfo, mut req: Request<In
 fn check_framing(req: &Request<Incoming>, max_body: u64) -> Result<(), GatewayError> {
     let h = req.headers();
     if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
-        return Err(GatewayError::BadRequest("both Content-Length and Transfer-Encoding"));
+        return Err(GatewayError::BadRequest(
+            "both Content-Length and Transfer-Encoding",
+        ));
     }
     let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
     if let Some(first) = lengths.next() {
         if lengths.any(|v| v != first) {
-            return Err(GatewayError::BadRequest("conflicting Content-Length headers"));
+            return Err(GatewayError::BadRequest(
+                "conflicting Content-Length headers",
+            ));
         }
         let n: u64 = first
             .to_str()
@@ -130,7 +166,8 @@ fn check_framing(req: &Request<Incoming>, max_body: u64) -> Result<(), GatewayEr
 
 fn has_body(h: &http::HeaderMap) -> bool {
     h.contains_key(header::TRANSFER_ENCODING)
-        || h.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
+        || h.get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
 }
 
 fn is_upgrade(req: &Request<Incoming>) -> bool {
@@ -141,7 +178,10 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 /// The authority the client addressed: `Host` (HTTP/1.1) or `:authority` (h2).

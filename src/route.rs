@@ -18,7 +18,11 @@ impl Route {
     /// Upstreams in round-robin order starting with this request's turn.
     pub fn pick(&self) -> impl Iterator<Item = &UpstreamUrl> {
         let n = self.config.upstreams.len();
-        let start = if n == 1 { 0 } else { self.next.fetch_add(1, Ordering::Relaxed) % n };
+        let start = if n == 1 {
+            0
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed) % n
+        };
         (0..n).map(move |i| &self.config.upstreams[(start + i) % n])
     }
 
@@ -35,7 +39,9 @@ impl Route {
         } else {
             path
         };
-        let mut out = String::with_capacity(upstream.base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
+        let mut out = String::with_capacity(
+            upstream.base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1),
+        );
         out.push_str(&upstream.base_path);
         out.push_str(rest);
         if let Some(q) = query {
@@ -203,23 +209,33 @@ mod tests {
         let r = Router::new(vec![rc("s", None, "/api", true)]);
         let route = r.find(None, "/api/x").unwrap();
         let up = parse_upstream("http://u/base").unwrap();
-        assert_eq!(route.upstream_path(&up, "/api/x", Some("q=1")), "/base/x?q=1");
+        assert_eq!(
+            route.upstream_path(&up, "/api/x", Some("q=1")),
+            "/base/x?q=1"
+        );
         assert_eq!(route.upstream_path(&up, "/api", None), "/base/");
     }
 
     #[test]
     fn round_robin_is_strict() {
         let mut c = rc("rr", None, "/", false);
-        c.upstreams = vec![parse_upstream("http://a").unwrap(), parse_upstream("http://b").unwrap()];
+        c.upstreams = vec![
+            parse_upstream("http://a").unwrap(),
+            parse_upstream("http://b").unwrap(),
+        ];
         let r = Router::new(vec![c]);
         let route = r.find(None, "/").unwrap();
-        let firsts: Vec<String> = (0..4).map(|_| route.pick().next().unwrap().authority.to_string()).collect();
+        let firsts: Vec<String> = (0..4)
+            .map(|_| route.pick().next().unwrap().authority.to_string())
+            .collect();
         assert_eq!(firsts, ["a", "b", "a", "b"]);
     }
 
     #[test]
     fn ten_thousand_routes() {
-        let routes = (0..10_000).map(|i| rc(&format!("r{i}"), None, &format!("/svc{i}/v1"), false)).collect();
+        let routes = (0..10_000)
+            .map(|i| rc(&format!("r{i}"), None, &format!("/svc{i}/v1"), false))
+            .collect();
         let r = Router::new(routes);
         assert_eq!(name(&r, None, "/svc9999/v1/items/1"), Some("r9999"));
         assert_eq!(name(&r, None, "/svc10000/v1"), None);

@@ -31,7 +31,10 @@ pub struct Mint {
 #[derive(Debug, thiserror::Error)]
 pub enum MintError {
     #[error("the key does not fit {alg:?}: {source}")]
-    Key { alg: Algorithm, source: jsonwebtoken::errors::Error },
+    Key {
+        alg: Algorithm,
+        source: jsonwebtoken::errors::Error,
+    },
     #[error("cannot sign: {0}")]
     Sign(jsonwebtoken::errors::Error),
 }

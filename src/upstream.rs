@@ -17,7 +17,8 @@ use crate::error::GatewayError;
 use crate::route::Route;
 
 /// Pooled HTTP/1.1 client for http:// and https:// upstreams (webpki roots).
-pub type Client = hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+pub type Client =
+    hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
 /// Time allowed to establish a TCP connection to an upstream.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,9 +33,11 @@ pub fn client(max_idle_per_host: usize) -> Client {
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map(|b| b.with_root_certificates(roots).with_no_client_auth());
     let tls = match tls {
         Ok(t) => t,
         // The provider supports the default versions; this cannot fail in practice.
@@ -71,7 +74,10 @@ pub async fn forward(
     let mut body = Some(body);
     let mut last_err = GatewayError::NoUpstream;
     for upstream in route.pick() {
-        let uri = upstream_uri(upstream, &route.upstream_path(upstream, &path, query.as_deref()))?;
+        let uri = upstream_uri(
+            upstream,
+            &route.upstream_path(upstream, &path, query.as_deref()),
+        )?;
         let mut p = match (body.is_some(), &spare) {
             (true, _) => std::mem::replace(&mut parts, Request::new(()).into_parts().0),
             (false, Some((m, h))) => {
@@ -117,7 +123,10 @@ fn upstream_uri(u: &UpstreamUrl, path_and_query: &str) -> Result<Uri, GatewayErr
 }
 
 fn is_idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 fn has_length_limit_error(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -144,7 +153,10 @@ fn error_chain(e: &hyper_util::client::legacy::Error) -> String {
 
 /// After a `101 Switching Protocols` from the upstream, splice the client's and the
 /// upstream's upgraded connections together in a background task.
-pub fn splice_upgrade(client_side: hyper::upgrade::OnUpgrade, upstream_resp: &mut Response<Incoming>) {
+pub fn splice_upgrade(
+    client_side: hyper::upgrade::OnUpgrade,
+    upstream_resp: &mut Response<Incoming>,
+) {
     if upstream_resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return;
     }

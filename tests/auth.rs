@@ -66,7 +66,10 @@ fn bearer(t: &str) -> String {
 impl Setup {
     async fn call(&self, path: &str, token: &str) -> Resp {
         let b = bearer(token);
-        self.gw.client_plain().get(&self.gw.http_url(path), &[("authorization", &b)]).await
+        self.gw
+            .client_plain()
+            .get(&self.gw.http_url(path), &[("authorization", &b)])
+            .await
     }
 
     /// Expect a 401 whose RFC 6750 description contains `reason`, without the token
@@ -76,25 +79,47 @@ impl Setup {
         let r = self.call("/api/x", token).await;
         assert_eq!(r.status, 401, "{reason}: {}", r.text());
         let www = r.header("www-authenticate").unwrap();
-        assert!(www.starts_with("Bearer realm=\"jwtgate\", error=\"invalid_token\""), "{www}");
+        assert!(
+            www.starts_with("Bearer realm=\"jwtgate\", error=\"invalid_token\""),
+            "{www}"
+        );
         assert!(www.contains(reason), "wanted {reason:?} in {www}");
         assert_eq!(r.json()["error"], "invalid_token");
-        assert!(r.json()["error_description"].as_str().unwrap().contains(reason));
+        assert!(r.json()["error_description"]
+            .as_str()
+            .unwrap()
+            .contains(reason));
         if token.len() > 8 {
-            assert!(!r.text().contains(token) && !www.contains(token), "token echoed");
+            assert!(
+                !r.text().contains(token) && !www.contains(token),
+                "token echoed"
+            );
         }
-        assert_eq!(self.up.count(), before, "refused request reached the upstream");
+        assert_eq!(
+            self.up.count(),
+            before,
+            "refused request reached the upstream"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_supported_algorithm_passes() {
     let s = setup().await;
-    for (alg, kid) in [("RS256", "r1"), ("PS256", "p1"), ("ES256", "e1"), ("EdDSA", "d1"), ("HS256", "h1")] {
+    for (alg, kid) in [
+        ("RS256", "r1"),
+        ("PS256", "p1"),
+        ("ES256", "e1"),
+        ("EdDSA", "d1"),
+        ("HS256", "h1"),
+    ] {
         let t = token(alg, Some(kid), json!({"sub": format!("user-{alg}")}));
         let r = s.call("/api/x", &t).await;
         assert_eq!(r.status, 200, "{alg}: {}", r.text());
-        assert_eq!(s.up.last().headers["x-user-id"], format!("user-{alg}").as_str());
+        assert_eq!(
+            s.up.last().headers["x-user-id"],
+            format!("user-{alg}").as_str()
+        );
     }
     // HS256 without kid: tried against the issuer's keys pinned to HS256.
     let t = token("HS256", None, json!({}));
@@ -104,10 +129,28 @@ async fn every_supported_algorithm_passes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_headers_reach_upstream_over_tls_and_h2() {
     let s = setup().await;
-    let t = token("ES256", Some("e1"), json!({"scope": "orders:read orders:write", "email": "alice@example.com", "groups": ["dev", "ops"]}));
+    let t = token(
+        "ES256",
+        Some("e1"),
+        json!({"scope": "orders:read orders:write", "email": "alice@example.com", "groups": ["dev", "ops"]}),
+    );
     let b = bearer(&t);
-    for (cl, url) in [(s.gw.client_tls(), s.gw.https_url("/api/x")), (s.gw.client_h2(), s.gw.https_url("/api/x")), (s.gw.client_plain(), s.gw.http_url("/api/x"))] {
-        let r = cl.get(&url, &[("authorization", &b), ("x-user-id", "mallory"), ("x-auth-claims", "forged"), ("x-user-email", "evil@example.com")]).await;
+    for (cl, url) in [
+        (s.gw.client_tls(), s.gw.https_url("/api/x")),
+        (s.gw.client_h2(), s.gw.https_url("/api/x")),
+        (s.gw.client_plain(), s.gw.http_url("/api/x")),
+    ] {
+        let r = cl
+            .get(
+                &url,
+                &[
+                    ("authorization", &b),
+                    ("x-user-id", "mallory"),
+                    ("x-auth-claims", "forged"),
+                    ("x-user-email", "evil@example.com"),
+                ],
+            )
+            .await;
         assert_eq!(r.status, 200);
         let h = s.up.last().headers;
         assert_eq!(h["x-user-id"], "alice");
@@ -115,7 +158,12 @@ async fn identity_headers_reach_upstream_over_tls_and_h2() {
         assert_eq!(h["x-user-email"], "alice@example.com");
         assert_eq!(h["x-user-groups"], "dev,ops");
         assert_eq!(h["authorization"], b.as_str());
-        let claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h["x-auth-claims"].as_bytes()).unwrap()).unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(h["x-auth-claims"].as_bytes())
+                .unwrap(),
+        )
+        .unwrap();
         for k in ["jti", "iat", "exp", "iss", "sub"] {
             assert!(claims.get(k).is_some(), "claims header lacks {k}");
         }
@@ -127,7 +175,13 @@ async fn identity_headers_reach_upstream_over_tls_and_h2() {
 async fn spoofed_identity_is_stripped_on_every_auth_mode() {
     let s = setup().await;
     let cl = s.gw.client_plain();
-    let forged = [("x-user-id", "root"), ("x-user-scopes", "admin"), ("x-auth-claims", "e30"), ("x-auth-admin", "1"), ("x-user-email", "e@x")];
+    let forged = [
+        ("x-user-id", "root"),
+        ("x-user-scopes", "admin"),
+        ("x-auth-claims", "e30"),
+        ("x-auth-admin", "1"),
+        ("x-user-email", "e@x"),
+    ];
     // optional route without a token, open route: headers gone.
     for path in ["/opt/x", "/open/x"] {
         let r = cl.get(&s.gw.http_url(path), &forged).await;
@@ -142,10 +196,17 @@ async fn spoofed_identity_is_stripped_on_every_auth_mode() {
     let b = bearer(&t);
     let mut with_token = forged.to_vec();
     with_token.push(("authorization", &b));
-    assert_eq!(cl.get(&s.gw.http_url("/opt/x"), &with_token).await.status, 200);
+    assert_eq!(
+        cl.get(&s.gw.http_url("/opt/x"), &with_token).await.status,
+        200
+    );
     let h = s.up.last().headers;
     assert_eq!(h["x-user-id"], "alice");
-    assert!(!h.contains_key("x-auth-admin") && !h.contains_key("x-user-scopes") && !h.contains_key("x-user-email"));
+    assert!(
+        !h.contains_key("x-auth-admin")
+            && !h.contains_key("x-user-scopes")
+            && !h.contains_key("x-user-email")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,20 +214,43 @@ async fn no_token_is_401_without_error_attribute() {
     let s = setup().await;
     let r = s.gw.client_plain().get(&s.gw.http_url("/api/x"), &[]).await;
     assert_eq!(r.status, 401);
-    assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"jwtgate\""));
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"jwtgate\"")
+    );
     assert_eq!(s.up.count(), 0);
     // Optional route: no token is fine, a bad one is not.
-    assert_eq!(s.gw.client_plain().get(&s.gw.http_url("/opt/x"), &[]).await.status, 200);
+    assert_eq!(
+        s.gw.client_plain()
+            .get(&s.gw.http_url("/opt/x"), &[])
+            .await
+            .status,
+        200
+    );
     assert_eq!(s.call("/opt/x", "garbage").await.status, 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_authorization_schemes_are_401() {
     let s = setup().await;
-    for v in ["Basic YWxpY2U6cHc=", "Bearer", "Bearer ", "Token abc", "bearer"] {
-        let r = s.gw.client_plain().get(&s.gw.http_url("/api/x"), &[("authorization", v)]).await;
+    for v in [
+        "Basic YWxpY2U6cHc=",
+        "Bearer",
+        "Bearer ",
+        "Token abc",
+        "bearer",
+    ] {
+        let r =
+            s.gw.client_plain()
+                .get(&s.gw.http_url("/api/x"), &[("authorization", v)])
+                .await;
         assert_eq!(r.status, 401, "{v}");
-        assert!(r.header("www-authenticate").unwrap().contains("malformed token"), "{v}");
+        assert!(
+            r.header("www-authenticate")
+                .unwrap()
+                .contains("malformed token"),
+            "{v}"
+        );
     }
 }
 
@@ -174,22 +258,75 @@ async fn malformed_authorization_schemes_are_401() {
 async fn time_claims_with_leeway() {
     let s = setup().await;
     let now = jwtgate::auth::now_unix();
-    assert_eq!(s.call("/api/x", &token("RS256", Some("r1"), json!({"exp": now - 10}))).await.status, 200, "within leeway");
-    s.refused(&token("RS256", Some("r1"), json!({"exp": now - 120})), "token expired").await;
-    s.refused(&token("RS256", Some("r1"), json!({"nbf": now + 600})), "token not yet valid").await;
-    s.refused(&token("RS256", Some("r1"), json!({"exp": null})), "missing claim exp").await;
-    s.refused(&token("RS256", Some("r1"), json!({"exp": "9999999999"})), "malformed token").await;
+    assert_eq!(
+        s.call(
+            "/api/x",
+            &token("RS256", Some("r1"), json!({"exp": now - 10}))
+        )
+        .await
+        .status,
+        200,
+        "within leeway"
+    );
+    s.refused(
+        &token("RS256", Some("r1"), json!({"exp": now - 120})),
+        "token expired",
+    )
+    .await;
+    s.refused(
+        &token("RS256", Some("r1"), json!({"nbf": now + 600})),
+        "token not yet valid",
+    )
+    .await;
+    s.refused(
+        &token("RS256", Some("r1"), json!({"exp": null})),
+        "missing claim exp",
+    )
+    .await;
+    s.refused(
+        &token("RS256", Some("r1"), json!({"exp": "9999999999"})),
+        "malformed token",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issuer_audience_subject_checks() {
     let s = setup().await;
-    s.refused(&token("RS256", Some("r1"), json!({"iss": "https://evil.test"})), "issuer mismatch").await;
-    s.refused(&token("RS256", Some("r1"), json!({"iss": null})), "missing claim iss").await;
-    s.refused(&token("RS256", Some("r1"), json!({"aud": "someone-else"})), "audience mismatch").await;
-    s.refused(&token("RS256", Some("r1"), json!({"aud": null})), "missing claim aud").await;
-    s.refused(&token("RS256", Some("r1"), json!({"sub": null})), "missing claim sub").await;
-    assert_eq!(s.call("/api/x", &token("RS256", Some("r1"), json!({"aud": ["x", "other-api"]}))).await.status, 200);
+    s.refused(
+        &token("RS256", Some("r1"), json!({"iss": "https://evil.test"})),
+        "issuer mismatch",
+    )
+    .await;
+    s.refused(
+        &token("RS256", Some("r1"), json!({"iss": null})),
+        "missing claim iss",
+    )
+    .await;
+    s.refused(
+        &token("RS256", Some("r1"), json!({"aud": "someone-else"})),
+        "audience mismatch",
+    )
+    .await;
+    s.refused(
+        &token("RS256", Some("r1"), json!({"aud": null})),
+        "missing claim aud",
+    )
+    .await;
+    s.refused(
+        &token("RS256", Some("r1"), json!({"sub": null})),
+        "missing claim sub",
+    )
+    .await;
+    assert_eq!(
+        s.call(
+            "/api/x",
+            &token("RS256", Some("r1"), json!({"aud": ["x", "other-api"]}))
+        )
+        .await
+        .status,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,13 +337,21 @@ async fn signature_attacks() {
     // Flipped signature bytes.
     let mut raw = URL_SAFE_NO_PAD.decode(sig).unwrap();
     raw[10] ^= 0xff;
-    s.refused(&format!("{hp}.{}", URL_SAFE_NO_PAD.encode(&raw)), "signature invalid").await;
+    s.refused(
+        &format!("{hp}.{}", URL_SAFE_NO_PAD.encode(&raw)),
+        "signature invalid",
+    )
+    .await;
     // Stripped signature.
     s.refused(&format!("{hp}."), "signature invalid").await;
     // Payload swapped under a valid signature.
     let (h, _) = hp.split_once('.').unwrap();
-    let evil = URL_SAFE_NO_PAD.encode(json!({"iss": "https://idp.test", "sub": "admin", "aud": "api", "exp": 9999999999u64}).to_string());
-    s.refused(&format!("{h}.{evil}.{sig}"), "signature invalid").await;
+    let evil = URL_SAFE_NO_PAD.encode(
+        json!({"iss": "https://idp.test", "sub": "admin", "aud": "api", "exp": 9999999999u64})
+            .to_string(),
+    );
+    s.refused(&format!("{h}.{evil}.{sig}"), "signature invalid")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,7 +383,12 @@ async fn hs256_signed_with_the_rsa_public_key_is_refused() {
     let t = encode(&h, &claims, &EncodingKey::from_secret(&pem)).unwrap();
     s.refused(&t, "unsupported algorithm").await;
     // Without kid it can only be tried against the HS256 key, whose secret differs.
-    let t = encode(&Header::new(jsonwebtoken::Algorithm::HS256), &claims, &EncodingKey::from_secret(&pem)).unwrap();
+    let t = encode(
+        &Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(&pem),
+    )
+    .unwrap();
     s.refused(&t, "signature invalid").await;
 }
 
@@ -252,23 +402,42 @@ async fn embedded_jwk_and_jku_are_not_key_sources() {
     let mut h = Header::new(jsonwebtoken::Algorithm::RS256);
     h.kid = Some("r1".into());
     h.jwk = Some(jwk);
-    s.refused(&encode(&h, &claims, &attacker).unwrap(), "signature invalid").await;
+    s.refused(
+        &encode(&h, &claims, &attacker).unwrap(),
+        "signature invalid",
+    )
+    .await;
     let mut h = Header::new(jsonwebtoken::Algorithm::RS256);
     h.kid = Some("attacker".into());
     h.jku = Some("http://127.0.0.1:1/jwks.json".into());
     h.x5u = Some("http://127.0.0.1:1/cert.pem".into());
-    s.refused(&encode(&h, &claims, &attacker).unwrap(), "unknown key id").await;
+    s.refused(&encode(&h, &claims, &attacker).unwrap(), "unknown key id")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kid_and_structure_attacks() {
     let s = setup().await;
-    s.refused(&token("RS256", Some("nope"), json!({})), "unknown key id").await;
-    s.refused(&token("RS256", Some("../../../../etc/passwd"), json!({})), "unknown key id").await;
+    s.refused(&token("RS256", Some("nope"), json!({})), "unknown key id")
+        .await;
+    s.refused(
+        &token("RS256", Some("../../../../etc/passwd"), json!({})),
+        "unknown key id",
+    )
+    .await;
     // No kid: only keys pinned to the token's alg are tried. r1 is pinned to RS256...
-    assert_eq!(s.call("/api/x", &token("RS256", None, json!({}))).await.status, 200);
+    assert_eq!(
+        s.call("/api/x", &token("RS256", None, json!({})))
+            .await
+            .status,
+        200
+    );
     // ...and no key is pinned to ES384.
-    let t = raw_token(&json!({"alg": "ES384"}), &json!({"iss": "https://idp.test", "sub": "a", "aud": "api", "exp": 9999999999u64}), "c2ln");
+    let t = raw_token(
+        &json!({"alg": "ES384"}),
+        &json!({"iss": "https://idp.test", "sub": "a", "aud": "api", "exp": 9999999999u64}),
+        "c2ln",
+    );
     s.refused(&t, "unknown key id").await;
 }
 
@@ -277,38 +446,107 @@ async fn malformed_tokens() {
     let s = setup().await;
     let good = token("RS256", Some("r1"), json!({}));
     let parts: Vec<&str> = good.split('.').collect();
-    s.refused(&format!("{}.{}", parts[0], parts[1]), "malformed token").await;
-    s.refused(&format!("{}.!!!notbase64!!!.{}", parts[0], parts[2]), "malformed token").await;
-    s.refused(&format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode("not json"), parts[2]), "malformed token").await;
-    s.refused(&format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode("[1,2,3]"), parts[2]), "malformed token").await;
-    s.refused(&format!("{}.{}.{}", URL_SAFE_NO_PAD.encode("{"), parts[1], parts[2]), "malformed token").await;
+    s.refused(&format!("{}.{}", parts[0], parts[1]), "malformed token")
+        .await;
+    s.refused(
+        &format!("{}.!!!notbase64!!!.{}", parts[0], parts[2]),
+        "malformed token",
+    )
+    .await;
+    s.refused(
+        &format!(
+            "{}.{}.{}",
+            parts[0],
+            URL_SAFE_NO_PAD.encode("not json"),
+            parts[2]
+        ),
+        "malformed token",
+    )
+    .await;
+    s.refused(
+        &format!(
+            "{}.{}.{}",
+            parts[0],
+            URL_SAFE_NO_PAD.encode("[1,2,3]"),
+            parts[2]
+        ),
+        "malformed token",
+    )
+    .await;
+    s.refused(
+        &format!("{}.{}.{}", URL_SAFE_NO_PAD.encode("{"), parts[1], parts[2]),
+        "malformed token",
+    )
+    .await;
     s.refused("a.b.c.d", "malformed token").await;
-    let crit = raw_token(&json!({"alg": "RS256", "kid": "r1", "crit": ["exp"]}), &json!({"sub": "a"}), "sig");
+    let crit = raw_token(
+        &json!({"alg": "RS256", "kid": "r1", "crit": ["exp"]}),
+        &json!({"sub": "a"}),
+        "sig",
+    );
     s.refused(&crit, "malformed token").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_token_is_refused_without_5xx() {
     let s = setup().await;
-    let big = format!("{}.{}.{}", "a".repeat(100), "b".repeat(64 * 1024), "c".repeat(100));
+    let big = format!(
+        "{}.{}.{}",
+        "a".repeat(100),
+        "b".repeat(64 * 1024),
+        "c".repeat(100)
+    );
     let b = bearer(&big);
-    let r = s.gw.client_plain().try_get(&s.gw.http_url("/api/x"), &[("authorization", &b)]).await;
+    let r =
+        s.gw.client_plain()
+            .try_get(&s.gw.http_url("/api/x"), &[("authorization", &b)])
+            .await;
     if let Ok(r) = r {
         assert!(r.status == 401 || r.status == 431, "status {}", r.status);
     }
     assert_eq!(s.up.count(), 0);
-    assert_eq!(s.call("/api/x", &token("RS256", Some("r1"), json!({}))).await.status, 200, "still serving");
+    assert_eq!(
+        s.call("/api/x", &token("RS256", Some("r1"), json!({})))
+            .await
+            .status,
+        200,
+        "still serving"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scopes_are_enforced() {
     let s = setup().await;
-    let r = s.call("/scoped/x", &token("RS256", Some("r1"), json!({"scope": "orders:write"}))).await;
+    let r = s
+        .call(
+            "/scoped/x",
+            &token("RS256", Some("r1"), json!({"scope": "orders:write"})),
+        )
+        .await;
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"], "insufficient_scope");
-    assert!(r.header("www-authenticate").unwrap().contains("insufficient_scope"));
-    assert_eq!(s.call("/scoped/x", &token("RS256", Some("r1"), json!({"scope": "a orders:read"}))).await.status, 200);
-    assert_eq!(s.call("/scoped/x", &token("RS256", Some("r1"), json!({"scp": ["orders:read"]}))).await.status, 200);
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("insufficient_scope"));
+    assert_eq!(
+        s.call(
+            "/scoped/x",
+            &token("RS256", Some("r1"), json!({"scope": "a orders:read"}))
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        s.call(
+            "/scoped/x",
+            &token("RS256", Some("r1"), json!({"scp": ["orders:read"]}))
+        )
+        .await
+        .status,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,15 +558,40 @@ async fn cookie_source_with_csrf_protection() {
     let url = s.gw.http_url("/api/x");
     let r = cl.get(&url, &[("cookie", &cookie)]).await;
     assert_eq!(r.status, 200);
-    assert_eq!(s.up.last().headers["authorization"], bearer(&t).as_str(), "forward_token sets the bearer header");
+    assert_eq!(
+        s.up.last().headers["authorization"],
+        bearer(&t).as_str(),
+        "forward_token sets the bearer header"
+    );
     let host = format!("{}", s.gw.http);
-    let r = cl.send(Method::POST, &url, &[("cookie", &cookie)], jwtgate::body::empty()).await;
+    let r = cl
+        .send(
+            Method::POST,
+            &url,
+            &[("cookie", &cookie)],
+            jwtgate::body::empty(),
+        )
+        .await;
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"], "csrf");
-    let r = cl.send(Method::POST, &url, &[("cookie", &cookie), ("origin", "https://evil.example")], jwtgate::body::empty()).await;
+    let r = cl
+        .send(
+            Method::POST,
+            &url,
+            &[("cookie", &cookie), ("origin", "https://evil.example")],
+            jwtgate::body::empty(),
+        )
+        .await;
     assert_eq!(r.status, 403);
     let origin = format!("http://{host}");
-    let r = cl.send(Method::POST, &url, &[("cookie", &cookie), ("origin", &origin)], jwtgate::body::empty()).await;
+    let r = cl
+        .send(
+            Method::POST,
+            &url,
+            &[("cookie", &cookie), ("origin", &origin)],
+            jwtgate::body::empty(),
+        )
+        .await;
     assert_eq!(r.status, 200);
 }
 
@@ -345,7 +608,9 @@ fn jwks_issuer(idp: &MockIdp) -> String {
 async fn jwks_keys_verify_and_rotation_is_picked_up() {
     let idp = MockIdp::start(vec![Keys::rsa_jwk("k1", "rsa")]).await;
     let up = EchoUpstream::start().await;
-    let gw = TestGateway::start(&[jwks_issuer(&idp), route("api", "/api", &[&up.url()], "")].concat()).await;
+    let gw =
+        TestGateway::start(&[jwks_issuer(&idp), route("api", "/api", &[&up.url()], "")].concat())
+            .await;
     let cl = gw.client_plain();
     let call = |t: String| {
         let cl = cl.clone();
@@ -353,7 +618,11 @@ async fn jwks_keys_verify_and_rotation_is_picked_up() {
         async move { cl.get(&url, &[("authorization", &bearer(&t))]).await.status }
     };
     assert_eq!(call(token("RS256", Some("k1"), json!({}))).await, 200);
-    assert_eq!(call(token("ES256", Some("k1"), json!({}))).await, 401, "an RSA key never verifies ES256");
+    assert_eq!(
+        call(token("ES256", Some("k1"), json!({}))).await,
+        401,
+        "an RSA key never verifies ES256"
+    );
     // The IdP rotates to an EC key with a new kid: the first token with it triggers a refetch.
     idp.set_keys(vec![Keys::ec_jwk("k2"), Keys::ed_jwk("k3")]);
     let before = idp.fetches();
@@ -368,7 +637,9 @@ async fn jwks_keys_verify_and_rotation_is_picked_up() {
 async fn unknown_kid_flood_does_not_flood_the_idp() {
     let idp = MockIdp::start(vec![Keys::rsa_jwk("k1", "rsa")]).await;
     let up = EchoUpstream::start().await;
-    let gw = TestGateway::start(&[jwks_issuer(&idp), route("api", "/api", &[&up.url()], "")].concat()).await;
+    let gw =
+        TestGateway::start(&[jwks_issuer(&idp), route("api", "/api", &[&up.url()], "")].concat())
+            .await;
     let mut tasks = Vec::new();
     for i in 0..200 {
         let cl = gw.client_plain();
@@ -381,9 +652,16 @@ async fn unknown_kid_flood_does_not_flood_the_idp() {
     for t in tasks {
         let r = t.await.unwrap();
         assert_eq!(r.status, 401);
-        assert!(r.header("www-authenticate").unwrap().contains("unknown key id"));
+        assert!(r
+            .header("www-authenticate")
+            .unwrap()
+            .contains("unknown key id"));
     }
-    assert!(idp.fetches() <= 3, "{} JWKS fetches for 200 unknown kids", idp.fetches());
+    assert!(
+        idp.fetches() <= 3,
+        "{} JWKS fetches for 200 unknown kids",
+        idp.fetches()
+    );
     assert_eq!(up.count(), 0);
 }
 
@@ -391,14 +669,32 @@ async fn unknown_kid_flood_does_not_flood_the_idp() {
 async fn idp_down_after_first_fetch_keeps_serving() {
     let idp = MockIdp::start(vec![Keys::rsa_jwk("k1", "rsa")]).await;
     let up = EchoUpstream::start().await;
-    let gw = TestGateway::start(&[jwks_issuer(&idp), route("api", "/api", &[&up.url()], "")].concat()).await;
+    let gw =
+        TestGateway::start(&[jwks_issuer(&idp), route("api", "/api", &[&up.url()], "")].concat())
+            .await;
     idp.stop();
     // An unknown kid forces a refetch attempt against the dead IdP...
     let cl = gw.client_plain();
-    let r = cl.get(&gw.http_url("/api/x"), &[("authorization", &bearer(&token("RS256", Some("zz"), json!({}))))]).await;
+    let r = cl
+        .get(
+            &gw.http_url("/api/x"),
+            &[(
+                "authorization",
+                &bearer(&token("RS256", Some("zz"), json!({}))),
+            )],
+        )
+        .await;
     assert_eq!(r.status, 401);
     // ...and the last good key set still serves.
-    let r = cl.get(&gw.http_url("/api/x"), &[("authorization", &bearer(&token("RS256", Some("k1"), json!({"sub": "bob"}))))]).await;
+    let r = cl
+        .get(
+            &gw.http_url("/api/x"),
+            &[(
+                "authorization",
+                &bearer(&token("RS256", Some("k1"), json!({"sub": "bob"}))),
+            )],
+        )
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(up.last().headers["x-user-id"], "bob");
     let ready = cl.get(&format!("http://{}/readyz", gw.admin), &[]).await;
@@ -410,7 +706,11 @@ async fn readyz_is_503_until_keys_are_loaded() {
     let idp = MockIdp::start(vec![Keys::rsa_jwk("k1", "rsa")]).await;
     idp.fail_with(500);
     let up = EchoUpstream::start().await;
-    let gw = TestGateway::start_nowait(&[jwks_issuer(&idp), route("api", "/api", &[&up.url()], "")].concat(), "").await;
+    let gw = TestGateway::start_nowait(
+        &[jwks_issuer(&idp), route("api", "/api", &[&up.url()], "")].concat(),
+        "",
+    )
+    .await;
     let cl = gw.client_plain();
     let admin = format!("http://{}", gw.admin);
     // Wait until the gateway has tried (and failed) at least once: a real signal.
@@ -426,6 +726,14 @@ async fn readyz_is_503_until_keys_are_loaded() {
     assert_eq!(cl.get(&format!("{admin}/healthz"), &[]).await.status, 200);
     idp.fail_with(0);
     gw.wait_ready().await;
-    let r = cl.get(&gw.http_url("/api/x"), &[("authorization", &bearer(&token("RS256", Some("k1"), json!({}))))]).await;
+    let r = cl
+        .get(
+            &gw.http_url("/api/x"),
+            &[(
+                "authorization",
+                &bearer(&token("RS256", Some("k1"), json!({}))),
+            )],
+        )
+        .await;
     assert_eq!(r.status, 200);
 }

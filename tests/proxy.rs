@@ -60,7 +60,12 @@ async fn strip_prefix_and_upstream_base_path() {
     let up = EchoUpstream::start().await;
     let cfg = [
         open("s", "/svc", &[&up.url()], "strip_prefix = true"),
-        open("b", "/base", &[&format!("{}/v2", up.url())], "strip_prefix = true"),
+        open(
+            "b",
+            "/base",
+            &[&format!("{}/v2", up.url())],
+            "strip_prefix = true",
+        ),
         open("k", "/keep", &[&up.url()], ""),
     ]
     .concat();
@@ -84,7 +89,13 @@ async fn round_robin_over_upstreams() {
     let cl = gw.client_plain();
     let mut names = Vec::new();
     for _ in 0..6 {
-        names.push(cl.get(&gw.http_url("/x"), &[]).await.header("x-upstream").unwrap().to_string());
+        names.push(
+            cl.get(&gw.http_url("/x"), &[])
+                .await
+                .header("x-upstream")
+                .unwrap()
+                .to_string(),
+        );
     }
     assert_eq!(names, ["a", "b", "a", "b", "a", "b"]);
 }
@@ -115,9 +126,21 @@ async fn refused_upstream_is_502_and_idempotent_requests_fail_over() {
     // A POST with a body is not replayed: some fail with 502.
     let mut statuses = Vec::new();
     for _ in 0..4 {
-        statuses.push(cl.send(Method::POST, &gw.http_url("/mixed/x"), &[("content-type", "text/plain")], jwtgate::body::full("data")).await.status);
+        statuses.push(
+            cl.send(
+                Method::POST,
+                &gw.http_url("/mixed/x"),
+                &[("content-type", "text/plain")],
+                jwtgate::body::full("data"),
+            )
+            .await
+            .status,
+        );
     }
-    assert!(statuses.contains(&502) && statuses.contains(&200), "{statuses:?}");
+    assert!(
+        statuses.contains(&502) && statuses.contains(&200),
+        "{statuses:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,7 +164,14 @@ async fn five_megabytes_stream_both_ways_on_every_protocol() {
         (gw.client_tls(), gw.https_url("")),
         (gw.client_h2(), gw.https_url("")),
     ] {
-        let r = cl.send(Method::POST, &format!("{url}/echo-body"), &[], streamed_body(N)).await;
+        let r = cl
+            .send(
+                Method::POST,
+                &format!("{url}/echo-body"),
+                &[],
+                streamed_body(N),
+            )
+            .await;
         assert_eq!(r.status, 200);
         assert_eq!(r.body.len(), N);
         assert!(r.body.iter().all(|&b| b == b'y'));
@@ -193,8 +223,12 @@ async fn hop_by_hop_removed_and_forwarded_headers_set() {
     assert_eq!(h["x-forwarded-host"], "shop.example:8080");
     assert_eq!(h["x-request-id"], "trace-123");
     // A hostile request id is replaced by a generated one.
-    cl.get(&gw.http_url("/x"), &[("x-request-id", "<script>")]).await;
-    let id = up.last().headers["x-request-id"].to_str().unwrap().to_string();
+    cl.get(&gw.http_url("/x"), &[("x-request-id", "<script>")])
+        .await;
+    let id = up.last().headers["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(id != "<script>" && !id.is_empty());
 }
 
@@ -205,11 +239,24 @@ async fn spoofed_identity_headers_removed_on_open_route() {
     gw.client_plain()
         .get(
             &gw.http_url("/x"),
-            &[("x-user-id", "admin"), ("x-user-scopes", "root"), ("x-auth-claims", "e30"), ("x-auth-role", "admin"), ("x-jwtgate-assertion", "x"), ("x-app", "kept")],
+            &[
+                ("x-user-id", "admin"),
+                ("x-user-scopes", "root"),
+                ("x-auth-claims", "e30"),
+                ("x-auth-role", "admin"),
+                ("x-jwtgate-assertion", "x"),
+                ("x-app", "kept"),
+            ],
         )
         .await;
     let h = up.last().headers;
-    for gone in ["x-user-id", "x-user-scopes", "x-auth-claims", "x-auth-role", "x-jwtgate-assertion"] {
+    for gone in [
+        "x-user-id",
+        "x-user-scopes",
+        "x-auth-claims",
+        "x-auth-role",
+        "x-jwtgate-assertion",
+    ] {
         assert!(!h.contains_key(gone), "{gone} reached the upstream");
     }
     assert_eq!(h["x-app"], "kept");
@@ -219,11 +266,20 @@ async fn spoofed_identity_headers_removed_on_open_route() {
 async fn slowloris_is_cut_off_while_others_are_served() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = EchoUpstream::start().await;
-    let gw = TestGateway::start_with(&open("all", "/", &[&up.url()], ""), "header_timeout_ms = 300").await;
+    let gw = TestGateway::start_with(
+        &open("all", "/", &[&up.url()], ""),
+        "header_timeout_ms = 300",
+    )
+    .await;
     let mut s = tokio::net::TcpStream::connect(gw.http).await.unwrap();
-    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
     // Meanwhile a normal client is served.
-    assert_eq!(gw.client_plain().get(&gw.http_url("/x"), &[]).await.status, 200);
+    assert_eq!(
+        gw.client_plain().get(&gw.http_url("/x"), &[]).await.status,
+        200
+    );
     // The slow client never finishes its head: the gateway closes the connection.
     let mut buf = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(5), async {
@@ -242,33 +298,70 @@ async fn slowloris_is_cut_off_while_others_are_served() {
     })
     .await;
     assert!(closed.is_ok(), "slow client was not disconnected");
-    assert_eq!(up.count(), 1, "the incomplete request must not reach the upstream");
+    assert_eq!(
+        up.count(),
+        1,
+        "the incomplete request must not reach the upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_headers_get_431() {
     let up = EchoUpstream::start().await;
-    let gw = TestGateway::start_with(&open("all", "/", &[&up.url()], ""), "max_header_bytes = 8192").await;
+    let gw = TestGateway::start_with(
+        &open("all", "/", &[&up.url()], ""),
+        "max_header_bytes = 8192",
+    )
+    .await;
     let big = "a".repeat(20_000);
     let req = format!("GET /x HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n");
     let resp = raw_exchange(gw.http, req.as_bytes(), Duration::from_secs(3)).await;
     assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
     assert_eq!(up.count(), 0);
-    assert_eq!(gw.client_plain().get(&gw.http_url("/x"), &[]).await.status, 200);
+    assert_eq!(
+        gw.client_plain().get(&gw.http_url("/x"), &[]).await.status,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_body_gets_413() {
     let up = EchoUpstream::start().await;
-    let gw = TestGateway::start_with(&open("all", "/", &[&up.url()], ""), "max_body_bytes = 1000").await;
+    let gw =
+        TestGateway::start_with(&open("all", "/", &[&up.url()], ""), "max_body_bytes = 1000").await;
     let cl = gw.client_plain();
-    let r = cl.send(Method::POST, &gw.http_url("/echo-body"), &[("content-length", "5000")], jwtgate::body::full(vec![b'z'; 5000])).await;
+    let r = cl
+        .send(
+            Method::POST,
+            &gw.http_url("/echo-body"),
+            &[("content-length", "5000")],
+            jwtgate::body::full(vec![b'z'; 5000]),
+        )
+        .await;
     assert_eq!(r.status, 413);
     assert_eq!(up.count(), 0);
     // Chunked (no length announced) is cut off when it passes the limit.
-    let r = cl.send(Method::POST, &gw.http_url("/echo-body"), &[], streamed_body(200_000)).await;
-    assert!(r.status == 413 || r.body.len() < 200_000, "status {}", r.status);
-    let r = cl.send(Method::POST, &gw.http_url("/echo-body"), &[], jwtgate::body::full(vec![b'z'; 500])).await;
+    let r = cl
+        .send(
+            Method::POST,
+            &gw.http_url("/echo-body"),
+            &[],
+            streamed_body(200_000),
+        )
+        .await;
+    assert!(
+        r.status == 413 || r.body.len() < 200_000,
+        "status {}",
+        r.status
+    );
+    let r = cl
+        .send(
+            Method::POST,
+            &gw.http_url("/echo-body"),
+            &[],
+            jwtgate::body::full(vec![b'z'; 500]),
+        )
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body.len(), 500);
 }
@@ -293,7 +386,10 @@ async fn content_length_with_transfer_encoding_cannot_smuggle() {
         assert!(!(seen.headers.contains_key("content-length") && seen.headers.contains_key("transfer-encoding")));
     }
     assert!(up.count() <= 2);
-    assert_eq!(gw.client_plain().get(&gw.http_url("/x"), &[]).await.status, 200);
+    assert_eq!(
+        gw.client_plain().get(&gw.http_url("/x"), &[]).await.status,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,15 +410,33 @@ async fn websocket_upgrade_passes_through() {
     let mut s = tokio::net::TcpStream::connect(gw.http).await.unwrap();
     s.write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
     let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     let head = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert_eq!(up.last().headers["upgrade"], "websocket");
     // A masked WebSocket text frame "hello", echoed back byte for byte.
-    let frame = [0x81u8, 0x85, 1, 2, 3, 4, b'h' ^ 1, b'e' ^ 2, b'l' ^ 3, b'l' ^ 4, b'o' ^ 1];
+    let frame = [
+        0x81u8,
+        0x85,
+        1,
+        2,
+        3,
+        4,
+        b'h' ^ 1,
+        b'e' ^ 2,
+        b'l' ^ 3,
+        b'l' ^ 4,
+        b'o' ^ 1,
+    ];
     s.write_all(&frame).await.unwrap();
     let mut got = vec![0u8; frame.len()];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got, frame);
 }
 
@@ -346,5 +460,8 @@ async fn graceful_drain_completes_in_flight_request() {
     let r = inflight.await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "slow done");
-    assert!(tokio::net::TcpStream::connect(http).await.is_err(), "listener still accepting after drain");
+    assert!(
+        tokio::net::TcpStream::connect(http).await.is_err(),
+        "listener still accepting after drain"
+    );
 }

@@ -47,7 +47,9 @@ impl Drop for TempDir {
 }
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 pub fn fixture_bytes(name: &str) -> Vec<u8> {
@@ -103,7 +105,12 @@ impl EchoUpstream {
                 });
             }
         });
-        EchoUpstream { addr, name: name.to_string(), seen, task }
+        EchoUpstream {
+            addr,
+            name: name.to_string(),
+            seen,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -111,7 +118,12 @@ impl EchoUpstream {
     }
 
     pub fn last(&self) -> Seen {
-        self.seen.lock().unwrap().last().cloned().expect("upstream saw no request")
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("upstream saw no request")
     }
 
     pub fn count(&self) -> usize {
@@ -143,7 +155,9 @@ async fn echo(mut req: Request<Incoming>, seen: &Mutex<Vec<Seen>>, name: &str) -
             let len = 65536.min(n - i * 65536);
             Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'x'; len])))
         });
-        Response::new(body::stream(StreamBody::new(futures_util::stream::iter(chunks))))
+        Response::new(body::stream(StreamBody::new(futures_util::stream::iter(
+            chunks,
+        ))))
     } else if path == "/ws" {
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
@@ -155,14 +169,18 @@ async fn echo(mut req: Request<Incoming>, seen: &Mutex<Vec<Seen>>, name: &str) -
         });
         let mut r = Response::new(body::empty());
         *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        r.headers_mut().insert("connection", "upgrade".parse().unwrap());
-        r.headers_mut().insert("upgrade", "websocket".parse().unwrap());
+        r.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        r.headers_mut()
+            .insert("upgrade", "websocket".parse().unwrap());
         r
     } else {
-        let json = serde_json::json!({"method": req.method().as_str(), "uri": req.uri().to_string()});
+        let json =
+            serde_json::json!({"method": req.method().as_str(), "uri": req.uri().to_string()});
         Response::new(body::full(json.to_string()))
     };
-    resp.headers_mut().insert("x-upstream", name.parse().unwrap());
+    resp.headers_mut()
+        .insert("x-upstream", name.parse().unwrap());
     resp
 }
 
@@ -173,7 +191,8 @@ pub struct Keys;
 
 impl Keys {
     pub fn rsa_jwk(kid: &str, which: &str) -> serde_json::Value {
-        let mut v: serde_json::Value = serde_json::from_slice(&fixture_bytes(&format!("{which}.jwk.json"))).unwrap();
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&fixture_bytes(&format!("{which}.jwk.json"))).unwrap();
         v["kid"] = kid.into();
         v["use"] = "sig".into();
         v
@@ -193,7 +212,10 @@ impl Keys {
 
 fn spki_der(name: &str) -> Vec<u8> {
     use rustls_pki_types::pem::PemObject;
-    rustls_pki_types::SubjectPublicKeyInfoDer::from_pem_file(fixture(name)).unwrap().as_ref().to_vec()
+    rustls_pki_types::SubjectPublicKeyInfoDer::from_pem_file(fixture(name))
+        .unwrap()
+        .as_ref()
+        .to_vec()
 }
 
 /// A mock identity provider serving a JWKS that tests can change, count and break.
@@ -250,7 +272,9 @@ impl MockIdp {
     }
 
     pub fn fail_with(&self, status: u16) {
-        self.state.fail_status.store(status as u64, Ordering::SeqCst);
+        self.state
+            .fail_status
+            .store(status as u64, Ordering::SeqCst);
     }
 
     /// Stop answering at all (connections refused from now on).
@@ -275,8 +299,10 @@ fn idp(req: Request<Incoming>, st: &IdpState) -> Response<Body> {
             return r;
         }
         let mut r = Response::new(body::full(st.jwks.lock().unwrap().to_string()));
-        r.headers_mut().insert("content-type", "application/json".parse().unwrap());
-        r.headers_mut().insert("cache-control", "max-age=600".parse().unwrap());
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        r.headers_mut()
+            .insert("cache-control", "max-age=600".parse().unwrap());
         return r;
     }
     let mut r = Response::new(body::full("not found"));
@@ -301,11 +327,18 @@ pub fn token(alg: &str, kid: Option<&str>, claims: serde_json::Value) -> String 
     }
     let alg_v = jwtgate::jwks::parse_alg(alg).unwrap();
     let key = match alg_v {
-        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => EncodingKey::from_secret(HS_SECRET.as_bytes()),
-        Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => {
-            EncodingKey::from_rsa_pem(&fixture_bytes("rsa.pem")).unwrap()
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+            EncodingKey::from_secret(HS_SECRET.as_bytes())
         }
-        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&fixture_bytes("ec.pem")).unwrap(),
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => EncodingKey::from_rsa_pem(&fixture_bytes("rsa.pem")).unwrap(),
+        Algorithm::ES256 | Algorithm::ES384 => {
+            EncodingKey::from_ec_pem(&fixture_bytes("ec.pem")).unwrap()
+        }
         _ => EncodingKey::from_ed_pem(&fixture_bytes("ed.pem")).unwrap(),
     };
     let mut h = Header::new(alg_v);
@@ -340,7 +373,8 @@ pub struct TestGateway {
 }
 
 pub fn base_config(dir: &Path, server_extra: &str) -> String {
-    let (cert, key) = jwtgate::certs::write(dir, &["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) =
+        jwtgate::certs::write(dir, &["localhost".into(), "127.0.0.1".into()]).unwrap();
     format!(
         "[listen]\nhttps = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[server]\nworker_threads = 2\ndrain_s = 5\nlog_format = \"text\"\n{server_extra}\n\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n",
         cert.display(),
@@ -370,22 +404,24 @@ impl TestGateway {
         let cfg = jwtgate::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         let running = jwtgate::serve(cfg).await.unwrap();
         let cert_pem = std::fs::read(dir.path().join("localhost.crt")).unwrap();
-        let gw = TestGateway {
+        TestGateway {
             https: running.https_addr.unwrap(),
             http: running.http_addr.unwrap(),
             admin: running.admin_addr,
             running: Some(running),
             cert_pem,
             dir,
-        };
-        gw
+        }
     }
 
     /// Wait for /readyz (keys loaded) — the readiness signal, not a sleep.
     pub async fn wait_ready(&self) {
         let c = Client::plain();
         for _ in 0..200 {
-            if let Ok(r) = c.try_get(&format!("http://{}/readyz", self.admin), &[]).await {
+            if let Ok(r) = c
+                .try_get(&format!("http://{}/readyz", self.admin), &[])
+                .await
+            {
                 if r.status == 200 {
                     return;
                 }
@@ -433,7 +469,9 @@ impl Drop for TestGateway {
 pub fn init() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_test_writer()
         .try_init();
 }
@@ -461,7 +499,10 @@ impl Resp {
     }
 }
 
-type HttpsClient = hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Body>;
+type HttpsClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Body,
+>;
 
 /// A real HTTP client (hyper-util over hyper-rustls), trusting the gateway's dev cert.
 #[derive(Clone)]
@@ -484,13 +525,21 @@ impl Client {
                 roots.add(c.unwrap()).unwrap();
             }
         }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
-        let conn = if h2 { b.enable_http2().build() } else { b.enable_http1().build() };
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let b = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        let conn = if h2 {
+            b.enable_http2().build()
+        } else {
+            b.enable_http1().build()
+        };
         let mut cb = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
         cb.http2_only(h2);
         Client(cb.build(conn))
@@ -501,14 +550,23 @@ impl Client {
     }
 
     pub async fn try_get(&self, url: &str, headers: &[(&str, &str)]) -> Result<Resp, String> {
-        self.try_send(Method::GET, url, headers, body::empty()).await
+        self.try_send(Method::GET, url, headers, body::empty())
+            .await
     }
 
     pub async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], b: Body) -> Resp {
-        self.try_send(method, url, headers, b).await.unwrap_or_else(|e| panic!("{url}: {e}"))
+        self.try_send(method, url, headers, b)
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"))
     }
 
-    pub async fn try_send(&self, method: Method, url: &str, headers: &[(&str, &str)], b: Body) -> Result<Resp, String> {
+    pub async fn try_send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        b: Body,
+    ) -> Result<Resp, String> {
         let mut rb = Request::builder().method(method).uri(url);
         for (k, v) in headers {
             rb = rb.header(*k, *v);
@@ -520,13 +578,23 @@ impl Client {
             .map_err(|e| format!("{e:?}"))?;
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok(Resp { status: parts.status.as_u16(), headers: parts.headers, body, version: parts.version })
+        Ok(Resp {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+            version: parts.version,
+        })
     }
 }
 
 /// A body of `n` bytes sent in 64 KiB chunks (streamed, never one buffer).
 pub fn streamed_body(n: usize) -> Body {
-    let chunks = (0..n.div_ceil(65536)).map(move |i| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'y'; 65536.min(n - i * 65536)]))));
+    let chunks = (0..n.div_ceil(65536)).map(move |i| {
+        Ok::<_, Infallible>(Frame::data(Bytes::from(vec![
+            b'y';
+            65536.min(n - i * 65536)
+        ])))
+    });
     body::stream(StreamBody::new(futures_util::stream::iter(chunks)))
 }
 
@@ -543,5 +611,8 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8], wait: Duration) -> S
 /// A route block for the config.
 pub fn route(name: &str, prefix: &str, upstreams: &[&str], extra: &str) -> String {
     let ups: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
-    format!("[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstreams = [{}]\n{extra}\n\n", ups.join(", "))
+    format!(
+        "[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstreams = [{}]\n{extra}\n\n",
+        ups.join(", ")
+    )
 }

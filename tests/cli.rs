@@ -1,0 +1,472 @@
+//! The `jwtgate` binary: `check` on good and broken configs (one test per error class),
+//! `token`, `gen-cert`, and SIGTERM draining of a real process.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_jwtgate");
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn jwtgate(args: &[&str], env: &[(&str, &str)]) -> Out {
+    let mut c = Command::new(BIN);
+    c.args(args).env_remove("JWTGATE_CONFIG");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = c.output().unwrap();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+const ROUTE: &str = "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"http://127.0.0.1:9\"]\nauth = \"none\"\n";
+
+/// `check` a config made of the generated listener/TLS head plus `body`.
+fn check(body: &str) -> (Out, TempDir) {
+    let dir = TempDir::new();
+    let text = format!("{}{body}", base_config(dir.path(), ""));
+    let path = dir.path().join("gw.toml");
+    std::fs::write(&path, text).unwrap();
+    (jwtgate(&["check", "-c", path.to_str().unwrap()], &[]), dir)
+}
+
+/// A broken config: exit code exactly 1, one message naming the file and every `needle`,
+/// no route table printed.
+fn broken(body: &str, needles: &[&str]) {
+    let (o, _dir) = check(body);
+    assert_eq!(o.code, 1, "stderr: {}", o.stderr);
+    assert!(
+        o.stdout.is_empty(),
+        "printed a route table for a broken config: {}",
+        o.stdout
+    );
+    assert!(o.stderr.contains("gw.toml"), "{}", o.stderr);
+    for n in needles {
+        assert!(o.stderr.contains(n), "wanted {n:?} in: {}", o.stderr);
+    }
+}
+
+#[test]
+fn check_good_config_prints_route_table() {
+    let (o, _d) = check(&format!("{ROUTE}\n[[routes]]\nname = \"orders\"\npath_prefix = \"/api/orders\"\nhost = \"api.example.com\"\nupstreams = [\"http://127.0.0.1:9001\", \"https://svc.internal\"]\nauth = \"none\"\n"));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("OK"));
+    let line = o.stdout.lines().find(|l| l.starts_with("orders")).unwrap();
+    assert!(
+        line.contains("api.example.com")
+            && line.contains("/api/orders")
+            && line.contains("https://svc.internal"),
+        "{line}"
+    );
+}
+
+#[test]
+fn check_unknown_key_names_key_and_line() {
+    broken(&format!("{ROUTE}colour = \"blue\"\n"), &["colour", "line"]);
+}
+
+#[test]
+fn check_toml_syntax_error_names_line() {
+    broken(&format!("{ROUTE}\n[oops\n"), &["line"]);
+}
+
+#[test]
+fn check_missing_routes() {
+    broken("", &["routes"]);
+}
+
+#[test]
+fn check_missing_required_route_key() {
+    broken(
+        "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\n",
+        &["upstreams"],
+    );
+}
+
+#[test]
+fn check_bad_upstream_url() {
+    broken(
+        &ROUTE.replace("http://127.0.0.1:9", "ftp://x"),
+        &["routes[0].upstreams[0]", "http://"],
+    );
+    broken(
+        &ROUTE.replace("http://127.0.0.1:9", "not a url"),
+        &["routes[0].upstreams[0]"],
+    );
+}
+
+#[test]
+fn check_duplicate_route_name() {
+    broken(
+        &format!(
+            "{ROUTE}\n{}",
+            ROUTE.replace("path_prefix = \"/\"", "path_prefix = \"/b\"")
+        ),
+        &["routes[1].name", "duplicate"],
+    );
+}
+
+#[test]
+fn check_bad_auth_mode() {
+    broken(
+        &ROUTE.replace("auth = \"none\"", "auth = \"sometimes\""),
+        &["routes[0].auth", "sometimes"],
+    );
+}
+
+#[test]
+fn check_auth_route_without_issuer() {
+    broken(
+        &ROUTE.replace("auth = \"none\"\n", ""),
+        &["routes[0].auth", "issuers"],
+    );
+}
+
+#[test]
+fn check_bad_path_prefix() {
+    broken(
+        &ROUTE.replace("path_prefix = \"/\"", "path_prefix = \"api\""),
+        &["routes[0].path_prefix"],
+    );
+}
+
+#[test]
+fn check_bad_listen_address() {
+    let dir = TempDir::new();
+    let path = dir.path().join("gw.toml");
+    std::fs::write(
+        &path,
+        format!("[listen]\nhttp = \"localhost:eighty\"\nadmin = \"127.0.0.1:0\"\n{ROUTE}"),
+    )
+    .unwrap();
+    let o = jwtgate(&["check", "-c", path.to_str().unwrap()], &[]);
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("listen.http"), "{}", o.stderr);
+}
+
+#[test]
+fn check_unreadable_and_mismatched_tls_files() {
+    let dir = TempDir::new();
+    let other = TempDir::new();
+    let (cert, _) = jwtgate::certs::write(dir.path(), &["localhost".into()]).unwrap();
+    let (_, other_key) = jwtgate::certs::write(other.path(), &["localhost".into()]).unwrap();
+    let path = dir.path().join("gw.toml");
+    let head = "[listen]\nhttps = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n";
+    std::fs::write(
+        &path,
+        format!(
+            "{head}[tls]\ncert = \"{}\"\nkey = \"/nonexistent/key.pem\"\n{ROUTE}",
+            cert.display()
+        ),
+    )
+    .unwrap();
+    let o = jwtgate(&["check", "-c", path.to_str().unwrap()], &[]);
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains("tls.key") && o.stderr.contains("/nonexistent/key.pem"),
+        "{}",
+        o.stderr
+    );
+    std::fs::write(
+        &path,
+        format!(
+            "{head}[tls]\ncert = \"{}\"\nkey = \"{}\"\n{ROUTE}",
+            cert.display(),
+            other_key.display()
+        ),
+    )
+    .unwrap();
+    let o = jwtgate(&["check", "-c", path.to_str().unwrap()], &[]);
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains("tls.key") && o.stderr.contains("match"),
+        "{}",
+        o.stderr
+    );
+    std::fs::write(&path, format!("{head}{ROUTE}")).unwrap();
+    let o = jwtgate(&["check", "-c", path.to_str().unwrap()], &[]);
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("tls"), "{}", o.stderr);
+}
+
+#[test]
+fn check_issuer_key_errors() {
+    let iss = |keys: &str| {
+        format!(
+            "[[issuers]]\nname = \"i\"\nissuer = \"https://i\"\nkeys = [{keys}]\n\n{}",
+            ROUTE.replace("auth = \"none\"\n", "")
+        )
+    };
+    broken(
+        &iss("{ kid = \"h\", alg = \"HS256\", secret_env = \"JWTGATE_TEST_UNSET_VAR\" }"),
+        &["issuers[0].keys[0].secret_env", "JWTGATE_TEST_UNSET_VAR"],
+    );
+    broken(
+        &iss(&format!(
+            "{{ kid = \"r\", alg = \"RS256\", pem = \"{}\" }}",
+            fixture("ec.pub.pem").display()
+        )),
+        &["issuers[0].keys[0]", "RSA"],
+    );
+    broken(
+        &iss(&format!(
+            "{{ kid = \"r\", alg = \"none\", pem = \"{}\" }}",
+            fixture("rsa.pub.pem").display()
+        )),
+        &["issuers[0].keys[0].alg", "none"],
+    );
+    broken(
+        &iss("{ kid = \"r\", alg = \"RS256\", pem = \"/nonexistent.pem\" }"),
+        &["issuers[0].keys[0].pem"],
+    );
+    broken(
+        "[[issuers]]\nname = \"i\"\nissuer = \"https://i\"\n\n",
+        &["issuers[0]", "jwks_url"],
+    );
+    broken(&format!("[[issuers]]\nname = \"i\"\nissuer = \"https://i\"\njwks_url = \"file:///etc/passwd\"\n\n{ROUTE}"), &["issuers[0].jwks_url"]);
+}
+
+#[test]
+fn check_short_hmac_secret_refused() {
+    let dir = TempDir::new();
+    let text = format!(
+        "{}[[issuers]]\nname = \"i\"\nissuer = \"https://i\"\nkeys = [{{ kid = \"h\", alg = \"HS256\", secret_env = \"JWTGATE_TEST_SHORT\" }}]\n\n{}",
+        base_config(dir.path(), ""),
+        ROUTE.replace("auth = \"none\"\n", "")
+    );
+    let path = dir.path().join("gw.toml");
+    std::fs::write(&path, text).unwrap();
+    let o = jwtgate(
+        &["check", "-c", path.to_str().unwrap()],
+        &[("JWTGATE_TEST_SHORT", "too-short")],
+    );
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains("issuers[0].keys[0]") && o.stderr.contains("32"),
+        "{}",
+        o.stderr
+    );
+    assert!(!o.stderr.contains("too-short"), "secret echoed");
+}
+
+#[test]
+fn check_missing_file_and_env_lookup() {
+    let o = jwtgate(&["check", "-c", "/nonexistent/gw.toml"], &[]);
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("/nonexistent/gw.toml"));
+    let o = jwtgate(
+        &["check"],
+        &[("JWTGATE_CONFIG", "/nonexistent/from-env.toml")],
+    );
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("from-env.toml"), "{}", o.stderr);
+}
+
+#[test]
+fn run_with_broken_config_exits_without_serving() {
+    let dir = TempDir::new();
+    let path = dir.path().join("gw.toml");
+    std::fs::write(
+        &path,
+        "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let o = jwtgate(&["-c", path.to_str().unwrap()], &[]);
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("routes"), "{}", o.stderr);
+}
+
+#[test]
+fn token_mints_what_was_asked() {
+    let key = fixture("rsa.pem");
+    let o = jwtgate(
+        &[
+            "token",
+            "--alg",
+            "RS256",
+            "--key",
+            key.to_str().unwrap(),
+            "--sub",
+            "bob",
+            "--kid",
+            "r1",
+            "--iss",
+            "https://i",
+            "--aud",
+            "api",
+            "--scope",
+            "a b",
+            "--ttl",
+            "60",
+            "--claim",
+            "email=bob@example.com",
+            "--claim",
+            "level=5",
+        ],
+        &[],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let jwt = o.stdout.lines().last().unwrap();
+    let mut parts = jwt.split('.');
+    let header: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts.next().unwrap()).unwrap()).unwrap();
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts.next().unwrap()).unwrap()).unwrap();
+    assert_eq!(header["alg"], "RS256");
+    assert_eq!(header["kid"], "r1");
+    assert_eq!(claims["sub"], "bob");
+    assert_eq!(claims["scope"], "a b");
+    assert_eq!(claims["level"], 5);
+    assert_eq!(claims["email"], "bob@example.com");
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        60
+    );
+    let o = jwtgate(
+        &[
+            "token",
+            "--alg",
+            "none",
+            "--key",
+            key.to_str().unwrap(),
+            "--sub",
+            "x",
+        ],
+        &[],
+    );
+    assert_eq!(o.code, 1);
+    let o = jwtgate(
+        &[
+            "token",
+            "--alg",
+            "HS256",
+            "--secret-env",
+            "JWTGATE_TEST_HS",
+            "--sub",
+            "x",
+        ],
+        &[("JWTGATE_TEST_HS", HS_SECRET)],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+}
+
+#[test]
+fn gen_cert_writes_a_usable_pair() {
+    let dir = TempDir::new();
+    let o = jwtgate(
+        &[
+            "gen-cert",
+            "--out",
+            dir.path().to_str().unwrap(),
+            "--host",
+            "gw.local",
+            "--host",
+            "127.0.0.1",
+        ],
+        &[],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let key = dir.path().join("gw.local.key");
+    assert!(dir.path().join("gw.local.crt").exists());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let path = dir.path().join("gw.toml");
+    std::fs::write(&path, format!("[listen]\nhttps = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[tls]\ncert = \"gw.local.crt\"\nkey = \"gw.local.key\"\n{ROUTE}")).unwrap();
+    let o = jwtgate(&["check", "-c", path.to_str().unwrap()], &[]);
+    assert_eq!(
+        o.code, 0,
+        "relative cert paths resolve next to the config: {}",
+        o.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_request_then_exits_zero() {
+    let up = EchoUpstream::start().await;
+    let dir = TempDir::new();
+    let path = dir.path().join("gw.toml");
+    std::fs::write(
+        &path,
+        format!("[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[server]\nlog_format = \"json\"\ndrain_s = 10\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n", up.url()),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "-c", path.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Readiness: the "jwtgate serving" log line carries the bound address.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let http = loop {
+        let line = lines
+            .next()
+            .expect("gateway exited before serving")
+            .unwrap();
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+            if v["message"] == "jwtgate serving" {
+                break v["http"].as_str().unwrap().to_string();
+            }
+        }
+    };
+    let log_reader = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let cl = Client::plain();
+    let url = format!("http://{http}/slow/1000");
+    let inflight = tokio::spawn(async move { cl.get(&url, &[]).await });
+    for _ in 0..300 {
+        if up.count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(up.count(), 1);
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let r = inflight.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "slow done");
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let logs = log_reader.join().unwrap();
+    let access = logs
+        .iter()
+        .find(|l| l.contains("\"path\":\"/slow/1000\""))
+        .expect("access log line");
+    let v: serde_json::Value = serde_json::from_str(access).unwrap();
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["route"], "r");
+    assert!(v["request_id"].as_str().is_some_and(|s| s.len() > 4));
+    assert!(v["duration_us"].as_u64().unwrap() >= 900_000);
+}
+
+#[test]
+fn demo_walkthrough_succeeds() {
+    let o = jwtgate(&["demo", "--once"], &[]);
+    assert_eq!(o.code, 0, "stdout: {}\nstderr: {}", o.stdout, o.stderr);
+    assert!(o.stdout.contains("demo OK"));
+    assert!(!o.stdout.contains("FAIL"));
+}
