@@ -1,5 +1,5 @@
-//! Admin listener: health and readiness for probes. A plain match on the path; it never
-//! shares a port with public traffic.
+//! Admin listener: health, readiness and the revocation API. A plain match on the path;
+//! it never shares a port with public traffic.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,9 +11,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::app::App;
+use crate::auth::now_unix;
 use crate::body::{self, Body};
 use crate::error::json_response;
 use crate::listener::Shared;
+use http_body_util::{BodyExt, Limited};
 
 /// Serve the admin API until `shutdown` is set.
 pub async fn serve(l: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
@@ -36,33 +39,179 @@ pub async fn serve(l: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Rec
 }
 
 async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
-    let app = shared.app.load();
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
-        (&Method::GET, "/readyz") => {
-            let issuers: Vec<_> = app
-                .verifier
-                .issuers()
-                .iter()
-                .map(|i| serde_json::json!({"name": i.config.name, "keys_loaded": i.is_loaded()}))
-                .collect();
-            let ready = app.keys_ready();
-            let status = if ready {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            json(
-                status,
-                serde_json::json!({"ready": ready, "issuers": issuers}),
-            )
+    let app = shared.app.load_full();
+    let path = req.uri().path().to_string();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+        (Method::GET, "/readyz") => readyz(&app),
+        (Method::POST, "/revocations") => match refuse_unauthorized(&app, req.headers()) {
+            Some(refusal) => refusal,
+            None => post_revocation(&app, req.into_body()).await,
+        },
+        (Method::GET, p) if p.starts_with("/revocations/jti/") => {
+            let jti = &p["/revocations/jti/".len()..];
+            if jti.is_empty() {
+                return json_response(StatusCode::BAD_REQUEST, "bad_request", "missing jti");
+            }
+            match app.revocations.is_jti_revoked(jti).await {
+                Ok(true) => json(StatusCode::OK, serde_json::json!({"revoked": true})),
+                Ok(false) => json(StatusCode::NOT_FOUND, serde_json::json!({"revoked": false})),
+                Err(e) => json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "revocation_unavailable",
+                    &e.to_string(),
+                ),
+            }
         }
-        (_, "/healthz") | (_, "/readyz") => json_response(
+        (_, "/healthz") | (_, "/readyz") | (_, "/revocations") => json_response(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            "use GET",
+            "method not allowed on this endpoint",
         ),
         _ => json_response(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+    }
+}
+
+fn readyz(app: &App) -> Response<Body> {
+    let issuers: Vec<_> = app
+        .verifier
+        .issuers()
+        .iter()
+        .map(|i| serde_json::json!({"name": i.config.name, "keys_loaded": i.is_loaded()}))
+        .collect();
+    let rev = &app.revocations;
+    let ready = app.ready();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(
+        status,
+        serde_json::json!({
+            "ready": ready,
+            "issuers": issuers,
+            "revocation": {
+                "store": rev.store_name(),
+                "up": rev.store_up(),
+                "allowed_unchecked": rev.allowed_unchecked.load(std::sync::atomic::Ordering::Relaxed),
+            },
+        }),
+    )
+}
+
+/// Mutations need `Authorization: Bearer <value of admin.token_env>`, compared in constant
+/// time. Without the variable set, mutations are refused outright.
+/// `None` when authorized, else the refusal to send.
+fn refuse_unauthorized(app: &App, headers: &http::HeaderMap) -> Option<Response<Body>> {
+    let Some(expected) = &app.config.admin_token else {
+        return Some(json_response(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "admin mutations are disabled: set the environment variable named by admin.token_env",
+        ));
+    };
+    let presented = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let ok = presented.is_some_and(|p| {
+        aws_lc_rs::constant_time::verify_slices_are_equal(p.as_bytes(), expected.as_bytes()).is_ok()
+    });
+    if ok {
+        None
+    } else {
+        let mut r = json_response(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "admin bearer token missing or wrong",
+        );
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer realm=\"jwtgate-admin\""),
+        );
+        Some(r)
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevocationRequest {
+    jti: Option<String>,
+    exp: Option<i64>,
+    sub: Option<String>,
+    /// Optional for `sub`: revoke tokens issued at or before this time (default now).
+    at: Option<i64>,
+}
+
+async fn post_revocation(app: &App, body: Incoming) -> Response<Body> {
+    let bad = |m: &str| json_response(StatusCode::BAD_REQUEST, "bad_request", m);
+    let bytes = match Limited::new(body, 64 * 1024).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return bad("body too large or unreadable"),
+    };
+    let req: RevocationRequest = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            return bad(&format!(
+                "body must be JSON {{\"jti\": ..., \"exp\": ...}} or {{\"sub\": ...}}: {e}"
+            ))
+        }
+    };
+    let now = now_unix();
+    let res = match req {
+        RevocationRequest {
+            jti: Some(jti),
+            exp: Some(exp),
+            sub: None,
+            at: None,
+        } => {
+            if jti.is_empty() {
+                return bad("jti must not be empty");
+            }
+            if exp <= now {
+                return bad("exp is in the past: the token has already expired");
+            }
+            app.revocations.revoke_jti(&jti, exp).await
+        }
+        RevocationRequest {
+            jti: Some(_),
+            exp: None,
+            ..
+        } => return bad("exp is required with jti (the revocation lives until the token's exp)"),
+        RevocationRequest {
+            jti: None,
+            exp: None,
+            sub: Some(sub),
+            at,
+        } => {
+            if sub.is_empty() {
+                return bad("sub must not be empty");
+            }
+            app.revocations.revoke_sub(&sub, at.unwrap_or(now)).await
+        }
+        RevocationRequest {
+            jti: None,
+            sub: None,
+            ..
+        } => return bad("give either {\"jti\", \"exp\"} or {\"sub\"}"),
+        _ => return bad("give either {\"jti\", \"exp\"} or {\"sub\"}, not both"),
+    };
+    match res {
+        Ok(()) => {
+            let mut r = Response::new(body::empty());
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            r
+        }
+        Err(e) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "revocation_unavailable",
+            &e.to_string(),
+        ),
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::jwks::IssuerKeys;
+use crate::revocation::Revocations;
 use crate::route::Router;
 
 /// Everything a request needs that comes from configuration.
@@ -13,10 +14,12 @@ pub struct App {
     pub config: Config,
     pub router: Router,
     pub verifier: Verifier,
+    pub revocations: Arc<Revocations>,
 }
 
 impl App {
-    pub fn new(config: Config) -> App {
+    /// Build the live state; fails only when the revocation store cannot be set up.
+    pub fn new(config: Config) -> Result<App, String> {
         let issuers = config
             .issuers
             .iter()
@@ -25,15 +28,22 @@ impl App {
             .collect();
         let verifier = Verifier::new(issuers, config.identity.clone());
         let router = Router::new(config.routes.clone());
-        App {
+        let revocations = Arc::new(Revocations::new(&config.revocation)?);
+        Ok(App {
             config,
             router,
             verifier,
-        }
+            revocations,
+        })
     }
 
-    /// Ready when every issuer has a key set.
+    /// Every issuer has a key set.
     pub fn keys_ready(&self) -> bool {
         self.verifier.issuers().iter().all(|i| i.is_loaded())
+    }
+
+    /// Keys loaded and the revocation store answering (or failures allowed through).
+    pub fn ready(&self) -> bool {
+        self.keys_ready() && self.revocations.is_ready()
     }
 }

@@ -13,7 +13,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
-use crate::config::{AuthMode, Identity, RouteConfig, TokenSource, Tokens};
+use crate::config::{AuthMode, Identity, TokenSource, Tokens};
 use crate::error::{GatewayError, TokenError};
 use crate::jwks::{self, IssuerKeys, KidLookup, VerifyKey};
 
@@ -27,6 +27,8 @@ const CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// once here so that a cache hit costs no parsing or formatting.
 #[derive(Debug)]
 pub struct Verified {
+    /// SHA-256 of the whole token: the cache key here and in the revocation cache.
+    pub key: [u8; 32],
     pub issuer: usize,
     /// The issuer's key-set generation this was verified under.
     pub generation: u64,
@@ -114,17 +116,19 @@ impl Verifier {
         &self.issuers
     }
 
-    /// Authenticate a request for `route`. `Ok(None)`: no token on an optional route.
+    /// Authenticate a request for `route`: token, signature, claims and clock. Revocation
+    /// and scopes are the next steps (`proxy::handle`). `Ok(None)`: no token on an
+    /// optional route.
     pub async fn authenticate(
         &self,
-        route: &RouteConfig,
+        mode: AuthMode,
         tokens: &Tokens,
         method: &Method,
         host: Option<&str>,
         headers: &HeaderMap,
     ) -> Result<Option<Authenticated>, GatewayError> {
         let Some((token, carrier)) = find_token(tokens, headers)? else {
-            return match route.auth {
+            return match mode {
                 AuthMode::Required => Err(GatewayError::MissingToken),
                 _ => Ok(None),
             };
@@ -138,7 +142,6 @@ impl Verifier {
         }
         let verified = self.verify(token).await?;
         check_time(&verified, now_unix())?;
-        check_scopes(&route.scopes, &verified.scopes)?;
         let bearer = match carrier {
             Carrier::AuthorizationHeader => None,
             _ => HeaderValue::try_from(format!("Bearer {token}")).ok(),
@@ -159,12 +162,12 @@ impl Verifier {
                 return Ok(v);
             }
         }
-        let v = Arc::new(self.verify_uncached(token).await?);
+        let v = Arc::new(self.verify_uncached(token, key).await?);
         self.cache.insert(key, v.clone());
         Ok(v)
     }
 
-    async fn verify_uncached(&self, token: &str) -> Result<Verified, TokenError> {
+    async fn verify_uncached(&self, token: &str, key: [u8; 32]) -> Result<Verified, TokenError> {
         let mut parts = token.split('.');
         let (Some(h64), Some(p64), Some(sig), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -238,11 +241,12 @@ impl Verifier {
                 }
             }
         }
-        self.check_static_claims(idx, generation, p64, &claims)
+        self.check_static_claims(key, idx, generation, p64, &claims)
     }
 
     fn check_static_claims(
         &self,
+        key: [u8; 32],
         idx: usize,
         generation: u64,
         p64: &str,
@@ -315,6 +319,7 @@ impl Verifier {
         };
         let weight = (p64.len() * 2 + 256).min(u32::MAX as usize) as u32;
         Ok(Verified {
+            key,
             issuer: idx,
             generation,
             sub,
@@ -561,6 +566,7 @@ mod tests {
 
     fn verified(exp: i64, nbf: Option<i64>) -> Verified {
         Verified {
+            key: [0; 32],
             issuer: 0,
             generation: 0,
             sub: "a".into(),

@@ -51,7 +51,7 @@ struct FileConfig {
     identity: FileIdentity,
     #[serde(default)]
     revocation: FileRevocation,
-    refresh: Option<toml::Table>,
+    refresh: Option<FileRefresh>,
     anomaly: Option<toml::Table>,
     #[serde(default)]
     routes: Vec<FileRoute>,
@@ -194,6 +194,8 @@ struct FileRevocation {
     timeout_ms: u64,
     on_error: String,
     subject_ttl_s: u64,
+    pool_size: usize,
+    connect_timeout_ms: u64,
 }
 
 impl Default for FileRevocation {
@@ -207,6 +209,44 @@ impl Default for FileRevocation {
             timeout_ms: 50,
             on_error: "deny".into(),
             subject_ttl_s: 86_400,
+            pool_size: 16,
+            connect_timeout_ms: 1000,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileRefresh {
+    token_endpoint: Option<String>,
+    client_id: Option<String>,
+    client_secret_env: String,
+    client_auth: String,
+    refresh_before_s: u64,
+    access_cookie: String,
+    refresh_cookie: String,
+    refresh_header: String,
+    revocation_endpoint: Option<String>,
+    logout_path: String,
+    reuse_window_s: u64,
+    timeout_ms: u64,
+}
+
+impl Default for FileRefresh {
+    fn default() -> Self {
+        FileRefresh {
+            token_endpoint: None,
+            client_id: None,
+            client_secret_env: "JWTGATE_CLIENT_SECRET".into(),
+            client_auth: "client_secret_basic".into(),
+            refresh_before_s: 60,
+            access_cookie: "access_token".into(),
+            refresh_cookie: "refresh_token".into(),
+            refresh_header: "x-refresh-token".into(),
+            revocation_endpoint: None,
+            logout_path: "/logout".into(),
+            reuse_window_s: 30,
+            timeout_ms: 5000,
         }
     }
 }
@@ -255,7 +295,52 @@ pub struct Config {
     pub tokens: Tokens,
     pub identity: Identity,
     pub revocation: Revocation,
+    /// `[refresh]`: edge refresh (when `token_endpoint` is set) and logout.
+    pub refresh: Option<Refresh>,
     pub routes: Vec<RouteConfig>,
+}
+
+/// How the gateway authenticates to the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// HTTP Basic with client_id:client_secret (RFC 6749 §2.3.1).
+    Basic,
+    /// client_id and client_secret in the form body.
+    Post,
+}
+
+/// The OAuth 2.0 client the gateway acts as.
+#[derive(Clone)]
+pub struct OAuthClient {
+    pub token_endpoint: Uri,
+    pub client_id: String,
+    pub client_secret: String,
+    pub auth: ClientAuth,
+}
+
+impl std::fmt::Debug for OAuthClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("OAuthClient")
+            .field("token_endpoint", &self.token_endpoint)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Refresh {
+    /// `None`: no refresh at the edge, only logout.
+    pub client: Option<OAuthClient>,
+    pub refresh_before: Duration,
+    pub access_cookie: String,
+    pub refresh_cookie: String,
+    pub refresh_header: http::HeaderName,
+    pub revocation_endpoint: Option<Uri>,
+    pub logout_path: String,
+    /// How long a refresh result stays reusable for late requests with the old token.
+    pub reuse_window: Duration,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -347,6 +432,8 @@ pub struct Revocation {
     pub timeout: Duration,
     pub on_error: OnError,
     pub subject_ttl: Duration,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -454,10 +541,14 @@ impl Config {
 fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
     // Tables the contract names but this version does not implement yet: refuse loudly
     // rather than run without a protection the operator asked for.
-    if raw.refresh.is_some() {
+    if raw
+        .refresh
+        .as_ref()
+        .is_some_and(|r| r.token_endpoint.is_some())
+    {
         return Err(ctx.err(
-            "refresh",
-            "edge token refresh is not implemented in this version; remove the [refresh] table",
+            "refresh.token_endpoint",
+            "edge token refresh is not implemented in this version; [refresh] supports logout only",
         ));
     }
     if raw.anomaly.is_some() {
@@ -512,6 +603,11 @@ fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigErr
     let tokens = validate_tokens(ctx, &raw.tokens)?;
     let identity = validate_identity(ctx, &raw.identity)?;
     let revocation = validate_revocation(ctx, &raw.revocation)?;
+    let refresh = raw
+        .refresh
+        .as_ref()
+        .map(|r| validate_refresh(ctx, r))
+        .transpose()?;
 
     if raw.routes.is_empty() {
         return Err(ctx.err("routes", "at least one [[routes]] entry is required"));
@@ -560,7 +656,93 @@ fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigErr
         tokens,
         identity,
         revocation,
+        refresh,
         routes,
+    })
+}
+
+fn endpoint(ctx: &Ctx, key: &str, url: &str) -> Result<Uri, ConfigError> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| ctx.err(key, format!("{url:?} is not a URL")))?;
+    match uri.scheme_str() {
+        Some("https") | Some("http") if uri.authority().is_some() => {}
+        _ => return Err(ctx.err(key, format!("{url:?} must be an http:// or https:// URL"))),
+    }
+    if uri.scheme_str() == Some("http") && !is_loopback_authority(&uri) {
+        tracing::warn!(
+            key,
+            "identity provider endpoint uses plain http on a non-loopback host"
+        );
+    }
+    Ok(uri)
+}
+
+fn validate_refresh(ctx: &Ctx, r: &FileRefresh) -> Result<Refresh, ConfigError> {
+    let client = match &r.token_endpoint {
+        None => None,
+        Some(url) => {
+            let token_endpoint = endpoint(ctx, "refresh.token_endpoint", url)?;
+            let client_id = r
+                .client_id
+                .clone()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| ctx.err("refresh.client_id", "is required with token_endpoint"))?;
+            let client_secret = std::env::var(&r.client_secret_env).map_err(|_| {
+                ctx.err(
+                    "refresh.client_secret_env",
+                    format!("environment variable {} is not set", r.client_secret_env),
+                )
+            })?;
+            let auth = match r.client_auth.as_str() {
+                "client_secret_basic" => ClientAuth::Basic,
+                "client_secret_post" => ClientAuth::Post,
+                other => {
+                    return Err(ctx.err(
+                        "refresh.client_auth",
+                        format!(
+                            "{other:?} is not \"client_secret_basic\" or \"client_secret_post\""
+                        ),
+                    ))
+                }
+            };
+            Some(OAuthClient {
+                token_endpoint,
+                client_id,
+                client_secret,
+                auth,
+            })
+        }
+    };
+    let revocation_endpoint = r
+        .revocation_endpoint
+        .as_deref()
+        .map(|u| endpoint(ctx, "refresh.revocation_endpoint", u))
+        .transpose()?;
+    if revocation_endpoint.is_some() && client.is_none() {
+        return Err(ctx.err("refresh.revocation_endpoint", "needs token_endpoint, client_id and the client secret (RFC 7009 calls authenticate as the client)"));
+    }
+    if !r.logout_path.starts_with('/') {
+        return Err(ctx.err("refresh.logout_path", "must start with '/'"));
+    }
+    for (k, v) in [
+        ("refresh.access_cookie", &r.access_cookie),
+        ("refresh.refresh_cookie", &r.refresh_cookie),
+    ] {
+        if v.is_empty() || v.contains([';', '=', ' ', ',']) {
+            return Err(ctx.err(k, format!("{v:?} is not a valid cookie name")));
+        }
+    }
+    Ok(Refresh {
+        client,
+        refresh_before: Duration::from_secs(r.refresh_before_s),
+        access_cookie: r.access_cookie.clone(),
+        refresh_cookie: r.refresh_cookie.clone(),
+        refresh_header: header_name(ctx, "refresh.refresh_header", &r.refresh_header)?,
+        revocation_endpoint,
+        logout_path: r.logout_path.clone(),
+        reuse_window: Duration::from_secs(r.reuse_window_s),
+        timeout: Duration::from_millis(r.timeout_ms.max(1)),
     })
 }
 
@@ -867,11 +1049,22 @@ fn validate_revocation(ctx: &Ctx, r: &FileRevocation) -> Result<Revocation, Conf
             ))
         }
     };
-    if store == StoreKind::Redis {
+    if store == StoreKind::Redis
+        && !(r.redis_url.starts_with("redis://") || r.redis_url.starts_with("rediss://"))
+    {
         return Err(ctx.err(
-            "revocation.store",
-            "the redis store is not implemented in this version; use \"memory\"",
+            "revocation.redis_url",
+            format!("{:?} must start with redis:// or rediss://", r.redis_url),
         ));
+    }
+    for (key, v) in [
+        ("revocation.timeout_ms", r.timeout_ms),
+        ("revocation.cache_capacity", r.cache_capacity),
+        ("revocation.pool_size", r.pool_size as u64),
+    ] {
+        if v == 0 {
+            return Err(ctx.err(key, "must be greater than 0"));
+        }
     }
     let on_error = match r.on_error.as_str() {
         "deny" => OnError::Deny,
@@ -892,6 +1085,8 @@ fn validate_revocation(ctx: &Ctx, r: &FileRevocation) -> Result<Revocation, Conf
         timeout: Duration::from_millis(r.timeout_ms),
         on_error,
         subject_ttl: Duration::from_secs(r.subject_ttl_s),
+        pool_size: r.pool_size,
+        connect_timeout: Duration::from_millis(r.connect_timeout_ms.max(1)),
     })
 }
 

@@ -15,6 +15,8 @@ pub mod identity;
 pub mod jwks;
 pub mod listener;
 pub mod proxy;
+pub mod refresh;
+pub mod revocation;
 pub mod route;
 pub mod token;
 pub mod upstream;
@@ -40,6 +42,8 @@ pub enum ServeError {
     },
     #[error("cannot start worker thread: {0}")]
     Thread(std::io::Error),
+    #[error("revocation store: {0}")]
+    Store(String),
 }
 
 /// A running gateway: its bound addresses and the handle to stop it.
@@ -75,6 +79,8 @@ impl Running {
 /// Bind every listener, start the workers, the admin API and the background tasks (JWKS).
 /// Must be called inside a Tokio runtime, which hosts the admin API and background tasks.
 pub async fn serve(config: Config) -> Result<Running, ServeError> {
+    // Libraries that use rustls' process default (the Redis client) get the same provider.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let workers_n = config.server.worker_threads;
     let bind = |addr: SocketAddr, what| {
         listener::bind(addr, workers_n).map_err(|source| ServeError::Bind { addr, what, source })
@@ -112,10 +118,10 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
     })?;
 
     let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-    let app = App::new(config);
+    let app = App::new(config).map_err(ServeError::Store)?;
     let (shutdown, shutdown_rx) = watch::channel(false);
 
-    // Background: JWKS fetchers, on the caller's runtime.
+    // Background tasks run on the caller's runtime: JWKS fetchers first.
     let control_client = upstream::client(4);
     for issuer in app.verifier.issuers() {
         tokio::spawn(
@@ -124,6 +130,8 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
                 .run_jwks(control_client.clone(), shutdown_rx.clone()),
         );
     }
+    // Revocation store probe and pub/sub subscriber (remote stores only).
+    tokio::spawn(app.revocations.clone().run_background(shutdown_rx.clone()));
 
     let shared = Arc::new(Shared {
         app: ArcSwap::from_pointee(app),

@@ -59,6 +59,25 @@ enum Cmd {
         #[arg(long = "claim", value_name = "K=V")]
         claims: Vec<String>,
     },
+    /// Revoke a token (by jti, until its exp) or every token of a subject, through the
+    /// admin API; the bearer token comes from JWTGATE_ADMIN_TOKEN.
+    Revoke {
+        #[arg(
+            long,
+            requires = "exp",
+            conflicts_with = "sub",
+            required_unless_present = "sub"
+        )]
+        jti: Option<String>,
+        /// The token's exp (unix seconds): the revocation lives until then.
+        #[arg(long)]
+        exp: Option<i64>,
+        #[arg(long)]
+        sub: Option<String>,
+        /// Admin API base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+    },
     /// Write a self-signed development certificate and key (PEM).
     GenCert {
         #[arg(long, default_value = "certs")]
@@ -92,6 +111,12 @@ fn main() -> ExitCode {
             ttl,
             claims,
         } => token(alg, key, secret_env, sub, kid, iss, aud, scope, ttl, claims),
+        Cmd::Revoke {
+            jti,
+            exp,
+            sub,
+            admin,
+        } => runtime().block_on(revoke(jti, exp, sub, admin)),
         Cmd::GenCert { out, hosts } => match jwtgate::certs::write(&out, &hosts) {
             Ok((c, k)) => {
                 println!("certificate: {}\nkey:         {}", c.display(), k.display());
@@ -272,5 +297,53 @@ fn token(
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
+    }
+}
+
+async fn revoke(
+    jti: Option<String>,
+    exp: Option<i64>,
+    sub: Option<String>,
+    admin: String,
+) -> ExitCode {
+    use http_body_util::BodyExt;
+    let Ok(token) = std::env::var("JWTGATE_ADMIN_TOKEN") else {
+        return fail("set JWTGATE_ADMIN_TOKEN to the gateway's admin token");
+    };
+    let body = match (jti, exp, sub) {
+        (Some(jti), Some(exp), None) => serde_json::json!({"jti": jti, "exp": exp}),
+        (None, None, Some(sub)) => serde_json::json!({"sub": sub}),
+        _ => return fail("give --jti ID --exp UNIX, or --sub SUB"),
+    };
+    let url = format!("{}/revocations", admin.trim_end_matches('/'));
+    let req = match http::Request::post(&url)
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {token}"))
+        .body(jwtgate::body::full(body.to_string()))
+    {
+        Ok(r) => r,
+        Err(e) => return fail(format!("--admin {admin:?}: {e}")),
+    };
+    let client = jwtgate::upstream::client(1);
+    let resp = match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return fail(format!("{url}: {e}")),
+        Err(_) => return fail(format!("{url}: timed out")),
+    };
+    let status = resp.status();
+    let text = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if status == http::StatusCode::NO_CONTENT {
+        println!("revoked");
+        ExitCode::SUCCESS
+    } else {
+        fail(format!(
+            "{url}: {status}: {}",
+            String::from_utf8_lossy(&text)
+        ))
     }
 }

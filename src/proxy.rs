@@ -9,10 +9,12 @@ use http_body_util::Limited;
 use hyper::body::Incoming;
 
 use crate::app::App;
+use crate::auth;
 use crate::body::{self, Body};
 use crate::config::AuthMode;
 use crate::error::GatewayError;
 use crate::identity::{self, ClientInfo, X_REQUEST_ID};
+use crate::refresh;
 use crate::upstream::{self, Client};
 
 /// Serve one request and write its access-log line.
@@ -81,7 +83,14 @@ async fn proxy(
     let (mut parts, body) = req.into_parts();
     let authority = authority(&parts).map(str::to_owned);
 
-    // 2. Route.
+    // 2. Route. The logout endpoint belongs to the gateway itself, on every host.
+    if let Some(r) = &app.config.refresh {
+        if parts.method == http::Method::POST && parts.uri.path() == r.logout_path {
+            identity::strip_client_headers(&mut parts.headers, &app.config.identity);
+            log.route = Some("logout".into());
+            return refresh::logout(app, &parts, authority.as_deref()).await;
+        }
+    }
     let route = app
         .router
         .find(authority.as_deref(), parts.uri.path())
@@ -91,21 +100,26 @@ async fn proxy(
     // 3. Strip identity headers the client sent, on every route, before anything else.
     identity::strip_client_headers(&mut parts.headers, &app.config.identity);
 
-    // 4. Authenticate: token, signature, claims, scopes.
+    // 4. Authenticate: token, signature, claims; then revocation; then scopes.
     let auth = match route.config.auth {
         AuthMode::None => None,
-        _ => {
+        mode => {
+            let host = authority.as_deref();
             app.verifier
                 .authenticate(
-                    &route.config,
+                    mode,
                     &app.config.tokens,
                     &parts.method,
-                    authority.as_deref(),
+                    host,
                     &parts.headers,
                 )
                 .await?
         }
     };
+    if let Some(a) = &auth {
+        app.revocations.check(&a.verified).await?;
+        auth::check_scopes(&route.config.scopes, &a.verified.scopes)?;
+    }
 
     // 5. Refresh: not in this version (the config refuses a [refresh] table).
 

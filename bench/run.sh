@@ -1,0 +1,716 @@
+#!/usr/bin/env bash
+# bench/run.sh: loopback benchmark of jwtgate against nginx and HAProxy (throughput, latency,
+# JWT verification cost, memory per connection); prints one markdown table and saves it to
+# bench/results/<timestamp>.md.
+#
+# Usage: bench/run.sh [--rounds N] [--duration S] [--only SECTION[,SECTION...]] [--keep-tmp]
+#   SECTION: plain | tls | h2 | auth | mem    (default: all five)
+#            peers  = no jwtgate rows (self-test of the peers; needs no Rust build); alone it
+#                     means every section, with others (peers,auth) only those
+#   defaults: 3 rounds of 10 s per target.
+#   env: JWTGATE_BIN (default target/release/jwtgate), BENCH_WARMUP (s, default 1),
+#        BENCH_CONNS (default 64), BENCH_MEM_CONNS (default 1000).
+#
+# Runs on Debian as root: missing tools are installed with apt-get (nginx, haproxy, wrk,
+# nghttp2-client for h2load, curl, openssl, python3) without starting their system services.
+# Everything binds 127.0.0.1 on free ports, lives in one mktemp folder, and exactly the
+# processes this script started are stopped on exit. Close other heavy work first: on a
+# 2-core machine the load generator, the upstream and the proxy already share the cores.
+set -Eeuo pipefail
+
+ROUNDS=3
+DURATION=10
+ONLY=""
+KEEP_TMP=0
+CONNS=${BENCH_CONNS:-64}
+WARMUP=${BENCH_WARMUP:-1}
+MEM_CONNS=${BENCH_MEM_CONNS:-1000}
+ISSUER="bench"
+
+usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '\n[bench] ERROR: %s\n' "$*" >&2; exit 1; }
+
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --rounds) ROUNDS=${2:?--rounds needs a number}; shift 2 ;;
+        --duration) DURATION=${2:?--duration needs seconds}; shift 2 ;;
+        --only) ONLY=${2:?--only needs a section}; shift 2 ;;
+        --keep-tmp) KEEP_TMP=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; die "unknown argument: $1" ;;
+    esac
+done
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer, got '$ROUNDS'"
+[[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "--duration must be a positive number of seconds, got '$DURATION'"
+[[ $WARMUP =~ ^[0-9]+$ ]] || die "BENCH_WARMUP must be a whole number of seconds"
+
+USE_JG=1
+SECTIONS=(plain tls h2 auth mem)
+if [[ -n $ONLY ]]; then
+    SECTIONS=()
+    IFS=',' read -r -a only_list <<<"$ONLY"
+    for s in "${only_list[@]}"; do
+        case $s in
+            plain|tls|h2|auth|mem) SECTIONS+=("$s") ;;
+            peers) USE_JG=0 ;;
+            *) die "--only: unknown section '$s' (plain, tls, h2, auth, mem, peers)" ;;
+        esac
+    done
+    [[ ${#SECTIONS[@]} -gt 0 ]] || SECTIONS=(plain tls h2 auth mem)
+fi
+want_section() { local s; for s in "${SECTIONS[@]}"; do [[ $s == "$1" ]] && return 0; done; return 1; }
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH=$ROOT/bench
+JG=${JWTGATE_BIN:-$ROOT/target/release/jwtgate}
+
+# --- processes and cleanup ---------------------------------------------------------------
+
+PIDS=()
+declare -A PID_NAME=()
+TMP=""
+POLICY_RC_CREATED=0
+
+is_alive() { # a zombie (exited, not yet reaped) counts as dead
+    local st
+    [[ -r /proc/$1/stat ]] || return 1
+    st=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+    [[ -n $st && $st != Z ]]
+}
+
+stop_pid() {
+    local pid=$1 i
+    if is_alive "$pid"; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < 50; i++)); do is_alive "$pid" || break; sleep 0.1; done
+        if is_alive "$pid"; then
+            log "${PID_NAME[$pid]:-process} (pid $pid) ignored SIGTERM for 5 s; sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$? i
+    set +e
+    trap - EXIT INT TERM
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[i]}"; done
+    if [[ $POLICY_RC_CREATED == 1 ]]; then rm -f /usr/sbin/policy-rc.d; fi
+    if [[ -n $TMP && -d $TMP ]]; then
+        if [[ $KEEP_TMP == 1 || $rc != 0 ]]; then
+            log "temporary files kept in $TMP (logs of every process are there)"
+        else
+            rm -rf "$TMP"
+        fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start_bg NAME LOGFILE CMD...: start CMD in the background, remember its pid in LAST_PID
+start_bg() {
+    local name=$1 logf=$2
+    shift 2
+    "$@" >"$logf" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+    PID_NAME[$LAST_PID]=$name
+}
+
+forget_pid() { # after stop_pid: drop it from the cleanup list
+    local pid=$1 p keep=()
+    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+
+show_log() { log "--- last lines of $1 ---"; tail -n 30 "$1" >&2 || true; }
+
+# wait_port NAME PID PORT LOGFILE: until something accepts on 127.0.0.1:PORT
+wait_port() {
+    local name=$1 pid=$2 port=$3 logf=$4 i
+    for ((i = 0; i < 150; i++)); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+        if ! is_alive "$pid"; then show_log "$logf"; die "$name exited during startup (log: $logf)"; fi
+        sleep 0.1
+    done
+    show_log "$logf"
+    die "$name did not listen on 127.0.0.1:$port within 15 s (log: $logf)"
+}
+
+# --- tools -------------------------------------------------------------------------------
+
+apt_install() {
+    [[ $EUID -eq 0 ]] || die "missing packages: $*; run as root, or install them first: apt-get install $*"
+    command -v apt-get >/dev/null || die "missing packages: $*; this script installs them only with apt-get (Debian/Ubuntu)"
+    # Keep apt from starting the packages' system services (nginx on :80, haproxy):
+    # a temporary policy-rc.d (exit 101 = "not allowed"), only if none exists already.
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\n# temporary, from jwtgate bench/run.sh: no service starts during install\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        POLICY_RC_CREATED=1
+    fi
+    log "installing: $* (apt-get)"
+    local rc=0
+    { DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"; } >&2 || rc=$?
+    if [[ $POLICY_RC_CREATED == 1 ]]; then rm -f /usr/sbin/policy-rc.d; POLICY_RC_CREATED=0; fi
+    return "$rc"
+}
+
+ensure_tools() {
+    local -A pkg=([nginx]=nginx [haproxy]=haproxy [wrk]=wrk [curl]=curl [openssl]=openssl
+        [python3]=python3 [timeout]=coreutils [ps]=procps)
+    local missing=() t
+    for t in "${!pkg[@]}"; do command -v "$t" >/dev/null 2>&1 || missing+=("${pkg[$t]}"); done
+    if [[ ${#missing[@]} -gt 0 ]]; then
+        apt_install "${missing[@]}" || die "apt-get install ${missing[*]} failed"
+    fi
+    for t in "${!pkg[@]}"; do command -v "$t" >/dev/null 2>&1 || die "$t still missing after install"; done
+    HAVE_H2LOAD=1
+    if ! command -v h2load >/dev/null 2>&1; then
+        if want_section h2; then
+            apt_install nghttp2-client || log "WARNING: could not install nghttp2-client (h2load)"
+        fi
+        command -v h2load >/dev/null 2>&1 || HAVE_H2LOAD=0
+    fi
+}
+
+version_ge() { [[ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" == "$2" ]]; }
+
+ensure_jwtgate() {
+    if [[ -x $JG ]]; then
+        if [[ -d $ROOT/src && -n "$(find "$ROOT/src" "$ROOT/Cargo.toml" -newer "$JG" -print -quit 2>/dev/null)" ]]; then
+            log "WARNING: $JG is older than src/ or Cargo.toml; run 'cargo build --release' to bench the current code"
+        fi
+        return 0
+    fi
+    [[ -z ${JWTGATE_BIN:-} ]] || die "JWTGATE_BIN=$JG is not an executable file"
+    local cargo
+    cargo=$(command -v cargo 2>/dev/null || true)
+    if [[ -z $cargo && -x ${HOME:-/root}/.cargo/bin/cargo ]]; then cargo=${HOME:-/root}/.cargo/bin/cargo; fi
+    if [[ -z $cargo ]]; then
+        die "$JG does not exist and cargo is not available to build it.
+    Build jwtgate first ('cargo build --release' in $ROOT, with a Rust toolchain installed through rustup),
+    or point JWTGATE_BIN at a release binary, or run 'bench/run.sh --only peers' to benchmark the peers alone."
+    fi
+    log "target/release/jwtgate is missing: building it (cargo build --release) ..."
+    (cd "$ROOT" && "$cargo" build --release) || die "cargo build --release failed"
+    [[ -x $JG ]] || die "cargo build --release finished but $JG does not exist"
+}
+
+# --- helpers -----------------------------------------------------------------------------
+
+free_ports() { # N free TCP ports on 127.0.0.1 (held open together, so they are distinct)
+    python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+# render TEMPLATE OUT NAME=VALUE...: replace @NAME@ with VALUE
+render() {
+    local tmpl=$1 out=$2 kv args=()
+    shift 2
+    for kv in "$@"; do
+        local k=${kv%%=*} v=${kv#*=}
+        v=${v//\\/\\\\}
+        v=${v//|/\\|}
+        v=${v//&/\\&}
+        args+=(-e "s|@${k}@|${v}|g")
+    done
+    sed "${args[@]}" "$tmpl" >"$out"
+    if grep -n '@[A-Z0-9_]*@' "$out" >&2; then die "unfilled placeholder in $out (from $tmpl)"; fi
+}
+
+rss_kib() { # VmRSS of a process plus its direct children (nginx master + workers), in KiB
+    local total=0 p v
+    for p in "$1" $(ps -o pid= --ppid "$1" 2>/dev/null); do
+        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+
+# mint_token_openssl ALG KID KEYFILE|SECRET [EXP_OFFSET_S] [ISS]: independent JWT minter (RS256,
+# HS256) used to test the HAProxy frontends (expired / wrong-issuer tokens) and, as a
+# cross-check, jwtgate.
+mint_token_openssl() {
+    local alg=$1 kid=$2 key=$3 exp_off=${4:-3600} iss=${5:-$ISSUER} now h p sig
+    now=$(date +%s)
+    h=$(printf '{"alg":"%s","typ":"JWT","kid":"%s"}' "$alg" "$kid" | b64url)
+    p=$(printf '{"iss":"%s","sub":"alice","iat":%d,"exp":%d,"jti":"%s"}' \
+        "$iss" "$now" "$((now + exp_off))" "$(openssl rand -hex 8)" | b64url)
+    case $alg in
+        RS256) sig=$(printf '%s' "$h.$p" | openssl dgst -sha256 -sign "$key" -binary | b64url) ;;
+        HS256) sig=$(printf '%s' "$h.$p" | openssl dgst -sha256 -mac HMAC -macopt "key:$key" -binary | b64url) ;;
+        *) die "mint_token_openssl: $alg not supported" ;;
+    esac
+    printf '%s.%s.%s\n' "$h" "$p" "$sig"
+}
+
+mint_token_jwtgate() { # ALG KID (--key FILE | --secret-env VAR): the JWT is the last line of stdout
+    local alg=$1 kid=$2 out tok
+    shift 2
+    out=$("$JG" token --alg "$alg" "$@" --kid "$kid" --iss "$ISSUER" --sub alice --ttl 3600 2>"$TMP/token.err") ||
+        { cat "$TMP/token.err" >&2; die "jwtgate token --alg $alg failed"; }
+    tok=$(printf '%s\n' "$out" | tail -n 1 | tr -d '[:space:]')
+    [[ $tok =~ ^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$ ]] ||
+        die "jwtgate token --alg $alg: last line of stdout is not a JWT: '$tok'"
+    printf '%s\n' "$tok"
+}
+
+tamper() { # flip one character in the middle of the signature
+    local t=$1 sig=${1##*.} i c
+    i=$((${#sig} / 2))
+    c=${sig:i:1}
+    [[ $c == A ]] && c=B || c=A
+    printf '%s.%s%s%s\n' "${t%.*}" "${sig:0:i}" "$c" "${sig:i+1}"
+}
+
+# expect NAME URL STATUS [TOKEN] [h2]: one curl request must answer STATUS (and HTTP/2 if h2)
+expect() {
+    local name=$1 url=$2 want=$3 token=${4:-} proto=${5:-} args=(-sk -o "$TMP/curl.body" -w '%{http_code} %{http_version}' --max-time 10)
+    [[ -n $token ]] && args+=(-H "Authorization: Bearer $token")
+    [[ $proto == h2 ]] && args+=(--http2) || args+=(--http1.1)
+    local got
+    got=$(curl "${args[@]}" "$url" 2>&1) || true
+    if [[ ${got%% *} != "$want" ]]; then
+        die "check failed: $name: GET $url answered '$got', expected HTTP $want; body: $(head -c 300 "$TMP/curl.body" 2>/dev/null)"
+    fi
+    if [[ $proto == h2 && ${got#* } != 2 ]]; then
+        die "check failed: $name: GET $url did not negotiate HTTP/2 (got HTTP/${got#* })"
+    fi
+}
+
+# --- load generators ----------------------------------------------------------------------
+
+# parse_wrk FILE -> "rps p50_ms p99_ms errors"
+parse_wrk() {
+    awk '
+    function ms(v) {
+        if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
+        if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
+        if (v ~ /m$/)  return substr(v, 1, length(v) - 1) * 60000
+        if (v ~ /s$/)  return substr(v, 1, length(v) - 1) * 1000
+        return ""
+    }
+    /^Requests\/sec:/ { rps = $2 }
+    $1 == "50%" { p50 = ms($2) }
+    $1 == "99%" { p99 = ms($2) }
+    /Non-2xx or 3xx responses:/ { err += $NF }
+    /Socket errors:/ { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) err += $i + 0 }
+    END { printf "%s %s %s %d\n", (rps == "" ? "-" : rps), (p50 == "" ? "-" : p50), (p99 == "" ? "-" : p99), err }
+    ' "$1"
+}
+
+# parse_h2load FILE -> "rps mean_ms max_ms errors" (h2load prints no percentiles)
+parse_h2load() {
+    awk '
+    function ms(v) {
+        if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
+        if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
+        if (v ~ /s$/)  return substr(v, 1, length(v) - 1) * 1000
+        return ""
+    }
+    /^finished in/ { for (i = 1; i < NF; i++) if ($(i + 1) ~ /^req\/s/) rps = $i }
+    /^requests:/ { for (i = 1; i < NF; i++) if ($(i + 1) ~ /^(failed|timeout)/) err += $i }
+    /^status codes:/ { for (i = 1; i < NF; i++) if ($(i + 1) ~ /^[345]xx/) bad += $i }
+    /^time for request:/ { mean = ms($6); max = ms($5) }
+    END {
+        if (bad > err) err = bad
+        printf "%s %s %s %d\n", (rps == "" ? "-" : rps), (mean == "" ? "-" : mean), (max == "" ? "-" : max), err
+    }
+    ' "$1"
+}
+
+declare -A T_LABEL=() T_TOOL=() T_URL=() T_TOKEN=()
+add_target() { T_LABEL[$1]=$2; T_TOOL[$1]=$3; T_URL[$1]=$4; T_TOKEN[$1]=${5:-}; }
+
+RUNS_TSV=""
+# load ID SECONDS OUTFILE: run the target's load tool; returns its exit status
+load() {
+    local id=$1 secs=$2 out=$3 tool=${T_TOOL[$1]} url=${T_URL[$1]} token=${T_TOKEN[$1]} args=()
+    local limit=$((secs + 60))
+    case $tool in
+        wrk)
+            args=(-t1 "-c$CONNS" "-d${secs}s" --latency)
+            [[ -n $token ]] && args+=(-H "Authorization: Bearer $token")
+            timeout -k 5 "$limit" wrk "${args[@]}" "$url" >"$out" 2>&1
+            ;;
+        h2load|h2load-h1)
+            args=("-c$CONNS" -m1 -t1 -D "$secs")
+            [[ $tool == h2load-h1 ]] && args+=(--h1)
+            [[ -n $token ]] && args+=(-H "Authorization: Bearer $token")
+            timeout -k 5 "$limit" h2load "${args[@]}" "$url" >"$out" 2>&1
+            ;;
+        *) die "unknown load tool $tool" ;;
+    esac
+}
+
+record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RUNS_TSV"; }
+
+# run_section SECTION ID...: warm every target up, then ROUNDS rounds; each round runs every
+# target once, starting one further along the list each round (so no target is always first).
+run_section() {
+    local section=$1 ids=() id r i n off out rc parsed rps a b errs kind
+    shift
+    for id in "$@"; do
+        if [[ -n ${T_TOOL[$id]:-} ]]; then ids+=("$id"); fi
+    done
+    n=${#ids[@]}
+    [[ $n -gt 0 ]] || return 0
+    if [[ $WARMUP -gt 0 ]]; then
+        log "[$section] warm-up ${WARMUP}s per target"
+        for id in "${ids[@]}"; do load "$id" "$WARMUP" "$TMP/out/warmup-$section-$id.txt" || true; done
+    fi
+    for ((r = 1; r <= ROUNDS; r++)); do
+        off=$(((r - 1) % n))
+        for ((i = 0; i < n; i++)); do
+            id=${ids[(i + off) % n]}
+            out="$TMP/out/$section-$id-r$r.txt"
+            rc=0
+            load "$id" "$DURATION" "$out" || rc=$?
+            case ${T_TOOL[$id]} in wrk) parsed=$(parse_wrk "$out"); kind=wrk ;; *) parsed=$(parse_h2load "$out"); kind=h2load ;; esac
+            read -r rps a b errs <<<"$parsed"
+            if [[ $rc != 0 || $rps == - ]]; then
+                log "[$section] round $r ${T_LABEL[$id]}: FAILED (exit $rc): $(grep -m1 -iE 'error|fail|unable|refused' "$out" || tail -n1 "$out")"
+                record "$section" "$id" "${T_LABEL[$id]}" "$r" fail "" "" "" 0 "load tool failed (exit $rc), see $out"
+            else
+                [[ $a == - ]] && a=""
+                [[ $b == - ]] && b=""
+                log "[$section] round $r/$ROUNDS ${T_LABEL[$id]}: ${rps} req/s$([[ $errs == 0 ]] || echo ", WARNING: $errs errors")"
+                record "$section" "$id" "${T_LABEL[$id]}" "$r" "$kind" "$rps" "$a" "$b" "$errs" ""
+            fi
+            sleep 0.5
+        done
+    done
+}
+
+skip_row() { record "$1" "$2" "$3" 0 skip "" "" "" 0 "$4"; }
+
+# --- the "distinct tokens" hook ----------------------------------------------------------
+
+# TODO(distinct-tokens): measure jwtgate RS256 over TLS when every request carries a
+# different token, i.e. with the verified-token cache missing on every request (the figure
+# PERF-NOTES.md's "first sightings" case needs). Plan: mint K (e.g. 20,000) tokens with
+# distinct jti via `jwtgate token ... --claim jti=<n>` (or one `token` call per sub),
+# write them to $TMP/tokens.txt, and drive wrk with a Lua script (wrk -s) whose request()
+# picks the next token for the Authorization header; compare with HAProxy RS256 (which
+# verifies every request anyway). Until this is implemented it records a TODO row and no
+# numbers.
+bench_distinct_tokens() {
+    record auth jg-distinct-rs256-tls "jwtgate RS256 TLS, distinct token per request" 0 todo "" "" "" 0 \
+        "TODO: not measured yet (hook bench_distinct_tokens in bench/run.sh)"
+}
+
+# --- setup -------------------------------------------------------------------------------
+
+ensure_tools
+if [[ $USE_JG == 1 ]]; then ensure_jwtgate; fi
+
+if ! ulimit -n 65536 2>/dev/null; then
+    ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    log "WARNING: could not raise the open-file limit to 65536 (now $(ulimit -n))"
+fi
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/jwtgate-bench.XXXXXX")
+chmod 711 "$TMP" # nginx workers run as "nobody" and must reach their prefix folders
+mkdir -p "$TMP/out" "$TMP/keys" "$TMP/certs"
+chmod 700 "$TMP/keys"
+RUNS_TSV=$TMP/runs.tsv
+MEM_TSV=$TMP/mem.tsv
+: >"$RUNS_TSV"
+: >"$MEM_TSV"
+log "work folder: $TMP"
+
+read -r UP_PORT NGX_HTTP_PORT NGX_TLS_PORT HA_HTTP_PORT HA_TLS_PORT HA_RS_TLS_PORT HA_HS_PORT \
+    JG_HTTP_PORT JG_TLS_PORT JG_ADMIN_PORT JGA_HTTP_PORT JGA_TLS_PORT JGA_ADMIN_PORT <<<"$(free_ports 13)"
+
+# keys and secrets for the auth section (throwaway, in $TMP)
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$TMP/keys/rsa.pem" 2>/dev/null
+openssl pkey -in "$TMP/keys/rsa.pem" -pubout -out "$TMP/rsa.pub.pem"
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$TMP/keys/ec.pem" 2>/dev/null
+openssl pkey -in "$TMP/keys/ec.pem" -pubout -out "$TMP/ec.pub.pem"
+BENCH_HS_SECRET=$(openssl rand -hex 32) # 64 bytes of text = 256 random bits; used as-is by both
+JWTGATE_ADMIN_TOKEN=$(openssl rand -hex 16)
+export BENCH_HS_SECRET JWTGATE_ADMIN_TOKEN
+
+# development certificate shared by every TLS endpoint (same key type for all)
+if [[ $USE_JG == 1 ]]; then
+    "$JG" gen-cert --out "$TMP/certs" --host localhost >"$TMP/gen-cert.log" 2>&1 ||
+        { cat "$TMP/gen-cert.log" >&2; die "jwtgate gen-cert failed"; }
+else
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 -subj /CN=localhost \
+        -addext subjectAltName=DNS:localhost -keyout "$TMP/certs/localhost.key" -out "$TMP/certs/localhost.crt" 2>/dev/null
+fi
+CERT=$TMP/certs/localhost.crt
+KEY=$TMP/certs/localhost.key
+[[ -s $CERT && -s $KEY ]] || die "expected $CERT and $KEY after creating the development certificate"
+cat "$CERT" "$KEY" >"$TMP/certs/haproxy.pem"
+
+# upstream
+mkdir -p "$TMP/nginx-up"
+render "$BENCH/templates/upstream.nginx.conf" "$TMP/nginx-up/nginx.conf" PREFIX="$TMP/nginx-up" UP_PORT="$UP_PORT"
+start_bg "nginx upstream" "$TMP/nginx-up/stderr.log" nginx -p "$TMP/nginx-up" -c "$TMP/nginx-up/nginx.conf" -g 'daemon off;'
+UP_PID=$LAST_PID
+wait_port "nginx upstream" "$UP_PID" "$UP_PORT" "$TMP/nginx-up/stderr.log"
+
+# nginx proxy
+NGINX_VERSION=$(nginx -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p')
+if version_ge "$NGINX_VERSION" 1.25.1; then
+    NGX_FLAGS="ssl" NGX_H2="http2 on;"
+else
+    NGX_FLAGS="ssl http2" NGX_H2="# (http2 is the listen flag above on nginx < 1.25.1)"
+fi
+mkdir -p "$TMP/nginx-proxy"
+render "$BENCH/templates/proxy.nginx.conf" "$TMP/nginx-proxy/nginx.conf" PREFIX="$TMP/nginx-proxy" \
+    UP_PORT="$UP_PORT" NGX_HTTP_PORT="$NGX_HTTP_PORT" NGX_TLS_PORT="$NGX_TLS_PORT" \
+    NGX_TLS_LISTEN_FLAGS="$NGX_FLAGS" NGX_HTTP2_DIRECTIVE="$NGX_H2" CERT="$CERT" KEY="$KEY"
+start_bg "nginx proxy" "$TMP/nginx-proxy/stderr.log" nginx -p "$TMP/nginx-proxy" -c "$TMP/nginx-proxy/nginx.conf" -g 'daemon off;'
+NGX_PID=$LAST_PID
+wait_port "nginx proxy" "$NGX_PID" "$NGX_HTTP_PORT" "$TMP/nginx-proxy/stderr.log"
+wait_port "nginx proxy" "$NGX_PID" "$NGX_TLS_PORT" "$TMP/nginx-proxy/stderr.log"
+
+# HAProxy (jwt_verify needs >= 2.5)
+HAPROXY_VERSION=$(haproxy -v 2>&1 | sed -n 's/^HA-\{0,1\}Proxy version \([0-9.]*\).*/\1/p' | head -n1)
+HA_JWT=0
+if version_ge "${HAPROXY_VERSION:-0}" 2.5; then HA_JWT=1; fi
+mkdir -p "$TMP/haproxy"
+render "$BENCH/templates/haproxy.cfg" "$TMP/haproxy/haproxy.cfg" UP_PORT="$UP_PORT" \
+    HA_HTTP_PORT="$HA_HTTP_PORT" HA_TLS_PORT="$HA_TLS_PORT" HAPROXY_PEM="$TMP/certs/haproxy.pem"
+if [[ $HA_JWT == 1 ]]; then
+    render "$BENCH/templates/haproxy-jwt.cfg" "$TMP/haproxy/haproxy-jwt.cfg" HA_RS_TLS_PORT="$HA_RS_TLS_PORT" \
+        HA_HS_PORT="$HA_HS_PORT" HAPROXY_PEM="$TMP/certs/haproxy.pem" RSA_PUB="$TMP/rsa.pub.pem" ISSUER="$ISSUER"
+    cat "$TMP/haproxy/haproxy-jwt.cfg" >>"$TMP/haproxy/haproxy.cfg"
+else
+    log "WARNING: HAProxy $HAPROXY_VERSION has no jwt_verify (needs 2.5+); HAProxy auth rows are skipped"
+fi
+haproxy -c -q -f "$TMP/haproxy/haproxy.cfg" >"$TMP/haproxy/check.log" 2>&1 ||
+    { cat "$TMP/haproxy/check.log" >&2; die "HAProxy rejected $TMP/haproxy/haproxy.cfg"; }
+start_bg "haproxy" "$TMP/haproxy/stderr.log" haproxy -db -f "$TMP/haproxy/haproxy.cfg"
+HA_PID=$LAST_PID
+for p in "$HA_HTTP_PORT" "$HA_TLS_PORT"; do wait_port haproxy "$HA_PID" "$p" "$TMP/haproxy/stderr.log"; done
+if [[ $HA_JWT == 1 ]]; then
+    for p in "$HA_RS_TLS_PORT" "$HA_HS_PORT"; do wait_port haproxy "$HA_PID" "$p" "$TMP/haproxy/stderr.log"; done
+fi
+
+# jwtgate: one instance (no auth) serves plain/tls/h2, a second one the auth section
+start_jwtgate() { # NAME CONFIG ADMIN_PORT -> LAST_PID
+    local name=$1 cfg=$2 admin=$3 logf=${2%.toml}.log i
+    "$JG" check -c "$cfg" >"${cfg%.toml}.check.log" 2>&1 ||
+        { cat "${cfg%.toml}.check.log" >&2; die "jwtgate check -c $cfg failed"; }
+    start_bg "$name" "$logf" env RUST_LOG=warn "$JG" run -c "$cfg"
+    local pid=$LAST_PID
+    for ((i = 0; i < 200; i++)); do
+        if curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:$admin/readyz"; then return 0; fi
+        is_alive "$pid" || { show_log "$logf"; die "$name exited during startup (log: $logf)"; }
+        sleep 0.1
+    done
+    show_log "$logf"
+    die "$name: admin /readyz on 127.0.0.1:$admin did not answer 200 within 20 s (log: $logf)"
+}
+
+if [[ $USE_JG == 1 ]]; then
+    render "$BENCH/templates/gateway.toml" "$TMP/gateway.toml" JG_TLS_PORT="$JG_TLS_PORT" \
+        JG_HTTP_PORT="$JG_HTTP_PORT" JG_ADMIN_PORT="$JG_ADMIN_PORT" CERT="$CERT" KEY="$KEY" UP_PORT="$UP_PORT"
+    start_jwtgate "jwtgate" "$TMP/gateway.toml" "$JG_ADMIN_PORT"
+    if want_section auth; then
+        render "$BENCH/templates/gateway-auth.toml" "$TMP/gateway-auth.toml" JG_TLS_PORT="$JGA_TLS_PORT" \
+            JG_HTTP_PORT="$JGA_HTTP_PORT" JG_ADMIN_PORT="$JGA_ADMIN_PORT" CERT="$CERT" KEY="$KEY" \
+            UP_PORT="$UP_PORT" ISSUER="$ISSUER" RSA_PUB="$TMP/rsa.pub.pem" EC_PUB="$TMP/ec.pub.pem"
+        start_jwtgate "jwtgate (auth)" "$TMP/gateway-auth.toml" "$JGA_ADMIN_PORT"
+    fi
+fi
+
+# tokens
+if [[ $USE_JG == 1 ]]; then
+    TOKEN_RS=$(mint_token_jwtgate RS256 r1 --key "$TMP/keys/rsa.pem")
+    TOKEN_ES=$(mint_token_jwtgate ES256 e1 --key "$TMP/keys/ec.pem")
+    TOKEN_HS=$(mint_token_jwtgate HS256 h1 --secret-env BENCH_HS_SECRET)
+else
+    TOKEN_RS=$(mint_token_openssl RS256 r1 "$TMP/keys/rsa.pem")
+    TOKEN_HS=$(mint_token_openssl HS256 h1 "$BENCH_HS_SECRET")
+    TOKEN_ES=""
+fi
+
+# --- targets and sanity checks -----------------------------------------------------------
+
+U=http://127.0.0.1
+S=https://127.0.0.1
+add_target direct "upstream direct, plain HTTP (nginx return 200)" wrk "$U:$UP_PORT/"
+add_target nginx-http "nginx proxy HTTP" wrk "$U:$NGX_HTTP_PORT/"
+add_target haproxy-http "HAProxy proxy HTTP" wrk "$U:$HA_HTTP_PORT/"
+add_target nginx-tls "nginx proxy TLS" wrk "$S:$NGX_TLS_PORT/"
+add_target haproxy-tls "HAProxy proxy TLS" wrk "$S:$HA_TLS_PORT/"
+if [[ $HAVE_H2LOAD == 1 ]]; then
+    add_target direct-h1 "upstream direct (h2load --h1, plain HTTP/1.1)" h2load-h1 "$U:$UP_PORT/"
+    add_target nginx-h2 "nginx proxy h2" h2load "$S:$NGX_TLS_PORT/"
+    add_target haproxy-h2 "HAProxy proxy h2" h2load "$S:$HA_TLS_PORT/"
+fi
+if [[ $HA_JWT == 1 ]]; then
+    add_target haproxy-rs256-tls "HAProxy jwt_verify RS256 TLS" wrk "$S:$HA_RS_TLS_PORT/" "$TOKEN_RS"
+    add_target haproxy-hs256-http "HAProxy jwt_verify HS256 HTTP" wrk "$U:$HA_HS_PORT/" "$TOKEN_HS"
+fi
+if [[ $USE_JG == 1 ]]; then
+    add_target jg-http "jwtgate HTTP" wrk "$U:$JG_HTTP_PORT/"
+    add_target jg-tls "jwtgate TLS" wrk "$S:$JG_TLS_PORT/"
+    if [[ $HAVE_H2LOAD == 1 ]]; then add_target jg-h2 "jwtgate h2" h2load "$S:$JG_TLS_PORT/"; fi
+    if want_section auth; then
+        add_target jg-open-tls "jwtgate TLS, auth=none route" wrk "$S:$JGA_TLS_PORT/open"
+        add_target jg-rs256-tls "jwtgate RS256 TLS" wrk "$S:$JGA_TLS_PORT/" "$TOKEN_RS"
+        add_target jg-es256-tls "jwtgate ES256 TLS" wrk "$S:$JGA_TLS_PORT/" "$TOKEN_ES"
+        add_target jg-open-http "jwtgate HTTP, auth=none route" wrk "$U:$JGA_HTTP_PORT/open"
+        add_target jg-hs256-http "jwtgate HS256 HTTP" wrk "$U:$JGA_HTTP_PORT/" "$TOKEN_HS"
+    fi
+fi
+
+log "sanity checks"
+expect "upstream" "${T_URL[direct]}" 200
+[[ $(cat "$TMP/curl.body") == ok ]] || die "upstream did not answer 'ok'"
+for id in nginx-http haproxy-http nginx-tls haproxy-tls jg-http jg-tls; do
+    if [[ -n ${T_URL[$id]:-} ]]; then expect "${T_LABEL[$id]}" "${T_URL[$id]}" 200; fi
+done
+for id in nginx-h2 haproxy-h2 jg-h2; do
+    if [[ -n ${T_URL[$id]:-} ]]; then expect "${T_LABEL[$id]}" "${T_URL[$id]}" 200 "" h2; fi
+done
+if [[ $HA_JWT == 1 ]]; then
+    rs_url=${T_URL[haproxy-rs256-tls]} hs_url=${T_URL[haproxy-hs256-http]}
+    expect "HAProxy RS256, valid token" "$rs_url" 200 "$TOKEN_RS"
+    expect "HAProxy RS256, no token" "$rs_url" 401
+    expect "HAProxy RS256, bad signature" "$rs_url" 401 "$(tamper "$TOKEN_RS")"
+    expect "HAProxy RS256, HS256 token" "$rs_url" 401 "$TOKEN_HS"
+    expect "HAProxy RS256, expired" "$rs_url" 401 "$(mint_token_openssl RS256 r1 "$TMP/keys/rsa.pem" -60)"
+    expect "HAProxy RS256, wrong issuer" "$rs_url" 401 "$(mint_token_openssl RS256 r1 "$TMP/keys/rsa.pem" 3600 other)"
+    expect "HAProxy HS256, valid token" "$hs_url" 200 "$TOKEN_HS"
+    expect "HAProxy HS256, no token" "$hs_url" 401
+    expect "HAProxy HS256, bad signature" "$hs_url" 401 "$(tamper "$TOKEN_HS")"
+    expect "HAProxy HS256, expired" "$hs_url" 401 "$(mint_token_openssl HS256 h1 "$BENCH_HS_SECRET" -60)"
+fi
+if [[ $USE_JG == 1 ]] && want_section auth; then
+    expect "jwtgate auth=none route" "${T_URL[jg-open-tls]}" 200
+    expect "jwtgate auth=none route, HTTP" "${T_URL[jg-open-http]}" 200
+    expect "jwtgate RS256" "${T_URL[jg-rs256-tls]}" 200 "$TOKEN_RS"
+    expect "jwtgate ES256" "${T_URL[jg-es256-tls]}" 200 "$TOKEN_ES"
+    expect "jwtgate HS256" "${T_URL[jg-hs256-http]}" 200 "$TOKEN_HS"
+    expect "jwtgate, no token" "${T_URL[jg-rs256-tls]}" 401
+    expect "jwtgate, bad signature" "${T_URL[jg-rs256-tls]}" 401 "$(tamper "$TOKEN_RS")"
+    expect "jwtgate, expired (openssl-minted)" "${T_URL[jg-rs256-tls]}" 401 "$(mint_token_openssl RS256 r1 "$TMP/keys/rsa.pem" -3600)"
+    # interop: a token from an independent minter must pass too (warning only)
+    xcode=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $(mint_token_openssl RS256 r1 "$TMP/keys/rsa.pem")" "${T_URL[jg-rs256-tls]}" || true)
+    [[ $xcode == 200 ]] || log "WARNING: jwtgate answered $xcode to an RS256 token minted with openssl (expected 200)"
+fi
+
+# --- sections ----------------------------------------------------------------------------
+
+for section in "${SECTIONS[@]}"; do
+    case $section in
+        plain) run_section plain direct nginx-http haproxy-http jg-http ;;
+        tls) run_section tls direct nginx-tls haproxy-tls jg-tls ;;
+        h2)
+            if [[ $HAVE_H2LOAD == 1 ]]; then
+                run_section h2 direct-h1 nginx-h2 haproxy-h2 jg-h2
+            else
+                skip_row h2 h2 "HTTP/2 rows" "skipped: h2load not installed (apt-get install nghttp2-client)"
+            fi
+            ;;
+        auth)
+            if [[ $HA_JWT == 0 ]]; then
+                skip_row auth haproxy-rs256-tls "HAProxy jwt_verify rows" "skipped: HAProxy $HAPROXY_VERSION has no jwt_verify (needs 2.5+)"
+            fi
+            run_section auth jg-open-tls jg-rs256-tls jg-es256-tls haproxy-rs256-tls jg-open-http jg-hs256-http haproxy-hs256-http
+            if [[ $USE_JG == 1 ]]; then bench_distinct_tokens; fi
+            ;;
+        mem) ;; # below
+    esac
+done
+
+# mem: RSS idle and with MEM_CONNS idle keep-alive connections, per transport
+# mem_measure LABEL TRANSPORT(http|tls) PORT PID NOTE
+mem_measure() {
+    local label=$1 transport=$2 port=$3 pid=$4 note=$5 idle loaded ok=0 failed=0 i tls_args=()
+    [[ $transport == tls ]] && tls_args=(--tls)
+    idle=$(rss_kib "$pid")
+    rm -f "$TMP/hold.ready"
+    start_bg "hold_conns" "$TMP/hold-$port.log" python3 "$BENCH/lib/hold_conns.py" --port "$port" \
+        --n "$MEM_CONNS" "${tls_args[@]}" --ready "$TMP/hold.ready"
+    local hpid=$LAST_PID
+    for ((i = 0; i < 1200; i++)); do
+        [[ -s $TMP/hold.ready ]] && break
+        is_alive "$hpid" || break
+        sleep 0.1
+    done
+    if [[ -s $TMP/hold.ready ]]; then
+        read -r ok failed <"$TMP/hold.ready"
+        sleep 1
+        loaded=$(rss_kib "$pid")
+    else
+        show_log "$TMP/hold-$port.log"
+        log "WARNING: $label ($transport): could not open $MEM_CONNS connections"
+        loaded=""
+        failed=$MEM_CONNS
+    fi
+    stop_pid "$hpid"
+    forget_pid "$hpid"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$transport" "$idle" "$loaded" "$ok" "$failed" "$note" >>"$MEM_TSV"
+    log "[mem] $label ($transport): idle ${idle} KiB, with $ok conns ${loaded:-?} KiB"
+}
+
+if want_section mem; then
+    if [[ $USE_JG == 1 ]]; then
+        for transport in http tls; do
+            read -r mh mt ma <<<"$(free_ports 3)"
+            render "$BENCH/templates/gateway.toml" "$TMP/gateway-mem-$transport.toml" JG_TLS_PORT="$mt" \
+                JG_HTTP_PORT="$mh" JG_ADMIN_PORT="$ma" CERT="$CERT" KEY="$KEY" UP_PORT="$UP_PORT"
+            start_jwtgate "jwtgate (mem $transport)" "$TMP/gateway-mem-$transport.toml" "$ma"
+            mpid=$LAST_PID
+            sleep 1
+            [[ $transport == http ]] && mport=$mh || mport=$mt
+            mem_measure "jwtgate, fresh process" "$transport" "$mport" "$mpid" ""
+            stop_pid "$mpid"
+            forget_pid "$mpid"
+        done
+    fi
+    ref="reference: long-running instance (served the load above), RSS summed over master and workers"
+    mem_measure "nginx proxy" http "$NGX_HTTP_PORT" "$NGX_PID" "$ref"
+    mem_measure "nginx proxy" tls "$NGX_TLS_PORT" "$NGX_PID" "$ref"
+    mem_measure "HAProxy proxy" http "$HA_HTTP_PORT" "$HA_PID" "${ref%%, RSS*}"
+    mem_measure "HAProxy proxy" tls "$HA_TLS_PORT" "$HA_PID" "${ref%%, RSS*}"
+fi
+
+# --- report ------------------------------------------------------------------------------
+
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$BENCH/results"
+RESULT=$BENCH/results/$STAMP$([[ $USE_JG == 1 ]] || echo -peers).md
+{
+    echo "# jwtgate benchmark $STAMP"
+    echo
+    if [[ $USE_JG == 1 ]]; then
+        rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "no commit")
+        dirty=$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | head -c1)
+        echo "- jwtgate: $JG (git $rev${dirty:+, uncommitted changes in src/Cargo}, built $(date -u -r "$JG" +%Y-%m-%dT%H:%MZ))"
+    else
+        echo "- peers only (--only peers): no jwtgate rows, tokens minted with openssl"
+    fi
+    echo "- machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1), Linux $(uname -r)"
+    echo "- peers: nginx $NGINX_VERSION (2 workers), HAProxy ${HAPROXY_VERSION:-?} (nbthread 2); upstream: nginx return 200, 2 workers"
+    echo "- load: $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}') -t1 -c$CONNS -d${DURATION}s --latency$([[ $HAVE_H2LOAD == 1 ]] && echo "; $(h2load --version | head -n1) -c$CONNS -m1 -t1 -D $DURATION")"
+    echo "- $ROUNDS round(s) of ${DURATION}s per target after a ${WARMUP}s warm-up; the target order rotates each round; sections: ${SECTIONS[*]}"
+    echo "- mem: $MEM_CONNS idle keep-alive connections (one GET each), VmRSS from /proc"
+    echo
+    python3 "$BENCH/lib/report.py" "$RUNS_TSV" "$MEM_TSV"
+} >"$TMP/report.md"
+cp "$TMP/report.md" "$RESULT"
+cat "$TMP/report.md"
+log "saved to ${RESULT#"$ROOT"/}"

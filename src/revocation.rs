@@ -1,0 +1,649 @@
+//! Revocation: a jti blacklist and per-subject "revoked before T" watermarks, in one of two
+//! stores behind the `Store` trait (in-process memory, or Redis shared by every replica).
+//! With Redis, a moka cache answers repeat tokens without a round trip, revocations made
+//! through any replica arrive over pub/sub at once, and a circuit breaker keeps a dead
+//! Redis from costing a timeout per request.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use tokio::sync::watch;
+
+use crate::auth::{now_unix, Verified};
+use crate::config::{OnError, Revocation as RevocationConfig, StoreKind};
+use crate::error::{GatewayError, TokenError};
+
+/// What a store knows about one token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lookup {
+    /// The token's `jti` is on the blacklist.
+    pub jti_revoked: bool,
+    /// Every token of the subject with `iat <= T` is revoked.
+    pub watermark: Option<i64>,
+}
+
+impl Lookup {
+    /// Decide for a token with this `iat` (a token without `iat` cannot prove it is newer
+    /// than a watermark).
+    pub fn is_revoked(&self, iat: Option<i64>) -> bool {
+        self.jti_revoked
+            || match (self.watermark, iat) {
+                (Some(t), Some(iat)) => iat <= t,
+                (Some(_), None) => true,
+                (None, _) => false,
+            }
+    }
+}
+
+/// A store could not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("revocation store timed out")]
+    Timeout,
+    #[error("revocation store: {0}")]
+    Backend(String),
+}
+
+/// Where revocations live.
+pub trait Store: Send + Sync {
+    /// Answer without I/O when the store is in-process; `None` for remote stores.
+    fn lookup_now(&self, jti: Option<&str>, sub: &str) -> Option<Lookup>;
+    /// One round trip answering both questions for a token.
+    fn lookup<'a>(
+        &'a self,
+        jti: Option<&'a str>,
+        sub: &'a str,
+    ) -> BoxFuture<'a, Result<Lookup, StoreError>>;
+    /// Blacklist `jti` until `exp` (and tell the other replicas).
+    fn revoke_jti<'a>(&'a self, jti: &'a str, exp: i64) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Revoke every token of `sub` issued at or before `at` (and tell the other replicas).
+    fn revoke_sub<'a>(&'a self, sub: &'a str, at: i64) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Cheap liveness probe.
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+// === memory store ===
+
+struct UntilValue;
+
+impl moka::Expiry<String, i64> for UntilValue {
+    fn expire_after_create(&self, _k: &String, exp: &i64, _now: Instant) -> Option<Duration> {
+        Some(Duration::from_secs((*exp - now_unix()).max(0) as u64))
+    }
+    fn expire_after_update(
+        &self,
+        k: &String,
+        exp: &i64,
+        now: Instant,
+        _d: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(k, exp, now)
+    }
+}
+
+/// In-process store: entries expire on their own (jti at its `exp`, watermarks after
+/// `subject_ttl`). Also used, with Redis, to hold revocations pushed over pub/sub.
+pub struct MemoryStore {
+    jti: moka::sync::Cache<String, i64>,
+    sub: moka::sync::Cache<String, i64>,
+}
+
+impl MemoryStore {
+    pub fn new(capacity: u64, subject_ttl: Duration) -> MemoryStore {
+        MemoryStore {
+            jti: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(UntilValue)
+                .build(),
+            sub: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(subject_ttl.max(Duration::from_secs(1)))
+                .build(),
+        }
+    }
+
+    fn get(&self, jti: Option<&str>, sub: &str) -> Lookup {
+        Lookup {
+            jti_revoked: jti.is_some_and(|j| self.jti.contains_key(j)),
+            watermark: self.sub.get(sub),
+        }
+    }
+
+    fn put_jti(&self, jti: &str, exp: i64) {
+        self.jti.insert(jti.to_string(), exp);
+    }
+
+    /// Watermarks only move forward.
+    fn put_sub(&self, sub: &str, at: i64) {
+        if self.sub.get(sub).is_none_or(|old| old < at) {
+            self.sub.insert(sub.to_string(), at);
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    fn lookup_now(&self, jti: Option<&str>, sub: &str) -> Option<Lookup> {
+        Some(self.get(jti, sub))
+    }
+    fn lookup<'a>(
+        &'a self,
+        jti: Option<&'a str>,
+        sub: &'a str,
+    ) -> BoxFuture<'a, Result<Lookup, StoreError>> {
+        let l = self.get(jti, sub);
+        Box::pin(async move { Ok(l) })
+    }
+    fn revoke_jti<'a>(&'a self, jti: &'a str, exp: i64) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.put_jti(jti, exp);
+        Box::pin(async { Ok(()) })
+    }
+    fn revoke_sub<'a>(&'a self, sub: &'a str, at: i64) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.put_sub(sub, at);
+        Box::pin(async { Ok(()) })
+    }
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+// === redis store ===
+
+/// Redis through deadpool-redis. Keys and channel per SPEC.md:
+/// `<prefix>revoked:jti:<jti>` (EXAT exp), `<prefix>revoked:sub:<sub>` (= T),
+/// channel `<prefix>revocations`.
+pub struct RedisStore {
+    pool: deadpool_redis::Pool,
+    prefix: String,
+    subject_ttl: Duration,
+    timeout: Duration,
+}
+
+/// A revocation as published on the channel (JSON).
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Message {
+    Jti { jti: String, exp: i64 },
+    Sub { sub: String, at: i64 },
+}
+
+impl RedisStore {
+    pub fn new(cfg: &RevocationConfig) -> Result<RedisStore, String> {
+        let mut pc = deadpool_redis::PoolConfig::new(cfg.pool_size);
+        pc.timeouts.wait = Some(cfg.timeout);
+        pc.timeouts.create = Some(cfg.connect_timeout);
+        pc.timeouts.recycle = Some(cfg.timeout);
+        let mut dc = deadpool_redis::Config::from_url(cfg.redis_url.clone());
+        dc.pool = Some(pc);
+        let pool = dc
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .map_err(|e| format!("invalid redis_url: {e}"))?;
+        Ok(RedisStore {
+            pool,
+            prefix: cfg.key_prefix.clone(),
+            subject_ttl: cfg.subject_ttl,
+            timeout: cfg.timeout,
+        })
+    }
+
+    pub fn jti_key(&self, jti: &str) -> String {
+        format!("{}revoked:jti:{jti}", self.prefix)
+    }
+
+    pub fn sub_key(&self, sub: &str) -> String {
+        format!("{}revoked:sub:{sub}", self.prefix)
+    }
+
+    pub fn channel(&self) -> String {
+        format!("{}revocations", self.prefix)
+    }
+
+    async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(deadpool_redis::Connection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let work = async {
+            let conn = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            f(conn)
+                .await
+                .map_err(|e| StoreError::Backend(e.to_string()))
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| StoreError::Timeout)?
+    }
+
+    async fn publish_with(
+        &self,
+        mut pipe: redis::Pipeline,
+        msg: &Message,
+    ) -> Result<(), StoreError> {
+        let payload = serde_json::to_string(msg).map_err(|e| StoreError::Backend(e.to_string()))?;
+        pipe.cmd("PUBLISH")
+            .arg(self.channel())
+            .arg(payload)
+            .ignore();
+        self.run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+            .await
+    }
+}
+
+impl Store for RedisStore {
+    fn lookup_now(&self, _jti: Option<&str>, _sub: &str) -> Option<Lookup> {
+        None
+    }
+
+    fn lookup<'a>(
+        &'a self,
+        jti: Option<&'a str>,
+        sub: &'a str,
+    ) -> BoxFuture<'a, Result<Lookup, StoreError>> {
+        Box::pin(async move {
+            let mut cmd = redis::cmd("MGET");
+            cmd.arg(self.sub_key(sub));
+            if let Some(j) = jti {
+                cmd.arg(self.jti_key(j));
+            }
+            let vals: Vec<Option<String>> = self
+                .run(|mut c| async move { cmd.query_async(&mut c).await })
+                .await?;
+            // An unreadable watermark fails closed: it revokes every token of the subject.
+            let watermark = vals
+                .first()
+                .cloned()
+                .flatten()
+                .map(|v| v.trim().parse::<i64>().unwrap_or(i64::MAX));
+            let jti_revoked = vals.get(1).is_some_and(|v| v.is_some());
+            Ok(Lookup {
+                jti_revoked,
+                watermark,
+            })
+        })
+    }
+
+    fn revoke_jti<'a>(&'a self, jti: &'a str, exp: i64) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET")
+                .arg(self.jti_key(jti))
+                .arg("1")
+                .arg("EXAT")
+                .arg(exp)
+                .ignore();
+            self.publish_with(
+                pipe,
+                &Message::Jti {
+                    jti: jti.to_string(),
+                    exp,
+                },
+            )
+            .await
+        })
+    }
+
+    fn revoke_sub<'a>(&'a self, sub: &'a str, at: i64) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET")
+                .arg(self.sub_key(sub))
+                .arg(at)
+                .arg("EX")
+                .arg(self.subject_ttl.as_secs().max(1))
+                .ignore();
+            self.publish_with(
+                pipe,
+                &Message::Sub {
+                    sub: sub.to_string(),
+                    at,
+                },
+            )
+            .await
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.run(|mut c| async move { redis::cmd("PING").query_async::<()>(&mut c).await })
+                .await
+        })
+    }
+}
+
+// === the cached, policy-aware front ===
+
+/// Consecutive store failures that open the circuit.
+const TRIP_AFTER: u32 = 3;
+
+struct CachedLookup {
+    lookup: Lookup,
+    exp: i64,
+}
+
+struct CacheExpiry {
+    not_revoked_ttl: Duration,
+}
+
+impl moka::Expiry<[u8; 32], Arc<CachedLookup>> for CacheExpiry {
+    fn expire_after_create(
+        &self,
+        _k: &[u8; 32],
+        v: &Arc<CachedLookup>,
+        _now: Instant,
+    ) -> Option<Duration> {
+        if v.lookup.jti_revoked {
+            Some(Duration::from_secs((v.exp - now_unix()).max(0) as u64))
+        } else {
+            Some(self.not_revoked_ttl)
+        }
+    }
+}
+
+/// Revocation checks and writes for the whole gateway.
+pub struct Revocations {
+    kind: StoreKind,
+    store: Arc<dyn Store>,
+    /// Revocations this replica made or heard about on the channel (remote stores only).
+    recent: MemoryStore,
+    cache: moka::future::Cache<[u8; 32], Arc<CachedLookup>>,
+    on_error: OnError,
+    /// Circuit breaker: open = the store is considered down.
+    open: AtomicBool,
+    failures: AtomicU32,
+    /// Requests let through unchecked under `on_error = "allow"`.
+    pub allowed_unchecked: AtomicU64,
+    /// Store lookups performed (cache misses).
+    pub lookups: AtomicU64,
+    redis_url: String,
+    channel: String,
+}
+
+impl Revocations {
+    pub fn new(cfg: &RevocationConfig) -> Result<Revocations, String> {
+        let (store, channel): (Arc<dyn Store>, String) = match cfg.store {
+            StoreKind::Memory => (
+                Arc::new(MemoryStore::new(cfg.cache_capacity, cfg.subject_ttl)),
+                String::new(),
+            ),
+            StoreKind::Redis => {
+                let s = RedisStore::new(cfg)?;
+                let ch = s.channel();
+                (Arc::new(s), ch)
+            }
+        };
+        Ok(Revocations {
+            kind: cfg.store,
+            store,
+            recent: MemoryStore::new(cfg.cache_capacity, cfg.subject_ttl),
+            cache: moka::future::Cache::builder()
+                .max_capacity(cfg.cache_capacity)
+                .expire_after(CacheExpiry {
+                    not_revoked_ttl: cfg.cache_ttl,
+                })
+                .build(),
+            on_error: cfg.on_error,
+            // A remote store is "down" until the first probe answers.
+            open: AtomicBool::new(cfg.store == StoreKind::Redis),
+            failures: AtomicU32::new(0),
+            allowed_unchecked: AtomicU64::new(0),
+            lookups: AtomicU64::new(0),
+            redis_url: cfg.redis_url.clone(),
+            channel,
+        })
+    }
+
+    /// Step 4b: is this verified token revoked?
+    pub async fn check(&self, v: &Verified) -> Result<(), GatewayError> {
+        let jti = v.jti.as_deref();
+        if let Some(l) = self.store.lookup_now(jti, &v.sub) {
+            return decide(l, v);
+        }
+        decide(self.recent.get(jti, &v.sub), v)?;
+        if self.open.load(Ordering::Acquire) {
+            return self.unavailable();
+        }
+        let store = self.store.clone();
+        let (jti_owned, sub, exp) = (v.jti.clone(), v.sub.clone(), v.exp);
+        let res = self
+            .cache
+            .try_get_with(v.key, async move {
+                self.lookups.fetch_add(1, Ordering::Relaxed);
+                let lookup = store.lookup(jti_owned.as_deref(), &sub).await?;
+                Ok::<_, StoreError>(Arc::new(CachedLookup { lookup, exp }))
+            })
+            .await;
+        match res {
+            Ok(c) => {
+                self.record_ok();
+                decide(c.lookup, v)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "revocation lookup failed");
+                self.record_failure();
+                self.unavailable()
+            }
+        }
+    }
+
+    fn unavailable(&self) -> Result<(), GatewayError> {
+        match self.on_error {
+            OnError::Deny => Err(GatewayError::RevocationUnavailable),
+            OnError::Allow => {
+                self.allowed_unchecked.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        }
+    }
+
+    fn record_ok(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        if self.open.swap(false, Ordering::AcqRel) {
+            tracing::info!("revocation store reachable again");
+        }
+    }
+
+    fn record_failure(&self) {
+        if self.failures.fetch_add(1, Ordering::AcqRel) + 1 >= TRIP_AFTER
+            && !self.open.swap(true, Ordering::AcqRel)
+        {
+            tracing::warn!("revocation store failing; circuit open, probing in the background");
+        }
+    }
+
+    /// Ready when the store answers, or when failures are allowed through anyway.
+    pub fn is_ready(&self) -> bool {
+        self.on_error == OnError::Allow || !self.open.load(Ordering::Acquire)
+    }
+
+    /// Whether the store is currently considered reachable.
+    pub fn store_up(&self) -> bool {
+        !self.open.load(Ordering::Acquire)
+    }
+
+    pub fn store_name(&self) -> &'static str {
+        match self.kind {
+            StoreKind::Memory => "memory",
+            StoreKind::Redis => "redis",
+        }
+    }
+
+    /// Revoke a token id until `exp` (the entry never outlives the token).
+    pub async fn revoke_jti(&self, jti: &str, exp: i64) -> Result<(), StoreError> {
+        self.store.revoke_jti(jti, exp).await?;
+        self.recent.put_jti(jti, exp);
+        Ok(())
+    }
+
+    /// Revoke every token of `sub` issued at or before `at`.
+    pub async fn revoke_sub(&self, sub: &str, at: i64) -> Result<(), StoreError> {
+        self.store.revoke_sub(sub, at).await?;
+        self.recent.put_sub(sub, at);
+        Ok(())
+    }
+
+    /// Whether `jti` is on the blacklist (admin API).
+    pub async fn is_jti_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        if self.recent.get(Some(jti), "").jti_revoked {
+            return Ok(true);
+        }
+        Ok(self.store.lookup(Some(jti), "").await?.jti_revoked)
+    }
+
+    fn apply(&self, msg: Message) {
+        match msg {
+            Message::Jti { jti, exp } => self.recent.put_jti(&jti, exp),
+            Message::Sub { sub, at } => self.recent.put_sub(&sub, at),
+        }
+    }
+
+    /// Background (remote stores): probe the store, close the circuit when it answers,
+    /// and keep a pub/sub subscription applying other replicas' revocations.
+    pub async fn run_background(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        if self.kind != StoreKind::Redis {
+            return;
+        }
+        tokio::join!(
+            self.clone().probe(shutdown.clone()),
+            self.subscribe(shutdown)
+        );
+    }
+
+    async fn probe(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let up = self.store.ping().await.is_ok();
+            if up {
+                self.record_ok();
+            } else {
+                self.failures.store(TRIP_AFTER, Ordering::Relaxed);
+                if !self.open.swap(true, Ordering::AcqRel) {
+                    tracing::warn!("revocation store unreachable; circuit open");
+                }
+            }
+            let every = if up {
+                Duration::from_secs(2)
+            } else {
+                Duration::from_millis(250)
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    async fn subscribe(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let client = match redis::Client::open(self.redis_url.as_str()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot subscribe to revocations");
+                return;
+            }
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let session = async {
+                let mut ps = client.get_async_pubsub().await?;
+                ps.subscribe(&self.channel).await?;
+                // We may have missed messages while disconnected: forget "not revoked".
+                self.cache.invalidate_all();
+                tracing::info!(channel = %self.channel, "subscribed to revocations");
+                let mut stream = ps.on_message();
+                while let Some(m) = stream.next().await {
+                    match m
+                        .get_payload::<String>()
+                        .ok()
+                        .and_then(|p| serde_json::from_str::<Message>(&p).ok())
+                    {
+                        Some(msg) => self.apply(msg),
+                        None => {
+                            tracing::warn!("ignoring malformed message on the revocations channel")
+                        }
+                    }
+                }
+                Ok::<(), redis::RedisError>(())
+            };
+            let started = Instant::now();
+            tokio::select! {
+                r = session => {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "revocations subscription lost");
+                    }
+                }
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                backoff = Duration::from_millis(100);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+fn decide(l: Lookup, v: &Verified) -> Result<(), GatewayError> {
+    if l.is_revoked(v.iat) {
+        Err(GatewayError::InvalidToken(TokenError::Revoked))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermark_rules() {
+        let l = Lookup {
+            jti_revoked: false,
+            watermark: Some(100),
+        };
+        assert!(l.is_revoked(Some(100)));
+        assert!(l.is_revoked(Some(99)));
+        assert!(!l.is_revoked(Some(101)));
+        assert!(l.is_revoked(None), "no iat cannot prove it is newer");
+        assert!(!Lookup::default().is_revoked(None));
+        assert!(Lookup {
+            jti_revoked: true,
+            watermark: None
+        }
+        .is_revoked(Some(1)));
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let m: Message = serde_json::from_str(r#"{"jti":"a","exp":5}"#).unwrap();
+        assert_eq!(
+            m,
+            Message::Jti {
+                jti: "a".into(),
+                exp: 5
+            }
+        );
+        let m: Message = serde_json::from_str(r#"{"sub":"alice","at":7}"#).unwrap();
+        assert_eq!(
+            m,
+            Message::Sub {
+                sub: "alice".into(),
+                at: 7
+            }
+        );
+    }
+
+    #[test]
+    fn memory_watermark_only_moves_forward() {
+        let m = MemoryStore::new(100, Duration::from_secs(60));
+        m.put_sub("a", 10);
+        m.put_sub("a", 5);
+        assert_eq!(m.get(None, "a").watermark, Some(10));
+    }
+}

@@ -1,0 +1,575 @@
+//! Revocation through the real gateway with both stores: jti blacklist, subject watermarks,
+//! admin API, logout, two replicas on one real redis-server, Redis outages and recovery.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use http::Method;
+use serde_json::json;
+
+/// A fresh env var holding a fresh admin token (tests run in parallel).
+fn admin_env() -> (String, String) {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let var = format!("JWTGATE_TEST_ADMIN_{}", N.fetch_add(1, Ordering::Relaxed));
+    let value = format!("admin-{}", jwtgate::token::random_id());
+    std::env::set_var(&var, &value);
+    (var, value)
+}
+
+struct Rig {
+    up: EchoUpstream,
+    gw: TestGateway,
+    admin_token: String,
+}
+
+/// `store`: "" for memory, or a revocation table body.
+async fn rig(up: Option<EchoUpstream>, revocation: &str) -> Rig {
+    let up = match up {
+        Some(u) => u,
+        None => EchoUpstream::start().await,
+    };
+    std::env::set_var(HS_ENV, HS_SECRET);
+    let (var, value) = admin_env();
+    let cfg = format!(
+        "[admin]\ntoken_env = \"{var}\"\n\n[[issuers]]\nname = \"s\"\nissuer = \"https://idp.test\"\naudiences = [\"api\"]\nkeys = [{{ kid = \"r1\", alg = \"RS256\", pem = \"{}\" }}]\n\n[revocation]\n{revocation}\n\n[refresh]\nlogout_path = \"/logout\"\n\n{}",
+        fixture("rsa.pub.pem").display(),
+        route("api", "/api", &[&up.url()], "")
+    );
+    let gw = TestGateway::start(&cfg).await;
+    Rig {
+        up,
+        gw,
+        admin_token: value,
+    }
+}
+
+fn redis_cfg(r: &RedisServer, extra: &str) -> String {
+    format!(
+        "store = \"redis\"\nredis_url = \"{}\"\ncache_ttl_ms = 300\ntimeout_ms = 200\n{extra}",
+        r.url()
+    )
+}
+
+impl Rig {
+    async fn call(&self, t: &str) -> Resp {
+        let b = format!("Bearer {t}");
+        self.gw
+            .client_plain()
+            .get(&self.gw.http_url("/api/x"), &[("authorization", &b)])
+            .await
+    }
+
+    async fn admin(&self, method: Method, path: &str, auth: Option<&str>, body: &str) -> Resp {
+        let b = auth.map(|a| format!("Bearer {a}"));
+        let mut h = vec![("content-type", "application/json")];
+        if let Some(b) = &b {
+            h.push(("authorization", b));
+        }
+        self.gw
+            .client_plain()
+            .send(
+                method,
+                &format!("http://{}{path}", self.gw.admin),
+                &h,
+                jwtgate::body::full(body.to_string()),
+            )
+            .await
+    }
+
+    async fn revoke(&self, body: serde_json::Value) -> Resp {
+        self.admin(
+            Method::POST,
+            "/revocations",
+            Some(&self.admin_token),
+            &body.to_string(),
+        )
+        .await
+    }
+}
+
+fn claims_of(t: &str) -> serde_json::Value {
+    use base64::Engine;
+    let p = t.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+// === the same cases on both stores ===
+
+async fn jti_revocation_case(r: Rig) {
+    let victim = token("RS256", Some("r1"), json!({}));
+    let other = token("RS256", Some("r1"), json!({}));
+    assert_eq!(r.call(&victim).await.status, 200);
+    let c = claims_of(&victim);
+    let resp = r.revoke(json!({"jti": c["jti"], "exp": c["exp"]})).await;
+    assert_eq!(resp.status, 204, "{}", resp.text());
+    let resp = r.call(&victim).await;
+    assert_eq!(resp.status, 401);
+    assert!(resp
+        .header("www-authenticate")
+        .unwrap()
+        .contains("token revoked"));
+    assert_eq!(r.call(&other).await.status, 200);
+    let jti = c["jti"].as_str().unwrap();
+    let got = r
+        .admin(Method::GET, &format!("/revocations/jti/{jti}"), None, "")
+        .await;
+    assert_eq!(
+        (got.status, got.json()["revoked"].clone()),
+        (200, json!(true))
+    );
+    assert_eq!(
+        r.admin(Method::GET, "/revocations/jti/never-revoked", None, "")
+            .await
+            .status,
+        404
+    );
+}
+
+async fn subject_watermark_case(r: Rig) {
+    let now = jwtgate::auth::now_unix();
+    let old = token("RS256", Some("r1"), json!({"iat": now - 60}));
+    let no_iat = token("RS256", Some("r1"), json!({"iat": null}));
+    let bob = token("RS256", Some("r1"), json!({"sub": "bob", "iat": now - 60}));
+    assert_eq!(r.call(&old).await.status, 200);
+    assert_eq!(r.revoke(json!({"sub": "alice"})).await.status, 204);
+    assert_eq!(r.call(&old).await.status, 401);
+    assert_eq!(
+        r.call(&no_iat).await.status,
+        401,
+        "a token without iat cannot prove it is newer"
+    );
+    assert_eq!(r.call(&bob).await.status, 200, "other subjects unaffected");
+    let fresh = token("RS256", Some("r1"), json!({"iat": now + 2}));
+    assert_eq!(
+        r.call(&fresh).await.status,
+        200,
+        "a token minted after the watermark passes"
+    );
+}
+
+async fn logout_case(r: Rig) {
+    let t = token("RS256", Some("r1"), json!({}));
+    let b = format!("Bearer {t}");
+    let cl = r.gw.client_plain();
+    assert_eq!(
+        cl.send(
+            Method::POST,
+            &r.gw.http_url("/logout"),
+            &[],
+            jwtgate::body::empty()
+        )
+        .await
+        .status,
+        401
+    );
+    let resp = cl
+        .send(
+            Method::POST,
+            &r.gw.http_url("/logout"),
+            &[("authorization", &b)],
+            jwtgate::body::empty(),
+        )
+        .await;
+    assert_eq!(resp.status, 204);
+    let cookies: Vec<&str> = resp
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    for name in ["access_token=;", "refresh_token=;"] {
+        let c = cookies
+            .iter()
+            .find(|c| c.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not cleared: {cookies:?}"));
+        assert!(
+            c.contains("Max-Age=0")
+                && c.contains("HttpOnly")
+                && c.contains("Secure")
+                && c.contains("Path=/"),
+            "{c}"
+        );
+    }
+    assert_eq!(
+        r.call(&t).await.status,
+        401,
+        "the logged-out token is revoked"
+    );
+    assert_eq!(r.up.count(), 0, "logout is answered by the gateway");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_jti() {
+    jti_revocation_case(rig(None, "store = \"memory\"").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_jti() {
+    let redis = RedisServer::start().await;
+    jti_revocation_case(rig(None, &redis_cfg(&redis, "")).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_subject_watermark() {
+    subject_watermark_case(rig(None, "store = \"memory\"").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_subject_watermark() {
+    let redis = RedisServer::start().await;
+    subject_watermark_case(rig(None, &redis_cfg(&redis, "")).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_logout() {
+    logout_case(rig(None, "store = \"memory\"").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_logout() {
+    let redis = RedisServer::start().await;
+    logout_case(rig(None, &redis_cfg(&redis, "")).await).await;
+}
+
+// === Redis specifics ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_keys_expire_with_the_token_and_follow_the_spec_names() {
+    let redis = RedisServer::start().await;
+    let r = rig(
+        None,
+        &redis_cfg(&redis, "key_prefix = \"gw1:\"\nsubject_ttl_s = 7200"),
+    )
+    .await;
+    let t = token("RS256", Some("r1"), json!({}));
+    let c = claims_of(&t);
+    assert_eq!(
+        r.revoke(json!({"jti": c["jti"], "exp": c["exp"]}))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(r.revoke(json!({"sub": "carol"})).await.status, 204);
+    let mut conn = redis.conn().await;
+    let key = format!("gw1:revoked:jti:{}", c["jti"].as_str().unwrap());
+    let expire_at: i64 = redis::cmd("EXPIRETIME")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(expire_at, c["exp"].as_i64().unwrap());
+    let wm: String = redis::cmd("GET")
+        .arg("gw1:revoked:sub:carol")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((wm.parse::<i64>().unwrap() - jwtgate::auth::now_unix()).abs() <= 2);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("gw1:revoked:sub:carol")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 7000 && ttl <= 7200, "{ttl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_redis_write_is_honoured_within_cache_ttl() {
+    let redis = RedisServer::start().await;
+    let r = rig(None, &redis_cfg(&redis, "")).await;
+    let t = token("RS256", Some("r1"), json!({}));
+    assert_eq!(r.call(&t).await.status, 200, "now cached as not revoked");
+    let jti = claims_of(&t)["jti"].as_str().unwrap().to_string();
+    let mut conn = redis.conn().await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("jwtgate:revoked:jti:{jti}"))
+        .arg("1")
+        .arg("EX")
+        .arg(600)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let took = eventually(Duration::from_secs(3), || async {
+        r.call(&t).await.status == 401
+    })
+    .await;
+    let took = took.expect("direct revocation never took effect");
+    assert!(
+        took <= Duration::from_millis(300 + 400),
+        "took {took:?} with cache_ttl_ms = 300"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_through_one_replica_reaches_the_other_within_200ms() {
+    let redis = RedisServer::start().await;
+    // A long cache TTL: only pub/sub can make replica B notice in time.
+    let cfg = redis_cfg(&redis, "").replace("cache_ttl_ms = 300", "cache_ttl_ms = 60000");
+    let a = rig(None, &cfg).await;
+    let b = rig(None, &cfg).await;
+    let t = token("RS256", Some("r1"), json!({}));
+    assert_eq!(
+        b.call(&t).await.status,
+        200,
+        "B caches the token as not revoked"
+    );
+    assert_eq!(a.call(&t).await.status, 200);
+    let c = claims_of(&t);
+    assert_eq!(
+        a.revoke(json!({"jti": c["jti"], "exp": c["exp"]}))
+            .await
+            .status,
+        204
+    );
+    let took = eventually(Duration::from_secs(2), || async {
+        b.call(&t).await.status == 401
+    })
+    .await
+    .expect("B never saw the revocation");
+    assert!(
+        took < Duration::from_millis(200),
+        "propagation took {took:?}"
+    );
+    // Subject revocations propagate too.
+    let u = token(
+        "RS256",
+        Some("r1"),
+        json!({"sub": "dave", "iat": jwtgate::auth::now_unix() - 5}),
+    );
+    assert_eq!(b.call(&u).await.status, 200);
+    assert_eq!(a.revoke(json!({"sub": "dave"})).await.status, 204);
+    let took = eventually(Duration::from_secs(2), || async {
+        b.call(&u).await.status == 401
+    })
+    .await
+    .expect("B never saw the subject revocation");
+    assert!(
+        took < Duration::from_millis(200),
+        "propagation took {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_deny_is_503_then_recovers_after_restart() {
+    let mut redis = RedisServer::start().await;
+    let r = rig(None, &redis_cfg(&redis, "on_error = \"deny\"")).await;
+    let cl = r.gw.client_plain();
+    let readyz = format!("http://{}/readyz", r.gw.admin);
+    assert_eq!(
+        r.call(&token("RS256", Some("r1"), json!({}))).await.status,
+        200
+    );
+    redis.kill();
+    // New tokens (not cached) cannot be checked: 503, never a pass.
+    let resp = r.call(&token("RS256", Some("r1"), json!({}))).await;
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.json()["error"], "revocation_unavailable");
+    let not_ready = eventually(Duration::from_secs(5), || async {
+        cl.get(&readyz, &[]).await.status == 503
+    })
+    .await;
+    assert!(not_ready.is_some(), "readyz never reported the outage");
+    // With the circuit open, requests fail fast instead of waiting for timeouts.
+    let t0 = std::time::Instant::now();
+    for _ in 0..20 {
+        assert_eq!(
+            r.call(&token("RS256", Some("r1"), json!({}))).await.status,
+            503
+        );
+    }
+    assert!(
+        t0.elapsed() < Duration::from_millis(20 * 150),
+        "circuit did not open: {:?}",
+        t0.elapsed()
+    );
+    redis.restart().await;
+    let back = eventually(Duration::from_secs(10), || async {
+        cl.get(&readyz, &[]).await.status == 200
+    })
+    .await;
+    assert!(back.is_some(), "readiness did not return within 10 s");
+    assert_eq!(
+        r.call(&token("RS256", Some("r1"), json!({}))).await.status,
+        200
+    );
+    // And revocations work again on the restarted (empty) Redis.
+    let t = token("RS256", Some("r1"), json!({}));
+    let c = claims_of(&t);
+    assert_eq!(
+        r.revoke(json!({"jti": c["jti"], "exp": c["exp"]}))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(r.call(&t).await.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_allow_lets_requests_through() {
+    let mut redis = RedisServer::start().await;
+    let r = rig(None, &redis_cfg(&redis, "on_error = \"allow\"")).await;
+    redis.kill();
+    assert_eq!(
+        r.call(&token("RS256", Some("r1"), json!({}))).await.status,
+        200
+    );
+    let ready =
+        r.gw.client_plain()
+            .get(&format!("http://{}/readyz", r.gw.admin), &[])
+            .await;
+    assert_eq!(ready.status, 200, "allow keeps the replica in rotation");
+    assert!(
+        ready.json()["revocation"]["allowed_unchecked"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+}
+
+// === admin API ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_mutations_need_the_admin_token() {
+    let r = rig(None, "store = \"memory\"").await;
+    let body = json!({"sub": "alice"}).to_string();
+    assert_eq!(
+        r.admin(Method::POST, "/revocations", None, &body)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        r.admin(Method::POST, "/revocations", Some("wrong"), &body)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        r.admin(
+            Method::POST,
+            "/revocations",
+            Some(&format!("{}x", r.admin_token)),
+            &body
+        )
+        .await
+        .status,
+        401
+    );
+    assert_eq!(
+        r.admin(Method::POST, "/revocations", Some(&r.admin_token), &body)
+            .await
+            .status,
+        204
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_mutations_refused_without_the_env_var() {
+    let up = EchoUpstream::start().await;
+    let cfg = format!(
+        "[admin]\ntoken_env = \"JWTGATE_TEST_NEVER_SET\"\n\n{}",
+        route("api", "/api", &[&up.url()], "auth = \"none\"")
+    );
+    let gw = TestGateway::start(&cfg).await;
+    let resp = gw
+        .client_plain()
+        .send(
+            Method::POST,
+            &format!("http://{}/revocations", gw.admin),
+            &[("authorization", "Bearer ")],
+            jwtgate::body::full("{\"sub\":\"a\"}"),
+        )
+        .await;
+    assert_eq!(resp.status, 403);
+    assert!(resp.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("admin.token_env"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_rejects_malformed_bodies() {
+    let r = rig(None, "store = \"memory\"").await;
+    let now = jwtgate::auth::now_unix();
+    for (body, needle) in [
+        ("not json".to_string(), "JSON"),
+        ("{}".to_string(), "either"),
+        (json!({"jti": "a"}).to_string(), "exp is required"),
+        (json!({"jti": "a", "exp": now - 10}).to_string(), "past"),
+        (
+            json!({"jti": "a", "exp": now + 10, "sub": "b"}).to_string(),
+            "not both",
+        ),
+        (json!({"jti": "", "exp": now + 10}).to_string(), "empty"),
+        (json!({"sub": ""}).to_string(), "empty"),
+        (json!({"jti": "a", "exp": "soon"}).to_string(), "JSON"),
+        (
+            json!({"jti": "a", "exp": now + 10, "colour": 1}).to_string(),
+            "colour",
+        ),
+    ] {
+        let resp = r
+            .admin(Method::POST, "/revocations", Some(&r.admin_token), &body)
+            .await;
+        assert_eq!(resp.status, 400, "{body}");
+        assert!(
+            resp.json()["error_description"]
+                .as_str()
+                .unwrap()
+                .contains(needle),
+            "{body}: {}",
+            resp.text()
+        );
+    }
+    // Still serving.
+    assert_eq!(
+        r.call(&token("RS256", Some("r1"), json!({}))).await.status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_cli_uses_the_admin_api() {
+    let r = rig(None, "store = \"memory\"").await;
+    let t = token("RS256", Some("r1"), json!({}));
+    let c = claims_of(&t);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jwtgate"))
+        .args([
+            "revoke",
+            "--jti",
+            c["jti"].as_str().unwrap(),
+            "--exp",
+            &c["exp"].to_string(),
+            "--admin",
+            &format!("http://{}", r.gw.admin),
+        ])
+        .env("JWTGATE_ADMIN_TOKEN", &r.admin_token)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(r.call(&t).await.status, 401);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jwtgate"))
+        .args([
+            "revoke",
+            "--sub",
+            "x",
+            "--admin",
+            &format!("http://{}", r.gw.admin),
+        ])
+        .env("JWTGATE_ADMIN_TOKEN", "wrong")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}
