@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::jwks::IssuerKeys;
+use crate::refresh::Refresher;
 use crate::revocation::Revocations;
 use crate::route::Router;
 
@@ -15,6 +16,8 @@ pub struct App {
     pub router: Router,
     pub verifier: Verifier,
     pub revocations: Arc<Revocations>,
+    /// Present when `[refresh]` names a token endpoint.
+    pub refresher: Option<Refresher>,
 }
 
 impl App {
@@ -29,7 +32,9 @@ impl App {
         let verifier = Verifier::new(issuers, config.identity.clone());
         let router = Router::new(config.routes.clone());
         let revocations = Arc::new(Revocations::new(&config.revocation)?);
+        let refresher = config.refresh.as_ref().and_then(Refresher::new);
         Ok(App {
+            refresher,
             config,
             router,
             verifier,

@@ -541,16 +541,6 @@ impl Config {
 fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
     // Tables the contract names but this version does not implement yet: refuse loudly
     // rather than run without a protection the operator asked for.
-    if raw
-        .refresh
-        .as_ref()
-        .is_some_and(|r| r.token_endpoint.is_some())
-    {
-        return Err(ctx.err(
-            "refresh.token_endpoint",
-            "edge token refresh is not implemented in this version; [refresh] supports logout only",
-        ));
-    }
     if raw.anomaly.is_some() {
         return Err(ctx.err(
             "anomaly",

@@ -30,6 +30,8 @@ pub enum TokenError {
     MissingClaim(&'static str),
     #[error("token revoked")]
     Revoked,
+    #[error("refresh token rejected")]
+    RefreshRejected,
 }
 
 /// A request that cannot be forwarded, with the response the client gets instead.
@@ -59,6 +61,8 @@ pub enum GatewayError {
     KeysUnavailable,
     #[error("revocation store unavailable")]
     RevocationUnavailable,
+    #[error("identity provider unavailable")]
+    IdpUnavailable,
 }
 
 impl From<TokenError> for GatewayError {
@@ -87,6 +91,7 @@ impl GatewayError {
             GatewayError::RevocationUnavailable => {
                 (StatusCode::SERVICE_UNAVAILABLE, "revocation_unavailable")
             }
+            GatewayError::IdpUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "idp_unavailable"),
         }
     }
 

@@ -9,12 +9,12 @@ use http_body_util::Limited;
 use hyper::body::Incoming;
 
 use crate::app::App;
-use crate::auth;
+use crate::auth::{self, now_unix, Authenticated};
 use crate::body::{self, Body};
 use crate::config::AuthMode;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, TokenError};
 use crate::identity::{self, ClientInfo, X_REQUEST_ID};
-use crate::refresh;
+use crate::refresh::{self, RefreshError};
 use crate::upstream::{self, Client};
 
 /// Serve one request and write its access-log line.
@@ -88,7 +88,7 @@ async fn proxy(
         if parts.method == http::Method::POST && parts.uri.path() == r.logout_path {
             identity::strip_client_headers(&mut parts.headers, &app.config.identity);
             log.route = Some("logout".into());
-            return refresh::logout(app, &parts, authority.as_deref()).await;
+            return refresh::logout(app, client, &parts, authority.as_deref()).await;
         }
     }
     let route = app
@@ -100,10 +100,23 @@ async fn proxy(
     // 3. Strip identity headers the client sent, on every route, before anything else.
     identity::strip_client_headers(&mut parts.headers, &app.config.identity);
 
-    // 4. Authenticate: token, signature, claims; then revocation; then scopes.
-    let auth = match route.config.auth {
+    // 4. Authenticate: token, signature, claims; then revocation and the clock (an expired
+    //    token can still be renewed in step 5 when a refresh token came with it).
+    let renewal = match (&app.refresher, route.config.auth) {
+        (Some(r), AuthMode::Required | AuthMode::Optional) => {
+            refresh::find_refresh_token(r.config(), &parts.headers)
+        }
+        _ => None,
+    };
+    let mut auth = match route.config.auth {
         AuthMode::None => None,
+        // With a refresh token, a missing access token (its cookie expired) is renewed too.
         mode => {
+            let mode = if renewal.is_some() {
+                AuthMode::Optional
+            } else {
+                mode
+            };
             let host = authority.as_deref();
             app.verifier
                 .authenticate(
@@ -116,17 +129,55 @@ async fn proxy(
                 .await?
         }
     };
+    let mut expired = false;
     if let Some(a) = &auth {
         app.revocations.check(&a.verified).await?;
+        match auth::check_time(&a.verified, now_unix()) {
+            Err(TokenError::Expired) if renewal.is_some() => expired = true,
+            other => other?,
+        }
+    }
+
+    // 5. Refresh near-expiry (or expired) access tokens with the refresh_token grant.
+    let mut renewed = None;
+    if let (Some(r), Some((refresh_token, channel))) = (&app.refresher, renewal) {
+        let due = auth
+            .as_ref()
+            .is_none_or(|a| expired || r.is_due(&a.verified));
+        if due {
+            match r.refresh(client, &app.verifier, &refresh_token).await {
+                Ok(grant) => {
+                    app.revocations.check(&grant.verified).await?;
+                    auth = Some(Authenticated {
+                        verified: grant.verified.clone(),
+                        bearer: HeaderValue::try_from(format!("Bearer {}", grant.access_token))
+                            .ok(),
+                    });
+                    renewed = Some((grant, channel));
+                }
+                Err(RefreshError::InvalidGrant) => return Ok(refresh::rejected(r.config())),
+                // Still valid: serve with it and try again on a later request.
+                Err(_) if auth.is_some() && !expired => {}
+                Err(RefreshError::BadToken(e)) => return Err(e.into()),
+                Err(_) if auth.is_none() && route.config.auth == AuthMode::Optional => {}
+                Err(_) => return Err(GatewayError::IdpUnavailable),
+            }
+        }
+    }
+    if auth.is_none() && route.config.auth == AuthMode::Required {
+        return Err(GatewayError::MissingToken);
+    }
+    if let Some(a) = &auth {
         auth::check_scopes(&route.config.scopes, &a.verified.scopes)?;
     }
 
-    // 5. Refresh: not in this version (the config refuses a [refresh] table).
-
-    // 6. Identity, forwarding headers, hop-by-hop removal.
+    // 6. Identity, forwarding headers, hop-by-hop removal; the refresh token stays here.
     if let Some(a) = &auth {
         identity::set_identity(&mut parts.headers, &app.config.identity, a);
         log.sub = Some(a.verified.sub.clone());
+    }
+    if let Some(r) = &app.config.refresh {
+        refresh::strip_refresh_token(r, &mut parts.headers);
     }
     log.request_id = Some(identity::set_forwarded(
         &mut parts.headers,
@@ -147,6 +198,9 @@ async fn proxy(
     }
     let upgraded = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     identity::remove_hop_by_hop(resp.headers_mut(), upgraded);
+    if let (Some((grant, channel)), Some(r)) = (&renewed, &app.config.refresh) {
+        refresh::return_tokens(resp.headers_mut(), r, grant, *channel);
+    }
     Ok(resp.map(body::stream))
 }
 

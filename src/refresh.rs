@@ -1,19 +1,362 @@
-//! Edge session handling: logout (revoke the presented token until its `exp`, clear the
-//! cookies). The refresh_token grant lives here too once enabled.
+//! Edge session handling: renewing near-expiry access tokens with the OAuth 2.0
+//! refresh_token grant (RFC 6749 §6) — once per refresh token, however many requests carry
+//! it at the same time — handing the new tokens back to the client, and logout (revoke the
+//! presented token, RFC 7009 for the refresh token, clear the cookies).
 
-use http::{header, HeaderValue, Response, StatusCode};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
 
 use crate::app::App;
-use crate::auth::now_unix;
+use crate::auth::{self, now_unix, Verified, Verifier};
 use crate::body::{self, Body};
-use crate::config::{AuthMode, Refresh};
-use crate::error::GatewayError;
+use crate::config::{AuthMode, ClientAuth, OAuthClient, Refresh};
+use crate::error::{GatewayError, TokenError};
+use crate::upstream::Client;
+
+pub static X_ACCESS_TOKEN: HeaderName = HeaderName::from_static("x-access-token");
+pub static X_REFRESH_TOKEN: HeaderName = HeaderName::from_static("x-refresh-token");
+
+/// Where the refresh token came from decides how new tokens go back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// Browser: `Set-Cookie`.
+    Cookie,
+    /// API client (`refresh_header`): `x-access-token` / `x-refresh-token` response headers.
+    Header,
+}
+
+/// A successful refresh: the new access token (verified like any presented token) and the
+/// rotated refresh token, if the IdP rotated it.
+pub struct Grant {
+    pub access_token: String,
+    pub verified: Arc<Verified>,
+    pub expires_in: Option<u64>,
+    pub refresh_token: Option<String>,
+}
+
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print tokens.
+        f.debug_struct("Grant")
+            .field("sub", &self.verified.sub)
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a refresh did not produce a usable token.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RefreshError {
+    /// RFC 6749 §5.2 `invalid_grant`: the refresh token is expired, revoked or spent.
+    #[error("refresh token rejected")]
+    InvalidGrant,
+    /// The IdP could not be reached or answered something unusable; worth a later retry.
+    #[error("identity provider unavailable: {0}")]
+    Unavailable(String),
+    /// The IdP answered with a token that does not verify.
+    #[error("new token refused: {0}")]
+    BadToken(TokenError),
+}
+
+type Outcome = Result<Arc<Grant>, RefreshError>;
+
+/// Transient failures are remembered this long, so a down IdP is not asked again by every
+/// request (the current token keeps being used while it is valid).
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
+
+struct OutcomeExpiry {
+    window: Duration,
+}
+
+impl moka::Expiry<[u8; 32], Outcome> for OutcomeExpiry {
+    fn expire_after_create(&self, _k: &[u8; 32], v: &Outcome, _now: Instant) -> Option<Duration> {
+        Some(match v {
+            Err(RefreshError::Unavailable(_)) => RETRY_AFTER_FAILURE.min(self.window),
+            _ => self.window,
+        })
+    }
+}
+
+/// The gateway as an OAuth 2.0 confidential client, with a single-flight result cache keyed
+/// by SHA-256 of the refresh token (never by the token itself).
+pub struct Refresher {
+    cfg: Refresh,
+    client: OAuthClient,
+    results: moka::future::Cache<[u8; 32], Outcome>,
+    /// Calls made to the token endpoint (for tests and metrics).
+    pub grants: AtomicU64,
+}
+
+impl Refresher {
+    /// `None` when `[refresh]` has no `token_endpoint` (logout only).
+    pub fn new(cfg: &Refresh) -> Option<Refresher> {
+        let client = cfg.client.clone()?;
+        Some(Refresher {
+            cfg: cfg.clone(),
+            client,
+            results: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .expire_after(OutcomeExpiry {
+                    window: cfg.reuse_window.max(Duration::from_secs(1)),
+                })
+                .build(),
+            grants: AtomicU64::new(0),
+        })
+    }
+
+    pub fn config(&self) -> &Refresh {
+        &self.cfg
+    }
+
+    /// Does this (verified, unrevoked) access token need renewing now?
+    pub fn is_due(&self, v: &Verified) -> bool {
+        v.exp - now_unix() < self.cfg.refresh_before.as_secs() as i64
+    }
+
+    /// Renew with `refresh_token`: concurrent callers with the same refresh token share one
+    /// call to the token endpoint, and later callers within the reuse window get the same
+    /// result instead of replaying a spent token.
+    pub async fn refresh(
+        &self,
+        http: &Client,
+        verifier: &Verifier,
+        refresh_token: &str,
+    ) -> Outcome {
+        let key = sha256(refresh_token.as_bytes());
+        self.results
+            .get_with(key, async {
+                self.grants.fetch_add(1, Ordering::Relaxed);
+                let out = self.grant(http, verifier, refresh_token).await;
+                if let Err(e) = &out {
+                    tracing::warn!(error = %e, "token refresh failed");
+                }
+                out
+            })
+            .await
+    }
+
+    async fn grant(&self, http: &Client, verifier: &Verifier, refresh_token: &str) -> Outcome {
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ];
+        let (status, bytes) = self
+            .post_form(http, &self.client.token_endpoint, &form)
+            .await?;
+        let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| {
+            RefreshError::Unavailable(format!(
+                "token endpoint answered {status} with a body that is not JSON"
+            ))
+        })?;
+        if status != StatusCode::OK {
+            let code = json.get("error").and_then(|e| e.as_str()).unwrap_or("");
+            return Err(if code == "invalid_grant" {
+                RefreshError::InvalidGrant
+            } else {
+                RefreshError::Unavailable(format!(
+                    "token endpoint answered {status} error={code:?}"
+                ))
+            });
+        }
+        let access_token = json
+            .get("access_token")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| RefreshError::Unavailable("token response without access_token".into()))?
+            .to_string();
+        let verified = verifier
+            .verify(&access_token)
+            .await
+            .map_err(RefreshError::BadToken)?;
+        auth::check_time(&verified, now_unix()).map_err(RefreshError::BadToken)?;
+        Ok(Arc::new(Grant {
+            access_token,
+            verified,
+            expires_in: json.get("expires_in").and_then(|v| v.as_u64()),
+            refresh_token: json
+                .get("refresh_token")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+        }))
+    }
+
+    /// POST a form to an IdP endpoint with client authentication; returns status and body.
+    async fn post_form(
+        &self,
+        http: &Client,
+        url: &http::Uri,
+        pairs: &[(&str, &str)],
+    ) -> Result<(StatusCode, Bytes), RefreshError> {
+        let c = &self.client;
+        let mut req = Request::post(url.clone())
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ACCEPT, "application/json");
+        if c.auth == ClientAuth::Basic {
+            // RFC 6749 §2.3.1: form-encode both parts, then Basic.
+            let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let cred = STANDARD.encode(format!("{}:{}", enc(&c.client_id), enc(&c.client_secret)));
+            req = req.header(header::AUTHORIZATION, format!("Basic {cred}"));
+        }
+        let form = {
+            let mut f = form_urlencoded::Serializer::new(String::new());
+            f.extend_pairs(pairs);
+            if c.auth == ClientAuth::Post {
+                f.append_pair("client_id", &c.client_id)
+                    .append_pair("client_secret", &c.client_secret);
+            }
+            f.finish()
+        };
+        let req = req
+            .body(body::full(form))
+            .map_err(|e| RefreshError::Unavailable(e.to_string()))?;
+        let work = async {
+            let resp = http.request(req).await.map_err(|e| {
+                RefreshError::Unavailable(format!("token endpoint unreachable: {e}"))
+            })?;
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), MAX_TOKEN_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| RefreshError::Unavailable(format!("reading token response: {e}")))?
+                .to_bytes();
+            Ok((status, bytes))
+        };
+        tokio::time::timeout(self.cfg.timeout, work)
+            .await
+            .map_err(|_| RefreshError::Unavailable("token endpoint timed out".into()))?
+    }
+
+    /// RFC 7009: tell the IdP the refresh token is no longer wanted (best effort).
+    pub async fn revoke_at_idp(&self, http: &Client, refresh_token: &str) {
+        let Some(url) = &self.cfg.revocation_endpoint else {
+            return;
+        };
+        let form = [
+            ("token", refresh_token),
+            ("token_type_hint", "refresh_token"),
+        ];
+        match self.post_form(http, url, &form).await {
+            Ok((s, _)) if s.is_success() => {}
+            Ok((s, _)) => {
+                tracing::warn!(status = %s, "revocation endpoint refused the refresh token")
+            }
+            Err(e) => tracing::warn!(error = %e, "revocation endpoint call failed"),
+        }
+    }
+}
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b);
+    let mut k = [0u8; 32];
+    k.copy_from_slice(d.as_ref());
+    k
+}
+
+/// The refresh token the client presented: the `refresh_header` first (API clients), then
+/// the `refresh_cookie`.
+pub fn find_refresh_token(cfg: &Refresh, headers: &HeaderMap) -> Option<(String, Channel)> {
+    if let Some(v) = headers
+        .get(&cfg.refresh_header)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
+        return Some((v.to_string(), Channel::Header));
+    }
+    auth::find_cookie(headers, &cfg.refresh_cookie).map(|v| (v.to_string(), Channel::Cookie))
+}
+
+/// The refresh token never reaches an upstream: cut its cookie and drop the header.
+pub fn strip_refresh_token(cfg: &Refresh, headers: &mut HeaderMap) {
+    headers.remove(&cfg.refresh_header);
+    if auth::find_cookie(headers, &cfg.refresh_cookie).is_none() {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| {
+            !pair.is_empty()
+                && pair
+                    .split_once('=')
+                    .is_none_or(|(k, _)| k.trim() != cfg.refresh_cookie)
+        })
+        .map(str::to_string)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !kept.is_empty() {
+        if let Ok(v) = HeaderValue::try_from(kept.join("; ")) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
+/// Hand the new tokens back to the client, the way its refresh token came.
+pub fn return_tokens(h: &mut HeaderMap, cfg: &Refresh, grant: &Grant, channel: Channel) {
+    match channel {
+        Channel::Header => {
+            if let Ok(v) = HeaderValue::try_from(grant.access_token.as_str()) {
+                h.insert(X_ACCESS_TOKEN.clone(), v);
+            }
+            if let Some(Ok(v)) = grant.refresh_token.as_deref().map(HeaderValue::try_from) {
+                h.insert(X_REFRESH_TOKEN.clone(), v);
+            }
+        }
+        Channel::Cookie => {
+            let max_age = grant
+                .expires_in
+                .unwrap_or_else(|| (grant.verified.exp - now_unix()).max(0) as u64);
+            set_cookie(h, &cfg.access_cookie, &grant.access_token, Some(max_age));
+            if let Some(r) = &grant.refresh_token {
+                set_cookie(h, &cfg.refresh_cookie, r, None);
+            }
+        }
+    }
+    // Responses carrying fresh credentials must not be cached by intermediaries.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+fn set_cookie(h: &mut HeaderMap, name: &str, value: &str, max_age: Option<u64>) {
+    let age = max_age
+        .map(|a| format!("; Max-Age={a}"))
+        .unwrap_or_default();
+    if let Ok(v) = HeaderValue::try_from(format!(
+        "{name}={value}{age}; Path=/; HttpOnly; Secure; SameSite=Lax"
+    )) {
+        h.append(header::SET_COOKIE, v);
+    }
+}
+
+/// Expire the access and refresh cookies.
+pub fn clear_cookies(h: &mut HeaderMap, cfg: &Refresh) {
+    for name in [&cfg.access_cookie, &cfg.refresh_cookie] {
+        set_cookie(h, name, "", Some(0));
+    }
+}
+
+/// A 401 for a rejected refresh token, with both cookies expired.
+pub fn rejected(cfg: &Refresh) -> Response<Body> {
+    let mut r = GatewayError::InvalidToken(TokenError::RefreshRejected).into_response();
+    clear_cookies(r.headers_mut(), cfg);
+    r
+}
 
 /// `POST <logout_path>`: needs a valid token; revokes its `jti` until `exp` (a token
-/// without `jti` revokes its subject's tokens issued up to its `iat`), expires both
-/// cookies, answers 204.
+/// without `jti` revokes its subject's tokens issued up to its `iat`), revokes the refresh
+/// token at the IdP (RFC 7009) when configured, expires both cookies, answers 204.
 pub async fn logout(
     app: &App,
+    http: &Client,
     parts: &http::request::Parts,
     host: Option<&str>,
 ) -> Result<Response<Body>, GatewayError> {
@@ -32,6 +375,7 @@ pub async fn logout(
         .await?
         .ok_or(GatewayError::MissingToken)?;
     let v = &auth.verified;
+    auth::check_time(v, now_unix())?;
     app.revocations.check(v).await?;
     let res = match &v.jti {
         Some(jti) => app.revocations.revoke_jti(jti, v.exp).await,
@@ -45,6 +389,9 @@ pub async fn logout(
         tracing::warn!(error = %e, "logout could not record the revocation");
         GatewayError::RevocationUnavailable
     })?;
+    if let (Some(r), Some((rt, _))) = (&app.refresher, find_refresh_token(cfg, &parts.headers)) {
+        r.revoke_at_idp(http, &rt).await;
+    }
     tracing::info!(sub = %v.sub, "logout");
     let mut resp = Response::new(body::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
@@ -52,13 +399,56 @@ pub async fn logout(
     Ok(resp)
 }
 
-/// Expire the access and refresh cookies.
-pub fn clear_cookies(h: &mut http::HeaderMap, cfg: &Refresh) {
-    for name in [&cfg.access_cookie, &cfg.refresh_cookie] {
-        if let Ok(v) = HeaderValue::try_from(format!(
-            "{name}=; Max-Age=0; Path=/; HttpOnly; Secure; SameSite=Lax"
-        )) {
-            h.append(header::SET_COOKIE, v);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Refresh {
+        Refresh {
+            client: None,
+            refresh_before: Duration::from_secs(60),
+            access_cookie: "access_token".into(),
+            refresh_cookie: "refresh_token".into(),
+            refresh_header: HeaderName::from_static("x-refresh-token"),
+            revocation_endpoint: None,
+            logout_path: "/logout".into(),
+            reuse_window: Duration::from_secs(30),
+            timeout: Duration::from_secs(1),
         }
+    }
+
+    #[test]
+    fn refresh_cookie_is_cut_from_upstream_cookies() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; refresh_token=SECRET; access_token=t"),
+        );
+        h.insert("x-refresh-token", HeaderValue::from_static("SECRET2"));
+        strip_refresh_token(&cfg(), &mut h);
+        assert_eq!(h[header::COOKIE], "a=1; access_token=t");
+        assert!(!h.contains_key("x-refresh-token"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("refresh_token=SECRET"),
+        );
+        strip_refresh_token(&cfg(), &mut h);
+        assert!(!h.contains_key(header::COOKIE));
+    }
+
+    #[test]
+    fn header_refresh_token_wins_over_cookie() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("refresh_token=c"));
+        assert_eq!(
+            find_refresh_token(&cfg(), &h),
+            Some(("c".into(), Channel::Cookie))
+        );
+        h.insert("x-refresh-token", HeaderValue::from_static("h"));
+        assert_eq!(
+            find_refresh_token(&cfg(), &h),
+            Some(("h".into(), Channel::Header))
+        );
     }
 }

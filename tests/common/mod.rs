@@ -230,6 +230,21 @@ pub struct IdpState {
     pub jwks_fetches: AtomicU64,
     /// 0 = serve; otherwise answer this status.
     pub fail_status: AtomicU64,
+    /// Live refresh tokens -> subject. Each use rotates: the old one is spent.
+    pub refresh_tokens: Mutex<std::collections::HashMap<String, String>>,
+    pub token_calls: AtomicU64,
+    /// Delay before the token endpoint answers (ms).
+    pub token_delay_ms: AtomicU64,
+    /// 0 = answer; otherwise the token endpoint answers this status.
+    pub token_fail_status: AtomicU64,
+    /// Sign issued access tokens with a key the gateway does not know.
+    pub sign_with_rogue_key: std::sync::atomic::AtomicBool,
+    /// Lifetime of issued access tokens (s).
+    pub access_ttl: AtomicU64,
+    /// Authorization header and form of the last token request.
+    pub last_token_request: Mutex<Option<(Option<String>, String)>>,
+    /// Tokens sent to the RFC 7009 revocation endpoint.
+    pub revoked: Mutex<Vec<String>>,
 }
 
 impl MockIdp {
@@ -240,6 +255,14 @@ impl MockIdp {
             jwks: Mutex::new(serde_json::json!({ "keys": keys })),
             jwks_fetches: AtomicU64::new(0),
             fail_status: AtomicU64::new(0),
+            refresh_tokens: Mutex::new(Default::default()),
+            token_calls: AtomicU64::new(0),
+            token_delay_ms: AtomicU64::new(0),
+            token_fail_status: AtomicU64::new(0),
+            sign_with_rogue_key: Default::default(),
+            access_ttl: AtomicU64::new(600),
+            last_token_request: Mutex::new(None),
+            revoked: Mutex::new(Vec::new()),
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -248,7 +271,7 @@ impl MockIdp {
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let st = st.clone();
-                        async move { Ok::<_, Infallible>(idp(req, &st)) }
+                        async move { Ok::<_, Infallible>(idp(req, &st).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
@@ -277,6 +300,33 @@ impl MockIdp {
             .store(status as u64, Ordering::SeqCst);
     }
 
+    pub fn token_url(&self) -> String {
+        format!("http://{}/token", self.addr)
+    }
+
+    pub fn revoke_url(&self) -> String {
+        format!("http://{}/revoke", self.addr)
+    }
+
+    pub fn state(&self) -> &IdpState {
+        &self.state
+    }
+
+    /// A new live refresh token for `sub`.
+    pub fn issue_refresh_token(&self, sub: &str) -> String {
+        let t = format!("rt-{}", jwtgate::token::random_id());
+        self.state
+            .refresh_tokens
+            .lock()
+            .unwrap()
+            .insert(t.clone(), sub.to_string());
+        t
+    }
+
+    pub fn token_calls(&self) -> u64 {
+        self.state.token_calls.load(Ordering::SeqCst)
+    }
+
     /// Stop answering at all (connections refused from now on).
     pub fn stop(&self) {
         self.task.abort();
@@ -289,7 +339,30 @@ impl Drop for MockIdp {
     }
 }
 
-fn idp(req: Request<Incoming>, st: &IdpState) -> Response<Body> {
+pub const CLIENT_ID: &str = "gateway";
+pub const CLIENT_SECRET: &str = "client-secret-for-tests";
+pub const CLIENT_SECRET_ENV: &str = "JWTGATE_TEST_CLIENT_SECRET";
+
+fn json_resp(status: u16, v: serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(body::full(v.to_string()));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap();
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    r
+}
+
+async fn idp(req: Request<Incoming>, st: &IdpState) -> Response<Body> {
+    match req.uri().path() {
+        "/token" => return token_endpoint(req, st).await,
+        "/revoke" => {
+            let form = read_form(req).await.1;
+            if let Some(t) = form.get("token") {
+                st.revoked.lock().unwrap().push(t.clone());
+            }
+            return json_resp(200, serde_json::json!({}));
+        }
+        _ => {}
+    }
     if req.uri().path() == "/.well-known/jwks.json" {
         st.jwks_fetches.fetch_add(1, Ordering::SeqCst);
         let fail = st.fail_status.load(Ordering::SeqCst);
@@ -749,4 +822,84 @@ where
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     None
+}
+
+async fn read_form(
+    req: Request<Incoming>,
+) -> (Option<String>, std::collections::HashMap<String, String>) {
+    let auth = req
+        .headers()
+        .get("authorization")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let form = form_urlencoded::parse(&body).into_owned().collect();
+    (auth, form)
+}
+
+/// RFC 6749 §6 refresh_token grant with rotation: each refresh token works once.
+async fn token_endpoint(req: Request<Incoming>, st: &IdpState) -> Response<Body> {
+    st.token_calls.fetch_add(1, Ordering::SeqCst);
+    let (auth, form) = read_form(req).await;
+    let raw_form: Vec<String> = form.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    *st.last_token_request.lock().unwrap() = Some((auth.clone(), raw_form.join("&")));
+    let delay = st.token_delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let fail = st.token_fail_status.load(Ordering::SeqCst);
+    if fail != 0 {
+        return json_resp(
+            fail as u16,
+            serde_json::json!({"error": "temporarily_unavailable"}),
+        );
+    }
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"))
+    );
+    let post_ok = form.get("client_id").map(String::as_str) == Some(CLIENT_ID)
+        && form.get("client_secret").map(String::as_str) == Some(CLIENT_SECRET);
+    if auth.as_deref() != Some(basic.as_str()) && !post_ok {
+        return json_resp(401, serde_json::json!({"error": "invalid_client"}));
+    }
+    if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
+        return json_resp(400, serde_json::json!({"error": "unsupported_grant_type"}));
+    }
+    let presented = form.get("refresh_token").cloned().unwrap_or_default();
+    let sub = st.refresh_tokens.lock().unwrap().remove(&presented);
+    let Some(sub) = sub else {
+        return json_resp(
+            400,
+            serde_json::json!({"error": "invalid_grant", "error_description": "refresh token spent or unknown"}),
+        );
+    };
+    let next = format!("rt-{}", jwtgate::token::random_id());
+    st.refresh_tokens
+        .lock()
+        .unwrap()
+        .insert(next.clone(), sub.clone());
+    let ttl = st.access_ttl.load(Ordering::SeqCst);
+    let access = if st.sign_with_rogue_key.load(Ordering::SeqCst) {
+        use jsonwebtoken::{EncodingKey, Header};
+        let mut h = Header::new(jsonwebtoken::Algorithm::RS256);
+        h.kid = Some("rogue".into());
+        let now = jwtgate::auth::now_unix();
+        let c = serde_json::json!({"iss": "https://idp.test", "sub": sub, "aud": "api", "exp": now + ttl as i64, "iat": now, "jti": jwtgate::token::random_id()});
+        jsonwebtoken::encode(
+            &h,
+            &c,
+            &EncodingKey::from_rsa_pem(&fixture_bytes("rsa2.pem")).unwrap(),
+        )
+        .unwrap()
+    } else {
+        token(
+            "RS256",
+            Some("r1"),
+            serde_json::json!({"sub": sub, "exp": jwtgate::auth::now_unix() + ttl as i64, "scope": "orders:read"}),
+        )
+    };
+    json_resp(
+        200,
+        serde_json::json!({"access_token": access, "token_type": "Bearer", "expires_in": ttl, "refresh_token": next}),
+    )
 }
