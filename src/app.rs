@@ -32,7 +32,12 @@ impl App {
         let verifier = Verifier::new(issuers, config.identity.clone());
         let router = Router::new(config.routes.clone());
         let revocations = Arc::new(Revocations::new(&config.revocation)?);
-        let refresher = config.refresh.as_ref().and_then(Refresher::new);
+        let redis = (config.revocation.store == crate::config::StoreKind::Redis)
+            .then_some(&config.revocation);
+        let refresher = config
+            .refresh
+            .as_ref()
+            .and_then(|r| Refresher::new(r, redis));
         Ok(App {
             refresher,
             config,

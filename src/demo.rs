@@ -2,9 +2,11 @@
 //! upstream, a small identity provider (ES256 JWKS) and the gateway configured against them,
 //! checks the whole flow itself, then prints copy-paste curl commands.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -50,18 +52,18 @@ async fn run_inner(once: bool) -> Result<(), String> {
         "x": URL_SAFE_NO_PAD.encode(&raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&raw[33..65]),
     }]})
     .to_string();
-    let idp = serve_fn(move |_req| {
-        let body = jwks.clone();
-        async move {
-            Response::builder()
-                .header("content-type", "application/json")
-                .header("cache-control", "max-age=300")
-                .body(Full::new(Bytes::from(body)))
-                .map_err(|e| e.to_string())
-        }
+    let idp_state = Arc::new(DemoIdp {
+        jwks,
+        signing_pem: kp.serialize_pem(),
+        refresh_tokens: Mutex::new(HashMap::new()),
+    });
+    let st = idp_state.clone();
+    let idp = serve_fn(move |req| {
+        let st = st.clone();
+        async move { st.handle(req).await }
     })
     .await?;
-    let signing_pem = kp.serialize_pem();
+    std::env::set_var(DEMO_SECRET_ENV, "demo-client-secret");
 
     // 3. Gateway: dev certificate and a config pointing at both.
     let (cert, key) =
@@ -90,6 +92,12 @@ jwks_url = "http://{idp}/.well-known/jwks.json"
 
 [identity.claims]
 "x-user-email" = "email"
+
+[refresh]
+token_endpoint = "http://{idp}/token"
+client_id = "jwtgate-demo"
+client_secret_env = "{DEMO_SECRET_ENV}"
+refresh_before_s = 60
 
 [[routes]]
 name = "api"
@@ -124,18 +132,7 @@ auth = "none"
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let token = mint(&Mint {
-        alg: jsonwebtoken::Algorithm::ES256,
-        key: SigningKey::Pem(signing_pem.into_bytes()),
-        sub: "alice".into(),
-        kid: Some(KID.into()),
-        iss: Some(ISSUER.into()),
-        aud: Some("demo-api".into()),
-        scope: Some("orders:read".into()),
-        ttl: Duration::from_secs(3600),
-        claims: vec![("email".into(), "alice@example.com".into())],
-    })
-    .map_err(|e| e.to_string())?;
+    let token = idp_state.access_token("alice", 3600)?;
 
     // 4. Walk through the flow over the plain listener and show what happened.
     println!("jwtgate demo: upstream http://{upstream}  identity provider http://{idp}  gateway https://{https} http://{http}  admin http://{}", gw.admin_addr);
@@ -194,6 +191,25 @@ auth = "none"
         }
     }
 
+    // Edge refresh: an access token 20 s from expiry plus a refresh token, as a browser
+    // would hold them in cookies. The gateway renews it with the IdP on the way through.
+    let near = idp_state.access_token("alice", 20)?;
+    let rt = idp_state.refresh_token("alice");
+    let cookie = format!("access_token={near}; refresh_token={rt}");
+    let (status, headers, _) = request(http, "/api/hello", &[("cookie", &cookie)]).await?;
+    let renewed = headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|c| c.starts_with("access_token=") && !c.contains(&near));
+    let mark = if status == 200 && renewed {
+        "ok  "
+    } else {
+        ok = false;
+        "FAIL"
+    };
+    println!("[{mark}] access token 20 s from expiry + refresh cookie -> {status}, new access_token and rotated refresh_token cookies set by the gateway");
+
     println!("\nTry it yourself (the gateway runs until Ctrl-C):\n");
     println!("  TOKEN='{token}'");
     println!(
@@ -203,6 +219,13 @@ auth = "none"
     println!("  curl -sk -H \"Authorization: Bearer $TOKEN\" https://localhost:{}/api/hello   # 200, see x-user-id", https.port());
     println!("  curl -sk -H \"Authorization: Bearer $TOKEN\" -H 'x-user-id: admin' https://localhost:{}/api/hello  # x-user-id stays alice", https.port());
     println!("  curl -sk -H \"Authorization: Bearer $TOKEN\" https://localhost:{}/admin/panel   # 403 insufficient_scope", https.port());
+    println!("  # refresh at the edge: a token about to expire plus a refresh token (see the Set-Cookie lines)");
+    println!(
+        "  curl -sk -D - -o /dev/null --cookie 'access_token={}; refresh_token={}' https://localhost:{}/api/hello",
+        idp_state.access_token("alice", 20)?,
+        idp_state.refresh_token("alice"),
+        https.port()
+    );
     println!("  curl -s http://{}/readyz", gw.admin_addr);
 
     if !ok {
@@ -274,6 +297,15 @@ async fn get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<(u16, Bytes), String> {
+    let (status, _, body) = request(addr, path, headers).await?;
+    Ok((status, body))
+}
+
+async fn request(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, http::HeaderMap, Bytes), String> {
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .build_http::<Full<Bytes>>();
     let mut b = Request::get(format!("http://{addr}{path}"));
@@ -283,11 +315,78 @@ async fn get(
     let req = b.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
     let resp = client.request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, body))
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((status, parts.headers, body))
+}
+
+const DEMO_SECRET_ENV: &str = "JWTGATE_DEMO_CLIENT_SECRET";
+
+/// The demo's identity provider: a JWKS, and a token endpoint issuing short-lived access
+/// tokens (60 s) with rotating (single-use) refresh tokens.
+struct DemoIdp {
+    jwks: String,
+    signing_pem: String,
+    refresh_tokens: Mutex<HashMap<String, String>>,
+}
+
+impl DemoIdp {
+    fn access_token(&self, sub: &str, ttl: u64) -> Result<String, String> {
+        mint(&Mint {
+            alg: jsonwebtoken::Algorithm::ES256,
+            key: SigningKey::Pem(self.signing_pem.clone().into_bytes()),
+            sub: sub.into(),
+            kid: Some(KID.into()),
+            iss: Some(ISSUER.into()),
+            aud: Some("demo-api".into()),
+            scope: Some("orders:read".into()),
+            ttl: Duration::from_secs(ttl),
+            claims: vec![("email".into(), format!("{sub}@example.com"))],
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    fn refresh_token(&self, sub: &str) -> String {
+        let t = crate::token::random_id();
+        if let Ok(mut m) = self.refresh_tokens.lock() {
+            m.insert(t.clone(), sub.to_string());
+        }
+        t
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, String> {
+        let json = |status: u16, body: String| {
+            Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .header("cache-control", "max-age=300")
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|e| e.to_string())
+        };
+        if req.uri().path() != "/token" {
+            return json(200, self.jwks.clone());
+        }
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+        let presented = form.get("refresh_token").cloned().unwrap_or_default();
+        let sub = self
+            .refresh_tokens
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&presented));
+        let Some(sub) = sub else {
+            return json(
+                400,
+                serde_json::json!({"error": "invalid_grant"}).to_string(),
+            );
+        };
+        let access = self.access_token(&sub, 60)?;
+        let v = serde_json::json!({"access_token": access, "token_type": "Bearer", "expires_in": 60, "refresh_token": self.refresh_token(&sub)});
+        json(200, v.to_string())
+    }
 }

@@ -91,15 +91,26 @@ pub struct Refresher {
     cfg: Refresh,
     client: OAuthClient,
     results: moka::future::Cache<[u8; 32], Outcome>,
+    /// With the Redis store: single flight across replicas.
+    shared: Option<SharedFlight>,
     /// Calls made to the token endpoint (for tests and metrics).
     pub grants: AtomicU64,
 }
 
 impl Refresher {
-    /// `None` when `[refresh]` has no `token_endpoint` (logout only).
-    pub fn new(cfg: &Refresh) -> Option<Refresher> {
+    /// `None` when `[refresh]` has no `token_endpoint` (logout only). With `redis`, the
+    /// single flight extends across replicas.
+    pub fn new(cfg: &Refresh, redis: Option<&crate::config::Revocation>) -> Option<Refresher> {
         let client = cfg.client.clone()?;
+        let shared = redis.and_then(|r| match SharedFlight::new(r, cfg) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cross-replica refresh coordination disabled");
+                None
+            }
+        });
         Some(Refresher {
+            shared,
             cfg: cfg.clone(),
             client,
             results: moka::future::Cache::builder()
@@ -133,8 +144,15 @@ impl Refresher {
         let key = sha256(refresh_token.as_bytes());
         self.results
             .get_with(key, async {
-                self.grants.fetch_add(1, Ordering::Relaxed);
-                let out = self.grant(http, verifier, refresh_token).await;
+                let out = match &self.shared {
+                    Some(s) => {
+                        s.run(refresh_token, verifier, || {
+                            self.grant(http, verifier, refresh_token)
+                        })
+                        .await
+                    }
+                    None => self.grant(http, verifier, refresh_token).await,
+                };
                 if let Err(e) = &out {
                     tracing::warn!(error = %e, "token refresh failed");
                 }
@@ -144,6 +162,7 @@ impl Refresher {
     }
 
     async fn grant(&self, http: &Client, verifier: &Verifier, refresh_token: &str) -> Outcome {
+        self.grants.fetch_add(1, Ordering::Relaxed);
         let form = [
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token),
@@ -250,6 +269,208 @@ impl Refresher {
             Err(e) => tracing::warn!(error = %e, "revocation endpoint call failed"),
         }
     }
+}
+
+// === across replicas ===
+
+/// Cross-replica single flight through Redis: the first replica to take
+/// `<prefix>refresh:lock:<sha256>` calls the IdP and stores the outcome under
+/// `<prefix>refresh:result:<sha256>` for the reuse window, encrypted with AES-256-GCM under a
+/// key derived (HKDF) from the old refresh token, so only a client holding that token can
+/// make any replica use it. The others wait for that result instead of replaying the token.
+struct SharedFlight {
+    pool: deadpool_redis::Pool,
+    prefix: String,
+    window: Duration,
+    wait: Duration,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredOutcome {
+    access_token: Option<String>,
+    expires_in: Option<u64>,
+    refresh_token: Option<String>,
+    invalid_grant: bool,
+}
+
+impl SharedFlight {
+    fn new(r: &crate::config::Revocation, cfg: &Refresh) -> Result<SharedFlight, String> {
+        let mut dc = deadpool_redis::Config::from_url(r.redis_url.clone());
+        let mut pc = deadpool_redis::PoolConfig::new(4);
+        pc.timeouts.wait = Some(r.timeout);
+        pc.timeouts.create = Some(r.connect_timeout);
+        dc.pool = Some(pc);
+        let pool = dc
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .map_err(|e| e.to_string())?;
+        Ok(SharedFlight {
+            pool,
+            prefix: r.key_prefix.clone(),
+            window: cfg.reuse_window.max(Duration::from_secs(1)),
+            wait: cfg.timeout + Duration::from_secs(1),
+        })
+    }
+
+    async fn run<F, Fut>(&self, refresh_token: &str, verifier: &Verifier, call_idp: F) -> Outcome
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Outcome>,
+    {
+        let id: String = sha256(refresh_token.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let lock = format!("{}refresh:lock:{id}", self.prefix);
+        let result = format!("{}refresh:result:{id}", self.prefix);
+        let Ok(mut conn) = self.pool.get().await else {
+            // Redis down: each replica still refreshes at most once per token.
+            return call_idp().await;
+        };
+        if let Some(out) = self
+            .stored(&mut conn, &result, refresh_token, verifier)
+            .await
+        {
+            return out;
+        }
+        let won: bool = redis::cmd("SET")
+            .arg(&lock)
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.wait.as_millis() as u64)
+            .query_async::<Option<String>>(&mut *conn)
+            .await
+            .map(|r| r.is_some())
+            .unwrap_or(true);
+        if won {
+            let out = call_idp().await;
+            let stored = match &out {
+                Ok(g) => Some(StoredOutcome {
+                    access_token: Some(g.access_token.clone()),
+                    expires_in: g.expires_in,
+                    refresh_token: g.refresh_token.clone(),
+                    invalid_grant: false,
+                }),
+                Err(RefreshError::InvalidGrant) => Some(StoredOutcome {
+                    access_token: None,
+                    expires_in: None,
+                    refresh_token: None,
+                    invalid_grant: true,
+                }),
+                Err(_) => None,
+            };
+            if let Some(blob) = stored.and_then(|s| seal(refresh_token, &s)) {
+                let _ = redis::cmd("SET")
+                    .arg(&result)
+                    .arg(blob)
+                    .arg("PX")
+                    .arg(self.window.as_millis() as u64)
+                    .query_async::<()>(&mut *conn)
+                    .await;
+            }
+            let _ = redis::cmd("DEL")
+                .arg(&lock)
+                .query_async::<()>(&mut *conn)
+                .await;
+            return out;
+        }
+        // Another replica holds the lock: wait for its result.
+        let deadline = Instant::now() + self.wait;
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            if let Some(out) = self
+                .stored(&mut conn, &result, refresh_token, verifier)
+                .await
+            {
+                return out;
+            }
+            let held: bool = redis::cmd("EXISTS")
+                .arg(&lock)
+                .query_async(&mut *conn)
+                .await
+                .unwrap_or(true);
+            if !held {
+                if let Some(out) = self
+                    .stored(&mut conn, &result, refresh_token, verifier)
+                    .await
+                {
+                    return out;
+                }
+                break;
+            }
+        }
+        Err(RefreshError::Unavailable(
+            "another replica's refresh did not finish".into(),
+        ))
+    }
+
+    async fn stored(
+        &self,
+        conn: &mut deadpool_redis::Connection,
+        key: &str,
+        refresh_token: &str,
+        verifier: &Verifier,
+    ) -> Option<Outcome> {
+        let blob: Option<String> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut **conn)
+            .await
+            .ok()?;
+        let s = open_sealed(refresh_token, &blob?)?;
+        if s.invalid_grant {
+            return Some(Err(RefreshError::InvalidGrant));
+        }
+        let access_token = s.access_token?;
+        let verified = match verifier.verify(&access_token).await {
+            Ok(v) => v,
+            Err(e) => return Some(Err(RefreshError::BadToken(e))),
+        };
+        if let Err(e) = auth::check_time(&verified, now_unix()) {
+            return Some(Err(RefreshError::BadToken(e)));
+        }
+        Some(Ok(Arc::new(Grant {
+            access_token,
+            verified,
+            expires_in: s.expires_in,
+            refresh_token: s.refresh_token,
+        })))
+    }
+}
+
+fn sealing_key(refresh_token: &str) -> Option<aws_lc_rs::aead::LessSafeKey> {
+    use aws_lc_rs::{aead, hkdf};
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"jwtgate refresh result v1")
+        .extract(refresh_token.as_bytes());
+    let okm = prk.expand(&[b"aes-256-gcm"], &aead::AES_256_GCM).ok()?;
+    Some(aead::LessSafeKey::new(aead::UnboundKey::from(okm)))
+}
+
+fn seal(refresh_token: &str, s: &StoredOutcome) -> Option<String> {
+    use aws_lc_rs::aead::{Aad, Nonce, NONCE_LEN};
+    let key = sealing_key(refresh_token)?;
+    let mut nonce = [0u8; NONCE_LEN];
+    aws_lc_rs::rand::fill(&mut nonce).ok()?;
+    let mut data = serde_json::to_vec(s).ok()?;
+    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut data)
+        .ok()?;
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&data);
+    Some(STANDARD.encode(out))
+}
+
+fn open_sealed(refresh_token: &str, blob: &str) -> Option<StoredOutcome> {
+    use aws_lc_rs::aead::{Aad, Nonce, NONCE_LEN};
+    let raw = STANDARD.decode(blob).ok()?;
+    if raw.len() < NONCE_LEN {
+        return None;
+    }
+    let (n, ct) = raw.split_at(NONCE_LEN);
+    let nonce = Nonce::try_assume_unique_for_key(n).ok()?;
+    let mut ct = ct.to_vec();
+    let plain = sealing_key(refresh_token)?
+        .open_in_place(nonce, Aad::empty(), &mut ct)
+        .ok()?;
+    serde_json::from_slice(plain).ok()
 }
 
 fn sha256(b: &[u8]) -> [u8; 32] {
@@ -435,6 +656,23 @@ mod tests {
         );
         strip_refresh_token(&cfg(), &mut h);
         assert!(!h.contains_key(header::COOKIE));
+    }
+
+    #[test]
+    fn sealed_results_open_only_with_the_same_refresh_token() {
+        let s = StoredOutcome {
+            access_token: Some("at".into()),
+            expires_in: Some(5),
+            refresh_token: Some("rt2".into()),
+            invalid_grant: false,
+        };
+        let blob = seal("rt1", &s).unwrap();
+        assert!(!blob.contains("rt2"));
+        assert_eq!(
+            open_sealed("rt1", &blob).unwrap().access_token.as_deref(),
+            Some("at")
+        );
+        assert!(open_sealed("other", &blob).is_none());
     }
 
     #[test]

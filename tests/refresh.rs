@@ -15,10 +15,15 @@ struct Rig {
 }
 
 async fn rig(extra_refresh: &str) -> Rig {
-    std::env::set_var(CLIENT_SECRET_ENV, CLIENT_SECRET);
     let idp = MockIdp::start(vec![]).await;
     let up = EchoUpstream::start().await;
-    let cfg = format!(
+    let gw = TestGateway::start(&config(&idp, &up, extra_refresh, "")).await;
+    Rig { idp, up, gw }
+}
+
+fn config(idp: &MockIdp, up: &EchoUpstream, extra_refresh: &str, revocation: &str) -> String {
+    std::env::set_var(CLIENT_SECRET_ENV, CLIENT_SECRET);
+    format!(
         r#"[[issuers]]
 name = "s"
 issuer = "https://idp.test"
@@ -35,14 +40,14 @@ revocation_endpoint = "{revoke}"
 timeout_ms = 2000
 {extra_refresh}
 
+{revocation}
+
 {route}"#,
         pem = fixture("rsa.pub.pem").display(),
         token = idp.token_url(),
         revoke = idp.revoke_url(),
         route = route("api", "/api", &[&up.url()], "")
-    );
-    let gw = TestGateway::start(&cfg).await;
-    Rig { idp, up, gw }
+    )
 }
 
 fn access(exp_in: i64) -> String {
@@ -443,4 +448,52 @@ async fn logout_revokes_the_refresh_token_at_the_idp() {
             .status,
         401
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_redis_share_one_refresh() {
+    let redis = RedisServer::start().await;
+    let idp = MockIdp::start(vec![]).await;
+    let up = EchoUpstream::start().await;
+    let rev = format!(
+        "[revocation]\nstore = \"redis\"\nredis_url = \"{}\"\n",
+        redis.url()
+    );
+    let a = TestGateway::start(&config(&idp, &up, "", &rev)).await;
+    let b = TestGateway::start(&config(&idp, &up, "", &rev)).await;
+    idp.state()
+        .token_delay_ms
+        .store(300, std::sync::atomic::Ordering::SeqCst);
+    let rt = idp.issue_refresh_token("alice");
+    let cookie = format!("refresh_token={rt}; access_token={}", access(10));
+    let mut tasks = Vec::new();
+    for gw in [&a, &b, &a, &b, &a, &b] {
+        let (cl, url, cookie) = (gw.client_plain(), gw.http_url("/api/x"), cookie.clone());
+        tasks.push(tokio::spawn(async move {
+            cl.get(&url, &[("cookie", &cookie)]).await
+        }));
+    }
+    let mut tokens = std::collections::HashSet::new();
+    for t in tasks {
+        let resp = t.await.unwrap();
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        tokens.insert(cookie_value(set_cookie(&resp, "access_token").unwrap()).to_string());
+    }
+    assert_eq!(idp.token_calls(), 1, "replicas replayed the refresh token");
+    assert_eq!(tokens.len(), 1);
+    // The stored result is sealed: nothing in Redis reveals the new tokens.
+    let mut conn = redis.conn().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("jwtgate:refresh:result:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    let blob: String = redis::cmd("GET")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let new_access = tokens.iter().next().unwrap();
+    assert!(!blob.contains(new_access.as_str()) && !blob.contains("rt-"));
 }
