@@ -4,15 +4,17 @@
 # bench/results/<timestamp>.md.
 #
 # Usage: bench/run.sh [--rounds N] [--duration S] [--only SECTION[,SECTION...]] [--keep-tmp]
-#   SECTION: plain | tls | h2 | auth | mem    (default: all five)
+#   SECTION: plain | tls | h2 | auth | mem | tokens | revocation | refresh    (default: all)
 #            peers  = no jwtgate rows (self-test of the peers; needs no Rust build); alone it
 #                     means every section, with others (peers,auth) only those
 #   defaults: 3 rounds of 10 s per target.
 #   env: JWTGATE_BIN (default target/release/jwtgate), BENCH_WARMUP (s, default 1),
-#        BENCH_CONNS (default 64), BENCH_MEM_CONNS (default 1000).
+#        BENCH_CONNS (default 64), BENCH_MEM_CONNS (default 1000), BENCH_MANY_TOKENS (tokens
+#        section, default 1000000), BENCH_PROPAGATION_N (revocation section, default 1000).
 #
 # Runs on Debian as root: missing tools are installed with apt-get (nginx, haproxy, wrk,
-# nghttp2-client for h2load, curl, openssl, python3) without starting their system services.
+# nghttp2-client for h2load, curl, openssl, python3, redis-server for the revocation section)
+# without starting their system services.
 # Everything binds 127.0.0.1 on free ports, lives in one mktemp folder, and exactly the
 # processes this script started are stopped on exit. Close other heavy work first: on a
 # 2-core machine the load generator, the upstream and the proxy already share the cores.
@@ -25,9 +27,11 @@ KEEP_TMP=0
 CONNS=${BENCH_CONNS:-64}
 WARMUP=${BENCH_WARMUP:-1}
 MEM_CONNS=${BENCH_MEM_CONNS:-1000}
+MANY_TOKENS=${BENCH_MANY_TOKENS:-1000000}
+PROPAGATION_N=${BENCH_PROPAGATION_N:-1000}
 ISSUER="bench"
 
-usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '\n[bench] ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -44,20 +48,23 @@ done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer, got '$ROUNDS'"
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "--duration must be a positive number of seconds, got '$DURATION'"
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "BENCH_WARMUP must be a whole number of seconds"
+[[ $MANY_TOKENS =~ ^[1-9][0-9]*$ ]] || die "BENCH_MANY_TOKENS must be a positive integer"
+[[ $PROPAGATION_N =~ ^[1-9][0-9]*$ ]] || die "BENCH_PROPAGATION_N must be a positive integer"
 
 USE_JG=1
-SECTIONS=(plain tls h2 auth mem)
+ALL_SECTIONS=(plain tls h2 auth mem tokens revocation refresh)
+SECTIONS=("${ALL_SECTIONS[@]}")
 if [[ -n $ONLY ]]; then
     SECTIONS=()
     IFS=',' read -r -a only_list <<<"$ONLY"
     for s in "${only_list[@]}"; do
         case $s in
-            plain|tls|h2|auth|mem) SECTIONS+=("$s") ;;
+            plain|tls|h2|auth|mem|tokens|revocation|refresh) SECTIONS+=("$s") ;;
             peers) USE_JG=0 ;;
-            *) die "--only: unknown section '$s' (plain, tls, h2, auth, mem, peers)" ;;
+            *) die "--only: unknown section '$s' (plain, tls, h2, auth, mem, tokens, revocation, refresh, peers)" ;;
         esac
     done
-    [[ ${#SECTIONS[@]} -gt 0 ]] || SECTIONS=(plain tls h2 auth mem)
+    [[ ${#SECTIONS[@]} -gt 0 ]] || SECTIONS=("${ALL_SECTIONS[@]}")
 fi
 want_section() { local s; for s in "${SECTIONS[@]}"; do [[ $s == "$1" ]] && return 0; done; return 1; }
 
@@ -176,6 +183,12 @@ ensure_tools() {
             apt_install nghttp2-client || log "WARNING: could not install nghttp2-client (h2load)"
         fi
         command -v h2load >/dev/null 2>&1 || HAVE_H2LOAD=0
+    fi
+    if [[ $USE_JG == 1 ]] && want_section revocation; then
+        if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+            apt_install redis-server || die "apt-get install redis-server failed (the revocation section needs it)"
+        fi
+        for t in redis-server redis-cli; do command -v "$t" >/dev/null 2>&1 || die "$t still missing after install"; done
     fi
 }
 
@@ -336,17 +349,37 @@ parse_h2load() {
 
 declare -A T_LABEL=() T_TOOL=() T_URL=() T_TOKEN=()
 add_target() { T_LABEL[$1]=$2; T_TOOL[$1]=$3; T_URL[$1]=$4; T_TOKEN[$1]=${5:-}; }
+# Optional per target (wrk only): T_LUA = a wrk Lua script (lib/*.lua), T_LUA_ARGS = its
+# arguments, tab-separated; T_NOTE = a note for the target's table row; T_HOOK = a function
+# called as `HOOK pre ID OUTFILE` before and `HOOK post ID OUTFILE EXIT_STATUS` after every run
+# (warm-up included: LOAD_ROUND is 0 then, else the round number); T_SECS = a shorter run
+# length for this target than --duration (the notes say why).
+declare -A T_LUA=() T_LUA_ARGS=() T_NOTE=() T_HOOK=() T_SECS=()
+LOAD_ROUND=0
 
 RUNS_TSV=""
-# load ID SECONDS OUTFILE: run the target's load tool; returns its exit status
+# load ID SECONDS OUTFILE: run the target's load tool (and its hooks); returns its exit status
 load() {
-    local id=$1 secs=$2 out=$3 tool=${T_TOOL[$1]} url=${T_URL[$1]} token=${T_TOKEN[$1]} args=()
+    local id=$1 out=$3 hook=${T_HOOK[$1]:-} rc=0
+    if [[ -n $hook ]]; then "$hook" pre "$id" "$out"; fi
+    load_tool "$@" || rc=$?
+    if [[ -n $hook ]]; then "$hook" post "$id" "$out" "$rc"; fi
+    return "$rc"
+}
+
+load_tool() {
+    local id=$1 secs=$2 out=$3 tool=${T_TOOL[$1]} url=${T_URL[$1]} token=${T_TOKEN[$1]} args=() lua_args=()
     local limit=$((secs + 60))
     case $tool in
         wrk)
             args=(-t1 "-c$CONNS" "-d${secs}s" --latency)
             [[ -n $token ]] && args+=(-H "Authorization: Bearer $token")
-            timeout -k 5 "$limit" wrk "${args[@]}" "$url" >"$out" 2>&1
+            if [[ -n ${T_LUA[$id]:-} ]]; then
+                IFS=$'\t' read -r -a lua_args <<<"${T_LUA_ARGS[$id]:-}"
+                timeout -k 5 "$limit" wrk "${args[@]}" -s "${T_LUA[$id]}" "$url" -- "${lua_args[@]}" >"$out" 2>&1
+            else
+                timeout -k 5 "$limit" wrk "${args[@]}" "$url" >"$out" 2>&1
+            fi
             ;;
         h2load|h2load-h1)
             args=("-c$CONNS" -m1 -t1 -D "$secs")
@@ -370,17 +403,19 @@ run_section() {
     done
     n=${#ids[@]}
     [[ $n -gt 0 ]] || return 0
+    LOAD_ROUND=0
     if [[ $WARMUP -gt 0 ]]; then
         log "[$section] warm-up ${WARMUP}s per target"
         for id in "${ids[@]}"; do load "$id" "$WARMUP" "$TMP/out/warmup-$section-$id.txt" || true; done
     fi
     for ((r = 1; r <= ROUNDS; r++)); do
+        LOAD_ROUND=$r
         off=$(((r - 1) % n))
         for ((i = 0; i < n; i++)); do
             id=${ids[(i + off) % n]}
             out="$TMP/out/$section-$id-r$r.txt"
             rc=0
-            load "$id" "$DURATION" "$out" || rc=$?
+            load "$id" "${T_SECS[$id]:-$DURATION}" "$out" || rc=$?
             case ${T_TOOL[$id]} in wrk) parsed=$(parse_wrk "$out"); kind=wrk ;; *) parsed=$(parse_h2load "$out"); kind=h2load ;; esac
             read -r rps a b errs <<<"$parsed"
             if [[ $rc != 0 || $rps == - ]]; then
@@ -390,7 +425,7 @@ run_section() {
                 [[ $a == - ]] && a=""
                 [[ $b == - ]] && b=""
                 log "[$section] round $r/$ROUNDS ${T_LABEL[$id]}: ${rps} req/s$([[ $errs == 0 ]] || echo ", WARNING: $errs errors")"
-                record "$section" "$id" "${T_LABEL[$id]}" "$r" "$kind" "$rps" "$a" "$b" "$errs" ""
+                record "$section" "$id" "${T_LABEL[$id]}" "$r" "$kind" "$rps" "$a" "$b" "$errs" "${T_NOTE[$id]:-}"
             fi
             sleep 0.5
         done
@@ -398,20 +433,383 @@ run_section() {
 }
 
 skip_row() { record "$1" "$2" "$3" 0 skip "" "" "" 0 "$4"; }
+# info_row SECTION ID LABEL NOTE [RPS] [LAT_A_MS] [LAT_B_MS]: a measured fact, not a load run
+info_row() { record "$1" "$2" "$3" 0 info "${5:-}" "${6:-}" "${7:-}" 0 "$4"; }
 
-# --- the "distinct tokens" hook ----------------------------------------------------------
+wrk_requests() { awk '/ requests in / {print $1; exit}' "$1"; } # requests wrk completed
 
-# TODO(distinct-tokens): measure jwtgate RS256 over TLS when every request carries a
-# different token, i.e. with the verified-token cache missing on every request (the figure
-# PERF-NOTES.md's "first sightings" case needs). Plan: mint K (e.g. 20,000) tokens with
-# distinct jti via `jwtgate token ... --claim jti=<n>` (or one `token` call per sub),
-# write them to $TMP/tokens.txt, and drive wrk with a Lua script (wrk -s) whose request()
-# picks the next token for the Authorization header; compare with HAProxy RS256 (which
-# verifies every request anyway). Until this is implemented it records a TODO row and no
-# numbers.
-bench_distinct_tokens() {
-    record auth jg-distinct-rs256-tls "jwtgate RS256 TLS, distinct token per request" 0 todo "" "" "" 0 \
-        "TODO: not measured yet (hook bench_distinct_tokens in bench/run.sh)"
+
+# --- section "tokens": many distinct tokens in rotation -----------------------------------
+
+commas() { sed ':a;s/\B[0-9]\{3\}\>/,&/;ta' <<<"$1"; } # 1000000 -> 1,000,000
+
+declare -A MINT_SECS=()
+MINTED=""
+# mint_many ALG KID KEYFILE N [TAG]: N tokens (distinct jti, sub alice, ttl 7200 s), one per line,
+# in $TMP/tokens/ALG-N[-TAG].txt; minted once per run, then reused. Sets MINTED to the file and
+# MINT_SECS[ALG-N] to the seconds `jwtgate token --count N` took.
+mint_many() {
+    local alg=$1 kid=$2 keyf=$3 n=$4 tag=${5:-} f t0 t1 got distinct
+    f=$TMP/tokens/$alg-$n${tag:+-$tag}.txt
+    MINTED=$f
+    [[ -s $f ]] && return 0
+    mkdir -p "$TMP/tokens"
+    log "[tokens] minting $(commas "$n") $alg tokens (jwtgate token --count $n) ..."
+    t0=$(date +%s.%N)
+    timeout 3600 "$JG" token --alg "$alg" --key "$keyf" --kid "$kid" --iss "$ISSUER" --sub alice \
+        --ttl 7200 --count "$n" >"$f.raw" 2>"$f.err" ||
+        { cat "$f.err" >&2; die "jwtgate token --alg $alg --count $n failed (or took over an hour)"; }
+    t1=$(date +%s.%N)
+    grep -E '^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$' "$f.raw" >"$f.tmp" || true
+    got=$(wc -l <"$f.tmp")
+    [[ $got == "$n" ]] ||
+        die "jwtgate token --alg $alg --count $n printed $got JWT lines (stdout had $(wc -l <"$f.raw") lines), expected $n"
+    distinct=$(cut -d. -f2 "$f.tmp" | sort -u | wc -l)
+    [[ $distinct == "$n" ]] || die "jwtgate token --alg $alg --count $n: only $distinct distinct payloads"
+    rm -f "$f.raw"
+    mv "$f.tmp" "$f"
+    MINT_SECS[$alg-$n]=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}')
+    log "[tokens] minted $(commas "$n") $alg tokens in ${MINT_SECS[$alg-$n]} s"
+}
+
+# lua_rotation ID LABEL URL TOKEN_FILE NOTE: a wrk target sending the tokens of the file in turn
+lua_rotation() {
+    add_target "$1" "$2" wrk "$3"
+    T_LUA[$1]=$BENCH/lib/rotate_tokens.lua
+    T_LUA_ARGS[$1]="$4"$'\t'1 # 1 = wrk's -t
+    T_NOTE[$1]=$5
+}
+
+# requests_sent ID: requests wrk completed for ID in this run (warm-up and rounds)
+requests_sent() {
+    local id=$1 f total=0 n
+    for f in "$TMP/out/warmup-tokens-$id.txt" "$TMP"/out/tokens-"$id"-r*.txt; do
+        [[ -f $f ]] || continue
+        n=$(wrk_requests "$f")
+        total=$((total + ${n:-0}))
+    done
+    echo "$total"
+}
+
+section_tokens() {
+    local url=$S:$JGA_TLS_PORT/ many=$MANY_TOKENS many_label f_es1 f_es10k f_many f_rs1 f_rs10k
+    local probe=$TMP/out/tokens-probe.txt rc=0 t0 t1 loaded_s f note="" mint_note ids
+    local same="wrk Lua rotation (lib/rotate_tokens.lua), the same script on every row"
+    mint_many ES256 e1 "$TMP/keys/ec.pem" 1
+    f_es1=$MINTED
+    mint_many ES256 e1 "$TMP/keys/ec.pem" 10000
+    f_es10k=$MINTED
+    mint_many ES256 e1 "$TMP/keys/ec.pem" "$many"
+    f_many=$MINTED
+    mint_many RS256 r1 "$TMP/keys/rsa.pem" 1
+    f_rs1=$MINTED
+    mint_many RS256 r1 "$TMP/keys/rsa.pem" 10000
+    f_rs10k=$MINTED
+
+    # Can wrk's LuaJIT hold the big file? One short probe run (1 connection, 1 s) tells.
+    log "[tokens] probing wrk with $(commas "$many") tokens in one Lua state ..."
+    t0=$(date +%s.%N)
+    timeout -k 5 600 wrk -t1 -c1 -d1s -s "$BENCH/lib/rotate_tokens.lua" "$url" -- "$f_many" 1 >"$probe" 2>&1 || rc=$?
+    t1=$(date +%s.%N)
+    loaded_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a - 1}')
+    if [[ $rc == 0 ]] && grep -q "holds $many of $many tokens" "$probe"; then
+        many_label=$(commas "$many")
+        log "[tokens] wrk holds $many_label tokens (loading took ~${loaded_s} s)"
+    else
+        note="wrk's Lua could not hold $(commas "$many") tokens (exit $rc: $(grep -m1 -iE 'error|memory|panic' "$probe" | tr '|' '/' || tail -n1 "$probe")); fell back to 200,000"
+        log "WARNING: [tokens] $note"
+        many=200000
+        f=$TMP/tokens/ES256-$many-from-big.txt
+        head -n "$many" "$f_many" >"$f"
+        f_many=$f
+        many_label="200,000 (fallback)"
+    fi
+
+    lua_rotation jg-tok-es-1 "jwtgate ES256 TLS, 1 token" "$url" "$f_es1" "$same"
+    lua_rotation jg-tok-es-10k "jwtgate ES256 TLS, 10,000 distinct tokens in rotation" "$url" "$f_es10k" "$same"
+    lua_rotation jg-tok-es-1m "jwtgate ES256 TLS, $many_label distinct tokens in rotation" "$url" "$f_many" "$same${note:+; $note}"
+    lua_rotation jg-tok-rs-1 "jwtgate RS256 TLS, 1 token" "$url" "$f_rs1" "$same"
+    lua_rotation jg-tok-rs-10k "jwtgate RS256 TLS, 10,000 distinct tokens in rotation" "$url" "$f_rs10k" "$same"
+    ids=(jg-tok-es-1 jg-tok-es-10k jg-tok-es-1m jg-tok-rs-1 jg-tok-rs-10k)
+    for f in "$f_es1" "$f_es10k" "$f_many" "$f_rs1" "$f_rs10k"; do
+        expect "jwtgate, first token of ${f##*/}" "$url" 200 "$(head -n1 "$f")"
+        expect "jwtgate, last token of ${f##*/}" "$url" 200 "$(tail -n1 "$f")"
+        expect "jwtgate, first token of ${f##*/} with a bad signature" "$url" 401 "$(tamper "$(head -n1 "$f")")"
+    done
+
+    run_section tokens "${ids[@]}"
+
+    mint_note="ES256: 10,000 in ${MINT_SECS[ES256-10000]} s, $(commas "$MANY_TOKENS") in ${MINT_SECS[ES256-$MANY_TOKENS]} s"
+    mint_note+=" ($(awk -v n="$MANY_TOKENS" -v s="${MINT_SECS[ES256-$MANY_TOKENS]}" 'BEGIN {printf "%.0f", (s > 0 ? n / s : 0)}') tokens/s)"
+    mint_note+="; RS256: 10,000 in ${MINT_SECS[RS256-10000]} s; each with jwtgate token --count N, then checked for N distinct payloads"
+    info_row tokens mint "minting the token files (once per run, cached in the tmp folder)" "$mint_note"
+    info_row tokens rotation "tokens sent per row in this run (warm-up and rounds, the rotation continues across runs)" \
+        "$(for id in "${ids[@]}"; do printf '%s: %s requests; ' "${T_LABEL[$id]#jwtgate }" "$(commas "$(requests_sent "$id")")"; done)wrk loaded the big file in ~${loaded_s} s before each run (not timed)"
+}
+
+# --- section "revocation": memory vs Redis store, and propagation between replicas ---------
+
+REDIS_PORT=""
+redis_cmdstats() { # "command calls" per line from INFO commandstats (our own INFO calls left out)
+    redis-cli -p "$REDIS_PORT" INFO commandstats | tr -d '\r' |
+        awk -F'[:,=]' '/^cmdstat_/ && $1 != "cmdstat_info" { sub(/^cmdstat_/, "", $1); print $1, $3 }'
+}
+
+# hook_redis_cmds pre|post ID OUT [RC]: Redis commands during one measured run, per request served
+hook_redis_cmds() {
+    local phase=$1 out=$3 rc=${4:-0} reqs
+    if [[ $phase == pre ]]; then
+        redis_cmdstats >"$out.cmds-pre" || die "redis-cli INFO commandstats failed"
+        return 0
+    fi
+    redis_cmdstats >"$out.cmds-post" || die "redis-cli INFO commandstats failed"
+    [[ $LOAD_ROUND -gt 0 && $rc == 0 ]] || return 0
+    reqs=$(wrk_requests "$out")
+    awk -v reqs="${reqs:-0}" -v round="$LOAD_ROUND" '
+        NR == FNR { pre[$1] = $2; next }
+        {
+            d = $2 - pre[$1]
+            if (d > 0) {
+                total += d
+                if ($1 == "mget") mget += d
+                detail = detail sprintf("%s%s %d", (detail == "" ? "" : ", "), toupper($1), d)
+            }
+        }
+        END { printf "%s\t%s\t%d\t%d\t%s\n", round, reqs, total, mget, detail }
+    ' "$out.cmds-pre" "$out.cmds-post" >>"$TMP/revocation-cmds.tsv"
+}
+
+# start_redis_gateway NAME CONFIG_OUT TLS HTTP ADMIN CACHE_TTL_MS: gateway-auth.toml on the Redis store
+start_redis_gateway() {
+    local name=$1 cfg=$2 tls=$3 http=$4 admin=$5 ttl=$6
+    render "$BENCH/templates/gateway-auth.toml" "$cfg" JG_TLS_PORT="$tls" JG_HTTP_PORT="$http" \
+        JG_ADMIN_PORT="$admin" CERT="$CERT" KEY="$KEY" UP_PORT="$UP_PORT" ISSUER="$ISSUER" \
+        RSA_PUB="$TMP/rsa.pub.pem" EC_PUB="$TMP/ec.pub.pem"
+    render "$BENCH/templates/revocation-redis.toml" "$cfg.part" REDIS_PORT="$REDIS_PORT" CACHE_TTL_MS="$ttl"
+    cat "$cfg.part" >>"$cfg"
+    rm -f "$cfg.part"
+    start_jwtgate "$name" "$cfg" "$admin"
+}
+
+section_revocation() {
+    local redis_pid r_tls r_http r_admin r_pid a_tls a_http a_admin a_pid b_tls b_http b_admin b_pid
+    local summary prop rc=0 ptokens
+    read -r REDIS_PORT r_tls r_http r_admin <<<"$(free_ports 4)"
+    mkdir -p "$TMP/redis"
+    start_bg "redis-server" "$TMP/redis/redis.log" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
+        --save "" --appendonly no --daemonize no --dir "$TMP/redis"
+    redis_pid=$LAST_PID
+    wait_port "redis-server" "$redis_pid" "$REDIS_PORT" "$TMP/redis/redis.log"
+    [[ $(redis-cli -p "$REDIS_PORT" PING 2>&1) == PONG ]] || die "redis-server on port $REDIS_PORT does not answer PING"
+    REDIS_VERSION=$(redis-server --version | sed -n 's/.* v=\([0-9.]*\).*/\1/p')
+
+    start_redis_gateway "jwtgate (redis)" "$TMP/gateway-redis.toml" "$r_tls" "$r_http" "$r_admin" 1000
+    r_pid=$LAST_PID
+    add_target jg-rev-memory "jwtgate RS256 TLS, revocation store memory (default)" wrk "$S:$JGA_TLS_PORT/" "$TOKEN_RS"
+    T_NOTE[jg-rev-memory]="also the 'revocation disabled' baseline: jwtgate has no off switch; a memory-store check is two in-process hash probes (jti, sub)"
+    add_target jg-rev-redis "jwtgate RS256 TLS, revocation store redis (cache_ttl_ms 1000, warm)" wrk "$S:$r_tls/" "$TOKEN_RS"
+    T_NOTE[jg-rev-redis]="own redis-server $REDIS_VERSION on loopback; one token, so the cache is warm after the first request"
+    T_HOOK[jg-rev-redis]=hook_redis_cmds
+    expect "jwtgate (memory store) RS256" "${T_URL[jg-rev-memory]}" 200 "$TOKEN_RS"
+    expect "jwtgate (redis store) RS256" "${T_URL[jg-rev-redis]}" 200 "$TOKEN_RS"
+    expect "jwtgate (redis store), bad signature" "${T_URL[jg-rev-redis]}" 401 "$(tamper "$TOKEN_RS")"
+    : >"$TMP/revocation-cmds.tsv"
+
+    run_section revocation jg-rev-memory jg-rev-redis
+
+    if [[ -s $TMP/revocation-cmds.tsv ]]; then
+        summary=$(python3 - "$TMP/revocation-cmds.tsv" <<'EOF'
+import statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+per, mgets, parts = [], [], []
+for rnd, reqs, total, mget, detail in rows:
+    reqs, total, mget = int(reqs or 0), int(total), int(mget)
+    if reqs:
+        per.append(total / reqs)
+        mgets.append(mget / reqs)
+    parts.append(f"round {rnd}: {total} commands ({detail or 'none'}) for {reqs:,} requests")
+print(f"{statistics.median(per):.2e} Redis commands per request, all commands (median over rounds); "
+      f"revocation lookups (MGET, one per token per cache_ttl_ms): {statistics.median(mgets):.2e} per request; "
+      + "; ".join(parts) + ". UNWATCH + PING: deadpool-redis checks a pooled connection on every checkout "
+      "(one pipelined round trip before each MGET and before the background PING every 2 s)")
+EOF
+)
+        info_row revocation redis-cmds "Redis commands per request, redis store at steady state" \
+            "$summary; from INFO commandstats before/after each measured run of the redis row"
+    fi
+    stop_pid "$r_pid"
+    forget_pid "$r_pid"
+
+    # propagation: replicas A and B on the same Redis; B's cache would say "not revoked" for 60 s
+    read -r a_tls a_http a_admin b_tls b_http b_admin <<<"$(free_ports 6)"
+    start_redis_gateway "jwtgate replica A" "$TMP/gateway-replica-a.toml" "$a_tls" "$a_http" "$a_admin" 60000
+    a_pid=$LAST_PID
+    start_redis_gateway "jwtgate replica B" "$TMP/gateway-replica-b.toml" "$b_tls" "$b_http" "$b_admin" 60000
+    b_pid=$LAST_PID
+    mint_many ES256 e1 "$TMP/keys/ec.pem" "$PROPAGATION_N" propagation
+    ptokens=$MINTED
+    log "[revocation] propagation A -> B over Redis pub/sub, $(commas "$PROPAGATION_N") tokens ..."
+    timeout -k 5 600 python3 "$BENCH/lib/propagation.py" --tokens "$ptokens" --n "$PROPAGATION_N" \
+        --b-port "$b_http" --a-admin-port "$a_admin" --admin-token-env BENCH_ADMIN_TOKEN \
+        >"$TMP/out/propagation.json" 2>"$TMP/out/propagation.err" || rc=$?
+    if [[ $rc != 0 ]]; then
+        cat "$TMP/out/propagation.err" >&2
+        die "propagation test failed (exit $rc); see above (replica logs: ${TMP}/gateway-replica-[ab].log)"
+    fi
+    [[ -s $TMP/out/propagation.err ]] && cat "$TMP/out/propagation.err" >&2
+    prop=$(python3 - "$TMP/out/propagation.json" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+note = (f"max {d['max_ms']} ms, mean {d['mean_ms']} ms over {d['propagated']} of {d['n']} tokens"
+        f" ({d['timeouts']} not seen within {d['timeout_s']} s); B answered 401 at the first poll for"
+        f" {d['first_poll_already_401']}; median {d['polls_median']} polls of ~{d['poll_rtt_ms']} ms each;"
+        " from A's 204 to B's first 401 (B polled on one keep-alive HTTP connection);"
+        " replicas with cache_ttl_ms 60000, so only the pub/sub message can revoke on B")
+print(f"{d['p50_ms']}\t{d['p99_ms']}\t{note}")
+EOF
+)
+    IFS=$'\t' read -r p50 p99 prop_note <<<"$prop"
+    info_row revocation propagation "revocation propagation A → B (p50 / p99 ms)" "$prop_note" "" "$p50" "$p99"
+    log "[revocation] propagation: p50 $p50 ms, p99 $p99 ms; $prop_note"
+    stop_pid "$b_pid"
+    forget_pid "$b_pid"
+    stop_pid "$a_pid"
+    forget_pid "$a_pid"
+    stop_pid "$redis_pid"
+    forget_pid "$redis_pid"
+}
+
+# --- section "refresh": edge refresh against a mock IdP ------------------------------------
+
+IDP_PORT=""
+REFRESH_TOKENS=50
+REFRESH_PCT=5
+REDIS_VERSION=""
+
+# hook_refresh_batch pre|post ID OUT [RC]: a fresh batch of refresh tokens (and their near-expiry
+# access tokens) from the mock IdP before every run, its calls per refresh token after it
+hook_refresh_batch() {
+    local phase=$1 out=$3 rc=${4:-0} batch
+    batch=$(basename "$out" .txt)
+    if [[ $phase == pre ]]; then
+        curl -fsS --max-time 10 -X POST -o "$TMP/refresh/mix.txt" \
+            "http://127.0.0.1:$IDP_PORT/bench/issue?batch=$batch&n=$REFRESH_TOKENS&ttl=30" ||
+            die "mock IdP: POST /bench/issue failed"
+        [[ $(grep -c . "$TMP/refresh/mix.txt") == "$REFRESH_TOKENS" ]] || die "mock IdP: /bench/issue did not give $REFRESH_TOKENS lines"
+        return 0
+    fi
+    curl -fsS --max-time 10 -o "$out.idp.json" "http://127.0.0.1:$IDP_PORT/stats?batch=$batch" ||
+        die "mock IdP: GET /stats failed"
+    [[ $LOAD_ROUND -gt 0 && $rc == 0 ]] || return 0
+    python3 - "$out.idp.json" "$LOAD_ROUND" "$(wrk_requests "$out")" >>"$TMP/refresh-idp.tsv" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+b = d["batch"]
+print("\t".join(str(x) for x in (sys.argv[2], sys.argv[3] or 0, b["tokens"], b["used"], b["calls"],
+                                 b["max_calls"], d["invalid_grant"], d["invalid_client"])))
+EOF
+}
+
+# expect_refresh NAME URL WANT ACCESS REFRESH: one curl with Authorization + refresh cookie
+# must answer WANT; leaves the response headers in $TMP/curl.head
+expect_refresh() {
+    local name=$1 url=$2 want=$3 access=$4 refresh=$5 got
+    got=$(curl -s --http1.1 --max-time 10 -D "$TMP/curl.head" -o "$TMP/curl.body" -w '%{http_code}' \
+        -H "Authorization: Bearer $access" -H "Cookie: refresh_token=$refresh" "$url" 2>&1) || true
+    if [[ $got != "$want" ]]; then
+        die "check failed: $name: GET $url with 'Authorization: Bearer <near-expiry access token>' and
+    'Cookie: refresh_token=<refresh token>' answered '$got', expected HTTP $want.
+    Response headers: $(tr -d '\r' <"$TMP/curl.head" | tr '\n' '|')
+    Body: $(head -c 300 "$TMP/curl.body" 2>/dev/null)
+    mock IdP /stats: $(curl -s --max-time 5 "http://127.0.0.1:$IDP_PORT/stats" || true)"
+    fi
+}
+
+idp_calls() { # BATCH INDEX: calls the mock IdP counted for that refresh token
+    curl -fsS --max-time 5 "http://127.0.0.1:$IDP_PORT/stats?batch=$1" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["batch"]["calls_per_token"][int(sys.argv[1])])' "$2"
+}
+
+section_refresh() {
+    local f_http f_tls f_admin f_pid idp_pid url secs note access refresh new_access calls summary
+    read -r IDP_PORT f_http f_tls f_admin <<<"$(free_ports 4)"
+    mkdir -p "$TMP/refresh"
+    start_bg "mock IdP" "$TMP/refresh/mock_idp.log" python3 "$BENCH/lib/mock_idp.py" --port "$IDP_PORT" \
+        --client-id bench --issuer "$ISSUER" --kid h1 --access-ttl 600
+    idp_pid=$LAST_PID
+    wait_port "mock IdP" "$idp_pid" "$IDP_PORT" "$TMP/refresh/mock_idp.log"
+    render "$BENCH/templates/gateway-auth.toml" "$TMP/gateway-refresh.toml" JG_TLS_PORT="$f_tls" \
+        JG_HTTP_PORT="$f_http" JG_ADMIN_PORT="$f_admin" CERT="$CERT" KEY="$KEY" UP_PORT="$UP_PORT" \
+        ISSUER="$ISSUER" RSA_PUB="$TMP/rsa.pub.pem" EC_PUB="$TMP/ec.pub.pem"
+    render "$BENCH/templates/refresh.toml" "$TMP/refresh/refresh.part" IDP_PORT="$IDP_PORT"
+    cat "$TMP/refresh/refresh.part" >>"$TMP/gateway-refresh.toml"
+    start_jwtgate "jwtgate (refresh)" "$TMP/gateway-refresh.toml" "$f_admin"
+    f_pid=$LAST_PID
+    url=$U:$f_http/
+
+    # sanity: a refresh happens once, is reused, and its token works; an unknown refresh token is refused
+    expect "jwtgate (refresh) HS256, far from expiry" "$url" 200 "$TOKEN_HS"
+    curl -fsS --max-time 10 -X POST -o "$TMP/refresh/check.txt" \
+        "http://127.0.0.1:$IDP_PORT/bench/issue?batch=check&n=2&ttl=30" || die "mock IdP: POST /bench/issue failed"
+    read -r access refresh <"$TMP/refresh/check.txt"
+    expect_refresh "near-expiry token + refresh cookie" "$url" 200 "$access" "$refresh"
+    new_access=$(tr -d '\r' <"$TMP/curl.head" | sed -n 's/^[Ss]et-[Cc]ookie: access_token=\([^;]*\).*/\1/p' | head -n1)
+    [[ -n $new_access ]] || die "check failed: near-expiry token + refresh cookie answered 200 without
+    'Set-Cookie: access_token=...'; response headers: $(tr -d '\r' <"$TMP/curl.head" | tr '\n' '|')"
+    grep -qi '^set-cookie: refresh_token=' "$TMP/curl.head" ||
+        die "check failed: the refresh answered without a rotated 'Set-Cookie: refresh_token=...'"
+    expect_refresh "same near-expiry token + the same (now spent) refresh cookie, within 30 s" "$url" 200 "$access" "$refresh"
+    calls=$(idp_calls check 0)
+    [[ $calls == 1 ]] || die "check failed: two requests with the same refresh token made $calls calls to the mock IdP, expected 1"
+    expect "the access token the refresh returned" "$url" 200 "$new_access"
+    expect_refresh "near-expiry token + a refresh token the IdP never issued" "$url" 401 \
+        "$(sed -n 2p "$TMP/refresh/check.txt" | cut -d' ' -f1)" "never-issued-$RANDOM"
+
+    secs=$DURATION
+    if [[ $secs -gt 25 ]]; then
+        secs=25
+        note="; runs cut to 25 s: each run's refresh tokens are spent at the first call and the gateway reuses the result for 30 s only"
+        log "[refresh] runs are cut to $secs s (see the note in the table)"
+    fi
+    add_target jg-refresh-none "jwtgate HS256 HTTP, every token far from expiry" wrk "$url"
+    T_LUA[jg-refresh-none]=$BENCH/lib/refresh_mix.lua
+    T_LUA_ARGS[jg-refresh-none]="$TOKEN_HS"$'\t'-$'\t'0
+    T_NOTE[jg-refresh-none]="wrk Lua lib/refresh_mix.lua with 0%${note:-}"
+    add_target jg-refresh-mix "jwtgate HS256 HTTP, ${REFRESH_PCT}% near expiry + refresh cookie" wrk "$url"
+    T_LUA[jg-refresh-mix]=$BENCH/lib/refresh_mix.lua
+    T_LUA_ARGS[jg-refresh-mix]="$TOKEN_HS"$'\t'"$TMP/refresh/mix.txt"$'\t'$REFRESH_PCT
+    T_NOTE[jg-refresh-mix]="every $((100 / REFRESH_PCT))th request: an access token expiring in 30 s + one of $REFRESH_TOKENS refresh tokens (a fresh set from the mock IdP for every run)${note:-}"
+    T_HOOK[jg-refresh-mix]=hook_refresh_batch
+    T_SECS[jg-refresh-none]=$secs
+    T_SECS[jg-refresh-mix]=$secs
+    : >"$TMP/refresh-idp.tsv"
+
+    run_section refresh jg-refresh-none jg-refresh-mix
+
+    if [[ -s $TMP/refresh-idp.tsv ]]; then
+        summary=$(python3 - "$TMP/refresh-idp.tsv" "$REFRESH_PCT" <<'EOF'
+import sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+pct = int(sys.argv[2])
+used = sum(int(r[3]) for r in rows)
+calls = sum(int(r[4]) for r in rows)
+mx = max(int(r[5]) for r in rows)
+issued = sum(int(r[2]) for r in rows)
+near = sum(int(r[1]) for r in rows) * pct / 100
+ig, ic = rows[-1][6], rows[-1][7]
+verdict = "OK" if mx == 1 and calls == used else "WARNING: more than one call per refresh token"
+print(f"{verdict}: max {mx} call(s) per refresh token, {calls} calls for {used} refresh tokens used "
+      f"(of {issued} issued over {len(rows)} round(s)), ~{near:,.0f} near-expiry requests; "
+      f"mock IdP totals since start: invalid_grant {ig} (1 is the sanity check's never-issued token), invalid_client {ic}")
+EOF
+)
+        info_row refresh idp-calls "mock IdP token endpoint calls per refresh token" "$summary"
+        log "[refresh] $summary"
+    fi
+    stop_pid "$f_pid"
+    forget_pid "$f_pid"
+    stop_pid "$idp_pid"
+    forget_pid "$idp_pid"
 }
 
 # --- setup -------------------------------------------------------------------------------
@@ -444,7 +842,9 @@ openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$TMP/keys/e
 openssl pkey -in "$TMP/keys/ec.pem" -pubout -out "$TMP/ec.pub.pem"
 BENCH_HS_SECRET=$(openssl rand -hex 32) # 64 bytes of text = 256 random bits; used as-is by both
 JWTGATE_ADMIN_TOKEN=$(openssl rand -hex 16)
-export BENCH_HS_SECRET JWTGATE_ADMIN_TOKEN
+BENCH_ADMIN_TOKEN=$(openssl rand -hex 16)      # revocation section: [admin] token_env of its replicas
+BENCH_CLIENT_SECRET=$(openssl rand -hex 24)    # refresh section: the gateway's secret at the mock IdP
+export BENCH_HS_SECRET JWTGATE_ADMIN_TOKEN BENCH_ADMIN_TOKEN BENCH_CLIENT_SECRET
 
 # development certificate shared by every TLS endpoint (same key type for all)
 if [[ $USE_JG == 1 ]]; then
@@ -525,7 +925,7 @@ if [[ $USE_JG == 1 ]]; then
     render "$BENCH/templates/gateway.toml" "$TMP/gateway.toml" JG_TLS_PORT="$JG_TLS_PORT" \
         JG_HTTP_PORT="$JG_HTTP_PORT" JG_ADMIN_PORT="$JG_ADMIN_PORT" CERT="$CERT" KEY="$KEY" UP_PORT="$UP_PORT"
     start_jwtgate "jwtgate" "$TMP/gateway.toml" "$JG_ADMIN_PORT"
-    if want_section auth; then
+    if want_section auth || want_section tokens || want_section revocation; then
         render "$BENCH/templates/gateway-auth.toml" "$TMP/gateway-auth.toml" JG_TLS_PORT="$JGA_TLS_PORT" \
             JG_HTTP_PORT="$JGA_HTTP_PORT" JG_ADMIN_PORT="$JGA_ADMIN_PORT" CERT="$CERT" KEY="$KEY" \
             UP_PORT="$UP_PORT" ISSUER="$ISSUER" RSA_PUB="$TMP/rsa.pub.pem" EC_PUB="$TMP/ec.pub.pem"
@@ -629,7 +1029,13 @@ for section in "${SECTIONS[@]}"; do
                 skip_row auth haproxy-rs256-tls "HAProxy jwt_verify rows" "skipped: HAProxy $HAPROXY_VERSION has no jwt_verify (needs 2.5+)"
             fi
             run_section auth jg-open-tls jg-rs256-tls jg-es256-tls haproxy-rs256-tls jg-open-http jg-hs256-http haproxy-hs256-http
-            if [[ $USE_JG == 1 ]]; then bench_distinct_tokens; fi
+            ;;
+        tokens|revocation|refresh)
+            if [[ $USE_JG == 1 ]]; then
+                "section_$section"
+            else
+                skip_row "$section" "$section" "jwtgate rows" "skipped: --only peers (this section measures jwtgate alone)"
+            fi
             ;;
         mem) ;; # below
     esac
@@ -708,6 +1114,17 @@ RESULT=$BENCH/results/$STAMP$([[ $USE_JG == 1 ]] || echo -peers).md
     echo "- load: $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}') -t1 -c$CONNS -d${DURATION}s --latency$([[ $HAVE_H2LOAD == 1 ]] && echo "; $(h2load --version | head -n1) -c$CONNS -m1 -t1 -D $DURATION")"
     echo "- $ROUNDS round(s) of ${DURATION}s per target after a ${WARMUP}s warm-up; the target order rotates each round; sections: ${SECTIONS[*]}"
     echo "- mem: $MEM_CONNS idle keep-alive connections (one GET each), VmRSS from /proc"
+    if [[ $USE_JG == 1 ]]; then
+        if want_section tokens; then
+            echo "- tokens: ES256 and RS256 tokens minted by jwtgate token --count, sent in turn by wrk's Lua (lib/rotate_tokens.lua)"
+        fi
+        if want_section revocation; then
+            echo "- revocation: own redis-server ${REDIS_VERSION:-?} on loopback (no persistence); propagation: $(commas "$PROPAGATION_N") tokens, lib/propagation.py"
+        fi
+        if want_section refresh; then
+            echo "- refresh: mock IdP lib/mock_idp.py (python3 http.server, threaded), $REFRESH_TOKENS refresh tokens per run, lib/refresh_mix.lua"
+        fi
+    fi
     echo
     python3 "$BENCH/lib/report.py" "$RUNS_TSV" "$MEM_TSV"
 } >"$TMP/report.md"

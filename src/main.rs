@@ -58,6 +58,9 @@ enum Cmd {
         /// Extra claim (repeatable); VALUE is parsed as JSON when it is JSON.
         #[arg(long = "claim", value_name = "K=V")]
         claims: Vec<String>,
+        /// Mint this many tokens (distinct jti), one per line (benchmarks).
+        #[arg(long, default_value_t = 1)]
+        count: u64,
     },
     /// Revoke a token (by jti, until its exp) or every token of a subject, through the
     /// admin API; the bearer token comes from JWTGATE_ADMIN_TOKEN.
@@ -110,7 +113,10 @@ fn main() -> ExitCode {
             scope,
             ttl,
             claims,
-        } => token(alg, key, secret_env, sub, kid, iss, aud, scope, ttl, claims),
+            count,
+        } => token(
+            alg, key, secret_env, sub, kid, iss, aud, scope, ttl, claims, count,
+        ),
         Cmd::Revoke {
             jti,
             exp,
@@ -250,6 +256,7 @@ fn token(
     scope: Option<String>,
     ttl: u64,
     claims: Vec<String>,
+    count: u64,
 ) -> ExitCode {
     use jwtgate::token::{mint, Mint, SigningKey};
     let Some(alg_v) = jwtgate::jwks::parse_alg(&alg) else {
@@ -291,13 +298,18 @@ fn token(
         ttl: Duration::from_secs(ttl),
         claims: kv,
     };
-    match mint(&m) {
-        Ok(t) => {
-            println!("{t}");
-            ExitCode::SUCCESS
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for _ in 0..count {
+        match mint(&m) {
+            Ok(t) => {
+                let _ = writeln!(out, "{t}");
+            }
+            Err(e) => return fail(e),
         }
-        Err(e) => fail(e),
     }
+    let _ = out.flush();
+    ExitCode::SUCCESS
 }
 
 async fn revoke(

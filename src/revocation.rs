@@ -405,17 +405,19 @@ impl Revocations {
             return decide(l, v);
         }
         decide(self.recent.get(jti, &v.sub), v)?;
+        // A cached answer needs no store, even while the circuit is open.
+        if let Some(c) = self.cache.get(&v.key).await {
+            return decide(c.lookup, v);
+        }
         if self.open.load(Ordering::Acquire) {
             return self.unavailable();
         }
-        let store = self.store.clone();
-        let (jti_owned, sub, exp) = (v.jti.clone(), v.sub.clone(), v.exp);
         let res = self
             .cache
-            .try_get_with(v.key, async move {
+            .try_get_with(v.key, async {
                 self.lookups.fetch_add(1, Ordering::Relaxed);
-                let lookup = store.lookup(jti_owned.as_deref(), &sub).await?;
-                Ok::<_, StoreError>(Arc::new(CachedLookup { lookup, exp }))
+                let lookup = self.store.lookup(jti, &v.sub).await?;
+                Ok::<_, StoreError>(Arc::new(CachedLookup { lookup, exp: v.exp }))
             })
             .await;
         match res {

@@ -4,7 +4,9 @@
 # usage: report.py RUNS_TSV MEM_TSV
 #   RUNS_TSV rows: section target label round tool rps lat_a_ms lat_b_ms errors note
 #     tool = wrk (lat_a = p50, lat_b = p99), h2load (lat_a = mean, lat_b = max: h2load prints
-#     no percentiles), skip / todo (no numbers; note says why), fail (the load tool failed).
+#     no percentiles), skip / todo (no numbers; note says why), fail (the load tool failed),
+#     info (a measured fact that is not a load run: rps, lat_a, lat_b optional, note says what).
+#     A note on a wrk/h2load row is shown in the table's notes (once per target).
 #   MEM_TSV rows: label transport idle_kib loaded_kib n_ok n_failed note
 # Per-target figures are medians over rounds; a ratio is computed per round (both runs in the
 # same round, so drift between rounds cancels) and the median of those per-round ratios shown.
@@ -18,6 +20,13 @@ RATIOS = {
     "tls": [("jg-tls", "direct"), ("jg-tls", "nginx-tls"), ("jg-tls", "haproxy-tls")],
     "h2": [("jg-h2", "direct-h1"), ("jg-h2", "nginx-h2"), ("jg-h2", "haproxy-h2")],
     "auth": [("jg-rs256-tls", "haproxy-rs256-tls"), ("jg-hs256-http", "haproxy-hs256-http")],
+}
+# (target, base target of the same section): shown in the target's row as "this ÷ base"
+REL = {
+    "tokens": [("jg-tok-es-10k", "jg-tok-es-1"), ("jg-tok-es-1m", "jg-tok-es-1"),
+               ("jg-tok-rs-10k", "jg-tok-rs-1")],
+    "revocation": [("jg-rev-redis", "jg-rev-memory")],
+    "refresh": [("jg-refresh-mix", "jg-refresh-none")],
 }
 # (authenticated target, unauthenticated target in the same process): auth cost = 1 - a/b
 COSTS = {
@@ -75,8 +84,10 @@ def main():
             "label": label, "tool": tool, "rps": [], "a": [], "b": [],
             "errors": 0, "err_rounds": [], "fails": 0, "notes": [],
         })
-        if tool in ("skip", "todo"):
+        if tool in ("skip", "todo", "info"):
             t["tool"] = tool
+            if tool == "info":
+                t["info"] = (fnum(r), fnum(la), fnum(lb))
             if note and note not in t["notes"]:
                 t["notes"].append(note)
             continue
@@ -86,6 +97,8 @@ def main():
                 t["notes"].append(note)
             continue
         t["tool"] = tool
+        if note and note not in t["notes"]:
+            t["notes"].append(note)
         v = fnum(r)
         if v is not None:
             t["rps"].append(v)
@@ -105,6 +118,12 @@ def main():
             vals = per_round_ratios(rps, jg, peer)
             if vals:
                 ratio_for[(section, peer)] = (jg, vals)
+    rel_for = {}  # (section, target) -> (base target, vals)
+    for section, pairs in REL.items():
+        for target, base in pairs:
+            vals = per_round_ratios(rps, target, base)
+            if vals:
+                rel_for[(section, target)] = (base, vals)
     cost_for = defaultdict(list)  # (section, authed) -> notes
     for section, pairs in COSTS.items():
         for authed, open_ in pairs:
@@ -125,6 +144,11 @@ def main():
         if t["tool"] == "skip":
             out.append(f"| {section} | {t['label']} | skipped | — | — | — | {'; '.join(notes)} |")
             continue
+        if t["tool"] == "info":
+            r, la, lb = t.get("info", (None, None, None))
+            out.append(f"| {section} | {t['label']} | {fmt_rps(r)} | {fmt_ms(la)} | {fmt_ms(lb)} | — | "
+                       f"{'; '.join(notes)} |")
+            continue
         med = statistics.median(t["rps"]) if t["rps"] else None
         a = statistics.median(t["a"]) if t["a"] else None
         b = statistics.median(t["b"]) if t["b"] else None
@@ -141,6 +165,11 @@ def main():
             jg_label = targets.get((section, jg), {}).get("label", jg)
             if section == "auth":
                 notes.append(f"ratio = {jg_label} ÷ this")
+        elif (section, target) in rel_for:
+            base, vals = rel_for[(section, target)]
+            ratio = fmt_ratio(vals)
+            base_label = targets.get((section, base), {}).get("label", base)
+            notes.append(f"ratio = this ÷ {base_label}")
         notes.extend(cost_for.get((section, target), []))
         if t["fails"]:
             notes.append(f"WARNING: load tool failed in {t['fails']} run(s)")
@@ -176,7 +205,8 @@ def main():
     print("\n".join(out))
     print()
     print("Ratios: per-round ratio of req/s (both measured in the same round), median over rounds, "
-          "(min–max) over rounds in brackets; > 1 means jwtgate served more.")
+          "(min–max) over rounds in brackets; > 1 means jwtgate served more. Rows whose notes say "
+          "\"ratio = this ÷ X\" compare two jwtgate configurations instead (< 1: this one is slower).")
     if h2_seen:
         print("¹ h2load prints no latency percentiles: these are the mean and max of its "
               "\"time for request\" (medians over rounds).")

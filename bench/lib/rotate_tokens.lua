@@ -1,0 +1,88 @@
+-- bench/lib/rotate_tokens.lua: wrk script for bench/run.sh's "tokens" section. Every request
+-- carries the next token of a file (one JWT per line) in "Authorization: Bearer <token>".
+--
+-- usage: wrk -tT ... -s rotate_tokens.lua URL -- TOKEN_FILE T
+--   T must equal wrk's -t (wrk does not tell init() how many threads there are).
+--
+-- Each thread keeps only its share of the file (line k goes to thread (k - 1) % T) and walks it
+-- with its own index, so the threads never send the same token at the same moment and the
+-- tokens are held once in memory, whatever T is. At the end of a run the position of every
+-- thread is saved to TOKEN_FILE.pos<tid>, and the next run with the same file (the next round)
+-- continues the rotation there instead of starting over at the first line.
+--
+-- The request is built by concatenating three strings (the head around the token is formatted
+-- once with wrk.format), so the Lua cost per request is the same for 1 token and for 1,000,000;
+-- run.sh drives the 1-token row with this same script so that the ratios compare like with like.
+
+local threads = {}
+local next_tid = 0
+
+function setup(thread)
+   thread:set("tid", next_tid)
+   next_tid = next_tid + 1
+   table.insert(threads, thread)
+end
+
+local tokens = {}
+local pre, post
+
+function init(args)
+   local file = args[1]
+   local nthreads = tonumber(args[2] or "1")
+   if not file or not nthreads or nthreads < 1 then
+      error("rotate_tokens.lua: usage: wrk ... -s rotate_tokens.lua URL -- TOKEN_FILE THREADS")
+   end
+   local k = 0
+   local n = 0
+   for line in io.lines(file) do
+      if #line > 0 then
+         if k % nthreads == tid then
+            n = n + 1
+            tokens[n] = line
+         end
+         k = k + 1
+      end
+   end
+   if n == 0 then
+      error("rotate_tokens.lua: thread " .. tid .. " got no token from " .. file)
+   end
+   count = n     -- globals: read back by done() through thread:get()
+   wraps = 0
+   idx = 0
+   posfile = file .. ".pos" .. tid
+   local f = io.open(posfile, "r")
+   if f then
+      local p = tonumber(f:read("*l") or "")
+      f:close()
+      if p and p >= 0 and p < n then idx = p end
+   end
+   local marker = "@@TOKEN@@"
+   local req = wrk.format(nil, nil, { ["Authorization"] = "Bearer " .. marker })
+   local s, e = string.find(req, marker, 1, true)
+   pre = string.sub(req, 1, s - 1)
+   post = string.sub(req, e + 1)
+   io.write(string.format("rotate_tokens: thread %d holds %d of %d tokens from %s, starting at %d\n",
+                          tid, n, k, file, idx))
+end
+
+function request()
+   idx = idx + 1
+   if idx > count then
+      idx = 1
+      wraps = wraps + 1
+   end
+   return pre .. tokens[idx] .. post
+end
+
+function done(summary, latency, requests)
+   for _, t in ipairs(threads) do
+      local pos, n, w = t:get("idx"), t:get("count"), t:get("wraps")
+      local f = io.open(t:get("posfile"), "w")
+      if f then
+         f:write(tostring(pos), "\n")
+         f:close()
+      end
+      io.write(string.format("rotate_tokens: thread %d stopped at %d of %d tokens (wrapped %d times)\n",
+                             t:get("tid"), pos, n, w))
+   end
+end
