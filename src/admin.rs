@@ -44,6 +44,14 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
         (Method::GET, "/readyz") => readyz(&app),
+        (Method::GET, "/metrics") => {
+            let mut r = Response::new(body::full(app.render_metrics()));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
         (Method::POST, "/revocations") => match refuse_unauthorized(&app, req.headers()) {
             Some(refusal) => refusal,
             None => post_revocation(&app, req.into_body()).await,
@@ -94,7 +102,7 @@ fn readyz(app: &App) -> Response<Body> {
             "revocation": {
                 "store": rev.store_name(),
                 "up": rev.store_up(),
-                "allowed_unchecked": rev.allowed_unchecked.load(std::sync::atomic::Ordering::Relaxed),
+                "allowed_unchecked": rev.allowed_unchecked.get(),
             },
         }),
     )

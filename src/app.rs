@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::jwks::IssuerKeys;
+use crate::metrics::Metrics;
 use crate::refresh::Refresher;
 use crate::revocation::Revocations;
 use crate::route::Router;
@@ -18,6 +19,7 @@ pub struct App {
     pub revocations: Arc<Revocations>,
     /// Present when `[refresh]` names a token endpoint.
     pub refresher: Option<Refresher>,
+    pub metrics: Metrics,
 }
 
 impl App {
@@ -38,7 +40,40 @@ impl App {
             .refresh
             .as_ref()
             .and_then(|r| Refresher::new(r, redis));
+        let names: Vec<String> = config.routes.iter().map(|r| r.name.clone()).collect();
+        let mut metrics = Metrics::new(&names);
+        for i in verifier.issuers() {
+            if let Some(c) = i.fetch_counter() {
+                metrics.register_counter(
+                    "jwks_fetches",
+                    "JWKS fetch attempts",
+                    Some(("issuer", &i.config.name)),
+                    c,
+                );
+            }
+        }
+        metrics.register_counter(
+            "revocation_lookups",
+            "Revocation store lookups (cache misses)",
+            None,
+            revocations.lookups.clone(),
+        );
+        metrics.register_counter(
+            "revocation_allowed_unchecked",
+            "Requests let through unchecked while the store was down (on_error = allow)",
+            None,
+            revocations.allowed_unchecked.clone(),
+        );
+        if let Some(r) = &refresher {
+            metrics.register_counter(
+                "refresh_grants",
+                "Calls to the token endpoint",
+                None,
+                r.grants.clone(),
+            );
+        }
         Ok(App {
+            metrics,
             refresher,
             config,
             router,
@@ -50,6 +85,23 @@ impl App {
     /// Every issuer has a key set.
     pub fn keys_ready(&self) -> bool {
         self.verifier.issuers().iter().all(|i| i.is_loaded())
+    }
+
+    /// Prometheus text, with gauges read from live state now.
+    pub fn render_metrics(&self) -> String {
+        for i in self.verifier.issuers() {
+            self.metrics
+                .keys_loaded
+                .get_or_create(&vec![("issuer", i.config.name.clone())])
+                .set(i.is_loaded() as i64);
+        }
+        self.metrics
+            .revocation_store_up
+            .set(self.revocations.store_up() as i64);
+        self.metrics
+            .verified_tokens_cached
+            .set(self.verifier.cached_tokens());
+        self.metrics.encode()
     }
 
     /// Keys loaded and the revocation store answering (or failures allowed through).

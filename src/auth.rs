@@ -112,6 +112,11 @@ impl Verifier {
         }
     }
 
+    /// Entries in the verified-token cache (approximate).
+    pub fn cached_tokens(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
     pub fn issuers(&self) -> &[Arc<IssuerKeys>] {
         &self.issuers
     }

@@ -449,6 +449,8 @@ pub struct UpstreamUrl {
     pub scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
     pub base_path: String,
+    /// The `Host` header sent upstream, prepared once.
+    pub host_header: http::HeaderValue,
 }
 
 impl std::fmt::Display for UpstreamUrl {
@@ -1183,8 +1185,11 @@ pub fn parse_upstream(u: &str) -> Result<UpstreamUrl, String> {
     if uri.query().is_some() {
         return Err(format!("{u:?}: an upstream URL cannot have a query"));
     }
+    let host_header = http::HeaderValue::from_str(authority.as_str())
+        .map_err(|_| format!("{u:?}: host is not a valid header value"))?;
     Ok(UpstreamUrl {
         scheme,
+        host_header,
         authority,
         base_path: uri.path().trim_end_matches('/').to_string(),
     })

@@ -231,7 +231,7 @@ struct JwksState {
     /// Milliseconds since `epoch` of the last unknown-kid refetch (0 = never).
     last_kid_refetch_ms: AtomicU64,
     epoch: Instant,
-    fetches: AtomicU64,
+    fetches: prometheus_client::metrics::counter::Counter,
 }
 
 /// What the request path learns when a `kid` is not in the set.
@@ -255,7 +255,7 @@ impl IssuerKeys {
                     in_flight: AtomicBool::new(false),
                     last_kid_refetch_ms: AtomicU64::new(0),
                     epoch: Instant::now(),
-                    fetches: AtomicU64::new(0),
+                    fetches: Default::default(),
                 }),
             ),
         };
@@ -281,11 +281,14 @@ impl IssuerKeys {
         self.keys.load()
     }
 
+    /// The JWKS fetch counter, for /metrics (static-key issuers have none).
+    pub fn fetch_counter(&self) -> Option<prometheus_client::metrics::counter::Counter> {
+        self.jwks.as_ref().map(|j| j.fetches.clone())
+    }
+
     /// Number of JWKS documents fetched (successfully or not) so far.
     pub fn jwks_fetches(&self) -> u64 {
-        self.jwks
-            .as_ref()
-            .map_or(0, |j| j.fetches.load(Ordering::Relaxed))
+        self.jwks.as_ref().map_or(0, |j| j.fetches.get())
     }
 
     fn install(&self, set: KeySet) {
@@ -360,7 +363,7 @@ impl IssuerKeys {
                     b
                 }
             };
-            j.fetches.fetch_add(1, Ordering::Relaxed);
+            j.fetches.inc();
             j.in_flight.store(false, Ordering::Release);
             j.attempts.send_modify(|n| *n += 1);
             tokio::select! {

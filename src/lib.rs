@@ -14,6 +14,7 @@ pub mod error;
 pub mod identity;
 pub mod jwks;
 pub mod listener;
+pub mod metrics;
 pub mod proxy;
 pub mod refresh;
 pub mod revocation;

@@ -33,6 +33,7 @@ pub async fn handle(
         Ok(r) => r,
         Err(e) => {
             log.error = Some(e.to_string());
+            app.metrics.refused(&e);
             let close = matches!(e, GatewayError::BadRequest(_)) && version < http::Version::HTTP_2;
             let mut r = e.into_response();
             if close {
@@ -46,6 +47,7 @@ pub async fn handle(
     if let Some(id) = &log.request_id {
         resp.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
     }
+    app.metrics.request(log.route_index, resp.status().as_u16());
     tracing::info!(
         target: "jwtgate::access",
         method = %method,
@@ -63,6 +65,7 @@ pub async fn handle(
 #[derive(Default)]
 struct LogFields {
     route: Option<String>,
+    route_index: Option<usize>,
     request_id: Option<HeaderValue>,
     sub: Option<String>,
     error: Option<String>,
@@ -96,6 +99,7 @@ async fn proxy(
         .find(authority.as_deref(), parts.uri.path())
         .ok_or(GatewayError::NoRoute)?;
     log.route = Some(route.config.name.clone());
+    log.route_index = Some(route.index);
 
     // 3. Strip identity headers the client sent, on every route, before anything else.
     identity::strip_client_headers(&mut parts.headers, &app.config.identity);

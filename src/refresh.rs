@@ -3,7 +3,7 @@
 //! it at the same time — handing the new tokens back to the client, and logout (revoke the
 //! presented token, RFC 7009 for the refresh token, clear the cookies).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,7 +94,7 @@ pub struct Refresher {
     /// With the Redis store: single flight across replicas.
     shared: Option<SharedFlight>,
     /// Calls made to the token endpoint (for tests and metrics).
-    pub grants: AtomicU64,
+    pub grants: Counter,
 }
 
 impl Refresher {
@@ -119,7 +119,7 @@ impl Refresher {
                     window: cfg.reuse_window.max(Duration::from_secs(1)),
                 })
                 .build(),
-            grants: AtomicU64::new(0),
+            grants: Counter::default(),
         })
     }
 
@@ -162,7 +162,7 @@ impl Refresher {
     }
 
     async fn grant(&self, http: &Client, verifier: &Verifier, refresh_token: &str) -> Outcome {
-        self.grants.fetch_add(1, Ordering::Relaxed);
+        self.grants.inc();
         let form = [
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token),

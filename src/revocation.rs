@@ -4,7 +4,8 @@
 //! through any replica arrive over pub/sub at once, and a circuit breaker keeps a dead
 //! Redis from costing a timeout per request.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use prometheus_client::metrics::counter::Counter;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -357,9 +358,9 @@ pub struct Revocations {
     open: AtomicBool,
     failures: AtomicU32,
     /// Requests let through unchecked under `on_error = "allow"`.
-    pub allowed_unchecked: AtomicU64,
+    pub allowed_unchecked: Counter,
     /// Store lookups performed (cache misses).
-    pub lookups: AtomicU64,
+    pub lookups: Counter,
     redis_url: String,
     channel: String,
 }
@@ -391,8 +392,8 @@ impl Revocations {
             // A remote store is "down" until the first probe answers.
             open: AtomicBool::new(cfg.store == StoreKind::Redis),
             failures: AtomicU32::new(0),
-            allowed_unchecked: AtomicU64::new(0),
-            lookups: AtomicU64::new(0),
+            allowed_unchecked: Counter::default(),
+            lookups: Counter::default(),
             redis_url: cfg.redis_url.clone(),
             channel,
         })
@@ -415,7 +416,7 @@ impl Revocations {
         let res = self
             .cache
             .try_get_with(v.key, async {
-                self.lookups.fetch_add(1, Ordering::Relaxed);
+                self.lookups.inc();
                 let lookup = self.store.lookup(jti, &v.sub).await?;
                 Ok::<_, StoreError>(Arc::new(CachedLookup { lookup, exp: v.exp }))
             })
@@ -437,7 +438,7 @@ impl Revocations {
         match self.on_error {
             OnError::Deny => Err(GatewayError::RevocationUnavailable),
             OnError::Allow => {
-                self.allowed_unchecked.fetch_add(1, Ordering::Relaxed);
+                self.allowed_unchecked.inc();
                 Ok(())
             }
         }

@@ -11,6 +11,8 @@ use crate::config::{RouteConfig, UpstreamUrl};
 #[derive(Debug)]
 pub struct Route {
     pub config: RouteConfig,
+    /// Position in the config (metrics label index).
+    pub index: usize,
     next: AtomicUsize,
 }
 
@@ -91,8 +93,10 @@ impl Router {
         let mut any_host = PrefixTable::default();
         let routes: Vec<Route> = configs
             .into_iter()
-            .map(|config| Route {
+            .enumerate()
+            .map(|(index, config)| Route {
                 config,
+                index,
                 next: AtomicUsize::new(0),
             })
             .collect();

@@ -5,7 +5,7 @@ use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{header, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -90,9 +90,7 @@ pub async fn forward(
             (false, None) => break,
         };
         p.uri = uri;
-        if let Ok(h) = HeaderValue::from_str(upstream.authority.as_str()) {
-            p.headers.insert(header::HOST, h);
-        }
+        p.headers.insert(header::HOST, upstream.host_header.clone());
         let b = body.take().unwrap_or_else(body::empty);
         let req = Request::from_parts(p, b);
         match tokio::time::timeout(route.config.timeout, client.request(req)).await {

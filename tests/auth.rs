@@ -26,6 +26,10 @@ keys = [
   {{ kid = "e1", alg = "ES256", pem = "{ec}" }},
   {{ kid = "d1", alg = "EdDSA", pem = "{ed}" }},
   {{ kid = "h1", alg = "HS256", secret_env = "{HS_ENV}" }},
+  {{ kid = "r5", alg = "RS512", pem = "{rsa}" }},
+  {{ kid = "p5", alg = "PS512", pem = "{rsa}" }},
+  {{ kid = "e3", alg = "ES384", pem = "{ec384}" }},
+  {{ kid = "h5", alg = "HS512", secret_env = "{HS_ENV}" }},
 ]
 
 [identity.claims]
@@ -36,6 +40,7 @@ keys = [
         rsa = fixture("rsa.pub.pem").display(),
         ec = fixture("ec.pub.pem").display(),
         ed = fixture("ed.pub.pem").display(),
+        ec384 = fixture("ec384.pub.pem").display(),
     )
 }
 
@@ -112,6 +117,10 @@ async fn every_supported_algorithm_passes() {
         ("ES256", "e1"),
         ("EdDSA", "d1"),
         ("HS256", "h1"),
+        ("RS512", "r5"),
+        ("PS512", "p5"),
+        ("ES384", "e3"),
+        ("HS512", "h5"),
     ] {
         let t = token(alg, Some(kid), json!({"sub": format!("user-{alg}")}));
         let r = s.call("/api/x", &t).await;
@@ -432,9 +441,9 @@ async fn kid_and_structure_attacks() {
             .status,
         200
     );
-    // ...and no key is pinned to ES384.
+    // ...and no key is pinned to RS384.
     let t = raw_token(
-        &json!({"alg": "ES384"}),
+        &json!({"alg": "RS384"}),
         &json!({"iss": "https://idp.test", "sub": "a", "aud": "api", "exp": 9999999999u64}),
         "c2ln",
     );
@@ -736,4 +745,110 @@ async fn readyz_is_503_until_keys_are_loaded() {
         )
         .await;
     assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_and_refusals() {
+    let s = setup().await;
+    let now = jwtgate::auth::now_unix();
+    for _ in 0..3 {
+        assert_eq!(
+            s.call("/api/x", &token("RS256", Some("r1"), json!({})))
+                .await
+                .status,
+            200
+        );
+    }
+    s.refused(
+        &token("RS256", Some("r1"), json!({"exp": now - 600})),
+        "token expired",
+    )
+    .await;
+    s.refused(&token("RS256", Some("nope"), json!({})), "unknown key id")
+        .await;
+    assert_eq!(
+        s.gw.client_plain()
+            .get(&s.gw.http_url("/nowhere"), &[])
+            .await
+            .status,
+        404
+    );
+    let m =
+        s.gw.client_plain()
+            .get(&format!("http://{}/metrics", s.gw.admin), &[])
+            .await;
+    assert_eq!(m.status, 200);
+    assert!(m.header("content-type").unwrap().starts_with("text/plain"));
+    let text = m.text();
+    for line in [
+        "jwtgate_requests_total{route=\"api\",code=\"2xx\"} 3",
+        "jwtgate_requests_total{route=\"api\",code=\"4xx\"} 2",
+        "jwtgate_requests_total{route=\"-\",code=\"4xx\"} 1",
+        "jwtgate_auth_failures_total{reason=\"expired\"} 1",
+        "jwtgate_auth_failures_total{reason=\"unknown_kid\"} 1",
+        "jwtgate_issuer_keys_loaded{issuer=\"static\"} 1",
+        "jwtgate_revocation_store_up 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tokens_iss_picks_the_issuer_and_its_keys() {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let up = EchoUpstream::start().await;
+    let other = format!(
+        "[[issuers]]\nname = \"other\"\nissuer = \"https://other.test\"\nkeys = [{{ kid = \"o1\", alg = \"RS256\", pem = \"{}\" }}]\n\n",
+        fixture("rsa2.pub.pem").display()
+    );
+    let gw = TestGateway::start(
+        &[
+            static_issuer(),
+            other,
+            route("api", "/api", &[&up.url()], ""),
+        ]
+        .concat(),
+    )
+    .await;
+    let sign2 = |iss: &str, kid: &str| {
+        let mut h = Header::new(jsonwebtoken::Algorithm::RS256);
+        h.kid = Some(kid.into());
+        let c = json!({"iss": iss, "sub": "olga", "exp": jwtgate::auth::now_unix() + 600});
+        encode(
+            &h,
+            &c,
+            &EncodingKey::from_rsa_pem(&fixture_bytes("rsa2.pem")).unwrap(),
+        )
+        .unwrap()
+    };
+    let cl = gw.client_plain();
+    let call = |t: String| {
+        let (cl, url) = (cl.clone(), gw.http_url("/api/x"));
+        async move { cl.get(&url, &[("authorization", &bearer(&t))]).await }
+    };
+    assert_eq!(call(sign2("https://other.test", "o1")).await.status, 200);
+    assert_eq!(up.last().headers["x-user-id"], "olga");
+    assert_eq!(
+        call(token("RS256", Some("r1"), json!({}))).await.status,
+        200
+    );
+    // Keys never cross issuers: each kid is looked up in the token's issuer only.
+    let r = call(sign2("https://idp.test", "o1")).await;
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("unknown key id"));
+    let r = call(token(
+        "RS256",
+        Some("r1"),
+        json!({"iss": "https://other.test"}),
+    ))
+    .await;
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("unknown key id"));
 }

@@ -61,8 +61,8 @@ function init(args)
    local s, e = string.find(req, marker, 1, true)
    pre = string.sub(req, 1, s - 1)
    post = string.sub(req, e + 1)
-   io.write(string.format("rotate_tokens: thread %d holds %d of %d tokens from %s, starting at %d\n",
-                          tid, n, k, file, idx))
+   io.write(string.format("rotate_tokens: thread %d holds %d of %d tokens from %s, starting at %d (Lua heap %.0f MiB)\n",
+                          tid, n, k, file, idx, collectgarbage("count") / 1024))
 end
 
 function request()

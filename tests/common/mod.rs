@@ -409,9 +409,8 @@ pub fn token(alg: &str, kid: Option<&str>, claims: serde_json::Value) -> String 
         | Algorithm::PS256
         | Algorithm::PS384
         | Algorithm::PS512 => EncodingKey::from_rsa_pem(&fixture_bytes("rsa.pem")).unwrap(),
-        Algorithm::ES256 | Algorithm::ES384 => {
-            EncodingKey::from_ec_pem(&fixture_bytes("ec.pem")).unwrap()
-        }
+        Algorithm::ES256 => EncodingKey::from_ec_pem(&fixture_bytes("ec.pem")).unwrap(),
+        Algorithm::ES384 => EncodingKey::from_ec_pem(&fixture_bytes("ec384.pem")).unwrap(),
         _ => EncodingKey::from_ed_pem(&fixture_bytes("ed.pem")).unwrap(),
     };
     let mut h = Header::new(alg_v);
