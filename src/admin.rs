@@ -56,6 +56,16 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             Some(refusal) => refusal,
             None => post_revocation(&app, req.into_body()).await,
         },
+        (Method::POST, "/reload") => match refuse_unauthorized(&app, req.headers()) {
+            Some(refusal) => refusal,
+            None => match crate::reload::reload(shared).await {
+                Ok(notes) => json(
+                    StatusCode::OK,
+                    serde_json::json!({"reloaded": true, "notes": notes}),
+                ),
+                Err(e) => json_response(StatusCode::BAD_REQUEST, "reload_refused", &e),
+            },
+        },
         (Method::GET, p) if p.starts_with("/revocations/jti/") => {
             let jti = &p["/revocations/jti/".len()..];
             if jti.is_empty() {
@@ -71,7 +81,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
                 ),
             }
         }
-        (_, "/healthz") | (_, "/readyz") | (_, "/revocations") => json_response(
+        (_, "/healthz" | "/readyz" | "/revocations" | "/reload" | "/metrics") => json_response(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "method not allowed on this endpoint",

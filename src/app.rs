@@ -20,11 +20,13 @@ pub struct App {
     /// Present when `[refresh]` names a token endpoint.
     pub refresher: Option<Refresher>,
     pub metrics: Metrics,
+    /// Stops this App's background tasks (JWKS) when it is replaced or the gateway stops.
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl App {
-    /// Build the live state; fails only when the revocation store cannot be set up.
-    pub fn new(config: Config) -> Result<App, String> {
+    /// Build the live state around the (long-lived) revocation state.
+    pub fn new(config: Config, revocations: Arc<Revocations>) -> App {
         let issuers = config
             .issuers
             .iter()
@@ -33,7 +35,6 @@ impl App {
             .collect();
         let verifier = Verifier::new(issuers, config.identity.clone());
         let router = Router::new(config.routes.clone());
-        let revocations = Arc::new(Revocations::new(&config.revocation)?);
         let redis = (config.revocation.store == crate::config::StoreKind::Redis)
             .then_some(&config.revocation);
         let refresher = config
@@ -72,14 +73,31 @@ impl App {
                 r.grants.clone(),
             );
         }
-        Ok(App {
+        App {
+            stop: tokio::sync::watch::channel(false).0,
             metrics,
             refresher,
             config,
             router,
             verifier,
             revocations,
-        })
+        }
+    }
+
+    /// Start this App's background tasks (JWKS fetchers) on the current runtime.
+    pub fn start_background(&self, client: &crate::upstream::Client) {
+        for issuer in self.verifier.issuers() {
+            tokio::spawn(
+                issuer
+                    .clone()
+                    .run_jwks(client.clone(), self.stop.subscribe()),
+            );
+        }
+    }
+
+    /// Stop this App's background tasks.
+    pub fn stop_background(&self) {
+        let _ = self.stop.send(true);
     }
 
     /// Every issuer has a key set.

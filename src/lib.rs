@@ -17,6 +17,7 @@ pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod refresh;
+pub mod reload;
 pub mod revocation;
 pub mod route;
 pub mod token;
@@ -62,6 +63,7 @@ impl Running {
     /// every worker has exited.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        self.shared.app.load().stop_background();
         let workers = self.workers;
         let _ = tokio::task::spawn_blocking(move || {
             for w in workers {
@@ -74,6 +76,12 @@ impl Running {
     /// Ask the gateway to stop without waiting.
     pub fn begin_shutdown(&self) {
         let _ = self.shutdown.send(true);
+        self.shared.app.load().stop_background();
+    }
+
+    /// Re-read the config file and swap it in (see `reload::reload`).
+    pub async fn reload(&self) -> Result<Vec<String>, String> {
+        reload::reload(&self.shared).await
     }
 }
 
@@ -119,24 +127,23 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
     })?;
 
     let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-    let app = App::new(config).map_err(ServeError::Store)?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-
-    // Background tasks run on the caller's runtime: JWKS fetchers first.
+    // The revocation state outlives config reloads (a memory store holds the revocations).
+    let revocations =
+        Arc::new(revocation::Revocations::new(&config.revocation).map_err(ServeError::Store)?);
+    // Background tasks run on the caller's runtime: revocation probe and subscriber
+    // (remote stores only), then each App's JWKS fetchers.
+    tokio::spawn(revocations.clone().run_background(shutdown_rx.clone()));
     let control_client = upstream::client(4);
-    for issuer in app.verifier.issuers() {
-        tokio::spawn(
-            issuer
-                .clone()
-                .run_jwks(control_client.clone(), shutdown_rx.clone()),
-        );
-    }
-    // Revocation store probe and pub/sub subscriber (remote stores only).
-    tokio::spawn(app.revocations.clone().run_background(shutdown_rx.clone()));
+    let app = App::new(config, revocations.clone());
+    app.start_background(&control_client);
 
     let shared = Arc::new(Shared {
         app: ArcSwap::from_pointee(app),
-        tls,
+        tls: arc_swap::ArcSwapOption::from(tls.map(Arc::new)),
+        revocations,
+        control_client,
+        reload_lock: tokio::sync::Mutex::new(()),
     });
 
     let mut per_worker: Vec<listener::WorkerSockets> = (0..workers_n).map(|_| Vec::new()).collect();

@@ -25,8 +25,16 @@ use crate::upstream;
 
 /// State every worker shares.
 pub struct Shared {
+    /// Live configuration state, replaced whole on reload.
     pub app: ArcSwap<App>,
-    pub tls: Option<TlsAcceptor>,
+    /// TLS certificate and key, replaced on reload.
+    pub tls: arc_swap::ArcSwapOption<TlsAcceptor>,
+    /// Revocation state: kept across reloads.
+    pub revocations: Arc<crate::revocation::Revocations>,
+    /// Client for background fetches (JWKS).
+    pub control_client: upstream::Client,
+    /// One reload at a time.
+    pub reload_lock: tokio::sync::Mutex<()>,
 }
 
 /// Bind `n` listening sockets to the same address (SO_REUSEPORT); port 0 is resolved by the
@@ -157,7 +165,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             let info = ClientInfo { peer, tls: ctx.tls };
             if ctx.tls {
-                let Some(acceptor) = ctx.shared.tls.clone() else {
+                let Some(acceptor) = ctx.shared.tls.load_full() else {
                     return;
                 };
                 match tokio::time::timeout(ctx.header_timeout, acceptor.accept(stream)).await {

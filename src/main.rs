@@ -178,7 +178,7 @@ fn run(path: PathBuf) -> ExitCode {
             Ok(r) => r,
             Err(e) => return fail(e),
         };
-        wait_for_signal().await;
+        wait_for_signal(&running).await;
         tracing::info!("shutting down: draining in-flight requests");
         running.shutdown().await;
         tracing::info!("stopped");
@@ -186,19 +186,27 @@ fn run(path: PathBuf) -> ExitCode {
     })
 }
 
-async fn wait_for_signal() {
+/// Serve until SIGTERM or SIGINT; SIGHUP reloads the config file.
+async fn wait_for_signal(running: &jwtgate::Running) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         // Without signal handlers, serve until killed.
         std::future::pending::<()>().await;
         return;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => match running.reload().await {
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "reload refused; the running config stays"),
+            },
+        }
     }
 }
 

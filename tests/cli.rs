@@ -407,26 +407,7 @@ async fn sigterm_drains_in_flight_request_then_exits_zero() {
         format!("[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[server]\nlog_format = \"json\"\ndrain_s = 10\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n", up.url()),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "-c", path.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Readiness: the "jwtgate serving" log line carries the bound address.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let http = loop {
-        let line = lines
-            .next()
-            .expect("gateway exited before serving")
-            .unwrap();
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-            if v["message"] == "jwtgate serving" {
-                break v["http"].as_str().unwrap().to_string();
-            }
-        }
-    };
+    let (mut child, http, lines) = spawn_gateway(&path);
     let log_reader = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
     let cl = Client::plain();
     let url = format!("http://{http}/slow/1000");
@@ -469,4 +450,86 @@ fn demo_walkthrough_succeeds() {
     assert_eq!(o.code, 0, "stdout: {}\nstderr: {}", o.stdout, o.stderr);
     assert!(o.stdout.contains("demo OK"));
     assert!(!o.stdout.contains("FAIL"));
+}
+
+type LogLines = std::io::Lines<BufReader<std::process::ChildStderr>>;
+
+/// Start the binary on `config` (JSON logs) and wait for its "jwtgate serving" line, which
+/// carries the bound plain-HTTP address: the readiness signal.
+fn spawn_gateway(config: &std::path::Path) -> (std::process::Child, String, LogLines) {
+    let mut child = Command::new(BIN)
+        .args(["run", "-c", config.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let http = loop {
+        let line = lines
+            .next()
+            .expect("gateway exited before serving")
+            .unwrap();
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+            if v["message"] == "jwtgate serving" {
+                break v["http"].as_str().unwrap().to_string();
+            }
+        }
+    };
+    (child, http, lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_file() {
+    let a = EchoUpstream::named("a").await;
+    let b = EchoUpstream::named("b").await;
+    let dir = TempDir::new();
+    let path = dir.path().join("gw.toml");
+    let head = "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[server]\nlog_format = \"json\"\n";
+    let route = |name: &str, prefix: &str, up: &str| {
+        format!("[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstreams = [\"{up}\"]\nauth = \"none\"\n")
+    };
+    std::fs::write(&path, format!("{head}{}", route("a", "/a", &a.url()))).unwrap();
+    let (mut child, http, lines) = spawn_gateway(&path);
+    let _drain = std::thread::spawn(move || lines.map_while(Result::ok).count());
+    let cl = Client::plain();
+    assert_eq!(cl.get(&format!("http://{http}/b/x"), &[]).await.status, 404);
+    std::fs::write(
+        &path,
+        format!(
+            "{head}{}{}",
+            route("a", "/a", &a.url()),
+            route("b", "/b", &b.url())
+        ),
+    )
+    .unwrap();
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let took = eventually(Duration::from_secs(5), || async {
+        cl.get(&format!("http://{http}/b/x"), &[]).await.status == 200
+    })
+    .await;
+    assert!(took.is_some(), "SIGHUP did not apply the new route");
+    // A broken file on SIGHUP: refused, the process keeps serving the last good config.
+    std::fs::write(&path, "[listen]\n").unwrap();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(cl.get(&format!("http://{http}/a/x"), &[]).await.status, 200);
+    assert_eq!(cl.get(&format!("http://{http}/b/x"), &[]).await.status, 200);
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
 }

@@ -1,0 +1,64 @@
+//! Config reload (`POST /reload` on the admin listener, SIGHUP): read and validate the file,
+//! build a new `App` off the hot path, wait until its keys are loaded, swap it in. A bad
+//! file, or keys that cannot be loaded, leave the running config in place. Listeners are
+//! not rebound: `[listen]`, `[server]` and `[revocation]` changes need a restart.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::app::App;
+use crate::config::Config;
+use crate::listener::Shared;
+
+/// How long a new config's JWKS may take to load before the reload is refused.
+const READY_WITHIN: Duration = Duration::from_secs(10);
+
+/// Reload the config file the gateway was started with. `Ok` carries notes for the
+/// operator (settings that were not applied); `Err` says why nothing changed.
+pub async fn reload(shared: &Shared) -> Result<Vec<String>, String> {
+    let _one_at_a_time = shared.reload_lock.lock().await;
+    let current = shared.app.load_full();
+    let path = current.config.path.clone();
+    let config = Config::load(&path).map_err(|e| e.to_string())?;
+    let mut notes = Vec::new();
+    let differs =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    if differs(&config.listen, &current.config.listen) {
+        notes.push("[listen] changed: restart to apply".to_string());
+    }
+    if differs(&config.server, &current.config.server) {
+        notes.push("[server] changed: restart to apply".to_string());
+    }
+    if differs(&config.revocation, &current.config.revocation) {
+        notes.push("[revocation] changed: restart to apply".to_string());
+    }
+    if config.tls.is_none() && current.config.tls.is_some() {
+        return Err("[tls] removed while listen.https is bound: restart to apply".into());
+    }
+    let tls = config.tls.clone();
+    let app = Arc::new(App::new(config, shared.revocations.clone()));
+    app.start_background(&shared.control_client);
+    let deadline = tokio::time::Instant::now() + READY_WITHIN;
+    while !app.keys_ready() {
+        if tokio::time::Instant::now() >= deadline {
+            app.stop_background();
+            return Err(
+                "the new config's issuer keys could not be loaded; keeping the running config"
+                    .into(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(t) = tls {
+        shared
+            .tls
+            .store(Some(Arc::new(tokio_rustls::TlsAcceptor::from(t))));
+    }
+    shared.app.store(app);
+    current.stop_background();
+    tracing::info!(path = %path.display(), "config reloaded");
+    for n in &notes {
+        tracing::warn!("{n}");
+    }
+    Ok(notes)
+}

@@ -1,0 +1,142 @@
+//! Config reload: POST /reload and SIGHUP apply a new file without dropping the listeners;
+//! a bad file is refused and the running config stays; revocations survive.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http::Method;
+use serde_json::json;
+
+fn config_path(gw: &TestGateway) -> std::path::PathBuf {
+    gw.dir.path().join("gateway.toml")
+}
+
+async fn post_reload(gw: &TestGateway, token: &str) -> Resp {
+    let b = format!("Bearer {token}");
+    gw.client_plain()
+        .send(
+            Method::POST,
+            &format!("http://{}/reload", gw.admin),
+            &[("authorization", &b)],
+            jwtgate::body::empty(),
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_new_routes_and_refuses_bad_files() {
+    std::env::set_var("JWTGATE_TEST_RELOAD_ADMIN", "reload-admin");
+    std::env::set_var(HS_ENV, HS_SECRET);
+    let a = EchoUpstream::named("a").await;
+    let b = EchoUpstream::named("b").await;
+    let head = format!(
+        "[admin]\ntoken_env = \"JWTGATE_TEST_RELOAD_ADMIN\"\n\n[[issuers]]\nname = \"s\"\nissuer = \"https://idp.test\"\nkeys = [{{ kid = \"h1\", alg = \"HS256\", secret_env = \"{HS_ENV}\" }}]\n\n"
+    );
+    let gw = TestGateway::start(&format!("{head}{}", route("a", "/a", &[&a.url()], ""))).await;
+    let cl = gw.client_plain();
+    let t = token("HS256", Some("h1"), json!({}));
+    let bearer = format!("Bearer {t}");
+    let auth = [("authorization", bearer.as_str())];
+    assert_eq!(cl.get(&gw.http_url("/b/x"), &auth).await.status, 404);
+    // Revoke a token before the reload: it must stay revoked after it.
+    let victim = token("HS256", Some("h1"), json!({"sub": "victim"}));
+    let app = gw.running.as_ref().unwrap().shared.app.load_full();
+    app.revocations
+        .revoke_sub("victim", jwtgate::auth::now_unix())
+        .await
+        .unwrap();
+    drop(app);
+
+    let original = std::fs::read_to_string(config_path(&gw)).unwrap();
+    std::fs::write(
+        config_path(&gw),
+        format!(
+            "{original}{}",
+            route("b", "/b", &[&b.url()], "auth = \"none\"")
+        ),
+    )
+    .unwrap();
+    assert_eq!(post_reload(&gw, "wrong").await.status, 401);
+    let r = post_reload(&gw, "reload-admin").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["reloaded"], true);
+    let r = cl.get(&gw.http_url("/b/x"), &[]).await;
+    assert_eq!((r.status, r.header("x-upstream")), (200, Some("b")));
+    assert_eq!(cl.get(&gw.http_url("/a/x"), &auth).await.status, 200);
+    let vb = format!("Bearer {victim}");
+    assert_eq!(
+        cl.get(&gw.http_url("/a/x"), &[("authorization", &vb)])
+            .await
+            .status,
+        401,
+        "revocations survive a reload"
+    );
+
+    // A broken file is refused and the running config stays.
+    std::fs::write(
+        config_path(&gw),
+        format!("{original}\n[[routes]]\nname = \"c\"\n"),
+    )
+    .unwrap();
+    let r = post_reload(&gw, "reload-admin").await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("gateway.toml"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(cl.get(&gw.http_url("/b/x"), &[]).await.status, 200);
+    assert_eq!(cl.get(&gw.http_url("/a/x"), &auth).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_waits_for_new_keys_and_refuses_when_they_never_load() {
+    std::env::set_var("JWTGATE_TEST_RELOAD_ADMIN2", "reload-admin");
+    let idp = MockIdp::start(vec![Keys::rsa_jwk("k1", "rsa")]).await;
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start(&format!(
+        "[admin]\ntoken_env = \"JWTGATE_TEST_RELOAD_ADMIN2\"\n\n{}",
+        route("open", "/", &[&up.url()], "auth = \"none\"")
+    ))
+    .await;
+    let original = std::fs::read_to_string(config_path(&gw)).unwrap();
+    let with_issuer = |url: &str| {
+        format!("{original}\n[[issuers]]\nname = \"remote\"\nissuer = \"https://idp.test\"\njwks_url = \"{url}\"\n\n{}", route("api", "/api", &[&up.url()], ""))
+    };
+    // An IdP that never answers: the reload is refused, the old config keeps serving.
+    let dead = format!(
+        "http://127.0.0.1:{}/jwks",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    std::fs::write(config_path(&gw), with_issuer(&dead)).unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(20), post_reload(&gw, "reload-admin"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("keys"), "{}", r.text());
+    let ready = gw
+        .client_plain()
+        .get(&format!("http://{}/readyz", gw.admin), &[])
+        .await;
+    assert_eq!(ready.status, 200, "the running config stays ready");
+    // A live IdP: swapped in only once its keys are loaded, so the first request passes.
+    std::fs::write(config_path(&gw), with_issuer(&idp.jwks_url())).unwrap();
+    assert_eq!(post_reload(&gw, "reload-admin").await.status, 200);
+    let b = format!("Bearer {}", token("RS256", Some("k1"), json!({})));
+    assert_eq!(
+        gw.client_plain()
+            .get(&gw.http_url("/api/x"), &[("authorization", &b)])
+            .await
+            .status,
+        200
+    );
+}
