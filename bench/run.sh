@@ -454,7 +454,7 @@ mint_many() {
     MINTED=$f
     [[ -s $f ]] && return 0
     mkdir -p "$TMP/tokens"
-    log "[tokens] minting $(commas "$n") $alg tokens (jwtgate token --count $n) ..."
+    log "[mint] minting $(commas "$n") $alg tokens (jwtgate token --count $n) ..."
     t0=$(date +%s.%N)
     timeout 3600 "$JG" token --alg "$alg" --key "$keyf" --kid "$kid" --iss "$ISSUER" --sub alice \
         --ttl 7200 --count "$n" >"$f.raw" 2>"$f.err" ||
@@ -469,7 +469,7 @@ mint_many() {
     rm -f "$f.raw"
     mv "$f.tmp" "$f"
     MINT_SECS[$alg-$n]=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}')
-    log "[tokens] minted $(commas "$n") $alg tokens in ${MINT_SECS[$alg-$n]} s"
+    log "[mint] minted $(commas "$n") $alg tokens in ${MINT_SECS[$alg-$n]} s"
 }
 
 # lua_rotation ID LABEL URL TOKEN_FILE NOTE: a wrk target sending the tokens of the file in turn

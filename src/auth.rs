@@ -167,7 +167,9 @@ impl Verifier {
                 return Ok(v);
             }
         }
-        let v = Arc::new(self.verify_uncached(token, key).await?);
+        // Boxed: the first-sighting path (key lookup, JWKS refetch) has a large future that
+        // the cache-hit path should not carry.
+        let v = Arc::new(Box::pin(self.verify_uncached(token, key)).await?);
         self.cache.insert(key, v.clone());
         Ok(v)
     }

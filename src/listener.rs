@@ -162,21 +162,30 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let info = ClientInfo { peer, tls: ctx.tls };
-            if ctx.tls {
-                let Some(acceptor) = ctx.shared.tls.load_full() else {
-                    return;
-                };
-                match tokio::time::timeout(ctx.header_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => serve_conn(s, info, ctx, watcher).await,
-                    Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
-                }
-            } else {
-                serve_conn(stream, info, ctx, watcher).await
-            }
-        });
+        let info = ClientInfo { peer, tls: ctx.tls };
+        // Separate tasks for plain and TLS connections: a task is as large as its largest
+        // state, and plain connections should not carry room for a TLS session.
+        if ctx.tls {
+            tokio::spawn(serve_tls(stream, info, ctx, watcher));
+        } else {
+            tokio::spawn(serve_conn(stream, info, ctx, watcher));
+        }
+    }
+}
+
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    info: ClientInfo,
+    ctx: ConnCtx,
+    watcher: Watcher,
+) {
+    let Some(acceptor) = ctx.shared.tls.load_full() else {
+        return;
+    };
+    match tokio::time::timeout(ctx.header_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => serve_conn(s, info, ctx, watcher).await,
+        Ok(Err(e)) => tracing::debug!(peer = %info.peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(peer = %info.peer, "TLS handshake timed out"),
     }
 }
 

@@ -29,7 +29,9 @@ pub async fn handle(
     let version = req.version();
     let path = req.uri().path().to_owned();
     let mut log = LogFields::default();
-    let mut resp = match proxy(&app, client, conn, req, &mut log).await {
+    // The request path's state machine is large; boxing it keeps the future hyper stores per
+    // connection small (idle keep-alive connections stay cheap) and avoids moving it.
+    let mut resp = match Box::pin(proxy(&app, client, conn, req, &mut log)).await {
         Ok(r) => r,
         Err(e) => {
             log.error = Some(e.to_string());
@@ -91,7 +93,7 @@ async fn proxy(
         if parts.method == http::Method::POST && parts.uri.path() == r.logout_path {
             identity::strip_client_headers(&mut parts.headers, &app.config.identity);
             log.route = Some("logout".into());
-            return refresh::logout(app, client, &parts, authority.as_deref()).await;
+            return Box::pin(refresh::logout(app, client, &parts, authority.as_deref())).await;
         }
     }
     let route = app
@@ -149,7 +151,7 @@ async fn proxy(
             .as_ref()
             .is_none_or(|a| expired || r.is_due(&a.verified));
         if due {
-            match r.refresh(client, &app.verifier, &refresh_token).await {
+            match Box::pin(r.refresh(client, &app.verifier, &refresh_token)).await {
                 Ok(grant) => {
                     app.revocations.check(&grant.verified).await?;
                     auth = Some(Authenticated {

@@ -157,6 +157,11 @@ impl Store for MemoryStore {
 /// channel `<prefix>revocations`.
 pub struct RedisStore {
     pool: deadpool_redis::Pool,
+    /// A multiplexed connection taken from the pool and shared by every command: a pooled
+    /// `get()` re-checks the connection with a round trip (UNWATCH + PING) each time, which
+    /// would double the cost of every lookup. Dropped on error; the next command takes a
+    /// fresh one from the pool.
+    shared: arc_swap::ArcSwapOption<redis::aio::MultiplexedConnection>,
     prefix: String,
     subject_ttl: Duration,
     timeout: Duration,
@@ -182,6 +187,7 @@ impl RedisStore {
             .create_pool(Some(deadpool_redis::Runtime::Tokio1))
             .map_err(|e| format!("invalid redis_url: {e}"))?;
         Ok(RedisStore {
+            shared: arc_swap::ArcSwapOption::empty(),
             pool,
             prefix: cfg.key_prefix.clone(),
             subject_ttl: cfg.subject_ttl,
@@ -203,22 +209,36 @@ impl RedisStore {
 
     async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(deadpool_redis::Connection) -> Fut,
+        F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let work = async {
-            let conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| StoreError::Backend(e.to_string()))?;
-            f(conn)
-                .await
-                .map_err(|e| StoreError::Backend(e.to_string()))
+            let conn = match self.shared.load_full() {
+                Some(c) => (*c).clone(),
+                None => {
+                    let pooled = self
+                        .pool
+                        .get()
+                        .await
+                        .map_err(|e| StoreError::Backend(e.to_string()))?;
+                    let c = deadpool_redis::Connection::take(pooled);
+                    self.shared.store(Some(Arc::new(c.clone())));
+                    c
+                }
+            };
+            let res = f(conn).await;
+            if res.is_err() {
+                self.shared.store(None);
+            }
+            res.map_err(|e| StoreError::Backend(e.to_string()))
         };
         tokio::time::timeout(self.timeout, work)
             .await
-            .map_err(|_| StoreError::Timeout)?
+            .map_err(|_| {
+                // A connection that does not answer in time is not reused.
+                self.shared.store(None);
+                StoreError::Timeout
+            })?
     }
 
     async fn publish_with(
@@ -401,10 +421,16 @@ impl Revocations {
 
     /// Step 4b: is this verified token revoked?
     pub async fn check(&self, v: &Verified) -> Result<(), GatewayError> {
-        let jti = v.jti.as_deref();
-        if let Some(l) = self.store.lookup_now(jti, &v.sub) {
+        if let Some(l) = self.store.lookup_now(v.jti.as_deref(), &v.sub) {
             return decide(l, v);
         }
+        // The remote path's future is large (cache, store); boxing it keeps every caller's
+        // future small for the common in-process answer.
+        Box::pin(self.check_remote(v)).await
+    }
+
+    async fn check_remote(&self, v: &Verified) -> Result<(), GatewayError> {
+        let jti = v.jti.as_deref();
         decide(self.recent.get(jti, &v.sub), v)?;
         // A cached answer needs no store, even while the circuit is open.
         if let Some(c) = self.cache.get(&v.key).await {
