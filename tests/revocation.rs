@@ -25,12 +25,9 @@ struct Rig {
     admin_token: String,
 }
 
-/// `store`: "" for memory, or a revocation table body.
-async fn rig(up: Option<EchoUpstream>, revocation: &str) -> Rig {
-    let up = match up {
-        Some(u) => u,
-        None => EchoUpstream::start().await,
-    };
+/// A gateway with one authenticated route, logout, and the given `[revocation]` body.
+async fn rig(revocation: &str) -> Rig {
+    let up = EchoUpstream::start().await;
     std::env::set_var(HS_ENV, HS_SECRET);
     let (var, value) = admin_env();
     let cfg = format!(
@@ -208,35 +205,35 @@ async fn logout_case(r: Rig) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_store_jti() {
-    jti_revocation_case(rig(None, "store = \"memory\"").await).await;
+    jti_revocation_case(rig("store = \"memory\"").await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_jti() {
     let redis = RedisServer::start().await;
-    jti_revocation_case(rig(None, &redis_cfg(&redis, "")).await).await;
+    jti_revocation_case(rig(&redis_cfg(&redis, "")).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_store_subject_watermark() {
-    subject_watermark_case(rig(None, "store = \"memory\"").await).await;
+    subject_watermark_case(rig("store = \"memory\"").await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_subject_watermark() {
     let redis = RedisServer::start().await;
-    subject_watermark_case(rig(None, &redis_cfg(&redis, "")).await).await;
+    subject_watermark_case(rig(&redis_cfg(&redis, "")).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_store_logout() {
-    logout_case(rig(None, "store = \"memory\"").await).await;
+    logout_case(rig("store = \"memory\"").await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_logout() {
     let redis = RedisServer::start().await;
-    logout_case(rig(None, &redis_cfg(&redis, "")).await).await;
+    logout_case(rig(&redis_cfg(&redis, "")).await).await;
 }
 
 // === Redis specifics ===
@@ -244,10 +241,10 @@ async fn redis_store_logout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_keys_expire_with_the_token_and_follow_the_spec_names() {
     let redis = RedisServer::start().await;
-    let r = rig(
-        None,
-        &redis_cfg(&redis, "key_prefix = \"gw1:\"\nsubject_ttl_s = 7200"),
-    )
+    let r = rig(&redis_cfg(
+        &redis,
+        "key_prefix = \"gw1:\"\nsubject_ttl_s = 7200",
+    ))
     .await;
     let t = token("RS256", Some("r1"), json!({}));
     let c = claims_of(&t);
@@ -283,7 +280,7 @@ async fn redis_keys_expire_with_the_token_and_follow_the_spec_names() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_redis_write_is_honoured_within_cache_ttl() {
     let redis = RedisServer::start().await;
-    let r = rig(None, &redis_cfg(&redis, "")).await;
+    let r = rig(&redis_cfg(&redis, "")).await;
     let t = token("RS256", Some("r1"), json!({}));
     assert_eq!(r.call(&t).await.status, 200, "now cached as not revoked");
     let jti = claims_of(&t)["jti"].as_str().unwrap().to_string();
@@ -312,8 +309,8 @@ async fn revocation_through_one_replica_reaches_the_other_within_200ms() {
     let redis = RedisServer::start().await;
     // A long cache TTL: only pub/sub can make replica B notice in time.
     let cfg = redis_cfg(&redis, "").replace("cache_ttl_ms = 300", "cache_ttl_ms = 60000");
-    let a = rig(None, &cfg).await;
-    let b = rig(None, &cfg).await;
+    let a = rig(&cfg).await;
+    let b = rig(&cfg).await;
     let t = token("RS256", Some("r1"), json!({}));
     assert_eq!(
         b.call(&t).await.status,
@@ -359,7 +356,7 @@ async fn revocation_through_one_replica_reaches_the_other_within_200ms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_deny_is_503_then_recovers_after_restart() {
     let mut redis = RedisServer::start().await;
-    let r = rig(None, &redis_cfg(&redis, "on_error = \"deny\"")).await;
+    let r = rig(&redis_cfg(&redis, "on_error = \"deny\"")).await;
     let cl = r.gw.client_plain();
     let readyz = format!("http://{}/readyz", r.gw.admin);
     assert_eq!(
@@ -414,7 +411,7 @@ async fn redis_down_deny_is_503_then_recovers_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_allow_lets_requests_through() {
     let mut redis = RedisServer::start().await;
-    let r = rig(None, &redis_cfg(&redis, "on_error = \"allow\"")).await;
+    let r = rig(&redis_cfg(&redis, "on_error = \"allow\"")).await;
     redis.kill();
     assert_eq!(
         r.call(&token("RS256", Some("r1"), json!({}))).await.status,
@@ -437,7 +434,7 @@ async fn redis_down_allow_lets_requests_through() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_mutations_need_the_admin_token() {
-    let r = rig(None, "store = \"memory\"").await;
+    let r = rig("store = \"memory\"").await;
     let body = json!({"sub": "alice"}).to_string();
     assert_eq!(
         r.admin(Method::POST, "/revocations", None, &body)
@@ -496,7 +493,7 @@ async fn admin_mutations_refused_without_the_env_var() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_rejects_malformed_bodies() {
-    let r = rig(None, "store = \"memory\"").await;
+    let r = rig("store = \"memory\"").await;
     let now = jwtgate::auth::now_unix();
     for (body, needle) in [
         ("not json".to_string(), "JSON"),
@@ -537,7 +534,7 @@ async fn admin_rejects_malformed_bodies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_cli_uses_the_admin_api() {
-    let r = rig(None, "store = \"memory\"").await;
+    let r = rig("store = \"memory\"").await;
     let t = token("RS256", Some("r1"), json!({}));
     let c = claims_of(&t);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_jwtgate"))
