@@ -286,11 +286,6 @@ impl IssuerKeys {
         self.jwks.as_ref().map(|j| j.fetches.clone())
     }
 
-    /// Number of JWKS documents fetched (successfully or not) so far.
-    pub fn jwks_fetches(&self) -> u64 {
-        self.jwks.as_ref().map_or(0, |j| j.fetches.get())
-    }
-
     fn install(&self, set: KeySet) {
         self.keys.store(Arc::new(set));
         self.generation.fetch_add(1, Ordering::AcqRel);

@@ -27,14 +27,21 @@ pub async fn handle(
     let started = Instant::now();
     let method = req.method().clone();
     let version = req.version();
-    let path = req.uri().path().to_owned();
-    let mut log = LogFields::default();
+    // Nothing is copied for the access log unless the line will be written.
+    let logging = tracing::enabled!(target: "jwtgate::access", tracing::Level::INFO);
+    let path = logging.then(|| req.uri().path().to_owned());
+    let mut log = LogFields {
+        logging,
+        ..LogFields::default()
+    };
     // The request path's state machine is large; boxing it keeps the future hyper stores per
     // connection small (idle keep-alive connections stay cheap) and avoids moving it.
     let mut resp = match Box::pin(proxy(&app, client, conn, req, &mut log)).await {
         Ok(r) => r,
         Err(e) => {
-            log.error = Some(e.to_string());
+            if logging {
+                log.error = Some(e.to_string());
+            }
             app.metrics.refused(&e);
             let close = matches!(e, GatewayError::BadRequest(_)) && version < http::Version::HTTP_2;
             let mut r = e.into_response();
@@ -50,11 +57,18 @@ pub async fn handle(
         resp.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
     }
     app.metrics.request(log.route_index, resp.status().as_u16());
+    if !logging {
+        return resp;
+    }
+    let route = match log.route_index {
+        Some(i) => app.router.routes()[i].config.name.as_str(),
+        None => log.gateway_endpoint.unwrap_or("-"),
+    };
     tracing::info!(
         target: "jwtgate::access",
         method = %method,
-        path = %path,
-        route = log.route.as_deref().unwrap_or("-"),
+        path = path.as_deref().unwrap_or(""),
+        route,
         status = resp.status().as_u16(),
         duration_us = started.elapsed().as_micros() as u64,
         request_id = log.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
@@ -64,10 +78,14 @@ pub async fn handle(
     resp
 }
 
+/// What the access-log line and the metrics need from the request path. Strings are
+/// filled only when `logging` (the access log is enabled).
 #[derive(Default)]
 struct LogFields {
-    route: Option<String>,
+    logging: bool,
     route_index: Option<usize>,
+    /// A request answered by the gateway itself (logout), not by a route.
+    gateway_endpoint: Option<&'static str>,
     request_id: Option<HeaderValue>,
     sub: Option<String>,
     error: Option<String>,
@@ -92,7 +110,7 @@ async fn proxy(
     if let Some(r) = &app.config.refresh {
         if parts.method == http::Method::POST && parts.uri.path() == r.logout_path {
             identity::strip_client_headers(&mut parts.headers, &app.config.identity);
-            log.route = Some("logout".into());
+            log.gateway_endpoint = Some("logout");
             return Box::pin(refresh::logout(app, client, &parts, authority.as_deref())).await;
         }
     }
@@ -100,7 +118,6 @@ async fn proxy(
         .router
         .find(authority.as_deref(), parts.uri.path())
         .ok_or(GatewayError::NoRoute)?;
-    log.route = Some(route.config.name.clone());
     log.route_index = Some(route.index);
 
     // 3. Strip identity headers the client sent, on every route, before anything else.
@@ -180,7 +197,9 @@ async fn proxy(
     // 6. Identity, forwarding headers, hop-by-hop removal; the refresh token stays here.
     if let Some(a) = &auth {
         identity::set_identity(&mut parts.headers, &app.config.identity, a);
-        log.sub = Some(a.verified.sub.clone());
+        if log.logging {
+            log.sub = Some(a.verified.sub.clone());
+        }
     }
     if let Some(r) = &app.config.refresh {
         refresh::strip_refresh_token(r, &mut parts.headers);

@@ -295,14 +295,7 @@ struct StoredOutcome {
 
 impl SharedFlight {
     fn new(r: &crate::config::Revocation, cfg: &Refresh) -> Result<SharedFlight, String> {
-        let mut dc = deadpool_redis::Config::from_url(r.redis_url.clone());
-        let mut pc = deadpool_redis::PoolConfig::new(4);
-        pc.timeouts.wait = Some(r.timeout);
-        pc.timeouts.create = Some(r.connect_timeout);
-        dc.pool = Some(pc);
-        let pool = dc
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .map_err(|e| e.to_string())?;
+        let pool = crate::revocation::redis_pool(r, 4)?;
         Ok(SharedFlight {
             pool,
             prefix: r.key_prefix.clone(),

@@ -175,17 +175,22 @@ pub enum Message {
     Sub { sub: String, at: i64 },
 }
 
+/// A deadpool-redis pool for `redis_url` with the configured timeouts (shared by the
+/// revocation store and the cross-replica refresh coordination).
+pub fn redis_pool(cfg: &RevocationConfig, size: usize) -> Result<deadpool_redis::Pool, String> {
+    let mut pc = deadpool_redis::PoolConfig::new(size);
+    pc.timeouts.wait = Some(cfg.timeout);
+    pc.timeouts.create = Some(cfg.connect_timeout);
+    pc.timeouts.recycle = Some(cfg.timeout);
+    let mut dc = deadpool_redis::Config::from_url(cfg.redis_url.clone());
+    dc.pool = Some(pc);
+    dc.create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .map_err(|e| format!("invalid redis_url: {e}"))
+}
+
 impl RedisStore {
     pub fn new(cfg: &RevocationConfig) -> Result<RedisStore, String> {
-        let mut pc = deadpool_redis::PoolConfig::new(cfg.pool_size);
-        pc.timeouts.wait = Some(cfg.timeout);
-        pc.timeouts.create = Some(cfg.connect_timeout);
-        pc.timeouts.recycle = Some(cfg.timeout);
-        let mut dc = deadpool_redis::Config::from_url(cfg.redis_url.clone());
-        dc.pool = Some(pc);
-        let pool = dc
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .map_err(|e| format!("invalid redis_url: {e}"))?;
+        let pool = redis_pool(cfg, cfg.pool_size)?;
         Ok(RedisStore {
             shared: arc_swap::ArcSwapOption::empty(),
             pool,
