@@ -451,6 +451,8 @@ pub struct UpstreamUrl {
     pub base_path: String,
     /// The `Host` header sent upstream, prepared once.
     pub host_header: http::HeaderValue,
+    /// Where the pooled client connects.
+    pub origin: crate::upstream::Origin,
 }
 
 impl std::fmt::Display for UpstreamUrl {
@@ -1187,7 +1189,9 @@ pub fn parse_upstream(u: &str) -> Result<UpstreamUrl, String> {
     }
     let host_header = http::HeaderValue::from_str(authority.as_str())
         .map_err(|_| format!("{u:?}: host is not a valid header value"))?;
+    let origin = crate::upstream::Origin::from_uri(&uri).map_err(|e| format!("{u:?}: {e}"))?;
     Ok(UpstreamUrl {
+        origin,
         scheme,
         host_header,
         authority,

@@ -306,13 +306,12 @@ async fn request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<(u16, http::HeaderMap, Bytes), String> {
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
+    let client = crate::upstream::Client::new(1);
     let mut b = Request::get(format!("http://{addr}{path}"));
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    let req = b.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+    let req = b.body(crate::body::empty()).map_err(|e| e.to_string())?;
     let resp = client.request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     let (parts, body) = resp.into_parts();

@@ -2,8 +2,10 @@
 //! forwarding headers (`x-forwarded-*`, `x-request-id`), remove hop-by-hop headers. Every
 //! header the gateway sets on an upstream request is set here.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::BytesMut;
 
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 
@@ -58,11 +60,22 @@ pub fn set_identity(headers: &mut HeaderMap, identity: &Identity, auth: &Authent
     }
 }
 
-/// Facts about the client connection that forwarding headers are made of.
-#[derive(Debug, Clone, Copy)]
+/// Facts about the client connection that forwarding headers are made of, prepared once
+/// per connection.
+#[derive(Debug, Clone)]
 pub struct ClientInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The peer's IP address as a header value (`x-forwarded-for`).
+    ip: HeaderValue,
+}
+
+impl ClientInfo {
+    pub fn new(peer: SocketAddr, tls: bool) -> ClientInfo {
+        let ip = HeaderValue::try_from(peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ClientInfo { peer, tls, ip }
+    }
 }
 
 /// Step 6b: `x-forwarded-for` (client address appended), `-proto`, `-host` (the client's
@@ -70,24 +83,25 @@ pub struct ClientInfo {
 /// Returns the request id for the access log.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    client: ClientInfo,
-    authority: Option<&str>,
+    client: &ClientInfo,
+    authority: Option<&HeaderValue>,
 ) -> HeaderValue {
-    let ip = client.peer.ip().to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+        Some(prev) if !prev.trim().is_empty() => {
+            HeaderValue::try_from(format!("{prev}, {}", client.peer.ip())).ok()
+        }
+        _ => Some(client.ip.clone()),
     };
-    if let Ok(v) = HeaderValue::try_from(xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if client.tls { "https" } else { "http" }),
     );
-    match authority.and_then(|a| HeaderValue::from_str(a).ok()) {
+    match authority {
         Some(a) => {
-            headers.insert(X_FORWARDED_HOST.clone(), a);
+            headers.insert(X_FORWARDED_HOST.clone(), a.clone());
         }
         None => {
             headers.remove(&X_FORWARDED_HOST);
@@ -112,34 +126,80 @@ fn is_sane_request_id(v: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
-/// A process-unique id: random 64-bit prefix chosen at start, then a counter.
+/// A unique id: a random 64-bit prefix chosen per thread, then that thread's counter
+/// (`0123456789abcdef-00000000002a`). Nothing is shared between worker threads, and ids are
+/// cut from a per-thread 4 KiB buffer, so making one (and cloning it for the response and
+/// the log) allocates nothing most of the time.
 fn new_request_id() -> HeaderValue {
-    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(|| {
-        let mut b = [0u8; 8];
-        let _ = aws_lc_rs::rand::fill(&mut b);
-        u64::from_le_bytes(b)
-    });
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let s = format!("{prefix:016x}-{n:012x}");
-    HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    const LEN: usize = 29;
+    thread_local! {
+        static IDS: RefCell<(u64, u64, BytesMut)> = RefCell::new((random_u64(), 0, BytesMut::new()));
+    }
+    IDS.with(|ids| {
+        let (prefix, next, arena) = &mut *ids.borrow_mut();
+        let mut buf = [0u8; LEN];
+        hex(&mut buf[..16], *prefix);
+        buf[16] = b'-';
+        hex(&mut buf[17..], *next & 0xffff_ffff_ffff);
+        *next = next.wrapping_add(1);
+        if arena.capacity() < LEN {
+            *arena = BytesMut::with_capacity(4096);
+        }
+        arena.extend_from_slice(&buf);
+        HeaderValue::from_maybe_shared(arena.split().freeze())
+            .unwrap_or_else(|_| HeaderValue::from_static("0"))
+    })
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    u64::from_le_bytes(b)
+}
+
+/// Lower-case hex of the low `out.len()` nibbles of `v`, most significant first.
+fn hex(out: &mut [u8], v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let n = out.len();
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = DIGITS[((v >> (4 * (n - 1 - i))) & 0xf) as usize];
+    }
+}
+
+/// Remove the headers a `Connection` value names (except `upgrade` for an upgrade).
+fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue, upgrade: bool) {
+    let Ok(list) = connection.to_str() else {
+        return;
+    };
+    for token in list.split(',').map(str::trim) {
+        if token.is_empty() || (upgrade && token.eq_ignore_ascii_case("upgrade")) {
+            continue;
+        }
+        // A `&str` key is lower-cased on the stack and looked up; nothing is allocated.
+        headers.remove(token);
+    }
 }
 
 /// Step 6c: remove hop-by-hop headers, including those the `Connection` header names.
 /// For an upgrade request `Connection: upgrade` and `Upgrade` are kept, so the upstream
 /// sees the handshake.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(upgrade && *n == header::UPGRADE))
-        .collect();
-    for n in named {
-        headers.remove(n);
+    // The `Connection` values are refcounted copies, so the map can be edited while they are
+    // read; one value (the usual case) needs no list.
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    match (values.next().cloned(), values.next().is_some()) {
+        (None, _) => {}
+        (Some(one), false) => remove_named(headers, &one, upgrade),
+        (Some(_), true) => {
+            let all: Vec<HeaderValue> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .cloned()
+                .collect();
+            for v in &all {
+                remove_named(headers, v, upgrade);
+            }
+        }
     }
     headers.remove(header::CONNECTION);
     headers.remove(&KEEP_ALIVE);
@@ -218,11 +278,8 @@ mod tests {
         );
         let id = set_forwarded(
             &mut h,
-            ClientInfo {
-                peer: "127.0.0.9:5000".parse().unwrap(),
-                tls: true,
-            },
-            Some("api.example:8443"),
+            &ClientInfo::new("127.0.0.9:5000".parse().unwrap(), true),
+            Some(&HeaderValue::from_static("api.example:8443")),
         );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -234,10 +291,7 @@ mod tests {
         assert_eq!(
             set_forwarded(
                 &mut h,
-                ClientInfo {
-                    peer: "[::1]:1".parse().unwrap(),
-                    tls: false
-                },
+                &ClientInfo::new("[::1]:1".parse().unwrap(), false),
                 None
             ),
             "abc-123"

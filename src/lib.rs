@@ -134,7 +134,8 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
     // Background tasks run on the caller's runtime: revocation probe and subscriber
     // (remote stores only), then each App's JWKS fetchers.
     tokio::spawn(revocations.clone().run_background(shutdown_rx.clone()));
-    let control_client = upstream::client(4);
+    let control_client = upstream::Client::new(4);
+    control_client.spawn_reaper();
     let app = App::new(config, revocations.clone());
     app.start_background(&control_client);
 

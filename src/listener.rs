@@ -82,7 +82,8 @@ pub fn run_worker(
     };
     rt.block_on(async move {
         let server = shared.app.load().config.server.clone();
-        let client = Arc::new(upstream::client(1024));
+        let client = upstream::Client::new(1024);
+        client.spawn_reaper();
         let builder = Arc::new(connection_builder(&server));
         let graceful = GracefulShutdown::new();
         let mut loops = Vec::new();
@@ -134,7 +135,7 @@ fn connection_builder(server: &crate::config::Server) -> auto::Builder<TokioExec
 #[derive(Clone)]
 struct ConnCtx {
     shared: Arc<Shared>,
-    client: Arc<upstream::Client>,
+    client: upstream::Client,
     builder: Arc<auto::Builder<TokioExecutor>>,
     header_timeout: Duration,
     tls: bool,
@@ -162,7 +163,7 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         let watcher = graceful.watcher();
-        let info = ClientInfo { peer, tls: ctx.tls };
+        let info = ClientInfo::new(peer, ctx.tls);
         // Separate tasks for plain and TLS connections: a task is as large as its largest
         // state, and plain connections should not carry room for a TLS session.
         if ctx.tls {
@@ -193,11 +194,13 @@ async fn serve_conn<I>(io: I, info: ClientInfo, ctx: ConnCtx, watcher: Watcher)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = info.peer;
     let shared = ctx.shared.clone();
     let client = ctx.client.clone();
     let svc = service_fn(move |req| {
         let app = shared.app.load_full();
         let client = client.clone();
+        let info = info.clone();
         async move { Ok::<_, Infallible>(proxy::handle(app, &client, info, req).await) }
     });
     let conn = ctx
@@ -205,6 +208,6 @@ where
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .into_owned();
     if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(peer = %info.peer, error = %e, "connection ended with error");
+        tracing::debug!(peer = %peer, error = %e, "connection ended with error");
     }
 }

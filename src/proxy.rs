@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{header, HeaderValue, Request, Response};
-use http_body_util::Limited;
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::app::App;
@@ -24,11 +24,12 @@ pub async fn handle(
     conn: ClientInfo,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let started = Instant::now();
-    let method = req.method().clone();
     let version = req.version();
-    // Nothing is copied for the access log unless the line will be written.
+    // Nothing is copied (and the clock not read) for the access log unless the line will be
+    // written.
     let logging = tracing::enabled!(target: "jwtgate::access", tracing::Level::INFO);
+    let started = logging.then(Instant::now);
+    let method = logging.then(|| req.method().clone());
     let path = logging.then(|| req.uri().path().to_owned());
     let mut log = LogFields {
         logging,
@@ -66,11 +67,11 @@ pub async fn handle(
     };
     tracing::info!(
         target: "jwtgate::access",
-        method = %method,
+        method = method.as_ref().map_or("-", http::Method::as_str),
         path = path.as_deref().unwrap_or(""),
         route,
         status = resp.status().as_u16(),
-        duration_us = started.elapsed().as_micros() as u64,
+        duration_us = started.map_or(0, |t| t.elapsed().as_micros() as u64),
         request_id = log.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
         sub = log.sub.as_deref().unwrap_or("-"),
         error = log.error.as_deref().unwrap_or(""),
@@ -104,19 +105,20 @@ async fn proxy(
     let upgrade = is_upgrade(&req);
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let authority = authority(&parts).map(str::to_owned);
+    let host = authority(&parts);
+    let authority = host.as_ref().and_then(|h| h.to_str().ok());
 
     // 2. Route. The logout endpoint belongs to the gateway itself, on every host.
     if let Some(r) = &app.config.refresh {
         if parts.method == http::Method::POST && parts.uri.path() == r.logout_path {
             identity::strip_client_headers(&mut parts.headers, &app.config.identity);
             log.gateway_endpoint = Some("logout");
-            return Box::pin(refresh::logout(app, client, &parts, authority.as_deref())).await;
+            return Box::pin(refresh::logout(app, client, &parts, authority)).await;
         }
     }
     let route = app
         .router
-        .find(authority.as_deref(), parts.uri.path())
+        .find(authority, parts.uri.path())
         .ok_or(GatewayError::NoRoute)?;
     log.route_index = Some(route.index);
 
@@ -140,7 +142,7 @@ async fn proxy(
             } else {
                 mode
             };
-            let host = authority.as_deref();
+            let host = authority;
             app.verifier
                 .authenticate(
                     mode,
@@ -206,17 +208,20 @@ async fn proxy(
     }
     log.request_id = Some(identity::set_forwarded(
         &mut parts.headers,
-        conn,
-        authority.as_deref(),
+        &conn,
+        host.as_ref(),
     ));
     identity::remove_hop_by_hop(&mut parts.headers, upgrade);
 
     // 7. Forward, streaming both ways; splice upgraded connections.
-    let replayable = !has_body(&parts.headers);
-    let body = body::stream(Limited::new(
-        body,
-        app.config.server.max_body_bytes as usize,
-    ));
+    // A request without a body (hyper knows: no length, or END_STREAM on h2) can be
+    // replayed on the next upstream and needs no stream of its own.
+    let replayable = body.is_end_stream();
+    let body = if replayable {
+        body::empty()
+    } else {
+        body::request(body, app.config.server.max_body_bytes as usize)
+    };
     let mut resp = upstream::forward(client, route, parts, body, replayable).await?;
     if let Some(on) = on_upgrade {
         upstream::splice_upgrade(on, &mut resp);
@@ -226,7 +231,7 @@ async fn proxy(
     if let (Some((grant, channel)), Some(r)) = (&renewed, &app.config.refresh) {
         refresh::return_tokens(resp.headers_mut(), r, grant, *channel);
     }
-    Ok(resp.map(body::stream))
+    Ok(resp.map(body::upstream))
 }
 
 /// Content-Length together with Transfer-Encoding (or several differing lengths) is the
@@ -257,12 +262,6 @@ fn check_framing(req: &Request<Incoming>, max_body: u64) -> Result<(), GatewayEr
     Ok(())
 }
 
-fn has_body(h: &http::HeaderMap) -> bool {
-    h.contains_key(header::TRANSFER_ENCODING)
-        || h.get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
-}
-
 fn is_upgrade(req: &Request<Incoming>) -> bool {
     req.version() == http::Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
@@ -277,11 +276,14 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
             })
 }
 
-/// The authority the client addressed: `Host` (HTTP/1.1) or `:authority` (h2).
-fn authority(parts: &http::request::Parts) -> Option<&str> {
-    parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+/// The authority the client addressed: `Host` (HTTP/1.1) or `:authority` (h2). The `Host`
+/// value is a refcounted view of the request; only h2 needs a copy.
+fn authority(parts: &http::request::Parts) -> Option<HeaderValue> {
+    match parts.headers.get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    }
 }

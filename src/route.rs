@@ -28,10 +28,15 @@ impl Route {
         (0..n).map(move |i| &self.config.upstreams[(start + i) % n])
     }
 
+    /// Whether the path sent upstream differs from the client's (`strip_prefix`).
+    pub fn rewrites_path(&self) -> bool {
+        self.config.strip_prefix && self.config.path_prefix != "/"
+    }
+
     /// The path (and query) to send upstream: prefix stripped when configured, then the
     /// upstream's base path prepended.
     pub fn upstream_path(&self, upstream: &UpstreamUrl, path: &str, query: Option<&str>) -> String {
-        let rest = if self.config.strip_prefix && self.config.path_prefix != "/" {
+        let rest = if self.rewrites_path() {
             let r = &path[self.config.path_prefix.len().min(path.len())..];
             if r.is_empty() {
                 "/"

@@ -1,60 +1,30 @@
 //! Forwarding: the pooled upstream client, URI rewrite, timeouts, failover to the next
 //! upstream for idempotent requests, and WebSocket/upgrade splicing.
 
+use std::collections::HashMap;
 use std::error::Error as _;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{header, Method, Request, Response, StatusCode, Uri, Version};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnectorBuilder;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 
 use crate::body::{self, Body};
 use crate::config::UpstreamUrl;
 use crate::error::GatewayError;
 use crate::route::Route;
 
-/// Pooled HTTP/1.1 client for http:// and https:// upstreams (webpki roots).
-pub type Client =
-    hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
-
-/// Time allowed to establish a TCP connection to an upstream.
+/// Time allowed to establish a TCP connection (and a TLS session) to an upstream.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Build a client. `max_idle_per_host` must not be below the expected concurrency, or
-/// connections keep reopening.
-pub fn client(max_idle_per_host: usize) -> Client {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map(|b| b.with_root_certificates(roots).with_no_client_auth());
-    let tls = match tls {
-        Ok(t) => t,
-        // The provider supports the default versions; this cannot fail in practice.
-        Err(e) => panic!("rustls client config: {e}"),
-    };
-    let https = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(max_idle_per_host)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(https)
-}
 
 /// Send the request to the route's upstreams (round robin). A failed connect moves on to
 /// the next upstream when the request can be replayed (idempotent method, no body).
@@ -64,9 +34,8 @@ pub async fn forward(
     mut parts: http::request::Parts,
     body: Body,
     replayable: bool,
-) -> Result<Response<Incoming>, GatewayError> {
-    let path = parts.uri.path().to_owned();
-    let query = parts.uri.query().map(str::to_owned);
+) -> Result<Response<UpstreamBody>, GatewayError> {
+    let original = std::mem::take(&mut parts.uri);
     parts.version = Version::HTTP_11;
     parts.extensions = http::Extensions::new();
     let retry = replayable && route.config.upstreams.len() > 1 && is_idempotent(&parts.method);
@@ -74,10 +43,7 @@ pub async fn forward(
     let mut body = Some(body);
     let mut last_err = GatewayError::NoUpstream;
     for upstream in route.pick() {
-        let uri = upstream_uri(
-            upstream,
-            &route.upstream_path(upstream, &path, query.as_deref()),
-        )?;
+        let uri = upstream_uri(route, upstream, &original)?;
         let mut p = match (body.is_some(), &spare) {
             (true, _) => std::mem::replace(&mut parts, Request::new(()).into_parts().0),
             (false, Some((m, h))) => {
@@ -93,7 +59,7 @@ pub async fn forward(
         p.headers.insert(header::HOST, upstream.host_header.clone());
         let b = body.take().unwrap_or_else(body::empty);
         let req = Request::from_parts(p, b);
-        match tokio::time::timeout(route.config.timeout, client.request(req)).await {
+        match tokio::time::timeout(route.config.timeout, client.send(&upstream.origin, req)).await {
             Err(_) => return Err(GatewayError::UpstreamTimeout),
             Ok(Ok(resp)) => return Ok(resp),
             Ok(Err(e)) => {
@@ -111,13 +77,19 @@ pub async fn forward(
     Err(last_err)
 }
 
-fn upstream_uri(u: &UpstreamUrl, path_and_query: &str) -> Result<Uri, GatewayError> {
-    Uri::builder()
-        .scheme(u.scheme.clone())
-        .authority(u.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| GatewayError::BadRequest("request path cannot be forwarded"))
+/// The origin-form URI sent upstream. Without a prefix to strip or a base path to prepend,
+/// the client's path and query are passed on as they are (no copy).
+fn upstream_uri(route: &Route, u: &UpstreamUrl, original: &Uri) -> Result<Uri, GatewayError> {
+    let pq = if u.base_path.is_empty() && !route.rewrites_path() {
+        original.path_and_query().cloned()
+    } else {
+        let s = route.upstream_path(u, original.path(), original.query());
+        Some(
+            http::uri::PathAndQuery::try_from(s)
+                .map_err(|_| GatewayError::BadRequest("request path cannot be forwarded"))?,
+        )
+    };
+    Ok(origin_form(pq))
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -138,7 +110,7 @@ fn has_length_limit_error(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-fn error_chain(e: &hyper_util::client::legacy::Error) -> String {
+fn error_chain(e: &ClientError) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -153,7 +125,7 @@ fn error_chain(e: &hyper_util::client::legacy::Error) -> String {
 /// upstream's upgraded connections together in a background task.
 pub fn splice_upgrade(
     client_side: hyper::upgrade::OnUpgrade,
-    upstream_resp: &mut Response<Incoming>,
+    upstream_resp: &mut Response<UpstreamBody>,
 ) {
     if upstream_resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return;
@@ -171,4 +143,398 @@ pub fn splice_upgrade(
         let mut u = TokioIo::new(u);
         let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
     });
+}
+
+// === Client ===
+
+/// Pooled HTTP/1.1 client for http:// and https:// upstreams (https verified against the
+/// webpki roots). Connections are hyper's own (`hyper::client::conn::http1`); idle ones
+/// wait in a LIFO list per origin and go back there when their response body has been read
+/// to the end. Each worker thread has its own `Client`, so the lock is never contended.
+///
+/// Built on hyper's connection API rather than hyper-util's legacy `Client`: that one spawns
+/// a task, a oneshot and a type-map insert per request to re-pool the connection, which
+/// measured as a sixth of the gateway's user-space CPU (docs/BENCHMARKS.md).
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Mutex<Pool>,
+    tls: tokio_rustls::TlsConnector,
+    max_idle_per_origin: usize,
+}
+
+#[derive(Default)]
+struct Pool {
+    /// Origin key -> slot in `idle`.
+    slots: HashMap<Box<str>, usize>,
+    idle: Vec<Vec<Idle>>,
+    /// Reaper ticks so far; idle age is counted in ticks, so the request path never reads
+    /// the clock.
+    tick: u64,
+}
+
+struct Idle {
+    tx: SendRequest<Body>,
+    /// `Pool::tick` when the connection went idle.
+    since: u64,
+}
+
+/// Where to connect: scheme, host and port of an upstream, prepared once per upstream URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// `scheme://host:port`, the pool key.
+    key: Box<str>,
+    /// Host name or IP address, without IPv6 brackets.
+    host: Box<str>,
+    port: u16,
+    tls: bool,
+}
+
+impl Origin {
+    /// The origin of an absolute `http://` or `https://` URI.
+    pub fn from_uri(uri: &Uri) -> Result<Origin, ClientError> {
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(ClientError::Unsupported(uri.to_string())),
+        };
+        let authority = uri
+            .authority()
+            .ok_or_else(|| ClientError::Unsupported(uri.to_string()))?;
+        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let host = authority.host();
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        Ok(Origin {
+            key: format!("{}://{host}:{port}", if tls { "https" } else { "http" }).into(),
+            host: bare.into(),
+            port,
+            tls,
+        })
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.key)
+    }
+}
+
+/// Why an upstream request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connect to {origin}: {source}")]
+    Connect {
+        origin: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+    #[error("{0}: only absolute http:// and https:// URLs can be fetched")]
+    Unsupported(String),
+}
+
+impl ClientError {
+    /// The connection could not be established (nothing was sent): safe to try elsewhere.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, ClientError::Connect { .. })
+    }
+}
+
+/// Idle connections are closed after `IDLE_TICKS` to `IDLE_TICKS + 1` reaper ticks.
+const REAP_EVERY: Duration = Duration::from_secs(10);
+const IDLE_TICKS: u64 = 6;
+
+impl Client {
+    /// Build a client keeping at most `max_idle_per_origin` idle connections per origin. It
+    /// must not be below the expected concurrency, or connections keep reopening.
+    pub fn new(max_idle_per_origin: usize) -> Client {
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+        let mut tls = match tls {
+            Ok(t) => t,
+            // The provider supports the default versions; this cannot fail in practice.
+            Err(e) => panic!("rustls client config: {e}"),
+        };
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Client {
+            inner: Arc::new(Inner {
+                pool: Mutex::new(Pool::default()),
+                tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+                max_idle_per_origin,
+            }),
+        }
+    }
+
+    /// Fetch an absolute URL (JWKS, token endpoint, admin API): `Host` is set from the URL
+    /// when missing and the request line uses the origin form.
+    pub async fn request(
+        &self,
+        mut req: Request<Body>,
+    ) -> Result<Response<UpstreamBody>, ClientError> {
+        let origin = Origin::from_uri(req.uri())?;
+        if !req.headers().contains_key(header::HOST) {
+            if let Some(a) = req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                req.headers_mut().insert(header::HOST, a);
+            }
+        }
+        let pq = req.uri().path_and_query().cloned();
+        *req.uri_mut() = origin_form(pq);
+        self.send(&origin, req).await
+    }
+
+    /// Send a request whose URI is already in origin form (`/path?query`) and which carries
+    /// its `Host` header. A pooled connection that turns out to be closed before the request
+    /// was written is replaced by the next one, or a new one.
+    pub async fn send(
+        &self,
+        origin: &Origin,
+        mut req: Request<Body>,
+    ) -> Result<Response<UpstreamBody>, ClientError> {
+        loop {
+            let (mut tx, pooled) = match self.checkout(origin) {
+                Some(tx) => (tx, true),
+                None => (self.connect(origin).await?, false),
+            };
+            if let Err(e) = tx.ready().await {
+                if pooled {
+                    continue;
+                }
+                return Err(e.into());
+            }
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok(self.wrap(origin, tx, resp)),
+                Err(mut e) => match e.take_message() {
+                    // Never written: the connection had closed under us; try another.
+                    Some(r) if pooled => req = r,
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+
+    fn checkout(&self, origin: &Origin) -> Option<SendRequest<Body>> {
+        let mut pool = self.inner.pool.lock().ok()?;
+        let slot = *pool.slots.get(&origin.key)?;
+        let idle = &mut pool.idle[slot];
+        while let Some(c) = idle.pop() {
+            if !c.tx.is_closed() {
+                return Some(c.tx);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, slot: usize, tx: SendRequest<Body>) {
+        if tx.is_closed() {
+            return;
+        }
+        let Ok(mut pool) = self.inner.pool.lock() else {
+            return;
+        };
+        let since = pool.tick;
+        let idle = &mut pool.idle[slot];
+        if idle.len() >= self.inner.max_idle_per_origin {
+            idle.retain(|c| !c.tx.is_closed());
+            if idle.len() >= self.inner.max_idle_per_origin {
+                return;
+            }
+        }
+        idle.push(Idle { tx, since });
+    }
+
+    fn slot(&self, origin: &Origin) -> Option<usize> {
+        let mut pool = self.inner.pool.lock().ok()?;
+        if let Some(&s) = pool.slots.get(&origin.key) {
+            return Some(s);
+        }
+        let s = pool.idle.len();
+        pool.idle.push(Vec::new());
+        pool.slots.insert(origin.key.clone(), s);
+        Some(s)
+    }
+
+    /// One reaper tick: close idle connections that have been idle for `IDLE_TICKS` ticks
+    /// or were closed by the upstream.
+    fn reap_idle(&self) {
+        if let Ok(mut pool) = self.inner.pool.lock() {
+            pool.tick += 1;
+            let now = pool.tick;
+            for idle in &mut pool.idle {
+                idle.retain(|c| !c.tx.is_closed() && now - c.since < IDLE_TICKS);
+            }
+        }
+    }
+
+    /// Reap idle connections every `REAP_EVERY` on the current runtime, for as long as the
+    /// client exists: an idle connection lives 60 to 70 s.
+    pub fn spawn_reaper(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REAP_EVERY);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(inner) => Client { inner }.reap_idle(),
+                    None => return,
+                }
+            }
+        });
+    }
+
+    /// Idle connections held for `origin` (tests and diagnostics).
+    pub fn idle_connections(&self, origin: &Origin) -> usize {
+        let Ok(pool) = self.inner.pool.lock() else {
+            return 0;
+        };
+        pool.slots.get(&origin.key).map_or(0, |&s| {
+            pool.idle[s].iter().filter(|c| !c.tx.is_closed()).count()
+        })
+    }
+
+    async fn connect(&self, origin: &Origin) -> Result<SendRequest<Body>, ClientError> {
+        let fail = |source| ClientError::Connect {
+            origin: origin.key.to_string(),
+            source,
+        };
+        let tcp = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            TcpStream::connect((&*origin.host, origin.port)),
+        )
+        .await
+        .map_err(|_| {
+            fail(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out",
+            ))
+        })?
+        .map_err(fail)?;
+        let _ = tcp.set_nodelay(true);
+        if !origin.tls {
+            return handshake(tcp).await;
+        }
+        let name = ServerName::try_from(origin.host.to_string())
+            .map_err(|e| fail(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+        let tls = tokio::time::timeout(CONNECT_TIMEOUT, self.inner.tls.connect(name, tcp))
+            .await
+            .map_err(|_| {
+                fail(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "TLS handshake timed out",
+                ))
+            })?
+            .map_err(fail)?;
+        handshake(tls).await
+    }
+
+    fn wrap(
+        &self,
+        origin: &Origin,
+        tx: SendRequest<Body>,
+        resp: Response<Incoming>,
+    ) -> Response<UpstreamBody> {
+        // An upgraded connection belongs to the upgrade now; never pool it.
+        let slot = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            None
+        } else {
+            self.slot(origin)
+        };
+        let mut resp = resp.map(|inner| UpstreamBody {
+            inner,
+            release: slot.map(|slot| Release {
+                client: self.clone(),
+                slot,
+                tx,
+            }),
+        });
+        if resp.body().inner.is_end_stream() {
+            resp.body_mut().release();
+        }
+        resp
+    }
+}
+
+async fn handshake<I>(io: I) -> Result<SendRequest<Body>, ClientError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with error");
+        }
+    });
+    Ok(tx)
+}
+
+fn origin_form(pq: Option<http::uri::PathAndQuery>) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(pq.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+// === UpstreamBody ===
+
+/// An upstream response body. Once it has been read to the end, its connection goes back
+/// to the pool; dropped earlier, the connection is closed.
+pub struct UpstreamBody {
+    inner: Incoming,
+    release: Option<Release>,
+}
+
+struct Release {
+    client: Client,
+    slot: usize,
+    tx: SendRequest<Body>,
+}
+
+impl UpstreamBody {
+    fn release(&mut self) {
+        if let Some(r) = self.release.take() {
+            r.client.checkin(r.slot, r.tx);
+        }
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            Poll::Ready(Some(Err(_))) => this.release = None,
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
