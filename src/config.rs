@@ -449,8 +449,6 @@ pub struct UpstreamUrl {
     pub scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
     pub base_path: String,
-    /// The `Host` header sent upstream, prepared once.
-    pub host_header: http::HeaderValue,
     /// Where the pooled client connects.
     pub origin: crate::upstream::Origin,
 }
@@ -1187,13 +1185,13 @@ pub fn parse_upstream(u: &str) -> Result<UpstreamUrl, String> {
     if uri.query().is_some() {
         return Err(format!("{u:?}: an upstream URL cannot have a query"));
     }
-    let host_header = http::HeaderValue::from_str(authority.as_str())
-        .map_err(|_| format!("{u:?}: host is not a valid header value"))?;
+    if http::HeaderValue::from_str(authority.as_str()).is_err() {
+        return Err(format!("{u:?}: host is not a valid header value"));
+    }
     let origin = crate::upstream::Origin::from_uri(&uri).map_err(|e| format!("{u:?}: {e}"))?;
     Ok(UpstreamUrl {
         origin,
         scheme,
-        host_header,
         authority,
         base_path: uri.path().trim_end_matches('/').to_string(),
     })

@@ -184,37 +184,58 @@ fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue, upgrade: bool
 /// For an upgrade request `Connection: upgrade` and `Upgrade` are kept, so the upstream
 /// sees the handshake.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // The `Connection` values are refcounted copies, so the map can be edited while they are
-    // read; one value (the usual case) needs no list.
-    let mut values = headers.get_all(header::CONNECTION).iter();
-    match (values.next().cloned(), values.next().is_some()) {
-        (None, _) => {}
-        (Some(one), false) => remove_named(headers, &one, upgrade),
-        (Some(_), true) => {
-            let all: Vec<HeaderValue> = headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .cloned()
-                .collect();
-            for v in &all {
-                remove_named(headers, v, upgrade);
-            }
+    // One pass over the names finds what is there (most messages carry none or only
+    // `Connection`), instead of a hash lookup per hop-by-hop name on every message.
+    let mut connection = false;
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
+            present[i] = true;
         }
     }
-    headers.remove(header::CONNECTION);
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TE);
-    headers.remove(header::TRAILER);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    headers.remove(header::PROXY_AUTHENTICATE);
+    if connection {
+        // The `Connection` values are refcounted copies, so the map can be edited while
+        // they are read; one value (the usual case) needs no list.
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        match (values.next().cloned(), values.next().is_some()) {
+            (None, _) => {}
+            (Some(one), false) => remove_named(headers, &one, upgrade),
+            (Some(_), true) => {
+                let all: Vec<HeaderValue> = headers
+                    .get_all(header::CONNECTION)
+                    .iter()
+                    .cloned()
+                    .collect();
+                for v in &all {
+                    remove_named(headers, v, upgrade);
+                }
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
+        if !(upgrade && *name == header::UPGRADE) {
+            headers.remove(*name);
+        }
+    }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
 }
+
+/// Hop-by-hop headers besides `Connection` (RFC 9110 §7.6.1, and the legacy ones).
+static HOP_BY_HOP: [&HeaderName; 8] = [
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::PROXY_AUTHORIZATION,
+    &header::PROXY_AUTHENTICATE,
+    &header::UPGRADE,
+];
 
 #[cfg(test)]
 mod tests {

@@ -3,6 +3,7 @@
 //! drain. Each worker is one thread with its own current-thread runtime and upstream pool:
 //! measured faster here than one work-stealing runtime (see PERF-NOTES).
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -190,6 +191,31 @@ async fn serve_tls(
     }
 }
 
+/// This worker thread's handle on the live `App`. A request clones this per-thread `Arc`
+/// instead of the shared `Arc<App>`, whose reference count would otherwise move between
+/// the cores on every request. After a reload, the next request on each worker picks up
+/// the new `App`.
+struct WorkerApp(Arc<App>);
+
+thread_local! {
+    static WORKER_APP: RefCell<Option<Arc<WorkerApp>>> = const { RefCell::new(None) };
+}
+
+fn worker_app(shared: &Shared) -> Arc<WorkerApp> {
+    let live = shared.app.load();
+    WORKER_APP.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        match &*slot {
+            Some(w) if Arc::ptr_eq(&w.0, &live) => w.clone(),
+            _ => {
+                let w = Arc::new(WorkerApp(arc_swap::Guard::into_inner(live)));
+                *slot = Some(w.clone());
+                w
+            }
+        }
+    })
+}
+
 async fn serve_conn<I>(io: I, info: ClientInfo, ctx: ConnCtx, watcher: Watcher)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -198,10 +224,10 @@ where
     let shared = ctx.shared.clone();
     let client = ctx.client.clone();
     let svc = service_fn(move |req| {
-        let app = shared.app.load_full();
+        let app = worker_app(&shared);
         let client = client.clone();
         let info = info.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(app, &client, info, req).await) }
+        async move { Ok::<_, Infallible>(proxy::handle(&app.0, &client, info, req).await) }
     });
     let conn = ctx
         .builder

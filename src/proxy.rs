@@ -1,7 +1,6 @@
 //! `handle`: the request path of SPEC.md, one numbered step per stage, each a call into the
 //! module that owns it. Start reading here.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use http::{header, HeaderValue, Request, Response};
@@ -19,7 +18,7 @@ use crate::upstream::{self, Client};
 
 /// Serve one request and write its access-log line.
 pub async fn handle(
-    app: Arc<App>,
+    app: &App,
     client: &Client,
     conn: ClientInfo,
     req: Request<Incoming>,
@@ -37,7 +36,7 @@ pub async fn handle(
     };
     // The request path's state machine is large; boxing it keeps the future hyper stores per
     // connection small (idle keep-alive connections stay cheap) and avoids moving it.
-    let mut resp = match Box::pin(proxy(&app, client, conn, req, &mut log)).await {
+    let mut resp = match Box::pin(proxy(app, client, conn, req, &mut log)).await {
         Ok(r) => r,
         Err(e) => {
             if logging {
@@ -55,7 +54,11 @@ pub async fn handle(
         }
     };
     if let Some(id) = &log.request_id {
-        resp.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+        // Unique per request: HPACK must not put it in the h2 connection's table, where
+        // every new id would evict others and lengthen the encoder's search.
+        let mut id = id.clone();
+        id.set_sensitive(true);
+        resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
     }
     app.metrics.request(log.route_index, resp.status().as_u16());
     if !logging {

@@ -56,7 +56,6 @@ pub async fn forward(
             (false, None) => break,
         };
         p.uri = uri;
-        p.headers.insert(header::HOST, upstream.host_header.clone());
         let b = body.take().unwrap_or_else(body::empty);
         let req = Request::from_parts(p, b);
         match tokio::time::timeout(route.config.timeout, client.send(&upstream.origin, req)).await {
@@ -168,12 +167,19 @@ struct Inner {
 
 #[derive(Default)]
 struct Pool {
-    /// Origin key -> slot in `idle`.
-    slots: HashMap<Box<str>, usize>,
-    idle: Vec<Vec<Idle>>,
+    /// Origin key -> index in `slots`.
+    index: HashMap<Box<str>, usize>,
+    slots: Vec<Slot>,
     /// Reaper ticks so far; idle age is counted in ticks, so the request path never reads
     /// the clock.
     tick: u64,
+}
+
+/// One origin's idle connections and `Host` value. The value is this client's own copy:
+/// cloning it touches no memory another worker thread writes.
+struct Slot {
+    host: HeaderValue,
+    idle: Vec<Idle>,
 }
 
 struct Idle {
@@ -187,6 +193,8 @@ struct Idle {
 pub struct Origin {
     /// `scheme://host:port`, the pool key.
     key: Box<str>,
+    /// The URL's authority as written: the `Host` header sent there.
+    authority: Box<str>,
     /// Host name or IP address, without IPv6 brackets.
     host: Box<str>,
     port: u16,
@@ -204,10 +212,14 @@ impl Origin {
         let authority = uri
             .authority()
             .ok_or_else(|| ClientError::Unsupported(uri.to_string()))?;
+        if HeaderValue::from_str(authority.as_str()).is_err() {
+            return Err(ClientError::Unsupported(uri.to_string()));
+        }
         let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let host = authority.host();
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         Ok(Origin {
+            authority: authority.as_str().into(),
             key: format!("{}://{host}:{port}", if tls { "https" } else { "http" }).into(),
             host: bare.into(),
             port,
@@ -274,39 +286,33 @@ impl Client {
         }
     }
 
-    /// Fetch an absolute URL (JWKS, token endpoint, admin API): `Host` is set from the URL
-    /// when missing and the request line uses the origin form.
+    /// Fetch an absolute URL (JWKS, token endpoint, admin API) in origin form.
     pub async fn request(
         &self,
         mut req: Request<Body>,
     ) -> Result<Response<UpstreamBody>, ClientError> {
         let origin = Origin::from_uri(req.uri())?;
-        if !req.headers().contains_key(header::HOST) {
-            if let Some(a) = req
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                req.headers_mut().insert(header::HOST, a);
-            }
-        }
         let pq = req.uri().path_and_query().cloned();
         *req.uri_mut() = origin_form(pq);
         self.send(&origin, req).await
     }
 
-    /// Send a request whose URI is already in origin form (`/path?query`) and which carries
-    /// its `Host` header. A pooled connection that turns out to be closed before the request
-    /// was written is replaced by the next one, or a new one.
+    /// Send a request whose URI is already in origin form (`/path?query`); its `Host` header
+    /// becomes the origin's authority. A pooled connection that turns out to be closed
+    /// before the request was written is replaced by the next one, or a new one.
     pub async fn send(
         &self,
         origin: &Origin,
         mut req: Request<Body>,
     ) -> Result<Response<UpstreamBody>, ClientError> {
         loop {
-            let (mut tx, pooled) = match self.checkout(origin) {
+            let (slot, host, idle) = self.checkout(origin);
+            req.headers_mut().insert(header::HOST, host);
+            let (mut tx, pooled) = match idle {
                 Some(tx) => (tx, true),
-                None => (self.connect(origin).await?, false),
+                // Boxed: connecting (DNS, TCP, TLS) is rare and its future is large; the
+                // request future stays small and cheap to move.
+                None => (Box::pin(self.connect(origin)).await?, false),
             };
             if let Err(e) = tx.ready().await {
                 if pooled {
@@ -315,7 +321,7 @@ impl Client {
                 return Err(e.into());
             }
             match tx.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap(origin, tx, resp)),
+                Ok(resp) => return Ok(self.wrap(slot, tx, resp)),
                 Err(mut e) => match e.take_message() {
                     // Never written: the connection had closed under us; try another.
                     Some(r) if pooled => req = r,
@@ -325,27 +331,39 @@ impl Client {
         }
     }
 
-    fn checkout(&self, origin: &Origin) -> Option<SendRequest<Body>> {
-        let mut pool = self.inner.pool.lock().ok()?;
-        let slot = *pool.slots.get(&origin.key)?;
-        let idle = &mut pool.idle[slot];
-        while let Some(c) = idle.pop() {
+    /// The origin's slot and `Host` value, and its most recently used open idle connection.
+    fn checkout(&self, origin: &Origin) -> (usize, HeaderValue, Option<SendRequest<Body>>) {
+        let mut pool = self.inner.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let s = match pool.index.get(&origin.key) {
+            Some(&s) => s,
+            None => {
+                let s = pool.slots.len();
+                pool.slots.push(Slot {
+                    host: HeaderValue::from_str(&origin.authority)
+                        .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+                    idle: Vec::new(),
+                });
+                pool.index.insert(origin.key.clone(), s);
+                s
+            }
+        };
+        let slot = &mut pool.slots[s];
+        let host = slot.host.clone();
+        while let Some(c) = slot.idle.pop() {
             if !c.tx.is_closed() {
-                return Some(c.tx);
+                return (s, host, Some(c.tx));
             }
         }
-        None
+        (s, host, None)
     }
 
     fn checkin(&self, slot: usize, tx: SendRequest<Body>) {
         if tx.is_closed() {
             return;
         }
-        let Ok(mut pool) = self.inner.pool.lock() else {
-            return;
-        };
+        let mut pool = self.inner.pool.lock().unwrap_or_else(|p| p.into_inner());
         let since = pool.tick;
-        let idle = &mut pool.idle[slot];
+        let idle = &mut pool.slots[slot].idle;
         if idle.len() >= self.inner.max_idle_per_origin {
             idle.retain(|c| !c.tx.is_closed());
             if idle.len() >= self.inner.max_idle_per_origin {
@@ -355,25 +373,15 @@ impl Client {
         idle.push(Idle { tx, since });
     }
 
-    fn slot(&self, origin: &Origin) -> Option<usize> {
-        let mut pool = self.inner.pool.lock().ok()?;
-        if let Some(&s) = pool.slots.get(&origin.key) {
-            return Some(s);
-        }
-        let s = pool.idle.len();
-        pool.idle.push(Vec::new());
-        pool.slots.insert(origin.key.clone(), s);
-        Some(s)
-    }
-
     /// One reaper tick: close idle connections that have been idle for `IDLE_TICKS` ticks
     /// or were closed by the upstream.
     fn reap_idle(&self) {
         if let Ok(mut pool) = self.inner.pool.lock() {
             pool.tick += 1;
             let now = pool.tick;
-            for idle in &mut pool.idle {
-                idle.retain(|c| !c.tx.is_closed() && now - c.since < IDLE_TICKS);
+            for slot in &mut pool.slots {
+                slot.idle
+                    .retain(|c| !c.tx.is_closed() && now - c.since < IDLE_TICKS);
             }
         }
     }
@@ -400,8 +408,12 @@ impl Client {
         let Ok(pool) = self.inner.pool.lock() else {
             return 0;
         };
-        pool.slots.get(&origin.key).map_or(0, |&s| {
-            pool.idle[s].iter().filter(|c| !c.tx.is_closed()).count()
+        pool.index.get(&origin.key).map_or(0, |&s| {
+            pool.slots[s]
+                .idle
+                .iter()
+                .filter(|c| !c.tx.is_closed())
+                .count()
         })
     }
 
@@ -442,16 +454,12 @@ impl Client {
 
     fn wrap(
         &self,
-        origin: &Origin,
+        slot: usize,
         tx: SendRequest<Body>,
         resp: Response<Incoming>,
     ) -> Response<UpstreamBody> {
         // An upgraded connection belongs to the upgrade now; never pool it.
-        let slot = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            None
-        } else {
-            self.slot(origin)
-        };
+        let slot = (resp.status() != StatusCode::SWITCHING_PROTOCOLS).then_some(slot);
         let mut resp = resp.map(|inner| UpstreamBody {
             inner,
             release: slot.map(|slot| Release {
