@@ -3,10 +3,13 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use http::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn open(name: &str, prefix: &str, ups: &[&str], extra: &str) -> String {
     route(name, prefix, ups, &format!("auth = \"none\"\n{extra}"))
@@ -264,7 +267,6 @@ async fn spoofed_identity_headers_removed_on_open_route() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_is_cut_off_while_others_are_served() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = EchoUpstream::start().await;
     let gw = TestGateway::start_with(
         &open("all", "/", &[&up.url()], ""),
@@ -404,7 +406,6 @@ async fn conflicting_content_lengths_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_passes_through() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = EchoUpstream::start().await;
     let gw = TestGateway::start(&open("all", "/", &[&up.url()], "")).await;
     let mut s = tokio::net::TcpStream::connect(gw.http).await.unwrap();
@@ -463,5 +464,117 @@ async fn graceful_drain_completes_in_flight_request() {
     assert!(
         tokio::net::TcpStream::connect(http).await.is_err(),
         "listener still accepting after drain"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_pooled_and_reused() {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start(&open("all", "/", &[&up.url()], "")).await;
+    let clients = [
+        (gw.client_plain(), gw.http_url("")),
+        (gw.client_tls(), gw.https_url("")),
+        (gw.client_h2(), gw.https_url("")),
+    ];
+    let mut sent = 0;
+    for (cl, base) in &clients {
+        for i in 0..5 {
+            let r = cl.get(&format!("{base}/small/{i}"), &[]).await;
+            assert_eq!(r.status, 200);
+            assert_eq!(r.json()["uri"], format!("/small/{i}"));
+            // A streamed body read to the end hands its connection back too.
+            let r = cl.get(&format!("{base}/big/200000"), &[]).await;
+            assert_eq!(r.status, 200);
+            assert_eq!(r.body.len(), 200_000);
+            // HEAD: no body at all, the connection is free at once.
+            let r = cl
+                .send(
+                    Method::HEAD,
+                    &format!("{base}/head"),
+                    &[],
+                    jwtgate::body::empty(),
+                )
+                .await;
+            assert_eq!(r.status, 200);
+            sent += 3;
+        }
+    }
+    assert_eq!(up.count(), sent);
+    // One request at a time: each of the two workers needs one upstream connection at most.
+    assert!(
+        up.connections() <= 2,
+        "{} upstream connections for {sent} sequential requests",
+        up.connections()
+    );
+}
+
+/// An upstream that answers one request per connection and closes it shortly after, the
+/// way a server with a short keep-alive timeout does.
+async fn closing_upstream() -> (String, Arc<AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let a = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            a.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            });
+        }
+    });
+    (url, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_closing_idle_connections_is_not_an_error() {
+    let (url, accepted) = closing_upstream().await;
+    let gw = TestGateway::start(&open("all", "/", &[&url], "")).await;
+    let cl = gw.client_plain();
+    for i in 1..=5 {
+        let r = cl.get(&gw.http_url("/x"), &[]).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.text(), "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), i);
+        // Idle time, during which the upstream closes the pooled connection.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_with_untrusted_certificate_is_refused() {
+    // The inner gateway serves https with a self-signed certificate; the outer one trusts
+    // the webpki roots only, so it must refuse to talk to it.
+    let up = EchoUpstream::start().await;
+    let inner = TestGateway::start(&open("all", "/", &[&up.url()], "")).await;
+    let target = format!("https://127.0.0.1:{}", inner.https.port());
+    let gw = TestGateway::start(&open("tls", "/", &[&target], "")).await;
+    let r = gw.client_plain().get(&gw.http_url("/secret"), &[]).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["error"], "bad_gateway");
+    assert_eq!(
+        up.count(),
+        0,
+        "request forwarded over an unverified TLS session"
+    );
+    // The gateway keeps serving.
+    assert_eq!(
+        inner
+            .client_plain()
+            .get(&inner.http_url("/ok"), &[])
+            .await
+            .status,
+        200
     );
 }

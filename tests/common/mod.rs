@@ -78,6 +78,7 @@ pub struct EchoUpstream {
     pub addr: SocketAddr,
     pub name: String,
     seen: Arc<Mutex<Vec<Seen>>>,
+    connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -90,9 +91,11 @@ impl EchoUpstream {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (s2, n2) = (seen.clone(), name.to_string());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (s2, n2, c2) = (seen.clone(), name.to_string(), connections.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = l.accept().await {
+                c2.fetch_add(1, Ordering::SeqCst);
                 let (seen, name) = (s2.clone(), n2.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
@@ -109,6 +112,7 @@ impl EchoUpstream {
             addr,
             name: name.to_string(),
             seen,
+            connections,
             task,
         }
     }
@@ -128,6 +132,11 @@ impl EchoUpstream {
 
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 }
 
