@@ -227,7 +227,11 @@ where
         let app = worker_app(&shared);
         let client = client.clone();
         let info = info.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(&app.0, &client, info, req).await) }
+        // Boxed: hyper keeps room for this future in every connection, idle or not, and the
+        // request path's state machine is large. One allocation per request instead.
+        Box::pin(
+            async move { Ok::<_, Infallible>(proxy::handle(&app.0, &client, info, req).await) },
+        )
     });
     let conn = ctx
         .builder

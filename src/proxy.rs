@@ -34,9 +34,7 @@ pub async fn handle(
         logging,
         ..LogFields::default()
     };
-    // The request path's state machine is large; boxing it keeps the future hyper stores per
-    // connection small (idle keep-alive connections stay cheap) and avoids moving it.
-    let mut resp = match Box::pin(proxy(app, client, conn, req, &mut log)).await {
+    let mut resp = match proxy(app, client, conn, req, &mut log).await {
         Ok(r) => r,
         Err(e) => {
             if logging {

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# bench/instructions.sh: user-space instructions per proxied request, counted by valgrind's
+# callgrind. Unlike req/s on a small shared machine, the count repeats to within ~1% from
+# run to run, whatever else the machine is doing, so two builds can be compared exactly.
+#
+# Usage: bench/instructions.sh [BINARY...]     (default: target/release/jwtgate)
+#   env: BENCH_IR_SECONDS (measured seconds per binary, default 10)
+#
+# For each binary: a plain-HTTP jwtgate (2 workers, one auth = "none" route) in front of an
+# nginx `return 200` upstream runs under callgrind; wrk -t1 -c8 warms it up for 3 s, the
+# counters are zeroed, wrk runs again, and the instructions counted during that run are
+# divided by the requests wrk completed. Kernel time is not counted (syscalls are the same
+# for every build); only the gateway's own work is. Needs valgrind, wrk, nginx (apt-get).
+set -Eeuo pipefail
+
+SECONDS_PER_RUN=${BENCH_IR_SECONDS:-10}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BINS=("$@")
+[[ ${#BINS[@]} -gt 0 ]] || BINS=("$ROOT/target/release/jwtgate")
+
+log() { printf '[instructions] %s\n' "$*" >&2; }
+die() { printf '[instructions] ERROR: %s\n' "$*" >&2; exit 1; }
+
+missing=()
+for t in valgrind:valgrind callgrind_control:valgrind wrk:wrk nginx:nginx curl:curl python3:python3; do
+    command -v "${t%%:*}" >/dev/null || missing+=("${t##*:}")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+    command -v apt-get >/dev/null || die "missing: ${missing[*]}"
+    log "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+for b in "${BINS[@]}"; do [[ -x $b ]] || die "$b is not an executable (cargo build --release?)"; done
+
+TMP=$(mktemp -d /tmp/jwtgate-ir.XXXXXX)
+chmod 711 "$TMP"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    [[ -f $TMP/up/nginx.pid ]] && kill "$(cat "$TMP/up/nginx.pid")" 2>/dev/null || true
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+read -r UP GW ADMIN <<<"$(python3 -c '
+import socket
+s=[socket.socket() for _ in range(3)]
+for x in s: x.bind(("127.0.0.1",0))
+print(*[x.getsockname()[1] for x in s])')"
+
+mkdir -p "$TMP"/up/{client_body,proxy,fastcgi,uwsgi,scgi}
+sed -e "s#@PREFIX@#$TMP/up#g" -e "s#@UP_PORT@#$UP#g" "$ROOT/bench/templates/upstream.nginx.conf" >"$TMP/up/nginx.conf"
+nginx -p "$TMP/up" -c "$TMP/up/nginx.conf" -e "$TMP/up/error.log"
+
+cat >"$TMP/gateway.toml" <<EOF
+[listen]
+http = "127.0.0.1:$GW"
+admin = "127.0.0.1:$ADMIN"
+
+[server]
+worker_threads = 2
+log_format = "text"
+
+[[routes]]
+name = "bench"
+path_prefix = "/"
+upstreams = ["http://127.0.0.1:$UP"]
+auth = "none"
+EOF
+
+printf '| binary | requests | instructions | instructions per request |\n|---|---:|---:|---:|\n'
+for b in "${BINS[@]}"; do
+    out="$TMP/callgrind.out"
+    RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "$b" run -c "$TMP/gateway.toml" \
+        >"$TMP/gateway.log" 2>&1 &
+    vg=$!
+    PIDS+=("$vg")
+    for _ in $(seq 150); do curl -fs -o /dev/null "http://127.0.0.1:$GW/" && break; sleep 0.2; done
+    curl -fs -o /dev/null "http://127.0.0.1:$GW/" || die "$b did not start under valgrind (see $TMP/gateway.log)"
+    wrk -t1 -c8 -d3s "http://127.0.0.1:$GW/" >/dev/null
+    callgrind_control -z "$vg" >/dev/null 2>&1
+    w=$(wrk -t1 -c8 -d"${SECONDS_PER_RUN}s" "http://127.0.0.1:$GW/")
+    callgrind_control -d "$vg" >/dev/null 2>&1
+    kill "$vg"; wait "$vg" 2>/dev/null || true
+    reqs=$(awk '/requests in/{print $1}' <<<"$w")
+    dump=$(ls -t "$out".* 2>/dev/null | head -1)
+    [[ -n $dump && -n $reqs ]] || die "no callgrind dump or wrk result for $b"
+    ir=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1}')
+    printf '| %s | %s | %s | %s |\n' "$b" "$reqs" "$ir" "$((ir / reqs))"
+    rm -f "$out"*
+done
