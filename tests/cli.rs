@@ -444,6 +444,59 @@ async fn sigterm_drains_in_flight_request_then_exits_zero() {
     assert!(v["duration_us"].as_u64().unwrap() >= 900_000);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_access_log_line_is_written_before_exit() {
+    // Lines go through a background writer: none may be lost, even when the process is
+    // stopped right after a burst.
+    let up = EchoUpstream::start().await;
+    let dir = TempDir::new();
+    let path = dir.path().join("gw.toml");
+    std::fs::write(
+        &path,
+        format!("[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[server]\nlog_format = \"json\"\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n", up.url()),
+    )
+    .unwrap();
+    let (mut child, http, lines) = spawn_gateway(&path);
+    let log_reader = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let cl = Client::plain();
+    let n = 500;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (cl, url) = (cl.clone(), format!("http://{http}/burst/{i}"));
+        tasks.push(tokio::spawn(async move { cl.get(&url, &[]).await.status }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let logs = log_reader.join().unwrap();
+    let mut seen: Vec<u32> = logs
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            v["path"]
+                .as_str()
+                .and_then(|p| p.strip_prefix("/burst/"))
+                .and_then(|i| i.parse().ok())
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..n).collect::<Vec<u32>>());
+    assert!(
+        !logs.iter().any(|l| l.contains('\u{1b}')),
+        "colour codes written to a pipe"
+    );
+}
+
 #[test]
 fn demo_walkthrough_succeeds() {
     let o = jwtgate(&["demo", "--once"], &[]);
