@@ -155,7 +155,6 @@ fn runtime() -> tokio::runtime::Runtime {
 /// write (or on another worker holding stderr): with the access log on, writing inline cost
 /// more CPU than proxying the request. Not lossy: if the writer falls 128k lines behind,
 /// workers wait rather than drop lines. Keep the guard until exit; dropping it flushes.
-#[must_use]
 fn init_logging(format: LogFormat, default: &str) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -401,13 +401,8 @@ fn gen_cert_writes_a_usable_pair() {
 async fn sigterm_drains_in_flight_request_then_exits_zero() {
     let up = EchoUpstream::start().await;
     let dir = TempDir::new();
-    let path = dir.path().join("gw.toml");
-    std::fs::write(
-        &path,
-        format!("[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[server]\nlog_format = \"json\"\ndrain_s = 10\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n", up.url()),
-    )
-    .unwrap();
-    let (mut child, http, lines) = spawn_gateway(&path);
+    let path = open_route_config(&dir, &up, "drain_s = 10");
+    let (child, http, lines) = spawn_gateway(&path);
     let log_reader = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
     let cl = Client::plain();
     let url = format!("http://{http}/slow/1000");
@@ -419,19 +414,11 @@ async fn sigterm_drains_in_flight_request_then_exits_zero() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(up.count(), 1);
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&child, "-TERM");
     let r = inflight.await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "slow done");
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(exit_code(child).await, Some(0));
     let logs = log_reader.join().unwrap();
     let access = logs
         .iter()
@@ -450,13 +437,8 @@ async fn every_access_log_line_is_written_before_exit() {
     // stopped right after a burst.
     let up = EchoUpstream::start().await;
     let dir = TempDir::new();
-    let path = dir.path().join("gw.toml");
-    std::fs::write(
-        &path,
-        format!("[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[server]\nlog_format = \"json\"\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n", up.url()),
-    )
-    .unwrap();
-    let (mut child, http, lines) = spawn_gateway(&path);
+    let path = open_route_config(&dir, &up, "");
+    let (child, http, lines) = spawn_gateway(&path);
     let log_reader = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
     let cl = Client::plain();
     let n = 500;
@@ -468,16 +450,8 @@ async fn every_access_log_line_is_written_before_exit() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
     }
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    signal(&child, "-TERM");
+    assert_eq!(exit_code(child).await, Some(0));
     let logs = log_reader.join().unwrap();
     let mut seen: Vec<u32> = logs
         .iter()
@@ -503,6 +477,34 @@ fn demo_walkthrough_succeeds() {
     assert_eq!(o.code, 0, "stdout: {}\nstderr: {}", o.stdout, o.stderr);
     assert!(o.stdout.contains("demo OK"));
     assert!(!o.stdout.contains("FAIL"));
+}
+
+/// A config with one open route to `up`, JSON logs, and `server_extra` in `[server]`.
+fn open_route_config(dir: &TempDir, up: &EchoUpstream, server_extra: &str) -> std::path::PathBuf {
+    let path = dir.path().join("gw.toml");
+    std::fs::write(
+        &path,
+        format!("[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[server]\nlog_format = \"json\"\n{server_extra}\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n", up.url()),
+    )
+    .unwrap();
+    path
+}
+
+/// Send `sig` (`-TERM`, `-HUP`) to the gateway process.
+fn signal(child: &std::process::Child, sig: &str) {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+async fn exit_code(mut child: std::process::Child) -> Option<i32> {
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap()
+        .code()
 }
 
 type LogLines = std::io::Lines<BufReader<std::process::ChildStderr>>;
@@ -543,7 +545,7 @@ async fn sighup_reloads_the_config_file() {
         format!("[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstreams = [\"{up}\"]\nauth = \"none\"\n")
     };
     std::fs::write(&path, format!("{head}{}", route("a", "/a", &a.url()))).unwrap();
-    let (mut child, http, lines) = spawn_gateway(&path);
+    let (child, http, lines) = spawn_gateway(&path);
     let _drain = std::thread::spawn(move || lines.map_while(Result::ok).count());
     let cl = Client::plain();
     assert_eq!(cl.get(&format!("http://{http}/b/x"), &[]).await.status, 404);
@@ -556,12 +558,7 @@ async fn sighup_reloads_the_config_file() {
         ),
     )
     .unwrap();
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&child, "-HUP");
     let took = eventually(Duration::from_secs(5), || async {
         cl.get(&format!("http://{http}/b/x"), &[]).await.status == 200
     })
@@ -569,20 +566,9 @@ async fn sighup_reloads_the_config_file() {
     assert!(took.is_some(), "SIGHUP did not apply the new route");
     // A broken file on SIGHUP: refused, the process keeps serving the last good config.
     std::fs::write(&path, "[listen]\n").unwrap();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&child, "-HUP");
     assert_eq!(cl.get(&format!("http://{http}/a/x"), &[]).await.status, 200);
     assert_eq!(cl.get(&format!("http://{http}/b/x"), &[]).await.status, 200);
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    signal(&child, "-TERM");
+    assert_eq!(exit_code(child).await, Some(0));
 }
