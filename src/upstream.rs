@@ -152,8 +152,8 @@ pub fn splice_upgrade(
 /// to the end. Each worker thread has its own `Client`, so the lock is never contended.
 ///
 /// Built on hyper's connection API rather than hyper-util's legacy `Client`: that one spawns
-/// a task, a oneshot and a type-map insert per request to re-pool the connection, which
-/// measured as a sixth of the gateway's user-space CPU (docs/BENCHMARKS.md).
+/// a task, a oneshot and a type-map insert per request to re-pool the connection; see
+/// docs/BENCHMARKS.md for what replacing it saved.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
