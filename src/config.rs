@@ -1185,9 +1185,6 @@ pub fn parse_upstream(u: &str) -> Result<UpstreamUrl, String> {
     if uri.query().is_some() {
         return Err(format!("{u:?}: an upstream URL cannot have a query"));
     }
-    if http::HeaderValue::from_str(authority.as_str()).is_err() {
-        return Err(format!("{u:?}: host is not a valid header value"));
-    }
     let origin = crate::upstream::Origin::from_uri(&uri).map_err(|e| format!("{u:?}: {e}"))?;
     Ok(UpstreamUrl {
         origin,

@@ -194,7 +194,7 @@ pub struct Origin {
     /// `scheme://host:port`, the pool key.
     key: Box<str>,
     /// The URL's authority as written: the `Host` header sent there.
-    authority: Box<str>,
+    host_header: HeaderValue,
     /// Host name or IP address, without IPv6 brackets.
     host: Box<str>,
     port: u16,
@@ -212,14 +212,13 @@ impl Origin {
         let authority = uri
             .authority()
             .ok_or_else(|| ClientError::Unsupported(uri.to_string()))?;
-        if HeaderValue::from_str(authority.as_str()).is_err() {
-            return Err(ClientError::Unsupported(uri.to_string()));
-        }
+        let host_header = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| ClientError::BadHost(authority.to_string()))?;
         let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let host = authority.host();
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         Ok(Origin {
-            authority: authority.as_str().into(),
+            host_header,
             key: format!("{}://{host}:{port}", if tls { "https" } else { "http" }).into(),
             host: bare.into(),
             port,
@@ -246,6 +245,8 @@ pub enum ClientError {
     Http(#[from] hyper::Error),
     #[error("{0}: only absolute http:// and https:// URLs can be fetched")]
     Unsupported(String),
+    #[error("host {0:?} is not a valid header value")]
+    BadHost(String),
 }
 
 impl ClientError {
@@ -339,8 +340,9 @@ impl Client {
             None => {
                 let s = pool.slots.len();
                 pool.slots.push(Slot {
-                    host: HeaderValue::from_str(&origin.authority)
-                        .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+                    // A copy made here, so this worker's clones touch only its own memory.
+                    host: HeaderValue::from_bytes(origin.host_header.as_bytes())
+                        .unwrap_or_else(|_| origin.host_header.clone()),
                     idle: Vec::new(),
                 });
                 pool.index.insert(origin.key.clone(), s);
@@ -403,36 +405,18 @@ impl Client {
         });
     }
 
-    /// Idle connections held for `origin` (tests and diagnostics).
-    pub fn idle_connections(&self, origin: &Origin) -> usize {
-        let Ok(pool) = self.inner.pool.lock() else {
-            return 0;
-        };
-        pool.index.get(&origin.key).map_or(0, |&s| {
-            pool.slots[s]
-                .idle
-                .iter()
-                .filter(|c| !c.tx.is_closed())
-                .count()
-        })
-    }
-
     async fn connect(&self, origin: &Origin) -> Result<SendRequest<Body>, ClientError> {
         let fail = |source| ClientError::Connect {
             origin: origin.key.to_string(),
             source,
         };
+        let timed_out = |what| std::io::Error::new(std::io::ErrorKind::TimedOut, what);
         let tcp = tokio::time::timeout(
             CONNECT_TIMEOUT,
             TcpStream::connect((&*origin.host, origin.port)),
         )
         .await
-        .map_err(|_| {
-            fail(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "connect timed out",
-            ))
-        })?
+        .map_err(|_| fail(timed_out("connect timed out")))?
         .map_err(fail)?;
         let _ = tcp.set_nodelay(true);
         if !origin.tls {
@@ -442,12 +426,7 @@ impl Client {
             .map_err(|e| fail(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
         let tls = tokio::time::timeout(CONNECT_TIMEOUT, self.inner.tls.connect(name, tcp))
             .await
-            .map_err(|_| {
-                fail(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "TLS handshake timed out",
-                ))
-            })?
+            .map_err(|_| fail(timed_out("TLS handshake timed out")))?
             .map_err(fail)?;
         handshake(tls).await
     }

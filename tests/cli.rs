@@ -400,12 +400,9 @@ fn gen_cert_writes_a_usable_pair() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_request_then_exits_zero() {
     let up = EchoUpstream::start().await;
-    let dir = TempDir::new();
-    let path = open_route_config(&dir, &up, "drain_s = 10");
-    let (child, http, lines) = spawn_gateway(&path);
-    let log_reader = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let gw = BinGateway::open_route(&up, "drain_s = 10");
     let cl = Client::plain();
-    let url = format!("http://{http}/slow/1000");
+    let url = format!("http://{}/slow/1000", gw.http);
     let inflight = tokio::spawn(async move { cl.get(&url, &[]).await });
     for _ in 0..300 {
         if up.count() == 1 {
@@ -414,12 +411,12 @@ async fn sigterm_drains_in_flight_request_then_exits_zero() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(up.count(), 1);
-    signal(&child, "-TERM");
+    signal(&gw.child, "-TERM");
     let r = inflight.await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "slow done");
-    assert_eq!(exit_code(child).await, Some(0));
-    let logs = log_reader.join().unwrap();
+    let (code, logs) = gw.exit().await;
+    assert_eq!(code, Some(0));
     let access = logs
         .iter()
         .find(|l| l.contains("\"path\":\"/slow/1000\""))
@@ -436,11 +433,8 @@ async fn every_access_log_line_is_written_before_exit() {
     // Lines go through a background writer: none may be lost, even when the process is
     // stopped right after a burst.
     let up = EchoUpstream::start().await;
-    let dir = TempDir::new();
-    let path = open_route_config(&dir, &up, "");
-    let (child, http, lines) = spawn_gateway(&path);
-    let log_reader = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
-    let cl = Client::plain();
+    let gw = BinGateway::open_route(&up, "");
+    let (cl, http) = (Client::plain(), gw.http.clone());
     let n = 500;
     let mut tasks = Vec::new();
     for i in 0..n {
@@ -450,9 +444,9 @@ async fn every_access_log_line_is_written_before_exit() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
     }
-    signal(&child, "-TERM");
-    assert_eq!(exit_code(child).await, Some(0));
-    let logs = log_reader.join().unwrap();
+    signal(&gw.child, "-TERM");
+    let (code, logs) = gw.exit().await;
+    assert_eq!(code, Some(0));
     let mut seen: Vec<u32> = logs
         .iter()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -479,15 +473,39 @@ fn demo_walkthrough_succeeds() {
     assert!(!o.stdout.contains("FAIL"));
 }
 
-/// A config with one open route to `up`, JSON logs, and `server_extra` in `[server]`.
-fn open_route_config(dir: &TempDir, up: &EchoUpstream, server_extra: &str) -> std::path::PathBuf {
-    let path = dir.path().join("gw.toml");
-    std::fs::write(
-        &path,
-        format!("[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[server]\nlog_format = \"json\"\n{server_extra}\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n", up.url()),
-    )
-    .unwrap();
-    path
+/// The binary serving one open route, with its log lines collected until it exits.
+struct BinGateway {
+    child: std::process::Child,
+    http: String,
+    logs: std::thread::JoinHandle<Vec<String>>,
+    _dir: TempDir,
+}
+
+impl BinGateway {
+    /// One open route to `up`, JSON logs, and `server_extra` in `[server]`.
+    fn open_route(up: &EchoUpstream, server_extra: &str) -> BinGateway {
+        let dir = TempDir::new();
+        let path = dir.path().join("gw.toml");
+        std::fs::write(
+            &path,
+            format!("[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[server]\nlog_format = \"json\"\n{server_extra}\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n", up.url()),
+        )
+        .unwrap();
+        let (child, http, lines) = spawn_gateway(&path);
+        let logs = std::thread::spawn(move || lines.map_while(Result::ok).collect());
+        BinGateway {
+            child,
+            http,
+            logs,
+            _dir: dir,
+        }
+    }
+
+    /// Wait for the process to exit: its exit code and every log line it wrote.
+    async fn exit(self) -> (Option<i32>, Vec<String>) {
+        let code = exit_code(self.child).await;
+        (code, self.logs.join().unwrap())
+    }
 }
 
 /// Send `sig` (`-TERM`, `-HUP`) to the gateway process.
