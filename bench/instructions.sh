@@ -5,6 +5,8 @@
 #
 # Usage: bench/instructions.sh [BINARY...]     (default: target/release/jwtgate)
 #   env: BENCH_IR_SECONDS (measured seconds per binary, default 10)
+#        BENCH_IR_KEEP=DIR keeps each callgrind dump there as callgrind.BINARY.REQUESTS
+#        (read it with `callgrind_annotate --inclusive=yes`)
 #
 # For each binary: a plain-HTTP jwtgate (2 workers, one auth = "none" route) in front of an
 # nginx `return 200` upstream runs under callgrind; wrk -t1 -c8 warms it up for 3 s, the
@@ -87,5 +89,9 @@ for b in "${BINS[@]}"; do
     [[ -n $dump && -n $reqs ]] || die "no callgrind dump or wrk result for $b"
     ir=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1}')
     printf '| %s | %s | %s | %s |\n' "$b" "$reqs" "$ir" "$((ir / reqs))"
+    if [[ -n ${BENCH_IR_KEEP:-} ]]; then
+        mkdir -p "$BENCH_IR_KEEP"
+        cp "$dump" "$BENCH_IR_KEEP/callgrind.$(basename "$b").$reqs"
+    fi
     rm -f "$out"*
 done

@@ -3,7 +3,7 @@
 //! header the gateway sets on an upstream request is set here.
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::BytesMut;
 
@@ -78,13 +78,55 @@ impl ClientInfo {
     }
 }
 
+/// Step 1: the client's address, for the access log. It is the peer's, unless
+/// `trusted_hops` proxies that each append to `x-forwarded-for` (load balancers, a CDN)
+/// stand in front of the gateway: then it is the address the outermost of them saw, that
+/// many entries from the right of `x-forwarded-for` as received (the peer being the
+/// first trusted hop). Entries a client wrote further left are never chosen. A shorter
+/// list gives its left-most entry; an entry that is not an IP address (with or without a
+/// port) gives the peer's address.
+pub fn client_address(headers: &HeaderMap, conn: &ClientInfo, trusted_hops: usize) -> IpAddr {
+    if trusted_hops == 0 {
+        return conn.peer.ip();
+    }
+    let mut entries: Vec<&str> = Vec::new();
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        let Ok(v) = v.to_str() else {
+            return conn.peer.ip();
+        };
+        entries.extend(v.split(',').map(str::trim).filter(|e| !e.is_empty()));
+    }
+    let chosen = match entries.len().checked_sub(trusted_hops) {
+        Some(i) => entries.get(i),
+        None => entries.first(),
+    };
+    chosen
+        .and_then(|e| parse_ip(e))
+        .unwrap_or_else(|| conn.peer.ip())
+}
+
+/// `192.0.2.1`, `192.0.2.1:443`, `2001:db8::1`, `[2001:db8::1]` or `[2001:db8::1]:443`.
+fn parse_ip(s: &str) -> Option<IpAddr> {
+    s.parse::<IpAddr>()
+        .ok()
+        .or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            s.strip_prefix('[')
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|r| r.parse().ok())
+        })
+}
+
 /// Step 6b: `x-forwarded-for` (client address appended), `-proto`, `-host` (the client's
 /// authority verbatim), and `x-request-id` (the client's if sane, else a new one).
+/// Behind trusted proxies (`trust_proxies`), the `x-forwarded-proto` (`http` or `https`)
+/// and `x-forwarded-host` they set are kept: they saw the client's scheme and host.
 /// Returns the request id for the access log.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     client: &ClientInfo,
     authority: Option<&HeaderValue>,
+    trust_proxies: bool,
 ) -> HeaderValue {
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => {
@@ -95,11 +137,20 @@ pub fn set_forwarded(
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if client.tls { "https" } else { "http" }),
-    );
+    let proto_from_proxy = trust_proxies
+        && headers.get(&X_FORWARDED_PROTO).is_some_and(|v| {
+            v.as_bytes().eq_ignore_ascii_case(b"https")
+                || v.as_bytes().eq_ignore_ascii_case(b"http")
+        });
+    if !proto_from_proxy {
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(if client.tls { "https" } else { "http" }),
+        );
+    }
+    let host_from_proxy = trust_proxies && headers.contains_key(&X_FORWARDED_HOST);
     match authority {
+        _ if host_from_proxy => {}
         Some(a) => {
             headers.insert(X_FORWARDED_HOST.clone(), a.clone());
         }
@@ -297,10 +348,13 @@ mod tests {
             "x-request-id",
             HeaderValue::from_static("bad id with spaces"),
         );
+        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
         let id = set_forwarded(
             &mut h,
             &ClientInfo::new("127.0.0.9:5000".parse().unwrap(), true),
             Some(&HeaderValue::from_static("api.example:8443")),
+            false,
         );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -313,9 +367,61 @@ mod tests {
             set_forwarded(
                 &mut h,
                 &ClientInfo::new("[::1]:1".parse().unwrap(), false),
-                None
+                None,
+                false,
             ),
             "abc-123"
+        );
+    }
+
+    #[test]
+    fn forwarded_proto_and_host_from_trusted_proxies_are_kept() {
+        let conn = ClientInfo::new("10.0.0.2:5000".parse().unwrap(), false);
+        let host = HeaderValue::from_static("internal:8080");
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-proto", HeaderValue::from_static("HTTPS"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("shop.example"));
+        set_forwarded(&mut h, &conn, Some(&host), true);
+        assert_eq!(h["x-forwarded-proto"], "HTTPS");
+        assert_eq!(h["x-forwarded-host"], "shop.example");
+        // Not a scheme: replaced. Absent: set as without proxies.
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
+        set_forwarded(&mut h, &conn, Some(&host), true);
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "internal:8080");
+    }
+
+    #[test]
+    fn client_address_counts_trusted_hops_from_the_right() {
+        let conn = ClientInfo::new("10.0.0.2:5000".parse().unwrap(), false);
+        let with = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append("x-forwarded-for", HeaderValue::from_static(v));
+            }
+            h
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let spoofed = with(&["6.6.6.6, 203.0.113.7", "198.51.100.1"]);
+        assert_eq!(client_address(&spoofed, &conn, 0), ip("10.0.0.2"));
+        assert_eq!(client_address(&spoofed, &conn, 1), ip("198.51.100.1"));
+        assert_eq!(client_address(&spoofed, &conn, 2), ip("203.0.113.7"));
+        // Fewer entries than trusted hops: the left-most one.
+        assert_eq!(client_address(&spoofed, &conn, 9), ip("6.6.6.6"));
+        assert_eq!(client_address(&with(&[]), &conn, 1), ip("10.0.0.2"));
+        // Ports and brackets are accepted; anything else falls back to the peer.
+        assert_eq!(
+            client_address(&with(&["[2001:db8::1]:443"]), &conn, 1),
+            ip("2001:db8::1")
+        );
+        assert_eq!(
+            client_address(&with(&["192.0.2.4:8080"]), &conn, 1),
+            ip("192.0.2.4")
+        );
+        assert_eq!(
+            client_address(&with(&["unknown"]), &conn, 1),
+            ip("10.0.0.2")
         );
     }
 }

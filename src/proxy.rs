@@ -71,6 +71,7 @@ pub async fn handle(
         method = method.as_ref().map_or("-", http::Method::as_str),
         path = path.as_deref().unwrap_or(""),
         route,
+        client = log.client.map(tracing::field::display),
         status = resp.status().as_u16(),
         duration_us = started.map_or(0, |t| t.elapsed().as_micros() as u64),
         request_id = log.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
@@ -89,6 +90,8 @@ struct LogFields {
     /// A request answered by the gateway itself (logout), not by a route.
     gateway_endpoint: Option<&'static str>,
     request_id: Option<HeaderValue>,
+    /// See `identity::client_address`.
+    client: Option<std::net::IpAddr>,
     sub: Option<String>,
     error: Option<String>,
 }
@@ -101,7 +104,15 @@ async fn proxy(
     log: &mut LogFields,
 ) -> Result<Response<Body>, GatewayError> {
     // 1. Accept: TLS, HTTP/1.1 or h2, header timeout and size limits live in `listener`.
-    //    Framing that could smuggle a second request past us is refused here.
+    //    The client's address (for the log) is read before any header changes. Framing
+    //    that could smuggle a second request past us is refused here.
+    if log.logging {
+        log.client = Some(identity::client_address(
+            req.headers(),
+            &conn,
+            app.config.server.trusted_proxy_hops,
+        ));
+    }
     check_framing(&req, app.config.server.max_body_bytes)?;
     let upgrade = is_upgrade(&req);
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -211,6 +222,7 @@ async fn proxy(
         &mut parts.headers,
         &conn,
         host.as_ref(),
+        app.config.server.trusted_proxy_hops > 0,
     ));
     identity::remove_hop_by_hop(&mut parts.headers, upgrade);
 

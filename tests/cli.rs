@@ -465,6 +465,60 @@ async fn every_access_log_line_is_written_before_exit() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_names_the_client_behind_trusted_proxies() {
+    let up = EchoUpstream::start().await;
+    let gw = BinGateway::open_route(&up, "trusted_proxy_hops = 1");
+    let cl = Client::plain();
+    let url = |p: &str| format!("http://{}{p}", gw.http);
+    // The load balancer appended the address it saw; the entry left of it is the client's
+    // claim and is not believed.
+    let spoofed = [("x-forwarded-for", "6.6.6.6, 203.0.113.7")];
+    assert_eq!(cl.get(&url("/lb"), &spoofed).await.status, 200);
+    assert_eq!(cl.get(&url("/direct"), &[]).await.status, 200);
+    assert_eq!(
+        cl.get(&url("/junk"), &[("x-forwarded-for", "unknown")])
+            .await
+            .status,
+        200
+    );
+    signal(&gw.child, "-TERM");
+    let (code, logs) = gw.exit().await;
+    assert_eq!(code, Some(0));
+    let client_of = |path: &str| {
+        logs.iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["path"] == path)
+            .unwrap_or_else(|| panic!("no access line for {path}"))["client"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    assert_eq!(client_of("/lb").as_deref(), Some("203.0.113.7"));
+    assert_eq!(client_of("/direct").as_deref(), Some("127.0.0.1"));
+    assert_eq!(client_of("/junk").as_deref(), Some("127.0.0.1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_client_is_the_peer_by_default() {
+    let up = EchoUpstream::start().await;
+    let gw = BinGateway::open_route(&up, "");
+    let r = Client::plain()
+        .get(
+            &format!("http://{}/x", gw.http),
+            &[("x-forwarded-for", "203.0.113.7")],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    signal(&gw.child, "-TERM");
+    let (_, logs) = gw.exit().await;
+    let line = logs
+        .iter()
+        .find(|l| l.contains("\"path\":\"/x\""))
+        .expect("access log line");
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["client"], "127.0.0.1");
+}
+
 #[test]
 fn demo_walkthrough_succeeds() {
     let o = jwtgate(&["demo", "--once"], &[]);

@@ -210,6 +210,9 @@ async fn hop_by_hop_removed_and_forwarded_headers_set() {
                 ("proxy-authorization", "Basic abc"),
                 ("te", "trailers"),
                 ("x-forwarded-for", "203.0.113.9"),
+                // Without trusted proxies, a client cannot choose these.
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "evil.example"),
                 ("x-request-id", "trace-123"),
                 ("host", "shop.example:8080"),
             ],
@@ -233,6 +236,41 @@ async fn hop_by_hop_removed_and_forwarded_headers_set() {
         .unwrap()
         .to_string();
     assert!(id != "<script>" && !id.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_load_balancer_its_forwarded_proto_and_host_are_kept() {
+    // A load balancer terminating TLS in front of the gateway says how the client came in.
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start_with(
+        &open("all", "/", &[&up.url()], ""),
+        "trusted_proxy_hops = 1",
+    )
+    .await;
+    let cl = gw.client_plain();
+    let lb = [
+        ("x-forwarded-for", "198.51.100.7"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "shop.example"),
+        ("host", "10.0.0.5:8080"),
+    ];
+    assert_eq!(cl.get(&gw.http_url("/x"), &lb).await.status, 200);
+    let h = up.last().headers;
+    assert_eq!(h["x-forwarded-for"], "198.51.100.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["x-forwarded-host"], "shop.example");
+    // Not a scheme: replaced; absent host: the request's own.
+    cl.get(
+        &gw.http_url("/x"),
+        &[
+            ("x-forwarded-proto", "javascript"),
+            ("host", "10.0.0.5:8080"),
+        ],
+    )
+    .await;
+    let h = up.last().headers;
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "10.0.0.5:8080");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
