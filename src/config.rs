@@ -75,6 +75,7 @@ struct FileServer {
     max_body_bytes: u64,
     trusted_proxy_hops: usize,
     log_format: String,
+    upstream_ca: Option<String>,
 }
 
 impl Default for FileServer {
@@ -87,6 +88,7 @@ impl Default for FileServer {
             max_body_bytes: 10 * 1024 * 1024,
             trusted_proxy_hops: 0,
             log_format: "json".into(),
+            upstream_ca: None,
         }
     }
 }
@@ -366,6 +368,9 @@ pub struct Server {
     pub max_body_bytes: u64,
     pub trusted_proxy_hops: usize,
     pub log_format: LogFormat,
+    /// Trust anchors for https upstreams and identity-provider URLs: the webpki roots,
+    /// plus the CA certificates of `upstream_ca`.
+    pub upstream_roots: Arc<rustls::RootCertStore>,
 }
 
 /// Where an issuer's verification keys come from.
@@ -807,7 +812,35 @@ fn validate_server(ctx: &Ctx, s: &FileServer) -> Result<Server, ConfigError> {
         max_body_bytes: s.max_body_bytes,
         trusted_proxy_hops: s.trusted_proxy_hops,
         log_format,
+        upstream_roots: Arc::new(upstream_roots(ctx, s.upstream_ca.as_deref())?),
     })
+}
+
+/// The webpki roots, plus every certificate in the `server.upstream_ca` PEM file.
+fn upstream_roots(ctx: &Ctx, ca: Option<&str>) -> Result<rustls::RootCertStore, ConfigError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let mut roots = crate::upstream::webpki_roots();
+    let Some(ca) = ca else {
+        return Ok(roots);
+    };
+    const KEY: &str = "server.upstream_ca";
+    let pem = ctx.read(KEY, ca)?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| ctx.err(KEY, format!("not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(ctx.err(KEY, "no CERTIFICATE block found in the PEM file"));
+    }
+    for (i, c) in certs.into_iter().enumerate() {
+        roots.add(c).map_err(|e| {
+            ctx.err(
+                KEY,
+                format!("certificate {} is not usable as a CA: {e}", i + 1),
+            )
+        })?;
+    }
+    Ok(roots)
 }
 
 fn load_tls(ctx: &Ctx, t: &FileTls) -> Result<Arc<rustls::ServerConfig>, ConfigError> {

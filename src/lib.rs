@@ -134,7 +134,7 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
     // Background tasks run on the caller's runtime: revocation probe and subscriber
     // (remote stores only), then each App's JWKS fetchers.
     tokio::spawn(revocations.clone().run_background(shutdown_rx.clone()));
-    let control_client = upstream::Client::new(4);
+    let control_client = upstream::Client::with_roots(4, config.server.upstream_roots.clone());
     control_client.spawn_reaper();
     let app = App::new(config, revocations.clone());
     app.start_background(&control_client);

@@ -83,7 +83,7 @@ pub fn run_worker(
     };
     rt.block_on(async move {
         let server = shared.app.load().config.server.clone();
-        let client = upstream::Client::new(1024);
+        let client = upstream::Client::with_roots(1024, server.upstream_roots.clone());
         client.spawn_reaper();
         let builder = Arc::new(connection_builder(&server));
         let graceful = GracefulShutdown::new();

@@ -147,7 +147,7 @@ pub fn splice_upgrade(
 // === Client ===
 
 /// Pooled HTTP/1.1 client for http:// and https:// upstreams (https verified against the
-/// webpki roots). Connections are hyper's own (`hyper::client::conn::http1`); idle ones
+/// webpki roots, plus `server.upstream_ca`). Connections are hyper's own (`hyper::client::conn::http1`); idle ones
 /// wait in a LIFO list per origin and go back there when their response body has been read
 /// to the end. Each worker thread has its own `Client`, so the lock is never contended.
 ///
@@ -260,13 +260,23 @@ impl ClientError {
 const REAP_EVERY: Duration = Duration::from_secs(10);
 const IDLE_TICKS: u64 = 6;
 
+/// The webpki (Mozilla) roots: what https upstreams are verified against by default.
+pub fn webpki_roots() -> rustls::RootCertStore {
+    rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    }
+}
+
 impl Client {
-    /// Build a client keeping at most `max_idle_per_origin` idle connections per origin. It
-    /// must not be below the expected concurrency, or connections keep reopening.
+    /// Build a client keeping at most `max_idle_per_origin` idle connections per origin,
+    /// verifying https servers against the webpki roots. `max_idle_per_origin` must not be
+    /// below the expected concurrency, or connections keep reopening.
     pub fn new(max_idle_per_origin: usize) -> Client {
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
+        Client::with_roots(max_idle_per_origin, Arc::new(webpki_roots()))
+    }
+
+    /// Like `new`, verifying https servers against `roots` (`server.upstream_ca`).
+    pub fn with_roots(max_idle_per_origin: usize, roots: Arc<rustls::RootCertStore>) -> Client {
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))

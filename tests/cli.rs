@@ -204,6 +204,37 @@ fn check_unreadable_and_mismatched_tls_files() {
 }
 
 #[test]
+fn check_bad_upstream_ca() {
+    let dir = TempDir::new();
+    let (_, key) = jwtgate::certs::write(dir.path(), &["ca".into()]).unwrap();
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(
+        &junk,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let path = dir.path().join("gw.toml");
+    for (ca, needle) in [
+        ("/nonexistent/ca.pem".to_string(), "/nonexistent/ca.pem"),
+        (key.display().to_string(), "no CERTIFICATE block"),
+        (junk.display().to_string(), "not usable as a CA"),
+    ] {
+        let text = format!(
+            "{}{ROUTE}",
+            base_config(dir.path(), &format!("upstream_ca = \"{ca}\""))
+        );
+        std::fs::write(&path, text).unwrap();
+        let o = jwtgate(&["check", "-c", path.to_str().unwrap()], &[]);
+        assert_eq!(o.code, 1, "{ca}: {}", o.stderr);
+        assert!(
+            o.stderr.contains("server.upstream_ca") && o.stderr.contains(needle),
+            "wanted server.upstream_ca and {needle:?} in: {}",
+            o.stderr
+        );
+    }
+}
+
+#[test]
 fn check_issuer_key_errors() {
     let iss = |keys: &str| {
         format!(

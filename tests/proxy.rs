@@ -591,6 +591,53 @@ async fn upstream_closing_idle_connections_is_not_an_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_ca_from_upstream_ca_is_trusted_for_upstreams_and_jwks() {
+    // An internal service and an internal IdP behind https with a private CA: the inner
+    // gateway serves both with its self-signed certificate, which the outer one is told
+    // to trust through `server.upstream_ca`.
+    let up = EchoUpstream::start().await;
+    let idp = MockIdp::start(vec![Keys::rsa_jwk("k1", "rsa")]).await;
+    let inner = TestGateway::start(
+        &[
+            open(
+                "idp",
+                "/.well-known",
+                &[&format!("http://{}", idp.addr)],
+                "",
+            ),
+            open("app", "/", &[&up.url()], ""),
+        ]
+        .concat(),
+    )
+    .await;
+    let base = format!("https://127.0.0.1:{}", inner.https.port());
+    let ca = inner.dir.path().join("localhost.crt");
+    let gw = TestGateway::start_with(
+        &[
+            format!("[[issuers]]\nname = \"internal\"\nissuer = \"https://idp.test\"\naudiences = [\"api\"]\njwks_url = \"{base}/.well-known/jwks.json\"\n\n"),
+            route("api", "/", &[&base], "auth = \"required\"\n"),
+        ]
+        .concat(),
+        &format!("upstream_ca = \"{}\"", ca.display()),
+    )
+    .await;
+    let t = token("RS256", Some("k1"), serde_json::json!({}));
+    let r = gw
+        .client_plain()
+        .get(
+            &gw.http_url("/x"),
+            &[("authorization", &format!("Bearer {t}"))],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.count(), 1);
+    // The inner gateway saw TLS from the outer one (and, as on every route, removed the
+    // identity headers the outer one set).
+    assert_eq!(up.last().headers["x-forwarded-proto"], "https");
+    assert!(idp.fetches() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_upstream_with_untrusted_certificate_is_refused() {
     // The inner gateway serves https with a self-signed certificate; the outer one trusts
     // the webpki roots only, so it must refuse to talk to it.
