@@ -256,9 +256,11 @@ impl ClientError {
     }
 }
 
-/// Idle connections are closed after `IDLE_TICKS` to `IDLE_TICKS + 1` reaper ticks.
-const REAP_EVERY: Duration = Duration::from_secs(10);
-const IDLE_TICKS: u64 = 6;
+/// Idle connections are closed after `IDLE_TICKS` to `IDLE_TICKS + 1` reaper ticks. A
+/// connection checked in before the current tick is "stale": it has been idle long enough
+/// that the upstream may close it just as a request reaches it.
+const REAP_EVERY: Duration = Duration::from_secs(1);
+const IDLE_TICKS: u64 = 60;
 
 /// The webpki (Mozilla) roots: what https upstreams are verified against by default.
 pub fn webpki_roots() -> rustls::RootCertStore {
@@ -316,14 +318,15 @@ impl Client {
         origin: &Origin,
         mut req: Request<Body>,
     ) -> Result<Response<UpstreamBody>, ClientError> {
+        let mut replayed = false;
         loop {
             let (slot, host, idle) = self.checkout(origin);
             req.headers_mut().insert(header::HOST, host);
-            let (mut tx, pooled) = match idle {
-                Some(tx) => (tx, true),
+            let (mut tx, pooled, stale) = match idle {
+                Some((tx, stale)) => (tx, true, stale),
                 // Boxed: connecting (DNS, TCP, TLS) is rare and its future is large; the
                 // request future stays small and cheap to move.
-                None => (Box::pin(self.connect(origin)).await?, false),
+                None => (Box::pin(self.connect(origin)).await?, false, false),
             };
             if let Err(e) = tx.ready().await {
                 if pooled {
@@ -331,19 +334,35 @@ impl Client {
                 }
                 return Err(e.into());
             }
+            // An upstream may close a connection that sat idle just as the request reaches
+            // it (a keep-alive timeout shorter than ours). Like nginx, an idempotent request
+            // without a body is then sent once more; a copy is kept for that only on
+            // connections idle since before the last reaper tick.
+            let replay = (stale && !replayed && is_replayable(&req)).then(|| copy_request(&req));
             match tx.try_send_request(req).await {
                 Ok(resp) => return Ok(self.wrap(slot, tx, resp)),
                 Err(mut e) => match e.take_message() {
                     // Never written: the connection had closed under us; try another.
                     Some(r) if pooled => req = r,
-                    _ => return Err(e.into_error().into()),
+                    _ => {
+                        let e = e.into_error();
+                        match replay {
+                            Some(r) if closed_before_response(&e) => {
+                                tracing::debug!(origin = %origin, error = %e, "idle upstream connection closed under the request; sending it again");
+                                replayed = true;
+                                req = r;
+                            }
+                            _ => return Err(e.into()),
+                        }
+                    }
                 },
             }
         }
     }
 
-    /// The origin's slot and `Host` value, and its most recently used open idle connection.
-    fn checkout(&self, origin: &Origin) -> (usize, HeaderValue, Option<SendRequest<Body>>) {
+    /// The origin's slot and `Host` value, and its most recently used open idle connection
+    /// with whether it is stale (idle since before the current reaper tick).
+    fn checkout(&self, origin: &Origin) -> (usize, HeaderValue, Option<(SendRequest<Body>, bool)>) {
         let mut pool = self.inner.pool.lock().unwrap_or_else(|p| p.into_inner());
         let s = match pool.index.get(&origin.key) {
             Some(&s) => s,
@@ -359,11 +378,12 @@ impl Client {
                 s
             }
         };
+        let tick = pool.tick;
         let slot = &mut pool.slots[s];
         let host = slot.host.clone();
         while let Some(c) = slot.idle.pop() {
             if !c.tx.is_closed() {
-                return (s, host, Some(c.tx));
+                return (s, host, Some((c.tx, c.since != tick)));
             }
         }
         (s, host, None)
@@ -399,7 +419,7 @@ impl Client {
     }
 
     /// Reap idle connections every `REAP_EVERY` on the current runtime, for as long as the
-    /// client exists: an idle connection lives 60 to 70 s.
+    /// client exists: an idle connection lives 60 to 61 s.
     pub fn spawn_reaper(&self) {
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
@@ -477,6 +497,42 @@ where
         }
     });
     Ok(tx)
+}
+
+/// An idempotent request without a body: safe to send again.
+fn is_replayable(req: &Request<Body>) -> bool {
+    is_idempotent(req.method()) && req.body().is_end_stream()
+}
+
+fn copy_request(req: &Request<Body>) -> Request<Body> {
+    let mut r = Request::new(body::empty());
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.version_mut() = req.version();
+    *r.headers_mut() = req.headers().clone();
+    r
+}
+
+/// The connection ended after the request was written and before any response: the
+/// upstream closed or reset it.
+fn closed_before_response(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_canceled() {
+        return true;
+    }
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        cur = c.source();
+    }
+    false
 }
 
 fn origin_form(pq: Option<http::uri::PathAndQuery>) -> Uri {

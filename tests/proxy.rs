@@ -557,22 +557,91 @@ async fn closing_upstream() -> (String, Arc<AtomicUsize>) {
         while let Ok((mut s, _)) = l.accept().await {
             a.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
+                if read_head(&mut s).await {
+                    let _ = s.write_all(OK_RESPONSE).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
             });
         }
     });
     (url, accepted)
+}
+
+const OK_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+/// Read one request head (the tests' requests have no body); false when the peer is gone.
+async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    true
+}
+
+/// An upstream that answers the first request on each connection and closes the connection
+/// when the second one arrives, unanswered: a keep-alive timeout firing just as a request
+/// comes in. Returns its URL, connections accepted and requests received.
+async fn racing_upstream() -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let (accepted, received) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, r) = (accepted.clone(), received.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            a.fetch_add(1, Ordering::SeqCst);
+            let r = r.clone();
+            tokio::spawn(async move {
+                if !read_head(&mut s).await {
+                    return;
+                }
+                r.fetch_add(1, Ordering::SeqCst);
+                if s.write_all(OK_RESPONSE).await.is_err() || !read_head(&mut s).await {
+                    return;
+                }
+                r.fetch_add(1, Ordering::SeqCst);
+                // Dropped unanswered: closed under the request.
+            });
+        }
+    });
+    (url, accepted, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_request_on_a_connection_closed_under_it_is_sent_again() {
+    let (url, accepted, received) = racing_upstream().await;
+    let gw = TestGateway::start(&open("all", "/", &[&url], "")).await;
+    let cl = gw.client_plain();
+    assert_eq!(cl.get(&gw.http_url("/a"), &[]).await.status, 200);
+    // The pooled connection sits idle past the pool's 1 s tick: what the race needs.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = cl.get(&gw.http_url("/b"), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "ok");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "sent again on a new connection"
+    );
+    assert_eq!(received.load(Ordering::SeqCst), 3);
+    // A POST may have been acted on: it is never sent twice; the client gets 502.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = cl
+        .send(
+            Method::POST,
+            &gw.http_url("/c"),
+            &[],
+            jwtgate::body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, 502);
+    assert_eq!(received.load(Ordering::SeqCst), 4);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    // And the gateway keeps serving.
+    assert_eq!(cl.get(&gw.http_url("/d"), &[]).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
