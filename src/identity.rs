@@ -223,7 +223,11 @@ fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue, upgrade: bool
         return;
     };
     for token in list.split(',').map(str::trim) {
-        if token.is_empty() || (upgrade && token.eq_ignore_ascii_case("upgrade")) {
+        // `keep-alive`, the usual value, is a hop-by-hop header removed anyway.
+        if token.is_empty()
+            || token.eq_ignore_ascii_case("keep-alive")
+            || (upgrade && token.eq_ignore_ascii_case("upgrade"))
+        {
             continue;
         }
         // A `&str` key is lower-cased on the stack and looked up; nothing is allocated.

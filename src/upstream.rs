@@ -167,9 +167,8 @@ struct Inner {
 
 #[derive(Default)]
 struct Pool {
-    /// Origin key -> index in `slots`.
-    index: HashMap<Box<str>, usize>,
-    slots: Vec<Slot>,
+    /// Indexed by `Origin::id`; `None` until this client first sends there.
+    slots: Vec<Option<Slot>>,
     /// Reaper ticks so far; idle age is counted in ticks, so the request path never reads
     /// the clock.
     tick: u64,
@@ -191,8 +190,11 @@ struct Idle {
 /// Where to connect: scheme, host and port of an upstream, prepared once per upstream URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
-    /// `scheme://host:port`, the pool key.
+    /// `scheme://host:port`.
     key: Box<str>,
+    /// A small number per distinct `key` and `Host` value in this process: the pool's
+    /// index, so the request path never hashes the key.
+    id: usize,
     /// The URL's authority as written: the `Host` header sent there.
     host_header: HeaderValue,
     /// Host name or IP address, without IPv6 brackets.
@@ -217,14 +219,27 @@ impl Origin {
         let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let host = authority.host();
         let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let key: Box<str> =
+            format!("{}://{host}:{port}", if tls { "https" } else { "http" }).into();
         Ok(Origin {
             host_header,
-            key: format!("{}://{host}:{port}", if tls { "https" } else { "http" }).into(),
+            id: origin_id(&format!("{key} {}", authority.as_str())),
+            key,
             host: bare.into(),
             port,
             tls,
         })
     }
+}
+
+/// The process-wide number of an origin (key and `Host` value), the same across config
+/// reloads so pooled connections survive them.
+fn origin_id(key: &str) -> usize {
+    static IDS: Mutex<Option<HashMap<Box<str>, usize>>> = Mutex::new(None);
+    let mut ids = IDS.lock().unwrap_or_else(|p| p.into_inner());
+    let ids = ids.get_or_insert_with(HashMap::new);
+    let next = ids.len();
+    *ids.entry(key.into()).or_insert(next)
 }
 
 impl std::fmt::Display for Origin {
@@ -364,22 +379,17 @@ impl Client {
     /// with whether it is stale (idle since before the current reaper tick).
     fn checkout(&self, origin: &Origin) -> (usize, HeaderValue, Option<(SendRequest<Body>, bool)>) {
         let mut pool = self.inner.pool.lock().unwrap_or_else(|p| p.into_inner());
-        let s = match pool.index.get(&origin.key) {
-            Some(&s) => s,
-            None => {
-                let s = pool.slots.len();
-                pool.slots.push(Slot {
-                    // A copy made here, so this worker's clones touch only its own memory.
-                    host: HeaderValue::from_bytes(origin.host_header.as_bytes())
-                        .unwrap_or_else(|_| origin.host_header.clone()),
-                    idle: Vec::new(),
-                });
-                pool.index.insert(origin.key.clone(), s);
-                s
-            }
-        };
+        let s = origin.id;
+        if pool.slots.len() <= s {
+            pool.slots.resize_with(s + 1, || None);
+        }
         let tick = pool.tick;
-        let slot = &mut pool.slots[s];
+        let slot = pool.slots[s].get_or_insert_with(|| Slot {
+            // A copy made here, so this worker's clones touch only its own memory.
+            host: HeaderValue::from_bytes(origin.host_header.as_bytes())
+                .unwrap_or_else(|_| origin.host_header.clone()),
+            idle: Vec::new(),
+        });
         let host = slot.host.clone();
         while let Some(c) = slot.idle.pop() {
             if !c.tx.is_closed() {
@@ -395,7 +405,9 @@ impl Client {
         }
         let mut pool = self.inner.pool.lock().unwrap_or_else(|p| p.into_inner());
         let since = pool.tick;
-        let idle = &mut pool.slots[slot].idle;
+        let Some(Slot { idle, .. }) = &mut pool.slots[slot] else {
+            return;
+        };
         if idle.len() >= self.inner.max_idle_per_origin {
             idle.retain(|c| !c.tx.is_closed());
             if idle.len() >= self.inner.max_idle_per_origin {
@@ -411,7 +423,7 @@ impl Client {
         if let Ok(mut pool) = self.inner.pool.lock() {
             pool.tick += 1;
             let now = pool.tick;
-            for slot in &mut pool.slots {
+            for slot in pool.slots.iter_mut().flatten() {
                 slot.idle
                     .retain(|c| !c.tx.is_closed() && now - c.since < IDLE_TICKS);
             }
