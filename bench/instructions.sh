@@ -3,7 +3,10 @@
 # callgrind. Unlike req/s on a small shared machine, the count repeats to within ~1% from
 # run to run, whatever else the machine is doing, so two builds can be compared exactly.
 #
-# Usage: bench/instructions.sh [BINARY...]     (default: target/release/jwtgate)
+# Usage: bench/instructions.sh [TARGET...]     (default: target/release/jwtgate)
+#   TARGET: a jwtgate binary; or `nginx` (nginx 1.22 as the same plain proxy, one process,
+#           `master_process off`, upstream keepalive); or `hyper-floor` (examples/
+#           hyper_floor.rs, the least a hyper proxy does per request; built here if needed)
 #   env: BENCH_IR_SECONDS (measured seconds per binary, default 10)
 #        BENCH_IR_KEEP=DIR keeps each callgrind dump there as callgrind.BINARY.REQUESTS
 #        (read it with `callgrind_annotate --inclusive=yes`)
@@ -32,7 +35,15 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     log "installing ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-for b in "${BINS[@]}"; do [[ -x $b ]] || die "$b is not an executable (cargo build --release?)"; done
+for b in "${BINS[@]}"; do
+    case $b in
+        nginx) ;;
+        hyper-floor)
+            log "building examples/hyper_floor.rs (release)"
+            (cd "$ROOT" && cargo build --release --quiet --example hyper_floor) ;;
+        *) [[ -x $b ]] || die "$b is not an executable (cargo build --release?)" ;;
+    esac
+done
 
 TMP=$(mktemp -d /tmp/jwtgate-ir.XXXXXX)
 chmod 711 "$TMP"
@@ -71,9 +82,37 @@ auth = "none"
 EOF
 
 printf '| binary | requests | instructions | instructions per request |\n|---|---:|---:|---:|\n'
+mkdir -p "$TMP"/px/{client_body,proxy,fastcgi,uwsgi,scgi}
+cat >"$TMP/px/nginx.conf" <<EOF
+master_process off;
+daemon off;
+pid $TMP/px/nginx.pid;
+error_log $TMP/px/error.log warn;
+events { worker_connections 16384; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path $TMP/px/client_body;
+    proxy_temp_path $TMP/px/proxy;
+    fastcgi_temp_path $TMP/px/fastcgi;
+    uwsgi_temp_path $TMP/px/uwsgi;
+    scgi_temp_path $TMP/px/scgi;
+    upstream bench_up { server 127.0.0.1:$UP; keepalive 64; }
+    server {
+        listen 127.0.0.1:$GW;
+        location / { proxy_pass http://bench_up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+}
+EOF
+
 for b in "${BINS[@]}"; do
     out="$TMP/callgrind.out"
-    RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "$b" run -c "$TMP/gateway.toml" \
+    case $b in
+        nginx) cmd=(nginx -p "$TMP/px" -c "$TMP/px/nginx.conf" -e "$TMP/px/error.log") ;;
+        hyper-floor) cmd=("$ROOT/target/release/examples/hyper_floor" "127.0.0.1:$GW" "127.0.0.1:$UP") ;;
+        *) cmd=("$b" run -c "$TMP/gateway.toml") ;;
+    esac
+    RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" \
         >"$TMP/gateway.log" 2>&1 &
     vg=$!
     PIDS+=("$vg")
