@@ -147,9 +147,9 @@ pub fn splice_upgrade(
 // === Client ===
 
 /// Pooled HTTP/1.1 client for http:// and https:// upstreams (https verified against the
-/// webpki roots, plus `server.upstream_ca`). Connections are hyper's own (`hyper::client::conn::http1`); idle ones
-/// wait in a LIFO list per origin and go back there when their response body has been read
-/// to the end. Each worker thread has its own `Client`, so the lock is never contended.
+/// webpki roots, plus `server.upstream_ca`). Connections are hyper's own
+/// (`hyper::client::conn::http1`); idle ones wait in a LIFO list per origin and go back
+/// there when their response body has been read to the end. Each worker thread has its own `Client`, so the lock is never contended.
 ///
 /// Built on hyper's connection API rather than hyper-util's legacy `Client`: that one spawns
 /// a task, a oneshot and a type-map insert per request to re-pool the connection; see
@@ -335,7 +335,9 @@ impl Client {
     ) -> Result<Response<UpstreamBody>, ClientError> {
         let mut replayed = false;
         loop {
-            let (slot, host, idle) = self.checkout(origin);
+            // A request sent again goes out on a new connection: the upstream's other idle
+            // ones have likely timed out too.
+            let (slot, host, idle) = self.checkout(origin, !replayed);
             req.headers_mut().insert(header::HOST, host);
             let (mut tx, pooled, stale) = match idle {
                 Some((tx, stale)) => (tx, true, stale),
@@ -375,9 +377,13 @@ impl Client {
         }
     }
 
-    /// The origin's slot and `Host` value, and its most recently used open idle connection
-    /// with whether it is stale (idle since before the current reaper tick).
-    fn checkout(&self, origin: &Origin) -> (usize, HeaderValue, Option<(SendRequest<Body>, bool)>) {
+    /// The origin's slot and `Host` value, and (if `take_idle`) its most recently used open
+    /// idle connection with whether it is stale (idle since before the current reaper tick).
+    fn checkout(
+        &self,
+        origin: &Origin,
+        take_idle: bool,
+    ) -> (usize, HeaderValue, Option<(SendRequest<Body>, bool)>) {
         let mut pool = self.inner.pool.lock().unwrap_or_else(|p| p.into_inner());
         let s = origin.id;
         if pool.slots.len() <= s {
@@ -391,6 +397,9 @@ impl Client {
             idle: Vec::new(),
         });
         let host = slot.host.clone();
+        if !take_idle {
+            return (s, host, None);
+        }
         while let Some(c) = slot.idle.pop() {
             if !c.tx.is_closed() {
                 return (s, host, Some((c.tx, c.since != tick)));
