@@ -818,21 +818,12 @@ fn validate_server(ctx: &Ctx, s: &FileServer) -> Result<Server, ConfigError> {
 
 /// The webpki roots, plus every certificate in the `server.upstream_ca` PEM file.
 fn upstream_roots(ctx: &Ctx, ca: Option<&str>) -> Result<rustls::RootCertStore, ConfigError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::CertificateDer;
     let mut roots = crate::upstream::webpki_roots();
     let Some(ca) = ca else {
         return Ok(roots);
     };
     const KEY: &str = "server.upstream_ca";
-    let pem = ctx.read(KEY, ca)?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| ctx.err(KEY, format!("not a PEM certificate file: {e}")))?;
-    if certs.is_empty() {
-        return Err(ctx.err(KEY, "no CERTIFICATE block found in the PEM file"));
-    }
-    for (i, c) in certs.into_iter().enumerate() {
+    for (i, c) in read_certs(ctx, KEY, ca)?.into_iter().enumerate() {
         roots.add(c).map_err(|e| {
             ctx.err(
                 KEY,
@@ -843,16 +834,27 @@ fn upstream_roots(ctx: &Ctx, ca: Option<&str>) -> Result<rustls::RootCertStore, 
     Ok(roots)
 }
 
+/// The certificates of the PEM file `path` (config key `key`): at least one.
+fn read_certs(
+    ctx: &Ctx,
+    key: &str,
+    path: &str,
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, ConfigError> {
+    use rustls_pki_types::pem::PemObject;
+    let pem = ctx.read(key, path)?;
+    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| ctx.err(key, format!("not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(ctx.err(key, "no CERTIFICATE block found in the PEM file"));
+    }
+    Ok(certs)
+}
+
 fn load_tls(ctx: &Ctx, t: &FileTls) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
     use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let cert_pem = ctx.read("tls.cert", &t.cert)?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| ctx.err("tls.cert", format!("not a PEM certificate chain: {e}")))?;
-    if certs.is_empty() {
-        return Err(ctx.err("tls.cert", "no CERTIFICATE block found in the PEM file"));
-    }
+    use rustls_pki_types::PrivateKeyDer;
+    let certs = read_certs(ctx, "tls.cert", &t.cert)?;
     let key_pem = ctx.read("tls.key", &t.key)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         ctx.err(

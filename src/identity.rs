@@ -3,6 +3,7 @@
 //! header the gateway sets on an upstream request is set here.
 
 use std::cell::RefCell;
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::BytesMut;
@@ -89,20 +90,26 @@ pub fn client_address(headers: &HeaderMap, conn: &ClientInfo, trusted_hops: usiz
     if trusted_hops == 0 {
         return conn.peer.ip();
     }
-    let mut entries: Vec<&str> = Vec::new();
-    for v in headers.get_all(&X_FORWARDED_FOR) {
-        let Ok(v) = v.to_str() else {
+    // Right to left; with fewer entries than hops, the last one seen is the left-most.
+    let mut chosen = None;
+    for entry in forwarded_for(headers).rev().take(trusted_hops) {
+        let Some(entry) = entry else {
             return conn.peer.ip();
         };
-        entries.extend(v.split(',').map(str::trim).filter(|e| !e.is_empty()));
+        chosen = Some(entry);
     }
-    let chosen = match entries.len().checked_sub(trusted_hops) {
-        Some(i) => entries.get(i),
-        None => entries.first(),
-    };
-    chosen
-        .and_then(|e| parse_ip(e))
-        .unwrap_or_else(|| conn.peer.ip())
+    chosen.and_then(parse_ip).unwrap_or_else(|| conn.peer.ip())
+}
+
+/// The `x-forwarded-for` entries as received, over every line, left to right; `None` for
+/// a line that is not text.
+fn forwarded_for(headers: &HeaderMap) -> impl DoubleEndedIterator<Item = Option<&str>> {
+    headers.get_all(&X_FORWARDED_FOR).iter().flat_map(|v| {
+        let text = v.to_str();
+        let bad = text.is_err().then_some(None);
+        let entries = text.unwrap_or("").split(',').map(str::trim);
+        entries.filter(|e| !e.is_empty()).map(Some).chain(bad)
+    })
 }
 
 /// `192.0.2.1`, `192.0.2.1:443`, `2001:db8::1`, `[2001:db8::1]` or `[2001:db8::1]:443`.
@@ -128,11 +135,19 @@ pub fn set_forwarded(
     authority: Option<&HeaderValue>,
     trust_proxies: bool,
 ) -> HeaderValue {
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => {
-            HeaderValue::try_from(format!("{prev}, {}", client.peer.ip())).ok()
+    // Every line the client sent, in order, then the peer (one line upstream).
+    let mut chain = String::new();
+    if headers.contains_key(&X_FORWARDED_FOR) {
+        for entry in forwarded_for(headers).flatten() {
+            chain.push_str(entry);
+            chain.push_str(", ");
         }
-        _ => Some(client.ip.clone()),
+    }
+    let xff = if chain.is_empty() {
+        Some(client.ip.clone())
+    } else {
+        let _ = write!(chain, "{}", client.peer.ip());
+        HeaderValue::try_from(chain).ok()
     };
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
@@ -348,6 +363,10 @@ mod tests {
     fn forwarded_headers() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("10.0.0.3, 10.0.0.4"),
+        );
         h.insert(
             "x-request-id",
             HeaderValue::from_static("bad id with spaces"),
@@ -360,7 +379,11 @@ mod tests {
             Some(&HeaderValue::from_static("api.example:8443")),
             false,
         );
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+        // Every line the client sent is kept, in order.
+        assert_eq!(
+            h["x-forwarded-for"],
+            "10.0.0.1, 10.0.0.3, 10.0.0.4, 127.0.0.9"
+        );
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "api.example:8443");
         assert_ne!(id, "bad id with spaces");

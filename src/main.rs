@@ -151,16 +151,16 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("cannot start the control runtime")
 }
 
-/// Logs go to stderr through a background writer thread, so a worker never blocks on the
-/// write (or on another worker holding stderr): with the access log on, writing inline cost
-/// more CPU than proxying the request. Not lossy: if the writer falls `LOG_BUFFER_LINES`
-/// behind, workers wait rather than drop lines. Keep the guard until exit; dropping it
-/// flushes.
 /// Lines the log writer may fall behind: half a second of access log at 30k requests/s.
 /// Its queue is allocated (and touched) whole at start, 32 bytes a line: tracing-appender's
 /// default of 128,000 lines cost 4 MiB of RSS.
 const LOG_BUFFER_LINES: usize = 16_384;
 
+/// Logs go to stderr through a background writer thread, so a worker never blocks on the
+/// write (or on another worker holding stderr): with the access log on, writing inline cost
+/// more CPU than proxying the request. Not lossy: if the writer falls `LOG_BUFFER_LINES`
+/// behind, workers wait rather than drop lines. Keep the guard until exit; dropping it
+/// flushes.
 fn init_logging(format: LogFormat, default: &str) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -229,13 +229,12 @@ async fn proxy(
     // 7. Forward, streaming both ways; splice upgraded connections.
     // A request without a body (hyper knows: no length, or END_STREAM on h2) can be
     // replayed on the next upstream and needs no stream of its own.
-    let replayable = body.is_end_stream();
-    let body = if replayable {
+    let body = if body.is_end_stream() {
         body::empty()
     } else {
         body::request(body, app.config.server.max_body_bytes as usize)
     };
-    let mut resp = upstream::forward(client, route, parts, body, replayable).await?;
+    let mut resp = upstream::forward(client, route, parts, body).await?;
     if let Some(on) = on_upgrade {
         upstream::splice_upgrade(on, &mut resp);
     }

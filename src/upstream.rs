@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::error::Error as _;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,31 +33,17 @@ pub async fn forward(
     route: &Route,
     mut parts: http::request::Parts,
     body: Body,
-    replayable: bool,
 ) -> Result<Response<UpstreamBody>, GatewayError> {
     let original = std::mem::take(&mut parts.uri);
     parts.version = Version::HTTP_11;
     parts.extensions = http::Extensions::new();
-    let retry = replayable && route.config.upstreams.len() > 1 && is_idempotent(&parts.method);
-    let spare = retry.then(|| (parts.method.clone(), parts.headers.clone()));
-    let mut body = Some(body);
+    let mut req = Request::from_parts(parts, body);
+    // Later attempts send copies of a replayable request; anything else gets one attempt.
+    let spare =
+        (route.config.upstreams.len() > 1 && is_replayable(&req)).then(|| copy_request(&req));
     let mut last_err = GatewayError::NoUpstream;
     for upstream in route.pick() {
-        let uri = upstream_uri(route, upstream, &original)?;
-        let mut p = match (body.is_some(), &spare) {
-            (true, _) => std::mem::replace(&mut parts, Request::new(()).into_parts().0),
-            (false, Some((m, h))) => {
-                let (mut p, _) = Request::new(()).into_parts();
-                p.method = m.clone();
-                p.headers = h.clone();
-                p.version = Version::HTTP_11;
-                p
-            }
-            (false, None) => break,
-        };
-        p.uri = uri;
-        let b = body.take().unwrap_or_else(body::empty);
-        let req = Request::from_parts(p, b);
+        *req.uri_mut() = upstream_uri(route, upstream, &original)?;
         match tokio::time::timeout(route.config.timeout, client.send(&upstream.origin, req)).await {
             Err(_) => return Err(GatewayError::UpstreamTimeout),
             Ok(Ok(resp)) => return Ok(resp),
@@ -67,8 +53,9 @@ pub async fn forward(
                 }
                 tracing::warn!(route = %route.config.name, upstream = %upstream, error = %error_chain(&e), "upstream request failed");
                 last_err = GatewayError::UpstreamUnreachable;
-                if !(e.is_connect() && retry) {
-                    break;
+                match &spare {
+                    Some(s) if e.is_connect() => req = copy_request(s),
+                    _ => break,
                 }
             }
         }
@@ -149,7 +136,8 @@ pub fn splice_upgrade(
 /// Pooled HTTP/1.1 client for http:// and https:// upstreams (https verified against the
 /// webpki roots, plus `server.upstream_ca`). Connections are hyper's own
 /// (`hyper::client::conn::http1`); idle ones wait in a LIFO list per origin and go back
-/// there when their response body has been read to the end. Each worker thread has its own `Client`, so the lock is never contended.
+/// there when their response body has been read to the end. Each worker thread has its
+/// own `Client`, so the lock is never contended.
 ///
 /// Built on hyper's connection API rather than hyper-util's legacy `Client`: that one spawns
 /// a task, a oneshot and a type-map insert per request to re-pool the connection; see
@@ -235,9 +223,8 @@ impl Origin {
 /// The process-wide number of an origin (key and `Host` value), the same across config
 /// reloads so pooled connections survive them.
 fn origin_id(key: &str) -> usize {
-    static IDS: Mutex<Option<HashMap<Box<str>, usize>>> = Mutex::new(None);
+    static IDS: LazyLock<Mutex<HashMap<Box<str>, usize>>> = LazyLock::new(Mutex::default);
     let mut ids = IDS.lock().unwrap_or_else(|p| p.into_inner());
-    let ids = ids.get_or_insert_with(HashMap::new);
     let next = ids.len();
     *ids.entry(key.into()).or_insert(next)
 }
@@ -525,6 +512,7 @@ fn is_replayable(req: &Request<Body>) -> bool {
     is_idempotent(req.method()) && req.body().is_end_stream()
 }
 
+/// A bodyless copy (method, URI, version, headers) of a replayable request.
 fn copy_request(req: &Request<Body>) -> Request<Body> {
     let mut r = Request::new(body::empty());
     *r.method_mut() = req.method().clone();

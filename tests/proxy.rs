@@ -546,27 +546,6 @@ async fn upstream_connections_are_pooled_and_reused() {
     );
 }
 
-/// An upstream that answers one request per connection and closes it shortly after, the
-/// way a server with a short keep-alive timeout does.
-async fn closing_upstream() -> (String, Arc<AtomicUsize>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let a = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            a.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                if read_head(&mut s).await {
-                    let _ = s.write_all(OK_RESPONSE).await;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            });
-        }
-    });
-    (url, accepted)
-}
-
 const OK_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
 /// Read one request head (the tests' requests have no body); false when the peer is gone.
@@ -582,10 +561,19 @@ async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
     true
 }
 
-/// An upstream that answers the first request on each connection and closes the connection
-/// when the second one arrives, unanswered: a keep-alive timeout firing just as a request
-/// comes in. Returns its URL, connections accepted and requests received.
-async fn racing_upstream() -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+/// What a `one_answer_upstream` does after answering a connection's first request.
+#[derive(Clone, Copy)]
+enum AfterFirst {
+    /// Close the connection shortly after, as a server with a short keep-alive timeout does.
+    CloseIdle,
+    /// Read the next request, count it and close unanswered: that timeout firing just as a
+    /// request comes in.
+    DropNext,
+}
+
+/// A raw upstream answering `ok` to the first request on each connection. Returns its URL,
+/// the connections accepted and the requests received.
+async fn one_answer_upstream(after: AfterFirst) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
     let (accepted, received) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -599,11 +587,17 @@ async fn racing_upstream() -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
                     return;
                 }
                 r.fetch_add(1, Ordering::SeqCst);
-                if s.write_all(OK_RESPONSE).await.is_err() || !read_head(&mut s).await {
+                if s.write_all(OK_RESPONSE).await.is_err() {
                     return;
                 }
-                r.fetch_add(1, Ordering::SeqCst);
-                // Dropped unanswered: closed under the request.
+                match after {
+                    AfterFirst::CloseIdle => tokio::time::sleep(Duration::from_millis(20)).await,
+                    AfterFirst::DropNext => {
+                        if read_head(&mut s).await {
+                            r.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
             });
         }
     });
@@ -612,7 +606,7 @@ async fn racing_upstream() -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_request_on_a_connection_closed_under_it_is_sent_again() {
-    let (url, accepted, received) = racing_upstream().await;
+    let (url, accepted, received) = one_answer_upstream(AfterFirst::DropNext).await;
     let gw = TestGateway::start(&open("all", "/", &[&url], "")).await;
     let cl = gw.client_plain();
     assert_eq!(cl.get(&gw.http_url("/a"), &[]).await.status, 200);
@@ -646,7 +640,7 @@ async fn idempotent_request_on_a_connection_closed_under_it_is_sent_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_closing_idle_connections_is_not_an_error() {
-    let (url, accepted) = closing_upstream().await;
+    let (url, accepted, _) = one_answer_upstream(AfterFirst::CloseIdle).await;
     let gw = TestGateway::start(&open("all", "/", &[&url], "")).await;
     let cl = gw.client_plain();
     for i in 1..=5 {
