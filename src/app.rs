@@ -11,6 +11,9 @@ use crate::refresh::Refresher;
 use crate::revocation::Revocations;
 use crate::route::Router;
 
+/// How often rate limiters forget clients whose bucket has refilled.
+const LIMIT_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Everything a request needs that comes from configuration.
 pub struct App {
     pub config: Config,
@@ -84,14 +87,32 @@ impl App {
         }
     }
 
-    /// Start this App's background tasks (JWKS fetchers) on the current runtime.
-    pub fn start_background(&self, client: &crate::upstream::Client) {
+    /// Start this App's background tasks (JWKS fetchers, rate-limit sweeps) on the current
+    /// runtime.
+    pub fn start_background(self: &Arc<Self>, client: &crate::upstream::Client) {
         for issuer in self.verifier.issuers() {
             tokio::spawn(
                 issuer
                     .clone()
                     .run_jwks(client.clone(), self.stop.subscribe()),
             );
+        }
+        if self.router.routes().iter().any(|r| r.limit.is_some()) {
+            let app = Arc::downgrade(self);
+            let mut stop = self.stop.subscribe();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(LIMIT_SWEEP_EVERY);
+                loop {
+                    tokio::select! {
+                        _ = every.tick() => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                    let Some(app) = app.upgrade() else { return };
+                    for l in app.router.routes().iter().filter_map(|r| r.limit.as_ref()) {
+                        l.forget_idle();
+                    }
+                }
+            });
         }
     }
 

@@ -13,7 +13,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
-use crate::config::{AuthMode, Identity, TokenSource, Tokens};
+use crate::config::{AuthMode, CorsConfig, Identity, TokenSource, Tokens};
 use crate::error::{GatewayError, TokenError};
 use crate::jwks::{self, IssuerKeys, KidLookup, VerifyKey};
 
@@ -132,6 +132,7 @@ impl Verifier {
         method: &Method,
         host: Option<&str>,
         headers: &HeaderMap,
+        cors: Option<&CorsConfig>,
     ) -> Result<Option<Authenticated>, GatewayError> {
         let Some((token, carrier)) = find_token(tokens, headers)? else {
             return match mode {
@@ -142,7 +143,7 @@ impl Verifier {
         if carrier == Carrier::Cookie
             && tokens.csrf
             && !is_safe(method)
-            && !same_origin(host, headers)
+            && !same_origin(host, headers, cors)
         {
             return Err(GatewayError::Csrf);
         }
@@ -451,21 +452,23 @@ fn is_safe(m: &Method) -> bool {
 }
 
 /// CSRF defence for cookie-carried tokens: `Origin` (or, failing that, `Referer`) must
-/// name the host the request was sent to.
-fn same_origin(host: Option<&str>, headers: &HeaderMap) -> bool {
-    let Some(host) = host else {
-        return false;
-    };
+/// name the host the request was sent to, or an origin the route's `cors` lets send
+/// credentials.
+fn same_origin(host: Option<&str>, headers: &HeaderMap, cors: Option<&CorsConfig>) -> bool {
     let origin = headers
         .get(header::ORIGIN)
         .or_else(|| headers.get(header::REFERER))
         .and_then(|v| v.to_str().ok());
     let Some(origin) = origin else { return false };
-    let Some(rest) = origin.split_once("://").map(|(_, r)| r) else {
+    let Some((scheme, rest)) = origin.split_once("://") else {
         return false;
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    authority.eq_ignore_ascii_case(host)
+    if host.is_some_and(|h| authority.eq_ignore_ascii_case(h)) {
+        return true;
+    }
+    let site = &origin[..scheme.len() + 3 + authority.len()];
+    cors.is_some_and(|c| crate::cors::trusts_credentials_from(c, site))
 }
 
 /// Find the token in the configured sources, in order. A present but malformed
@@ -629,12 +632,47 @@ mod tests {
     #[test]
     fn csrf_origin_must_match_host() {
         let h = Some("a.example");
-        assert!(same_origin(h, &hm(&[("origin", "https://a.example")])));
-        assert!(!same_origin(h, &hm(&[("origin", "https://evil.example")])));
-        assert!(!same_origin(h, &hm(&[])));
         assert!(same_origin(
             h,
-            &hm(&[("referer", "https://a.example/page")])
+            &hm(&[("origin", "https://a.example")]),
+            None
+        ));
+        assert!(!same_origin(
+            h,
+            &hm(&[("origin", "https://evil.example")]),
+            None
+        ));
+        assert!(!same_origin(h, &hm(&[]), None));
+        assert!(same_origin(
+            h,
+            &hm(&[("referer", "https://a.example/page")]),
+            None
+        ));
+    }
+
+    #[test]
+    fn csrf_accepts_origins_cors_lets_send_credentials() {
+        let cors = |credentials| CorsConfig {
+            origins: vec!["https://app.example".into()],
+            any_origin: false,
+            methods: vec![],
+            headers: vec![],
+            credentials,
+            max_age_s: 0,
+        };
+        let h = Some("api.example");
+        let from_app = hm(&[("origin", "https://app.example")]);
+        assert!(same_origin(h, &from_app, Some(&cors(true))));
+        assert!(!same_origin(h, &from_app, Some(&cors(false))));
+        assert!(same_origin(
+            h,
+            &hm(&[("referer", "https://app.example/page?x=1")]),
+            Some(&cors(true))
+        ));
+        assert!(!same_origin(
+            h,
+            &hm(&[("origin", "https://app.example.evil")]),
+            Some(&cors(true))
         ));
     }
 }

@@ -268,8 +268,38 @@ struct FileRoute {
     scopes: Vec<String>,
     #[serde(default = "default_timeout")]
     timeout_ms: u64,
-    rate_limit: Option<toml::Table>,
-    cors: Option<toml::Table>,
+    rate_limit: Option<FileRateLimit>,
+    cors: Option<FileCors>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRateLimit {
+    per: String,
+    rps: f64,
+    burst: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCors {
+    origins: Vec<String>,
+    #[serde(default = "default_cors_methods")]
+    methods: Vec<String>,
+    #[serde(default)]
+    headers: Vec<String>,
+    #[serde(default)]
+    credentials: bool,
+    #[serde(default = "default_cors_max_age")]
+    max_age_s: u64,
+}
+
+fn default_cors_methods() -> Vec<String> {
+    vec!["GET".into(), "HEAD".into(), "POST".into()]
+}
+
+fn default_cors_max_age() -> u64 {
+    600
 }
 
 fn default_auth() -> String {
@@ -476,6 +506,41 @@ pub struct RouteConfig {
     pub auth: AuthMode,
     pub scopes: Vec<String>,
     pub timeout: Duration,
+    pub rate_limit: Option<RateLimitConfig>,
+    pub cors: Option<CorsConfig>,
+}
+
+/// A route's `rate_limit`: a token bucket of `burst` requests refilled at `rps` per second,
+/// one per key, in each replica.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitConfig {
+    pub per: LimitBy,
+    pub rps: f64,
+    pub burst: u32,
+}
+
+/// What a rate limit counts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitBy {
+    /// The verified token's `sub` (anonymous requests on an optional route: the client
+    /// address).
+    Sub,
+    /// The client address (`trusted_proxy_hops` applies); IPv6 by /64.
+    Ip,
+}
+
+/// A route's `cors`, validated: origins normalised as browsers send them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CorsConfig {
+    /// Lower-case `scheme://host[:port]`, default ports dropped. Empty when `any_origin`.
+    pub origins: Vec<String>,
+    /// `origins = ["*"]` (refused together with `credentials = true`).
+    pub any_origin: bool,
+    pub methods: Vec<http::Method>,
+    /// Lower-case request header names a preflight may ask for.
+    pub headers: Vec<http::HeaderName>,
+    pub credentials: bool,
+    pub max_age_s: u64,
 }
 
 /// Where the config file is: `-c`, then `JWTGATE_CONFIG`, then ./gateway.toml.
@@ -1121,18 +1186,6 @@ fn validate_route(ctx: &Ctx, key: &str, r: &FileRoute) -> Result<RouteConfig, Co
     if r.name.is_empty() {
         return Err(ctx.err(format!("{key}.name"), "must not be empty"));
     }
-    if r.rate_limit.is_some() {
-        return Err(ctx.err(
-            format!("{key}.rate_limit"),
-            "rate limiting is not implemented in this version; remove the key",
-        ));
-    }
-    if r.cors.is_some() {
-        return Err(ctx.err(
-            format!("{key}.cors"),
-            "CORS handling is not implemented in this version; remove the key",
-        ));
-    }
     if !r.path_prefix.starts_with('/') {
         return Err(ctx.err(
             format!("{key}.path_prefix"),
@@ -1180,6 +1233,17 @@ fn validate_route(ctx: &Ctx, key: &str, r: &FileRoute) -> Result<RouteConfig, Co
     if r.timeout_ms == 0 {
         return Err(ctx.err(format!("{key}.timeout_ms"), "must be greater than 0"));
     }
+    let rate_limit = match &r.rate_limit {
+        None => None,
+        Some(l) => Some(
+            validate_rate_limit(l, auth)
+                .map_err(|(k, m)| ctx.err(format!("{key}.rate_limit.{k}"), m))?,
+        ),
+    };
+    let cors = match &r.cors {
+        None => None,
+        Some(c) => Some(validate_cors(c).map_err(|(k, m)| ctx.err(format!("{key}.cors.{k}"), m))?),
+    };
     Ok(RouteConfig {
         name: r.name.clone(),
         host,
@@ -1189,6 +1253,115 @@ fn validate_route(ctx: &Ctx, key: &str, r: &FileRoute) -> Result<RouteConfig, Co
         auth,
         scopes: r.scopes.clone(),
         timeout: Duration::from_millis(r.timeout_ms),
+        rate_limit,
+        cors,
+    })
+}
+
+/// The highest `rps` a rate limit takes (governor's clock has nanosecond resolution).
+const MAX_RPS: f64 = 1_000_000.0;
+
+fn validate_rate_limit(
+    l: &FileRateLimit,
+    auth: AuthMode,
+) -> Result<RateLimitConfig, (&'static str, String)> {
+    let per = match l.per.as_str() {
+        "sub" if auth == AuthMode::None => {
+            return Err((
+                "per",
+                "\"sub\" needs an authenticating route (auth = \"required\" or \"optional\"); use \"ip\"".into(),
+            ))
+        }
+        "sub" => LimitBy::Sub,
+        "ip" => LimitBy::Ip,
+        other => return Err(("per", format!("{other:?} is not \"sub\" or \"ip\""))),
+    };
+    if !(l.rps > 0.0 && l.rps <= MAX_RPS) {
+        return Err((
+            "rps",
+            format!("must be a number of requests per second above 0 and at most {MAX_RPS}"),
+        ));
+    }
+    if l.burst == Some(0) {
+        return Err(("burst", "must be at least 1".into()));
+    }
+    // Without `burst`, a key may spend one second's worth of requests at once.
+    let burst = l.burst.unwrap_or(l.rps.ceil() as u32).max(1);
+    Ok(RateLimitConfig {
+        per,
+        rps: l.rps,
+        burst,
+    })
+}
+
+fn validate_cors(c: &FileCors) -> Result<CorsConfig, (&'static str, String)> {
+    if c.origins.is_empty() {
+        return Err(("origins", "must list at least one origin (or \"*\")".into()));
+    }
+    let any_origin = c.origins.iter().any(|o| o == "*");
+    if any_origin && c.origins.len() > 1 {
+        return Err(("origins", "\"*\" must be the only entry".into()));
+    }
+    if any_origin && c.credentials {
+        return Err((
+            "credentials",
+            "browsers refuse credentials with origins = [\"*\"]; list the origins".into(),
+        ));
+    }
+    let mut origins = Vec::new();
+    if !any_origin {
+        for o in &c.origins {
+            origins.push(normalize_origin(o).ok_or_else(|| {
+                (
+                    "origins",
+                    format!("{o:?} is not an origin (scheme://host[:port], no path)"),
+                )
+            })?);
+        }
+    }
+    let mut methods = Vec::new();
+    for m in &c.methods {
+        let valid = !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphabetic());
+        match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+            Ok(method) if valid => methods.push(method),
+            _ => return Err(("methods", format!("{m:?} is not an HTTP method"))),
+        }
+    }
+    let mut headers = Vec::new();
+    for h in &c.headers {
+        match http::HeaderName::from_bytes(h.as_bytes()) {
+            Ok(name) => headers.push(name),
+            Err(_) => return Err(("headers", format!("{h:?} is not a header name"))),
+        }
+    }
+    Ok(CorsConfig {
+        origins,
+        any_origin,
+        methods,
+        headers,
+        credentials: c.credentials,
+        max_age_s: c.max_age_s,
+    })
+}
+
+/// An origin as a browser serialises it: lower case, no default port, no trailing `/`.
+/// `None` for anything that is not `http(s)://host[:port]`.
+pub fn normalize_origin(o: &str) -> Option<String> {
+    let o = o.trim().to_ascii_lowercase();
+    let (scheme, rest) = o.split_once("://")?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if !matches!(scheme, "http" | "https")
+        || rest.is_empty()
+        || rest.contains(['/', '?', '#', '@', ' '])
+    {
+        return None;
+    }
+    let authority: http::uri::Authority = rest.parse().ok()?;
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    let host = authority.host();
+    Some(match authority.port_u16() {
+        Some(p) if p != default_port => format!("{scheme}://{host}:{p}"),
+        _ => format!("{scheme}://{host}"),
     })
 }
 
@@ -1269,6 +1442,95 @@ admin = "127.0.0.1:0"
         .unwrap_err()
         .to_string();
         assert!(e.contains("routes[0].upstreams[0]"), "{e}");
+    }
+
+    fn open_route(extra: &str) -> Result<Config, ConfigError> {
+        load(&format!(
+            "{BASE}\n[[routes]]\nname='a'\npath_prefix='/'\nupstreams=['http://x']\nauth='none'\n{extra}\n"
+        ))
+    }
+
+    #[test]
+    fn rate_limit_is_validated() {
+        let c = open_route("rate_limit = { per = 'ip', rps = 2.5 }").unwrap();
+        let l = c.routes[0].rate_limit.clone().unwrap();
+        assert_eq!(
+            (l.per, l.rps, l.burst),
+            (LimitBy::Ip, 2.5, 3),
+            "burst defaults to ceil(rps)"
+        );
+        for (extra, key) in [
+            (
+                "rate_limit = { per = 'sub', rps = 1 }",
+                "routes[0].rate_limit.per",
+            ),
+            (
+                "rate_limit = { per = 'user', rps = 1 }",
+                "routes[0].rate_limit.per",
+            ),
+            (
+                "rate_limit = { per = 'ip', rps = 0 }",
+                "routes[0].rate_limit.rps",
+            ),
+            (
+                "rate_limit = { per = 'ip', rps = -1 }",
+                "routes[0].rate_limit.rps",
+            ),
+            (
+                "rate_limit = { per = 'ip', rps = 1, burst = 0 }",
+                "routes[0].rate_limit.burst",
+            ),
+            ("rate_limit = { per = 'ip', rps = 1, bust = 5 }", "bust"),
+        ] {
+            let e = open_route(extra).unwrap_err().to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn cors_is_validated_and_origins_normalised() {
+        let c = open_route(
+            "cors = { origins = ['HTTPS://App.Example.com:443/', 'http://localhost:3000'], methods = ['get', 'DELETE'], credentials = true }",
+        )
+        .unwrap();
+        let cors = c.routes[0].cors.clone().unwrap();
+        assert_eq!(
+            cors.origins,
+            ["https://app.example.com", "http://localhost:3000"]
+        );
+        assert_eq!(cors.methods, [http::Method::GET, http::Method::DELETE]);
+        assert_eq!(cors.max_age_s, 600);
+        for (extra, key) in [
+            ("cors = { origins = [] }", "routes[0].cors.origins"),
+            (
+                "cors = { origins = ['app.example.com'] }",
+                "routes[0].cors.origins",
+            ),
+            (
+                "cors = { origins = ['https://a.example/path'] }",
+                "routes[0].cors.origins",
+            ),
+            (
+                "cors = { origins = ['*', 'https://a.example'] }",
+                "routes[0].cors.origins",
+            ),
+            (
+                "cors = { origins = ['*'], credentials = true }",
+                "routes[0].cors.credentials",
+            ),
+            (
+                "cors = { origins = ['*'], methods = ['GE T'] }",
+                "routes[0].cors.methods",
+            ),
+            (
+                "cors = { origins = ['*'], headers = ['bad header'] }",
+                "routes[0].cors.headers",
+            ),
+            ("cors = { origins = ['*'], expose = ['x'] }", "expose"),
+        ] {
+            let e = open_route(extra).unwrap_err().to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -49,6 +49,11 @@ pub enum GatewayError {
     InsufficientScope,
     #[error("cross-site request refused")]
     Csrf,
+    /// A CORS preflight this route's `cors` does not allow.
+    #[error("CORS preflight refused: {0}")]
+    CorsRefused(&'static str),
+    #[error("rate limit exceeded; retry after {retry_after_s} s")]
+    RateLimited { retry_after_s: u64 },
     #[error("request body too large")]
     BodyTooLarge,
     #[error("upstream unreachable")]
@@ -83,6 +88,8 @@ impl GatewayError {
             GatewayError::InvalidToken(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
             GatewayError::InsufficientScope => (StatusCode::FORBIDDEN, "insufficient_scope"),
             GatewayError::Csrf => (StatusCode::FORBIDDEN, "csrf"),
+            GatewayError::CorsRefused(_) => (StatusCode::FORBIDDEN, "cors_refused"),
+            GatewayError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             GatewayError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             GatewayError::UpstreamUnreachable => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             GatewayError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
@@ -112,6 +119,10 @@ impl GatewayError {
         };
         if let Some(v) = www.and_then(|v| HeaderValue::from_str(&v).ok()) {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        if let GatewayError::RateLimited { retry_after_s } = self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
         }
         resp
     }

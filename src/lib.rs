@@ -1,6 +1,7 @@
 //! jwtgate: an identity-aware edge gateway. Modules in request order:
-//! `listener` (accept, TLS) -> `proxy::handle` (the request path) -> `route` -> `identity`
-//! (strip) -> `auth` (+ `jwks`) -> `identity` (set) -> `upstream` (forward).
+//! `listener` (accept, TLS) -> `proxy::handle` (the request path) -> `route` (+ `cors`
+//! preflights) -> `identity` (strip) -> `auth` (+ `jwks`, `revocation`, `limit`) ->
+//! `refresh` -> `identity` (set) -> `upstream` (forward).
 //! `config` turns gateway.toml into a validated `Config`; `app` holds the live state.
 
 pub mod admin;
@@ -9,10 +10,12 @@ pub mod auth;
 pub mod body;
 pub mod certs;
 pub mod config;
+pub mod cors;
 pub mod demo;
 pub mod error;
 pub mod identity;
 pub mod jwks;
+pub mod limit;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
@@ -136,11 +139,11 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
     tokio::spawn(revocations.clone().run_background(shutdown_rx.clone()));
     let control_client = upstream::Client::with_roots(4, config.server.upstream_roots.clone());
     control_client.spawn_reaper();
-    let app = App::new(config, revocations.clone());
+    let app = Arc::new(App::new(config, revocations.clone()));
     app.start_background(&control_client);
 
     let shared = Arc::new(Shared {
-        app: ArcSwap::from_pointee(app),
+        app: ArcSwap::new(app),
         tls: arc_swap::ArcSwapOption::from(tls.map(Arc::new)),
         revocations,
         control_client,

@@ -4,7 +4,6 @@
 //! measured faster here than one work-stealing runtime (see PERF-NOTES).
 
 use std::cell::RefCell;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -197,6 +196,12 @@ async fn serve_tls(
 /// the new `App`.
 struct WorkerApp(Arc<App>);
 
+impl AsRef<App> for WorkerApp {
+    fn as_ref(&self) -> &App {
+        &self.0
+    }
+}
+
 thread_local! {
     static WORKER_APP: RefCell<Option<Arc<WorkerApp>>> = const { RefCell::new(None) };
 }
@@ -229,9 +234,7 @@ where
         let info = info.clone();
         // Boxed: hyper keeps room for this future in every connection, idle or not, and the
         // request path's state machine is large. One allocation per request instead.
-        Box::pin(
-            async move { Ok::<_, Infallible>(proxy::handle(&app.0, &client, info, req).await) },
-        )
+        Box::pin(proxy::handle(app, client, info, req))
     });
     let conn = ctx
         .builder

@@ -249,18 +249,23 @@ fn check(path: PathBuf) -> ExitCode {
         println!("issuer {:?}: iss={:?} {src}", i.name, i.issuer);
     }
     println!(
-        "{:<20} {:<24} {:<28} {:<9} {:<6} upstreams",
-        "ROUTE", "HOST", "PATH_PREFIX", "AUTH", "STRIP"
+        "{:<20} {:<24} {:<28} {:<9} {:<6} {:<20} {:<5} upstreams",
+        "ROUTE", "HOST", "PATH_PREFIX", "AUTH", "STRIP", "RATE_LIMIT", "CORS"
     );
     for r in &cfg.routes {
         let ups: Vec<String> = r.upstreams.iter().map(|u| u.to_string()).collect();
+        let limit = r.rate_limit.as_ref().map_or("-".into(), |l| {
+            format!("{:?} {}/s burst {}", l.per, l.rps, l.burst).to_lowercase()
+        });
         println!(
-            "{:<20} {:<24} {:<28} {:<9} {:<6} {}",
+            "{:<20} {:<24} {:<28} {:<9} {:<6} {:<20} {:<5} {}",
             r.name,
             r.host.as_deref().unwrap_or("*"),
             r.path_prefix,
             format!("{:?}", r.auth).to_lowercase(),
             r.strip_prefix,
+            limit,
+            if r.cors.is_some() { "yes" } else { "-" },
             ups.join(", ")
         );
     }

@@ -57,6 +57,8 @@ pub struct Metrics {
     /// Per route, per status class (1xx..5xx).
     requests: Vec<[Counter; 5]>,
     auth_failures: Vec<Counter>,
+    /// Per route: requests refused by its `rate_limit` (429).
+    rate_limited: Vec<Counter>,
     /// Set at scrape time.
     pub keys_loaded: Family<Labels, Gauge>,
     pub revocation_store_up: Gauge,
@@ -87,6 +89,20 @@ impl Metrics {
             "Requests answered, by route and status class",
             requests_family,
         );
+        let limited_family = Family::<Labels, Counter>::default();
+        let rate_limited = route_names
+            .iter()
+            .map(|name| {
+                limited_family
+                    .get_or_create(&vec![("route", name.clone())])
+                    .clone()
+            })
+            .collect();
+        registry.register(
+            "rate_limited",
+            "Requests refused by the route's rate_limit (429), by route",
+            limited_family,
+        );
         let auth_family = Family::<Labels, Counter>::default();
         let auth_failures = AUTH_REASONS
             .iter()
@@ -104,6 +120,7 @@ impl Metrics {
         let m = Metrics {
             requests,
             auth_failures,
+            rate_limited,
             keys_loaded: Family::default(),
             revocation_store_up: Gauge::default(),
             verified_tokens_cached: Gauge::default(),
@@ -159,10 +176,15 @@ impl Metrics {
         self.requests[idx][class].inc();
     }
 
-    /// Count an authentication refusal.
-    pub fn refused(&self, e: &GatewayError) {
+    /// Count a refusal: authentication failures by reason, rate limits by route.
+    pub fn refused(&self, e: &GatewayError, route: Option<usize>) {
         if let Some(i) = reason_index(e) {
             self.auth_failures[i].inc();
+        }
+        if let (GatewayError::RateLimited { .. }, Some(r)) = (e, route) {
+            if let Some(c) = self.rate_limited.get(r) {
+                c.inc();
+            }
         }
     }
 

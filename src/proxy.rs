@@ -10,19 +10,22 @@ use hyper::body::Incoming;
 use crate::app::App;
 use crate::auth::{self, now_unix, Authenticated};
 use crate::body::{self, Body};
-use crate::config::AuthMode;
+use crate::config::{AuthMode, LimitBy};
+use crate::cors;
 use crate::error::{GatewayError, TokenError};
 use crate::identity::{self, ClientInfo, X_REQUEST_ID};
 use crate::refresh::{self, RefreshError};
 use crate::upstream::{self, Client};
 
-/// Serve one request and write its access-log line.
-pub async fn handle(
-    app: &App,
-    client: &Client,
+/// Serve one request and write its access-log line. Takes its handles by value, so the
+/// service can box this future as it is (no wrapping future, no extra copy of its state).
+pub async fn handle<A: AsRef<App>>(
+    app: std::sync::Arc<A>,
+    client: Client,
     conn: ClientInfo,
     req: Request<Incoming>,
-) -> Response<Body> {
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let (app, client) = ((*app).as_ref(), &client);
     let version = req.version();
     // Nothing is copied (and the clock not read) for the access log unless the line will be
     // written.
@@ -30,17 +33,17 @@ pub async fn handle(
     let started = logging.then(Instant::now);
     let method = logging.then(|| req.method().clone());
     let path = logging.then(|| req.uri().path().to_owned());
-    let mut log = LogFields {
+    let mut notes = Notes {
         logging,
-        ..LogFields::default()
+        ..Notes::default()
     };
-    let mut resp = match proxy(app, client, conn, req, &mut log).await {
+    let mut resp = match proxy(app, client, conn, req, &mut notes).await {
         Ok(r) => r,
         Err(e) => {
             if logging {
-                log.error = Some(e.to_string());
+                notes.error = Some(e.to_string());
             }
-            app.metrics.refused(&e);
+            app.metrics.refused(&e, notes.route_index);
             let close = matches!(e, GatewayError::BadRequest(_)) && version < http::Version::HTTP_2;
             let mut r = e.into_response();
             if close {
@@ -51,40 +54,47 @@ pub async fn handle(
             r
         }
     };
-    if let Some(id) = &log.request_id {
+    // The route's CORS headers go on every answer, the gateway's own errors included.
+    let route = notes.route_index.map(|i| &app.router.routes()[i]);
+    if let Some(c) = route.and_then(|r| r.config.cors.as_ref()) {
+        cors::apply(c, notes.origin.as_ref(), resp.headers_mut());
+    }
+    if let Some(id) = &notes.request_id {
         // Unique per request: HPACK must not put it in the h2 connection's table, where
         // every new id would evict others and lengthen the encoder's search.
         let mut id = id.clone();
         id.set_sensitive(true);
         resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
     }
-    app.metrics.request(log.route_index, resp.status().as_u16());
+    app.metrics
+        .request(notes.route_index, resp.status().as_u16());
     if !logging {
-        return resp;
+        return Ok(resp);
     }
-    let route = match log.route_index {
-        Some(i) => app.router.routes()[i].config.name.as_str(),
-        None => log.gateway_endpoint.unwrap_or("-"),
+    let route = match route {
+        Some(r) => r.config.name.as_str(),
+        None => notes.gateway_endpoint.unwrap_or("-"),
     };
     tracing::info!(
         target: "jwtgate::access",
         method = method.as_ref().map_or("-", http::Method::as_str),
         path = path.as_deref().unwrap_or(""),
         route,
-        client = log.client.map(tracing::field::display),
+        client = notes.client.map(tracing::field::display),
         status = resp.status().as_u16(),
         duration_us = started.map_or(0, |t| t.elapsed().as_micros() as u64),
-        request_id = log.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
-        sub = log.sub.as_deref().unwrap_or("-"),
-        error = log.error.as_deref().unwrap_or(""),
+        request_id = notes.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+        sub = notes.sub.as_deref().unwrap_or("-"),
+        error = notes.error.as_deref().unwrap_or(""),
     );
-    resp
+    Ok(resp)
 }
 
-/// What the access-log line and the metrics need from the request path. Strings are
-/// filled only when `logging` (the access log is enabled).
+/// What the request path notes for the response's last touches (CORS headers), the
+/// metrics and the access-log line. Strings are filled only when `logging` (the access log
+/// is enabled).
 #[derive(Default)]
-struct LogFields {
+struct Notes {
     logging: bool,
     route_index: Option<usize>,
     /// A request answered by the gateway itself (logout), not by a route.
@@ -94,6 +104,8 @@ struct LogFields {
     client: Option<std::net::IpAddr>,
     sub: Option<String>,
     error: Option<String>,
+    /// The request's `Origin`, on a route with `cors`.
+    origin: Option<HeaderValue>,
 }
 
 async fn proxy(
@@ -101,13 +113,13 @@ async fn proxy(
     client: &Client,
     conn: ClientInfo,
     mut req: Request<Incoming>,
-    log: &mut LogFields,
+    notes: &mut Notes,
 ) -> Result<Response<Body>, GatewayError> {
     // 1. Accept: TLS, HTTP/1.1 or h2, header timeout and size limits live in `listener`.
     //    The client's address (for the log) is read before any header changes. Framing
     //    that could smuggle a second request past us is refused here.
-    if log.logging {
-        log.client = Some(identity::client_address(
+    if notes.logging {
+        notes.client = Some(identity::client_address(
             req.headers(),
             &conn,
             app.config.server.trusted_proxy_hops,
@@ -124,7 +136,7 @@ async fn proxy(
     if let Some(r) = &app.config.refresh {
         if parts.method == http::Method::POST && parts.uri.path() == r.logout_path {
             identity::strip_client_headers(&mut parts.headers, &app.config.identity);
-            log.gateway_endpoint = Some("logout");
+            notes.gateway_endpoint = Some("logout");
             return Box::pin(refresh::logout(app, client, &parts, authority)).await;
         }
     }
@@ -132,12 +144,27 @@ async fn proxy(
         .router
         .find(authority, parts.uri.path())
         .ok_or(GatewayError::NoRoute)?;
-    log.route_index = Some(route.index);
+    notes.route_index = Some(route.index);
+    //    A CORS preflight is the gateway's to answer (it carries no credentials).
+    if let Some(c) = &route.config.cors {
+        notes.origin = parts.headers.get(header::ORIGIN).cloned();
+        if cors::is_preflight(&parts.method, &parts.headers) {
+            return cors::preflight(c, &parts.headers);
+        }
+    }
 
     // 3. Strip identity headers the client sent, on every route, before anything else.
     identity::strip_client_headers(&mut parts.headers, &app.config.identity);
 
-    // 4. Authenticate: token, signature, claims; then revocation and the clock (an expired
+    // 4. Rate limit and authenticate. A per-address limit comes before any token is looked
+    //    at, so a flood of bad tokens is limited too.
+    let client_address =
+        || identity::client_address(&parts.headers, &conn, app.config.server.trusted_proxy_hops);
+    if let Some(l) = route.limit.as_ref().filter(|l| l.per == LimitBy::Ip) {
+        l.check_ip(client_address())?;
+    }
+
+    //    Then the token, signature, claims; then revocation and the clock (an expired
     //    token can still be renewed in step 5 when a refresh token came with it).
     let renewal = match (&app.refresher, route.config.auth) {
         (Some(r), AuthMode::Required | AuthMode::Optional) => {
@@ -162,6 +189,7 @@ async fn proxy(
                     &parts.method,
                     host,
                     &parts.headers,
+                    route.config.cors.as_ref(),
                 )
                 .await?
         }
@@ -207,18 +235,26 @@ async fn proxy(
     if let Some(a) = &auth {
         auth::check_scopes(&route.config.scopes, &a.verified.scopes)?;
     }
+    //    A per-subject rate limit counts verified subjects (anonymous requests on an
+    //    optional route: their address).
+    if let Some(l) = route.limit.as_ref().filter(|l| l.per == LimitBy::Sub) {
+        match &auth {
+            Some(a) => l.check_sub(&a.verified.sub)?,
+            None => l.check_ip(client_address())?,
+        }
+    }
 
     // 6. Identity, forwarding headers, hop-by-hop removal; the refresh token stays here.
     if let Some(a) = &auth {
         identity::set_identity(&mut parts.headers, &app.config.identity, a);
-        if log.logging {
-            log.sub = Some(a.verified.sub.clone());
+        if notes.logging {
+            notes.sub = Some(a.verified.sub.clone());
         }
     }
     if let Some(r) = &app.config.refresh {
         refresh::strip_refresh_token(r, &mut parts.headers);
     }
-    log.request_id = Some(identity::set_forwarded(
+    notes.request_id = Some(identity::set_forwarded(
         &mut parts.headers,
         &conn,
         host.as_ref(),

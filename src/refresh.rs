@@ -585,6 +585,7 @@ pub async fn logout(
             &parts.method,
             host,
             &parts.headers,
+            None,
         )
         .await?
         .ok_or(GatewayError::MissingToken)?;

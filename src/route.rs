@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::{RouteConfig, UpstreamUrl};
+use crate::limit::RateLimit;
 
 /// A route with its run-time state.
 #[derive(Debug)]
@@ -13,6 +14,8 @@ pub struct Route {
     pub config: RouteConfig,
     /// Position in the config (metrics label index).
     pub index: usize,
+    /// The route's `rate_limit` buckets (this replica's).
+    pub limit: Option<RateLimit>,
     next: AtomicUsize,
 }
 
@@ -100,6 +103,7 @@ impl Router {
             .into_iter()
             .enumerate()
             .map(|(index, config)| Route {
+                limit: config.rate_limit.as_ref().map(RateLimit::new),
                 config,
                 index,
                 next: AtomicUsize::new(0),
@@ -173,6 +177,8 @@ mod tests {
             auth: AuthMode::None,
             scopes: vec![],
             timeout: Duration::from_secs(1),
+            rate_limit: None,
+            cors: None,
         }
     }
 

@@ -852,3 +852,248 @@ async fn the_tokens_iss_picks_the_issuer_and_its_keys() {
         .unwrap()
         .contains("unknown key id"));
 }
+
+// === rate limits ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_per_subject_answers_429_with_retry_after() {
+    let up = EchoUpstream::start().await;
+    let u = up.url();
+    let cfg = [
+        static_issuer(),
+        route(
+            "limited",
+            "/limited",
+            &[&u],
+            "rate_limit = { per = \"sub\", rps = 0.2, burst = 2 }",
+        ),
+        route("free", "/free", &[&u], ""),
+    ]
+    .concat();
+    let gw = TestGateway::start(&cfg).await;
+    let alice = bearer(&token("ES256", Some("e1"), json!({"sub": "alice"})));
+    // A second token of the same subject shares the bucket.
+    let alice2 = bearer(&token(
+        "ES256",
+        Some("e1"),
+        json!({"sub": "alice", "jti": "two"}),
+    ));
+    let bob = bearer(&token("ES256", Some("e1"), json!({"sub": "bob"})));
+    let (plain, h2) = (gw.client_plain(), gw.client_h2());
+    let url = gw.http_url("/limited/x");
+    assert_eq!(
+        plain.get(&url, &[("authorization", &alice)]).await.status,
+        200
+    );
+    assert_eq!(
+        h2.get(&gw.https_url("/limited/x"), &[("authorization", &alice2)])
+            .await
+            .status,
+        200
+    );
+    let before = up.count();
+    let r = plain.get(&url, &[("authorization", &alice)]).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"], "rate_limited");
+    // 0.2 per second: the next request is due within 5 s.
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=5).contains(&retry), "retry-after {retry}");
+    assert_eq!(up.count(), before, "a limited request reached the upstream");
+    // Other subjects, and other routes of the same subject, are not affected.
+    assert_eq!(
+        plain.get(&url, &[("authorization", &bob)]).await.status,
+        200
+    );
+    assert_eq!(
+        plain
+            .get(&gw.http_url("/free/x"), &[("authorization", &alice)])
+            .await
+            .status,
+        200
+    );
+    // A refused token is a 401, not counted against anyone.
+    assert_eq!(plain.get(&url, &[]).await.status, 401);
+    let m = plain
+        .get(&format!("http://{}/metrics", gw.admin), &[])
+        .await;
+    let line = "jwtgate_rate_limited_total{route=\"limited\"} 1";
+    assert!(
+        m.text().lines().any(|l| l == line),
+        "missing {line:?} in:\n{}",
+        m.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_per_address_comes_before_authentication() {
+    let up = EchoUpstream::start().await;
+    let u = up.url();
+    let limit = "rate_limit = { per = \"ip\", rps = 0.1, burst = 3 }";
+    let cfg = [
+        static_issuer(),
+        route("open", "/open", &[&u], &format!("auth = \"none\"\n{limit}")),
+        route("api", "/api", &[&u], limit),
+    ]
+    .concat();
+    // Behind one trusted load balancer: the client is the last x-forwarded-for entry.
+    let gw = TestGateway::start_with(&cfg, "trusted_proxy_hops = 1").await;
+    let cl = gw.client_plain();
+    let from = |ip: &'static str| [("x-forwarded-for", ip)];
+    for _ in 0..3 {
+        assert_eq!(
+            cl.get(&gw.http_url("/open"), &from("203.0.113.7"))
+                .await
+                .status,
+            200
+        );
+    }
+    let r = cl.get(&gw.http_url("/open"), &from("203.0.113.7")).await;
+    assert_eq!(r.status, 429);
+    assert!(r.header("retry-after").is_some());
+    // A client cannot escape by writing its own entry further left.
+    let spoof = [("x-forwarded-for", "10.9.9.9, 203.0.113.7")];
+    assert_eq!(cl.get(&gw.http_url("/open"), &spoof).await.status, 429);
+    assert_eq!(
+        cl.get(&gw.http_url("/open"), &from("203.0.113.8"))
+            .await
+            .status,
+        200
+    );
+
+    // Bad tokens are counted too: a flood of them is cut off before verification.
+    let bad = bearer(&token(
+        "ES256",
+        Some("e1"),
+        json!({"iss": "https://evil.test"}),
+    ));
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let h = [
+            ("x-forwarded-for", "198.51.100.1"),
+            ("authorization", bad.as_str()),
+        ];
+        statuses.push(cl.get(&gw.http_url("/api/x"), &h).await.status);
+    }
+    assert_eq!(statuses, [401, 401, 401, 429, 429]);
+}
+
+// === CORS ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflights_are_answered_and_responses_carry_the_origin() {
+    let up = EchoUpstream::start().await;
+    let u = up.url();
+    let cors = r#"cors = { origins = ["https://app.example"], methods = ["GET", "POST", "DELETE"], headers = ["authorization", "content-type"], credentials = true, max_age_s = 300 }"#;
+    let cfg = [
+        static_issuer(),
+        route("app", "/app", &[&u], cors),
+        route("api", "/api", &[&u], ""),
+    ]
+    .concat();
+    let gw = TestGateway::start(&cfg).await;
+    let (cl, h2) = (gw.client_plain(), gw.client_h2());
+    let app = "https://app.example";
+    let preflight = |origin: &'static str, method: &'static str, hdrs: &'static str| {
+        [
+            ("origin", origin),
+            ("access-control-request-method", method),
+            ("access-control-request-headers", hdrs),
+        ]
+    };
+    let before = up.count();
+    let r = h2
+        .send(
+            Method::OPTIONS,
+            &gw.https_url("/app/orders/7"),
+            &preflight(app, "DELETE", "authorization,content-type"),
+            jwtgate::body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(r.header("access-control-allow-origin"), Some(app));
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(
+        r.header("access-control-allow-methods"),
+        Some("GET, POST, DELETE")
+    );
+    assert_eq!(
+        r.header("access-control-allow-headers"),
+        Some("authorization, content-type")
+    );
+    assert_eq!(r.header("access-control-max-age"), Some("300"));
+    for (origin, method, hdrs, why) in [
+        (
+            "https://evil.example",
+            "GET",
+            "authorization",
+            "origin not allowed",
+        ),
+        (app, "PATCH", "authorization", "method not allowed"),
+        (app, "GET", "x-debug", "request header not allowed"),
+    ] {
+        let r = cl
+            .send(
+                Method::OPTIONS,
+                &gw.http_url("/app/x"),
+                &preflight(origin, method, hdrs),
+                jwtgate::body::empty(),
+            )
+            .await;
+        assert_eq!(r.status, 403, "{why}");
+        assert_eq!(r.json()["error"], "cors_refused");
+        assert!(r.json()["error_description"]
+            .as_str()
+            .unwrap()
+            .contains(why));
+    }
+    assert_eq!(up.count(), before, "a preflight reached the upstream");
+
+    // Actual requests: the listed origin gets its headers, on the gateway's own 401 too.
+    let t = bearer(&token("ES256", Some("e1"), json!({})));
+    let r = cl
+        .get(
+            &gw.http_url("/app/x"),
+            &[("origin", app), ("authorization", &t)],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), Some(app));
+    assert_eq!(r.header("vary"), Some("origin"));
+    let r = cl.get(&gw.http_url("/app/x"), &[("origin", app)]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("access-control-allow-origin"), Some(app));
+    let r = cl
+        .get(
+            &gw.http_url("/app/x"),
+            &[("origin", "https://evil.example"), ("authorization", &t)],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+
+    // Cookie-carried tokens: the listed origin passes the CSRF check, others do not.
+    let cookie = format!("access_token={}", token("ES256", Some("e1"), json!({})));
+    for (origin, want) in [(app, 200), ("https://evil.example", 403)] {
+        let r = cl
+            .send(
+                Method::POST,
+                &gw.http_url("/app/x"),
+                &[("origin", origin), ("cookie", &cookie)],
+                jwtgate::body::empty(),
+            )
+            .await;
+        assert_eq!(r.status, want, "POST from {origin}: {}", r.text());
+    }
+
+    // A route without `cors` answers nothing itself: the preflight is an ordinary request.
+    let r = cl
+        .send(
+            Method::OPTIONS,
+            &gw.http_url("/api/x"),
+            &preflight(app, "GET", "authorization"),
+            jwtgate::body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+}

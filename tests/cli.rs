@@ -62,14 +62,16 @@ fn broken(body: &str, needles: &[&str]) {
 
 #[test]
 fn check_good_config_prints_route_table() {
-    let (o, _d) = check(&format!("{ROUTE}\n[[routes]]\nname = \"orders\"\npath_prefix = \"/api/orders\"\nhost = \"api.example.com\"\nupstreams = [\"http://127.0.0.1:9001\", \"https://svc.internal\"]\nauth = \"none\"\n"));
+    let (o, _d) = check(&format!("{ROUTE}\n[[routes]]\nname = \"orders\"\npath_prefix = \"/api/orders\"\nhost = \"api.example.com\"\nupstreams = [\"http://127.0.0.1:9001\", \"https://svc.internal\"]\nauth = \"none\"\nrate_limit = {{ per = \"ip\", rps = 50, burst = 100 }}\ncors = {{ origins = [\"https://app.example.com\"] }}\n"));
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.contains("OK"));
     let line = o.stdout.lines().find(|l| l.starts_with("orders")).unwrap();
     assert!(
         line.contains("api.example.com")
             && line.contains("/api/orders")
-            && line.contains("https://svc.internal"),
+            && line.contains("https://svc.internal")
+            && line.contains("ip 50/s burst 100")
+            && line.contains(" yes "),
         "{line}"
     );
 }
