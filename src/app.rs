@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::anomaly::Detector;
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::jwks::IssuerKeys;
@@ -22,6 +23,8 @@ pub struct App {
     pub revocations: Arc<Revocations>,
     /// Present when `[refresh]` names a token endpoint.
     pub refresher: Option<Refresher>,
+    /// Present with `[anomaly]`.
+    pub anomaly: Option<Detector>,
     pub metrics: Metrics,
     /// Stops this App's background tasks (JWKS) when it is replaced or the gateway stops.
     stop: tokio::sync::watch::Sender<bool>,
@@ -68,6 +71,20 @@ impl App {
             None,
             revocations.allowed_unchecked.clone(),
         );
+        let anomaly = config.anomaly.as_ref().map(Detector::new);
+        if let Some(d) = &anomaly {
+            for (kind, c) in [
+                ("requests", &d.flagged_requests),
+                ("networks", &d.flagged_networks),
+            ] {
+                metrics.register_counter(
+                    "anomalies",
+                    "Tokens flagged by [anomaly], by the limit they passed",
+                    Some(("kind", kind)),
+                    c.clone(),
+                );
+            }
+        }
         if let Some(r) = &refresher {
             metrics.register_counter(
                 "refresh_grants",
@@ -80,6 +97,7 @@ impl App {
             stop: tokio::sync::watch::channel(false).0,
             metrics,
             refresher,
+            anomaly,
             config,
             router,
             verifier,

@@ -52,9 +52,38 @@ struct FileConfig {
     #[serde(default)]
     revocation: FileRevocation,
     refresh: Option<FileRefresh>,
-    anomaly: Option<toml::Table>,
+    anomaly: Option<FileAnomaly>,
     #[serde(default)]
     routes: Vec<FileRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAnomaly {
+    #[serde(default = "default_anomaly_window")]
+    window_s: u64,
+    #[serde(default = "default_anomaly_requests")]
+    max_requests_per_token: u64,
+    #[serde(default = "default_anomaly_networks")]
+    max_networks_per_token: usize,
+    #[serde(default = "default_anomaly_action")]
+    action: String,
+}
+
+fn default_anomaly_window() -> u64 {
+    60
+}
+
+fn default_anomaly_requests() -> u64 {
+    600
+}
+
+fn default_anomaly_networks() -> usize {
+    3
+}
+
+fn default_anomaly_action() -> String {
+    "log".into()
 }
 
 #[derive(Deserialize)]
@@ -329,7 +358,21 @@ pub struct Config {
     pub revocation: Revocation,
     /// `[refresh]`: edge refresh (when `token_endpoint` is set) and logout.
     pub refresh: Option<Refresh>,
+    /// `[anomaly]`: leaked-token detection.
+    pub anomaly: Option<Anomaly>,
     pub routes: Vec<RouteConfig>,
+}
+
+/// `[anomaly]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Anomaly {
+    pub window: Duration,
+    /// Requests per token per window before it is flagged.
+    pub max_requests: u64,
+    /// Distinct client networks (IPv4 /24, IPv6 /48) per token per window.
+    pub max_networks: usize,
+    /// `action = "revoke"`: put the flagged token's jti on the shared revocation list.
+    pub revoke: bool,
 }
 
 /// How the gateway authenticates to the token endpoint.
@@ -611,15 +654,6 @@ impl Config {
 }
 
 fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
-    // Tables the contract names but this version does not implement yet: refuse loudly
-    // rather than run without a protection the operator asked for.
-    if raw.anomaly.is_some() {
-        return Err(ctx.err(
-            "anomaly",
-            "leaked-token detection is not implemented in this version; remove the [anomaly] table",
-        ));
-    }
-
     let listen = validate_listen(ctx, &raw.listen)?;
     let server = validate_server(ctx, &raw.server)?;
     let tls = match (&listen.https, &raw.tls) {
@@ -670,6 +704,11 @@ fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigErr
         .as_ref()
         .map(|r| validate_refresh(ctx, r))
         .transpose()?;
+    let anomaly = raw
+        .anomaly
+        .as_ref()
+        .map(|a| validate_anomaly(ctx, a))
+        .transpose()?;
 
     if raw.routes.is_empty() {
         return Err(ctx.err("routes", "at least one [[routes]] entry is required"));
@@ -719,7 +758,36 @@ fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigErr
         identity,
         revocation,
         refresh,
+        anomaly,
         routes,
+    })
+}
+
+fn validate_anomaly(ctx: &Ctx, a: &FileAnomaly) -> Result<Anomaly, ConfigError> {
+    if a.window_s == 0 {
+        return Err(ctx.err("anomaly.window_s", "must be greater than 0"));
+    }
+    if a.max_requests_per_token == 0 {
+        return Err(ctx.err("anomaly.max_requests_per_token", "must be greater than 0"));
+    }
+    if a.max_networks_per_token == 0 {
+        return Err(ctx.err("anomaly.max_networks_per_token", "must be greater than 0"));
+    }
+    let revoke = match a.action.as_str() {
+        "log" => false,
+        "revoke" => true,
+        other => {
+            return Err(ctx.err(
+                "anomaly.action",
+                format!("{other:?} is not \"log\" or \"revoke\""),
+            ))
+        }
+    };
+    Ok(Anomaly {
+        window: Duration::from_secs(a.window_s),
+        max_requests: a.max_requests_per_token,
+        max_networks: a.max_networks_per_token,
+        revoke,
     })
 }
 
@@ -1527,6 +1595,32 @@ admin = "127.0.0.1:0"
                 "routes[0].cors.headers",
             ),
             ("cors = { origins = ['*'], expose = ['x'] }", "expose"),
+        ] {
+            let e = open_route(extra).unwrap_err().to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn anomaly_is_validated() {
+        let c = open_route("[anomaly]\naction = 'revoke'").unwrap();
+        let a = c.anomaly.unwrap();
+        assert_eq!(
+            (a.window, a.max_requests, a.max_networks, a.revoke),
+            (Duration::from_secs(60), 600, 3, true)
+        );
+        for (extra, key) in [
+            ("[anomaly]\nwindow_s = 0", "anomaly.window_s"),
+            (
+                "[anomaly]\nmax_requests_per_token = 0",
+                "anomaly.max_requests_per_token",
+            ),
+            (
+                "[anomaly]\nmax_networks_per_token = 0",
+                "anomaly.max_networks_per_token",
+            ),
+            ("[anomaly]\naction = 'block'", "anomaly.action"),
+            ("[anomaly]\nwindow = 5", "window"),
         ] {
             let e = open_route(extra).unwrap_err().to_string();
             assert!(e.contains(key), "{extra}: {e}");

@@ -1,10 +1,11 @@
 //! jwtgate: an identity-aware edge gateway. Modules in request order:
 //! `listener` (accept, TLS) -> `proxy::handle` (the request path) -> `route` (+ `cors`
-//! preflights) -> `identity` (strip) -> `auth` (+ `jwks`, `revocation`, `limit`) ->
-//! `refresh` -> `identity` (set) -> `upstream` (forward).
+//! preflights) -> `identity` (strip) -> `auth` (+ `jwks`, `revocation`, `limit`,
+//! `anomaly`) -> `refresh` -> `identity` (set) -> `upstream` (forward).
 //! `config` turns gateway.toml into a validated `Config`; `app` holds the live state.
 
 pub mod admin;
+pub mod anomaly;
 pub mod app;
 pub mod auth;
 pub mod body;

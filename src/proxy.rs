@@ -243,6 +243,13 @@ async fn proxy(
             None => l.check_ip(client_address())?,
         }
     }
+    //    Feed the leaked-token detector (`[anomaly]`): too many requests or networks.
+    if let (Some(d), Some(a)) = (&app.anomaly, &auth) {
+        let ip = client_address();
+        if let Some(finding) = d.observe(&a.verified, ip) {
+            Box::pin(d.act(finding, &a.verified, ip, &app.revocations)).await?;
+        }
+    }
 
     // 6. Identity, forwarding headers, hop-by-hop removal; the refresh token stays here.
     if let Some(a) = &auth {

@@ -27,6 +27,11 @@ struct Rig {
 
 /// A gateway with one authenticated route, logout, and the given `[revocation]` body.
 async fn rig(revocation: &str) -> Rig {
+    rig_with(revocation, "").await
+}
+
+/// `rig` with extra `[server]` keys.
+async fn rig_with(revocation: &str, server_extra: &str) -> Rig {
     let up = EchoUpstream::start().await;
     std::env::set_var(HS_ENV, HS_SECRET);
     let (var, value) = admin_env();
@@ -35,7 +40,7 @@ async fn rig(revocation: &str) -> Rig {
         fixture("rsa.pub.pem").display(),
         route("api", "/api", &[&up.url()], "")
     );
-    let gw = TestGateway::start(&cfg).await;
+    let gw = TestGateway::start_with(&cfg, server_extra).await;
     Rig {
         up,
         gw,
@@ -569,4 +574,96 @@ async fn revoke_cli_uses_the_admin_api() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}
+
+// === [anomaly] ===
+
+async fn metric(r: &Rig, line: &str) -> bool {
+    let m =
+        r.gw.client_plain()
+            .get(&format!("http://{}/metrics", r.gw.admin), &[])
+            .await;
+    m.text().lines().any(|l| l == line)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anomaly_revoke_puts_an_overused_token_on_the_shared_list() {
+    let redis = RedisServer::start().await;
+    let cfg = format!(
+        "{}\n\n[anomaly]\nwindow_s = 60\nmax_requests_per_token = 5\naction = \"revoke\"",
+        redis_cfg(&redis, "")
+    );
+    let a = rig(&cfg).await;
+    let b = rig(&cfg).await;
+    let leaked = token("RS256", Some("r1"), json!({}));
+    let other = token("RS256", Some("r1"), json!({}));
+    for i in 0..5 {
+        assert_eq!(a.call(&leaked).await.status, 200, "request {i}");
+    }
+    let before = a.up.count();
+    let r = a.call(&leaked).await;
+    assert_eq!(r.status, 401);
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("token revoked"));
+    assert_eq!(
+        a.up.count(),
+        before,
+        "the flagged request reached the upstream"
+    );
+    // On the shared list: the other replica refuses it too, and the admin API shows it.
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            b.call(&leaked).await.status == 401
+        })
+        .await
+        .is_some(),
+        "replica B still serves the revoked token"
+    );
+    let jti = claims_of(&leaked)["jti"].as_str().unwrap().to_string();
+    let got = b
+        .admin(Method::GET, &format!("/revocations/jti/{jti}"), None, "")
+        .await;
+    assert_eq!(got.json()["revoked"], json!(true));
+    assert_eq!(
+        a.call(&other).await.status,
+        200,
+        "other tokens are untouched"
+    );
+    assert!(metric(&a, "jwtgate_anomalies_total{kind=\"requests\"} 1").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anomaly_log_flags_a_token_seen_from_too_many_networks_once() {
+    let cfg = "store = \"memory\"\n\n[anomaly]\nmax_networks_per_token = 2";
+    // Behind one trusted load balancer, so the test can play clients on other networks.
+    let r = rig_with(cfg, "trusted_proxy_hops = 1").await;
+    let t = format!("Bearer {}", token("RS256", Some("r1"), json!({})));
+    let call = |ip: &'static str| {
+        let t = t.clone();
+        let r = &r;
+        async move {
+            r.gw.client_plain()
+                .get(
+                    &r.gw.http_url("/api/x"),
+                    &[("authorization", &t), ("x-forwarded-for", ip)],
+                )
+                .await
+                .status
+        }
+    };
+    // Two addresses in one /24, then a second network: within the limit.
+    for ip in ["198.51.100.1", "198.51.100.2", "203.0.113.9"] {
+        assert_eq!(call(ip).await, 200);
+    }
+    assert!(metric(&r, "jwtgate_anomalies_total{kind=\"networks\"} 0").await);
+    // A third network flags it; action = "log" (the default) keeps serving.
+    assert_eq!(call("192.0.2.1").await, 200);
+    assert_eq!(call("192.0.2.2").await, 200);
+    assert_eq!(call("100.64.0.1").await, 200);
+    assert!(
+        metric(&r, "jwtgate_anomalies_total{kind=\"networks\"} 1").await,
+        "flagged once per window"
+    );
 }

@@ -1,0 +1,153 @@
+//! Leaked-token detection (`[anomaly]`, fed in step 4 of the request path): per verified
+//! token and fixed window, how many requests it made and from how many client networks. A
+//! token over either limit is logged, or with `action = "revoke"` put on the shared
+//! revocation list (`revocation` owns the list; this module only decides).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::metrics::counter::Counter;
+
+use crate::auth::Verified;
+use crate::config::Anomaly;
+use crate::error::{GatewayError, TokenError};
+use crate::revocation::Revocations;
+
+/// Windows kept per replica (the most active tokens win when there are more).
+const CAPACITY: u64 = 100_000;
+
+/// Why a token was flagged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finding {
+    /// Requests in this window.
+    Requests(u64),
+    /// Distinct client networks in this window.
+    Networks(usize),
+}
+
+#[derive(Default)]
+struct Window {
+    requests: AtomicU64,
+    /// At most `max_networks + 1` entries: enough to know the limit is passed.
+    networks: Mutex<Vec<IpAddr>>,
+    flagged: AtomicBool,
+}
+
+pub struct Detector {
+    cfg: Anomaly,
+    /// Keyed by the token's SHA-256; an entry lives one window from the token's first
+    /// request in it.
+    windows: moka::sync::Cache<[u8; 32], Arc<Window>>,
+    pub flagged_requests: Counter,
+    pub flagged_networks: Counter,
+}
+
+impl Detector {
+    pub fn new(cfg: &Anomaly) -> Detector {
+        Detector {
+            cfg: cfg.clone(),
+            windows: moka::sync::Cache::builder()
+                .max_capacity(CAPACITY)
+                .time_to_live(cfg.window)
+                .build(),
+            flagged_requests: Counter::default(),
+            flagged_networks: Counter::default(),
+        }
+    }
+
+    /// Count one request of `v` from `client`. `Some` when the token is over a limit: the
+    /// first time in a window, or every time with `action = "revoke"` (so a failed
+    /// revocation is tried again on the next request).
+    pub fn observe(&self, v: &Verified, client: IpAddr) -> Option<Finding> {
+        let w = self.windows.get_with(v.key, Arc::default);
+        let requests = w.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let net = network(client);
+        let networks = {
+            let mut nets = w.networks.lock().unwrap_or_else(|p| p.into_inner());
+            if nets.len() <= self.cfg.max_networks && !nets.contains(&net) {
+                nets.push(net);
+            }
+            nets.len()
+        };
+        let finding = if networks > self.cfg.max_networks {
+            Finding::Networks(networks)
+        } else if requests > self.cfg.max_requests {
+            Finding::Requests(requests)
+        } else {
+            return None;
+        };
+        let first = !w.flagged.swap(true, Ordering::AcqRel);
+        if first {
+            match finding {
+                Finding::Requests(_) => self.flagged_requests.inc(),
+                Finding::Networks(_) => self.flagged_networks.inc(),
+            };
+        }
+        (first || self.cfg.revoke).then_some(finding)
+    }
+
+    /// Act on a finding: log it; with `action = "revoke"`, revoke the token's `jti` until
+    /// its `exp` and refuse this request. A token without `jti` cannot be revoked alone:
+    /// it is logged, and served.
+    pub async fn act(
+        &self,
+        finding: Finding,
+        v: &Verified,
+        client: IpAddr,
+        revocations: &Revocations,
+    ) -> Result<(), GatewayError> {
+        let (kind, count) = match finding {
+            Finding::Requests(n) => ("requests", n),
+            Finding::Networks(n) => ("networks", n as u64),
+        };
+        let jti = v.jti.as_deref();
+        tracing::warn!(
+            target: "jwtgate::anomaly",
+            kind,
+            count,
+            window_s = self.cfg.window.as_secs(),
+            sub = %v.sub,
+            jti = jti.unwrap_or("-"),
+            client = %client,
+            revoke = self.cfg.revoke && jti.is_some(),
+            "token over its [anomaly] limit; possibly leaked"
+        );
+        if !self.cfg.revoke {
+            return Ok(());
+        }
+        let Some(jti) = jti else {
+            return Ok(());
+        };
+        if let Err(e) = revocations.revoke_jti(jti, v.exp).await {
+            // Refuse this request anyway; the next one tries to revoke again.
+            tracing::warn!(error = %e, "could not revoke a flagged token");
+        }
+        Err(TokenError::Revoked.into())
+    }
+}
+
+/// The client's network: IPv4 /24, IPv6 /48 (a v4-mapped address counts as IPv4).
+fn network(ip: IpAddr) -> IpAddr {
+    let v4 = |a: Ipv4Addr| IpAddr::V4(Ipv4Addr::from(u32::from(a) & 0xffff_ff00));
+    match ip {
+        IpAddr::V4(a) => v4(a),
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(m) => v4(m),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(a) & !((1u128 << 80) - 1))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_are_v4_24_and_v6_48() {
+        let n = |s: &str| network(s.parse().unwrap()).to_string();
+        assert_eq!(n("203.0.113.77"), "203.0.113.0");
+        assert_eq!(n("::ffff:203.0.113.77"), "203.0.113.0");
+        assert_eq!(n("2001:db8:1:2:3::9"), "2001:db8:1::");
+    }
+}
