@@ -44,6 +44,21 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
         (Method::GET, "/readyz") => readyz(&app),
+        (Method::GET, "/.well-known/jwks.json") => match &app.config.identity.assertion {
+            Some(a) => {
+                let mut r = Response::new(body::full(a.key.jwks().to_string()));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            None => json_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no identity assertions configured (identity.assertion_key)",
+            ),
+        },
         (Method::GET, "/metrics") => {
             let mut r = Response::new(body::full(app.render_metrics()));
             r.headers_mut().insert(

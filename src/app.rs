@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::anomaly::Detector;
+use crate::assertion::Minter;
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::jwks::IssuerKeys;
@@ -25,6 +26,8 @@ pub struct App {
     pub refresher: Option<Refresher>,
     /// Present with `[anomaly]`.
     pub anomaly: Option<Detector>,
+    /// Present with `identity.assertion_key`.
+    pub assertions: Option<Minter>,
     pub metrics: Metrics,
     /// Stops this App's background tasks (JWKS) when it is replaced or the gateway stops.
     stop: tokio::sync::watch::Sender<bool>,
@@ -72,6 +75,7 @@ impl App {
             revocations.allowed_unchecked.clone(),
         );
         let anomaly = config.anomaly.as_ref().map(Detector::new);
+        let assertions = config.identity.assertion.as_ref().map(Minter::new);
         if let Some(d) = &anomaly {
             for (kind, c) in [
                 ("requests", &d.flagged_requests),
@@ -98,6 +102,7 @@ impl App {
             metrics,
             refresher,
             anomaly,
+            assertions,
             config,
             router,
             verifier,

@@ -486,6 +486,8 @@ pub struct Identity {
     pub forward_token: bool,
     /// (header, claim name)
     pub claims: Vec<(http::HeaderName, String)>,
+    /// `assertion_*`: the gateway's signed identity assertion, when `assertion_key` is set.
+    pub assertion: Option<crate::assertion::AssertionConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1178,9 +1180,30 @@ fn validate_tokens(ctx: &Ctx, t: &FileTokens) -> Result<Tokens, ConfigError> {
 }
 
 fn validate_identity(ctx: &Ctx, i: &FileIdentity) -> Result<Identity, ConfigError> {
-    if i.assertion_header.is_some() || i.assertion_key.is_some() || i.assertion_ttl_s.is_some() {
-        return Err(ctx.err("identity.assertion_header", "gateway-signed identity assertions are not implemented in this version; remove the assertion_* keys"));
-    }
+    let assertion = match &i.assertion_key {
+        None if i.assertion_header.is_some() || i.assertion_ttl_s.is_some() => {
+            return Err(ctx.err(
+                "identity.assertion_key",
+                "required with assertion_header / assertion_ttl_s: the ES256 (P-256) private key that signs assertions",
+            ))
+        }
+        None => None,
+        Some(path) => {
+            let pem = ctx.read("identity.assertion_key", path)?;
+            let key = crate::assertion::AssertionKey::from_pem(&pem)
+                .map_err(|m| ctx.err("identity.assertion_key", m))?;
+            let ttl = i.assertion_ttl_s.unwrap_or(60);
+            if ttl == 0 {
+                return Err(ctx.err("identity.assertion_ttl_s", "must be greater than 0"));
+            }
+            let header = i.assertion_header.as_deref().unwrap_or("x-jwtgate-assertion");
+            Some(crate::assertion::AssertionConfig {
+                header: header_name(ctx, "identity.assertion_header", header)?,
+                key: Arc::new(key),
+                ttl: Duration::from_secs(ttl),
+            })
+        }
+    };
     let mut claims = Vec::with_capacity(i.claims.len());
     for (h, v) in &i.claims {
         let key = format!("identity.claims.{h}");
@@ -1195,6 +1218,7 @@ fn validate_identity(ctx: &Ctx, i: &FileIdentity) -> Result<Identity, ConfigErro
         claims_header: header_name(ctx, "identity.claims_header", &i.claims_header)?,
         forward_token: i.forward_token,
         claims,
+        assertion,
     })
 }
 

@@ -32,6 +32,10 @@ pub fn strip_client_headers(headers: &mut HeaderMap, identity: &Identity) {
             || *name == identity.scopes_header
             || *name == identity.claims_header
             || identity.claims.iter().any(|(h, _)| h == name)
+            || identity
+                .assertion
+                .as_ref()
+                .is_some_and(|a| a.header == name)
         {
             doomed.push(name.clone());
         }
@@ -318,6 +322,7 @@ mod tests {
             claims_header: HeaderName::from_static("x-auth-claims"),
             forward_token: true,
             claims: vec![(HeaderName::from_static("x-user-email"), "email".into())],
+            assertion: None,
         }
     }
 

@@ -254,6 +254,12 @@ async fn proxy(
     // 6. Identity, forwarding headers, hop-by-hop removal; the refresh token stays here.
     if let Some(a) = &auth {
         identity::set_identity(&mut parts.headers, &app.config.identity, a);
+        if let Some(m) = &app.assertions {
+            let iss = &app.verifier.issuers()[a.verified.issuer].config.issuer;
+            if let Some(v) = m.assertion(&a.verified, iss, route.index, &route.config.name) {
+                parts.headers.insert(m.header().clone(), v);
+            }
+        }
         if notes.logging {
             notes.sub = Some(a.verified.sub.clone());
         }

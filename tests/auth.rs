@@ -1097,3 +1097,168 @@ async fn cors_preflights_are_answered_and_responses_carry_the_origin() {
     assert_eq!(r.status, 401);
     assert_eq!(r.header("access-control-allow-origin"), None);
 }
+
+// === identity assertions ===
+
+/// A fresh P-256 key as a SEC1 `EC PRIVATE KEY` PEM (what `openssl ecparam -genkey` writes).
+fn sec1_p256_pem() -> String {
+    use aws_lc_rs::encoding::{AsDer, EcPrivateKeyRfc5915Der};
+    use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+    let der: EcPrivateKeyRfc5915Der = pair.private_key().as_der().unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN EC PRIVATE KEY-----\n{}\n-----END EC PRIVATE KEY-----\n",
+        lines.join("\n")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_get_a_signed_assertion_they_can_verify_with_the_admin_jwks() {
+    let up = EchoUpstream::start().await;
+    let u = up.url();
+    let dir = TempDir::new();
+    let key = dir.path().join("assertion.key");
+    std::fs::write(&key, sec1_p256_pem()).unwrap();
+    let cfg = [
+        format!(
+            "[identity]\nassertion_key = \"{}\"\nassertion_ttl_s = 120\n\n",
+            key.display()
+        ),
+        static_issuer(),
+        route("api", "/api", &[&u], ""),
+        route("billing", "/billing", &[&u], ""),
+        route("open", "/open", &[&u], "auth = \"none\""),
+    ]
+    .concat();
+    let gw = TestGateway::start(&cfg).await;
+    let jwks = gw
+        .client_plain()
+        .get(&format!("http://{}/.well-known/jwks.json", gw.admin), &[])
+        .await;
+    assert_eq!(jwks.status, 200);
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&jwks.body).unwrap();
+    assert_eq!(set.keys.len(), 1);
+    assert!(
+        !jwks.text().contains("\"d\""),
+        "private key material served"
+    );
+
+    let t = token(
+        "ES256",
+        Some("e1"),
+        json!({"sub": "carol", "scope": "orders:read"}),
+    );
+    let b = bearer(&t);
+    let cl = gw.client_h2();
+    // A client's own assertion never gets through.
+    let forged = [
+        ("authorization", b.as_str()),
+        ("x-jwtgate-assertion", "forged"),
+    ];
+    assert_eq!(cl.get(&gw.https_url("/api/x"), &forged).await.status, 200);
+    let first = up.last().headers["x-jwtgate-assertion"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(first, "forged");
+
+    let jwk = &set.keys[0];
+    let check = |assertion: &str, aud: &str| {
+        let header = jsonwebtoken::decode_header(assertion).unwrap();
+        assert_eq!(header.kid, jwk.common.key_id);
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+        v.set_audience(&[aud]);
+        v.set_issuer(&["jwtgate"]);
+        let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+        jsonwebtoken::decode::<serde_json::Value>(assertion, &key, &v)
+            .unwrap_or_else(|e| panic!("assertion for {aud} does not verify: {e}"))
+            .claims
+    };
+    let c = check(&first, "api");
+    assert_eq!(c["sub"], "carol");
+    assert_eq!(c["scope"], "orders:read");
+    assert_eq!(c["token_iss"], "https://idp.test");
+    let t_claims: serde_json::Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(t.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(c["token_jti"], t_claims["jti"]);
+    assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 120);
+
+    // Reused for the same token and route; minted per route (aud) otherwise.
+    cl.get(&gw.https_url("/api/y"), &[("authorization", &b)])
+        .await;
+    assert_eq!(up.last().headers["x-jwtgate-assertion"], first.as_str());
+    gw.client_plain()
+        .get(&gw.http_url("/billing/y"), &[("authorization", &b)])
+        .await;
+    let billing = up.last().headers["x-jwtgate-assertion"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    check(&billing, "billing");
+    assert!(
+        std::panic::catch_unwind(|| check(&billing, "api")).is_err(),
+        "an assertion for billing must not pass as one for api"
+    );
+    // Unauthenticated routes carry none (and not the client's).
+    gw.client_plain()
+        .get(
+            &gw.http_url("/open/x"),
+            &[("x-jwtgate-assertion", "forged")],
+        )
+        .await;
+    assert!(!up.last().headers.contains_key("x-jwtgate-assertion"));
+}
+
+#[test]
+fn assertion_key_must_be_a_p256_private_key() {
+    let dir = TempDir::new();
+    let base = base_config(dir.path(), "");
+    let open = route("open", "/", &["http://127.0.0.1:9"], "auth = \"none\"");
+    let load = |identity: &str| {
+        let text = format!("{base}[identity]\n{identity}\n\n{open}");
+        jwtgate::config::Config::from_str(&dir.path().join("gateway.toml"), &text)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    for (identity, why) in [
+        (
+            format!("assertion_key = \"{}\"", fixture("rsa.pem").display()),
+            "P-256",
+        ),
+        (
+            format!("assertion_key = \"{}\"", fixture("ec384.pem").display()),
+            "P-256",
+        ),
+        (
+            format!("assertion_key = \"{}\"", fixture("ec.pub.pem").display()),
+            "private key",
+        ),
+        (
+            "assertion_key = \"/nonexistent/key.pem\"".to_string(),
+            "nonexistent",
+        ),
+        ("assertion_ttl_s = 30".to_string(), "required"),
+    ] {
+        let e = load(&identity);
+        assert!(
+            e.contains("identity.assertion_key") && e.contains(why),
+            "{identity}: {e}"
+        );
+    }
+    assert!(load(&format!(
+        "assertion_key = \"{}\"",
+        fixture("ec.pem").display()
+    ))
+    .is_empty());
+}
