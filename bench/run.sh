@@ -4,7 +4,7 @@
 # bench/results/<timestamp>.md.
 #
 # Usage: bench/run.sh [--rounds N] [--duration S] [--only SECTION[,SECTION...]] [--keep-tmp]
-#   SECTION: plain | tls | h2 | auth | mem | tokens | revocation | refresh    (default: all)
+#   SECTION: plain | tls | h2 | auth | mem | tokens | revocation | refresh | features (default: all)
 #            peers  = no jwtgate rows (self-test of the peers; needs no Rust build); alone it
 #                     means every section, with others (peers,auth) only those
 #   defaults: 3 rounds of 10 s per target.
@@ -52,16 +52,16 @@ done
 [[ $PROPAGATION_N =~ ^[1-9][0-9]*$ ]] || die "BENCH_PROPAGATION_N must be a positive integer"
 
 USE_JG=1
-ALL_SECTIONS=(plain tls h2 auth mem tokens revocation refresh)
+ALL_SECTIONS=(plain tls h2 auth mem tokens revocation refresh features)
 SECTIONS=("${ALL_SECTIONS[@]}")
 if [[ -n $ONLY ]]; then
     SECTIONS=()
     IFS=',' read -r -a only_list <<<"$ONLY"
     for s in "${only_list[@]}"; do
         case $s in
-            plain|tls|h2|auth|mem|tokens|revocation|refresh) SECTIONS+=("$s") ;;
+            plain|tls|h2|auth|mem|tokens|revocation|refresh|features) SECTIONS+=("$s") ;;
             peers) USE_JG=0 ;;
-            *) die "--only: unknown section '$s' (plain, tls, h2, auth, mem, tokens, revocation, refresh, peers)" ;;
+            *) die "--only: unknown section '$s' (plain, tls, h2, auth, mem, tokens, revocation, refresh, features, peers)" ;;
         esac
     done
     [[ ${#SECTIONS[@]} -gt 0 ]] || SECTIONS=("${ALL_SECTIONS[@]}")
@@ -747,6 +747,34 @@ idp_calls() { # BATCH INDEX: calls the mock IdP counted for that refresh token
         python3 -c 'import json, sys; print(json.load(sys.stdin)["batch"]["calls_per_token"][int(sys.argv[1])])' "$2"
 }
 
+# --- section "features": the optional protections' cost ------------------------------------
+
+section_features() {
+    local b_tls b_http b_admin b_pid f_tls f_http f_admin f_pid
+    read -r b_tls b_http b_admin f_tls f_http f_admin <<<"$(free_ports 6)"
+    openssl ecparam -name prime256v1 -genkey -noout -out "$TMP/keys/assertion.key" 2>/dev/null ||
+        die "openssl ecparam failed (the features section needs an EC key)"
+    start_auth_variant "jwtgate (no options)" "$TMP/gateway-features-base.toml" "$b_tls" "$b_http" "$b_admin"
+    b_pid=$LAST_PID
+    start_auth_variant "jwtgate (every option)" "$TMP/gateway-features.toml" "$f_tls" "$f_http" "$f_admin" \
+        features.toml ASSERTION_KEY="$TMP/keys/assertion.key" UP_PORT="$UP_PORT"
+    f_pid=$LAST_PID
+    add_target jg-feat-base "jwtgate HS256 HTTP, no optional protection" wrk "$U:$b_http/" "$TOKEN_HS"
+    add_target jg-feat-global "jwtgate HS256 HTTP, + identity assertion + [anomaly]" wrk "$U:$f_http/" "$TOKEN_HS"
+    T_NOTE[jg-feat-global]="one token: its assertion is signed once per 30 s and reused; the anomaly window is counted on every request"
+    add_target jg-feat-all "jwtgate HS256 HTTP, + rate_limit (per sub) + cors as well" wrk "$U:$f_http/features/" "$TOKEN_HS"
+    T_NOTE[jg-feat-all]="rate_limit far above the load (every request takes a token from its bucket); cors sets Vary on every answer"
+    expect "jwtgate (every option) HS256" "${T_URL[jg-feat-all]}" 200 "$TOKEN_HS"
+    expect "jwtgate (every option), no token" "${T_URL[jg-feat-all]}" 401
+    curl -fsS --max-time 10 -o /dev/null "http://127.0.0.1:$f_admin/.well-known/jwks.json" ||
+        die "check failed: jwtgate (every option) serves no /.well-known/jwks.json"
+    run_section features jg-feat-base jg-feat-global jg-feat-all
+    stop_pid "$f_pid"
+    forget_pid "$f_pid"
+    stop_pid "$b_pid"
+    forget_pid "$b_pid"
+}
+
 section_refresh() {
     local f_http f_tls f_admin f_pid idp_pid url secs note access refresh new_access calls summary
     read -r IDP_PORT f_http f_tls f_admin <<<"$(free_ports 4)"
@@ -1043,7 +1071,7 @@ for section in "${SECTIONS[@]}"; do
             fi
             run_section auth jg-open-tls jg-rs256-tls jg-es256-tls haproxy-rs256-tls jg-open-http jg-hs256-http haproxy-hs256-http
             ;;
-        tokens|revocation|refresh)
+        tokens|revocation|refresh|features)
             if [[ $USE_JG == 1 ]]; then
                 "section_$section"
             else

@@ -27,6 +27,7 @@ REL = {
                ("jg-tok-rs-10k", "jg-tok-rs-1")],
     "revocation": [("jg-rev-redis", "jg-rev-memory")],
     "refresh": [("jg-refresh-mix", "jg-refresh-none")],
+    "features": [("jg-feat-global", "jg-feat-base"), ("jg-feat-all", "jg-feat-base")],
 }
 # (authenticated target, unauthenticated target in the same process): auth cost = 1 - a/b
 COSTS = {
