@@ -69,6 +69,13 @@ async fn run_inner(once: bool) -> Result<(), String> {
     let (cert, key) =
         crate::certs::write(&dir, &["localhost".to_string(), "127.0.0.1".to_string()])
             .map_err(|e| e.to_string())?;
+    // The gateway's own key for signed identity assertions (upstreams verify them with the
+    // admin listener's /.well-known/jwks.json).
+    let assertion_pem = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| e.to_string())?
+        .serialize_pem();
+    let assertion_key = dir.join("assertion.key");
+    std::fs::write(&assertion_key, assertion_pem).map_err(|e| e.to_string())?;
     let toml = format!(
         r#"[listen]
 https = "127.0.0.1:0"
@@ -90,6 +97,9 @@ audiences = ["demo-api"]
 algorithms = ["ES256"]
 jwks_url = "http://{idp}/.well-known/jwks.json"
 
+[identity]
+assertion_key = "{assertion_key}"
+
 [identity.claims]
 "x-user-email" = "email"
 
@@ -103,6 +113,13 @@ refresh_before_s = 60
 name = "api"
 path_prefix = "/api"
 upstreams = ["http://{upstream}"]
+cors = {{ origins = ["https://app.example"], headers = ["authorization"], credentials = true }}
+
+[[routes]]
+name = "limited"
+path_prefix = "/limited"
+upstreams = ["http://{upstream}"]
+rate_limit = {{ per = "sub", rps = 1, burst = 3 }}
 
 [[routes]]
 name = "admin"
@@ -118,6 +135,7 @@ auth = "none"
 "#,
         cert = cert.display(),
         key = key.display(),
+        assertion_key = assertion_key.display(),
     );
     let cfg_path = dir.join("gateway.toml");
     std::fs::write(&cfg_path, &toml).map_err(|e| e.to_string())?;
@@ -188,15 +206,76 @@ auth = "none"
                 ok = false;
                 println!("[FAIL] upstream did not see the verified subject");
             }
+            let assertion = h["x-jwtgate-assertion"].as_str().unwrap_or("");
+            println!(
+                "       and x-jwtgate-assertion={}... (ES256, signed by the gateway)",
+                &assertion[..assertion.len().min(24)]
+            );
+            if assertion.split('.').count() != 3 {
+                ok = false;
+                println!("[FAIL] upstream did not get the gateway's signed assertion");
+            }
         }
     }
+
+    // A browser app on another origin: the gateway answers its CORS preflight itself.
+    let (status, headers, _) = request(
+        http,
+        http::Method::OPTIONS,
+        "/api/hello",
+        &[
+            ("origin", "https://app.example"),
+            ("access-control-request-method", "GET"),
+            ("access-control-request-headers", "authorization"),
+        ],
+    )
+    .await?;
+    let allowed = headers
+        .get("access-control-allow-origin")
+        .is_some_and(|v| v == "https://app.example");
+    let mark = if status == 204 && allowed {
+        "ok  "
+    } else {
+        ok = false;
+        "FAIL"
+    };
+    println!(
+        "[{mark}] CORS preflight from https://app.example -> {status}, answered by the gateway"
+    );
+
+    // Rate limit: burst 3, then 1 request a second per subject.
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (status, headers, _) = request(
+            http,
+            http::Method::GET,
+            "/limited/x",
+            &[("authorization", &bearer)],
+        )
+        .await?;
+        seen.push((status, headers.get("retry-after").cloned()));
+    }
+    let statuses: Vec<u16> = seen.iter().map(|(s, _)| *s).collect();
+    let mark = if statuses == [200, 200, 200, 429] && seen[3].1.is_some() {
+        "ok  "
+    } else {
+        ok = false;
+        "FAIL"
+    };
+    println!("[{mark}] rate_limit per subject (burst 3, 1/s): 4 quick requests -> {statuses:?}, the last with Retry-After");
 
     // Edge refresh: an access token 20 s from expiry plus a refresh token, as a browser
     // would hold them in cookies. The gateway renews it with the IdP on the way through.
     let near = idp_state.access_token("alice", 20)?;
     let rt = idp_state.refresh_token("alice");
     let cookie = format!("access_token={near}; refresh_token={rt}");
-    let (status, headers, _) = request(http, "/api/hello", &[("cookie", &cookie)]).await?;
+    let (status, headers, _) = request(
+        http,
+        http::Method::GET,
+        "/api/hello",
+        &[("cookie", &cookie)],
+    )
+    .await?;
     let renewed = headers
         .get_all("set-cookie")
         .iter()
@@ -227,6 +306,10 @@ auth = "none"
         https.port()
     );
     println!("  curl -s http://{}/readyz", gw.admin_addr);
+    println!(
+        "  curl -s http://{}/.well-known/jwks.json   # the key upstreams verify x-jwtgate-assertion with",
+        gw.admin_addr
+    );
 
     if !ok {
         gw.shutdown().await;
@@ -297,17 +380,20 @@ async fn get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<(u16, Bytes), String> {
-    let (status, _, body) = request(addr, path, headers).await?;
+    let (status, _, body) = request(addr, http::Method::GET, path, headers).await?;
     Ok((status, body))
 }
 
 async fn request(
     addr: SocketAddr,
+    method: http::Method,
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<(u16, http::HeaderMap, Bytes), String> {
     let client = crate::upstream::Client::new(1);
-    let mut b = Request::get(format!("http://{addr}{path}"));
+    let mut b = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
