@@ -2,11 +2,16 @@
 //! are created up front and bumped as plain atomics (no lock, no label lookup per request);
 //! gauges are read from live state when scraped. Text format by prometheus-client.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::error::{GatewayError, TokenError};
@@ -51,11 +56,73 @@ fn reason_index(e: &GatewayError) -> Option<usize> {
     })
 }
 
+/// Upper bounds (µs) of the request-duration buckets; one more bucket holds the rest.
+const DURATION_BUCKETS_US: [u64; 12] = [
+    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    10_000_000,
+];
+
+/// A request-duration histogram made of plain atomics: prometheus-client's own `Histogram`
+/// takes a mutex per observation, which both workers would contend for on every request.
+/// The text format is still prometheus-client's (`encode_histogram`).
+#[derive(Clone, Default, Debug)]
+pub struct DurationHistogram(Arc<DurationInner>);
+
+#[derive(Default, Debug)]
+struct DurationInner {
+    buckets: [AtomicU64; DURATION_BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl DurationHistogram {
+    pub fn observe(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = DURATION_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(DURATION_BUCKETS_US.len());
+        self.0.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.0.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for DurationHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for DurationHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let bounds = DURATION_BUCKETS_US
+            .iter()
+            .map(|&b| b as f64 / 1e6)
+            .chain(std::iter::once(f64::INFINITY));
+        let buckets: Vec<(f64, u64)> = bounds
+            .zip(&self.0.buckets)
+            .map(|(le, n)| (le, n.load(Ordering::Relaxed)))
+            .collect();
+        // The count is the buckets' total, so the two always agree in one scrape.
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = self.0.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        encoder.encode_histogram::<NoLabelSet>(
+            sum,
+            count,
+            &buckets,
+            None::<&std::collections::HashMap<usize, Exemplar<NoLabelSet, f64>>>,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 /// The gateway's metrics. Route index `routes.len()` stands for "no route" (404, logout).
 pub struct Metrics {
     registry: Registry,
     /// Per route, per status class (1xx..5xx).
     requests: Vec<[Counter; 5]>,
+    /// Per route (last: no route): time until the response head is ready.
+    durations: Vec<DurationHistogram>,
     auth_failures: Vec<Counter>,
     /// Per route: requests refused by its `rate_limit` (429).
     rate_limited: Vec<Counter>,
@@ -89,6 +156,23 @@ impl Metrics {
             "Requests answered, by route and status class",
             requests_family,
         );
+        let durations_family = Family::<Labels, DurationHistogram>::default();
+        let durations = route_names
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once("-"))
+            .map(|name| {
+                durations_family
+                    .get_or_create(&vec![("route", name.to_string())])
+                    .clone()
+            })
+            .collect();
+        registry.register_with_unit(
+            "request_duration",
+            "Time from the request's head to the response's head (upstream included, body streaming not), by route",
+            prometheus_client::registry::Unit::Seconds,
+            durations_family,
+        );
         let limited_family = Family::<Labels, Counter>::default();
         let rate_limited = route_names
             .iter()
@@ -119,6 +203,7 @@ impl Metrics {
         );
         let m = Metrics {
             requests,
+            durations,
             auth_failures,
             rate_limited,
             keys_loaded: Family::default(),
@@ -167,13 +252,14 @@ impl Metrics {
         }
     }
 
-    /// Count an answered request.
-    pub fn request(&self, route: Option<usize>, status: u16) {
+    /// Count an answered request and how long its response head took.
+    pub fn request(&self, route: Option<usize>, status: u16, took: Duration) {
         let idx = route
             .unwrap_or(self.requests.len() - 1)
             .min(self.requests.len() - 1);
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.requests[idx][class].inc();
+        self.durations[idx].observe(took);
     }
 
     /// Count a refusal: authentication failures by reason, rate limits by route.

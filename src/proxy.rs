@@ -27,10 +27,9 @@ pub async fn handle<A: AsRef<App>>(
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let (app, client) = ((*app).as_ref(), &client);
     let version = req.version();
-    // Nothing is copied (and the clock not read) for the access log unless the line will be
-    // written.
+    // Nothing is copied for the access log unless the line will be written.
     let logging = tracing::enabled!(target: "jwtgate::access", tracing::Level::INFO);
-    let started = logging.then(Instant::now);
+    let started = Instant::now();
     let method = logging.then(|| req.method().clone());
     let path = logging.then(|| req.uri().path().to_owned());
     let mut notes = Notes {
@@ -66,8 +65,9 @@ pub async fn handle<A: AsRef<App>>(
         id.set_sensitive(true);
         resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
     }
+    let took = started.elapsed();
     app.metrics
-        .request(notes.route_index, resp.status().as_u16());
+        .request(notes.route_index, resp.status().as_u16(), took);
     if !logging {
         return Ok(resp);
     }
@@ -82,7 +82,7 @@ pub async fn handle<A: AsRef<App>>(
         route,
         client = notes.client.map(tracing::field::display),
         status = resp.status().as_u16(),
-        duration_us = started.map_or(0, |t| t.elapsed().as_micros() as u64),
+        duration_us = took.as_micros() as u64,
         request_id = notes.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
         sub = notes.sub.as_deref().unwrap_or("-"),
         error = notes.error.as_deref().unwrap_or(""),

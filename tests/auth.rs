@@ -788,6 +788,11 @@ async fn metrics_count_requests_and_refusals() {
         "jwtgate_auth_failures_total{reason=\"unknown_kid\"} 1",
         "jwtgate_issuer_keys_loaded{issuer=\"static\"} 1",
         "jwtgate_revocation_store_up 1",
+        "# TYPE jwtgate_request_duration_seconds histogram",
+        "# UNIT jwtgate_request_duration_seconds seconds",
+        "jwtgate_request_duration_seconds_count{route=\"api\"} 5",
+        "jwtgate_request_duration_seconds_bucket{le=\"+Inf\",route=\"api\"} 5",
+        "jwtgate_request_duration_seconds_count{route=\"-\"} 1",
     ] {
         assert!(
             text.lines().any(|l| l == line),
