@@ -26,6 +26,13 @@ pub enum Finding {
     Networks(usize),
 }
 
+/// A finding, and whether it is the first for this token in this window.
+#[derive(Debug, Clone, Copy)]
+pub struct Flagged {
+    pub finding: Finding,
+    pub first: bool,
+}
+
 #[derive(Default)]
 struct Window {
     requests: AtomicU64,
@@ -57,9 +64,9 @@ impl Detector {
     }
 
     /// Count one request of `v` from `client`. `Some` when the token is over a limit: the
-    /// first time in a window, or every time with `action = "revoke"` (so a failed
-    /// revocation is tried again on the next request).
-    pub fn observe(&self, v: &Verified, client: IpAddr) -> Option<Finding> {
+    /// first time in a window, and with `action = "revoke"` every time for a token with a
+    /// `jti` (so a failed revocation is tried again on the next request).
+    pub fn observe(&self, v: &Verified, client: IpAddr) -> Option<Flagged> {
         let w = self.windows.get_with(v.key, Arc::default);
         let requests = w.requests.fetch_add(1, Ordering::Relaxed) + 1;
         let net = network(client);
@@ -84,35 +91,37 @@ impl Detector {
                 Finding::Networks(_) => self.flagged_networks.inc(),
             };
         }
-        (first || self.cfg.revoke).then_some(finding)
+        (first || (self.cfg.revoke && v.jti.is_some())).then_some(Flagged { finding, first })
     }
 
-    /// Act on a finding: log it; with `action = "revoke"`, revoke the token's `jti` until
-    /// its `exp` and refuse this request. A token without `jti` cannot be revoked alone:
-    /// it is logged, and served.
+    /// Act on a finding: log it (once per token and window); with `action = "revoke"`,
+    /// revoke the token's `jti` until its `exp` and refuse this request. A token without
+    /// `jti` cannot be revoked alone: it is logged, and served.
     pub async fn act(
         &self,
-        finding: Finding,
+        flagged: Flagged,
         v: &Verified,
         client: IpAddr,
         revocations: &Revocations,
     ) -> Result<(), GatewayError> {
-        let (kind, count) = match finding {
+        let (kind, count) = match flagged.finding {
             Finding::Requests(n) => ("requests", n),
             Finding::Networks(n) => ("networks", n as u64),
         };
         let jti = v.jti.as_deref();
-        tracing::warn!(
-            target: "jwtgate::anomaly",
-            kind,
-            count,
-            window_s = self.cfg.window.as_secs(),
-            sub = %v.sub,
-            jti = jti.unwrap_or("-"),
-            client = %client,
-            revoke = self.cfg.revoke && jti.is_some(),
-            "token over its [anomaly] limit; possibly leaked"
-        );
+        if flagged.first {
+            tracing::warn!(
+                target: "jwtgate::anomaly",
+                kind,
+                count,
+                window_s = self.cfg.window.as_secs(),
+                sub = %v.sub,
+                jti = jti.unwrap_or("-"),
+                client = %client,
+                revoke = self.cfg.revoke && jti.is_some(),
+                "token over its [anomaly] limit; possibly leaked"
+            );
+        }
         if !self.cfg.revoke {
             return Ok(());
         }
@@ -120,8 +129,13 @@ impl Detector {
             return Ok(());
         };
         if let Err(e) = revocations.revoke_jti(jti, v.exp).await {
-            // Refuse this request anyway; the next one tries to revoke again.
-            tracing::warn!(error = %e, "could not revoke a flagged token");
+            // Refuse this request anyway; the next one tries to revoke again (and says so
+            // only at debug level: the store's own failures are logged already).
+            if flagged.first {
+                tracing::warn!(error = %e, "could not revoke a flagged token");
+            } else {
+                tracing::debug!(error = %e, "could not revoke a flagged token");
+            }
         }
         Err(TokenError::Revoked.into())
     }

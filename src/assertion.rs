@@ -102,7 +102,8 @@ struct Claims<'a> {
 /// microseconds) happens once per token and route per `ttl / 2`, not per request.
 pub struct Minter {
     cfg: AssertionConfig,
-    minted: moka::sync::Cache<([u8; 32], usize), HeaderValue>,
+    /// (assertion, reuse until): reused for the first half of its own lifetime.
+    minted: moka::sync::Cache<([u8; 32], usize), (HeaderValue, i64)>,
 }
 
 impl Minter {
@@ -130,17 +131,23 @@ impl Minter {
         route: usize,
         aud: &str,
     ) -> Option<HeaderValue> {
-        if let Some(h) = self.minted.get(&(v.key, route)) {
-            return Some(h);
-        }
         let now = now_unix();
+        if let Some((h, until)) = self.minted.get(&(v.key, route)) {
+            if now < until {
+                return Some(h);
+            }
+        }
+        // Never outlives the access token it vouches for (as the gateway accepts it: until
+        // `exp` plus the issuer's leeway).
+        let exp = (now + self.cfg.ttl.as_secs() as i64)
+            .min(v.exp + v.leeway)
+            .max(now);
         let claims = Claims {
             iss: ISSUER,
             aud,
             sub: &v.sub,
             iat: now,
-            // Never outlives the access token it vouches for.
-            exp: (now + self.cfg.ttl.as_secs() as i64).min(v.exp.max(now)),
+            exp,
             jti: crate::token::random_id(),
             token_iss,
             token_jti: v.jti.as_deref(),
@@ -154,7 +161,11 @@ impl Minter {
         let mut value = HeaderValue::try_from(signed).ok()?;
         // Unique per token: keep it out of h2 upstream header tables.
         value.set_sensitive(true);
-        self.minted.insert((v.key, route), value.clone());
+        // Handed out while at least half of its lifetime is left.
+        let until = now + (exp - now) / 2;
+        if until > now {
+            self.minted.insert((v.key, route), (value.clone(), until));
+        }
         Some(value)
     }
 }

@@ -766,8 +766,11 @@ fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigErr
 }
 
 fn validate_anomaly(ctx: &Ctx, a: &FileAnomaly) -> Result<Anomaly, ConfigError> {
-    if a.window_s == 0 {
-        return Err(ctx.err("anomaly.window_s", "must be greater than 0"));
+    if !(1..=MAX_WINDOW_S).contains(&a.window_s) {
+        return Err(ctx.err(
+            "anomaly.window_s",
+            format!("must be from 1 to {MAX_WINDOW_S} seconds"),
+        ));
     }
     if a.max_requests_per_token == 0 {
         return Err(ctx.err("anomaly.max_requests_per_token", "must be greater than 0"));
@@ -1193,8 +1196,11 @@ fn validate_identity(ctx: &Ctx, i: &FileIdentity) -> Result<Identity, ConfigErro
             let key = crate::assertion::AssertionKey::from_pem(&pem)
                 .map_err(|m| ctx.err("identity.assertion_key", m))?;
             let ttl = i.assertion_ttl_s.unwrap_or(60);
-            if ttl == 0 {
-                return Err(ctx.err("identity.assertion_ttl_s", "must be greater than 0"));
+            if !(1..=MAX_WINDOW_S).contains(&ttl) {
+                return Err(ctx.err(
+                    "identity.assertion_ttl_s",
+                    format!("must be from 1 to {MAX_WINDOW_S} seconds"),
+                ));
             }
             let header = i.assertion_header.as_deref().unwrap_or("x-jwtgate-assertion");
             Some(crate::assertion::AssertionConfig {
@@ -1350,8 +1356,13 @@ fn validate_route(ctx: &Ctx, key: &str, r: &FileRoute) -> Result<RouteConfig, Co
     })
 }
 
-/// The highest `rps` a rate limit takes (governor's clock has nanosecond resolution).
+/// The range of `rps` a rate limit takes: at least one request in about 11 days, at most
+/// a million a second (governor's clock has nanosecond resolution).
+const MIN_RPS: f64 = 0.000_001;
 const MAX_RPS: f64 = 1_000_000.0;
+
+/// The longest `[anomaly] window_s` and `identity.assertion_ttl_s`.
+const MAX_WINDOW_S: u64 = 86_400;
 
 fn validate_rate_limit(
     l: &FileRateLimit,
@@ -1368,10 +1379,10 @@ fn validate_rate_limit(
         "ip" => LimitBy::Ip,
         other => return Err(("per", format!("{other:?} is not \"sub\" or \"ip\""))),
     };
-    if !(l.rps > 0.0 && l.rps <= MAX_RPS) {
+    if !(MIN_RPS..=MAX_RPS).contains(&l.rps) {
         return Err((
             "rps",
-            format!("must be a number of requests per second above 0 and at most {MAX_RPS}"),
+            format!("must be a number of requests per second from {MIN_RPS} to {MAX_RPS}"),
         ));
     }
     if l.burst == Some(0) {
@@ -1569,6 +1580,10 @@ admin = "127.0.0.1:0"
                 "routes[0].rate_limit.rps",
             ),
             (
+                "rate_limit = { per = 'ip', rps = 1e-20 }",
+                "routes[0].rate_limit.rps",
+            ),
+            (
                 "rate_limit = { per = 'ip', rps = 1, burst = 0 }",
                 "routes[0].rate_limit.burst",
             ),
@@ -1635,6 +1650,7 @@ admin = "127.0.0.1:0"
         );
         for (extra, key) in [
             ("[anomaly]\nwindow_s = 0", "anomaly.window_s"),
+            ("[anomaly]\nwindow_s = 99999999999", "anomaly.window_s"),
             (
                 "[anomaly]\nmax_requests_per_token = 0",
                 "anomaly.max_requests_per_token",

@@ -15,7 +15,8 @@ use crate::error::GatewayError;
 /// One route's limiter.
 pub struct RateLimit {
     pub per: LimitBy,
-    by_sub: DefaultKeyedRateLimiter<String>,
+    /// Keyed by (issuer index, sub): two issuers' subjects never share a bucket.
+    by_sub: DefaultKeyedRateLimiter<(usize, String)>,
     by_ip: DefaultKeyedRateLimiter<IpAddr>,
     clock: DefaultClock,
 }
@@ -45,10 +46,10 @@ impl RateLimit {
         }
     }
 
-    /// Count one request of the subject `sub`.
-    pub fn check_sub(&self, sub: &String) -> Result<(), GatewayError> {
+    /// Count one request of the subject `sub` of the issuer with index `issuer`.
+    pub fn check_sub(&self, issuer: usize, sub: &str) -> Result<(), GatewayError> {
         self.by_sub
-            .check_key(sub)
+            .check_key(&(issuer, sub.to_owned()))
             .map_err(|not_until| self.refused(not_until.wait_time_from(self.clock.now())))
     }
 
@@ -69,12 +70,19 @@ impl RateLimit {
     }
 
     /// Forget keys whose bucket is full again (they behave exactly like new keys), so
-    /// memory follows the number of recently active clients.
+    /// memory follows the number of recently active clients. The maps are shrunk only
+    /// after most of their keys went (a shrink rebuilds them).
     pub fn forget_idle(&self) {
+        let before = self.by_sub.len();
         self.by_sub.retain_recent();
-        self.by_sub.shrink_to_fit();
+        if self.by_sub.len() < before / 2 {
+            self.by_sub.shrink_to_fit();
+        }
+        let before = self.by_ip.len();
         self.by_ip.retain_recent();
-        self.by_ip.shrink_to_fit();
+        if self.by_ip.len() < before / 2 {
+            self.by_ip.shrink_to_fit();
+        }
     }
 
     /// Keys currently tracked.
@@ -107,19 +115,19 @@ mod tests {
     #[test]
     fn burst_then_refused_with_retry_after() {
         let l = limit(LimitBy::Sub, 0.5, 3);
-        let alice = "alice".to_string();
         for _ in 0..3 {
-            l.check_sub(&alice).unwrap();
+            l.check_sub(0, "alice").unwrap();
         }
-        match l.check_sub(&alice) {
+        match l.check_sub(0, "alice") {
             Err(GatewayError::RateLimited { retry_after_s }) => {
                 // One request every 2 s: the next one is due in (0, 2] s.
                 assert!((1..=2).contains(&retry_after_s), "{retry_after_s}");
             }
             other => panic!("expected 429, got {other:?}"),
         }
-        // Another subject has its own bucket.
-        l.check_sub(&"bob".to_string()).unwrap();
+        // Another subject has its own bucket, and so has the same `sub` of another issuer.
+        l.check_sub(0, "bob").unwrap();
+        l.check_sub(1, "alice").unwrap();
     }
 
     #[test]

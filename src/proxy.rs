@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use crate::app::App;
 use crate::auth::{self, now_unix, Authenticated};
 use crate::body::{self, Body};
-use crate::config::{AuthMode, LimitBy};
+use crate::config::{AuthMode, CorsConfig, LimitBy};
 use crate::cors;
 use crate::error::{GatewayError, TokenError};
 use crate::identity::{self, ClientInfo, X_REQUEST_ID};
@@ -54,8 +54,7 @@ pub async fn handle<A: AsRef<App>>(
         }
     };
     // The route's CORS headers go on every answer, the gateway's own errors included.
-    let route = notes.route_index.map(|i| &app.router.routes()[i]);
-    if let Some(c) = route.and_then(|r| r.config.cors.as_ref()) {
+    if let Some(c) = notes.cors {
         cors::apply(c, notes.origin.as_ref(), resp.headers_mut());
     }
     if let Some(id) = &notes.request_id {
@@ -71,8 +70,8 @@ pub async fn handle<A: AsRef<App>>(
     if !logging {
         return Ok(resp);
     }
-    let route = match route {
-        Some(r) => r.config.name.as_str(),
+    let route = match notes.route_index {
+        Some(i) => app.router.routes()[i].config.name.as_str(),
         None => notes.gateway_endpoint.unwrap_or("-"),
     };
     tracing::info!(
@@ -94,7 +93,7 @@ pub async fn handle<A: AsRef<App>>(
 /// metrics and the access-log line. Strings are filled only when `logging` (the access log
 /// is enabled).
 #[derive(Default)]
-struct Notes {
+struct Notes<'a> {
     logging: bool,
     route_index: Option<usize>,
     /// A request answered by the gateway itself (logout), not by a route.
@@ -104,16 +103,17 @@ struct Notes {
     client: Option<std::net::IpAddr>,
     sub: Option<String>,
     error: Option<String>,
-    /// The request's `Origin`, on a route with `cors`.
+    /// The `cors` of the request's route, and the request's `Origin`.
+    cors: Option<&'a CorsConfig>,
     origin: Option<HeaderValue>,
 }
 
-async fn proxy(
-    app: &App,
+async fn proxy<'a>(
+    app: &'a App,
     client: &Client,
     conn: ClientInfo,
     mut req: Request<Incoming>,
-    notes: &mut Notes,
+    notes: &mut Notes<'a>,
 ) -> Result<Response<Body>, GatewayError> {
     // 1. Accept: TLS, HTTP/1.1 or h2, header timeout and size limits live in `listener`.
     //    The client's address (for the log) is read before any header changes. Framing
@@ -132,22 +132,24 @@ async fn proxy(
     let host = authority(&parts);
     let authority = host.as_ref().and_then(|h| h.to_str().ok());
 
-    // 2. Route. The logout endpoint belongs to the gateway itself, on every host.
+    // 2. Route. The logout endpoint belongs to the gateway itself, on every host (with
+    //    the `cors` of the route its path falls under, for browser apps elsewhere).
+    let route = app.router.find(authority, parts.uri.path());
+    if let Some(c) = route.and_then(|r| r.config.cors.as_ref()) {
+        notes.cors = Some(c);
+        notes.origin = parts.headers.get(header::ORIGIN).cloned();
+    }
     if let Some(r) = &app.config.refresh {
         if parts.method == http::Method::POST && parts.uri.path() == r.logout_path {
             identity::strip_client_headers(&mut parts.headers, &app.config.identity);
             notes.gateway_endpoint = Some("logout");
-            return Box::pin(refresh::logout(app, client, &parts, authority)).await;
+            return Box::pin(refresh::logout(app, client, &parts, authority, notes.cors)).await;
         }
     }
-    let route = app
-        .router
-        .find(authority, parts.uri.path())
-        .ok_or(GatewayError::NoRoute)?;
+    let route = route.ok_or(GatewayError::NoRoute)?;
     notes.route_index = Some(route.index);
     //    A CORS preflight is the gateway's to answer (it carries no credentials).
-    if let Some(c) = &route.config.cors {
-        notes.origin = parts.headers.get(header::ORIGIN).cloned();
+    if let Some(c) = notes.cors {
         if cors::is_preflight(&parts.method, &parts.headers) {
             return cors::preflight(c, &parts.headers);
         }
@@ -202,6 +204,25 @@ async fn proxy(
             other => other?,
         }
     }
+    //    Before any refresh (a refused request must not spend a refresh token): the
+    //    route's per-subject rate limit, counted per verified subject, or by address for a
+    //    request with no access token that may go through (optional route, or a refresh
+    //    token alone); then the leaked-token detector (`[anomaly]`).
+    if let Some(l) = route.limit.as_ref().filter(|l| l.per == LimitBy::Sub) {
+        match &auth {
+            Some(a) => l.check_sub(a.verified.issuer, &a.verified.sub)?,
+            None if renewal.is_some() || route.config.auth == AuthMode::Optional => {
+                l.check_ip(client_address())?
+            }
+            None => {}
+        }
+    }
+    if let (Some(d), Some(a)) = (&app.anomaly, &auth) {
+        let ip = client_address();
+        if let Some(flagged) = d.observe(&a.verified, ip) {
+            Box::pin(d.act(flagged, &a.verified, ip, &app.revocations)).await?;
+        }
+    }
 
     // 5. Refresh near-expiry (or expired) access tokens with the refresh_token grant.
     let mut renewed = None;
@@ -234,21 +255,6 @@ async fn proxy(
     }
     if let Some(a) = &auth {
         auth::check_scopes(&route.config.scopes, &a.verified.scopes)?;
-    }
-    //    A per-subject rate limit counts verified subjects (anonymous requests on an
-    //    optional route: their address).
-    if let Some(l) = route.limit.as_ref().filter(|l| l.per == LimitBy::Sub) {
-        match &auth {
-            Some(a) => l.check_sub(&a.verified.sub)?,
-            None => l.check_ip(client_address())?,
-        }
-    }
-    //    Feed the leaked-token detector (`[anomaly]`): too many requests or networks.
-    if let (Some(d), Some(a)) = (&app.anomaly, &auth) {
-        let ip = client_address();
-        if let Some(finding) = d.observe(&a.verified, ip) {
-            Box::pin(d.act(finding, &a.verified, ip, &app.revocations)).await?;
-        }
     }
 
     // 6. Identity, forwarding headers, hop-by-hop removal; the refresh token stays here.

@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Limited};
 use crate::app::App;
 use crate::auth::{self, now_unix, Verified, Verifier};
 use crate::body::{self, Body};
-use crate::config::{AuthMode, ClientAuth, OAuthClient, Refresh};
+use crate::config::{AuthMode, ClientAuth, CorsConfig, OAuthClient, Refresh};
 use crate::error::{GatewayError, TokenError};
 use crate::upstream::Client;
 
@@ -573,6 +573,7 @@ pub async fn logout(
     http: &Client,
     parts: &http::request::Parts,
     host: Option<&str>,
+    cors: Option<&CorsConfig>,
 ) -> Result<Response<Body>, GatewayError> {
     let Some(cfg) = &app.config.refresh else {
         return Err(GatewayError::NoRoute);
@@ -585,7 +586,7 @@ pub async fn logout(
             &parts.method,
             host,
             &parts.headers,
-            None,
+            cors,
         )
         .await?
         .ok_or(GatewayError::MissingToken)?;

@@ -497,3 +497,78 @@ async fn two_replicas_on_one_redis_share_one_refresh() {
     let new_access = tokens.iter().next().unwrap();
     assert!(!blob.contains(new_access.as_str()) && !blob.contains("rt-"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_request_never_spends_the_refresh_token() {
+    let idp = MockIdp::start(vec![]).await;
+    let up = EchoUpstream::start().await;
+    let limited = route(
+        "limited",
+        "/limited",
+        &[&up.url()],
+        "rate_limit = { per = \"sub\", rps = 0.01, burst = 1 }",
+    );
+    let gw = TestGateway::start(&config(&idp, &up, "", &limited)).await;
+    let cl = gw.client_plain();
+    let far = format!("Bearer {}", access(3600));
+    assert_eq!(
+        cl.get(&gw.http_url("/limited/x"), &[("authorization", &far)])
+            .await
+            .status,
+        200
+    );
+    // alice's bucket is empty: her near-expiry request is refused before any refresh.
+    let rt = idp.issue_refresh_token("alice");
+    let cookie = format!("access_token={}; refresh_token={rt}", access(30));
+    let r = cl
+        .get(&gw.http_url("/limited/x"), &[("cookie", &cookie)])
+        .await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(idp.token_calls(), 0, "a refused request called the IdP");
+    assert!(set_cookie(&r, "access_token").is_none());
+    // The refresh token is still good where alice is not limited.
+    let r = cl.get(&gw.http_url("/api/x"), &[("cookie", &cookie)]).await;
+    assert_eq!(r.status, 200);
+    assert!(set_cookie(&r, "access_token").is_some());
+    assert_eq!(idp.token_calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_app_on_a_listed_origin_can_log_out() {
+    let idp = MockIdp::start(vec![]).await;
+    let up = EchoUpstream::start().await;
+    // The site route ("/") covers the logout path and lets the app's origin send cookies.
+    let site = route(
+        "site",
+        "/",
+        &[&up.url()],
+        "cors = { origins = [\"https://app.example\"], credentials = true }",
+    );
+    let gw = TestGateway::start(&config(&idp, &up, "", &site)).await;
+    let rt = idp.issue_refresh_token("alice");
+    let cookie = format!("access_token={}; refresh_token={rt}", access(600));
+    let logout = |origin: &'static str| {
+        let (gw, cookie) = (&gw, cookie.clone());
+        async move {
+            gw.client_plain()
+                .send(
+                    Method::POST,
+                    &gw.http_url("/logout"),
+                    &[("cookie", &cookie), ("origin", origin)],
+                    jwtgate::body::empty(),
+                )
+                .await
+        }
+    };
+    let r = logout("https://evil.example").await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    let r = logout("https://app.example").await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(*idp.state().revoked.lock().unwrap(), vec![rt]);
+}

@@ -667,3 +667,15 @@ async fn anomaly_log_flags_a_token_seen_from_too_many_networks_once() {
         "flagged once per window"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anomaly_revoke_serves_a_token_without_jti_and_flags_it_once() {
+    let cfg = "store = \"memory\"\n\n[anomaly]\nmax_requests_per_token = 2\naction = \"revoke\"";
+    let r = rig(cfg).await;
+    // No jti: there is nothing to put on the list without revoking every token of alice.
+    let t = token("RS256", Some("r1"), json!({"jti": null}));
+    for i in 0..5 {
+        assert_eq!(r.call(&t).await.status, 200, "request {i}");
+    }
+    assert!(metric(&r, "jwtgate_anomalies_total{kind=\"requests\"} 1").await);
+}
