@@ -227,6 +227,7 @@ struct FileRevocation {
     subject_ttl_s: u64,
     pool_size: usize,
     connect_timeout_ms: u64,
+    redis_ca: Option<String>,
 }
 
 impl Default for FileRevocation {
@@ -242,6 +243,7 @@ impl Default for FileRevocation {
             subject_ttl_s: 86_400,
             pool_size: 16,
             connect_timeout_ms: 1000,
+            redis_ca: None,
         }
     }
 }
@@ -514,6 +516,9 @@ pub struct Revocation {
     pub subject_ttl: Duration,
     pub pool_size: usize,
     pub connect_timeout: Duration,
+    /// `redis_ca`: the PEM bundle a `rediss://` server's certificate must chain to
+    /// (instead of the webpki roots).
+    pub redis_ca: Option<Arc<Vec<u8>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1266,6 +1271,19 @@ fn validate_revocation(ctx: &Ctx, r: &FileRevocation) -> Result<Revocation, Conf
             ))
         }
     };
+    let redis_ca = match &r.redis_ca {
+        None => None,
+        Some(_) if !r.redis_url.starts_with("rediss://") => {
+            return Err(ctx.err(
+                "revocation.redis_ca",
+                "only applies to a TLS redis_url (rediss://)",
+            ))
+        }
+        Some(path) => {
+            read_certs(ctx, "revocation.redis_ca", path)?;
+            Some(Arc::new(ctx.read("revocation.redis_ca", path)?))
+        }
+    };
     Ok(Revocation {
         store,
         redis_url: r.redis_url.clone(),
@@ -1277,6 +1295,7 @@ fn validate_revocation(ctx: &Ctx, r: &FileRevocation) -> Result<Revocation, Conf
         subject_ttl: Duration::from_secs(r.subject_ttl_s),
         pool_size: r.pool_size,
         connect_timeout: Duration::from_millis(r.connect_timeout_ms.max(1)),
+        redis_ca,
     })
 }
 
@@ -1665,6 +1684,28 @@ admin = "127.0.0.1:0"
             let e = open_route(extra).unwrap_err().to_string();
             assert!(e.contains(key), "{extra}: {e}");
         }
+    }
+
+    #[test]
+    fn redis_ca_needs_a_tls_url_and_a_certificate() {
+        let e = open_route(
+            "[revocation]\nstore = 'redis'\nredis_url = 'redis://127.0.0.1:6379/0'\nredis_ca = '/dev/null'",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("revocation.redis_ca") && e.contains("rediss://"),
+            "{e}"
+        );
+        let e = open_route(
+            "[revocation]\nstore = 'redis'\nredis_url = 'rediss://127.0.0.1:6379/0'\nredis_ca = '/dev/null'",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("revocation.redis_ca") && e.contains("CERTIFICATE"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -175,6 +175,22 @@ pub enum Message {
     Sub { sub: String, at: i64 },
 }
 
+/// A Redis client for `redis_url`; a `rediss://` server is verified against `redis_ca`
+/// when set, else against the webpki roots.
+pub fn redis_client(cfg: &RevocationConfig) -> Result<redis::Client, String> {
+    match &cfg.redis_ca {
+        None => redis::Client::open(cfg.redis_url.as_str()),
+        Some(pem) => redis::Client::build_with_tls(
+            cfg.redis_url.as_str(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            },
+        ),
+    }
+    .map_err(|e| format!("invalid redis_url: {e}"))
+}
+
 /// A deadpool-redis pool for `redis_url` with the configured timeouts (shared by the
 /// revocation store and the cross-replica refresh coordination).
 pub fn redis_pool(cfg: &RevocationConfig, size: usize) -> Result<deadpool_redis::Pool, String> {
@@ -182,10 +198,15 @@ pub fn redis_pool(cfg: &RevocationConfig, size: usize) -> Result<deadpool_redis:
     pc.timeouts.wait = Some(cfg.timeout);
     pc.timeouts.create = Some(cfg.connect_timeout);
     pc.timeouts.recycle = Some(cfg.timeout);
-    let mut dc = deadpool_redis::Config::from_url(cfg.redis_url.clone());
-    dc.pool = Some(pc);
-    dc.create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .map_err(|e| format!("invalid redis_url: {e}"))
+    // The client's connection info carries the TLS roots into every pooled connection.
+    let client = redis_client(cfg)?;
+    let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())
+        .map_err(|e| format!("invalid redis_url: {e}"))?;
+    deadpool_redis::Pool::builder(manager)
+        .config(pc)
+        .runtime(deadpool_redis::Runtime::Tokio1)
+        .build()
+        .map_err(|e| format!("cannot build the Redis pool: {e}"))
 }
 
 impl RedisStore {
@@ -386,7 +407,8 @@ pub struct Revocations {
     pub allowed_unchecked: Counter,
     /// Store lookups performed (cache misses).
     pub lookups: Counter,
-    redis_url: String,
+    /// The Redis client for the revocations channel (Redis store only).
+    redis: Option<redis::Client>,
     channel: String,
 }
 
@@ -419,7 +441,10 @@ impl Revocations {
             failures: AtomicU32::new(0),
             allowed_unchecked: Counter::default(),
             lookups: Counter::default(),
-            redis_url: cfg.redis_url.clone(),
+            redis: match cfg.store {
+                StoreKind::Redis => Some(redis_client(cfg)?),
+                StoreKind::Memory => None,
+            },
             channel,
         })
     }
@@ -572,12 +597,8 @@ impl Revocations {
     }
 
     async fn subscribe(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let client = match redis::Client::open(self.redis_url.as_str()) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot subscribe to revocations");
-                return;
-            }
+        let Some(client) = self.redis.clone() else {
+            return;
         };
         let mut backoff = Duration::from_millis(100);
         loop {

@@ -81,6 +81,15 @@ impl Rig {
             .await
     }
 
+    /// Revoke `t`'s jti through the admin API and see it refused; returns its claims.
+    async fn revoke_and_refuse(&self, t: &str) -> serde_json::Value {
+        let c = claims_of(t);
+        let resp = self.revoke(json!({"jti": c["jti"], "exp": c["exp"]})).await;
+        assert_eq!(resp.status, 204, "{}", resp.text());
+        assert_eq!(self.call(t).await.status, 401);
+        c
+    }
+
     async fn revoke(&self, body: serde_json::Value) -> Resp {
         self.admin(
             Method::POST,
@@ -402,15 +411,8 @@ async fn redis_down_deny_is_503_then_recovers_after_restart() {
         200
     );
     // And revocations work again on the restarted (empty) Redis.
-    let t = token("RS256", Some("r1"), json!({}));
-    let c = claims_of(&t);
-    assert_eq!(
-        r.revoke(json!({"jti": c["jti"], "exp": c["exp"]}))
-            .await
-            .status,
-        204
-    );
-    assert_eq!(r.call(&t).await.status, 401);
+    r.revoke_and_refuse(&token("RS256", Some("r1"), json!({})))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -678,4 +680,46 @@ async fn anomaly_revoke_serves_a_token_without_jti_and_flags_it_once() {
         assert_eq!(r.call(&t).await.status, 200, "request {i}");
     }
     assert!(metric(&r, "jwtgate_anomalies_total{kind=\"requests\"} 1").await);
+}
+
+// === Redis over TLS ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca_via_redis_ca() {
+    let redis = RedisServer::start_tls().await;
+    let cert = redis.cert.clone().unwrap();
+    let tls = format!(
+        "store = \"redis\"\nredis_url = \"{}\"\nredis_ca = \"{}\"\ncache_ttl_ms = 300\ntimeout_ms = 500",
+        redis.tls_url(),
+        cert.display()
+    );
+    // Ready means the store answered: over TLS, verified against redis_ca.
+    let r = rig(&tls).await;
+    let t = token("RS256", Some("r1"), json!({}));
+    assert_eq!(r.call(&t).await.status, 200);
+    let c = r.revoke_and_refuse(&t).await;
+    // The revocation went to that server (read back on its plaintext port).
+    let key = format!("jwtgate:revoked:jti:{}", c["jti"].as_str().unwrap());
+    let got: Option<String> = redis::AsyncCommands::get(&mut redis.conn().await, &key)
+        .await
+        .unwrap();
+    assert_eq!(got.as_deref(), Some("1"));
+
+    // Without redis_ca the self-signed server is not trusted: the store never answers and
+    // authenticated requests are 503 (on_error = "deny"), not served unchecked.
+    let untrusted = tls.replace(&format!("redis_ca = \"{}\"\n", cert.display()), "");
+    let (var, _) = admin_env();
+    let cfg = format!(
+        "[admin]\ntoken_env = \"{var}\"\n\n[[issuers]]\nname = \"s\"\nissuer = \"https://idp.test\"\naudiences = [\"api\"]\nkeys = [{{ kid = \"r1\", alg = \"RS256\", pem = \"{}\" }}]\n\n[revocation]\n{untrusted}\n\n{}",
+        fixture("rsa.pub.pem").display(),
+        route("api", "/api", &[&r.up.url()], "")
+    );
+    let gw = TestGateway::start_nowait(&cfg, "").await;
+    let b = format!("Bearer {}", token("RS256", Some("r1"), json!({})));
+    let resp = gw
+        .client_plain()
+        .get(&gw.http_url("/api/x"), &[("authorization", &b)])
+        .await;
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    assert_eq!(resp.json()["error"], "revocation_unavailable");
 }

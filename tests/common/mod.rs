@@ -703,24 +703,53 @@ pub fn route(name: &str, prefix: &str, upstreams: &[&str], extra: &str) -> Strin
 /// A private `redis-server` on a free loopback port (never the shared 6379), killed on drop.
 pub struct RedisServer {
     pub port: u16,
+    /// With `start_tls`: the TLS port, whose certificate (for localhost and 127.0.0.1) is
+    /// self-signed at `cert`.
+    pub tls_port: Option<u16>,
+    pub cert: Option<PathBuf>,
     child: Option<std::process::Child>,
     dir: TempDir,
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl RedisServer {
     pub async fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let mut r = RedisServer {
-            port,
+            port: free_port(),
+            tls_port: None,
+            cert: None,
             child: None,
             dir: TempDir::new(),
         };
         r.spawn().await;
         r
+    }
+
+    /// Plain on `port` (for readiness and inspection) and TLS on `tls_port`.
+    pub async fn start_tls() -> RedisServer {
+        let dir = TempDir::new();
+        let (cert, _) =
+            jwtgate::certs::write(dir.path(), &["localhost".into(), "127.0.0.1".into()]).unwrap();
+        let mut r = RedisServer {
+            port: free_port(),
+            tls_port: Some(free_port()),
+            cert: Some(cert),
+            child: None,
+            dir,
+        };
+        r.spawn().await;
+        r
+    }
+
+    pub fn tls_url(&self) -> String {
+        format!("rediss://localhost:{}/0", self.tls_port.unwrap())
     }
 
     async fn spawn(&mut self) {
@@ -739,6 +768,7 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(self.tls_args())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -756,6 +786,26 @@ impl RedisServer {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("redis-server on port {} never answered PING", self.port);
+    }
+
+    fn tls_args(&self) -> Vec<String> {
+        let (Some(port), Some(cert)) = (self.tls_port, &self.cert) else {
+            return Vec::new();
+        };
+        let key = cert.with_extension("key");
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        vec![
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            cert.clone(),
+            "--tls-key-file".into(),
+            key,
+            "--tls-ca-cert-file".into(),
+            cert,
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ]
     }
 
     async fn ping(&self) -> bool {
