@@ -4,6 +4,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
@@ -22,9 +23,68 @@ enum Kind {
     Empty,
     Full(Option<Bytes>),
     /// A client's request body, cut off at `server.max_body_bytes`.
-    Request(Limited<Incoming>),
-    Upstream(UpstreamBody),
+    Request(Idle<Limited<Incoming>>),
+    Upstream(Idle<UpstreamBody>),
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+/// Which side let a body go silent for longer than `server.stream_idle_timeout_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IdleTimeout {
+    #[error("the client sent no body data for longer than stream_idle_timeout_ms")]
+    Client,
+    #[error("the upstream sent no body data for longer than stream_idle_timeout_ms")]
+    Upstream,
+}
+
+/// A streaming body that fails once it has been silent for `timeout`. The timer is armed
+/// only when the stream has to wait, so a body that is already there costs nothing.
+struct Idle<B> {
+    inner: B,
+    timeout: Duration,
+    side: IdleTimeout,
+    /// Created at the first wait; re-armed at each later one.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+impl<B> Idle<B> {
+    fn new(inner: B, timeout: Duration, side: IdleTimeout) -> Idle<B> {
+        Idle {
+            inner,
+            timeout,
+            side,
+            timer: None,
+            armed: false,
+        }
+    }
+
+    fn poll_frame<E: Into<BoxError>>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(&mut B, &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, E>>>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Poll::Ready(frame) = poll(&mut self.inner, cx) {
+            self.armed = false;
+            return Poll::Ready(frame.map(|r| r.map_err(Into::into)));
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        if !self.armed {
+            self.armed = true;
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        match self
+            .timer
+            .as_mut()
+            .map(|t| std::future::Future::poll(t.as_mut(), cx))
+        {
+            Some(Poll::Ready(())) => Poll::Ready(Some(Err(Box::new(self.side)))),
+            _ => Poll::Pending,
+        }
+    }
 }
 
 /// A body the gateway produced itself.
@@ -42,14 +102,19 @@ pub fn empty() -> Body {
     Body(Kind::Empty)
 }
 
-/// A client's request body, limited to `max` bytes (the stream fails past it).
-pub fn request(b: Incoming, max: usize) -> Body {
-    Body(Kind::Request(Limited::new(b, max)))
+/// A client's request body, limited to `max` bytes and to `idle` between data (the stream
+/// fails past either).
+pub fn request(b: Incoming, max: usize, idle: Duration) -> Body {
+    Body(Kind::Request(Idle::new(
+        Limited::new(b, max),
+        idle,
+        IdleTimeout::Client,
+    )))
 }
 
-/// An upstream's response body.
-pub fn upstream(b: UpstreamBody) -> Body {
-    Body(Kind::Upstream(b))
+/// An upstream's response body, failing after `idle` without data.
+pub fn upstream(b: UpstreamBody, idle: Duration) -> Body {
+    Body(Kind::Upstream(Idle::new(b, idle, IdleTimeout::Upstream)))
 }
 
 /// Box any other streaming body.
@@ -72,8 +137,8 @@ impl http_body::Body for Body {
         match &mut self.get_mut().0 {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Request(b) => Pin::new(b).poll_frame(cx),
-            Kind::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Kind::Request(b) => b.poll_frame(cx, |b, cx| Pin::new(b).poll_frame(cx)),
+            Kind::Upstream(b) => b.poll_frame(cx, |b, cx| Pin::new(b).poll_frame(cx)),
             Kind::Boxed(b) => Pin::new(b).poll_frame(cx),
         }
     }
@@ -82,8 +147,8 @@ impl http_body::Body for Body {
         match &self.0 {
             Kind::Empty => true,
             Kind::Full(b) => b.is_none(),
-            Kind::Request(b) => b.is_end_stream(),
-            Kind::Upstream(b) => b.is_end_stream(),
+            Kind::Request(b) => b.inner.is_end_stream(),
+            Kind::Upstream(b) => b.inner.is_end_stream(),
             Kind::Boxed(b) => b.is_end_stream(),
         }
     }
@@ -92,8 +157,8 @@ impl http_body::Body for Body {
         match &self.0 {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Request(b) => b.size_hint(),
-            Kind::Upstream(b) => b.size_hint(),
+            Kind::Request(b) => b.inner.size_hint(),
+            Kind::Upstream(b) => b.inner.size_hint(),
             Kind::Boxed(b) => b.size_hint(),
         }
     }

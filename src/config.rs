@@ -105,6 +105,7 @@ struct FileServer {
     trusted_proxy_hops: usize,
     log_format: String,
     upstream_ca: Option<String>,
+    stream_idle_timeout_ms: u64,
 }
 
 impl Default for FileServer {
@@ -118,6 +119,7 @@ impl Default for FileServer {
             trusted_proxy_hops: 0,
             log_format: "json".into(),
             upstream_ca: None,
+            stream_idle_timeout_ms: 60_000,
         }
     }
 }
@@ -439,6 +441,8 @@ pub struct Server {
     pub worker_threads: usize,
     pub drain: Duration,
     pub header_timeout: Duration,
+    /// The longest a request or response body may go without a byte while it streams.
+    pub stream_idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
     pub trusted_proxy_hops: usize,
@@ -934,6 +938,9 @@ fn validate_server(ctx: &Ctx, s: &FileServer) -> Result<Server, ConfigError> {
     if s.header_timeout_ms == 0 {
         return Err(ctx.err("server.header_timeout_ms", "must be greater than 0"));
     }
+    if s.stream_idle_timeout_ms == 0 {
+        return Err(ctx.err("server.stream_idle_timeout_ms", "must be greater than 0"));
+    }
     if s.max_header_bytes < 8192 {
         return Err(ctx.err("server.max_header_bytes", "must be at least 8192"));
     }
@@ -951,6 +958,7 @@ fn validate_server(ctx: &Ctx, s: &FileServer) -> Result<Server, ConfigError> {
         worker_threads,
         drain: Duration::from_secs(s.drain_s),
         header_timeout: Duration::from_millis(s.header_timeout_ms),
+        stream_idle_timeout: Duration::from_millis(s.stream_idle_timeout_ms),
         max_header_bytes: s.max_header_bytes,
         max_body_bytes: s.max_body_bytes,
         trusted_proxy_hops: s.trusted_proxy_hops,

@@ -56,6 +56,10 @@ pub enum GatewayError {
     RateLimited { retry_after_s: u64 },
     #[error("request body too large")]
     BodyTooLarge,
+    #[error(
+        "request body timed out: the client sent nothing for longer than stream_idle_timeout_ms"
+    )]
+    BodyTimeout,
     #[error("upstream unreachable")]
     UpstreamUnreachable,
     #[error("upstream timed out")]
@@ -91,6 +95,7 @@ impl GatewayError {
             GatewayError::CorsRefused(_) => (StatusCode::FORBIDDEN, "cors_refused"),
             GatewayError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             GatewayError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            GatewayError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             GatewayError::UpstreamUnreachable => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             GatewayError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
             GatewayError::NoUpstream => (StatusCode::SERVICE_UNAVAILABLE, "no_upstream"),

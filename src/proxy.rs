@@ -43,10 +43,12 @@ pub async fn handle<A: AsRef<App>>(
                 notes.error = Some(e.to_string());
             }
             app.metrics.refused(&e, notes.route_index);
-            let close = matches!(e, GatewayError::BadRequest(_)) && version < http::Version::HTTP_2;
+            // Framing we could not trust, or a body left half-read: never reuse the
+            // connection.
+            let close = matches!(e, GatewayError::BadRequest(_) | GatewayError::BodyTimeout)
+                && version < http::Version::HTTP_2;
             let mut r = e.into_response();
             if close {
-                // Never reuse a connection whose framing we could not trust.
                 r.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
@@ -287,7 +289,11 @@ async fn proxy<'a>(
     let body = if body.is_end_stream() {
         body::empty()
     } else {
-        body::request(body, app.config.server.max_body_bytes as usize)
+        body::request(
+            body,
+            app.config.server.max_body_bytes as usize,
+            app.config.server.stream_idle_timeout,
+        )
     };
     let mut resp = upstream::forward(client, route, parts, body).await?;
     if let Some(on) = on_upgrade {
@@ -298,7 +304,8 @@ async fn proxy<'a>(
     if let (Some((grant, channel)), Some(r)) = (&renewed, &app.config.refresh) {
         refresh::return_tokens(resp.headers_mut(), r, grant, *channel);
     }
-    Ok(resp.map(body::upstream))
+    let idle = app.config.server.stream_idle_timeout;
+    Ok(resp.map(|b| body::upstream(b, idle)))
 }
 
 /// Content-Length together with Transfer-Encoding (or several differing lengths) is the

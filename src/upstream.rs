@@ -48,8 +48,11 @@ pub async fn forward(
             Err(_) => return Err(GatewayError::UpstreamTimeout),
             Ok(Ok(resp)) => return Ok(resp),
             Ok(Err(e)) => {
-                if has_length_limit_error(&e) {
+                if in_chain::<http_body_util::LengthLimitError>(&e) {
                     return Err(GatewayError::BodyTooLarge);
+                }
+                if in_chain::<crate::body::IdleTimeout>(&e) {
+                    return Err(GatewayError::BodyTimeout);
                 }
                 tracing::warn!(route = %route.config.name, upstream = %upstream, error = %error_chain(&e), "upstream request failed");
                 last_err = GatewayError::UpstreamUnreachable;
@@ -85,10 +88,12 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-fn has_length_limit_error(e: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether `e` or one of its sources is a `T` (how a client body's failure shows through
+/// the upstream client's error).
+fn in_chain<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if err.is::<http_body_util::LengthLimitError>() {
+        if err.is::<T>() {
             return true;
         }
         cur = err.source();

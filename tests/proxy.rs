@@ -726,3 +726,59 @@ async fn https_upstream_with_untrusted_certificate_is_refused() {
         200
     );
 }
+
+/// A raw upstream that reads a request head, writes `prefix` (perhaps nothing) and then
+/// keeps the connection open without sending another byte.
+async fn stalling_upstream(prefix: &'static [u8]) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                if read_head(&mut s).await && s.write_all(prefix).await.is_ok() {
+                    // Hold the connection (and drain what comes) until the gateway drops it.
+                    let mut sink = [0u8; 1024];
+                    while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_bodies_are_cut_after_stream_idle_timeout() {
+    let mid_body = stalling_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc").await;
+    let waits_for_body = stalling_upstream(b"").await;
+    let up = EchoUpstream::start().await;
+    let cfg = [
+        open("mid", "/mid", &[&mid_body], ""),
+        open("wait", "/wait", &[&waits_for_body], ""),
+        open("echo", "/echo", &[&up.url()], ""),
+    ]
+    .concat();
+    let gw = TestGateway::start_with(&cfg, "stream_idle_timeout_ms = 300").await;
+    // The upstream goes silent mid-body: the client's body fails instead of hanging.
+    for (cl, url) in [
+        (gw.client_plain(), gw.http_url("/mid/x")),
+        (gw.client_h2(), gw.https_url("/mid/x")),
+    ] {
+        let r = tokio::time::timeout(Duration::from_secs(10), cl.try_get(&url, &[]))
+            .await
+            .expect("the gateway kept a silent upstream body open");
+        assert!(r.is_err(), "a cut body must not look complete: {r:?}");
+    }
+    // A client that stops sending its body: 408, and the connection is closed.
+    let head = b"POST /wait/x HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc";
+    let resp = raw_exchange(gw.http, head, Duration::from_secs(10)).await;
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    assert!(resp.contains("request_timeout"), "{resp}");
+    // Everything else is still served.
+    assert_eq!(
+        gw.client_plain()
+            .get(&gw.http_url("/echo/x"), &[])
+            .await
+            .status,
+        200
+    );
+}
