@@ -46,9 +46,11 @@ struct Idle<B> {
     /// Created at the first wait; re-armed at each later one.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     armed: bool,
+    /// Told when the stream has ended (request bodies: see `BodySent`).
+    sent: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-impl<B> Idle<B> {
+impl<B: http_body::Body> Idle<B> {
     fn new(inner: B, timeout: Duration, side: IdleTimeout) -> Idle<B> {
         Idle {
             inner,
@@ -56,6 +58,7 @@ impl<B> Idle<B> {
             side,
             timer: None,
             armed: false,
+            sent: None,
         }
     }
 
@@ -66,26 +69,40 @@ impl<B> Idle<B> {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Poll::Ready(frame) = poll(&mut self.inner, cx) {
             self.armed = false;
+            let ended = !matches!(frame, Some(Ok(_))) || self.inner.is_end_stream();
+            if ended {
+                if let Some(tx) = self.sent.take() {
+                    let _ = tx.send(());
+                }
+            }
             return Poll::Ready(frame.map(|r| r.map_err(Into::into)));
         }
-        let deadline = tokio::time::Instant::now() + self.timeout;
         if !self.armed {
             self.armed = true;
+            let deadline = tokio::time::Instant::now() + self.timeout;
             match &mut self.timer {
                 Some(t) => t.as_mut().reset(deadline),
                 None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
             }
         }
-        match self
+        let fired = self
             .timer
             .as_mut()
-            .map(|t| std::future::Future::poll(t.as_mut(), cx))
-        {
-            Some(Poll::Ready(())) => Poll::Ready(Some(Err(Box::new(self.side)))),
-            _ => Poll::Pending,
+            .is_some_and(|t| std::future::Future::poll(t.as_mut(), cx).is_ready());
+        if !fired {
+            return Poll::Pending;
         }
+        match self.side {
+            IdleTimeout::Client => tracing::debug!("{}", self.side),
+            IdleTimeout::Upstream => tracing::warn!("{}; response cut", self.side),
+        }
+        Poll::Ready(Some(Err(Box::new(self.side))))
     }
 }
+
+/// Resolves once a request body has been read to its end (or failed, or was dropped):
+/// the route's `timeout_ms` counts from then, not during a slow upload.
+pub type BodySent = tokio::sync::oneshot::Receiver<()>;
 
 /// A body the gateway produced itself.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
@@ -103,13 +120,12 @@ pub fn empty() -> Body {
 }
 
 /// A client's request body, limited to `max` bytes and to `idle` between data (the stream
-/// fails past either).
-pub fn request(b: Incoming, max: usize, idle: Duration) -> Body {
-    Body(Kind::Request(Idle::new(
-        Limited::new(b, max),
-        idle,
-        IdleTimeout::Client,
-    )))
+/// fails past either), and the signal that it has been read to its end.
+pub fn request(b: Incoming, max: usize, idle: Duration) -> (Body, BodySent) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut body = Idle::new(Limited::new(b, max), idle, IdleTimeout::Client);
+    body.sent = Some(tx);
+    (Body(Kind::Request(body)), rx)
 }
 
 /// An upstream's response body, failing after `idle` without data.

@@ -286,16 +286,17 @@ async fn proxy<'a>(
     // 7. Forward, streaming both ways; splice upgraded connections.
     // A request without a body (hyper knows: no length, or END_STREAM on h2) can be
     // replayed on the next upstream and needs no stream of its own.
-    let body = if body.is_end_stream() {
-        body::empty()
+    let (body, body_sent) = if body.is_end_stream() {
+        (body::empty(), None)
     } else {
-        body::request(
+        let (b, sent) = body::request(
             body,
             app.config.server.max_body_bytes as usize,
             app.config.server.stream_idle_timeout,
-        )
+        );
+        (b, Some(sent))
     };
-    let mut resp = upstream::forward(client, route, parts, body).await?;
+    let mut resp = upstream::forward(client, route, parts, body, body_sent).await?;
     if let Some(on) = on_upgrade {
         upstream::splice_upgrade(on, &mut resp);
     }

@@ -27,12 +27,16 @@ use crate::route::Route;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Send the request to the route's upstreams (round robin). A failed connect moves on to
-/// the next upstream when the request can be replayed (idempotent method, no body).
+/// the next upstream when the request can be replayed (idempotent method, no body). The
+/// route's `timeout_ms` runs until the response head, counted from the end of the request
+/// body (`body_sent`; at once without one), as Envoy's route timeout does: a slow upload
+/// is the body idle timeout's business, not an upstream timeout.
 pub async fn forward(
     client: &Client,
     route: &Route,
     mut parts: http::request::Parts,
     body: Body,
+    mut body_sent: Option<crate::body::BodySent>,
 ) -> Result<Response<UpstreamBody>, GatewayError> {
     let original = std::mem::take(&mut parts.uri);
     parts.version = Version::HTTP_11;
@@ -44,7 +48,8 @@ pub async fn forward(
     let mut last_err = GatewayError::NoUpstream;
     for upstream in route.pick() {
         *req.uri_mut() = upstream_uri(route, upstream, &original)?;
-        match tokio::time::timeout(route.config.timeout, client.send(&upstream.origin, req)).await {
+        let send = client.send(&upstream.origin, req);
+        match after_body(send, body_sent.take(), route.config.timeout).await {
             Err(_) => return Err(GatewayError::UpstreamTimeout),
             Ok(Ok(resp)) => return Ok(resp),
             Ok(Err(e)) => {
@@ -64,6 +69,23 @@ pub async fn forward(
         }
     }
     Err(last_err)
+}
+
+/// `send` with `timeout` counted from when `body_sent` resolves (at once without it).
+async fn after_body<F: std::future::Future>(
+    send: F,
+    body_sent: Option<crate::body::BodySent>,
+    timeout: Duration,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut send = std::pin::pin!(send);
+    if let Some(sent) = body_sent {
+        tokio::select! {
+            biased;
+            r = &mut send => return Ok(r),
+            _ = sent => {}
+        }
+    }
+    tokio::time::timeout(timeout, send).await
 }
 
 /// The origin-form URI sent upstream. Without a prefix to strip or a base path to prepend,

@@ -751,10 +751,13 @@ async fn silent_bodies_are_cut_after_stream_idle_timeout() {
     let mid_body = stalling_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc").await;
     let waits_for_body = stalling_upstream(b"").await;
     let up = EchoUpstream::start().await;
+    // Route timeouts shorter than the idle timeout: they count from the end of the request
+    // body, so a stalled or slow upload is never reported as an upstream timeout.
     let cfg = [
         open("mid", "/mid", &[&mid_body], ""),
-        open("wait", "/wait", &[&waits_for_body], ""),
+        open("wait", "/wait", &[&waits_for_body], "timeout_ms = 100"),
         open("echo", "/echo", &[&up.url()], ""),
+        open("count", "/count-body", &[&up.url()], "timeout_ms = 100"),
     ]
     .concat();
     let gw = TestGateway::start_with(&cfg, "stream_idle_timeout_ms = 300").await;
@@ -770,9 +773,31 @@ async fn silent_bodies_are_cut_after_stream_idle_timeout() {
     }
     // A client that stops sending its body: 408, and the connection is closed.
     let head = b"POST /wait/x HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc";
+    let started = std::time::Instant::now();
     let resp = raw_exchange(gw.http, head, Duration::from_secs(10)).await;
     assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
     assert!(resp.contains("request_timeout"), "{resp}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the connection stayed open after the 408"
+    );
+    // A slow but steady upload (500 ms against a 100 ms route timeout) goes through.
+    let mut s = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    s.write_all(
+        b"POST /count-body HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if s.write_all(b"x").await.is_err() {
+            break;
+        }
+    }
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.ends_with("\r\n\r\n5"), "{resp}");
     // Everything else is still served.
     assert_eq!(
         gw.client_plain()

@@ -695,6 +695,20 @@ async fn rediss_with_a_private_ca_via_redis_ca() {
     );
     // Ready means the store answered: over TLS, verified against redis_ca.
     let r = rig(&tls).await;
+    // The revocations channel works over TLS too: replica B caches "not revoked" for a
+    // minute, so only the pub/sub message can make it refuse in time.
+    let b = rig(&tls.replace("cache_ttl_ms = 300", "cache_ttl_ms = 60000")).await;
+    let shared = token("RS256", Some("r1"), json!({}));
+    assert_eq!(b.call(&shared).await.status, 200);
+    r.revoke_and_refuse(&shared).await;
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            b.call(&shared).await.status == 401
+        })
+        .await
+        .is_some(),
+        "replica B never heard of the revocation over TLS pub/sub"
+    );
     let t = token("RS256", Some("r1"), json!({}));
     assert_eq!(r.call(&t).await.status, 200);
     let c = r.revoke_and_refuse(&t).await;

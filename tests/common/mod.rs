@@ -68,6 +68,7 @@ pub struct Seen {
 
 /// A real HTTP upstream. Paths:
 /// - `/echo-body...` streams the request body back;
+/// - `/count-body...` reads the whole request body, then answers with its length;
 /// - `/slow/<ms>` answers after a delay;
 /// - `/big/<bytes>` streams that many bytes;
 /// - `/ws` accepts an upgrade and echoes raw bytes;
@@ -155,6 +156,14 @@ async fn echo(mut req: Request<Incoming>, seen: &Mutex<Vec<Seen>>, name: &str) -
     let path = req.uri().path().to_string();
     let mut resp = if path.starts_with("/echo-body") {
         Response::new(body::stream(req.into_body()))
+    } else if path.starts_with("/count-body") {
+        // Reads the whole body before answering with its length.
+        let n = req
+            .into_body()
+            .collect()
+            .await
+            .map_or(0, |b| b.to_bytes().len());
+        Response::new(body::full(n.to_string()))
     } else if let Some(ms) = path.strip_prefix("/slow/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(100))).await;
         Response::new(body::full("slow done"))
@@ -711,18 +720,19 @@ pub struct RedisServer {
     dir: TempDir,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `N` distinct free loopback ports (held open together while they are chosen).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
+        let [port] = free_ports();
         let mut r = RedisServer {
-            port: free_port(),
+            port,
             tls_port: None,
             cert: None,
             child: None,
@@ -737,9 +747,10 @@ impl RedisServer {
         let dir = TempDir::new();
         let (cert, _) =
             jwtgate::certs::write(dir.path(), &["localhost".into(), "127.0.0.1".into()]).unwrap();
+        let [port, tls_port] = free_ports();
         let mut r = RedisServer {
-            port: free_port(),
-            tls_port: Some(free_port()),
+            port,
+            tls_port: Some(tls_port),
             cert: Some(cert),
             child: None,
             dir,
