@@ -19,18 +19,46 @@ pub async fn reload(shared: &Shared) -> Result<Vec<String>, String> {
     let _one_at_a_time = shared.reload_lock.lock().await;
     let current = shared.app.load_full();
     let path = current.config.path.clone();
-    let config = Config::load(&path).map_err(|e| e.to_string())?;
+    let mut config = Config::load(&path).map_err(|e| e.to_string())?;
     let mut notes = Vec::new();
     let differs =
         |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
     if differs(&config.listen, &current.config.listen) {
         notes.push("[listen] changed: restart to apply".to_string());
     }
-    if differs(&config.server, &current.config.server) {
-        notes.push("[server] changed: restart to apply".to_string());
+    // [server]: what the listeners and the upstream client were built with stays until a
+    // restart; what each request reads applies at once.
+    let (old, new) = (&current.config.server, &config.server);
+    let restart_only: Vec<&str> = [
+        ("worker_threads", old.worker_threads != new.worker_threads),
+        ("drain_s", old.drain != new.drain),
+        (
+            "header_timeout_ms",
+            old.header_timeout != new.header_timeout,
+        ),
+        (
+            "max_header_bytes",
+            old.max_header_bytes != new.max_header_bytes,
+        ),
+        ("log_format", differs(&old.log_format, &new.log_format)),
+        (
+            "upstream_ca",
+            differs(&old.upstream_roots, &new.upstream_roots),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect();
+    if !restart_only.is_empty() {
+        notes.push(format!(
+            "[server] {} changed: restart to apply (max_body_bytes, stream_idle_timeout_ms and trusted_proxy_hops apply at once)",
+            restart_only.join(", ")
+        ));
     }
     if differs(&config.revocation, &current.config.revocation) {
         notes.push("[revocation] changed: restart to apply".to_string());
+        // Everything keeps using the running store's settings, refresh coordination too.
+        config.revocation = current.config.revocation.clone();
     }
     if config.tls.is_none() && current.config.tls.is_some() {
         return Err("[tls] removed while listen.https is bound: restart to apply".into());

@@ -50,10 +50,13 @@ async fn reload_applies_new_routes_and_refuses_bad_files() {
     drop(app);
 
     let original = std::fs::read_to_string(config_path(&gw)).unwrap();
+    // Also two [server] keys: one the listeners were built with, one each request reads.
+    let server = "drain_s = 5\nheader_timeout_ms = 5000\nmax_body_bytes = 10";
     std::fs::write(
         config_path(&gw),
         format!(
-            "{original}{}",
+            "{}{}",
+            original.replace("drain_s = 5", server),
             route("b", "/b", &[&b.url()], "auth = \"none\"")
         ),
     )
@@ -62,6 +65,20 @@ async fn reload_applies_new_routes_and_refuses_bad_files() {
     let r = post_reload(&gw, "reload-admin").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["reloaded"], true);
+    let notes = r.json()["notes"].to_string();
+    assert!(
+        notes.contains("[server] header_timeout_ms changed: restart to apply"),
+        "{notes}"
+    );
+    let big = cl
+        .send(
+            Method::POST,
+            &gw.http_url("/b/x"),
+            &[],
+            jwtgate::body::full("more than ten bytes"),
+        )
+        .await;
+    assert_eq!(big.status, 413, "max_body_bytes applies at once");
     let r = cl.get(&gw.http_url("/b/x"), &[]).await;
     assert_eq!((r.status, r.header("x-upstream")), (200, Some("b")));
     assert_eq!(cl.get(&gw.http_url("/a/x"), &auth).await.status, 200);
