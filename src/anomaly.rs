@@ -4,18 +4,15 @@
 //! revocation list (`revocation` owns the list; this module only decides).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::auth::Verified;
+use crate::auth::{now_unix, Verified};
 use crate::config::Anomaly;
 use crate::error::{GatewayError, TokenError};
 use crate::revocation::Revocations;
-
-/// Windows kept per replica (the most active tokens win when there are more).
-const CAPACITY: u64 = 100_000;
 
 /// Why a token was flagged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,19 +30,43 @@ pub struct Flagged {
     pub first: bool,
 }
 
-#[derive(Default)]
-struct Window {
+/// One token's counts in its current window. It lives in the token's cached verification
+/// (`Verified::anomaly`), so it lasts as long as that entry does.
+#[derive(Default, Debug)]
+pub struct Window {
+    /// Unix time the window began (0: never used).
+    started: AtomicI64,
     requests: AtomicU64,
     /// At most `max_networks + 1` entries: enough to know the limit is passed.
     networks: Mutex<Vec<IpAddr>>,
     flagged: AtomicBool,
 }
 
+impl Window {
+    /// Start a new window when the current one is over (the first request of a token
+    /// starts its first). Requests racing with the reset may be lost from the new count.
+    fn roll(&self, now: i64, length: i64) {
+        let started = self.started.load(Ordering::Acquire);
+        if started != 0 && now - started < length {
+            return;
+        }
+        if self
+            .started
+            .compare_exchange(started, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.requests.store(0, Ordering::Relaxed);
+            self.networks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            self.flagged.store(false, Ordering::Release);
+        }
+    }
+}
+
 pub struct Detector {
     cfg: Anomaly,
-    /// Keyed by the token's SHA-256; an entry lives one window from the token's first
-    /// request in it.
-    windows: moka::sync::Cache<[u8; 32], Arc<Window>>,
     pub flagged_requests: Counter,
     pub flagged_networks: Counter,
 }
@@ -54,10 +75,6 @@ impl Detector {
     pub fn new(cfg: &Anomaly) -> Detector {
         Detector {
             cfg: cfg.clone(),
-            windows: moka::sync::Cache::builder()
-                .max_capacity(CAPACITY)
-                .time_to_live(cfg.window)
-                .build(),
             flagged_requests: Counter::default(),
             flagged_networks: Counter::default(),
         }
@@ -67,7 +84,8 @@ impl Detector {
     /// first time in a window, and with `action = "revoke"` every time for a token with a
     /// `jti` (so a failed revocation is tried again on the next request).
     pub fn observe(&self, v: &Verified, client: IpAddr) -> Option<Flagged> {
-        let w = self.windows.get_with(v.key, Arc::default);
+        let w = &v.anomaly;
+        w.roll(now_unix(), self.cfg.window.as_secs() as i64);
         let requests = w.requests.fetch_add(1, Ordering::Relaxed) + 1;
         let net = network(client);
         let networks = {
@@ -156,6 +174,24 @@ fn network(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_starts_at_first_use_and_rolls_after_its_length() {
+        let w = Window::default();
+        w.roll(1_000, 60);
+        w.requests.store(7, Ordering::Relaxed);
+        w.flagged.store(true, Ordering::Relaxed);
+        w.roll(1_059, 60);
+        assert_eq!(
+            w.requests.load(Ordering::Relaxed),
+            7,
+            "still the same window"
+        );
+        w.roll(1_060, 60);
+        assert_eq!(w.requests.load(Ordering::Relaxed), 0);
+        assert!(!w.flagged.load(Ordering::Relaxed));
+        assert_eq!(w.started.load(Ordering::Relaxed), 1_060);
+    }
 
     #[test]
     fn networks_are_v4_24_and_v6_48() {

@@ -44,6 +44,9 @@ pub struct Verified {
     pub iat: Option<i64>,
     pub jti: Option<String>,
     pub leeway: i64,
+    /// This token's `[anomaly]` window: kept with the cached verification, so counting a
+    /// request costs no lookup of its own.
+    pub anomaly: crate::anomaly::Window,
     weight: u32,
 }
 
@@ -341,6 +344,7 @@ impl Verifier {
             iat,
             jti,
             leeway: cfg.leeway_s as i64,
+            anomaly: Default::default(),
             weight,
         })
     }
@@ -590,6 +594,7 @@ mod tests {
             iat: None,
             jti: None,
             leeway: 30,
+            anomaly: Default::default(),
             weight: 1,
         }
     }
