@@ -248,6 +248,23 @@ fn check(path: PathBuf) -> ExitCode {
         };
         println!("issuer {:?}: iss={:?} {src}", i.name, i.issuer);
     }
+    if let Some(a) = &cfg.identity.assertion {
+        println!(
+            "identity assertions: {} (ES256, kid {}, {} s), public key at admin /.well-known/jwks.json",
+            a.header,
+            a.key.kid(),
+            a.ttl.as_secs()
+        );
+    }
+    if let Some(a) = &cfg.anomaly {
+        println!(
+            "anomaly: more than {} requests or {} networks per token in {} s -> {}",
+            a.max_requests,
+            a.max_networks,
+            a.window.as_secs(),
+            if a.revoke { "revoke" } else { "log" }
+        );
+    }
     println!(
         "{:<20} {:<24} {:<28} {:<9} {:<6} {:<20} {:<5} upstreams",
         "ROUTE", "HOST", "PATH_PREFIX", "AUTH", "STRIP", "RATE_LIMIT", "CORS"

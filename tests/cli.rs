@@ -77,6 +77,32 @@ fn check_good_config_prints_route_table() {
 }
 
 #[test]
+fn check_prints_the_protections_that_are_on() {
+    let (o, _d) = check(&format!(
+        "[identity]\nassertion_key = \"{}\"\n\n[anomaly]\naction = \"revoke\"\n\n{ROUTE}",
+        fixture("ec.pem").display()
+    ));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout
+            .contains("identity assertions: x-jwtgate-assertion (ES256, kid "),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout
+            .contains("anomaly: more than 600 requests or 3 networks per token in 60 s -> revoke"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        !o.stdout.contains("PRIVATE"),
+        "key material printed: {}",
+        o.stdout
+    );
+}
+
+#[test]
 fn check_unknown_key_names_key_and_line() {
     broken(&format!("{ROUTE}colour = \"blue\"\n"), &["colour", "line"]);
 }
