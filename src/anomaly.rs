@@ -3,8 +3,8 @@
 //! token over either limit is logged, or with `action = "revoke"` put on the shared
 //! revocation list (`revocation` owns the list; this module only decides).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use prometheus_client::metrics::counter::Counter;
@@ -37,8 +37,13 @@ pub struct Window {
     /// Unix time the window began (0: never used).
     started: AtomicI64,
     requests: AtomicU64,
-    /// At most `max_networks + 1` entries: enough to know the limit is passed.
-    networks: Mutex<Vec<IpAddr>>,
+    /// At most `max_networks + 1` entries (see `network`): enough to know the limit is
+    /// passed.
+    networks: Mutex<Vec<u64>>,
+    /// `networks.len()`, and the network of the last request (0: none): a request from the
+    /// same network as the one before, the usual case, takes no lock.
+    seen: AtomicUsize,
+    last: AtomicU64,
     flagged: AtomicBool,
 }
 
@@ -60,6 +65,8 @@ impl Window {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clear();
+            self.seen.store(0, Ordering::Relaxed);
+            self.last.store(0, Ordering::Relaxed);
             self.flagged.store(false, Ordering::Release);
         }
     }
@@ -88,11 +95,15 @@ impl Detector {
         w.roll(now_unix(), self.cfg.window.as_secs() as i64);
         let requests = w.requests.fetch_add(1, Ordering::Relaxed) + 1;
         let net = network(client);
-        let networks = {
+        let networks = if w.last.load(Ordering::Relaxed) == net {
+            w.seen.load(Ordering::Relaxed)
+        } else {
             let mut nets = w.networks.lock().unwrap_or_else(|p| p.into_inner());
             if nets.len() <= self.cfg.max_networks && !nets.contains(&net) {
                 nets.push(net);
             }
+            w.seen.store(nets.len(), Ordering::Relaxed);
+            w.last.store(net, Ordering::Relaxed);
             nets.len()
         };
         let finding = if networks > self.cfg.max_networks {
@@ -159,14 +170,15 @@ impl Detector {
     }
 }
 
-/// The client's network: IPv4 /24, IPv6 /48 (a v4-mapped address counts as IPv4).
-fn network(ip: IpAddr) -> IpAddr {
-    let v4 = |a: Ipv4Addr| IpAddr::V4(Ipv4Addr::from(u32::from(a) & 0xffff_ff00));
+/// The client's network as a number, never 0: IPv4 /24 (a v4-mapped address counts as
+/// IPv4) or IPv6 /48, each tagged with its own high bit.
+fn network(ip: IpAddr) -> u64 {
+    let v4 = |a: std::net::Ipv4Addr| 1 << 63 | u64::from(u32::from(a) >> 8);
     match ip {
         IpAddr::V4(a) => v4(a),
         IpAddr::V6(a) => match a.to_ipv4_mapped() {
             Some(m) => v4(m),
-            None => IpAddr::V6(Ipv6Addr::from(u128::from(a) & !((1u128 << 80) - 1))),
+            None => 1 << 62 | (u128::from(a) >> 80) as u64,
         },
     }
 }
@@ -195,9 +207,13 @@ mod tests {
 
     #[test]
     fn networks_are_v4_24_and_v6_48() {
-        let n = |s: &str| network(s.parse().unwrap()).to_string();
-        assert_eq!(n("203.0.113.77"), "203.0.113.0");
-        assert_eq!(n("::ffff:203.0.113.77"), "203.0.113.0");
-        assert_eq!(n("2001:db8:1:2:3::9"), "2001:db8:1::");
+        let n = |s: &str| network(s.parse().unwrap());
+        assert_eq!(n("203.0.113.77"), n("203.0.113.1"));
+        assert_ne!(n("203.0.113.77"), n("203.0.114.77"));
+        assert_eq!(n("::ffff:203.0.113.77"), n("203.0.113.0"));
+        assert_eq!(n("2001:db8:1:2:3::9"), n("2001:db8:1:ffff::1"));
+        assert_ne!(n("2001:db8:1::"), n("2001:db8:2::"));
+        assert_ne!(n("::"), 0);
+        assert_ne!(n("0.0.0.0"), n("::"));
     }
 }

@@ -58,32 +58,23 @@ struct FileConfig {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 struct FileAnomaly {
-    #[serde(default = "default_anomaly_window")]
     window_s: u64,
-    #[serde(default = "default_anomaly_requests")]
     max_requests_per_token: u64,
-    #[serde(default = "default_anomaly_networks")]
     max_networks_per_token: usize,
-    #[serde(default = "default_anomaly_action")]
     action: String,
 }
 
-fn default_anomaly_window() -> u64 {
-    60
-}
-
-fn default_anomaly_requests() -> u64 {
-    600
-}
-
-fn default_anomaly_networks() -> usize {
-    3
-}
-
-fn default_anomaly_action() -> String {
-    "log".into()
+impl Default for FileAnomaly {
+    fn default() -> Self {
+        FileAnomaly {
+            window_s: 60,
+            max_requests_per_token: 600,
+            max_networks_per_token: 3,
+            action: "log".into(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -991,9 +982,17 @@ fn read_certs(
     key: &str,
     path: &str,
 ) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, ConfigError> {
+    parse_certs(ctx, key, &ctx.read(key, path)?)
+}
+
+/// The certificates of a PEM bundle read for config key `key`: at least one.
+fn parse_certs(
+    ctx: &Ctx,
+    key: &str,
+    pem: &[u8],
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, ConfigError> {
     use rustls_pki_types::pem::PemObject;
-    let pem = ctx.read(key, path)?;
-    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(pem)
         .collect::<Result<_, _>>()
         .map_err(|e| ctx.err(key, format!("not a PEM certificate file: {e}")))?;
     if certs.is_empty() {
@@ -1288,8 +1287,9 @@ fn validate_revocation(ctx: &Ctx, r: &FileRevocation) -> Result<Revocation, Conf
             ))
         }
         Some(path) => {
-            read_certs(ctx, "revocation.redis_ca", path)?;
-            Some(Arc::new(ctx.read("revocation.redis_ca", path)?))
+            let pem = ctx.read("revocation.redis_ca", path)?;
+            parse_certs(ctx, "revocation.redis_ca", &pem)?;
+            Some(Arc::new(pem))
         }
     };
     Ok(Revocation {
@@ -1358,17 +1358,18 @@ fn validate_route(ctx: &Ctx, key: &str, r: &FileRoute) -> Result<RouteConfig, Co
     if r.timeout_ms == 0 {
         return Err(ctx.err(format!("{key}.timeout_ms"), "must be greater than 0"));
     }
-    let rate_limit = match &r.rate_limit {
-        None => None,
-        Some(l) => Some(
-            validate_rate_limit(l, auth)
-                .map_err(|(k, m)| ctx.err(format!("{key}.rate_limit.{k}"), m))?,
-        ),
-    };
-    let cors = match &r.cors {
-        None => None,
-        Some(c) => Some(validate_cors(c).map_err(|(k, m)| ctx.err(format!("{key}.cors.{k}"), m))?),
-    };
+    let rate_limit = r
+        .rate_limit
+        .as_ref()
+        .map(|l| validate_rate_limit(l, auth))
+        .transpose()
+        .map_err(|(k, m)| ctx.err(format!("{key}.rate_limit.{k}"), m))?;
+    let cors = r
+        .cors
+        .as_ref()
+        .map(validate_cors)
+        .transpose()
+        .map_err(|(k, m)| ctx.err(format!("{key}.cors.{k}"), m))?;
     Ok(RouteConfig {
         name: r.name.clone(),
         host,
@@ -1574,6 +1575,15 @@ admin = "127.0.0.1:0"
         assert!(e.contains("routes[0].upstreams[0]"), "{e}");
     }
 
+    /// Each `(extra, key)`: the open route plus `extra` is refused with a message naming
+    /// `key`.
+    fn refused(cases: &[(&str, &str)]) {
+        for (extra, key) in cases {
+            let e = open_route(extra).unwrap_err().to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+    }
+
     fn open_route(extra: &str) -> Result<Config, ConfigError> {
         load(&format!(
             "{BASE}\n[[routes]]\nname='a'\npath_prefix='/'\nupstreams=['http://x']\nauth='none'\n{extra}\n"
@@ -1589,7 +1599,7 @@ admin = "127.0.0.1:0"
             (LimitBy::Ip, 2.5, 3),
             "burst defaults to ceil(rps)"
         );
-        for (extra, key) in [
+        refused(&[
             (
                 "rate_limit = { per = 'sub', rps = 1 }",
                 "routes[0].rate_limit.per",
@@ -1615,10 +1625,7 @@ admin = "127.0.0.1:0"
                 "routes[0].rate_limit.burst",
             ),
             ("rate_limit = { per = 'ip', rps = 1, bust = 5 }", "bust"),
-        ] {
-            let e = open_route(extra).unwrap_err().to_string();
-            assert!(e.contains(key), "{extra}: {e}");
-        }
+        ]);
     }
 
     #[test]
@@ -1634,7 +1641,7 @@ admin = "127.0.0.1:0"
         );
         assert_eq!(cors.methods, [http::Method::GET, http::Method::DELETE]);
         assert_eq!(cors.max_age_s, 600);
-        for (extra, key) in [
+        refused(&[
             ("cors = { origins = [] }", "routes[0].cors.origins"),
             (
                 "cors = { origins = ['app.example.com'] }",
@@ -1661,10 +1668,7 @@ admin = "127.0.0.1:0"
                 "routes[0].cors.headers",
             ),
             ("cors = { origins = ['*'], expose = ['x'] }", "expose"),
-        ] {
-            let e = open_route(extra).unwrap_err().to_string();
-            assert!(e.contains(key), "{extra}: {e}");
-        }
+        ]);
     }
 
     #[test]
@@ -1675,7 +1679,7 @@ admin = "127.0.0.1:0"
             (a.window, a.max_requests, a.max_networks, a.revoke),
             (Duration::from_secs(60), 600, 3, true)
         );
-        for (extra, key) in [
+        refused(&[
             ("[anomaly]\nwindow_s = 0", "anomaly.window_s"),
             ("[anomaly]\nwindow_s = 99999999999", "anomaly.window_s"),
             (
@@ -1688,10 +1692,7 @@ admin = "127.0.0.1:0"
             ),
             ("[anomaly]\naction = 'block'", "anomaly.action"),
             ("[anomaly]\nwindow = 5", "window"),
-        ] {
-            let e = open_route(extra).unwrap_err().to_string();
-            assert!(e.contains(key), "{extra}: {e}");
-        }
+        ]);
     }
 
     #[test]

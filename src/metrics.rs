@@ -139,6 +139,18 @@ impl EncodeMetric for DurationHistogram {
     }
 }
 
+/// One metric of `family` per label value, created now so the request path only indexes.
+fn one_per<'a, M: Clone + Default>(
+    family: &Family<Labels, M>,
+    label: &'static str,
+    values: impl IntoIterator<Item = &'a str>,
+) -> Vec<M> {
+    values
+        .into_iter()
+        .map(|v| family.get_or_create(&vec![(label, v.to_string())]).clone())
+        .collect()
+}
+
 /// The gateway's metrics. Route index `routes.len()` stands for "no route" (404, logout).
 pub struct Metrics {
     registry: Registry,
@@ -180,16 +192,14 @@ impl Metrics {
             requests_family,
         );
         let durations_family = Family::<Labels, DurationHistogram>::default();
-        let durations = route_names
-            .iter()
-            .map(String::as_str)
-            .chain(std::iter::once("-"))
-            .map(|name| {
-                durations_family
-                    .get_or_create(&vec![("route", name.to_string())])
-                    .clone()
-            })
-            .collect();
+        let durations = one_per(
+            &durations_family,
+            "route",
+            route_names
+                .iter()
+                .map(String::as_str)
+                .chain(std::iter::once("-")),
+        );
         registry.register_with_unit(
             "request_duration",
             "Time from the request's head to the response's head (upstream included, body streaming not), by route",
@@ -197,28 +207,18 @@ impl Metrics {
             durations_family,
         );
         let limited_family = Family::<Labels, Counter>::default();
-        let rate_limited = route_names
-            .iter()
-            .map(|name| {
-                limited_family
-                    .get_or_create(&vec![("route", name.clone())])
-                    .clone()
-            })
-            .collect();
+        let rate_limited = one_per(
+            &limited_family,
+            "route",
+            route_names.iter().map(String::as_str),
+        );
         registry.register(
             "rate_limited",
             "Requests refused by the route's rate_limit (429), by route",
             limited_family,
         );
         let auth_family = Family::<Labels, Counter>::default();
-        let auth_failures = AUTH_REASONS
-            .iter()
-            .map(|r| {
-                auth_family
-                    .get_or_create(&vec![("reason", r.to_string())])
-                    .clone()
-            })
-            .collect();
+        let auth_failures = one_per(&auth_family, "reason", AUTH_REASONS);
         registry.register(
             "auth_failures",
             "Requests refused by authentication, by reason",

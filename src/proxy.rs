@@ -1,6 +1,7 @@
 //! `handle`: the request path of SPEC.md, one numbered step per stage, each a call into the
 //! module that owns it. Start reading here.
 
+use std::net::IpAddr;
 use std::time::Instant;
 
 use http::{header, HeaderValue, Request, Response};
@@ -101,13 +102,23 @@ struct Notes<'a> {
     /// A request answered by the gateway itself (logout), not by a route.
     gateway_endpoint: Option<&'static str>,
     request_id: Option<HeaderValue>,
-    /// See `identity::client_address`.
+    /// See `identity::client_address`: worked out once, when first needed.
     client: Option<std::net::IpAddr>,
     sub: Option<String>,
     error: Option<String>,
     /// The `cors` of the request's route, and the request's `Origin`.
     cors: Option<&'a CorsConfig>,
     origin: Option<HeaderValue>,
+}
+
+impl Notes<'_> {
+    /// The client's address (read before any header changes: the client's identity
+    /// headers, stripped in step 3, never play a part in it).
+    fn client(&mut self, headers: &http::HeaderMap, conn: &ClientInfo, hops: usize) -> IpAddr {
+        *self
+            .client
+            .get_or_insert_with(|| identity::client_address(headers, conn, hops))
+    }
 }
 
 async fn proxy<'a>(
@@ -120,12 +131,9 @@ async fn proxy<'a>(
     // 1. Accept: TLS, HTTP/1.1 or h2, header timeout and size limits live in `listener`.
     //    The client's address (for the log) is read before any header changes. Framing
     //    that could smuggle a second request past us is refused here.
+    let hops = app.config.server.trusted_proxy_hops;
     if notes.logging {
-        notes.client = Some(identity::client_address(
-            req.headers(),
-            &conn,
-            app.config.server.trusted_proxy_hops,
-        ));
+        notes.client(req.headers(), &conn, hops);
     }
     check_framing(&req, app.config.server.max_body_bytes)?;
     let upgrade = is_upgrade(&req);
@@ -162,10 +170,8 @@ async fn proxy<'a>(
 
     // 4. Rate limit and authenticate. A per-address limit comes before any token is looked
     //    at, so a flood of bad tokens is limited too.
-    let client_address =
-        || identity::client_address(&parts.headers, &conn, app.config.server.trusted_proxy_hops);
     if let Some(l) = route.limit.as_ref().filter(|l| l.per == LimitBy::Ip) {
-        l.check_ip(client_address())?;
+        l.check_ip(notes.client(&parts.headers, &conn, hops))?;
     }
 
     //    Then the token, signature, claims; then revocation and the clock (an expired
@@ -193,7 +199,7 @@ async fn proxy<'a>(
                     &parts.method,
                     host,
                     &parts.headers,
-                    route.config.cors.as_ref(),
+                    notes.cors,
                 )
                 .await?
         }
@@ -214,13 +220,13 @@ async fn proxy<'a>(
         match &auth {
             Some(a) => l.check_sub(a.verified.issuer, &a.verified.sub)?,
             None if renewal.is_some() || route.config.auth == AuthMode::Optional => {
-                l.check_ip(client_address())?
+                l.check_ip(notes.client(&parts.headers, &conn, hops))?
             }
             None => {}
         }
     }
     if let (Some(d), Some(a)) = (&app.anomaly, &auth) {
-        let ip = client_address();
+        let ip = notes.client(&parts.headers, &conn, hops);
         if let Some(flagged) = d.observe(&a.verified, ip) {
             Box::pin(d.act(flagged, &a.verified, ip, &app.revocations)).await?;
         }
@@ -279,7 +285,7 @@ async fn proxy<'a>(
         &mut parts.headers,
         &conn,
         host.as_ref(),
-        app.config.server.trusted_proxy_hops > 0,
+        hops > 0,
     ));
     identity::remove_hop_by_hop(&mut parts.headers, upgrade);
 

@@ -295,7 +295,8 @@ struct StoredOutcome {
 
 impl SharedFlight {
     fn new(r: &crate::config::Revocation, cfg: &Refresh) -> Result<SharedFlight, String> {
-        let pool = crate::revocation::redis_pool(r, 4)?;
+        let client = crate::revocation::redis_client(r)?;
+        let pool = crate::revocation::redis_pool(&client, r, 4)?;
         Ok(SharedFlight {
             pool,
             prefix: r.key_prefix.clone(),

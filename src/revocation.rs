@@ -191,15 +191,19 @@ pub fn redis_client(cfg: &RevocationConfig) -> Result<redis::Client, String> {
     .map_err(|e| format!("invalid redis_url: {e}"))
 }
 
-/// A deadpool-redis pool for `redis_url` with the configured timeouts (shared by the
-/// revocation store and the cross-replica refresh coordination).
-pub fn redis_pool(cfg: &RevocationConfig, size: usize) -> Result<deadpool_redis::Pool, String> {
+/// A deadpool-redis pool of `client`'s connections (see `redis_client`) with the
+/// configured timeouts (the revocation store's, and the cross-replica refresh
+/// coordination's).
+pub fn redis_pool(
+    client: &redis::Client,
+    cfg: &RevocationConfig,
+    size: usize,
+) -> Result<deadpool_redis::Pool, String> {
     let mut pc = deadpool_redis::PoolConfig::new(size);
     pc.timeouts.wait = Some(cfg.timeout);
     pc.timeouts.create = Some(cfg.connect_timeout);
     pc.timeouts.recycle = Some(cfg.timeout);
     // The client's connection info carries the TLS roots into every pooled connection.
-    let client = redis_client(cfg)?;
     let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())
         .map_err(|e| format!("invalid redis_url: {e}"))?;
     deadpool_redis::Pool::builder(manager)
@@ -210,8 +214,8 @@ pub fn redis_pool(cfg: &RevocationConfig, size: usize) -> Result<deadpool_redis:
 }
 
 impl RedisStore {
-    pub fn new(cfg: &RevocationConfig) -> Result<RedisStore, String> {
-        let pool = redis_pool(cfg, cfg.pool_size)?;
+    pub fn new(cfg: &RevocationConfig, client: &redis::Client) -> Result<RedisStore, String> {
+        let pool = redis_pool(client, cfg, cfg.pool_size)?;
         Ok(RedisStore {
             shared: arc_swap::ArcSwapOption::empty(),
             pool,
@@ -414,15 +418,18 @@ pub struct Revocations {
 
 impl Revocations {
     pub fn new(cfg: &RevocationConfig) -> Result<Revocations, String> {
-        let (store, channel): (Arc<dyn Store>, String) = match cfg.store {
+        let (store, channel, redis): (Arc<dyn Store>, String, _) = match cfg.store {
             StoreKind::Memory => (
                 Arc::new(MemoryStore::new(cfg.cache_capacity, cfg.subject_ttl)),
                 String::new(),
+                None,
             ),
             StoreKind::Redis => {
-                let s = RedisStore::new(cfg)?;
+                // One client (its TLS roots) for the store's pool and the subscriber.
+                let client = redis_client(cfg)?;
+                let s = RedisStore::new(cfg, &client)?;
                 let ch = s.channel();
-                (Arc::new(s), ch)
+                (Arc::new(s), ch, Some(client))
             }
         };
         Ok(Revocations {
@@ -441,10 +448,7 @@ impl Revocations {
             failures: AtomicU32::new(0),
             allowed_unchecked: Counter::default(),
             lookups: Counter::default(),
-            redis: match cfg.store {
-                StoreKind::Redis => Some(redis_client(cfg)?),
-                StoreKind::Memory => None,
-            },
+            redis,
             channel,
         })
     }

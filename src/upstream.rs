@@ -2,7 +2,6 @@
 //! upstream for idempotent requests, and WebSocket/upgrade splicing.
 
 use std::collections::HashMap;
-use std::error::Error as _;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
@@ -110,28 +109,25 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
+/// `e` and its sources, outermost first.
+fn chain<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| (*e).source())
+}
+
 /// Whether `e` or one of its sources is a `T` (how a client body's failure shows through
 /// the upstream client's error).
 fn in_chain<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err.is::<T>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
+    chain(e).any(|e| e.is::<T>())
 }
 
+/// `e: source: source...`, for the log.
 fn error_chain(e: &ClientError) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+    chain(e)
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// After a `101 Switching Protocols` from the upstream, splice the client's and the
@@ -555,20 +551,17 @@ fn closed_before_response(e: &hyper::Error) -> bool {
     if e.is_incomplete_message() || e.is_canceled() {
         return true;
     }
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            return matches!(
+    chain(e)
+        .find_map(|c| c.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| {
+            matches!(
                 io.kind(),
                 std::io::ErrorKind::ConnectionReset
                     | std::io::ErrorKind::ConnectionAborted
                     | std::io::ErrorKind::BrokenPipe
                     | std::io::ErrorKind::UnexpectedEof
-            );
-        }
-        cur = c.source();
-    }
-    false
+            )
+        })
 }
 
 fn origin_form(pq: Option<http::uri::PathAndQuery>) -> Uri {
