@@ -470,7 +470,7 @@ async fn sigterm_drains_in_flight_request_then_exits_zero() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(up.count(), 1);
-    signal(&gw.child, "-TERM");
+    gw.signal("-TERM");
     let r = inflight.await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "slow done");
@@ -499,7 +499,7 @@ async fn every_access_log_line_is_written_before_exit() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
     }
-    signal(&gw.child, "-TERM");
+    gw.signal("-TERM");
     let (code, logs) = gw.exit().await;
     assert_eq!(code, Some(0));
     let mut seen: Vec<u32> = logs
@@ -537,7 +537,7 @@ async fn access_log_names_the_client_behind_trusted_proxies() {
             .status,
         200
     );
-    signal(&gw.child, "-TERM");
+    gw.signal("-TERM");
     let (code, logs) = gw.exit().await;
     assert_eq!(code, Some(0));
     assert_eq!(access_line(&logs, "/lb")["client"], "203.0.113.7");
@@ -556,7 +556,7 @@ async fn access_log_client_is_the_peer_by_default() {
         )
         .await;
     assert_eq!(r.status, 200);
-    signal(&gw.child, "-TERM");
+    gw.signal("-TERM");
     let (code, logs) = gw.exit().await;
     assert_eq!(code, Some(0));
     assert_eq!(access_line(&logs, "/x")["client"], "127.0.0.1");
@@ -580,9 +580,10 @@ fn demo_walkthrough_succeeds() {
 
 /// The binary serving one open route, with its log lines collected until it exits.
 struct BinGateway {
-    child: std::process::Child,
+    /// Taken by `exit`; killed on drop if still there (a test that failed half way).
+    child: Option<std::process::Child>,
     http: String,
-    logs: std::thread::JoinHandle<Vec<String>>,
+    logs: Option<std::thread::JoinHandle<Vec<String>>>,
     _dir: TempDir,
 }
 
@@ -599,17 +600,31 @@ impl BinGateway {
         let (child, http, lines) = spawn_gateway(&path);
         let logs = std::thread::spawn(move || lines.map_while(Result::ok).collect());
         BinGateway {
-            child,
+            child: Some(child),
             http,
-            logs,
+            logs: Some(logs),
             _dir: dir,
         }
     }
 
+    /// Send `sig` (`-TERM`, `-HUP`) to the gateway process.
+    fn signal(&self, sig: &str) {
+        signal(self.child.as_ref().unwrap(), sig);
+    }
+
     /// Wait for the process to exit: its exit code and every log line it wrote.
-    async fn exit(self) -> (Option<i32>, Vec<String>) {
-        let code = exit_code(self.child).await;
-        (code, self.logs.join().unwrap())
+    async fn exit(mut self) -> (Option<i32>, Vec<String>) {
+        let code = exit_code(self.child.take().unwrap()).await;
+        (code, self.logs.take().unwrap().join().unwrap())
+    }
+}
+
+impl Drop for BinGateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 

@@ -260,14 +260,17 @@ async fn behind_a_trusted_load_balancer_its_forwarded_proto_and_host_are_kept() 
     assert_eq!(h["x-forwarded-proto"], "https");
     assert_eq!(h["x-forwarded-host"], "shop.example");
     // Not a scheme: replaced; absent host: the request's own.
-    cl.get(
-        &gw.http_url("/x"),
-        &[
-            ("x-forwarded-proto", "javascript"),
-            ("host", "10.0.0.5:8080"),
-        ],
-    )
-    .await;
+    let r = cl
+        .get(
+            &gw.http_url("/x"),
+            &[
+                ("x-forwarded-proto", "javascript"),
+                ("host", "10.0.0.5:8080"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.count(), 2);
     let h = up.last().headers;
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "10.0.0.5:8080");
@@ -569,11 +572,18 @@ enum AfterFirst {
     /// Read the next request, count it and close unanswered: that timeout firing just as a
     /// request comes in.
     DropNext,
+    /// Keep the connection open without another byte (draining what comes) until the
+    /// gateway drops it: an upstream gone silent.
+    Hold,
 }
 
-/// A raw upstream answering `ok` to the first request on each connection. Returns its URL,
-/// the connections accepted and the requests received.
-async fn one_answer_upstream(after: AfterFirst) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+/// A raw upstream writing `answer` (perhaps a partial one, perhaps nothing) to the first
+/// request on each connection. Returns its URL, the connections accepted and the requests
+/// received.
+async fn one_answer_upstream(
+    answer: &'static [u8],
+    after: AfterFirst,
+) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
     let (accepted, received) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -587,7 +597,7 @@ async fn one_answer_upstream(after: AfterFirst) -> (String, Arc<AtomicUsize>, Ar
                     return;
                 }
                 r.fetch_add(1, Ordering::SeqCst);
-                if s.write_all(OK_RESPONSE).await.is_err() {
+                if s.write_all(answer).await.is_err() {
                     return;
                 }
                 match after {
@@ -596,6 +606,10 @@ async fn one_answer_upstream(after: AfterFirst) -> (String, Arc<AtomicUsize>, Ar
                         if read_head(&mut s).await {
                             r.fetch_add(1, Ordering::SeqCst);
                         }
+                    }
+                    AfterFirst::Hold => {
+                        let mut sink = [0u8; 1024];
+                        while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
                     }
                 }
             });
@@ -606,7 +620,7 @@ async fn one_answer_upstream(after: AfterFirst) -> (String, Arc<AtomicUsize>, Ar
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_request_on_a_connection_closed_under_it_is_sent_again() {
-    let (url, accepted, received) = one_answer_upstream(AfterFirst::DropNext).await;
+    let (url, accepted, received) = one_answer_upstream(OK_RESPONSE, AfterFirst::DropNext).await;
     let gw = TestGateway::start(&open("all", "/", &[&url], "")).await;
     let cl = gw.client_plain();
     assert_eq!(cl.get(&gw.http_url("/a"), &[]).await.status, 200);
@@ -640,7 +654,7 @@ async fn idempotent_request_on_a_connection_closed_under_it_is_sent_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_closing_idle_connections_is_not_an_error() {
-    let (url, accepted, _) = one_answer_upstream(AfterFirst::CloseIdle).await;
+    let (url, accepted, _) = one_answer_upstream(OK_RESPONSE, AfterFirst::CloseIdle).await;
     let gw = TestGateway::start(&open("all", "/", &[&url], "")).await;
     let cl = gw.client_plain();
     for i in 1..=5 {
@@ -727,29 +741,11 @@ async fn https_upstream_with_untrusted_certificate_is_refused() {
     );
 }
 
-/// A raw upstream that reads a request head, writes `prefix` (perhaps nothing) and then
-/// keeps the connection open without sending another byte.
-async fn stalling_upstream(prefix: &'static [u8]) -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                if read_head(&mut s).await && s.write_all(prefix).await.is_ok() {
-                    // Hold the connection (and drain what comes) until the gateway drops it.
-                    let mut sink = [0u8; 1024];
-                    while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
-                }
-            });
-        }
-    });
-    url
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_bodies_are_cut_after_stream_idle_timeout() {
-    let mid_body = stalling_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc").await;
-    let waits_for_body = stalling_upstream(b"").await;
+    let partial = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc";
+    let (mid_body, _, _) = one_answer_upstream(partial, AfterFirst::Hold).await;
+    let (waits_for_body, _, _) = one_answer_upstream(b"", AfterFirst::Hold).await;
     let up = EchoUpstream::start().await;
     // Route timeouts shorter than the idle timeout: they count from the end of the request
     // body, so a stalled or slow upload is never reported as an upstream timeout.
@@ -766,10 +762,17 @@ async fn silent_bodies_are_cut_after_stream_idle_timeout() {
         (gw.client_plain(), gw.http_url("/mid/x")),
         (gw.client_h2(), gw.https_url("/mid/x")),
     ] {
+        let started = std::time::Instant::now();
         let r = tokio::time::timeout(Duration::from_secs(10), cl.try_get(&url, &[]))
             .await
             .expect("the gateway kept a silent upstream body open");
         assert!(r.is_err(), "a cut body must not look complete: {r:?}");
+        // Cut by the idle timer (300 ms after the last byte), not refused up front.
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "failed after {:?}: {r:?}",
+            started.elapsed()
+        );
     }
     // A client that stops sending its body: 408, and the connection is closed.
     let head = b"POST /wait/x HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc";
@@ -795,7 +798,10 @@ async fn silent_bodies_are_cut_after_stream_idle_timeout() {
         }
     }
     let mut resp = String::new();
-    s.read_to_string(&mut resp).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut resp))
+        .await
+        .expect("no answer to the slow upload")
+        .unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.ends_with("\r\n\r\n5"), "{resp}");
     // Everything else is still served.

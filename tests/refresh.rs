@@ -15,13 +15,20 @@ struct Rig {
 }
 
 async fn rig(extra_refresh: &str) -> Rig {
+    rig_with(extra_refresh, |_| String::new()).await
+}
+
+/// `rig` plus more config (tables, routes) made for its upstream's URL.
+async fn rig_with(extra_refresh: &str, extra: impl FnOnce(&str) -> String) -> Rig {
     let idp = MockIdp::start(vec![]).await;
     let up = EchoUpstream::start().await;
-    let gw = TestGateway::start(&config(&idp, &up, extra_refresh, "")).await;
+    let more = extra(&up.url());
+    let gw = TestGateway::start(&config(&idp, &up, extra_refresh, &more)).await;
     Rig { idp, up, gw }
 }
 
-fn config(idp: &MockIdp, up: &EchoUpstream, extra_refresh: &str, revocation: &str) -> String {
+/// `extra`: more tables ([revocation], further routes) after `[refresh]`.
+fn config(idp: &MockIdp, up: &EchoUpstream, extra_refresh: &str, extra: &str) -> String {
     std::env::set_var(CLIENT_SECRET_ENV, CLIENT_SECRET);
     format!(
         r#"[[issuers]]
@@ -40,7 +47,7 @@ revocation_endpoint = "{revoke}"
 timeout_ms = 2000
 {extra_refresh}
 
-{revocation}
+{extra}
 
 {route}"#,
         pem = fixture("rsa.pub.pem").display(),
@@ -64,9 +71,24 @@ impl Rig {
         if let Some(a) = access {
             cookie.push_str(&format!("; access_token={a}"));
         }
+        self.get(&self.gw.http_url("/api/x"), &[("cookie", &cookie)])
+            .await
+    }
+
+    async fn get(&self, url: &str, headers: &[(&str, &str)]) -> Resp {
+        self.gw.client_plain().get(url, headers).await
+    }
+
+    /// `POST /logout` as a browser page at `origin` holding `cookie`.
+    async fn logout(&self, cookie: &str, origin: &str) -> Resp {
         self.gw
             .client_plain()
-            .get(&self.gw.http_url("/api/x"), &[("cookie", &cookie)])
+            .send(
+                Method::POST,
+                &self.gw.http_url("/logout"),
+                &[("cookie", cookie), ("origin", origin)],
+                jwtgate::body::empty(),
+            )
             .await
     }
 }
@@ -425,16 +447,7 @@ async fn logout_revokes_the_refresh_token_at_the_idp() {
     let rt = r.idp.issue_refresh_token("alice");
     let t = access(600);
     let cookie = format!("access_token={t}; refresh_token={rt}");
-    let origin = format!("http://{}", r.gw.http);
-    let resp =
-        r.gw.client_plain()
-            .send(
-                Method::POST,
-                &r.gw.http_url("/logout"),
-                &[("cookie", &cookie), ("origin", &origin)],
-                jwtgate::body::empty(),
-            )
-            .await;
+    let resp = r.logout(&cookie, &format!("http://{}", r.gw.http)).await;
     assert_eq!(resp.status, 204, "{}", resp.text());
     assert_eq!(*r.idp.state().revoked.lock().unwrap(), vec![rt.clone()]);
     assert!(set_cookie(&resp, "refresh_token")
@@ -500,75 +513,69 @@ async fn two_replicas_on_one_redis_share_one_refresh() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_request_never_spends_the_refresh_token() {
-    let idp = MockIdp::start(vec![]).await;
-    let up = EchoUpstream::start().await;
-    let limited = route(
-        "limited",
-        "/limited",
-        &[&up.url()],
-        "rate_limit = { per = \"sub\", rps = 0.01, burst = 1 }",
-    );
-    let gw = TestGateway::start(&config(&idp, &up, "", &limited)).await;
-    let cl = gw.client_plain();
+    let r = rig_with("", |up| {
+        route(
+            "limited",
+            "/limited",
+            &[up],
+            "rate_limit = { per = \"sub\", rps = 0.01, burst = 1 }",
+        )
+    })
+    .await;
     let far = format!("Bearer {}", access(3600));
+    let limited = r.gw.http_url("/limited/x");
     assert_eq!(
-        cl.get(&gw.http_url("/limited/x"), &[("authorization", &far)])
-            .await
-            .status,
+        r.get(&limited, &[("authorization", &far)]).await.status,
         200
     );
     // alice's bucket is empty: her near-expiry request is refused before any refresh.
-    let rt = idp.issue_refresh_token("alice");
-    let cookie = format!("access_token={}; refresh_token={rt}", access(30));
-    let r = cl
-        .get(&gw.http_url("/limited/x"), &[("cookie", &cookie)])
+    let rt = r.idp.issue_refresh_token("alice");
+    let near = access(30);
+    let resp = r
+        .get(
+            &limited,
+            &[(
+                "cookie",
+                &format!("access_token={near}; refresh_token={rt}"),
+            )],
+        )
         .await;
-    assert_eq!(r.status, 429, "{}", r.text());
-    assert_eq!(idp.token_calls(), 0, "a refused request called the IdP");
-    assert!(set_cookie(&r, "access_token").is_none());
+    assert_eq!(resp.status, 429, "{}", resp.text());
+    assert_eq!(r.idp.token_calls(), 0, "a refused request called the IdP");
+    assert!(set_cookie(&resp, "access_token").is_none());
     // The refresh token is still good where alice is not limited.
-    let r = cl.get(&gw.http_url("/api/x"), &[("cookie", &cookie)]).await;
-    assert_eq!(r.status, 200);
-    assert!(set_cookie(&r, "access_token").is_some());
-    assert_eq!(idp.token_calls(), 1);
+    let resp = r.get_with_cookies(Some(&near), &rt).await;
+    assert_eq!(resp.status, 200);
+    assert!(set_cookie(&resp, "access_token").is_some());
+    assert_eq!(r.idp.token_calls(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_app_on_a_listed_origin_can_log_out() {
-    let idp = MockIdp::start(vec![]).await;
-    let up = EchoUpstream::start().await;
     // The site route ("/") covers the logout path and lets the app's origin send cookies.
-    let site = route(
-        "site",
-        "/",
-        &[&up.url()],
-        "cors = { origins = [\"https://app.example\"], credentials = true }",
-    );
-    let gw = TestGateway::start(&config(&idp, &up, "", &site)).await;
-    let rt = idp.issue_refresh_token("alice");
+    let r = rig_with("", |up| {
+        route(
+            "site",
+            "/",
+            &[up],
+            "cors = { origins = [\"https://app.example\"], credentials = true }",
+        )
+    })
+    .await;
+    let rt = r.idp.issue_refresh_token("alice");
     let cookie = format!("access_token={}; refresh_token={rt}", access(600));
-    let logout = |origin: &'static str| {
-        let (gw, cookie) = (&gw, cookie.clone());
-        async move {
-            gw.client_plain()
-                .send(
-                    Method::POST,
-                    &gw.http_url("/logout"),
-                    &[("cookie", &cookie), ("origin", origin)],
-                    jwtgate::body::empty(),
-                )
-                .await
-        }
-    };
-    let r = logout("https://evil.example").await;
-    assert_eq!(r.status, 403, "{}", r.text());
-    assert_eq!(r.header("access-control-allow-origin"), None);
-    let r = logout("https://app.example").await;
-    assert_eq!(r.status, 204, "{}", r.text());
+    let resp = r.logout(&cookie, "https://evil.example").await;
+    assert_eq!(resp.status, 403, "{}", resp.text());
+    assert_eq!(resp.header("access-control-allow-origin"), None);
+    let resp = r.logout(&cookie, "https://app.example").await;
+    assert_eq!(resp.status, 204, "{}", resp.text());
     assert_eq!(
-        r.header("access-control-allow-origin"),
+        resp.header("access-control-allow-origin"),
         Some("https://app.example")
     );
-    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
-    assert_eq!(*idp.state().revoked.lock().unwrap(), vec![rt]);
+    assert_eq!(
+        resp.header("access-control-allow-credentials"),
+        Some("true")
+    );
+    assert_eq!(*r.idp.state().revoked.lock().unwrap(), vec![rt]);
 }

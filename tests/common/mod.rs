@@ -521,6 +521,14 @@ impl TestGateway {
         panic!("gateway never became ready");
     }
 
+    /// Whether admin `/metrics` has exactly this line now.
+    pub async fn has_metric(&self, line: &str) -> bool {
+        let m = Client::plain()
+            .get(&format!("http://{}/metrics", self.admin), &[])
+            .await;
+        m.text().lines().any(|l| l == line)
+    }
+
     pub fn http_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http)
     }
@@ -789,8 +797,19 @@ impl RedisServer {
                 )
             });
         self.child = Some(child);
-        // Readiness: PING answers.
+        // Readiness: PING answers (from this server: one that exited, say because a port
+        // was taken meanwhile, fails here rather than leaving us talking to another).
         for _ in 0..200 {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "redis-server on port {} exited at start: {status}",
+                    self.port
+                );
+            }
             if self.ping().await {
                 return;
             }
