@@ -188,12 +188,7 @@ auth = "none"
     let mut ok = true;
     for (what, path, headers, want) in steps {
         let (status, body) = get(http, path, &headers).await?;
-        let mark = if status == want {
-            "ok  "
-        } else {
-            ok = false;
-            "FAIL"
-        };
+        let mark = check(&mut ok, status == want);
         println!("[{mark}] {what}: GET {path} -> {status}");
         if status == 200 && path.starts_with("/api") {
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -233,12 +228,7 @@ auth = "none"
     let allowed = headers
         .get("access-control-allow-origin")
         .is_some_and(|v| v == "https://app.example");
-    let mark = if status == 204 && allowed {
-        "ok  "
-    } else {
-        ok = false;
-        "FAIL"
-    };
+    let mark = check(&mut ok, status == 204 && allowed);
     println!(
         "[{mark}] CORS preflight from https://app.example -> {status}, answered by the gateway"
     );
@@ -256,12 +246,10 @@ auth = "none"
         seen.push((status, headers.get("retry-after").cloned()));
     }
     let statuses: Vec<u16> = seen.iter().map(|(s, _)| *s).collect();
-    let mark = if statuses == [200, 200, 200, 429] && seen[3].1.is_some() {
-        "ok  "
-    } else {
-        ok = false;
-        "FAIL"
-    };
+    let mark = check(
+        &mut ok,
+        statuses == [200, 200, 200, 429] && seen[3].1.is_some(),
+    );
     println!("[{mark}] rate_limit per subject (burst 3, 1/s): 4 quick requests -> {statuses:?}, the last with Retry-After");
 
     // Edge refresh: an access token 20 s from expiry plus a refresh token, as a browser
@@ -281,12 +269,7 @@ auth = "none"
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|c| c.starts_with("access_token=") && !c.contains(&near));
-    let mark = if status == 200 && renewed {
-        "ok  "
-    } else {
-        ok = false;
-        "FAIL"
-    };
+    let mark = check(&mut ok, status == 200 && renewed);
     println!("[{mark}] access token 20 s from expiry + refresh cookie -> {status}, new access_token and rotated refresh_token cookies set by the gateway");
 
     println!("\nTry it yourself (the gateway runs until Ctrl-C):\n");
@@ -325,6 +308,16 @@ auth = "none"
     gw.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// The walkthrough's mark for one step; a failed step fails the whole demo.
+fn check(ok: &mut bool, passed: bool) -> &'static str {
+    *ok &= passed;
+    if passed {
+        "ok  "
+    } else {
+        "FAIL"
+    }
 }
 
 /// Serve `f` on a fresh loopback port; returns the address.
