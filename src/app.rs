@@ -120,7 +120,7 @@ impl App {
                     .run_jwks(client.clone(), self.stop.subscribe()),
             );
         }
-        if self.router.routes().iter().any(|r| r.limit.is_some()) {
+        if self.router.routes().iter().any(|r| r.limit.is_some()) || self.refresher.is_some() {
             let app = Arc::downgrade(self);
             let mut stop = self.stop.subscribe();
             tokio::spawn(async move {
@@ -133,6 +133,9 @@ impl App {
                     let Some(app) = app.upgrade() else { return };
                     for l in app.router.routes().iter().filter_map(|r| r.limit.as_ref()) {
                         l.forget_idle();
+                    }
+                    if let Some(r) = &app.refresher {
+                        r.forget_idle();
                     }
                 }
             });

@@ -143,12 +143,8 @@ impl Verifier {
                 _ => Ok(None),
             };
         };
-        if carrier == Carrier::Cookie
-            && tokens.csrf
-            && !is_safe(method)
-            && !same_origin(host, headers, cors)
-        {
-            return Err(GatewayError::Csrf);
+        if carrier == Carrier::Cookie {
+            check_csrf(tokens, method, host, headers, cors)?;
         }
         let verified = self.verify(token).await?;
         let bearer = match carrier {
@@ -448,6 +444,22 @@ pub fn check_scopes(required: &[String], granted: &[String]) -> Result<(), Gatew
     }
 }
 
+/// A credential carried by a cookie (an access or a refresh token) on an unsafe method
+/// needs a same-site `Origin`/`Referer` (`[tokens] csrf`): the browser attaches cookies to
+/// cross-site requests too.
+pub fn check_csrf(
+    tokens: &Tokens,
+    method: &Method,
+    host: Option<&str>,
+    headers: &HeaderMap,
+    cors: Option<&CorsConfig>,
+) -> Result<(), GatewayError> {
+    if tokens.csrf && !is_safe(method) && !same_origin(host, headers, cors) {
+        return Err(GatewayError::Csrf);
+    }
+    Ok(())
+}
+
 fn is_safe(m: &Method) -> bool {
     matches!(
         *m,
@@ -476,31 +488,36 @@ fn same_origin(host: Option<&str>, headers: &HeaderMap, cors: Option<&CorsConfig
 }
 
 /// Find the token in the configured sources, in order. A present but malformed
-/// Authorization header is an error, not "no token".
+/// Authorization header is an error, not "no token". A credential given twice (two
+/// `Authorization` lines, two token cookies of one name, a token header repeated) is 400:
+/// RFC 9110 §5.3 and RFC 6750 §2 allow one, and whichever copy an upstream picked might not
+/// be the one verified here.
 pub fn find_token<'a>(
     tokens: &Tokens,
     headers: &'a HeaderMap,
-) -> Result<Option<(&'a str, Carrier)>, TokenError> {
+) -> Result<Option<(&'a str, Carrier)>, GatewayError> {
     for src in &tokens.sources {
         match src {
             TokenSource::Header(name) if name == header::AUTHORIZATION => {
-                if let Some(v) = headers.get(header::AUTHORIZATION) {
+                if let Some(v) = only_line(headers, &header::AUTHORIZATION)? {
                     let v = v
                         .to_str()
                         .map_err(|_| TokenError::Malformed("authorization header is not ASCII"))?;
                     let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
                     if !scheme.eq_ignore_ascii_case("bearer") {
-                        return Err(TokenError::Malformed("authorization scheme is not Bearer"));
+                        return Err(
+                            TokenError::Malformed("authorization scheme is not Bearer").into()
+                        );
                     }
                     let t = rest.trim();
                     if t.is_empty() {
-                        return Err(TokenError::Malformed("empty bearer token"));
+                        return Err(TokenError::Malformed("empty bearer token").into());
                     }
                     return Ok(Some((t, Carrier::AuthorizationHeader)));
                 }
             }
             TokenSource::Header(name) => {
-                if let Some(v) = headers.get(name) {
+                if let Some(v) = only_line(headers, name)? {
                     let t = v
                         .to_str()
                         .map_err(|_| TokenError::Malformed("token header is not ASCII"))?
@@ -511,7 +528,7 @@ pub fn find_token<'a>(
                 }
             }
             TokenSource::Cookie(name) => {
-                if let Some(t) = find_cookie(headers, name) {
+                if let Some(t) = find_only_cookie(headers, name)? {
                     return Ok(Some((t, Carrier::Cookie)));
                 }
             }
@@ -520,17 +537,60 @@ pub fn find_token<'a>(
     Ok(None)
 }
 
-/// The value of cookie `name` across all `Cookie` headers.
+/// The one line of a credential header; a second line is 400.
+fn only_line<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'a HeaderValue>, GatewayError> {
+    let mut lines = headers.get_all(name).iter();
+    let first = lines.next();
+    if lines.next().is_some() {
+        return Err(GatewayError::BadRequest(
+            "credential header sent more than once",
+        ));
+    }
+    Ok(first)
+}
+
+/// The value of cookie `name` across all `Cookie` headers (the first, if repeated).
 pub fn find_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
+    cookie_values(headers, name).0
+}
+
+/// The value of credential cookie `name`; the same name twice is 400 (see `find_token`).
+pub fn find_only_cookie<'a>(
+    headers: &'a HeaderMap,
+    name: &str,
+) -> Result<Option<&'a str>, GatewayError> {
+    match cookie_values(headers, name) {
+        (_, true) => Err(GatewayError::BadRequest(
+            "credential cookie sent more than once",
+        )),
+        (first, false) => Ok(first),
+    }
+}
+
+/// The first value of cookie `name`, and whether another cookie of that name follows.
+fn cookie_values<'a>(headers: &'a HeaderMap, name: &str) -> (Option<&'a str>, bool) {
+    let mut first = None;
+    let pairs = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name && !v.is_empty()).then_some(v.trim_matches('"'))
-        })
+        .flat_map(|v| v.split(';'));
+    for pair in pairs {
+        let Some((k, v)) = pair.trim().split_once('=') else {
+            continue;
+        };
+        if k != name || v.is_empty() {
+            continue;
+        }
+        if first.is_some() {
+            return (first, true);
+        }
+        first = Some(v.trim_matches('"'));
+    }
+    (first, false)
 }
 
 #[cfg(test)]
@@ -568,6 +628,32 @@ mod tests {
             Some(("xyz", Carrier::Cookie))
         );
         assert_eq!(find_token(&tokens(), &HeaderMap::new()).unwrap(), None);
+    }
+
+    #[test]
+    fn a_credential_sent_twice_is_refused() {
+        for pairs in [
+            &[("authorization", "Bearer a"), ("authorization", "Bearer b")][..],
+            &[("cookie", "access_token=a; access_token=b")],
+            &[
+                ("cookie", "access_token=a"),
+                ("cookie", "x=1; access_token=b"),
+            ],
+        ] {
+            assert!(
+                matches!(
+                    find_token(&tokens(), &hm(pairs)),
+                    Err(GatewayError::BadRequest(_))
+                ),
+                "{pairs:?}"
+            );
+        }
+        // Another cookie of the same prefix is not the token.
+        let h = hm(&[("cookie", "access_token_old=a; access_token=b")]);
+        assert_eq!(
+            find_token(&tokens(), &h).unwrap(),
+            Some(("b", Carrier::Cookie))
+        );
     }
 
     #[test]

@@ -256,6 +256,15 @@ struct FileRefresh {
     logout_path: String,
     reuse_window_s: u64,
     timeout_ms: u64,
+    rate_limit: FileRefreshLimit,
+}
+
+/// `[refresh] rate_limit`: refresh attempts per client address (always on).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRefreshLimit {
+    rps: f64,
+    burst: Option<u32>,
 }
 
 impl Default for FileRefresh {
@@ -273,6 +282,10 @@ impl Default for FileRefresh {
             logout_path: "/logout".into(),
             reuse_window_s: 30,
             timeout_ms: 5000,
+            rate_limit: FileRefreshLimit {
+                rps: 5.0,
+                burst: Some(20),
+            },
         }
     }
 }
@@ -411,6 +424,9 @@ pub struct Refresh {
     /// How long a refresh result stays reusable for late requests with the old token.
     pub reuse_window: Duration,
     pub timeout: Duration,
+    /// Refresh attempts (calls that may reach the token endpoint) per client address: a
+    /// client without a token cannot make the gateway spend its client secret at will.
+    pub rate_limit: RateLimitConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -860,6 +876,21 @@ fn validate_refresh(ctx: &Ctx, r: &FileRefresh) -> Result<Refresh, ConfigError> 
     if !r.logout_path.starts_with('/') {
         return Err(ctx.err("refresh.logout_path", "must start with '/'"));
     }
+    if crate::path::normalize(&r.logout_path).ok().as_deref() != Some(r.logout_path.as_str()) {
+        return Err(ctx.err(
+            "refresh.logout_path",
+            "must be a normalised path (no '//', '.' or '..' segments, escapes or backslashes): requests are matched after normalisation",
+        ));
+    }
+    let rate_limit = validate_rate_limit(
+        &FileRateLimit {
+            per: "ip".into(),
+            rps: r.rate_limit.rps,
+            burst: r.rate_limit.burst,
+        },
+        AuthMode::Required,
+    )
+    .map_err(|(k, m)| ctx.err(format!("refresh.rate_limit.{k}"), m))?;
     for (k, v) in [
         ("refresh.access_cookie", &r.access_cookie),
         ("refresh.refresh_cookie", &r.refresh_cookie),
@@ -878,6 +909,7 @@ fn validate_refresh(ctx: &Ctx, r: &FileRefresh) -> Result<Refresh, ConfigError> 
         logout_path: r.logout_path.clone(),
         reuse_window: Duration::from_secs(r.reuse_window_s),
         timeout: Duration::from_millis(r.timeout_ms.max(1)),
+        rate_limit,
     })
 }
 
@@ -1321,12 +1353,24 @@ fn validate_route(ctx: &Ctx, key: &str, r: &FileRoute) -> Result<RouteConfig, Co
         return Err(ctx.err(format!("{key}.path_prefix"), "must not contain '?' or '#'"));
     }
     let path_prefix = normalize_prefix(&r.path_prefix);
+    if crate::path::normalize(&path_prefix).ok().as_deref() != Some(path_prefix.as_str()) {
+        return Err(ctx.err(
+            format!("{key}.path_prefix"),
+            format!(
+                "{:?} is not a normalised path (no '//', '.' or '..' segments, escapes of unreserved characters, %2F or backslashes): request paths are normalised before routing, so it could never match",
+                r.path_prefix
+            ),
+        ));
+    }
     let host = match &r.host {
         None => None,
         Some(h) if h.is_empty() || h.contains(['/', ' ']) => {
             return Err(ctx.err(format!("{key}.host"), format!("{h:?} is not a host name")))
         }
-        Some(h) => Some(crate::route::host_without_port(h).to_ascii_lowercase()),
+        Some(h) => {
+            let h = crate::route::host_without_port(h);
+            Some(h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase())
+        }
     };
     if r.upstreams.is_empty() {
         return Err(ctx.err(

@@ -41,6 +41,9 @@ pub enum GatewayError {
     NoRoute,
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// A path that cannot be normalised safely (`path::normalize`).
+    #[error("bad request: {0}")]
+    BadPath(#[from] crate::path::PathError),
     #[error("authentication required")]
     MissingToken,
     #[error("{0}")]
@@ -87,7 +90,9 @@ impl GatewayError {
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             GatewayError::NoRoute => (StatusCode::NOT_FOUND, "not_found"),
-            GatewayError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            GatewayError::BadRequest(_) | GatewayError::BadPath(_) => {
+                (StatusCode::BAD_REQUEST, "bad_request")
+            }
             GatewayError::MissingToken => (StatusCode::UNAUTHORIZED, "unauthorized"),
             GatewayError::InvalidToken(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
             GatewayError::InsufficientScope => (StatusCode::FORBIDDEN, "insufficient_scope"),

@@ -17,31 +17,75 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Step 3: remove every identity header the client may have forged: the ones named in
-/// `[identity]` and anything starting with `x-auth-` or `x-jwtgate-`.
-pub fn strip_client_headers(headers: &mut HeaderMap, identity: &Identity) {
+/// `[identity]` and anything starting with `x-auth-` or `x-jwtgate-`. Names are compared
+/// with `_` read as `-`, because CGI, WSGI, Rack and PHP servers map both to the same
+/// variable: `x_user_id` would reach an app as its `x-user-id`. The same goes for the
+/// forwarding headers the gateway sets (`x_forwarded_for`, `x_request_id`, ...). Other
+/// names with `_` pass (unlike nginx's `underscores_in_headers off`): apps use them, and
+/// they cannot pass for anything the gateway vouches for.
+/// Unless `trust_proxies`, the client's `Forwarded` and `X-Real-IP` go too: like
+/// `x-forwarded-for`, they are only believed from a trusted proxy.
+pub fn strip_client_headers(headers: &mut HeaderMap, identity: &Identity, trust_proxies: bool) {
     let mut doomed: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
         let s = name.as_str();
-        if s.starts_with("x-auth-")
-            || s.starts_with("x-jwtgate-")
-            || *name == identity.subject_header
-            || *name == identity.scopes_header
-            || *name == identity.claims_header
-            || identity.claims.iter().any(|(h, _)| h == name)
-            || identity
-                .assertion
-                .as_ref()
-                .is_some_and(|a| a.header == name)
-        {
+        let forged = if s.contains('_') {
+            let dashed = s.replace('_', "-");
+            is_identity_header(&dashed, identity) || is_forwarding_header(&dashed)
+        } else {
+            is_identity_header(s, identity)
+                || (!trust_proxies && (*name == header::FORWARDED || *name == X_REAL_IP))
+        };
+        if forged {
             doomed.push(name.clone());
         }
     }
     for name in doomed {
         headers.remove(&name);
+    }
+}
+
+/// A header only the gateway may set: `[identity]`'s, `x-auth-*`, `x-jwtgate-*`.
+fn is_identity_header(s: &str, identity: &Identity) -> bool {
+    s.starts_with("x-auth-")
+        || s.starts_with("x-jwtgate-")
+        || s == identity.subject_header.as_str()
+        || s == identity.scopes_header.as_str()
+        || s == identity.claims_header.as_str()
+        || identity.claims.iter().any(|(h, _)| h.as_str() == s)
+        || identity
+            .assertion
+            .as_ref()
+            .is_some_and(|a| a.header.as_str() == s)
+}
+
+/// Headers that carry the client's address, scheme, host or request id upstream.
+fn is_forwarding_header(s: &str) -> bool {
+    s.starts_with("x-forwarded-") || s == "x-request-id" || s == "x-real-ip" || s == "forwarded"
+}
+
+/// Step 6d: an h2 client may split `cookie` over several fields; an HTTP/1.1 upstream
+/// must get one, joined with `"; "` (RFC 9113 §8.2.3). One line (the usual case) is left
+/// alone.
+pub fn join_cookie_lines(headers: &mut HeaderMap) {
+    let mut lines = headers.get_all(header::COOKIE).iter();
+    if lines.next().is_none() || lines.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
     }
 }
 
@@ -343,9 +387,65 @@ mod tests {
                 HeaderValue::from_static("evil"),
             );
         }
-        strip_client_headers(&mut h, &identity());
+        strip_client_headers(&mut h, &identity(), false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-other"));
+    }
+
+    #[test]
+    fn strips_underscore_spellings_and_untrusted_forwarding() {
+        let names = [
+            "x_user_id",
+            "x_auth_claims",
+            "x-auth_claims",
+            "x_jwtgate_assertion",
+            "x_auth_anything",
+            "x_user_email",
+            "x_user-scopes",
+            "x_forwarded_for",
+            "x_request_id",
+            "x_real_ip",
+            "forwarded",
+            "x-real-ip",
+            "x_api_key",
+        ];
+        let build = || {
+            let mut h = HeaderMap::new();
+            for n in names {
+                h.insert(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_static("evil"),
+                );
+            }
+            h
+        };
+        let mut h = build();
+        strip_client_headers(&mut h, &identity(), false);
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["x_api_key"]
+        );
+        // Behind trusted proxies their Forwarded and X-Real-IP stay; underscores never do.
+        let mut h = build();
+        strip_client_headers(&mut h, &identity(), true);
+        let mut kept: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
+        kept.sort();
+        assert_eq!(kept, ["forwarded", "x-real-ip", "x_api_key"]);
+    }
+
+    #[test]
+    fn cookie_lines_are_joined() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookie_lines(&mut h);
+        assert_eq!(h[header::COOKIE], "a=1");
+        h.append(header::COOKIE, HeaderValue::from_static("b=2; c=3"));
+        h.append(header::COOKIE, HeaderValue::from_static("d=4"));
+        join_cookie_lines(&mut h);
+        assert_eq!(
+            h.get_all(header::COOKIE).iter().collect::<Vec<_>>(),
+            ["a=1; b=2; c=3; d=4"]
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod jwks;
 pub mod limit;
 pub mod listener;
 pub mod metrics;
+pub mod path;
 pub mod proxy;
 pub mod refresh;
 pub mod reload;

@@ -139,8 +139,12 @@ async fn proxy<'a>(
     let upgrade = is_upgrade(&req);
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let host = authority(&parts);
+    let host = authority(&parts)?;
     let authority = host.as_ref().and_then(|h| h.to_str().ok());
+    //    One spelling of the path for routing, CORS, logout and the upstream: the upstream
+    //    gets the path that chose the route, so `/public/../api` cannot take `/public`'s
+    //    policy to `/api`. What cannot be normalised safely is 400.
+    normalize_path(&mut parts.uri)?;
 
     // 2. Route. The logout endpoint belongs to the gateway itself, on every host (with
     //    the `cors` of the route its path falls under, for browser apps elsewhere).
@@ -151,7 +155,7 @@ async fn proxy<'a>(
     }
     if let Some(r) = &app.config.refresh {
         if parts.method == http::Method::POST && parts.uri.path() == r.logout_path {
-            identity::strip_client_headers(&mut parts.headers, &app.config.identity);
+            identity::strip_client_headers(&mut parts.headers, &app.config.identity, hops > 0);
             notes.gateway_endpoint = Some("logout");
             return Box::pin(refresh::logout(app, client, &parts, authority, notes.cors)).await;
         }
@@ -166,7 +170,7 @@ async fn proxy<'a>(
     }
 
     // 3. Strip identity headers the client sent, on every route, before anything else.
-    identity::strip_client_headers(&mut parts.headers, &app.config.identity);
+    identity::strip_client_headers(&mut parts.headers, &app.config.identity, hops > 0);
 
     // 4. Rate limit and authenticate. A per-address limit comes before any token is looked
     //    at, so a flood of bad tokens is limited too.
@@ -178,10 +182,21 @@ async fn proxy<'a>(
     //    token can still be renewed in step 5 when a refresh token came with it).
     let renewal = match (&app.refresher, route.config.auth) {
         (Some(r), AuthMode::Required | AuthMode::Optional) => {
-            refresh::find_refresh_token(r.config(), &parts.headers)
+            refresh::find_refresh_token(r.config(), &parts.headers)?
         }
         _ => None,
     };
+    //    A refresh cookie is a credential like an access cookie: an unsafe method needs
+    //    a same-site Origin before it can renew (and be forwarded) as the victim.
+    if let Some((_, refresh::Channel::Cookie)) = &renewal {
+        auth::check_csrf(
+            &app.config.tokens,
+            &parts.method,
+            authority,
+            &parts.headers,
+            notes.cors,
+        )?;
+    }
     let mut auth = match route.config.auth {
         AuthMode::None => None,
         // With a refresh token, a missing access token (its cookie expired) is renewed too.
@@ -235,10 +250,17 @@ async fn proxy<'a>(
     // 5. Refresh near-expiry (or expired) access tokens with the refresh_token grant.
     let mut renewed = None;
     if let (Some(r), Some((refresh_token, channel))) = (&app.refresher, renewal) {
-        let due = auth
-            .as_ref()
-            .is_none_or(|a| expired || r.is_due(&a.verified));
+        // A refresh token in `refresh_header` renews only alongside the access token it
+        // belongs to (signature verified above, expiry aside): API clients always have it,
+        // and a bare header cannot make the gateway call the IdP. A browser's access
+        // cookie may have expired away, so the cookie channel renews without one; both
+        // count against `[refresh] rate_limit` per client address.
+        let due = match &auth {
+            Some(a) => expired || r.is_due(&a.verified),
+            None => channel == refresh::Channel::Cookie,
+        };
         if due {
+            r.check_attempt(notes.client(&parts.headers, &conn, hops))?;
             match Box::pin(r.refresh(client, &app.verifier, &refresh_token)).await {
                 Ok(grant) => {
                     app.revocations.check(&grant.verified).await?;
@@ -281,6 +303,7 @@ async fn proxy<'a>(
     if let Some(r) = &app.config.refresh {
         refresh::strip_refresh_token(r, &mut parts.headers);
     }
+    identity::join_cookie_lines(&mut parts.headers);
     notes.request_id = Some(identity::set_forwarded(
         &mut parts.headers,
         &conn,
@@ -357,14 +380,46 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
             })
 }
 
-/// The authority the client addressed: `Host` (HTTP/1.1) or `:authority` (h2). The `Host`
-/// value is a refcounted view of the request; only h2 needs a copy.
-fn authority(parts: &http::request::Parts) -> Option<HeaderValue> {
-    match parts.headers.get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+/// The authority the client addressed: `:authority` (h2, or an HTTP/1.1 absolute-form
+/// target), else `Host`. A `Host` that names another authority than `:authority` is
+/// malformed (RFC 9113 §8.3.1), and so are two `Host` lines (RFC 9112 §3.2): either could
+/// route by one name and reach the upstream under the other. The `Host` value is a
+/// refcounted view of the request; only `:authority` needs a copy.
+fn authority(parts: &http::request::Parts) -> Result<Option<HeaderValue>, GatewayError> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(GatewayError::BadRequest("more than one Host header"));
     }
+    match (parts.uri.authority(), host) {
+        (None, h) => Ok(h.cloned()),
+        (Some(a), Some(h)) if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) => Err(
+            GatewayError::BadRequest("Host header differs from the request's authority"),
+        ),
+        (Some(_), Some(h)) => Ok(Some(h.clone())),
+        (Some(a), None) => Ok(HeaderValue::from_str(a.as_str()).ok()),
+    }
+}
+
+/// Replace the request's path with its normal form (`path::normalize`), query kept. A path
+/// that is already normal (the usual case) is left as it is, without copying.
+fn normalize_path(uri: &mut http::Uri) -> Result<(), GatewayError> {
+    let std::borrow::Cow::Owned(p) = crate::path::normalize(uri.path())? else {
+        return Ok(());
+    };
+    if p == uri.path() {
+        return Ok(());
+    }
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{p}?{q}"),
+        None => p,
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(
+        http::uri::PathAndQuery::try_from(path_and_query)
+            .map_err(|_| GatewayError::BadRequest("request path cannot be forwarded"))?,
+    );
+    *uri = http::Uri::from_parts(parts)
+        .map_err(|_| GatewayError::BadRequest("request path cannot be forwarded"))?;
+    Ok(())
 }

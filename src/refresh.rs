@@ -95,6 +95,8 @@ pub struct Refresher {
     shared: Option<SharedFlight>,
     /// Calls made to the token endpoint (for tests and metrics).
     pub grants: Counter,
+    /// `[refresh] rate_limit`: refresh attempts per client address.
+    limit: crate::limit::RateLimit,
 }
 
 impl Refresher {
@@ -120,11 +122,24 @@ impl Refresher {
                 })
                 .build(),
             grants: Counter::default(),
+            limit: crate::limit::RateLimit::new(&cfg.rate_limit),
         })
     }
 
     pub fn config(&self) -> &Refresh {
         &self.cfg
+    }
+
+    /// Count one refresh attempt from `client` (`[refresh] rate_limit`): a refresh token
+    /// costs the IdP a call unless its result is cached, so a stream of made-up refresh
+    /// tokens from one address is cut off here (429) instead of reaching the IdP.
+    pub fn check_attempt(&self, client: std::net::IpAddr) -> Result<(), GatewayError> {
+        self.limit.check_ip(client)
+    }
+
+    /// Forget addresses whose attempt bucket is full again (the rate-limit sweep).
+    pub fn forget_idle(&self) {
+        self.limit.forget_idle();
     }
 
     /// Does this (verified, unrevoked) access token need renewing now?
@@ -475,17 +490,27 @@ fn sha256(b: &[u8]) -> [u8; 32] {
 }
 
 /// The refresh token the client presented: the `refresh_header` first (API clients), then
-/// the `refresh_cookie`.
-pub fn find_refresh_token(cfg: &Refresh, headers: &HeaderMap) -> Option<(String, Channel)> {
-    if let Some(v) = headers
-        .get(&cfg.refresh_header)
+/// the `refresh_cookie`. Sent twice (two header lines, two cookies of that name) is 400.
+pub fn find_refresh_token(
+    cfg: &Refresh,
+    headers: &HeaderMap,
+) -> Result<Option<(String, Channel)>, GatewayError> {
+    let mut lines = headers.get_all(&cfg.refresh_header).iter();
+    let first = lines.next();
+    if lines.next().is_some() {
+        return Err(GatewayError::BadRequest(
+            "refresh token header sent more than once",
+        ));
+    }
+    if let Some(v) = first
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())
     {
-        return Some((v.to_string(), Channel::Header));
+        return Ok(Some((v.to_string(), Channel::Header)));
     }
-    auth::find_cookie(headers, &cfg.refresh_cookie).map(|v| (v.to_string(), Channel::Cookie))
+    Ok(auth::find_only_cookie(headers, &cfg.refresh_cookie)?
+        .map(|v| (v.to_string(), Channel::Cookie)))
 }
 
 /// The refresh token never reaches an upstream: cut its cookie and drop the header.
@@ -606,7 +631,8 @@ pub async fn logout(
         tracing::warn!(error = %e, "logout could not record the revocation");
         GatewayError::RevocationUnavailable
     })?;
-    if let (Some(r), Some((rt, _))) = (&app.refresher, find_refresh_token(cfg, &parts.headers)) {
+    if let (Some(r), Ok(Some((rt, _)))) = (&app.refresher, find_refresh_token(cfg, &parts.headers))
+    {
         r.revoke_at_idp(http, &rt).await;
     }
     tracing::info!(sub = %v.sub, "logout");
@@ -630,6 +656,11 @@ mod tests {
             revocation_endpoint: None,
             logout_path: "/logout".into(),
             reuse_window: Duration::from_secs(30),
+            rate_limit: crate::config::RateLimitConfig {
+                per: crate::config::LimitBy::Ip,
+                rps: 5.0,
+                burst: 20,
+            },
             timeout: Duration::from_secs(1),
         }
     }
@@ -676,13 +707,18 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::COOKIE, HeaderValue::from_static("refresh_token=c"));
         assert_eq!(
-            find_refresh_token(&cfg(), &h),
+            find_refresh_token(&cfg(), &h).unwrap(),
             Some(("c".into(), Channel::Cookie))
         );
         h.insert("x-refresh-token", HeaderValue::from_static("h"));
         assert_eq!(
-            find_refresh_token(&cfg(), &h),
+            find_refresh_token(&cfg(), &h).unwrap(),
             Some(("h".into(), Channel::Header))
         );
+        h.append("x-refresh-token", HeaderValue::from_static("h2"));
+        assert!(find_refresh_token(&cfg(), &h).is_err());
+        h.remove("x-refresh-token");
+        h.append(header::COOKIE, HeaderValue::from_static("refresh_token=d"));
+        assert!(find_refresh_token(&cfg(), &h).is_err());
     }
 }

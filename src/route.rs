@@ -129,6 +129,8 @@ impl Router {
         if !self.by_host.is_empty() {
             if let Some(h) = host {
                 let h = host_without_port(h);
+                // `api.example.` is `api.example` (the root label), as nginx treats it.
+                let h = h.strip_suffix('.').unwrap_or(h);
                 let table = if h.bytes().any(|b| b.is_ascii_uppercase()) {
                     self.by_host.get(&h.to_ascii_lowercase())
                 } else {
@@ -215,6 +217,8 @@ mod tests {
             rc("a", Some("a.example"), "/api", false),
         ]);
         assert_eq!(name(&r, Some("A.example:8443"), "/api/x"), Some("a"));
+        assert_eq!(name(&r, Some("a.example."), "/api/x"), Some("a"));
+        assert_eq!(name(&r, Some("a.example.:8443"), "/api/x"), Some("a"));
         assert_eq!(name(&r, Some("b.example"), "/api/x"), Some("any"));
         assert_eq!(name(&r, None, "/api/x"), Some("any"));
     }
