@@ -21,6 +21,7 @@ pub mod limit;
 pub mod listener;
 pub mod metrics;
 pub mod path;
+pub mod pipeline;
 pub mod proxy;
 pub mod refresh;
 pub mod reload;
