@@ -1,39 +1,66 @@
 //! Admin listener: health, readiness and the revocation API. A plain match on the path;
-//! it never shares a port with public traffic.
+//! it never shares a port with public traffic. Connections are held to the same deadlines
+//! and size limits as the public listeners (`conn::serve`), under a cap of their own.
 
-use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::app::App;
 use crate::auth::now_unix;
 use crate::body::{self, Body};
+use crate::conn::{self, Timeouts};
 use crate::error::json_response;
 use crate::listener::Shared;
 use http_body_util::{BodyExt, Limited};
 
 /// Serve the admin API until `shutdown` is set.
 pub async fn serve(l: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let (builder, timeouts, limit) = {
+        let app = shared.app.load();
+        let server = &app.config.server;
+        (
+            Arc::new(conn::builder(server)),
+            Timeouts::of(server),
+            app.connections.admin.clone(),
+        )
+    };
     loop {
-        let (stream, _) = tokio::select! {
-            r = l.accept() => match r { Ok(x) => x, Err(_) => continue },
-            _ = shutdown.wait_for(|s| *s) => return,
+        let (stream, peer) = tokio::select! {
+            r = l.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            // (The guard `wait_for` returns must not live across the accept error's sleep.)
+            _ = async { drop(shutdown.wait_for(|s| *s).await) } => return,
         };
-        let shared = shared.clone();
+        let Some(slot) = limit.try_acquire() else {
+            tracing::debug!(peer = %peer, "admin connection refused: cap reached");
+            continue;
+        };
+        let c = conn::Conn {
+            slot,
+            accepted: tokio::time::Instant::now(),
+            timeouts,
+            shutdown: shutdown.clone(),
+            drain: None,
+        };
+        let (shared, builder) = (shared.clone(), builder.clone());
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
+            let handle = move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(&shared, req).await) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+                async move { handle(&shared, req).await }
+            };
+            conn::serve(stream, c, &builder, peer, handle).await;
         });
     }
 }

@@ -7,6 +7,7 @@ use crate::anomaly::Detector;
 use crate::assertion::Minter;
 use crate::auth::Verifier;
 use crate::config::Config;
+use crate::conn::Connections;
 use crate::jwks::IssuerKeys;
 use crate::metrics::Metrics;
 use crate::refresh::Refresher;
@@ -29,13 +30,19 @@ pub struct App {
     /// Present with `identity.assertion_key`.
     pub assertions: Option<Minter>,
     pub metrics: Metrics,
+    /// Connection caps: kept across reloads, like the revocation state.
+    pub connections: Arc<Connections>,
     /// Stops this App's background tasks (JWKS) when it is replaced or the gateway stops.
     stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl App {
-    /// Build the live state around the (long-lived) revocation state.
-    pub fn new(config: Config, revocations: Arc<Revocations>) -> App {
+    /// Build the live state around the (long-lived) revocation state and connection caps.
+    pub fn new(
+        config: Config,
+        revocations: Arc<Revocations>,
+        connections: Arc<Connections>,
+    ) -> App {
         let issuers = config
             .issuers
             .iter()
@@ -74,6 +81,14 @@ impl App {
             None,
             revocations.allowed_unchecked.clone(),
         );
+        for (listener, limit) in connections.by_listener() {
+            metrics.register_counter(
+                "connections_refused",
+                "Connections closed at accept because the listener's connection cap was reached",
+                Some(("listener", listener)),
+                limit.refused.clone(),
+            );
+        }
         let anomaly = config.anomaly.as_ref().map(Detector::new);
         let assertions = config.identity.assertion.as_ref().map(Minter::new);
         if let Some(d) = &anomaly {
@@ -100,6 +115,7 @@ impl App {
         App {
             stop: tokio::sync::watch::channel(false).0,
             metrics,
+            connections,
             refresher,
             anomaly,
             assertions,
@@ -166,6 +182,12 @@ impl App {
         self.metrics
             .verified_tokens_cached
             .set(self.verifier.cached_tokens());
+        for (listener, limit) in self.connections.by_listener() {
+            self.metrics
+                .connections_active
+                .get_or_create(&vec![("listener", listener.to_string())])
+                .set(i64::try_from(limit.active()).unwrap_or(i64::MAX));
+        }
         self.metrics.encode()
     }
 

@@ -85,6 +85,17 @@ struct FileListen {
     admin: Option<String>,
 }
 
+/// `server.max_connections` default, sized for the shipped container limit (256 MiB,
+/// deploy/k8s): an idle TLS connection costs about 30 KiB, so 5000 of them take about
+/// 150 MiB, which leaves room for the verified-token cache (64 MiB at most), the
+/// revocation cache and the process itself.
+const DEFAULT_MAX_CONNECTIONS: usize = 5_000;
+/// Above this, `server.max_connections` is a typo, not a plan: each connection needs a file
+/// descriptor and tens of KiB.
+const MAX_MAX_CONNECTIONS: usize = 1_000_000;
+/// The longest `server.header_timeout_ms` / `keepalive_timeout_ms` taken: one hour.
+const MAX_CONN_TIMEOUT_MS: u64 = 3_600_000;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct FileServer {
@@ -97,6 +108,8 @@ struct FileServer {
     log_format: String,
     upstream_ca: Option<String>,
     stream_idle_timeout_ms: u64,
+    keepalive_timeout_ms: u64,
+    max_connections: usize,
 }
 
 impl Default for FileServer {
@@ -111,6 +124,8 @@ impl Default for FileServer {
             log_format: "json".into(),
             upstream_ca: None,
             stream_idle_timeout_ms: 60_000,
+            keepalive_timeout_ms: 75_000,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -450,6 +465,10 @@ pub struct Server {
     pub header_timeout: Duration,
     /// The longest a request or response body may go without a byte while it streams.
     pub stream_idle_timeout: Duration,
+    /// How long a connection may sit idle between requests (HTTP/1.1 and h2).
+    pub keepalive_timeout: Duration,
+    /// Concurrent connections on the public listeners (https + http, all workers).
+    pub max_connections: usize,
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
     pub trusted_proxy_hops: usize,
@@ -958,8 +977,25 @@ fn validate_server(ctx: &Ctx, s: &FileServer) -> Result<Server, ConfigError> {
     } else {
         s.worker_threads
     };
-    if s.header_timeout_ms == 0 {
-        return Err(ctx.err("server.header_timeout_ms", "must be greater than 0"));
+    for (key, ms) in [
+        ("server.header_timeout_ms", s.header_timeout_ms),
+        ("server.keepalive_timeout_ms", s.keepalive_timeout_ms),
+    ] {
+        if ms == 0 {
+            return Err(ctx.err(key, "must be greater than 0"));
+        }
+        if ms > MAX_CONN_TIMEOUT_MS {
+            return Err(ctx.err(
+                key,
+                format!("must be at most {MAX_CONN_TIMEOUT_MS} (one hour)"),
+            ));
+        }
+    }
+    if s.max_connections == 0 || s.max_connections > MAX_MAX_CONNECTIONS {
+        return Err(ctx.err(
+            "server.max_connections",
+            format!("must be between 1 and {MAX_MAX_CONNECTIONS}"),
+        ));
     }
     if s.stream_idle_timeout_ms == 0 {
         return Err(ctx.err("server.stream_idle_timeout_ms", "must be greater than 0"));
@@ -982,6 +1018,8 @@ fn validate_server(ctx: &Ctx, s: &FileServer) -> Result<Server, ConfigError> {
         drain: Duration::from_secs(s.drain_s),
         header_timeout: Duration::from_millis(s.header_timeout_ms),
         stream_idle_timeout: Duration::from_millis(s.stream_idle_timeout_ms),
+        keepalive_timeout: Duration::from_millis(s.keepalive_timeout_ms),
+        max_connections: s.max_connections,
         max_header_bytes: s.max_header_bytes,
         max_body_bytes: s.max_body_bytes,
         trusted_proxy_hops: s.trusted_proxy_hops,
@@ -1632,6 +1670,39 @@ admin = "127.0.0.1:0"
         load(&format!(
             "{BASE}\n[[routes]]\nname='a'\npath_prefix='/'\nupstreams=['http://x']\nauth='none'\n{extra}\n"
         ))
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_are_validated() {
+        let c = open_route("").unwrap();
+        assert_eq!(c.server.keepalive_timeout, Duration::from_secs(75));
+        assert_eq!(c.server.max_connections, DEFAULT_MAX_CONNECTIONS);
+        let c = open_route("[server]\nkeepalive_timeout_ms = 500\nmax_connections = 2").unwrap();
+        assert_eq!(c.server.keepalive_timeout, Duration::from_millis(500));
+        assert_eq!(c.server.max_connections, 2);
+        refused(&[
+            (
+                "[server]\nkeepalive_timeout_ms = 0",
+                "server.keepalive_timeout_ms",
+            ),
+            (
+                "[server]\nkeepalive_timeout_ms = 3600001",
+                "server.keepalive_timeout_ms",
+            ),
+            (
+                "[server]\nheader_timeout_ms = 0",
+                "server.header_timeout_ms",
+            ),
+            (
+                "[server]\nheader_timeout_ms = 86400000",
+                "server.header_timeout_ms",
+            ),
+            ("[server]\nmax_connections = 0", "server.max_connections"),
+            (
+                "[server]\nmax_connections = 5000000",
+                "server.max_connections",
+            ),
+        ]);
     }
 
     #[test]

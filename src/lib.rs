@@ -1,5 +1,5 @@
 //! jwtgate: an identity-aware edge gateway. Modules in request order:
-//! `listener` (accept, TLS) -> `proxy::handle` (the request path) -> `route` (+ `cors`
+//! `listener` (accept, TLS) -> `conn` (cap, deadlines, drain) -> `proxy::handle` (the request path) -> `route` (+ `cors`
 //! preflights) -> `identity` (strip) -> `auth` (+ `jwks`, `revocation`, `limit`,
 //! `anomaly`) -> `refresh` -> `identity` (set) -> `upstream` (forward).
 //! `config` turns gateway.toml into a validated `Config`; `app` holds the live state.
@@ -12,6 +12,7 @@ pub mod auth;
 pub mod body;
 pub mod certs;
 pub mod config;
+pub mod conn;
 pub mod cors;
 pub mod demo;
 pub mod error;
@@ -143,7 +144,8 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
     tokio::spawn(revocations.clone().run_background(shutdown_rx.clone()));
     let control_client = upstream::Client::with_roots(4, config.server.upstream_roots.clone());
     control_client.spawn_reaper();
-    let app = Arc::new(App::new(config, revocations.clone()));
+    let connections = Arc::new(conn::Connections::new(&config.server));
+    let app = Arc::new(App::new(config, revocations.clone(), connections.clone()));
     app.start_background(&control_client);
 
     let shared = Arc::new(Shared {

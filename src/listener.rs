@@ -1,7 +1,7 @@
-//! Listeners: bind (SO_REUSEPORT, one socket per worker), accept, TLS with ALPN, hyper-util's
-//! auto (HTTP/1.1 + h2) connection builder with header timeout and size limits, graceful
-//! drain. Each worker is one thread with its own current-thread runtime and upstream pool:
-//! measured faster here than one work-stealing runtime (see PERF-NOTES).
+//! Listeners: bind (SO_REUSEPORT, one socket per worker), accept under the connection cap,
+//! TLS with ALPN, then `conn::serve` (hyper-util's auto HTTP/1.1 + h2 builder, deadlines,
+//! graceful drain). Each worker is one thread with its own current-thread runtime and
+//! upstream pool: measured faster here than one work-stealing runtime (see PERF-NOTES).
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -9,16 +9,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::app::App;
+use crate::conn::{self, Limit, Slot, Timeouts};
 use crate::identity::ClientInfo;
 use crate::proxy;
 use crate::upstream;
@@ -81,11 +81,15 @@ pub fn run_worker(
         }
     };
     rt.block_on(async move {
-        let server = shared.app.load().config.server.clone();
+        let app = shared.app.load_full();
+        let server = app.config.server.clone();
+        let limit = app.connections.public.clone();
+        drop(app);
         let client = upstream::Client::with_roots(1024, server.upstream_roots.clone());
         client.spawn_reaper();
-        let builder = Arc::new(connection_builder(&server));
-        let graceful = GracefulShutdown::new();
+        let builder = Arc::new(conn::builder(&server));
+        // Every connection task holds a sender; the drain is over when all are dropped.
+        let (drain_tx, mut drained) = mpsc::channel::<()>(1);
         let mut loops = Vec::new();
         for (l, tls) in sockets {
             let l = match TcpListener::from_std(l) {
@@ -99,15 +103,20 @@ pub fn run_worker(
                 shared: shared.clone(),
                 client: client.clone(),
                 builder: builder.clone(),
-                header_timeout: server.header_timeout,
+                timeouts: Timeouts::of(&server),
+                limit: limit.clone(),
+                shutdown: shutdown.clone(),
+                drain: drain_tx.clone(),
                 tls,
             };
-            loops.push(accept_loop(l, ctx, &graceful, shutdown.clone()));
+            loops.push(accept_loop(l, ctx));
         }
-        // Accept loops return once shutdown is set; then stop accepting and drain.
+        drop(drain_tx);
+        // Accept loops return once shutdown is set; open connections then finish what they
+        // have in flight (each was told by `shutdown`) and close.
         futures_util::future::join_all(loops).await;
         let _ = shutdown.wait_for(|s| *s).await;
-        if tokio::time::timeout(server.drain, graceful.shutdown())
+        if tokio::time::timeout(server.drain, drained.recv())
             .await
             .is_err()
         {
@@ -119,34 +128,45 @@ pub fn run_worker(
     });
 }
 
-fn connection_builder(server: &crate::config::Server) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(server.header_timeout)
-        .max_buf_size(server.max_header_bytes.max(8192));
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(server.max_header_bytes.min(u32::MAX as usize) as u32)
-        .max_concurrent_streams(256);
-    b
-}
-
 #[derive(Clone)]
 struct ConnCtx {
     shared: Arc<Shared>,
     client: upstream::Client,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    header_timeout: Duration,
+    timeouts: Timeouts,
+    limit: Arc<Limit>,
+    shutdown: watch::Receiver<bool>,
+    drain: mpsc::Sender<()>,
     tls: bool,
 }
 
-async fn accept_loop(
-    l: TcpListener,
-    ctx: ConnCtx,
-    graceful: &GracefulShutdown,
-    mut shutdown: watch::Receiver<bool>,
-) {
+impl ConnCtx {
+    fn conn(self, slot: Slot, accepted: Instant) -> (conn::Conn, ServeCtx) {
+        let c = conn::Conn {
+            slot,
+            accepted,
+            timeouts: self.timeouts,
+            shutdown: self.shutdown,
+            drain: Some(self.drain),
+        };
+        let s = ServeCtx {
+            shared: self.shared,
+            client: self.client,
+            builder: self.builder,
+        };
+        (c, s)
+    }
+}
+
+/// What serving a connection needs once it is accepted.
+struct ServeCtx {
+    shared: Arc<Shared>,
+    client: upstream::Client,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+}
+
+async fn accept_loop(l: TcpListener, ctx: ConnCtx) {
+    let mut shutdown = ctx.shutdown.clone();
     loop {
         let (stream, peer) = tokio::select! {
             r = l.accept() => match r {
@@ -160,16 +180,22 @@ async fn accept_loop(
             },
             _ = shutdown.wait_for(|s| *s) => return,
         };
+        // Over the cap: closed at once (counted), never queued; open connections go on.
+        let Some(slot) = ctx.limit.try_acquire() else {
+            tracing::debug!(peer = %peer, "connection refused: server.max_connections reached");
+            drop(stream);
+            continue;
+        };
+        let accepted = Instant::now();
         let _ = stream.set_nodelay(true);
-        let ctx = ctx.clone();
-        let watcher = graceful.watcher();
         let info = ClientInfo::new(peer, ctx.tls);
+        let (conn, serve) = ctx.clone().conn(slot, accepted);
         // Separate tasks for plain and TLS connections: a task is as large as its largest
         // state, and plain connections should not carry room for a TLS session.
         if ctx.tls {
-            tokio::spawn(serve_tls(stream, info, ctx, watcher));
+            tokio::spawn(serve_tls(stream, info, conn, serve));
         } else {
-            tokio::spawn(serve_conn(stream, info, ctx, watcher));
+            tokio::spawn(serve_conn(stream, info, conn, serve));
         }
     }
 }
@@ -177,14 +203,16 @@ async fn accept_loop(
 async fn serve_tls(
     stream: tokio::net::TcpStream,
     info: ClientInfo,
-    ctx: ConnCtx,
-    watcher: Watcher,
+    conn: conn::Conn,
+    serve: ServeCtx,
 ) {
-    let Some(acceptor) = ctx.shared.tls.load_full() else {
+    let Some(acceptor) = serve.shared.tls.load_full() else {
         return;
     };
-    match tokio::time::timeout(ctx.header_timeout, acceptor.accept(stream)).await {
-        Ok(Ok(s)) => serve_conn(s, info, ctx, watcher).await,
+    // The handshake is part of the first request's head time.
+    let by = conn.accepted + conn.timeouts.header;
+    match tokio::time::timeout_at(by, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => serve_conn(s, info, conn, serve).await,
         Ok(Err(e)) => tracing::debug!(peer = %info.peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(peer = %info.peer, "TLS handshake timed out"),
     }
@@ -221,26 +249,29 @@ fn worker_app(shared: &Shared) -> Arc<WorkerApp> {
     })
 }
 
-async fn serve_conn<I>(io: I, info: ClientInfo, ctx: ConnCtx, watcher: Watcher)
+async fn serve_conn<I>(io: I, info: ClientInfo, conn: conn::Conn, serve: ServeCtx)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
-    let shared = ctx.shared.clone();
-    let client = ctx.client.clone();
-    let svc = service_fn(move |req| {
+    let ServeCtx {
+        shared,
+        client,
+        builder,
+    } = serve;
+    let handle = move |req| {
         let app = worker_app(&shared);
         let client = client.clone();
         let info = info.clone();
         // Boxed: hyper keeps room for this future in every connection, idle or not, and the
         // request path's state machine is large. One allocation per request instead.
-        Box::pin(proxy::handle(app, client, info, req))
-    });
-    let conn = ctx
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        .into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(peer = %peer, error = %e, "connection ended with error");
-    }
+        let answer = Box::pin(proxy::handle(app, client, info, req));
+        async move {
+            match answer.await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            }
+        }
+    };
+    conn::serve(io, conn, &builder, peer, handle).await;
 }

@@ -165,6 +165,8 @@ pub struct Metrics {
     pub keys_loaded: Family<Labels, Gauge>,
     pub revocation_store_up: Gauge,
     pub verified_tokens_cached: Gauge<u64, AtomicU64>,
+    /// Open client connections, by listener (`public`, `admin`).
+    pub connections_active: Family<Labels, Gauge>,
 }
 
 impl Metrics {
@@ -232,6 +234,7 @@ impl Metrics {
             keys_loaded: Family::default(),
             revocation_store_up: Gauge::default(),
             verified_tokens_cached: Gauge::default(),
+            connections_active: Family::default(),
             registry,
         };
         let mut m = m;
@@ -250,6 +253,11 @@ impl Metrics {
             "verified_tokens_cached",
             "Entries in the verified-token cache",
             m.verified_tokens_cached.clone(),
+        );
+        r.register(
+            "connections_active",
+            "Open client connections, by listener (public: https + http; admin)",
+            m.connections_active.clone(),
         );
         m
     }

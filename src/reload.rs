@@ -37,6 +37,14 @@ pub async fn reload(shared: &Shared) -> Result<Vec<String>, String> {
             old.header_timeout != new.header_timeout,
         ),
         (
+            "keepalive_timeout_ms",
+            old.keepalive_timeout != new.keepalive_timeout,
+        ),
+        (
+            "max_connections",
+            old.max_connections != new.max_connections,
+        ),
+        (
             "max_header_bytes",
             old.max_header_bytes != new.max_header_bytes,
         ),
@@ -64,7 +72,11 @@ pub async fn reload(shared: &Shared) -> Result<Vec<String>, String> {
         return Err("[tls] removed while listen.https is bound: restart to apply".into());
     }
     let tls = config.tls.clone();
-    let app = Arc::new(App::new(config, shared.revocations.clone()));
+    let app = Arc::new(App::new(
+        config,
+        shared.revocations.clone(),
+        current.connections.clone(),
+    ));
     app.start_background(&shared.control_client);
     let deadline = tokio::time::Instant::now() + READY_WITHIN;
     while !app.keys_ready() {

@@ -1,0 +1,555 @@
+//! One client connection's lifetime, for every listener (https, http, admin): the
+//! process-wide connection cap, the deadlines that close silent connections, and graceful
+//! drain. Accepting and TLS stay in `listener`; what a request means stays in `proxy`.
+//!
+//! Deadlines (hyper 1.12 / hyper-util 0.1.21 leave these gaps: the auto builder's protocol
+//! sniff waits for the first bytes without a timer, h2 has no handshake or idle timeout,
+//! and h1's `header_read_timeout` starts as soon as a connection goes idle, so it cannot
+//! tell an idle keep-alive connection from a slow head):
+//! - first request: its head must be complete within `header_timeout_ms` of accept (TLS
+//!   handshake, protocol sniff, h2 preface and SETTINGS, unfinished header blocks);
+//! - HTTP/1.1 between requests: `keepalive_timeout_ms` until the next request's first byte,
+//!   then `header_timeout_ms` from that byte until its head is complete;
+//! - h2: closed with GOAWAY once no stream has been open for `keepalive_timeout_ms`;
+//! - none while a request is open (bodies have `stream_idle_timeout_ms`, upstreams the
+//!   route's `timeout_ms`) or after an upgrade (WebSocket).
+//!
+//! The deadline is one timer per connection, re-armed only when it changes; a request costs
+//! a few relaxed atomics and one clock read, no allocation and no lock.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::task::AtomicWaker;
+use http::{Request, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, Sleep};
+
+use crate::body::{Body, BoxError};
+use crate::config::Server;
+
+/// Concurrent connections the admin listener takes: enough for probes, scrapes and
+/// operators, small enough that a flood there costs little. Separate from
+/// `server.max_connections`, so a full public listener never locks out health checks.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// The longest an h2 connection closed for idleness gets to send its GOAWAY.
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
+
+/// The hyper connection builder every listener uses: h1 and h2 size limits and h2
+/// keep-alive pings. Heads and idle connections are timed by `serve`, not by hyper.
+pub fn builder(server: &Server) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        // hyper would start this timer when a connection goes idle, closing idle
+        // keep-alive connections at the head timeout; `serve` times heads from their first
+        // byte instead.
+        .header_read_timeout(None)
+        .max_buf_size(server.max_header_bytes.max(8192));
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(server.max_header_bytes.min(u32::MAX as usize) as u32)
+        .max_concurrent_streams(256)
+        // Pings find peers that vanished while a stream is open (a long response to a
+        // client whose network went away); answered pings do not keep an idle one open.
+        .keep_alive_interval(server.keepalive_timeout.min(Duration::from_secs(30)))
+        .keep_alive_timeout(server.header_timeout.min(Duration::from_secs(20)));
+    b
+}
+
+// === impl Limit ===
+
+/// A cap on concurrent connections, shared by every worker thread of a listener class
+/// (public: https + http; admin), with its metrics.
+pub struct Limit {
+    max: usize,
+    active: AtomicUsize,
+    /// Connections closed at accept because the cap was reached.
+    pub refused: Counter,
+}
+
+/// One connection's place under a `Limit`; given back when dropped (the socket closed).
+/// It travels with the socket, so an upgraded (WebSocket) connection keeps holding it.
+pub struct Slot(Arc<Limit>);
+
+impl Limit {
+    pub fn new(max: usize) -> Arc<Limit> {
+        Arc::new(Limit {
+            max,
+            active: AtomicUsize::new(0),
+            refused: Counter::default(),
+        })
+    }
+
+    /// A slot, or `None` (counted as refused) when `max` connections are open.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
+        let taken = self
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            });
+        match taken {
+            Ok(_) => Some(Slot(self.clone())),
+            Err(_) => {
+                self.refused.inc();
+                None
+            }
+        }
+    }
+
+    /// Connections open now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The caps of the two listener classes, for the whole process.
+pub struct Connections {
+    /// `server.max_connections`, shared by the https and http listeners.
+    pub public: Arc<Limit>,
+    /// `ADMIN_MAX_CONNECTIONS`.
+    pub admin: Arc<Limit>,
+}
+
+impl Connections {
+    pub fn new(server: &Server) -> Connections {
+        Connections {
+            public: Limit::new(server.max_connections),
+            admin: Limit::new(ADMIN_MAX_CONNECTIONS),
+        }
+    }
+
+    /// Each cap with its `listener` metric label.
+    pub fn by_listener(&self) -> [(&'static str, &Arc<Limit>); 2] {
+        [("public", &self.public), ("admin", &self.admin)]
+    }
+}
+
+// === impl Activity ===
+
+/// No head has started (`head_start_ms`).
+const NONE: u64 = u64::MAX;
+
+/// What the deadline is computed from, written by the service (requests opening and
+/// closing) and the socket (bytes arriving). Times are milliseconds since `base`.
+struct Activity {
+    /// Accept.
+    base: Instant,
+    /// Requests whose response has not been sent (or dropped) yet.
+    open: AtomicUsize,
+    /// Requests seen (their heads complete).
+    requests: AtomicU64,
+    /// When `open` last went to zero.
+    idle_since_ms: AtomicU64,
+    /// HTTP/1.1: when the first byte after an idle period arrived.
+    head_start_ms: AtomicU64,
+    h2: AtomicBool,
+    upgraded: AtomicBool,
+    /// h2: streams close on other tasks; this wakes the deadline when the last one does.
+    waker: AtomicWaker,
+}
+
+impl Activity {
+    fn new(base: Instant) -> Activity {
+        Activity {
+            base,
+            open: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            head_start_ms: AtomicU64::new(NONE),
+            h2: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    fn since_base(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(NONE - 1)
+    }
+
+    fn at(&self, ms: u64, plus: Duration) -> Instant {
+        self.base + Duration::from_millis(ms) + plus
+    }
+
+    /// A request's head is complete: it is open until its response body is dropped.
+    fn open(self: &Arc<Self>, version: http::Version) -> OpenRequest {
+        if version == http::Version::HTTP_2 && !self.h2.load(Ordering::Relaxed) {
+            self.h2.store(true, Ordering::Relaxed);
+        }
+        self.open.fetch_add(1, Ordering::AcqRel);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.head_start_ms.store(NONE, Ordering::Relaxed);
+        OpenRequest(self.clone())
+    }
+
+    /// Bytes arrived: on an idle HTTP/1.1 connection they start the next head.
+    fn on_read(&self) {
+        if self.open.load(Ordering::Acquire) == 0
+            && self.head_start_ms.load(Ordering::Relaxed) == NONE
+            && self.requests.load(Ordering::Relaxed) > 0
+        {
+            self.head_start_ms
+                .store(self.since_base(), Ordering::Relaxed);
+        }
+    }
+
+    /// When the connection is to be closed as things stand, or `None` while a request is
+    /// open or after an upgrade.
+    fn deadline(&self, t: Timeouts) -> Option<Instant> {
+        if self.upgraded.load(Ordering::Relaxed) || self.open.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        if self.requests.load(Ordering::Relaxed) == 0 {
+            return Some(self.base + t.header);
+        }
+        let head = self.head_start_ms.load(Ordering::Relaxed);
+        if head != NONE && !self.h2.load(Ordering::Relaxed) {
+            return Some(self.at(head, t.header));
+        }
+        Some(self.at(self.idle_since_ms.load(Ordering::Relaxed), t.keepalive))
+    }
+}
+
+/// An open request; closes it when dropped (with the response body, or with the request's
+/// future when the client went away first).
+struct OpenRequest(Arc<Activity>);
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        let a = &self.0;
+        if a.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            a.idle_since_ms.store(a.since_base(), Ordering::Relaxed);
+            if a.h2.load(Ordering::Relaxed) {
+                a.waker.wake();
+            }
+        }
+    }
+}
+
+/// The two timeouts a connection is held to.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// `server.header_timeout_ms`.
+    pub header: Duration,
+    /// `server.keepalive_timeout_ms`.
+    pub keepalive: Duration,
+}
+
+impl Timeouts {
+    pub fn of(server: &Server) -> Timeouts {
+        Timeouts {
+            header: server.header_timeout,
+            keepalive: server.keepalive_timeout,
+        }
+    }
+}
+
+// === impl Watched ===
+
+/// The client socket: marks read progress for the deadline and holds the connection's slot.
+pub struct Watched<I> {
+    io: I,
+    activity: Arc<Activity>,
+    _slot: Slot,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.on_read();
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+// === impl Tracked ===
+
+/// A response body that keeps its request open until it is sent or dropped.
+pub struct Tracked {
+    inner: Body,
+    _open: OpenRequest,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// === serve ===
+
+/// What a connection is held to, besides its deadlines.
+pub struct Conn {
+    pub slot: Slot,
+    /// When the socket was accepted: the first request's head counts from here.
+    pub accepted: Instant,
+    pub timeouts: Timeouts,
+    /// Set when the gateway stops: the connection finishes what is open and closes.
+    pub shutdown: watch::Receiver<bool>,
+    /// Held until the connection ends; the worker's drain waits for every one.
+    pub drain: Option<mpsc::Sender<()>>,
+}
+
+/// Why `serve` closed a connection itself.
+#[derive(Debug, thiserror::Error)]
+enum Closed {
+    #[error("no complete request head within header_timeout_ms")]
+    HeadTimeout,
+    #[error("idle for keepalive_timeout_ms")]
+    Idle,
+}
+
+/// Serve HTTP/1.1 and h2 (with upgrades) on `io` with `handle`, until the peer closes, a
+/// deadline passes, or the gateway stops.
+pub async fn serve<I, F, Fut>(
+    io: I,
+    conn: Conn,
+    builder: &auto::Builder<TokioExecutor>,
+    peer: std::net::SocketAddr,
+    handle: F,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let Conn {
+        slot,
+        accepted,
+        timeouts,
+        mut shutdown,
+        drain,
+    } = conn;
+    let activity = Arc::new(Activity::new(accepted));
+    let io = Watched {
+        io,
+        activity: activity.clone(),
+        _slot: slot,
+    };
+    let requests = activity.clone();
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let open = requests.open(req.version());
+        let answer = handle(req);
+        async move {
+            let resp = answer.await;
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                open.0.upgraded.store(true, Ordering::Relaxed);
+            }
+            Ok::<_, Infallible>(resp.map(|inner| Tracked { inner, _open: open }))
+        }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let mut conn = std::pin::pin!(conn);
+    let mut deadline = Deadline {
+        sleep: Box::pin(tokio::time::sleep_until(accepted + timeouts.header)),
+        armed: Some(accepted + timeouts.header),
+        activity: &activity,
+        timeouts,
+    };
+    let mut draining = false;
+    let closed = loop {
+        tokio::select! {
+            biased;
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %peer, error = %e, "connection ended with error");
+                }
+                break None;
+            }
+            _ = shutdown.wait_for(|s| *s), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            why = &mut deadline => break Some(why),
+        }
+    };
+    let Some(why) = closed else {
+        drop(drain);
+        return;
+    };
+    tracing::debug!(peer = %peer, reason = %why, "closing connection");
+    if matches!(why, Closed::Idle) && activity.h2.load(Ordering::Relaxed) {
+        // GOAWAY tells the client no stream was lost, so it may retry on a new connection.
+        conn.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(GOAWAY_GRACE, conn.as_mut()).await;
+    }
+    drop(drain);
+}
+
+/// Resolves when the connection's deadline has passed. Polled on every wake of the
+/// connection task, so a deadline moved earlier by the socket (a head starting) is seen at
+/// once; one moved by another task (an h2 stream closing) wakes it through `waker`.
+struct Deadline<'a> {
+    sleep: Pin<Box<Sleep>>,
+    /// What `sleep` is set to; `None` while no deadline applies.
+    armed: Option<Instant>,
+    activity: &'a Activity,
+    timeouts: Timeouts,
+}
+
+impl Future for Deadline<'_> {
+    type Output = Closed;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Closed> {
+        let this = &mut *self;
+        let wanted = this.activity.deadline(this.timeouts);
+        let Some(at) = wanted else {
+            if this.activity.h2.load(Ordering::Relaxed) {
+                this.activity.waker.register(cx.waker());
+                // A stream may have closed between the check and the registration.
+                if this.activity.deadline(this.timeouts).is_some() {
+                    cx.waker().wake_by_ref();
+                }
+            }
+            this.armed = None;
+            return Poll::Pending;
+        };
+        if this.armed != Some(at) {
+            this.sleep.as_mut().reset(at);
+            this.armed = Some(at);
+        }
+        match this.sleep.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                let a = this.activity;
+                let idle = a.requests.load(Ordering::Relaxed) > 0
+                    && (a.h2.load(Ordering::Relaxed)
+                        || a.head_start_ms.load(Ordering::Relaxed) == NONE);
+                Poll::Ready(if idle {
+                    Closed::Idle
+                } else {
+                    Closed::HeadTimeout
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Timeouts = Timeouts {
+        header: Duration::from_secs(10),
+        keepalive: Duration::from_secs(75),
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn deadline_follows_the_connection_phase() {
+        let base = Instant::now();
+        let a = Arc::new(Activity::new(base));
+        assert_eq!(a.deadline(T), Some(base + T.header), "first request");
+        a.on_read();
+        assert_eq!(
+            a.deadline(T),
+            Some(base + T.header),
+            "first head from accept"
+        );
+        let open = a.open(http::Version::HTTP_11);
+        assert_eq!(a.deadline(T), None, "a request is open");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        drop(open);
+        let idle = base + Duration::from_secs(2);
+        assert_eq!(a.deadline(T), Some(idle + T.keepalive), "idle keep-alive");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        a.on_read();
+        assert_eq!(
+            a.deadline(T),
+            Some(idle + Duration::from_secs(1) + T.header),
+            "next head from its first byte"
+        );
+        let open = a.open(http::Version::HTTP_11);
+        open.0.upgraded.store(true, Ordering::Relaxed);
+        drop(open);
+        assert_eq!(a.deadline(T), None, "upgraded");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn h2_bytes_do_not_keep_an_idle_connection_open() {
+        let base = Instant::now();
+        let a = Arc::new(Activity::new(base));
+        drop(a.open(http::Version::HTTP_2));
+        a.on_read();
+        assert_eq!(a.deadline(T), Some(base + T.keepalive));
+    }
+
+    #[test]
+    fn limit_refuses_over_the_cap_and_frees_on_drop() {
+        let l = Limit::new(2);
+        let (a, b) = (l.try_acquire(), l.try_acquire());
+        assert!(a.is_some() && b.is_some());
+        assert!(l.try_acquire().is_none());
+        assert_eq!((l.active(), l.refused.get()), (2, 1));
+        drop(a);
+        assert!(l.try_acquire().is_some());
+    }
+}
