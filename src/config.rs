@@ -53,6 +53,7 @@ struct FileConfig {
     revocation: FileRevocation,
     refresh: Option<FileRefresh>,
     anomaly: Option<FileAnomaly>,
+    authz: Option<FileAuthz>,
     #[serde(default)]
     routes: Vec<FileRoute>,
 }
@@ -83,6 +84,24 @@ struct FileListen {
     https: Option<String>,
     http: Option<String>,
     admin: Option<String>,
+    authz: Option<String>,
+}
+
+/// `[authz]`: the forward-auth decision listener's trust and Envoy settings.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileAuthz {
+    trusted_proxies: Vec<String>,
+    path_prefix: Option<String>,
+}
+
+impl Default for FileAuthz {
+    fn default() -> Self {
+        FileAuthz {
+            trusted_proxies: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            path_prefix: None,
+        }
+    }
 }
 
 /// `server.max_connections` default, sized for the shipped container limit (256 MiB,
@@ -311,6 +330,7 @@ struct FileRoute {
     name: String,
     path_prefix: String,
     host: Option<String>,
+    #[serde(default)]
     upstreams: Vec<String>,
     #[serde(default)]
     strip_prefix: bool,
@@ -383,7 +403,19 @@ pub struct Config {
     pub refresh: Option<Refresh>,
     /// `[anomaly]`: leaked-token detection.
     pub anomaly: Option<Anomaly>,
+    /// `[authz]`: who may ask the decision listener (`listen.authz`).
+    pub authz: Authz,
     pub routes: Vec<RouteConfig>,
+}
+
+/// `[authz]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Authz {
+    /// Peers whose description of the original request is believed; others get 403.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Envoy ext_authz (HTTP service): a check request under this prefix describes the
+    /// original request by its own method, path (after the prefix) and Host.
+    pub path_prefix: Option<String>,
 }
 
 /// `[anomaly]`, validated.
@@ -449,6 +481,8 @@ pub struct Listen {
     pub https: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
     pub admin: SocketAddr,
+    /// The forward-auth decision listener.
+    pub authz: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -747,15 +781,19 @@ fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigErr
         .map(|a| validate_anomaly(ctx, a))
         .transpose()?;
 
+    let authz = validate_authz(ctx, raw.authz.as_ref().unwrap_or(&FileAuthz::default()))?;
+
     if raw.routes.is_empty() {
         return Err(ctx.err("routes", "at least one [[routes]] entry is required"));
     }
+    // A decision listener alone forwards nothing: its routes need no upstreams.
+    let proxies = listen.https.is_some() || listen.http.is_some();
     let mut routes = Vec::with_capacity(raw.routes.len());
     let mut route_names = HashSet::new();
     let mut seen = HashSet::new();
     for (i, fr) in raw.routes.iter().enumerate() {
         let key = format!("routes[{i}]");
-        let r = validate_route(ctx, &key, fr)?;
+        let r = validate_route(ctx, &key, fr, proxies)?;
         if !route_names.insert(r.name.clone()) {
             return Err(ctx.err(
                 format!("{key}.name"),
@@ -796,7 +834,42 @@ fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigErr
         revocation,
         refresh,
         anomaly,
+        authz,
         routes,
+    })
+}
+
+fn validate_authz(ctx: &Ctx, a: &FileAuthz) -> Result<Authz, ConfigError> {
+    let mut trusted_proxies = Vec::with_capacity(a.trusted_proxies.len());
+    for (i, n) in a.trusted_proxies.iter().enumerate() {
+        // A bare address is its own /32 or /128.
+        let net = n
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                ctx.err(
+                    format!("authz.trusted_proxies[{i}]"),
+                    format!("{n:?} is not an address or a CIDR network (\"10.0.0.0/8\")"),
+                )
+            })?;
+        trusted_proxies.push(net.trunc());
+    }
+    let path_prefix = match a.path_prefix.as_deref() {
+        None => None,
+        Some(p) => {
+            let p = normalize_prefix(p);
+            if p == "/" || crate::path::normalize(&p).ok().as_deref() != Some(p.as_str()) {
+                return Err(ctx.err(
+                    "authz.path_prefix",
+                    "must be a normalised path other than \"/\" (Envoy's http_service path_prefix, e.g. \"/ext-authz\")",
+                ));
+            }
+            Some(p)
+        }
+    };
+    Ok(Authz {
+        trusted_proxies,
+        path_prefix,
     })
 }
 
@@ -952,8 +1025,16 @@ fn validate_listen(ctx: &Ctx, l: &FileListen) -> Result<Listen, ConfigError> {
         .as_deref()
         .map(|v| parse_addr(ctx, "listen.http", v))
         .transpose()?;
-    if https.is_none() && http.is_none() {
-        return Err(ctx.err("listen", "set at least one of listen.https and listen.http"));
+    let authz = l
+        .authz
+        .as_deref()
+        .map(|v| parse_addr(ctx, "listen.authz", v))
+        .transpose()?;
+    if https.is_none() && http.is_none() && authz.is_none() {
+        return Err(ctx.err(
+            "listen",
+            "set at least one of listen.https, listen.http and listen.authz",
+        ));
     }
     let admin = match &l.admin {
         Some(v) => parse_addr(ctx, "listen.admin", v)?,
@@ -964,7 +1045,25 @@ fn validate_listen(ctx: &Ctx, l: &FileListen) -> Result<Listen, ConfigError> {
             ))
         }
     };
-    Ok(Listen { https, http, admin })
+    let mut seen = HashSet::new();
+    for (key, a) in [
+        ("listen.https", https),
+        ("listen.http", http),
+        ("listen.admin", Some(admin)),
+        ("listen.authz", authz),
+    ] {
+        if let Some(a) = a.filter(|a| a.port() != 0) {
+            if !seen.insert(a) {
+                return Err(ctx.err(key, format!("{a} is already used by another listener")));
+            }
+        }
+    }
+    Ok(Listen {
+        https,
+        http,
+        admin,
+        authz,
+    })
 }
 
 fn validate_server(ctx: &Ctx, s: &FileServer) -> Result<Server, ConfigError> {
@@ -1377,7 +1476,12 @@ fn validate_revocation(ctx: &Ctx, r: &FileRevocation) -> Result<Revocation, Conf
     })
 }
 
-fn validate_route(ctx: &Ctx, key: &str, r: &FileRoute) -> Result<RouteConfig, ConfigError> {
+fn validate_route(
+    ctx: &Ctx,
+    key: &str,
+    r: &FileRoute,
+    proxies: bool,
+) -> Result<RouteConfig, ConfigError> {
     if r.name.is_empty() {
         return Err(ctx.err(format!("{key}.name"), "must not be empty"));
     }
@@ -1410,7 +1514,7 @@ fn validate_route(ctx: &Ctx, key: &str, r: &FileRoute) -> Result<RouteConfig, Co
             Some(h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase())
         }
     };
-    if r.upstreams.is_empty() {
+    if r.upstreams.is_empty() && proxies {
         return Err(ctx.err(
             format!("{key}.upstreams"),
             "must list at least one upstream URL",

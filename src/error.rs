@@ -75,6 +75,9 @@ pub enum GatewayError {
     RevocationUnavailable,
     #[error("identity provider unavailable")]
     IdpUnavailable,
+    /// A decision asked for by a peer outside `[authz] trusted_proxies`.
+    #[error("this peer may not ask for decisions (authz.trusted_proxies)")]
+    UntrustedPeer,
 }
 
 impl From<TokenError> for GatewayError {
@@ -109,6 +112,7 @@ impl GatewayError {
                 (StatusCode::SERVICE_UNAVAILABLE, "revocation_unavailable")
             }
             GatewayError::IdpUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "idp_unavailable"),
+            GatewayError::UntrustedPeer => (StatusCode::FORBIDDEN, "forbidden"),
         }
     }
 

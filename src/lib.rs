@@ -4,11 +4,13 @@
 //! `anomaly`) -> `refresh` -> `identity` (set) -> `upstream` (forward).
 //! `config` turns gateway.toml into a validated `Config`; `app` holds the live state.
 
+pub mod access;
 pub mod admin;
 pub mod anomaly;
 pub mod app;
 pub mod assertion;
 pub mod auth;
+pub mod authz;
 pub mod body;
 pub mod certs;
 pub mod config;
@@ -61,6 +63,8 @@ pub struct Running {
     pub https_addr: Option<SocketAddr>,
     pub http_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
+    /// The forward-auth decision listener (`listen.authz`).
+    pub authz_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<()>>,
@@ -112,6 +116,11 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
         .http
         .map(|a| bind(a, "listen.http"))
         .transpose()?;
+    let authz = config
+        .listen
+        .authz
+        .map(|a| bind(a, "listen.authz"))
+        .transpose()?;
     let admin_std = listener::bind(config.listen.admin, 1)
         .map_err(|source| ServeError::Bind {
             addr: config.listen.admin,
@@ -125,6 +134,10 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
         .and_then(|v| v.first())
         .and_then(|l| l.local_addr().ok());
     let http_addr = http
+        .as_ref()
+        .and_then(|v| v.first())
+        .and_then(|l| l.local_addr().ok());
+    let authz_addr = authz
         .as_ref()
         .and_then(|v| v.first())
         .and_then(|l| l.local_addr().ok());
@@ -157,9 +170,13 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
     });
 
     let mut per_worker: Vec<listener::WorkerSockets> = (0..workers_n).map(|_| Vec::new()).collect();
-    for (set, is_tls) in [(https, true), (http, false)] {
+    for (set, front) in [
+        (https, listener::Front::Https),
+        (http, listener::Front::Http),
+        (authz, listener::Front::Authz),
+    ] {
         for (i, l) in set.into_iter().flatten().enumerate() {
-            per_worker[i].push((l, is_tls));
+            per_worker[i].push((l, front));
         }
     }
     let mut workers = Vec::with_capacity(workers_n);
@@ -182,11 +199,12 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
     tokio::spawn(admin::serve(admin_l, shared.clone(), shutdown_rx));
 
     let show = |a: Option<SocketAddr>| a.map_or_else(|| "-".to_string(), |a| a.to_string());
-    tracing::info!(https = %show(https_addr), http = %show(http_addr), admin = %admin_addr, workers = workers_n, "jwtgate serving");
+    tracing::info!(https = %show(https_addr), http = %show(http_addr), authz = %show(authz_addr), admin = %admin_addr, workers = workers_n, "jwtgate serving");
     Ok(Running {
         https_addr,
         http_addr,
         admin_addr,
+        authz_addr,
         shared,
         shutdown,
         workers,

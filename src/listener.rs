@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures_util::future::Either;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -60,8 +61,19 @@ pub fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpList
     Ok(out)
 }
 
-/// One worker's sockets: (listener, is_tls).
-pub type WorkerSockets = Vec<(std::net::TcpListener, bool)>;
+/// What a listening socket serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    /// `listen.https`: TLS, then the proxy.
+    Https,
+    /// `listen.http`: the proxy in plaintext.
+    Http,
+    /// `listen.authz`: forward-auth decisions (`authz::handle`), plaintext.
+    Authz,
+}
+
+/// One worker's sockets and what each serves.
+pub type WorkerSockets = Vec<(std::net::TcpListener, Front)>;
 
 /// Run one worker thread until `shutdown` is set, then drain for at most `drain`.
 pub fn run_worker(
@@ -91,7 +103,7 @@ pub fn run_worker(
         // Every connection task holds a sender; the drain is over when all are dropped.
         let (drain_tx, mut drained) = mpsc::channel::<()>(1);
         let mut loops = Vec::new();
-        for (l, tls) in sockets {
+        for (l, front) in sockets {
             let l = match TcpListener::from_std(l) {
                 Ok(l) => l,
                 Err(e) => {
@@ -107,7 +119,7 @@ pub fn run_worker(
                 limit: limit.clone(),
                 shutdown: shutdown.clone(),
                 drain: drain_tx.clone(),
-                tls,
+                front,
             };
             loops.push(accept_loop(l, ctx));
         }
@@ -137,7 +149,7 @@ struct ConnCtx {
     limit: Arc<Limit>,
     shutdown: watch::Receiver<bool>,
     drain: mpsc::Sender<()>,
-    tls: bool,
+    front: Front,
 }
 
 impl ConnCtx {
@@ -153,6 +165,7 @@ impl ConnCtx {
             shared: self.shared,
             client: self.client,
             builder: self.builder,
+            authz: self.front == Front::Authz,
         };
         (c, s)
     }
@@ -163,6 +176,8 @@ struct ServeCtx {
     shared: Arc<Shared>,
     client: upstream::Client,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    /// Answer with decisions (`authz::handle`) instead of proxying.
+    authz: bool,
 }
 
 async fn accept_loop(l: TcpListener, ctx: ConnCtx) {
@@ -188,11 +203,12 @@ async fn accept_loop(l: TcpListener, ctx: ConnCtx) {
         };
         let accepted = Instant::now();
         let _ = stream.set_nodelay(true);
-        let info = ClientInfo::new(peer, ctx.tls);
+        let tls = ctx.front == Front::Https;
+        let info = ClientInfo::new(peer, tls);
         let (conn, serve) = ctx.clone().conn(slot, accepted);
         // Separate tasks for plain and TLS connections: a task is as large as its largest
         // state, and plain connections should not carry room for a TLS session.
-        if ctx.tls {
+        if tls {
             tokio::spawn(serve_tls(stream, info, conn, serve));
         } else {
             tokio::spawn(serve_conn(stream, info, conn, serve));
@@ -258,6 +274,7 @@ where
         shared,
         client,
         builder,
+        authz,
     } = serve;
     let handle = move |req| {
         let app = worker_app(&shared);
@@ -265,7 +282,11 @@ where
         let info = info.clone();
         // Boxed: hyper keeps room for this future in every connection, idle or not, and the
         // request path's state machine is large. One allocation per request instead.
-        let answer = Box::pin(proxy::handle(app, client, info, req));
+        let answer = if authz {
+            Either::Right(Box::pin(crate::authz::handle(app, client, info, req)))
+        } else {
+            Either::Left(Box::pin(proxy::handle(app, client, info, req)))
+        };
         async move {
             match answer.await {
                 Ok(r) => r,

@@ -68,14 +68,17 @@ impl Notes<'_> {
 
 /// Steps 2-5 on a request head. `parts` is edited in place: the path normalised, the
 /// client's identity headers stripped. Facts for the response and the log go in `notes`.
+/// `hops`: trusted proxies in front of `conn`'s peer (`x-forwarded-for` entries to count
+/// from the right for the client's address; `server.trusted_proxy_hops` for the proxy,
+/// one more behind a forward-auth caller).
 pub async fn decide<'a>(
     app: &'a App,
     client: &Client,
     conn: &ClientInfo,
     parts: &mut http::request::Parts,
     notes: &mut Notes<'a>,
+    hops: usize,
 ) -> Result<Decision<'a>, GatewayError> {
-    let hops = app.config.server.trusted_proxy_hops;
     let host = authority(parts)?;
     let authority = host.as_ref().and_then(|h| h.to_str().ok());
     //    One spelling of the path for routing, CORS, logout and the upstream: the upstream

@@ -3,17 +3,15 @@
 //! `pipeline::decide`, shared with every front door; this file adds accepting (1) and
 //! forwarding (6-7).
 
-use std::time::Instant;
-
-use http::{header, HeaderValue, Request, Response};
+use http::{header, Request, Response};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
+use crate::access::Exchange;
 use crate::app::App;
 use crate::body::{self, Body};
-use crate::cors;
 use crate::error::GatewayError;
-use crate::identity::{self, ClientInfo, X_REQUEST_ID};
+use crate::identity::{self, ClientInfo};
 use crate::pipeline::{self, Allowed, Decision, Notes};
 use crate::refresh;
 use crate::upstream::{self, Client};
@@ -26,70 +24,11 @@ pub async fn handle<A: AsRef<App>>(
     conn: ClientInfo,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
-    let (app, client) = ((*app).as_ref(), &client);
-    let version = req.version();
-    // Nothing is copied for the access log unless the line will be written.
-    let logging = tracing::enabled!(target: "jwtgate::access", tracing::Level::INFO);
-    let started = Instant::now();
-    let method = logging.then(|| req.method().clone());
-    let path = logging.then(|| req.uri().path().to_owned());
-    let mut notes = Notes {
-        logging,
-        ..Notes::default()
-    };
-    let mut resp = match proxy(app, client, conn, req, &mut notes).await {
-        Ok(r) => r,
-        Err(e) => {
-            if logging {
-                notes.error = Some(e.to_string());
-            }
-            app.metrics.refused(&e, notes.route_index);
-            // Framing we could not trust, or a body left half-read: never reuse the
-            // connection.
-            let close = matches!(e, GatewayError::BadRequest(_) | GatewayError::BodyTimeout)
-                && version < http::Version::HTTP_2;
-            let mut r = e.into_response();
-            if close {
-                r.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            r
-        }
-    };
-    // The route's CORS headers go on every answer, the gateway's own errors included.
-    if let Some(c) = notes.cors {
-        cors::apply(c, notes.origin.as_ref(), resp.headers_mut());
-    }
-    if let Some(id) = &notes.request_id {
-        // Unique per request: HPACK must not put it in the h2 connection's table, where
-        // every new id would evict others and lengthen the encoder's search.
-        let mut id = id.clone();
-        id.set_sensitive(true);
-        resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
-    }
-    let took = started.elapsed();
-    app.metrics
-        .request(notes.route_index, resp.status().as_u16(), took);
-    if !logging {
-        return Ok(resp);
-    }
-    let route = match notes.route_index {
-        Some(i) => app.router.routes()[i].config.name.as_str(),
-        None => notes.gateway_endpoint.unwrap_or("-"),
-    };
-    tracing::info!(
-        target: "jwtgate::access",
-        method = method.as_ref().map_or("-", http::Method::as_str),
-        path = path.as_deref().unwrap_or(""),
-        route,
-        client = notes.client.map(tracing::field::display),
-        status = resp.status().as_u16(),
-        duration_us = took.as_micros() as u64,
-        request_id = notes.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
-        sub = notes.sub.as_deref().unwrap_or("-"),
-        error = notes.error.as_deref().unwrap_or(""),
-    );
-    Ok(resp)
+    let app = (*app).as_ref();
+    let exchange = Exchange::begin("proxy", req.method(), req.uri().path(), req.version());
+    let mut notes = exchange.notes();
+    let outcome = proxy(app, &client, conn, req, &mut notes).await;
+    Ok(exchange.finish(app, notes, outcome))
 }
 
 async fn proxy<'a>(
@@ -112,7 +51,7 @@ async fn proxy<'a>(
     let (mut parts, body) = req.into_parts();
 
     // 2-5. Route, strip, authenticate, refresh: the decision every front door shares.
-    let allowed = match pipeline::decide(app, client, &conn, &mut parts, notes).await? {
+    let allowed = match pipeline::decide(app, client, &conn, &mut parts, notes, hops).await? {
         Decision::Answer(resp) => return Ok(resp),
         Decision::Allow(a) => a,
     };

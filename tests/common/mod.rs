@@ -458,15 +458,22 @@ pub struct TestGateway {
     pub https: SocketAddr,
     pub http: SocketAddr,
     pub admin: SocketAddr,
+    /// `listen.authz`, when started with `start_authz`.
+    pub authz: Option<SocketAddr>,
     pub cert_pem: Vec<u8>,
     pub dir: TempDir,
 }
 
 pub fn base_config(dir: &Path, server_extra: &str) -> String {
+    base_config_with(dir, "", server_extra)
+}
+
+/// `base_config` with more `[listen]` keys (`authz = "127.0.0.1:0"`).
+pub fn base_config_with(dir: &Path, listen_extra: &str, server_extra: &str) -> String {
     let (cert, key) =
         jwtgate::certs::write(dir, &["localhost".into(), "127.0.0.1".into()]).unwrap();
     format!(
-        "[listen]\nhttps = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[server]\nworker_threads = 2\ndrain_s = 5\nlog_format = \"text\"\n{server_extra}\n\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n",
+        "[listen]\nhttps = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{listen_extra}\n\n[server]\nworker_threads = 2\ndrain_s = 5\nlog_format = \"text\"\n{server_extra}\n\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n",
         cert.display(),
         key.display()
     )
@@ -484,11 +491,25 @@ impl TestGateway {
         gw
     }
 
+    /// Start with the forward-auth decision listener too (`TestGateway::authz`).
+    pub async fn start_authz(body: &str, server_extra: &str) -> TestGateway {
+        let gw = Self::start_listening("authz = \"127.0.0.1:0\"", body, server_extra).await;
+        gw.wait_ready().await;
+        gw
+    }
+
     /// Start without waiting for readiness (to observe /readyz itself).
     pub async fn start_nowait(body: &str, server_extra: &str) -> TestGateway {
+        Self::start_listening("", body, server_extra).await
+    }
+
+    async fn start_listening(listen_extra: &str, body: &str, server_extra: &str) -> TestGateway {
         init();
         let dir = TempDir::new();
-        let text = format!("{}{body}", base_config(dir.path(), server_extra));
+        let text = format!(
+            "{}{body}",
+            base_config_with(dir.path(), listen_extra, server_extra)
+        );
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, text).unwrap();
         let cfg = jwtgate::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
@@ -498,6 +519,7 @@ impl TestGateway {
             https: running.https_addr.unwrap(),
             http: running.http_addr.unwrap(),
             admin: running.admin_addr,
+            authz: running.authz_addr,
             running: Some(running),
             cert_pem,
             dir,

@@ -1,0 +1,119 @@
+//! The end of every exchange, whatever the front door: a refusal becomes its response,
+//! the route's CORS headers and the request id go on, the request is counted, and the
+//! access-log line is written (nothing is copied for it unless it will be written).
+
+use std::time::Instant;
+
+use http::{header, HeaderValue, Method, Response, Version};
+
+use crate::app::App;
+use crate::body::Body;
+use crate::cors;
+use crate::error::GatewayError;
+use crate::identity::X_REQUEST_ID;
+use crate::pipeline::Notes;
+
+/// One request's bookkeeping from its head to its response.
+pub struct Exchange {
+    front: &'static str,
+    logging: bool,
+    started: Instant,
+    version: Version,
+    method: Option<Method>,
+    path: Option<String>,
+}
+
+impl Exchange {
+    /// Start the clock. `front` names the listener kind in the log (`proxy`, `authz`).
+    pub fn begin(front: &'static str, method: &Method, path: &str, version: Version) -> Self {
+        let logging = tracing::enabled!(target: "jwtgate::access", tracing::Level::INFO);
+        Exchange {
+            front,
+            logging,
+            started: Instant::now(),
+            version,
+            method: logging.then(|| method.clone()),
+            path: logging.then(|| path.to_owned()),
+        }
+    }
+
+    /// The request the line is about, when it is not the one received (a forward-auth
+    /// check describes another).
+    pub fn describe(&mut self, method: &Method, path: &str) {
+        if self.logging {
+            self.method = Some(method.clone());
+            self.path = Some(path.to_owned());
+        }
+    }
+
+    /// Empty notes for this exchange's request path to fill.
+    pub fn notes<'a>(&self) -> Notes<'a> {
+        Notes {
+            logging: self.logging,
+            ..Notes::default()
+        }
+    }
+
+    /// The response the client gets, counted and logged.
+    pub fn finish(
+        self,
+        app: &App,
+        mut notes: Notes<'_>,
+        outcome: Result<Response<Body>, GatewayError>,
+    ) -> Response<Body> {
+        let mut resp = match outcome {
+            Ok(r) => r,
+            Err(e) => {
+                if self.logging {
+                    notes.error = Some(e.to_string());
+                }
+                app.metrics.refused(&e, notes.route_index);
+                // Framing we could not trust, or a body left half-read: never reuse the
+                // connection.
+                let close = matches!(e, GatewayError::BadRequest(_) | GatewayError::BodyTimeout)
+                    && self.version < Version::HTTP_2;
+                let mut r = e.into_response();
+                if close {
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                r
+            }
+        };
+        // The route's CORS headers go on every answer, the gateway's own errors included.
+        if let Some(c) = notes.cors {
+            cors::apply(c, notes.origin.as_ref(), resp.headers_mut());
+        }
+        if let Some(id) = &notes.request_id {
+            // Unique per request: HPACK must not put it in the h2 connection's table, where
+            // every new id would evict others and lengthen the encoder's search.
+            let mut id = id.clone();
+            id.set_sensitive(true);
+            resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
+        }
+        let took = self.started.elapsed();
+        app.metrics
+            .request(notes.route_index, resp.status().as_u16(), took);
+        if !self.logging {
+            return resp;
+        }
+        let route = match notes.route_index {
+            Some(i) => app.router.routes()[i].config.name.as_str(),
+            None => notes.gateway_endpoint.unwrap_or("-"),
+        };
+        tracing::info!(
+            target: "jwtgate::access",
+            front = self.front,
+            method = self.method.as_ref().map_or("-", Method::as_str),
+            path = self.path.as_deref().unwrap_or(""),
+            route,
+            client = notes.client.map(tracing::field::display),
+            status = resp.status().as_u16(),
+            duration_us = took.as_micros() as u64,
+            request_id = notes.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            sub = notes.sub.as_deref().unwrap_or("-"),
+            error = notes.error.as_deref().unwrap_or(""),
+        );
+        resp
+    }
+}
