@@ -7,12 +7,12 @@ use crate::anomaly::Detector;
 use crate::assertion::Minter;
 use crate::auth::Verifier;
 use crate::config::Config;
-use crate::conn::Connections;
+use crate::http::conn::Connections;
 use crate::jwks::IssuerKeys;
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
+use crate::policy::route::Router;
 use crate::refresh::Refresher;
 use crate::revocation::Revocations;
-use crate::route::Router;
 
 /// How often rate limiters forget clients whose bucket has refilled.
 const LIMIT_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
@@ -128,7 +128,7 @@ impl App {
 
     /// Start this App's background tasks (JWKS fetchers, rate-limit sweeps) on the current
     /// runtime.
-    pub fn start_background(self: &Arc<Self>, client: &crate::upstream::Client) {
+    pub fn start_background(self: &Arc<Self>, client: &crate::net::Client) {
         for issuer in self.verifier.issuers() {
             tokio::spawn(
                 issuer

@@ -148,7 +148,7 @@ impl Minter {
             sub: &v.sub,
             iat: now,
             exp,
-            jti: crate::token::random_id(),
+            jti: crate::cli::token::random_id(),
             token_iss,
             token_jti: v.jti.as_deref(),
             scope: (!v.scopes.is_empty()).then(|| v.scopes.join(" ")),

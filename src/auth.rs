@@ -484,7 +484,7 @@ fn same_origin(host: Option<&str>, headers: &HeaderMap, cors: Option<&CorsConfig
         return true;
     }
     let site = &origin[..scheme.len() + 3 + authority.len()];
-    cors.is_some_and(|c| crate::cors::trusts_credentials_from(c, site))
+    cors.is_some_and(|c| crate::policy::cors::trusts_credentials_from(c, site))
 }
 
 /// Find the token in the configured sources, in order. A present but malformed

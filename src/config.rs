@@ -599,7 +599,7 @@ pub struct UpstreamUrl {
     pub authority: http::uri::Authority,
     pub base_path: String,
     /// Where the pooled client connects.
-    pub origin: crate::upstream::Origin,
+    pub origin: crate::net::Origin,
 }
 
 impl std::fmt::Display for UpstreamUrl {
@@ -1129,7 +1129,7 @@ fn validate_server(ctx: &Ctx, s: &FileServer) -> Result<Server, ConfigError> {
 
 /// The webpki roots, plus every certificate in the `server.upstream_ca` PEM file.
 fn upstream_roots(ctx: &Ctx, ca: Option<&str>) -> Result<rustls::RootCertStore, ConfigError> {
-    let mut roots = crate::upstream::webpki_roots();
+    let mut roots = crate::net::webpki_roots();
     let Some(ca) = ca else {
         return Ok(roots);
     };
@@ -1510,7 +1510,7 @@ fn validate_route(
             return Err(ctx.err(format!("{key}.host"), format!("{h:?} is not a host name")))
         }
         Some(h) => {
-            let h = crate::route::host_without_port(h);
+            let h = crate::policy::route::host_without_port(h);
             Some(h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase())
         }
     };
@@ -1710,7 +1710,7 @@ pub fn parse_upstream(u: &str) -> Result<UpstreamUrl, String> {
     if uri.query().is_some() {
         return Err(format!("{u:?}: an upstream URL cannot have a query"));
     }
-    let origin = crate::upstream::Origin::from_uri(&uri).map_err(|e| format!("{u:?}: {e}"))?;
+    let origin = crate::net::Origin::from_uri(&uri).map_err(|e| format!("{u:?}: {e}"))?;
     Ok(UpstreamUrl {
         origin,
         scheme,

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::body::{self, Body};
+use crate::net::body::{self, Body};
 
 /// Why a presented token was refused. The `Display` text is the RFC 6750
 /// `error_description`; it never contains the token or key material.

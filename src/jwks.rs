@@ -332,7 +332,7 @@ impl IssuerKeys {
     /// Background task: keep this issuer's JWKS fresh until `shutdown` fires.
     pub async fn run_jwks(
         self: Arc<Self>,
-        client: crate::upstream::Client,
+        client: crate::net::Client,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let Some(j) = &self.jwks else { return };
@@ -393,13 +393,13 @@ pub enum JwksError {
 }
 
 async fn fetch_jwks(
-    client: &crate::upstream::Client,
+    client: &crate::net::Client,
     url: &Uri,
     allow: Option<&[Algorithm]>,
 ) -> Result<(Vec<VerifyKey>, Duration), JwksError> {
     let req = http::Request::get(url.clone())
         .header(http::header::ACCEPT, "application/json")
-        .body(crate::body::empty())
+        .body(crate::net::body::empty())
         .map_err(|e| JwksError::Request(e.to_string()))?;
     let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
         .await

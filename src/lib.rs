@@ -4,34 +4,27 @@
 //! `anomaly`) -> `refresh` -> `identity` (set) -> `upstream` (forward).
 //! `config` turns gateway.toml into a validated `Config`; `app` holds the live state.
 
-pub mod access;
-pub mod admin;
+// Layers, each importing only from those above it in this list (docs/ARCHITECTURE.md):
 pub mod anomaly;
 pub mod app;
 pub mod assertion;
 pub mod auth;
-pub mod authz;
-pub mod body;
-pub mod certs;
+pub mod cli;
 pub mod config;
-pub mod conn;
-pub mod cors;
-pub mod demo;
 pub mod error;
-pub mod identity;
+pub mod http;
 pub mod jwks;
-pub mod limit;
-pub mod listener;
-pub mod metrics;
+pub mod net;
+pub mod ops;
 pub mod path;
 pub mod pipeline;
-pub mod proxy;
+pub mod policy;
 pub mod refresh;
-pub mod reload;
 pub mod revocation;
-pub mod route;
-pub mod token;
-pub mod upstream;
+
+// Stable paths for the binary and the tests.
+pub use cli::{certs, demo, token};
+pub use net::body;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,7 +34,7 @@ use tokio::sync::watch;
 
 use crate::app::App;
 use crate::config::Config;
-use crate::listener::Shared;
+use crate::http::listener::{self, Shared};
 
 /// Failure to start serving.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +86,7 @@ impl Running {
 
     /// Re-read the config file and swap it in (see `reload::reload`).
     pub async fn reload(&self) -> Result<Vec<String>, String> {
-        reload::reload(&self.shared).await
+        ops::reload::reload(&self.shared).await
     }
 }
 
@@ -155,9 +148,9 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
     // Background tasks run on the caller's runtime: revocation probe and subscriber
     // (remote stores only), then each App's JWKS fetchers.
     tokio::spawn(revocations.clone().run_background(shutdown_rx.clone()));
-    let control_client = upstream::Client::with_roots(4, config.server.upstream_roots.clone());
+    let control_client = net::Client::with_roots(4, config.server.upstream_roots.clone());
     control_client.spawn_reaper();
-    let connections = Arc::new(conn::Connections::new(&config.server));
+    let connections = Arc::new(http::conn::Connections::new(&config.server));
     let app = Arc::new(App::new(config, revocations.clone(), connections.clone()));
     app.start_background(&control_client);
 
@@ -196,7 +189,7 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
             what: "listen.admin",
             source,
         })?;
-    tokio::spawn(admin::serve(admin_l, shared.clone(), shutdown_rx));
+    tokio::spawn(ops::admin::serve(admin_l, shared.clone(), shutdown_rx));
 
     let show = |a: Option<SocketAddr>| a.map_or_else(|| "-".to_string(), |a| a.to_string());
     tracing::info!(https = %show(https_addr), http = %show(http_addr), authz = %show(authz_addr), admin = %admin_addr, workers = workers_n, "jwtgate serving");

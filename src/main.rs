@@ -385,7 +385,7 @@ async fn revoke(
         Ok(r) => r,
         Err(e) => return fail(format!("--admin {admin:?}: {e}")),
     };
-    let client = jwtgate::upstream::Client::new(1);
+    let client = jwtgate::net::Client::new(1);
     let resp = match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return fail(format!("{url}: {e}")),

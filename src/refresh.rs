@@ -15,10 +15,10 @@ use http_body_util::{BodyExt, Limited};
 
 use crate::app::App;
 use crate::auth::{self, now_unix, Verified, Verifier};
-use crate::body::{self, Body};
 use crate::config::{AuthMode, ClientAuth, CorsConfig, OAuthClient, Refresh};
 use crate::error::{GatewayError, TokenError};
-use crate::upstream::Client;
+use crate::net::body::{self, Body};
+use crate::net::Client;
 
 pub static X_ACCESS_TOKEN: HeaderName = HeaderName::from_static("x-access-token");
 pub static X_REFRESH_TOKEN: HeaderName = HeaderName::from_static("x-refresh-token");
@@ -96,7 +96,7 @@ pub struct Refresher {
     /// Calls made to the token endpoint (for tests and metrics).
     pub grants: Counter,
     /// `[refresh] rate_limit`: refresh attempts per client address.
-    limit: crate::limit::RateLimit,
+    limit: crate::policy::limit::RateLimit,
 }
 
 impl Refresher {
@@ -122,7 +122,7 @@ impl Refresher {
                 })
                 .build(),
             grants: Counter::default(),
-            limit: crate::limit::RateLimit::new(&cfg.rate_limit),
+            limit: crate::policy::limit::RateLimit::new(&cfg.rate_limit),
         })
     }
 

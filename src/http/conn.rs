@@ -38,8 +38,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Sleep};
 
-use crate::body::{Body, BoxError};
 use crate::config::Server;
+use crate::net::body::{Body, BoxError};
 
 /// Concurrent connections the admin listener takes: enough for probes, scrapes and
 /// operators, small enough that a flood there costs little. Separate from

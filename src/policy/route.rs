@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::{RouteConfig, UpstreamUrl};
-use crate::limit::RateLimit;
+use crate::policy::limit::RateLimit;
 
 /// A route with its run-time state.
 #[derive(Debug)]

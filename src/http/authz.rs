@@ -11,14 +11,14 @@ use http::request::Parts;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::access::Exchange;
 use crate::app::App;
-use crate::body::{self, Body};
 use crate::error::GatewayError;
-use crate::identity::ClientInfo;
+use crate::http::access::Exchange;
+use crate::net::body::{self, Body};
+use crate::net::Client;
+use crate::pipeline::headers::ClientInfo;
 use crate::pipeline::{self, Allowed, Decision, Notes};
 use crate::refresh;
-use crate::upstream::Client;
 
 static X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 static X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");

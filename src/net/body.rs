@@ -11,7 +11,7 @@ use http_body::{Frame, SizeHint};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Limited};
 use hyper::body::Incoming;
 
-use crate::upstream::UpstreamBody;
+use crate::net::UpstreamBody;
 
 /// Errors a body stream can end with (client, upstream or size limit).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -10,14 +10,16 @@ use http::{header, HeaderValue, Response};
 
 use crate::app::App;
 use crate::auth::{self, now_unix, Authenticated};
-use crate::body::Body;
 use crate::config::{AuthMode, CorsConfig, LimitBy};
-use crate::cors;
 use crate::error::{GatewayError, TokenError};
-use crate::identity::{self, ClientInfo};
+use crate::net::body::Body;
+use crate::policy::cors;
+pub mod headers;
+
+use crate::net::Client;
+use crate::policy::route::Route;
 use crate::refresh::{self, Channel, Grant, RefreshError};
-use crate::route::Route;
-use crate::upstream::Client;
+use headers::ClientInfo;
 
 /// How a request head was decided.
 pub enum Decision<'a> {
@@ -47,7 +49,7 @@ pub struct Notes<'a> {
     /// A request answered by the gateway itself (logout), not by a route.
     pub gateway_endpoint: Option<&'static str>,
     pub request_id: Option<HeaderValue>,
-    /// See `identity::client_address`: worked out once, when first needed.
+    /// See `headers::client_address`: worked out once, when first needed.
     pub client: Option<std::net::IpAddr>,
     pub sub: Option<String>,
     pub error: Option<String>,
@@ -62,7 +64,7 @@ impl Notes<'_> {
     pub fn client(&mut self, headers: &http::HeaderMap, conn: &ClientInfo, hops: usize) -> IpAddr {
         *self
             .client
-            .get_or_insert_with(|| identity::client_address(headers, conn, hops))
+            .get_or_insert_with(|| headers::client_address(headers, conn, hops))
     }
 }
 
@@ -95,7 +97,7 @@ pub async fn decide<'a>(
     }
     if let Some(r) = &app.config.refresh {
         if parts.method == http::Method::POST && parts.uri.path() == r.logout_path {
-            identity::strip_client_headers(&mut parts.headers, &app.config.identity, hops > 0);
+            headers::strip_client_headers(&mut parts.headers, &app.config.identity, hops > 0);
             notes.gateway_endpoint = Some("logout");
             return Box::pin(refresh::logout(app, client, parts, authority, notes.cors))
                 .await
@@ -112,7 +114,7 @@ pub async fn decide<'a>(
     }
 
     // 3. Strip identity headers the client sent, on every route, before anything else.
-    identity::strip_client_headers(&mut parts.headers, &app.config.identity, hops > 0);
+    headers::strip_client_headers(&mut parts.headers, &app.config.identity, hops > 0);
 
     // 4. Rate limit and authenticate. A per-address limit comes before any token is looked
     //    at, so a flood of bad tokens is limited too.
@@ -243,7 +245,7 @@ pub async fn decide<'a>(
 /// gateway-signed assertion when configured (for upstreams on a proxied request, or on a
 /// forward-auth decision for the proxy to copy).
 pub fn set_identity(app: &App, route: &Route, a: &Authenticated, headers: &mut http::HeaderMap) {
-    identity::set_identity(headers, &app.config.identity, a);
+    headers::set_identity(headers, &app.config.identity, a);
     if let Some(m) = &app.assertions {
         let iss = &app.verifier.issuers()[a.verified.issuer].config.issuer;
         if let Some(v) = m.assertion(&a.verified, iss, route.index, &route.config.name) {

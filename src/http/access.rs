@@ -7,11 +7,11 @@ use std::time::Instant;
 use http::{header, HeaderValue, Method, Response, Version};
 
 use crate::app::App;
-use crate::body::Body;
-use crate::cors;
 use crate::error::GatewayError;
-use crate::identity::X_REQUEST_ID;
+use crate::net::body::Body;
+use crate::pipeline::headers::X_REQUEST_ID;
 use crate::pipeline::Notes;
+use crate::policy::cors;
 
 /// One request's bookkeeping from its head to its response.
 pub struct Exchange {

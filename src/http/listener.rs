@@ -19,10 +19,9 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::app::App;
-use crate::conn::{self, Limit, Slot, Timeouts};
-use crate::identity::ClientInfo;
-use crate::proxy;
-use crate::upstream;
+use crate::http::conn::{self, Limit, Slot, Timeouts};
+use crate::http::proxy;
+use crate::pipeline::headers::ClientInfo;
 
 /// State every worker shares.
 pub struct Shared {
@@ -33,7 +32,7 @@ pub struct Shared {
     /// Revocation state: kept across reloads.
     pub revocations: Arc<crate::revocation::Revocations>,
     /// Client for background fetches (JWKS).
-    pub control_client: upstream::Client,
+    pub control_client: crate::net::Client,
     /// One reload at a time.
     pub reload_lock: tokio::sync::Mutex<()>,
 }
@@ -97,7 +96,7 @@ pub fn run_worker(
         let server = app.config.server.clone();
         let limit = app.connections.public.clone();
         drop(app);
-        let client = upstream::Client::with_roots(1024, server.upstream_roots.clone());
+        let client = crate::net::Client::with_roots(1024, server.upstream_roots.clone());
         client.spawn_reaper();
         let builder = Arc::new(conn::builder(&server));
         // Every connection task holds a sender; the drain is over when all are dropped.
@@ -143,7 +142,7 @@ pub fn run_worker(
 #[derive(Clone)]
 struct ConnCtx {
     shared: Arc<Shared>,
-    client: upstream::Client,
+    client: crate::net::Client,
     builder: Arc<auto::Builder<TokioExecutor>>,
     timeouts: Timeouts,
     limit: Arc<Limit>,
@@ -174,7 +173,7 @@ impl ConnCtx {
 /// What serving a connection needs once it is accepted.
 struct ServeCtx {
     shared: Arc<Shared>,
-    client: upstream::Client,
+    client: crate::net::Client,
     builder: Arc<auto::Builder<TokioExecutor>>,
     /// Answer with decisions (`authz::handle`) instead of proxying.
     authz: bool,
@@ -283,7 +282,7 @@ where
         // Boxed: hyper keeps room for this future in every connection, idle or not, and the
         // request path's state machine is large. One allocation per request instead.
         let answer = if authz {
-            Either::Right(Box::pin(crate::authz::handle(app, client, info, req)))
+            Either::Right(Box::pin(crate::http::authz::handle(app, client, info, req)))
         } else {
             Either::Left(Box::pin(proxy::handle(app, client, info, req)))
         };

@@ -19,8 +19,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+use crate::cli::token::{mint, Mint, SigningKey};
 use crate::config::Config;
-use crate::token::{mint, Mint, SigningKey};
 
 const ISSUER: &str = "http://demo-idp.local";
 const KID: &str = "demo-es256";
@@ -67,7 +67,7 @@ async fn run_inner(once: bool) -> Result<(), String> {
 
     // 3. Gateway: dev certificate and a config pointing at both.
     let (cert, key) =
-        crate::certs::write(&dir, &["localhost".to_string(), "127.0.0.1".to_string()])
+        crate::cli::certs::write(&dir, &["localhost".to_string(), "127.0.0.1".to_string()])
             .map_err(|e| e.to_string())?;
     // The gateway's own key for signed identity assertions (upstreams verify them with the
     // admin listener's /.well-known/jwks.json).
@@ -383,14 +383,16 @@ async fn request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<(u16, http::HeaderMap, Bytes), String> {
-    let client = crate::upstream::Client::new(1);
+    let client = crate::net::Client::new(1);
     let mut b = Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"));
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    let req = b.body(crate::body::empty()).map_err(|e| e.to_string())?;
+    let req = b
+        .body(crate::net::body::empty())
+        .map_err(|e| e.to_string())?;
     let resp = client.request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     let (parts, body) = resp.into_parts();
@@ -425,7 +427,7 @@ impl DemoIdp {
     }
 
     fn refresh_token(&self, sub: &str) -> String {
-        let t = crate::token::random_id();
+        let t = crate::cli::token::random_id();
         if let Ok(mut m) = self.refresh_tokens.lock() {
             m.insert(t.clone(), sub.to_string());
         }

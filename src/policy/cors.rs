@@ -11,9 +11,9 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
-use crate::body::{self, Body};
 use crate::config::CorsConfig;
 use crate::error::GatewayError;
+use crate::net::body::{self, Body};
 
 /// A CORS preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method`.
 pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::app::App;
 use crate::config::Config;
-use crate::listener::Shared;
+use crate::http::listener::Shared;
 
 /// How long a new config's JWKS may take to load before the reload is refused.
 const READY_WITHIN: Duration = Duration::from_secs(10);

@@ -12,10 +12,10 @@ use tokio::sync::watch;
 
 use crate::app::App;
 use crate::auth::now_unix;
-use crate::body::{self, Body};
-use crate::conn::{self, Timeouts};
 use crate::error::json_response;
-use crate::listener::Shared;
+use crate::http::conn::{self, Timeouts};
+use crate::http::listener::Shared;
+use crate::net::body::{self, Body};
 use http_body_util::{BodyExt, Limited};
 
 /// Serve the admin API until `shutdown` is set.
@@ -100,7 +100,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         },
         (Method::POST, "/reload") => match refuse_unauthorized(&app, req.headers()) {
             Some(refusal) => refusal,
-            None => match crate::reload::reload(shared).await {
+            None => match crate::ops::reload::reload(shared).await {
                 Ok(notes) => json(
                     StatusCode::OK,
                     serde_json::json!({"reloaded": true, "notes": notes}),

@@ -7,14 +7,15 @@ use http::{header, Request, Response};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
-use crate::access::Exchange;
 use crate::app::App;
-use crate::body::{self, Body};
 use crate::error::GatewayError;
-use crate::identity::{self, ClientInfo};
+use crate::http::access::Exchange;
+use crate::http::forward;
+use crate::net::body::{self, Body};
+use crate::net::Client;
+use crate::pipeline::headers::{self, ClientInfo};
 use crate::pipeline::{self, Allowed, Decision, Notes};
 use crate::refresh;
-use crate::upstream::{self, Client};
 
 /// Serve one request and write its access-log line. Takes its handles by value, so the
 /// service can box this future as it is (no wrapping future, no extra copy of its state).
@@ -72,14 +73,14 @@ async fn proxy<'a>(
     if let Some(r) = &app.config.refresh {
         refresh::strip_refresh_token(r, &mut parts.headers);
     }
-    identity::join_cookie_lines(&mut parts.headers);
-    notes.request_id = Some(identity::set_forwarded(
+    headers::join_cookie_lines(&mut parts.headers);
+    notes.request_id = Some(headers::set_forwarded(
         &mut parts.headers,
         &conn,
         host.as_ref(),
         hops > 0,
     ));
-    identity::remove_hop_by_hop(&mut parts.headers, upgrade);
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
 
     // 7. Forward, streaming both ways; splice upgraded connections.
     // A request without a body (hyper knows: no length, or END_STREAM on h2) can be
@@ -94,12 +95,12 @@ async fn proxy<'a>(
         );
         (b, Some(sent))
     };
-    let mut resp = upstream::forward(client, route, parts, body, body_sent).await?;
+    let mut resp = forward::forward(client, route, parts, body, body_sent).await?;
     if let Some(on) = on_upgrade {
-        upstream::splice_upgrade(on, &mut resp);
+        forward::splice_upgrade(on, &mut resp);
     }
     let upgraded = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-    identity::remove_hop_by_hop(resp.headers_mut(), upgraded);
+    headers::remove_hop_by_hop(resp.headers_mut(), upgraded);
     if let (Some((grant, channel)), Some(r)) = (&renewed, &app.config.refresh) {
         refresh::return_tokens(resp.headers_mut(), r, grant, *channel);
     }

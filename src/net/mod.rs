@@ -1,5 +1,8 @@
-//! Forwarding: the pooled upstream client, URI rewrite, timeouts, failover to the next
-//! upstream for idempotent requests, and WebSocket/upgrade splicing.
+//! The outbound HTTP layer: a pooled HTTP/1.1 client (hyper's connection API, rustls) for
+//! upstreams and identity-provider calls, the upstream response body that returns its
+//! connection to the pool, and (`body`) the one body type that flows through the gateway.
+
+pub mod body;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -8,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -17,100 +20,13 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::body::{self, Body};
-use crate::config::UpstreamUrl;
-use crate::error::GatewayError;
-use crate::route::Route;
+use body::Body;
 
 /// Time allowed to establish a TCP connection (and a TLS session) to an upstream.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Send the request to the route's upstreams (round robin). A failed connect moves on to
-/// the next upstream when the request can be replayed (idempotent method, no body). The
-/// route's `timeout_ms` runs until the response head, counted from the end of the request
-/// body (`body_sent`; at once without one), as Envoy's route timeout does: a slow upload
-/// is the body idle timeout's business, not an upstream timeout.
-pub async fn forward(
-    client: &Client,
-    route: &Route,
-    mut parts: http::request::Parts,
-    body: Body,
-    mut body_sent: Option<crate::body::BodySent>,
-) -> Result<Response<UpstreamBody>, GatewayError> {
-    let original = std::mem::take(&mut parts.uri);
-    parts.version = Version::HTTP_11;
-    parts.extensions = http::Extensions::new();
-    let mut req = Request::from_parts(parts, body);
-    // Later attempts send copies of a replayable request; anything else gets one attempt.
-    let spare =
-        (route.config.upstreams.len() > 1 && is_replayable(&req)).then(|| copy_request(&req));
-    let mut last_err = GatewayError::NoUpstream;
-    for upstream in route.pick() {
-        *req.uri_mut() = upstream_uri(route, upstream, &original)?;
-        let send = client.send(&upstream.origin, req);
-        match after_body(send, body_sent.take(), route.config.timeout).await {
-            Err(_) => return Err(GatewayError::UpstreamTimeout),
-            Ok(Ok(resp)) => return Ok(resp),
-            Ok(Err(e)) => {
-                if in_chain::<http_body_util::LengthLimitError>(&e) {
-                    return Err(GatewayError::BodyTooLarge);
-                }
-                if in_chain::<crate::body::IdleTimeout>(&e) {
-                    return Err(GatewayError::BodyTimeout);
-                }
-                tracing::warn!(route = %route.config.name, upstream = %upstream, error = %error_chain(&e), "upstream request failed");
-                last_err = GatewayError::UpstreamUnreachable;
-                match &spare {
-                    Some(s) if e.is_connect() => req = copy_request(s),
-                    _ => break,
-                }
-            }
-        }
-    }
-    Err(last_err)
-}
-
-/// `send` with `timeout` counted from when `body_sent` resolves (at once without it).
-async fn after_body<F: std::future::Future>(
-    send: F,
-    body_sent: Option<crate::body::BodySent>,
-    timeout: Duration,
-) -> Result<F::Output, tokio::time::error::Elapsed> {
-    let mut send = std::pin::pin!(send);
-    if let Some(sent) = body_sent {
-        tokio::select! {
-            biased;
-            r = &mut send => return Ok(r),
-            _ = sent => {}
-        }
-    }
-    tokio::time::timeout(timeout, send).await
-}
-
-/// The origin-form URI sent upstream. Without a prefix to strip or a base path to prepend,
-/// the client's path and query are passed on as they are (no copy).
-fn upstream_uri(route: &Route, u: &UpstreamUrl, original: &Uri) -> Result<Uri, GatewayError> {
-    let pq = if u.base_path.is_empty() && !route.rewrites_path() {
-        original.path_and_query().cloned()
-    } else {
-        let s = route.upstream_path(u, original.path(), original.query());
-        Some(
-            http::uri::PathAndQuery::try_from(s)
-                .map_err(|_| GatewayError::BadRequest("request path cannot be forwarded"))?,
-        )
-    };
-    Ok(origin_form(pq))
-}
-
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
-}
-
 /// `e` and its sources, outermost first.
-fn chain<'a>(
+pub(crate) fn chain<'a>(
     e: &'a (dyn std::error::Error + 'static),
 ) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
     std::iter::successors(Some(e), |e| (*e).source())
@@ -118,40 +34,25 @@ fn chain<'a>(
 
 /// Whether `e` or one of its sources is a `T` (how a client body's failure shows through
 /// the upstream client's error).
-fn in_chain<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn in_chain<T: std::error::Error + 'static>(
+    e: &(dyn std::error::Error + 'static),
+) -> bool {
     chain(e).any(|e| e.is::<T>())
 }
 
 /// `e: source: source...`, for the log.
-fn error_chain(e: &ClientError) -> String {
+pub(crate) fn error_chain(e: &ClientError) -> String {
     chain(e)
         .map(|e| e.to_string())
         .collect::<Vec<_>>()
         .join(": ")
 }
 
-/// After a `101 Switching Protocols` from the upstream, splice the client's and the
-/// upstream's upgraded connections together in a background task.
-pub fn splice_upgrade(
-    client_side: hyper::upgrade::OnUpgrade,
-    upstream_resp: &mut Response<UpstreamBody>,
-) {
-    if upstream_resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return;
-    }
-    let upstream_side = hyper::upgrade::on(upstream_resp);
-    tokio::spawn(async move {
-        let (c, u) = match tokio::try_join!(client_side, upstream_side) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                return;
-            }
-        };
-        let mut c = TokioIo::new(c);
-        let mut u = TokioIo::new(u);
-        let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
-    });
+pub(crate) fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 // === Client ===
@@ -531,12 +432,12 @@ where
 }
 
 /// An idempotent request without a body: safe to send again.
-fn is_replayable(req: &Request<Body>) -> bool {
+pub(crate) fn is_replayable(req: &Request<Body>) -> bool {
     is_idempotent(req.method()) && req.body().is_end_stream()
 }
 
 /// A bodyless copy (method, URI, version, headers) of a replayable request.
-fn copy_request(req: &Request<Body>) -> Request<Body> {
+pub(crate) fn copy_request(req: &Request<Body>) -> Request<Body> {
     let mut r = Request::new(body::empty());
     *r.method_mut() = req.method().clone();
     *r.uri_mut() = req.uri().clone();
@@ -564,7 +465,7 @@ fn closed_before_response(e: &hyper::Error) -> bool {
         })
 }
 
-fn origin_form(pq: Option<http::uri::PathAndQuery>) -> Uri {
+pub(crate) fn origin_form(pq: Option<http::uri::PathAndQuery>) -> Uri {
     let mut parts = http::uri::Parts::default();
     parts.path_and_query = Some(pq.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
     Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
