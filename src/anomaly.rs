@@ -163,6 +163,7 @@ impl Detector {
                 kind,
                 count,
                 window_s = self.cfg.window.as_secs(),
+                issuer = v.scoped_sub.issuer(),
                 sub = %v.sub,
                 jti = jti.unwrap_or("-"),
                 client = %client,
