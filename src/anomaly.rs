@@ -1,11 +1,13 @@
-//! Leaked-token detection (`[anomaly]`, fed in step 4 of the request path): per verified
-//! token and fixed window, how many requests it made and from how many client networks. A
-//! token over either limit is logged, or with `action = "revoke"` put on the shared
-//! revocation list (`revocation` owns the list; this module only decides).
+//! Leaked-token detection (`[anomaly]`, fed in step 4 of the request path): per token
+//! (issuer + jti, or issuer + sub without one) and fixed window, how many requests it made
+//! and from how many client networks. A token over either limit is logged, or with
+//! `action = "revoke"` put on the shared revocation list (`revocation` owns the list; this
+//! module only decides).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 
@@ -30,8 +32,13 @@ pub struct Flagged {
     pub first: bool,
 }
 
-/// One token's counts in its current window. It lives in the token's cached verification
-/// (`Verified::anomaly`), so it lasts as long as that entry does.
+/// Most tokens whose windows are kept at once (per replica); the least recently used go
+/// first when more are active.
+pub const MAX_WINDOWS: u64 = 100_000;
+
+/// One token's counts in its current window, in the detector's own cache under the token's
+/// `Verified::token_id`: neither the token's bytes (an ECDSA twin is the same token) nor the
+/// verification cache's life (key rotations, refetches) decide when it starts afresh.
 #[derive(Default, Debug)]
 pub struct Window {
     /// Unix time the window began (0: never used).
@@ -74,14 +81,25 @@ impl Window {
 
 pub struct Detector {
     cfg: Anomaly,
+    /// Windows by `Verified::token_id`. An entry unused for a whole window holds nothing
+    /// that would still count, so it goes after `window` idle.
+    windows: moka::sync::Cache<[u8; 32], Arc<Window>>,
+    /// The largest `leeway_s`: a revoked jti stays on the list until `exp` plus this.
+    leeway: i64,
     pub flagged_requests: Counter,
     pub flagged_networks: Counter,
 }
 
 impl Detector {
-    pub fn new(cfg: &Anomaly) -> Detector {
+    /// `max_leeway_s`: see `Config::max_leeway_s`.
+    pub fn new(cfg: &Anomaly, max_leeway_s: i64) -> Detector {
         Detector {
             cfg: cfg.clone(),
+            windows: moka::sync::Cache::builder()
+                .max_capacity(MAX_WINDOWS)
+                .time_to_idle(cfg.window.max(Duration::from_secs(1)))
+                .build(),
+            leeway: max_leeway_s,
             flagged_requests: Counter::default(),
             flagged_networks: Counter::default(),
         }
@@ -91,7 +109,7 @@ impl Detector {
     /// first time in a window, and with `action = "revoke"` every time for a token with a
     /// `jti` (so a failed revocation is tried again on the next request).
     pub fn observe(&self, v: &Verified, client: IpAddr) -> Option<Flagged> {
-        let w = &v.anomaly;
+        let w = self.windows.get_with(v.token_id, Default::default);
         w.roll(now_unix(), self.cfg.window.as_secs() as i64);
         let requests = w.requests.fetch_add(1, Ordering::Relaxed) + 1;
         let net = network(client);
@@ -124,8 +142,9 @@ impl Detector {
     }
 
     /// Act on a finding: log it (once per token and window); with `action = "revoke"`,
-    /// revoke the token's `jti` until its `exp` and refuse this request. A token without
-    /// `jti` cannot be revoked alone: it is logged, and served.
+    /// revoke the token's `jti` at its issuer until its `exp` (plus the leeway) and refuse
+    /// this request. A token without `jti` cannot be revoked alone: it is logged, and
+    /// served.
     pub async fn act(
         &self,
         flagged: Flagged,
@@ -144,6 +163,7 @@ impl Detector {
                 kind,
                 count,
                 window_s = self.cfg.window.as_secs(),
+                issuer = v.scoped_sub.issuer(),
                 sub = %v.sub,
                 jti = jti.unwrap_or("-"),
                 client = %client,
@@ -154,10 +174,11 @@ impl Detector {
         if !self.cfg.revoke {
             return Ok(());
         }
-        let Some(jti) = jti else {
+        let Some(jti) = &v.scoped_jti else {
             return Ok(());
         };
-        if let Err(e) = revocations.revoke_jti(jti, v.exp).await {
+        let until = v.exp.saturating_add(self.leeway);
+        if let Err(e) = revocations.revoke_jti(jti, until).await {
             // Refuse this request anyway; the next one tries to revoke again (and says so
             // only at debug level: the store's own failures are logged already).
             if flagged.first {

@@ -89,7 +89,10 @@ impl App {
                 limit.refused.clone(),
             );
         }
-        let anomaly = config.anomaly.as_ref().map(Detector::new);
+        let anomaly = config
+            .anomaly
+            .as_ref()
+            .map(|a| Detector::new(a, config.max_leeway_s()));
         let assertions = config.identity.assertion.as_ref().map(Minter::new);
         if let Some(d) = &anomaly {
             for (kind, c) in [

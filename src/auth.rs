@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use crate::config::{AuthMode, CorsConfig, Identity, TokenSource, Tokens};
 use crate::error::{GatewayError, TokenError};
 use crate::jwks::{self, IssuerKeys, KidLookup, VerifyKey};
+use crate::revocation::Scoped;
 
 /// Tokens larger than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -27,8 +28,14 @@ const CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// once here so that a cache hit costs no parsing or formatting.
 #[derive(Debug)]
 pub struct Verified {
-    /// SHA-256 of the whole token: the cache key here and in the revocation cache.
+    /// SHA-256 of the whole token: the cache key here and in the revocation cache (both
+    /// hold answers that follow from the claims alone, so a twin with other bytes costs
+    /// only a second entry).
     pub key: [u8; 32],
+    /// Names the token itself for per-token state (`[anomaly]` windows): SHA-256 of its
+    /// issuer's name and its `jti`, or its `sub` when it has none. Unlike `key` it does not
+    /// depend on the token's bytes, so the ECDSA twin `(r, n - s)` of a token has the same.
+    pub token_id: [u8; 32],
     pub issuer: usize,
     /// The issuer's key-set generation this was verified under.
     pub generation: u64,
@@ -43,10 +50,10 @@ pub struct Verified {
     pub nbf: Option<i64>,
     pub iat: Option<i64>,
     pub jti: Option<String>,
+    /// `jti` and `sub` scoped by the issuer's name: what revocations are keyed by.
+    pub scoped_jti: Option<Scoped>,
+    pub scoped_sub: Scoped,
     pub leeway: i64,
-    /// This token's `[anomaly]` window: kept with the cached verification, so counting a
-    /// request costs no lookup of its own.
-    pub anomaly: crate::anomaly::Window,
     weight: u32,
 }
 
@@ -324,9 +331,13 @@ impl Verifier {
             Some(_) => return Err(TokenError::Malformed("jti is not a string")),
             None => None,
         };
-        let weight = (p64.len() * 2 + 256).min(u32::MAX as usize) as u32;
+        let scoped_jti = jti.as_deref().map(|j| Scoped::new(&cfg.name, j));
+        let scoped_sub = Scoped::new(&cfg.name, &sub);
+        let token_id = token_id(scoped_jti.as_ref(), &scoped_sub);
+        let weight = (p64.len() * 2 + 256 + cfg.name.len() * 2).min(u32::MAX as usize) as u32;
         Ok(Verified {
             key,
+            token_id,
             issuer: idx,
             generation,
             sub,
@@ -339,11 +350,30 @@ impl Verifier {
             nbf,
             iat,
             jti,
-            leeway: cfg.leeway_s as i64,
-            anomaly: Default::default(),
+            scoped_jti,
+            scoped_sub,
+            leeway: cfg.leeway_s.min(i64::MAX as u64) as i64,
             weight,
         })
     }
+}
+
+/// See `Verified::token_id`. The tag keeps a `jti` and a `sub` of the same spelling apart.
+fn token_id(jti: Option<&Scoped>, sub: &Scoped) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    match jti {
+        Some(j) => {
+            ctx.update(b"jti:");
+            ctx.update(j.as_str().as_bytes());
+        }
+        None => {
+            ctx.update(b"sub:");
+            ctx.update(sub.as_str().as_bytes());
+        }
+    }
+    let mut id = [0u8; 32];
+    id.copy_from_slice(ctx.finish().as_ref());
+    id
 }
 
 #[derive(serde::Deserialize)]
@@ -667,6 +697,7 @@ mod tests {
     fn verified(exp: i64, nbf: Option<i64>) -> Verified {
         Verified {
             key: [0; 32],
+            token_id: [0; 32],
             issuer: 0,
             generation: 0,
             sub: "a".into(),
@@ -679,8 +710,9 @@ mod tests {
             nbf,
             iat: None,
             jti: None,
+            scoped_jti: None,
+            scoped_sub: Scoped::new("i", "a"),
             leeway: 30,
-            anomaly: Default::default(),
             weight: 1,
         }
     }

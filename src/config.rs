@@ -408,6 +408,23 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
 }
 
+impl Config {
+    /// The largest `leeway_s` over the issuers: a token is accepted until `exp` plus this at
+    /// most, so a revocation must last as long.
+    pub fn max_leeway_s(&self) -> i64 {
+        self.issuers
+            .iter()
+            .map(|i| i.leeway_s.min(i64::MAX as u64) as i64)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The `[[issuers]]` entry named `name`.
+    pub fn issuer_named(&self, name: &str) -> Option<&IssuerConfig> {
+        self.issuers.iter().find(|i| i.name == name)
+    }
+}
+
 /// `[authz]`, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Authz {
@@ -751,6 +768,17 @@ fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigErr
         let key = format!("issuers[{i}]");
         if fi.name.is_empty() {
             return Err(ctx.err(format!("{key}.name"), "must not be empty"));
+        }
+        // The name scopes revocation keys (`revoked:jti:<name>:<jti>`): a `:` in it would
+        // make one issuer's keys readable as another's.
+        if fi.name.contains(':') {
+            return Err(ctx.err(
+                format!("{key}.name"),
+                format!(
+                    "{:?}: issuer names must not contain `:` (they are part of revocation keys)",
+                    fi.name
+                ),
+            ));
         }
         if !names.insert(fi.name.clone()) {
             return Err(ctx.err(
@@ -1944,5 +1972,17 @@ admin = "127.0.0.1:0"
         .unwrap_err()
         .to_string();
         assert!(e.contains("routes[0].auth"), "{e}");
+    }
+
+    #[test]
+    fn issuer_names_cannot_hold_a_colon() {
+        let issuer = |name: &str| {
+            format!("[[issuers]]\nname = '{name}'\nissuer = 'https://i.test'\njwks_url = 'http://127.0.0.1:1/jwks'\n")
+        };
+        let e = open_route(&issuer("a:b")).unwrap_err().to_string();
+        assert!(e.contains("issuers[0].name") && e.contains("`:`"), "{e}");
+        let c = open_route(&issuer("a-b")).unwrap();
+        assert_eq!(c.max_leeway_s(), 30);
+        assert!(c.issuer_named("a-b").is_some());
     }
 }

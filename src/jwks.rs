@@ -190,6 +190,9 @@ pub struct KeySet {
     pub by_kid: HashMap<String, Arc<VerifyKey>>,
     /// Keys with a pinned algorithm, tried for tokens that carry no `kid`.
     pub pinned: Vec<Arc<VerifyKey>>,
+    /// For a fetched set: what it holds (see `Fetched::fingerprint`); a refetch with the
+    /// same fingerprint changes nothing.
+    fingerprint: Option<[u8; 32]>,
 }
 
 impl KeySet {
@@ -286,10 +289,22 @@ impl IssuerKeys {
         self.jwks.as_ref().map(|j| j.fetches.clone())
     }
 
-    fn install(&self, set: KeySet) {
+    /// Install a fetched key set. The generation (which drops every cached verification of
+    /// this issuer) moves only when the keys changed: a refetch that anyone can cause with
+    /// an unknown `kid` must not. `false`: the set was the same, nothing happened.
+    fn install(&self, fetched: Fetched) -> bool {
+        if self.is_loaded()
+            && fetched.fingerprint.is_some()
+            && self.keys.load().fingerprint == fetched.fingerprint
+        {
+            return false;
+        }
+        let mut set = KeySet::new(fetched.keys);
+        set.fingerprint = fetched.fingerprint;
         self.keys.store(Arc::new(set));
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.loaded.store(true, Ordering::Release);
+        true
     }
 
     /// Look a kid up; when unknown, trigger at most one refetch per
@@ -339,15 +354,15 @@ impl IssuerKeys {
         let mut backoff = Duration::from_millis(250);
         loop {
             let next = match fetch_jwks(&client, &j.url, self.config.algorithms.as_deref()).await {
-                Ok((keys, max_age)) => {
+                Ok((fetched, max_age)) => {
                     backoff = Duration::from_millis(250);
-                    let n = keys.len();
-                    let set = KeySet::new(keys);
-                    if set.is_empty() {
+                    let n = fetched.keys.len();
+                    if n == 0 {
                         tracing::warn!(issuer = %self.config.name, "JWKS holds no usable signing key");
-                    } else {
+                    } else if self.install(fetched) {
                         tracing::info!(issuer = %self.config.name, keys = n, refresh_s = max_age.as_secs(), "JWKS loaded");
-                        self.install(set);
+                    } else {
+                        tracing::debug!(issuer = %self.config.name, keys = n, "JWKS unchanged");
                     }
                     max_age
                 }
@@ -392,11 +407,50 @@ pub enum JwksError {
     Parse(#[from] serde_json::Error),
 }
 
+/// A fetched JWKS: its usable keys, and a digest of what makes them what they are.
+struct Fetched {
+    keys: Vec<VerifyKey>,
+    /// SHA-256 over every usable key's kid, algorithms and public parameters (as JSON), in
+    /// sorted order: equal for the same keys however the document is laid out. `None`
+    /// when it could not be worked out (then the set counts as changed).
+    fingerprint: Option<[u8; 32]>,
+}
+
+/// The usable signing keys of a JWKS document.
+fn parse_jwks(body: &[u8], allow: Option<&[Algorithm]>) -> Result<Fetched, JwksError> {
+    let set: JwkSet = serde_json::from_slice(body)?;
+    let mut described = Vec::with_capacity(set.keys.len());
+    let mut keys = Vec::with_capacity(set.keys.len());
+    let mut complete = true;
+    for jwk in &set.keys {
+        let Some(k) = VerifyKey::from_jwk(jwk, allow) else {
+            continue;
+        };
+        match serde_json::to_string(&(&k.kid, &k.algs, &k.pinned, &jwk.algorithm)) {
+            Ok(d) => described.push(d),
+            Err(_) => complete = false,
+        }
+        keys.push(k);
+    }
+    described.sort_unstable();
+    let fingerprint = complete.then(|| {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        for d in &described {
+            ctx.update(d.as_bytes());
+            ctx.update(b"\n");
+        }
+        let mut f = [0u8; 32];
+        f.copy_from_slice(ctx.finish().as_ref());
+        f
+    });
+    Ok(Fetched { keys, fingerprint })
+}
+
 async fn fetch_jwks(
     client: &crate::net::Client,
     url: &Uri,
     allow: Option<&[Algorithm]>,
-) -> Result<(Vec<VerifyKey>, Duration), JwksError> {
+) -> Result<(Fetched, Duration), JwksError> {
     let req = http::Request::get(url.clone())
         .header(http::header::ACCEPT, "application/json")
         .body(crate::net::body::empty())
@@ -423,13 +477,7 @@ async fn fetch_jwks(
     .map_err(|_| JwksError::Timeout)?
     .map_err(|e| JwksError::Body(e.to_string()))?
     .to_bytes();
-    let set: JwkSet = serde_json::from_slice(&body)?;
-    let keys = set
-        .keys
-        .iter()
-        .filter_map(|k| VerifyKey::from_jwk(k, allow))
-        .collect();
-    Ok((keys, max_age))
+    Ok((parse_jwks(&body, allow)?, max_age))
 }
 
 fn parse_max_age(v: &str) -> Option<Duration> {
@@ -472,6 +520,52 @@ mod tests {
             Some(Duration::from_secs(600))
         );
         assert_eq!(parse_max_age("no-cache"), None);
+    }
+
+    fn jwks_issuer() -> IssuerKeys {
+        IssuerKeys::new(IssuerConfig {
+            name: "remote".into(),
+            issuer: "https://idp.test".into(),
+            audiences: vec![],
+            algorithms: None,
+            leeway_s: 30,
+            keys: KeySource::Jwks(Uri::from_static("http://127.0.0.1:1/jwks")),
+        })
+    }
+
+    fn jwks(keys: &[serde_json::Value]) -> Vec<u8> {
+        serde_json::json!({ "keys": keys }).to_string().into_bytes()
+    }
+
+    #[test]
+    fn a_refetch_of_the_same_keys_keeps_the_generation() {
+        let rsa: serde_json::Value =
+            serde_json::from_str(include_str!("../tests/fixtures/rsa.jwk.json")).unwrap();
+        let rsa2: serde_json::Value =
+            serde_json::from_str(include_str!("../tests/fixtures/rsa2.jwk.json")).unwrap();
+        let with_kid = |k: &serde_json::Value, kid: &str| {
+            let mut k = k.clone();
+            k["kid"] = kid.into();
+            k
+        };
+        let (k1, k2) = (with_kid(&rsa, "k1"), with_kid(&rsa2, "k2"));
+        let issuer = jwks_issuer();
+        let install = |doc: Vec<u8>| issuer.install(parse_jwks(&doc, None).unwrap());
+        assert!(install(jwks(std::slice::from_ref(&k1))));
+        assert_eq!(issuer.generation(), 1);
+        // The same keys again, in any order or layout: nothing changes.
+        assert!(!install(jwks(std::slice::from_ref(&k1))));
+        let mut k1_other_layout = k1.clone();
+        k1_other_layout["x-extra-member"] = "ignored".into();
+        assert!(!install(jwks(&[k1_other_layout])));
+        assert_eq!(issuer.generation(), 1);
+        // A key added, a key's material changed, a kid renamed: each is a new set.
+        assert!(install(jwks(&[k1.clone(), k2.clone()])));
+        assert!(!install(jwks(&[k2.clone(), k1.clone()])));
+        assert_eq!(issuer.generation(), 2);
+        assert!(install(jwks(&[with_kid(&rsa2, "k1"), k2.clone()])));
+        assert!(install(jwks(&[with_kid(&rsa2, "k3"), k2])));
+        assert_eq!(issuer.generation(), 4);
     }
 
     #[test]

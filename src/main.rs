@@ -77,6 +77,10 @@ enum Cmd {
         exp: Option<i64>,
         #[arg(long)]
         sub: Option<String>,
+        /// The `[[issuers]]` name the token or subject belongs to (needed when the gateway
+        /// has several issuers).
+        #[arg(long, value_name = "NAME")]
+        issuer: Option<String>,
         /// Admin API base URL.
         #[arg(long, default_value = "http://127.0.0.1:9901")]
         admin: String,
@@ -121,8 +125,9 @@ fn main() -> ExitCode {
             jti,
             exp,
             sub,
+            issuer,
             admin,
-        } => runtime().block_on(revoke(jti, exp, sub, admin)),
+        } => runtime().block_on(revoke(jti, exp, sub, issuer, admin)),
         Cmd::GenCert { out, hosts } => match jwtgate::certs::write(&out, &hosts) {
             Ok((c, k)) => {
                 println!("certificate: {}\nkey:         {}", c.display(), k.display());
@@ -365,17 +370,21 @@ async fn revoke(
     jti: Option<String>,
     exp: Option<i64>,
     sub: Option<String>,
+    issuer: Option<String>,
     admin: String,
 ) -> ExitCode {
     use http_body_util::BodyExt;
     let Ok(token) = std::env::var("JWTGATE_ADMIN_TOKEN") else {
         return fail("set JWTGATE_ADMIN_TOKEN to the gateway's admin token");
     };
-    let body = match (jti, exp, sub) {
+    let mut body = match (jti, exp, sub) {
         (Some(jti), Some(exp), None) => serde_json::json!({"jti": jti, "exp": exp}),
         (None, None, Some(sub)) => serde_json::json!({"sub": sub}),
         _ => return fail("give --jti ID --exp UNIX, or --sub SUB"),
     };
+    if let Some(i) = issuer {
+        body["issuer"] = i.into();
+    }
     let url = format!("{}/revocations", admin.trim_end_matches('/'));
     let req = match http::Request::post(&url)
         .header("content-type", "application/json")

@@ -591,8 +591,9 @@ pub fn rejected(cfg: &Refresh) -> Response<Body> {
     r
 }
 
-/// `POST <logout_path>`: needs a valid token; revokes its `jti` until `exp` (a token
-/// without `jti` revokes its subject's tokens issued up to its `iat`), revokes the refresh
+/// `POST <logout_path>`: needs a valid token; revokes its `jti` at its issuer until `exp`
+/// plus the leeway (a token without `jti` revokes its subject's tokens at that issuer
+/// issued up to its `iat`), revokes the refresh
 /// token at the IdP (RFC 7009) when configured, expires both cookies, answers 204.
 pub async fn logout(
     app: &App,
@@ -619,11 +620,15 @@ pub async fn logout(
     let v = &auth.verified;
     auth::check_time(v, now_unix())?;
     app.revocations.check(v).await?;
-    let res = match &v.jti {
-        Some(jti) => app.revocations.revoke_jti(jti, v.exp).await,
+    // At the token's own issuer: another issuer's `alice` or jti is someone else.
+    let res = match &v.scoped_jti {
+        Some(jti) => {
+            let until = v.exp.saturating_add(app.config.max_leeway_s());
+            app.revocations.revoke_jti(jti, until).await
+        }
         None => {
             app.revocations
-                .revoke_sub(&v.sub, v.iat.unwrap_or_else(now_unix))
+                .revoke_sub(&v.scoped_sub, v.iat.unwrap_or_else(now_unix))
                 .await
         }
     };

@@ -1,5 +1,6 @@
-//! Revocation: a jti blacklist and per-subject "revoked before T" watermarks, in one of two
-//! stores behind the `Store` trait (in-process memory, or Redis shared by every replica).
+//! Revocation: a jti blacklist and per-subject "revoked before T" watermarks, each scoped by
+//! the issuer (`Scoped`), in one of two stores behind the `Store` trait (in-process memory,
+//! or Redis shared by every replica).
 //! With Redis, a moka cache answers repeat tokens without a round trip, revocations made
 //! through any replica arrive over pub/sub at once, and a circuit breaker keeps a dead
 //! Redis from costing a timeout per request.
@@ -16,6 +17,43 @@ use tokio::sync::watch;
 use crate::auth::{now_unix, Verified};
 use crate::config::{OnError, Revocation as RevocationConfig, StoreKind};
 use crate::error::{GatewayError, TokenError};
+
+/// A `jti` or `sub` with the name of the `[[issuers]]` entry that vouches for it, held as
+/// `<issuer name>:<value>` (names hold no `:`, config checks it, so the first `:` splits
+/// them). Revocations and per-token state are keyed by it: one issuer's `alice` or reused
+/// jti never touches another issuer's tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Scoped(Box<str>);
+
+impl Scoped {
+    pub fn new(issuer: &str, value: &str) -> Scoped {
+        let mut s = String::with_capacity(issuer.len() + 1 + value.len());
+        s.push_str(issuer);
+        s.push(':');
+        s.push_str(value);
+        Scoped(s.into_boxed_str())
+    }
+
+    /// `<issuer name>:<value>`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn issuer(&self) -> &str {
+        self.0.split_once(':').map_or("", |(i, _)| i)
+    }
+
+    /// The bare `jti` or `sub`.
+    pub fn value(&self) -> &str {
+        self.0.split_once(':').map_or(&self.0, |(_, v)| v)
+    }
+}
+
+impl std::fmt::Display for Scoped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// What a store knows about one token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -48,20 +86,25 @@ pub enum StoreError {
     Backend(String),
 }
 
-/// Where revocations live.
+/// Where revocations live. Every key is scoped by issuer.
 pub trait Store: Send + Sync {
     /// Answer without I/O when the store is in-process; `None` for remote stores.
-    fn lookup_now(&self, jti: Option<&str>, sub: &str) -> Option<Lookup>;
+    fn lookup_now(&self, jti: Option<&Scoped>, sub: Option<&Scoped>) -> Option<Lookup>;
     /// One round trip answering both questions for a token.
     fn lookup<'a>(
         &'a self,
-        jti: Option<&'a str>,
-        sub: &'a str,
+        jti: Option<&'a Scoped>,
+        sub: Option<&'a Scoped>,
     ) -> BoxFuture<'a, Result<Lookup, StoreError>>;
-    /// Blacklist `jti` until `exp` (and tell the other replicas).
-    fn revoke_jti<'a>(&'a self, jti: &'a str, exp: i64) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Blacklist `jti` until `until` (the token's `exp` plus the leeway; and tell the other
+    /// replicas).
+    fn revoke_jti<'a>(
+        &'a self,
+        jti: &'a Scoped,
+        until: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Revoke every token of `sub` issued at or before `at` (and tell the other replicas).
-    fn revoke_sub<'a>(&'a self, sub: &'a str, at: i64) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn revoke_sub<'a>(&'a self, sub: &'a Scoped, at: i64) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Cheap liveness probe.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }
@@ -85,8 +128,9 @@ impl moka::Expiry<String, i64> for UntilValue {
     }
 }
 
-/// In-process store: entries expire on their own (jti at its `exp`, watermarks after
-/// `subject_ttl`). Also used, with Redis, to hold revocations pushed over pub/sub.
+/// In-process store, keyed by `Scoped` strings: entries expire on their own (jti at its
+/// `until`, watermarks after `subject_ttl`). Also used, with Redis, to hold revocations
+/// pushed over pub/sub.
 pub struct MemoryStore {
     jti: moka::sync::Cache<String, i64>,
     sub: moka::sync::Cache<String, i64>,
@@ -106,42 +150,46 @@ impl MemoryStore {
         }
     }
 
-    fn get(&self, jti: Option<&str>, sub: &str) -> Lookup {
+    fn get(&self, jti: Option<&Scoped>, sub: Option<&Scoped>) -> Lookup {
         Lookup {
-            jti_revoked: jti.is_some_and(|j| self.jti.contains_key(j)),
-            watermark: self.sub.get(sub),
+            jti_revoked: jti.is_some_and(|j| self.jti.contains_key(j.as_str())),
+            watermark: sub.and_then(|s| self.sub.get(s.as_str())),
         }
     }
 
-    fn put_jti(&self, jti: &str, exp: i64) {
-        self.jti.insert(jti.to_string(), exp);
+    fn put_jti(&self, jti: &Scoped, until: i64) {
+        self.jti.insert(jti.as_str().to_owned(), until);
     }
 
     /// Watermarks only move forward.
-    fn put_sub(&self, sub: &str, at: i64) {
-        if self.sub.get(sub).is_none_or(|old| old < at) {
-            self.sub.insert(sub.to_string(), at);
+    fn put_sub(&self, sub: &Scoped, at: i64) {
+        if self.sub.get(sub.as_str()).is_none_or(|old| old < at) {
+            self.sub.insert(sub.as_str().to_owned(), at);
         }
     }
 }
 
 impl Store for MemoryStore {
-    fn lookup_now(&self, jti: Option<&str>, sub: &str) -> Option<Lookup> {
+    fn lookup_now(&self, jti: Option<&Scoped>, sub: Option<&Scoped>) -> Option<Lookup> {
         Some(self.get(jti, sub))
     }
     fn lookup<'a>(
         &'a self,
-        jti: Option<&'a str>,
-        sub: &'a str,
+        jti: Option<&'a Scoped>,
+        sub: Option<&'a Scoped>,
     ) -> BoxFuture<'a, Result<Lookup, StoreError>> {
         let l = self.get(jti, sub);
         Box::pin(async move { Ok(l) })
     }
-    fn revoke_jti<'a>(&'a self, jti: &'a str, exp: i64) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.put_jti(jti, exp);
+    fn revoke_jti<'a>(
+        &'a self,
+        jti: &'a Scoped,
+        until: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.put_jti(jti, until);
         Box::pin(async { Ok(()) })
     }
-    fn revoke_sub<'a>(&'a self, sub: &'a str, at: i64) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn revoke_sub<'a>(&'a self, sub: &'a Scoped, at: i64) -> BoxFuture<'a, Result<(), StoreError>> {
         self.put_sub(sub, at);
         Box::pin(async { Ok(()) })
     }
@@ -152,9 +200,11 @@ impl Store for MemoryStore {
 
 // === redis store ===
 
-/// Redis through deadpool-redis. Keys and channel per SPEC.md:
-/// `<prefix>revoked:jti:<jti>` (EXAT exp), `<prefix>revoked:sub:<sub>` (= T),
-/// channel `<prefix>revocations`.
+/// Redis through deadpool-redis. Keys, scoped by the issuer's name:
+/// `<prefix>revoked:jti:<issuer>:<jti>` (EXAT exp + leeway), `<prefix>revoked:sub:<issuer>:<sub>`
+/// (= T), channel `<prefix>revocations`. The unscoped keys of earlier releases
+/// (`<prefix>revoked:jti:<jti>`, `<prefix>revoked:sub:<sub>`, for every issuer) are still
+/// read, in the same MGET, for one release; they are no longer written.
 pub struct RedisStore {
     pool: deadpool_redis::Pool,
     /// A multiplexed connection taken from the pool and shared by every command: a pooled
@@ -167,12 +217,24 @@ pub struct RedisStore {
     timeout: Duration,
 }
 
-/// A revocation as published on the channel (JSON).
+/// A revocation as published on the channel (JSON). `issuer` is the `[[issuers]]` name;
+/// a message without it comes from a replica of an earlier release (it wrote an unscoped
+/// key). `exp` is when the entry ends: the token's `exp` plus the leeway.
 #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum Message {
-    Jti { jti: String, exp: i64 },
-    Sub { sub: String, at: i64 },
+    Jti {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        issuer: Option<String>,
+        jti: String,
+        exp: i64,
+    },
+    Sub {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        issuer: Option<String>,
+        sub: String,
+        at: i64,
+    },
 }
 
 /// A Redis client for `redis_url`; a `rediss://` server is verified against `redis_ca`
@@ -225,12 +287,23 @@ impl RedisStore {
         })
     }
 
-    pub fn jti_key(&self, jti: &str) -> String {
+    /// `<prefix>revoked:jti:<issuer>:<jti>`.
+    pub fn jti_key(&self, jti: &Scoped) -> String {
         format!("{}revoked:jti:{jti}", self.prefix)
     }
 
-    pub fn sub_key(&self, sub: &str) -> String {
+    /// `<prefix>revoked:sub:<issuer>:<sub>`.
+    pub fn sub_key(&self, sub: &Scoped) -> String {
         format!("{}revoked:sub:{sub}", self.prefix)
+    }
+
+    /// The unscoped key of earlier releases, read (for every issuer) until the next one.
+    fn legacy_jti_key(&self, jti: &Scoped) -> String {
+        format!("{}revoked:jti:{}", self.prefix, jti.value())
+    }
+
+    fn legacy_sub_key(&self, sub: &Scoped) -> String {
+        format!("{}revoked:sub:{}", self.prefix, sub.value())
     }
 
     pub fn channel(&self) -> String {
@@ -287,31 +360,42 @@ impl RedisStore {
 }
 
 impl Store for RedisStore {
-    fn lookup_now(&self, _jti: Option<&str>, _sub: &str) -> Option<Lookup> {
+    fn lookup_now(&self, _jti: Option<&Scoped>, _sub: Option<&Scoped>) -> Option<Lookup> {
         None
     }
 
+    /// One MGET: the scoped and the legacy key of the subject, then of the jti.
     fn lookup<'a>(
         &'a self,
-        jti: Option<&'a str>,
-        sub: &'a str,
+        jti: Option<&'a Scoped>,
+        sub: Option<&'a Scoped>,
     ) -> BoxFuture<'a, Result<Lookup, StoreError>> {
         Box::pin(async move {
             let mut cmd = redis::cmd("MGET");
-            cmd.arg(self.sub_key(sub));
+            if let Some(s) = sub {
+                cmd.arg(self.sub_key(s)).arg(self.legacy_sub_key(s));
+            }
             if let Some(j) = jti {
-                cmd.arg(self.jti_key(j));
+                cmd.arg(self.jti_key(j)).arg(self.legacy_jti_key(j));
             }
             let vals: Vec<Option<String>> = self
                 .run(|mut c| async move { cmd.query_async(&mut c).await })
                 .await?;
+            let mut vals = vals.into_iter();
+            let mut next = || vals.next().flatten();
             // An unreadable watermark fails closed: it revokes every token of the subject.
-            let watermark = vals
-                .first()
-                .cloned()
-                .flatten()
-                .map(|v| v.trim().parse::<i64>().unwrap_or(i64::MAX));
-            let jti_revoked = vals.get(1).is_some_and(|v| v.is_some());
+            let mark = |v: Option<String>| v.map(|v| v.trim().parse::<i64>().unwrap_or(i64::MAX));
+            let watermark = match sub {
+                Some(_) => mark(next()).max(mark(next())),
+                None => None,
+            };
+            let jti_revoked = match jti {
+                Some(_) => {
+                    let (scoped, legacy) = (next(), next());
+                    scoped.is_some() || legacy.is_some()
+                }
+                None => false,
+            };
             Ok(Lookup {
                 jti_revoked,
                 watermark,
@@ -319,27 +403,32 @@ impl Store for RedisStore {
         })
     }
 
-    fn revoke_jti<'a>(&'a self, jti: &'a str, exp: i64) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn revoke_jti<'a>(
+        &'a self,
+        jti: &'a Scoped,
+        until: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let mut pipe = redis::pipe();
             pipe.cmd("SET")
                 .arg(self.jti_key(jti))
                 .arg("1")
                 .arg("EXAT")
-                .arg(exp)
+                .arg(until)
                 .ignore();
             self.publish_with(
                 pipe,
                 &Message::Jti {
-                    jti: jti.to_string(),
-                    exp,
+                    issuer: Some(jti.issuer().to_string()),
+                    jti: jti.value().to_string(),
+                    exp: until,
                 },
             )
             .await
         })
     }
 
-    fn revoke_sub<'a>(&'a self, sub: &'a str, at: i64) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn revoke_sub<'a>(&'a self, sub: &'a Scoped, at: i64) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let mut pipe = redis::pipe();
             pipe.cmd("SET")
@@ -351,7 +440,8 @@ impl Store for RedisStore {
             self.publish_with(
                 pipe,
                 &Message::Sub {
-                    sub: sub.to_string(),
+                    issuer: Some(sub.issuer().to_string()),
+                    sub: sub.value().to_string(),
                     at,
                 },
             )
@@ -374,7 +464,8 @@ const TRIP_AFTER: u32 = 3;
 
 struct CachedLookup {
     lookup: Lookup,
-    exp: i64,
+    /// The token's `exp` plus its issuer's leeway: a "revoked" answer is kept until then.
+    until: i64,
 }
 
 struct CacheExpiry {
@@ -389,7 +480,7 @@ impl moka::Expiry<[u8; 32], Arc<CachedLookup>> for CacheExpiry {
         _now: Instant,
     ) -> Option<Duration> {
         if v.lookup.jti_revoked {
-            Some(Duration::from_secs((v.exp - now_unix()).max(0) as u64))
+            Some(Duration::from_secs((v.until - now_unix()).max(0) as u64))
         } else {
             Some(self.not_revoked_ttl)
         }
@@ -453,9 +544,12 @@ impl Revocations {
         })
     }
 
-    /// Step 4b: is this verified token revoked?
+    /// Step 4b: is this verified token revoked (by its issuer's jti or subject)?
     pub async fn check(&self, v: &Verified) -> Result<(), GatewayError> {
-        if let Some(l) = self.store.lookup_now(v.jti.as_deref(), &v.sub) {
+        if let Some(l) = self
+            .store
+            .lookup_now(v.scoped_jti.as_ref(), Some(&v.scoped_sub))
+        {
             return decide(l, v);
         }
         // The remote path's future is large (cache, store); boxing it keeps every caller's
@@ -464,8 +558,8 @@ impl Revocations {
     }
 
     async fn check_remote(&self, v: &Verified) -> Result<(), GatewayError> {
-        let jti = v.jti.as_deref();
-        decide(self.recent.get(jti, &v.sub), v)?;
+        let (jti, sub) = (v.scoped_jti.as_ref(), Some(&v.scoped_sub));
+        decide(self.recent.get(jti, sub), v)?;
         // A cached answer needs no store, even while the circuit is open.
         if let Some(c) = self.cache.get(&v.key).await {
             return decide(c.lookup, v);
@@ -477,8 +571,9 @@ impl Revocations {
             .cache
             .try_get_with(v.key, async {
                 self.lookups.inc();
-                let lookup = self.store.lookup(jti, &v.sub).await?;
-                Ok::<_, StoreError>(Arc::new(CachedLookup { lookup, exp: v.exp }))
+                let lookup = self.store.lookup(jti, sub).await?;
+                let until = v.exp.saturating_add(v.leeway);
+                Ok::<_, StoreError>(Arc::new(CachedLookup { lookup, until }))
             })
             .await;
         match res {
@@ -536,32 +631,48 @@ impl Revocations {
         }
     }
 
-    /// Revoke a token id until `exp` (the entry never outlives the token).
-    pub async fn revoke_jti(&self, jti: &str, exp: i64) -> Result<(), StoreError> {
-        self.store.revoke_jti(jti, exp).await?;
-        self.recent.put_jti(jti, exp);
+    /// Revoke an issuer's token id until `until`: the token's `exp` plus the largest
+    /// `leeway_s` (`Config::max_leeway_s`), as long as any issuer would still accept it.
+    pub async fn revoke_jti(&self, jti: &Scoped, until: i64) -> Result<(), StoreError> {
+        self.store.revoke_jti(jti, until).await?;
+        self.recent.put_jti(jti, until);
         Ok(())
     }
 
-    /// Revoke every token of `sub` issued at or before `at`.
-    pub async fn revoke_sub(&self, sub: &str, at: i64) -> Result<(), StoreError> {
+    /// Revoke every token of an issuer's `sub` issued at or before `at`.
+    pub async fn revoke_sub(&self, sub: &Scoped, at: i64) -> Result<(), StoreError> {
         self.store.revoke_sub(sub, at).await?;
         self.recent.put_sub(sub, at);
         Ok(())
     }
 
-    /// Whether `jti` is on the blacklist (admin API).
-    pub async fn is_jti_revoked(&self, jti: &str) -> Result<bool, StoreError> {
-        if self.recent.get(Some(jti), "").jti_revoked {
+    /// Whether an issuer's `jti` is on the blacklist (admin API; the legacy unscoped key
+    /// counts too).
+    pub async fn is_jti_revoked(&self, jti: &Scoped) -> Result<bool, StoreError> {
+        if self.recent.get(Some(jti), None).jti_revoked {
             return Ok(true);
         }
-        Ok(self.store.lookup(Some(jti), "").await?.jti_revoked)
+        Ok(self.store.lookup(Some(jti), None).await?.jti_revoked)
     }
 
     fn apply(&self, msg: Message) {
         match msg {
-            Message::Jti { jti, exp } => self.recent.put_jti(&jti, exp),
-            Message::Sub { sub, at } => self.recent.put_sub(&sub, at),
+            Message::Jti {
+                issuer: Some(i),
+                jti,
+                exp,
+            } => self.recent.put_jti(&Scoped::new(&i, &jti), exp),
+            Message::Sub {
+                issuer: Some(i),
+                sub,
+                at,
+            } => self.recent.put_sub(&Scoped::new(&i, &sub), at),
+            // From a replica of the earlier release, which wrote an unscoped key: it applies
+            // to every issuer, and lookups read it; forget cached "not revoked" answers so
+            // the next ones do.
+            Message::Jti { issuer: None, .. } | Message::Sub { issuer: None, .. } => {
+                self.cache.invalidate_all()
+            }
         }
     }
 
@@ -680,20 +791,31 @@ mod tests {
 
     #[test]
     fn messages_round_trip() {
+        let m = Message::Jti {
+            issuer: Some("main".into()),
+            jti: "a".into(),
+            exp: 5,
+        };
+        let text = serde_json::to_string(&m).unwrap();
+        assert_eq!(text, r#"{"issuer":"main","jti":"a","exp":5}"#);
+        assert_eq!(serde_json::from_str::<Message>(&text).unwrap(), m);
+        let m: Message = serde_json::from_str(r#"{"issuer":"b","sub":"alice","at":7}"#).unwrap();
+        assert_eq!(
+            m,
+            Message::Sub {
+                issuer: Some("b".into()),
+                sub: "alice".into(),
+                at: 7
+            }
+        );
+        // An earlier release's message: no issuer.
         let m: Message = serde_json::from_str(r#"{"jti":"a","exp":5}"#).unwrap();
         assert_eq!(
             m,
             Message::Jti {
+                issuer: None,
                 jti: "a".into(),
                 exp: 5
-            }
-        );
-        let m: Message = serde_json::from_str(r#"{"sub":"alice","at":7}"#).unwrap();
-        assert_eq!(
-            m,
-            Message::Sub {
-                sub: "alice".into(),
-                at: 7
             }
         );
     }
@@ -701,8 +823,35 @@ mod tests {
     #[test]
     fn memory_watermark_only_moves_forward() {
         let m = MemoryStore::new(100, Duration::from_secs(60));
-        m.put_sub("a", 10);
-        m.put_sub("a", 5);
-        assert_eq!(m.get(None, "a").watermark, Some(10));
+        let a = Scoped::new("i", "a");
+        m.put_sub(&a, 10);
+        m.put_sub(&a, 5);
+        assert_eq!(m.get(None, Some(&a)).watermark, Some(10));
+    }
+
+    #[test]
+    fn memory_entries_are_per_issuer() {
+        let m = MemoryStore::new(100, Duration::from_secs(60));
+        m.put_sub(&Scoped::new("b", "alice"), 10);
+        m.put_jti(&Scoped::new("b", "j"), now_unix() + 60);
+        assert_eq!(
+            m.get(
+                Some(&Scoped::new("a", "j")),
+                Some(&Scoped::new("a", "alice"))
+            ),
+            Lookup::default()
+        );
+        let l = m.get(
+            Some(&Scoped::new("b", "j")),
+            Some(&Scoped::new("b", "alice")),
+        );
+        assert!(l.jti_revoked && l.watermark == Some(10));
+    }
+
+    #[test]
+    fn scoped_splits_at_the_first_colon() {
+        let s = Scoped::new("main", "urn:uuid:1");
+        assert_eq!(s.as_str(), "main:urn:uuid:1");
+        assert_eq!((s.issuer(), s.value()), ("main", "urn:uuid:1"));
     }
 }

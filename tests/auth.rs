@@ -1275,3 +1275,113 @@ fn assertion_key_must_be_a_p256_private_key() {
     ))
     .is_empty());
 }
+
+// === [anomaly] windows belong to the token, not to its bytes or its cache entry (issue 20) ===
+
+const ANOMALY_REVOKE_AT_5: &str =
+    "[anomaly]\nwindow_s = 60\nmax_requests_per_token = 5\naction = \"revoke\"\n\n";
+
+/// Call `t` on `/api/x` and return the status.
+async fn status(gw: &TestGateway, t: &str) -> u16 {
+    gw.client_plain()
+        .get(&gw.http_url("/api/x"), &[("authorization", &bearer(t))])
+        .await
+        .status
+}
+
+/// Finding 6: a garbage token with an unknown kid made every cached verification, and
+/// with it every [anomaly] window, start afresh. Neither a refetch that changes nothing nor
+/// a real key rotation may reset a token's window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_kid_refetches_do_not_reset_anomaly_windows() {
+    for rotate in [false, true] {
+        let idp = MockIdp::start(vec![Keys::rsa_jwk("k1", "rsa")]).await;
+        let up = EchoUpstream::start().await;
+        let gw = TestGateway::start(
+            &[
+                jwks_issuer(&idp),
+                route("api", "/api", &[&up.url()], ""),
+                ANOMALY_REVOKE_AT_5.into(),
+            ]
+            .concat(),
+        )
+        .await;
+        let victim = token("RS256", Some("k1"), json!({}));
+        for i in 0..3 {
+            assert_eq!(status(&gw, &victim).await, 200, "request {i}");
+        }
+        if rotate {
+            idp.set_keys(vec![Keys::rsa_jwk("k1", "rsa"), Keys::ec_jwk("k2")]);
+        }
+        let fetches = idp.fetches();
+        for i in 0..3 {
+            let garbage = token("RS256", Some(&format!("nope-{i}")), json!({}));
+            assert_eq!(status(&gw, &garbage).await, 401);
+        }
+        assert_eq!(idp.fetches(), fetches + 1, "the garbage caused one refetch");
+        for i in 3..5 {
+            assert_eq!(
+                status(&gw, &victim).await,
+                200,
+                "request {i} (rotate {rotate})"
+            );
+        }
+        assert_eq!(
+            status(&gw, &victim).await,
+            401,
+            "6th request served against a limit of 5 (rotate {rotate})"
+        );
+    }
+}
+
+/// `(r, s)` -> `(r, n - s)`: the other valid ES256 signature of the same message.
+fn ecdsa_twin(t: &str) -> String {
+    // The order n of P-256, big-endian.
+    const N: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
+        0x25, 0x51,
+    ];
+    let (signed, sig) = t.rsplit_once('.').unwrap();
+    let mut raw = URL_SAFE_NO_PAD.decode(sig).unwrap();
+    assert_eq!(raw.len(), 64, "r || s");
+    let s = &mut raw[32..];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = N[i] as i16 - s[i] as i16 - borrow;
+        borrow = (d < 0) as i16;
+        s[i] = (d + 256 * borrow) as u8;
+    }
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(raw))
+}
+
+/// Finding 7: ECDSA signatures are malleable; the twin of a stolen ES256 token (other
+/// bytes, same claims) must count against the same [anomaly] window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ecdsa_twin_shares_its_tokens_anomaly_window() {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start(
+        &[
+            static_issuer(),
+            route("api", "/api", &[&up.url()], ""),
+            ANOMALY_REVOKE_AT_5.into(),
+        ]
+        .concat(),
+    )
+    .await;
+    let victim = token("ES256", Some("e1"), json!({}));
+    let twin = ecdsa_twin(&victim);
+    assert_ne!(twin, victim);
+    // The twin verifies on its own.
+    assert_eq!(status(&gw, &twin).await, 200, "the twin does not verify");
+    assert_eq!(up.count(), 1);
+    for (i, t) in [&victim, &twin, &victim, &twin].into_iter().enumerate() {
+        assert_eq!(status(&gw, t).await, 200, "request {}", i + 2);
+    }
+    assert_eq!(
+        status(&gw, &twin).await,
+        401,
+        "the twin has a window of its own: 6 requests against a limit of 5"
+    );
+    assert_eq!(status(&gw, &victim).await, 401, "the jti is revoked");
+}

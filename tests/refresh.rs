@@ -347,7 +347,10 @@ async fn revoked_token_is_never_refreshed() {
     };
     let app = r.gw.running.as_ref().unwrap().shared.app.load_full();
     app.revocations
-        .revoke_jti(&jti, jwtgate::auth::now_unix() + 10)
+        .revoke_jti(
+            &jwtgate::revocation::Scoped::new("s", &jti),
+            jwtgate::auth::now_unix() + 10,
+        )
         .await
         .unwrap();
     let resp = r.get_with_cookies(Some(&t), &rt).await;

@@ -44,7 +44,10 @@ async fn reload_applies_new_routes_and_refuses_bad_files() {
     let victim = token("HS256", Some("h1"), json!({"sub": "victim"}));
     let app = gw.running.as_ref().unwrap().shared.app.load_full();
     app.revocations
-        .revoke_sub("victim", jwtgate::auth::now_unix())
+        .revoke_sub(
+            &jwtgate::revocation::Scoped::new("s", "victim"),
+            jwtgate::auth::now_unix(),
+        )
         .await
         .unwrap();
     drop(app);

@@ -39,12 +39,48 @@ async fn rig_with(revocation: &str, server_extra: &str) -> Rig {
 
 /// `rig_with`, not waiting for readiness (to see a store that never answers).
 async fn rig_nowait(revocation: &str, server_extra: &str) -> Rig {
+    rig_issuers(
+        &issuer("s", "https://idp.test", "r1", "RS256", "rsa.pub.pem"),
+        revocation,
+        server_extra,
+    )
+    .await
+}
+
+/// An `[[issuers]]` entry with one static key.
+fn issuer(name: &str, iss: &str, kid: &str, alg: &str, pem: &str) -> String {
+    format!(
+        "[[issuers]]\nname = \"{name}\"\nissuer = \"{iss}\"\naudiences = [\"api\"]\nkeys = [{{ kid = \"{kid}\", alg = \"{alg}\", pem = \"{}\" }}]\n\n",
+        fixture(pem).display()
+    )
+}
+
+/// Issuer B of the two-issuer rig: its own `iss` and an ES256 key.
+const B_ISS: &str = "https://other.test";
+
+/// Issuers "a" (`https://idp.test`, RS256 `r1`) and "b" (`B_ISS`, ES256 `e1`).
+fn two_issuers() -> String {
+    issuer("a", "https://idp.test", "r1", "RS256", "rsa.pub.pem")
+        + &issuer("b", B_ISS, "e1", "ES256", "ec.pub.pem")
+}
+
+/// A token of issuer B.
+fn b_token(claims: serde_json::Value) -> String {
+    let mut c = json!({"iss": B_ISS});
+    for (k, v) in claims.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    token("ES256", Some("e1"), c)
+}
+
+/// A gateway with `issuers`, one authenticated route, logout, and the `[revocation]` body;
+/// not waiting for readiness.
+async fn rig_issuers(issuers: &str, revocation: &str, server_extra: &str) -> Rig {
     let up = EchoUpstream::start().await;
     std::env::set_var(HS_ENV, HS_SECRET);
     let (var, value) = admin_env();
     let cfg = format!(
-        "[admin]\ntoken_env = \"{var}\"\n\n[[issuers]]\nname = \"s\"\nissuer = \"https://idp.test\"\naudiences = [\"api\"]\nkeys = [{{ kid = \"r1\", alg = \"RS256\", pem = \"{}\" }}]\n\n[revocation]\n{revocation}\n\n[refresh]\nlogout_path = \"/logout\"\n\n{}",
-        fixture("rsa.pub.pem").display(),
+        "[admin]\ntoken_env = \"{var}\"\n\n{issuers}[revocation]\n{revocation}\n\n[refresh]\nlogout_path = \"/logout\"\n\n{}",
         route("api", "/api", &[&up.url()], "")
     );
     let gw = TestGateway::start_nowait(&cfg, server_extra).await;
@@ -106,6 +142,20 @@ impl Rig {
         assert_eq!(resp.status, 204, "{}", resp.text());
         assert_eq!(self.call(t).await.status, 401);
         c
+    }
+
+    /// `POST /logout` with `t` as the bearer token.
+    async fn logout(&self, t: &str) -> Resp {
+        let b = format!("Bearer {t}");
+        self.gw
+            .client_plain()
+            .send(
+                Method::POST,
+                &self.gw.http_url("/logout"),
+                &[("authorization", &b)],
+                jwtgate::body::empty(),
+            )
+            .await
     }
 
     async fn revoke(&self, body: serde_json::Value) -> Resp {
@@ -288,21 +338,22 @@ async fn redis_keys_expire_with_the_token_and_follow_the_spec_names() {
     );
     assert_eq!(r.revoke(json!({"sub": "carol"})).await.status, 204);
     let mut conn = redis.conn().await;
-    let key = format!("gw1:revoked:jti:{}", c["jti"].as_str().unwrap());
+    // Scoped by the issuer's name ("s"); kept until exp + leeway_s (30).
+    let key = format!("gw1:revoked:jti:s:{}", c["jti"].as_str().unwrap());
     let expire_at: i64 = redis::cmd("EXPIRETIME")
         .arg(&key)
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(expire_at, c["exp"].as_i64().unwrap());
+    assert_eq!(expire_at, c["exp"].as_i64().unwrap() + 30);
     let wm: String = redis::cmd("GET")
-        .arg("gw1:revoked:sub:carol")
+        .arg("gw1:revoked:sub:s:carol")
         .query_async(&mut conn)
         .await
         .unwrap();
     assert!((wm.parse::<i64>().unwrap() - jwtgate::auth::now_unix()).abs() <= 2);
     let ttl: i64 = redis::cmd("TTL")
-        .arg("gw1:revoked:sub:carol")
+        .arg("gw1:revoked:sub:s:carol")
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -524,7 +575,8 @@ async fn admin_rejects_malformed_bodies() {
         ("not json".to_string(), "JSON"),
         ("{}".to_string(), "either"),
         (json!({"jti": "a"}).to_string(), "exp is required"),
-        (json!({"jti": "a", "exp": now - 10}).to_string(), "past"),
+        // Past exp + leeway_s (30): no longer accepted, nothing to revoke.
+        (json!({"jti": "a", "exp": now - 100}).to_string(), "past"),
         (
             json!({"jti": "a", "exp": now + 10, "sub": "b"}).to_string(),
             "not both",
@@ -569,6 +621,8 @@ async fn revoke_cli_uses_the_admin_api() {
             c["jti"].as_str().unwrap(),
             "--exp",
             &c["exp"].to_string(),
+            "--issuer",
+            "s",
             "--admin",
             &format!("http://{}", r.gw.admin),
         ])
@@ -720,7 +774,7 @@ async fn rediss_with_a_private_ca_via_redis_ca() {
     assert_eq!(r.call(&t).await.status, 200);
     let c = r.revoke_and_refuse(&t).await;
     // The revocation went to that server (read back on its plaintext port).
-    let key = format!("jwtgate:revoked:jti:{}", c["jti"].as_str().unwrap());
+    let key = format!("jwtgate:revoked:jti:s:{}", c["jti"].as_str().unwrap());
     let got: Option<String> = redis::AsyncCommands::get(&mut redis.conn().await, &key)
         .await
         .unwrap();
@@ -746,4 +800,229 @@ async fn rediss_with_a_private_ca_via_redis_ca() {
     let resp = u.call(&token("RS256", Some("r1"), json!({}))).await;
     assert_eq!(resp.status, 503, "{}", resp.text());
     assert_eq!(resp.json()["error"], "revocation_unavailable");
+}
+
+// === revocation lasts as long as acceptance (issue 20, finding 5) ===
+
+/// A revoked token is refused for as long as it would be accepted at all: past `exp`,
+/// within the issuer's leeway (30 s here), too; and the admin API takes such an `exp`.
+async fn revoked_through_the_leeway_case(r: Rig, redis: Option<&RedisServer>) {
+    let t = token(
+        "RS256",
+        Some("r1"),
+        json!({"exp": jwtgate::auth::now_unix() + 1}),
+    );
+    assert_eq!(r.call(&t).await.status, 200);
+    let c = r.revoke_and_refuse(&t).await;
+    let exp = c["exp"].as_i64().unwrap();
+    // The clock passes exp; the token is still within its leeway, so only the revocation
+    // can refuse it.
+    while jwtgate::auth::now_unix() < exp + 2 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let resp = r.call(&t).await;
+    assert_eq!(resp.status, 401, "revoked token accepted again after exp");
+    assert!(resp
+        .header("www-authenticate")
+        .unwrap()
+        .contains("token revoked"));
+    // The admin API revokes a token in that window...
+    let now = jwtgate::auth::now_unix();
+    let late = r.revoke(json!({"jti": "late", "exp": now - 5})).await;
+    assert_eq!(late.status, 204, "{}", late.text());
+    // ...and refuses, clearly, one that is accepted nowhere any more.
+    let gone = r.revoke(json!({"jti": "gone", "exp": now - 31})).await;
+    assert_eq!(gone.status, 400);
+    assert!(
+        gone.json()["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("leeway"),
+        "{}",
+        gone.text()
+    );
+    if let Some(redis) = redis {
+        let key = format!("jwtgate:revoked:jti:s:{}", c["jti"].as_str().unwrap());
+        let expire_at: i64 = redis::cmd("EXPIRETIME")
+            .arg(&key)
+            .query_async(&mut redis.conn().await)
+            .await
+            .unwrap();
+        assert_eq!(expire_at, exp + 30, "EXAT exp + the largest leeway_s");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_keeps_a_revocation_through_the_leeway() {
+    revoked_through_the_leeway_case(rig("store = \"memory\"").await, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_keeps_a_revocation_through_the_leeway() {
+    let redis = RedisServer::start().await;
+    revoked_through_the_leeway_case(rig(&redis_cfg(&redis, "")).await, Some(&redis)).await;
+}
+
+// === revocations are scoped by issuer (issue 20, finding 8) ===
+
+async fn issuers_are_revoked_separately_case(r: Rig, redis: Option<&RedisServer>) {
+    let old = jwtgate::auth::now_unix() - 60;
+    let a_alice = token("RS256", Some("r1"), json!({"iat": old}));
+    // No jti: logging out revokes the subject, at B only.
+    let b_alice = b_token(json!({"iat": old, "jti": null}));
+    assert_eq!(r.call(&a_alice).await.status, 200);
+    assert_eq!(r.call(&b_alice).await.status, 200);
+    assert_eq!(r.logout(&b_alice).await.status, 204);
+    assert_eq!(r.call(&b_alice).await.status, 401);
+    assert_eq!(
+        r.call(&a_alice).await.status,
+        200,
+        "B's alice logging out locked out A's alice"
+    );
+
+    // One jti at two issuers: two tokens, revoked separately.
+    let a_t = token("RS256", Some("r1"), json!({"jti": "shared-1"}));
+    let b_t = b_token(json!({"jti": "shared-1"}));
+    let exp = claims_of(&a_t)["exp"].clone();
+    assert_eq!(r.call(&b_t).await.status, 200);
+    let resp = r
+        .revoke(json!({"jti": "shared-1", "exp": exp, "issuer": "a"}))
+        .await;
+    assert_eq!(resp.status, 204, "{}", resp.text());
+    assert_eq!(r.call(&a_t).await.status, 401);
+    assert_eq!(
+        r.call(&b_t).await.status,
+        200,
+        "A's revocation hit B's token"
+    );
+    let get = |q: &'static str| r.admin(Method::GET, q, None, "");
+    assert_eq!(get("/revocations/jti/shared-1?issuer=a").await.status, 200);
+    assert_eq!(get("/revocations/jti/shared-1?issuer=b").await.status, 404);
+
+    // With two issuers the admin API must be told which; unknown names are refused.
+    for (body, needle) in [
+        (json!({"sub": "alice"}), "issuer"),
+        (json!({"jti": "x", "exp": exp}), "issuer"),
+        (json!({"sub": "alice", "issuer": "nope"}), "nope"),
+    ] {
+        let resp = r.revoke(body.clone()).await;
+        assert_eq!(resp.status, 400, "{body}");
+        let d = resp.json()["error_description"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(d.contains(needle), "{body}: {d}");
+    }
+    for q in [
+        "/revocations/jti/shared-1",
+        "/revocations/jti/shared-1?issuer=nope",
+    ] {
+        assert_eq!(get(q).await.status, 400, "{q}");
+    }
+    assert_eq!(
+        r.revoke(json!({"sub": "alice", "issuer": "a"}))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(r.call(&a_alice).await.status, 401);
+
+    let Some(redis) = redis else { return };
+    let mut conn = redis.conn().await;
+    let scoped: Option<String> =
+        redis::AsyncCommands::get(&mut conn, "jwtgate:revoked:jti:a:shared-1")
+            .await
+            .unwrap();
+    assert_eq!(scoped.as_deref(), Some("1"));
+    let wm: Option<String> = redis::AsyncCommands::get(&mut conn, "jwtgate:revoked:sub:b:alice")
+        .await
+        .unwrap();
+    assert!(wm.is_some(), "logout wrote B's scoped watermark");
+    // Legacy unscoped keys (written by an IdP or an operator) still apply to every issuer
+    // for one release.
+    let (a_l, b_l) = (
+        token("RS256", Some("r1"), json!({"jti": "legacy-1"})),
+        b_token(json!({"jti": "legacy-1"})),
+    );
+    let (a_carol, b_carol) = (
+        token("RS256", Some("r1"), json!({"sub": "carol", "iat": old})),
+        b_token(json!({"sub": "carol", "iat": old})),
+    );
+    let _: () = redis::cmd("SET")
+        .arg("jwtgate:revoked:jti:legacy-1")
+        .arg("1")
+        .arg("EX")
+        .arg(600)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("jwtgate:revoked:sub:carol")
+        .arg(old + 1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for t in [&a_l, &b_l, &a_carol, &b_carol] {
+        assert_eq!(r.call(t).await.status, 401, "legacy key ignored");
+    }
+    // A direct write of the scoped shape revokes at that issuer only.
+    let _: () = redis::cmd("SET")
+        .arg("jwtgate:revoked:jti:b:direct-1")
+        .arg("1")
+        .arg("EX")
+        .arg(600)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // (Not alice: A's alice is revoked above.)
+    let b_d = b_token(json!({"jti": "direct-1", "sub": "dave"}));
+    assert_eq!(r.call(&b_d).await.status, 401);
+    let a_d = token(
+        "RS256",
+        Some("r1"),
+        json!({"jti": "direct-1", "sub": "dave"}),
+    );
+    assert_eq!(r.call(&a_d).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_revokes_per_issuer() {
+    let r = rig_issuers(&two_issuers(), "store = \"memory\"", "").await;
+    r.gw.wait_ready().await;
+    issuers_are_revoked_separately_case(r, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_revokes_per_issuer_and_reads_legacy_keys() {
+    let redis = RedisServer::start().await;
+    // Replica B caches "not revoked" for a minute: only the published message (which must
+    // name the issuer) can make it refuse A's token in time, and B's must stay served.
+    let cfg = redis_cfg(&redis, "").replace("cache_ttl_ms = 300", "cache_ttl_ms = 60000");
+    let other = rig_issuers(&two_issuers(), &cfg, "").await;
+    other.gw.wait_ready().await;
+    let (a_t, b_t) = (
+        token("RS256", Some("r1"), json!({"jti": "pubsub-1"})),
+        b_token(json!({"jti": "pubsub-1"})),
+    );
+    assert_eq!(other.call(&a_t).await.status, 200);
+    assert_eq!(other.call(&b_t).await.status, 200);
+    let r = rig_issuers(&two_issuers(), &redis_cfg(&redis, ""), "").await;
+    r.gw.wait_ready().await;
+    let exp = claims_of(&a_t)["exp"].clone();
+    assert_eq!(
+        r.revoke(json!({"jti": "pubsub-1", "exp": exp, "issuer": "a"}))
+            .await
+            .status,
+        204
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            other.call(&a_t).await.status == 401
+        })
+        .await
+        .is_some(),
+        "the other replica never heard of the revocation"
+    );
+    assert_eq!(other.call(&b_t).await.status, 200);
+    issuers_are_revoked_separately_case(r, Some(&redis)).await;
 }

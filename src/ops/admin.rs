@@ -16,6 +16,7 @@ use crate::error::json_response;
 use crate::http::conn::{self, Timeouts};
 use crate::http::listener::Shared;
 use crate::net::body::{self, Body};
+use crate::revocation::Scoped;
 use http_body_util::{BodyExt, Limited};
 
 /// Serve the admin API until `shutdown` is set.
@@ -113,7 +114,20 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             if jti.is_empty() {
                 return json_response(StatusCode::BAD_REQUEST, "bad_request", "missing jti");
             }
-            match app.revocations.is_jti_revoked(jti).await {
+            let named = req.uri().query().and_then(|q| {
+                form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "issuer")
+                    .map(|(_, v)| v.into_owned())
+            });
+            let issuer = match which_issuer(&app.config, named.as_deref(), "?issuer=<name>") {
+                Ok(i) => i,
+                Err(m) => return json_response(StatusCode::BAD_REQUEST, "bad_request", &m),
+            };
+            match app
+                .revocations
+                .is_jti_revoked(&Scoped::new(issuer, jti))
+                .await
+            {
                 Ok(true) => json(StatusCode::OK, serde_json::json!({"revoked": true})),
                 Ok(false) => json(StatusCode::NOT_FOUND, serde_json::json!({"revoked": false})),
                 Err(e) => json_response(
@@ -206,6 +220,38 @@ struct RevocationRequest {
     sub: Option<String>,
     /// Optional for `sub`: revoke tokens issued at or before this time (default now).
     at: Option<i64>,
+    /// The `[[issuers]]` entry (its `name`) whose token or subject this is; may be left out
+    /// when exactly one issuer is configured.
+    issuer: Option<String>,
+}
+
+/// The issuer a revocation is for: the one `named`, or the only one configured. `how` says
+/// how a client names one (in the message when it must).
+fn which_issuer<'a>(
+    config: &'a crate::config::Config,
+    named: Option<&str>,
+    how: &str,
+) -> Result<&'a str, String> {
+    let names = || {
+        config
+            .issuers
+            .iter()
+            .map(|i| format!("{:?}", i.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match (named, config.issuers.as_slice()) {
+        (Some(n), _) => config
+            .issuer_named(n)
+            .map(|i| i.name.as_str())
+            .ok_or_else(|| format!("unknown issuer {n:?}; configured: {}", names())),
+        (None, [only]) => Ok(&only.name),
+        (None, []) => Err("no [[issuers]] are configured: there is no token to revoke".into()),
+        (None, _) => Err(format!(
+            "several issuers are configured ({}): name the one the token or subject belongs to with {how}",
+            names()
+        )),
+    }
 }
 
 async fn post_revocation(app: &App, body: Incoming) -> Response<Body> {
@@ -223,20 +269,35 @@ async fn post_revocation(app: &App, body: Incoming) -> Response<Body> {
         }
     };
     let now = now_unix();
+    let leeway = app.config.max_leeway_s();
+    let issuer = req.issuer.clone();
+    let issuer = || which_issuer(&app.config, issuer.as_deref(), "\"issuer\": \"<name>\"");
     let res = match req {
         RevocationRequest {
             jti: Some(jti),
             exp: Some(exp),
             sub: None,
             at: None,
+            ..
         } => {
             if jti.is_empty() {
                 return bad("jti must not be empty");
             }
-            if exp <= now {
-                return bad("exp is in the past: the token has already expired");
+            // Accepted until exp + leeway: revoking is pointless only after that.
+            let until = exp.saturating_add(leeway);
+            if until < now {
+                return bad(&format!(
+                    "exp + leeway is in the past: no issuer accepts the token any more (largest leeway_s = {leeway}), nothing to revoke"
+                ));
             }
-            app.revocations.revoke_jti(&jti, exp).await
+            match issuer() {
+                Ok(i) => {
+                    app.revocations
+                        .revoke_jti(&Scoped::new(i, &jti), until)
+                        .await
+                }
+                Err(m) => return bad(&m),
+            }
         }
         RevocationRequest {
             jti: Some(_),
@@ -248,11 +309,19 @@ async fn post_revocation(app: &App, body: Incoming) -> Response<Body> {
             exp: None,
             sub: Some(sub),
             at,
+            ..
         } => {
             if sub.is_empty() {
                 return bad("sub must not be empty");
             }
-            app.revocations.revoke_sub(&sub, at.unwrap_or(now)).await
+            match issuer() {
+                Ok(i) => {
+                    app.revocations
+                        .revoke_sub(&Scoped::new(i, &sub), at.unwrap_or(now))
+                        .await
+                }
+                Err(m) => return bad(&m),
+            }
         }
         RevocationRequest {
             jti: None,
