@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::auth::{now_unix, Verified};
+use crate::auth::Verified;
+use crate::clock::now_unix;
 use crate::config::Anomaly;
 use crate::error::{GatewayError, TokenError};
 use crate::revocation::Revocations;

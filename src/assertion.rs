@@ -12,7 +12,8 @@ use jsonwebtoken::jwk::{Jwk, PublicKeyUse, ThumbprintHash};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 
-use crate::auth::{now_unix, Verified};
+use crate::auth::Verified;
+use crate::clock::now_unix;
 
 /// The `iss` of every assertion.
 pub const ISSUER: &str = "jwtgate";
@@ -148,7 +149,7 @@ impl Minter {
             sub: &v.sub,
             iat: now,
             exp,
-            jti: crate::cli::token::random_id(),
+            jti: crate::ids::random_id(),
             token_iss,
             token_jti: v.jti.as_deref(),
             scope: (!v.scopes.is_empty()).then(|| v.scopes.join(" ")),

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -13,10 +13,11 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
+pub use crate::clock::now_unix;
 use crate::config::{AuthMode, CorsConfig, Identity, TokenSource, Tokens};
 use crate::error::{GatewayError, TokenError};
+use crate::ids::Scoped;
 use crate::jwks::{self, IssuerKeys, KidLookup, VerifyKey};
-use crate::revocation::Scoped;
 
 /// Tokens larger than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -93,13 +94,6 @@ impl moka::Expiry<[u8; 32], Arc<Verified>> for UntilExp {
         let left = v.exp + v.leeway - now_unix();
         Some(Duration::from_secs(left.max(0) as u64))
     }
-}
-
-pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 impl Verifier {
@@ -514,7 +508,7 @@ fn same_origin(host: Option<&str>, headers: &HeaderMap, cors: Option<&CorsConfig
         return true;
     }
     let site = &origin[..scheme.len() + 3 + authority.len()];
-    cors.is_some_and(|c| crate::policy::cors::trusts_credentials_from(c, site))
+    cors.is_some_and(|c| c.trusts_credentials_from(site))
 }
 
 /// Find the token in the configured sources, in order. A present but malformed

@@ -674,6 +674,19 @@ pub struct CorsConfig {
     pub max_age_s: u64,
 }
 
+impl CorsConfig {
+    /// Whether a page at `origin` (`scheme://host[:port]`) may use this route at all.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.any_origin || self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
+    }
+
+    /// Whether a browser page at `origin` may send this route's cookies cross-site:
+    /// listed explicitly, and `credentials = true`.
+    pub fn trusts_credentials_from(&self, origin: &str) -> bool {
+        self.credentials && !self.any_origin && self.allows_origin(origin)
+    }
+}
+
 /// Where the config file is: `-c`, then `JWTGATE_CONFIG`, then ./gateway.toml.
 pub fn resolve_path(cli: Option<PathBuf>) -> PathBuf {
     cli.or_else(|| std::env::var_os("JWTGATE_CONFIG").map(PathBuf::from))

@@ -4,23 +4,42 @@
 //! `anomaly`) -> `refresh` -> `identity` (set) -> `upstream` (forward).
 //! `config` turns gateway.toml into a validated `Config`; `app` holds the live state.
 
-// Layers, each importing only from those above it in this list (docs/ARCHITECTURE.md):
-pub mod anomaly;
-pub mod app;
-pub mod assertion;
-pub mod auth;
-pub mod cli;
-pub mod config;
+// Layers, bottom first; a module imports only from its own layer's leaves and the layers
+// below it (docs/ARCHITECTURE.md; `tools/layers.py` checks there is no cycle).
+// 0. Shared values: errors, the clock, ids, path normalisation.
+pub mod clock;
 pub mod error;
-pub mod http;
-pub mod jwks;
-pub mod net;
-pub mod ops;
+pub mod ids;
 pub mod path;
-pub mod pipeline;
+// 1. gateway.toml -> Config (no runtime module).
+pub mod config;
+// 2. Outbound HTTP and the body type; metrics (a leaf every layer may count in).
+pub mod net;
+// 3. Per-request policy tables, and identity: keys, verification, revocation, leak
+//    detection, assertions, refresh.
 pub mod policy;
-pub mod refresh;
+// (identity modules, in dependency order)
+pub mod jwks;
+// (verification)
+pub mod auth;
+// (revocation store and cache)
 pub mod revocation;
+// (leaked-token detection)
+pub mod anomaly;
+// (gateway-signed identity)
+pub mod assertion;
+// (edge refresh)
+pub mod refresh;
+// 4. The live state, swapped whole on reload.
+pub mod app;
+// 5. The decision: steps 2-5 of the request path.
+pub mod pipeline;
+// 6. Front doors: listeners, proxy, forward-auth.
+pub mod http;
+// 7. Operating it, and the command line.
+pub mod ops;
+// (the command line's subcommands)
+pub mod cli;
 
 // Stable paths for the binary and the tests.
 pub use cli::{certs, demo, token};

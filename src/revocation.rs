@@ -14,46 +14,11 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use crate::auth::{now_unix, Verified};
+use crate::auth::Verified;
+use crate::clock::now_unix;
 use crate::config::{OnError, Revocation as RevocationConfig, StoreKind};
 use crate::error::{GatewayError, TokenError};
-
-/// A `jti` or `sub` with the name of the `[[issuers]]` entry that vouches for it, held as
-/// `<issuer name>:<value>` (names hold no `:`, config checks it, so the first `:` splits
-/// them). Revocations and per-token state are keyed by it: one issuer's `alice` or reused
-/// jti never touches another issuer's tokens.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Scoped(Box<str>);
-
-impl Scoped {
-    pub fn new(issuer: &str, value: &str) -> Scoped {
-        let mut s = String::with_capacity(issuer.len() + 1 + value.len());
-        s.push_str(issuer);
-        s.push(':');
-        s.push_str(value);
-        Scoped(s.into_boxed_str())
-    }
-
-    /// `<issuer name>:<value>`.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn issuer(&self) -> &str {
-        self.0.split_once(':').map_or("", |(i, _)| i)
-    }
-
-    /// The bare `jti` or `sub`.
-    pub fn value(&self) -> &str {
-        self.0.split_once(':').map_or(&self.0, |(_, v)| v)
-    }
-}
-
-impl std::fmt::Display for Scoped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use crate::ids::Scoped;
 
 /// What a store knows about one token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -74,9 +74,4 @@ pub fn mint(m: &Mint) -> Result<String, MintError> {
     jsonwebtoken::encode(&header, &claims, &key).map_err(MintError::Sign)
 }
 
-/// 128 random bits as hex (for `jti`).
-pub fn random_id() -> String {
-    let mut b = [0u8; 16];
-    let _ = aws_lc_rs::rand::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub use crate::ids::random_id;

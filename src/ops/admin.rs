@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::app::App;
-use crate::auth::now_unix;
+use crate::clock::now_unix;
 use crate::error::json_response;
 use crate::http::conn::{self, Timeouts};
 use crate::http::listener::Shared;

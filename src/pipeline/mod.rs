@@ -15,6 +15,7 @@ use crate::error::{GatewayError, TokenError};
 use crate::net::body::Body;
 use crate::policy::cors;
 pub mod headers;
+pub mod logout;
 
 use crate::net::Client;
 use crate::policy::route::Route;
@@ -99,7 +100,7 @@ pub async fn decide<'a>(
         if parts.method == http::Method::POST && parts.uri.path() == r.logout_path {
             headers::strip_client_headers(&mut parts.headers, &app.config.identity, hops > 0);
             notes.gateway_endpoint = Some("logout");
-            return Box::pin(refresh::logout(app, client, parts, authority, notes.cors))
+            return Box::pin(logout::logout(app, client, parts, authority, notes.cors))
                 .await
                 .map(Decision::Answer);
         }

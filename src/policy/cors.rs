@@ -27,7 +27,7 @@ pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
 /// origin-dependent headers afterwards, as for any response of the route.
 pub fn preflight(c: &CorsConfig, headers: &HeaderMap) -> Result<Response<Body>, GatewayError> {
     let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok());
-    if !origin.is_some_and(|o| origin_allowed(c, o)) {
+    if !origin.is_some_and(|o| c.allows_origin(o)) {
         return Err(GatewayError::CorsRefused("origin not allowed"));
     }
     let method = headers
@@ -87,7 +87,7 @@ pub fn apply(c: &CorsConfig, origin: Option<&HeaderValue>, headers: &mut HeaderM
     }
     // The answer depends on Origin: shared caches must keep one copy per origin.
     headers.append(VARY, HeaderValue::from_static("origin"));
-    let Some(origin) = origin.filter(|o| o.to_str().is_ok_and(|s| origin_allowed(c, s))) else {
+    let Some(origin) = origin.filter(|o| o.to_str().is_ok_and(|s| c.allows_origin(s))) else {
         return;
     };
     headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
@@ -97,16 +97,6 @@ pub fn apply(c: &CorsConfig, origin: Option<&HeaderValue>, headers: &mut HeaderM
             HeaderValue::from_static("true"),
         );
     }
-}
-
-/// Whether a browser page at `origin` (`scheme://host[:port]`) may send this route's
-/// cookies cross-site: listed explicitly, and `credentials = true`.
-pub fn trusts_credentials_from(c: &CorsConfig, origin: &str) -> bool {
-    c.credentials && !c.any_origin && origin_allowed(c, origin)
-}
-
-fn origin_allowed(c: &CorsConfig, origin: &str) -> bool {
-    c.any_origin || c.origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
 }
 
 fn join<'a>(items: impl Iterator<Item = &'a str>) -> Option<HeaderValue> {
@@ -229,21 +219,12 @@ mod tests {
 
     #[test]
     fn only_listed_origins_with_credentials_may_send_cookies() {
-        assert!(trusts_credentials_from(
-            &cors(&["https://app.example.com"], true),
-            "https://app.example.com"
-        ));
-        assert!(!trusts_credentials_from(
-            &cors(&["https://app.example.com"], false),
-            "https://app.example.com"
-        ));
-        assert!(!trusts_credentials_from(
-            &cors(&[], false),
-            "https://x.example"
-        ));
-        assert!(!trusts_credentials_from(
-            &cors(&["https://app.example.com"], true),
-            "https://app.example.com.evil.example"
-        ));
+        assert!(&cors(&["https://app.example.com"], true)
+            .trusts_credentials_from("https://app.example.com"));
+        assert!(!&cors(&["https://app.example.com"], false)
+            .trusts_credentials_from("https://app.example.com"));
+        assert!(!&cors(&[], false).trusts_credentials_from("https://x.example"));
+        assert!(!&cors(&["https://app.example.com"], true)
+            .trusts_credentials_from("https://app.example.com.evil.example"));
     }
 }
