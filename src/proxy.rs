@@ -72,6 +72,9 @@ async fn proxy<'a>(
     if let Some(r) = &app.config.refresh {
         refresh::strip_refresh_token(r, &mut parts.headers);
     }
+    if app.login.is_some() {
+        crate::login::strip_cookies(&mut parts.headers);
+    }
     identity::join_cookie_lines(&mut parts.headers);
     notes.request_id = Some(identity::set_forwarded(
         &mut parts.headers,

@@ -142,6 +142,14 @@ async fn full_flow_signs_in_and_logout_ends_the_idp_session() {
 
     // 3. The session works without another sign-in.
     assert_eq!(b.get(&rig.url("/app/other")).await.status, 200);
+    let upstream_cookies = rig.up.last().headers["cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(upstream_cookies.contains("access_token="));
+    for edge_only in ["id_token=", "jwtgate_login=", "refresh_token="] {
+        assert!(!upstream_cookies.contains(edge_only), "{upstream_cookies}");
+    }
 
     // 4. Logout: the token is revoked, cookies cleared, on to the IdP's end_session.
     let id_token = b.cookie("id_token").unwrap();

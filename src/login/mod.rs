@@ -389,6 +389,34 @@ fn escape(s: &str) -> String {
     out
 }
 
+/// The ID token and the state cookie stay at the edge: cut from what an upstream gets
+/// (like the refresh token; the access token travels as the route's identity does).
+pub fn strip_cookies(headers: &mut HeaderMap) {
+    let ours = |pair: &str| {
+        pair.split_once('=')
+            .is_some_and(|(k, _)| matches!(k.trim(), ID_TOKEN_COOKIE | state::COOKIE))
+    };
+    let lines = || {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+    };
+    if !lines().any(ours) {
+        return;
+    }
+    let kept: Vec<&str> = lines()
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !ours(p))
+        .collect();
+    let joined = HeaderValue::try_from(kept.join("; ")).ok();
+    headers.remove(header::COOKIE);
+    if let Some(v) = joined.filter(|v| !v.is_empty()) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 // === the callback ===
 
 #[derive(Deserialize)]
@@ -710,6 +738,22 @@ impl SignIn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn edge_cookies_never_reach_upstreams() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; id_token=x.y.z; jwtgate_login=s"),
+        );
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        strip_cookies(&mut h);
+        assert_eq!(h[header::COOKIE], "a=1; b=2");
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("id_token=x"));
+        strip_cookies(&mut h);
+        assert!(!h.contains_key(header::COOKIE));
+    }
 
     #[test]
     fn html_is_escaped() {
