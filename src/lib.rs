@@ -1,7 +1,8 @@
 //! jwtgate: an identity-aware edge gateway. Modules in request order:
 //! `listener` (accept, TLS) -> `conn` (cap, deadlines, drain) -> `proxy::handle` (the request path) -> `route` (+ `cors`
 //! preflights) -> `identity` (strip) -> `auth` (+ `jwks`, `revocation`, `limit`,
-//! `anomaly`) -> `refresh` -> `identity` (set) -> `upstream` (forward).
+//! `anomaly`) -> `refresh` (+ `login`: sign-in for browsers) -> `identity` (set) ->
+//! `upstream` (forward). `oidc` keeps issuers' discovery documents.
 //! `config` turns gateway.toml into a validated `Config`; `app` holds the live state.
 
 pub mod access;
