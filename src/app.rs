@@ -29,6 +29,8 @@ pub struct App {
     pub anomaly: Option<Detector>,
     /// Present with `identity.assertion_key`.
     pub assertions: Option<Minter>,
+    /// Present with `[login]`: sign-in at the edge.
+    pub login: Option<crate::login::SignIn>,
     pub metrics: Metrics,
     /// Connection caps: kept across reloads, like the revocation state.
     pub connections: Arc<Connections>,
@@ -53,10 +55,17 @@ impl App {
         let router = Router::new(config.routes.clone());
         let redis = (config.revocation.store == crate::config::StoreKind::Redis)
             .then_some(&config.revocation);
-        let refresher = config
-            .refresh
+        let discovered = |i: Option<usize>| {
+            let issuer = verifier.issuers().get(i?)?;
+            issuer.discovery().cloned()
+        };
+        let refresher = config.refresh.as_ref().and_then(|r| {
+            Refresher::new(r, redis).map(|f| f.with_discovery(discovered(r.discovery_issuer)))
+        });
+        let login = config
+            .login
             .as_ref()
-            .and_then(|r| Refresher::new(r, redis));
+            .map(|l| crate::login::SignIn::new(l.clone(), verifier.issuers()[l.issuer].clone()));
         let names: Vec<String> = config.routes.iter().map(|r| r.name.clone()).collect();
         let mut metrics = Metrics::new(&names);
         for i in verifier.issuers() {
@@ -107,6 +116,33 @@ impl App {
                 );
             }
         }
+        let discovering: Vec<_> = verifier
+            .issuers()
+            .iter()
+            .filter_map(|i| i.discovery().cloned())
+            .collect();
+        if !discovering.is_empty() {
+            metrics.register_metric(
+                "discovery_age",
+                "Time since the issuer's OIDC discovery document was last fetched successfully",
+                Some(prometheus_client::registry::Unit::Seconds),
+                crate::oidc::AgeGauge(discovering.clone()),
+            );
+            metrics.register_metric(
+                "discovery_failures",
+                "OIDC discovery fetches not used, by issuer and reason",
+                None,
+                crate::oidc::FailureCounter(discovering),
+            );
+        }
+        if let Some(l) = &login {
+            metrics.register_metric(
+                "logins",
+                "Sign-ins at the edge: started, completed, failed (by reason)",
+                None,
+                l.logins.clone(),
+            );
+        }
         if let Some(r) = &refresher {
             metrics.register_counter(
                 "refresh_grants",
@@ -122,6 +158,7 @@ impl App {
             refresher,
             anomaly,
             assertions,
+            login,
             config,
             router,
             verifier,
@@ -133,6 +170,9 @@ impl App {
     /// runtime.
     pub fn start_background(self: &Arc<Self>, client: &crate::net::Client) {
         for issuer in self.verifier.issuers() {
+            if let Some(d) = issuer.discovery() {
+                tokio::spawn(d.clone().run(client.clone(), self.stop.subscribe()));
+            }
             tokio::spawn(
                 issuer
                     .clone()

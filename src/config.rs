@@ -54,6 +54,7 @@ struct FileConfig {
     refresh: Option<FileRefresh>,
     anomaly: Option<FileAnomaly>,
     authz: Option<FileAuthz>,
+    login: Option<crate::login::config::FileLogin>,
     #[serde(default)]
     routes: Vec<FileRoute>,
 }
@@ -182,6 +183,9 @@ struct FileIssuer {
     leeway_s: u64,
     jwks_url: Option<String>,
     keys: Option<Vec<FileKey>>,
+    /// OIDC discovery (`oidc`): keys and endpoints from the provider's metadata.
+    #[serde(default)]
+    discovery: bool,
 }
 
 fn default_leeway() -> u64 {
@@ -342,6 +346,9 @@ struct FileRoute {
     timeout_ms: u64,
     rate_limit: Option<FileRateLimit>,
     cors: Option<FileCors>,
+    /// Browser navigations without a session are sent to sign in (`[login]`).
+    #[serde(default)]
+    login: bool,
 }
 
 #[derive(Deserialize)]
@@ -405,6 +412,8 @@ pub struct Config {
     pub anomaly: Option<Anomaly>,
     /// `[authz]`: who may ask the decision listener (`listen.authz`).
     pub authz: Authz,
+    /// `[login]`: sign-in at the edge (authorization code + PKCE).
+    pub login: Option<crate::login::config::Login>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -454,12 +463,16 @@ pub enum ClientAuth {
     Basic,
     /// client_id and client_secret in the form body.
     Post,
+    /// A public client (`[login]` without `client_secret_env`): client_id in the form body,
+    /// no secret; PKCE protects the code.
+    None,
 }
 
 /// The OAuth 2.0 client the gateway acts as.
 #[derive(Clone)]
 pub struct OAuthClient {
-    pub token_endpoint: Uri,
+    /// `None`: the discovered `token_endpoint` of `Refresh::discovery_issuer`.
+    pub token_endpoint: Option<Uri>,
     pub client_id: String,
     pub client_secret: String,
     pub auth: ClientAuth,
@@ -491,6 +504,9 @@ pub struct Refresh {
     /// Refresh attempts (calls that may reach the token endpoint) per client address: a
     /// client without a token cannot make the gateway spend its client secret at will.
     pub rate_limit: RateLimitConfig,
+    /// The issuer (index) whose discovered token/revocation endpoints fill in what the
+    /// file leaves out: the `[login]` issuer, or the only issuer, when it has `discovery`.
+    pub discovery_issuer: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -534,6 +550,8 @@ pub struct Server {
 pub enum KeySource {
     Static(Vec<StaticKey>),
     Jwks(Uri),
+    /// The `jwks_uri` of the issuer's discovery document.
+    Discovered,
 }
 
 #[derive(Debug, Clone)]
@@ -545,6 +563,8 @@ pub struct IssuerConfig {
     pub algorithms: Option<Vec<jsonwebtoken::Algorithm>>,
     pub leeway_s: u64,
     pub keys: KeySource,
+    /// `discovery = true`: where the provider metadata document lives.
+    pub discovery: Option<Uri>,
 }
 
 /// One place to look for the access token.
@@ -639,6 +659,8 @@ pub struct RouteConfig {
     pub timeout: Duration,
     pub rate_limit: Option<RateLimitConfig>,
     pub cors: Option<CorsConfig>,
+    /// `login = true`: browser navigations without a session get a 302 to sign in.
+    pub login: bool,
 }
 
 /// A route's `rate_limit`: a token bucket of `burst` requests refilled at `rps` per second,
@@ -811,11 +833,39 @@ fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigErr
     let tokens = validate_tokens(ctx, &raw.tokens)?;
     let identity = validate_identity(ctx, &raw.identity)?;
     let revocation = validate_revocation(ctx, &raw.revocation)?;
+    let login = raw
+        .login
+        .as_ref()
+        .map(|l| crate::login::config::validate(l, &issuers))
+        .transpose()
+        .map_err(|(k, m)| ctx.err(k, m))?;
+    // Endpoints [refresh] leaves out come from the [login] issuer's discovery, or the only
+    // issuer's. [login] implies [refresh] (cookies, logout) with its defaults.
+    let discovery_issuer = match &login {
+        Some(l) => Some(l.issuer),
+        None => (issuers.len() == 1 && issuers[0].discovery.is_some()).then_some(0),
+    };
+    let implied = login.as_ref().map(|_| FileRefresh::default());
     let refresh = raw
         .refresh
         .as_ref()
-        .map(|r| validate_refresh(ctx, r))
+        .or(implied.as_ref())
+        .map(|r| validate_refresh(ctx, r, login.as_ref().map(|l| &l.client), discovery_issuer))
         .transpose()?;
+    if let (Some(_), Some(r)) = (&login, &refresh) {
+        if !tokens
+            .sources
+            .contains(&TokenSource::Cookie(r.access_cookie.clone()))
+        {
+            return Err(ctx.err(
+                "tokens.sources",
+                format!(
+                    "sign-in ([login]) keeps the session in the access cookie: add \"cookie:{}\"",
+                    r.access_cookie
+                ),
+            ));
+        }
+    }
     let anomaly = raw
         .anomaly
         .as_ref()
@@ -851,6 +901,12 @@ fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigErr
                 ),
             ));
         }
+        if r.login && login.is_none() {
+            return Err(ctx.err(
+                format!("{key}.login"),
+                "needs a [login] table (the identity provider to sign in with)",
+            ));
+        }
         if r.auth != AuthMode::None && issuers.is_empty() {
             return Err(ctx.err(
                 format!("{key}.auth"),
@@ -876,6 +932,7 @@ fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigErr
         refresh,
         anomaly,
         authz,
+        login,
         routes,
     })
 }
@@ -962,11 +1019,23 @@ fn endpoint(ctx: &Ctx, key: &str, url: &str) -> Result<Uri, ConfigError> {
     Ok(uri)
 }
 
-fn validate_refresh(ctx: &Ctx, r: &FileRefresh) -> Result<Refresh, ConfigError> {
-    let client = match &r.token_endpoint {
+/// `login_client`: `[login]`'s client, used when `[refresh]` names none of its own.
+/// `discovery_issuer`: an issuer with discovery, whose token endpoint fills in.
+fn validate_refresh(
+    ctx: &Ctx,
+    r: &FileRefresh,
+    login_client: Option<&OAuthClient>,
+    discovery_issuer: Option<usize>,
+) -> Result<Refresh, ConfigError> {
+    let token_endpoint = match (&r.token_endpoint, discovery_issuer) {
+        (Some(url), _) => Some(Some(endpoint(ctx, "refresh.token_endpoint", url)?)),
+        (None, Some(_)) if r.client_id.is_some() => Some(None),
+        (None, _) => None,
+    };
+    let client = match token_endpoint {
+        None if r.client_id.is_none() => login_client.cloned(),
         None => None,
-        Some(url) => {
-            let token_endpoint = endpoint(ctx, "refresh.token_endpoint", url)?;
+        Some(token_endpoint) => {
             let client_id = r
                 .client_id
                 .clone()
@@ -1033,6 +1102,7 @@ fn validate_refresh(ctx: &Ctx, r: &FileRefresh) -> Result<Refresh, ConfigError> 
         }
     }
     Ok(Refresh {
+        discovery_issuer,
         client,
         refresh_before: Duration::from_secs(r.refresh_before_s),
         access_cookie: r.access_cookie.clone(),
@@ -1266,9 +1336,19 @@ fn validate_issuer(ctx: &Ctx, key: &str, fi: &FileIssuer) -> Result<IssuerConfig
                 .collect::<Result<Vec<_>, _>>()?,
         ),
     };
+    let discovery = match fi.discovery {
+        false => None,
+        true => Some(crate::oidc::well_known(&fi.issuer).ok_or_else(|| {
+            ctx.err(
+                format!("{key}.issuer"),
+                "with `discovery = true` the issuer must be an http:// or https:// URL",
+            )
+        })?),
+    };
     let keys = match (&fi.jwks_url, &fi.keys) {
         (Some(_), Some(_)) => return Err(ctx.err(key, "set either `jwks_url` or `keys`, not both")),
-        (None, None) => return Err(ctx.err(key, "needs `jwks_url` or `keys`")),
+        (None, None) if discovery.is_some() => KeySource::Discovered,
+        (None, None) => return Err(ctx.err(key, "needs `jwks_url`, `keys` or `discovery = true`")),
         (Some(url), None) => {
             let uri: Uri = url
                 .parse()
@@ -1355,6 +1435,7 @@ fn validate_issuer(ctx: &Ctx, key: &str, fi: &FileIssuer) -> Result<IssuerConfig
         algorithms,
         leeway_s: fi.leeway_s,
         keys,
+        discovery,
     })
 }
 
@@ -1582,6 +1663,12 @@ fn validate_route(
             "scopes need an authenticating route (auth = \"required\")",
         ));
     }
+    if r.login && auth != AuthMode::Required {
+        return Err(ctx.err(
+            format!("{key}.login"),
+            "sign-in needs a route with auth = \"required\"",
+        ));
+    }
     if r.timeout_ms == 0 {
         return Err(ctx.err(format!("{key}.timeout_ms"), "must be greater than 0"));
     }
@@ -1608,6 +1695,7 @@ fn validate_route(
         timeout: Duration::from_millis(r.timeout_ms),
         rate_limit,
         cors,
+        login: r.login,
     })
 }
 

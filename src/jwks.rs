@@ -223,10 +223,13 @@ pub struct IssuerKeys {
     generation: AtomicU64,
     loaded: AtomicBool,
     jwks: Option<JwksState>,
+    /// `discovery = true`: the provider metadata (`oidc`), which also names `jwks_uri`.
+    discovery: Option<Arc<crate::oidc::Discovery>>,
 }
 
 struct JwksState {
-    url: Uri,
+    /// `None`: the discovered `jwks_uri`.
+    url: Option<Uri>,
     wake: Notify,
     /// Incremented after every fetch attempt; waiters on an unknown kid watch it.
     attempts: watch::Sender<u64>,
@@ -246,13 +249,20 @@ pub enum KidLookup {
 
 impl IssuerKeys {
     pub fn new(config: IssuerConfig) -> IssuerKeys {
+        let discovery = config
+            .discovery
+            .clone()
+            .map(|u| Arc::new(crate::oidc::Discovery::new(&config.name, &config.issuer, u)));
         let (keys, loaded, jwks) = match &config.keys {
             KeySource::Static(keys) => (KeySet::new(keys.clone()), true, None),
-            KeySource::Jwks(url) => (
+            KeySource::Jwks(_) | KeySource::Discovered => (
                 KeySet::default(),
                 false,
                 Some(JwksState {
-                    url: url.clone(),
+                    url: match &config.keys {
+                        KeySource::Jwks(url) => Some(url.clone()),
+                        _ => None,
+                    },
                     wake: Notify::new(),
                     attempts: watch::channel(0).0,
                     in_flight: AtomicBool::new(false),
@@ -268,12 +278,19 @@ impl IssuerKeys {
             generation: AtomicU64::new(0),
             loaded: AtomicBool::new(loaded),
             jwks,
+            discovery,
         }
     }
 
-    /// Whether the issuer has a usable key set (readiness).
+    /// Whether the issuer has a usable key set, and its discovery document when it has
+    /// `discovery` (readiness).
     pub fn is_loaded(&self) -> bool {
-        self.loaded.load(Ordering::Acquire)
+        self.loaded.load(Ordering::Acquire) && self.discovery.as_ref().is_none_or(|d| d.is_loaded())
+    }
+
+    /// The provider metadata of an issuer with `discovery = true`.
+    pub fn discovery(&self) -> Option<&Arc<crate::oidc::Discovery>> {
+        self.discovery.as_ref()
     }
 
     pub fn generation(&self) -> u64 {
@@ -353,7 +370,18 @@ impl IssuerKeys {
         let Some(j) = &self.jwks else { return };
         let mut backoff = Duration::from_millis(250);
         loop {
-            let next = match fetch_jwks(&client, &j.url, self.config.algorithms.as_deref()).await {
+            // Registered before the look, so a document arriving in between still wakes us.
+            let updated = self.discovery.as_ref().map(|d| d.updated());
+            let discovered = || self.discovery.as_ref()?.endpoints()?.jwks.clone();
+            let Some(url) = j.url.clone().or_else(discovered) else {
+                // No `jwks_uri` yet: wait for the discovery document.
+                let Some(updated) = updated else { return };
+                tokio::select! {
+                    _ = updated => continue,
+                    _ = shutdown.changed() => return,
+                }
+            };
+            let next = match fetch_jwks(&client, &url, self.config.algorithms.as_deref()).await {
                 Ok((fetched, max_age)) => {
                     backoff = Duration::from_millis(250);
                     let n = fetched.keys.len();
@@ -530,6 +558,7 @@ mod tests {
             algorithms: None,
             leeway_s: 30,
             keys: KeySource::Jwks(Uri::from_static("http://127.0.0.1:1/jwks")),
+            discovery: None,
         })
     }
 

@@ -1,8 +1,10 @@
-//! jwtgate: an identity-aware edge gateway. Modules in request order:
-//! `listener` (accept, TLS) -> `conn` (cap, deadlines, drain) -> `proxy::handle` (the request path) -> `route` (+ `cors`
-//! preflights) -> `identity` (strip) -> `auth` (+ `jwks`, `revocation`, `limit`,
-//! `anomaly`) -> `refresh` -> `identity` (set) -> `upstream` (forward).
-//! `config` turns gateway.toml into a validated `Config`; `app` holds the live state.
+//! jwtgate: an identity-aware edge gateway. A request goes
+//! `http::listener` (accept, TLS) -> `http::conn` (cap, deadlines, drain) ->
+//! `http::proxy::handle` (the request path) -> `pipeline::decide` (route, strip,
+//! authenticate, refresh, sign-in) -> `http::forward` (upstream) -> `http::access` (log).
+//! `http::authz` is the second front door: the same decision, answered instead of
+//! forwarded. `config` turns gateway.toml into a validated `Config`; `app` holds the live
+//! state. docs/ARCHITECTURE.md draws the layers.
 
 // Layers, bottom first; a module imports only from its own layer's leaves and the layers
 // below it (docs/ARCHITECTURE.md; `tools/layers.py` checks there is no cycle).
@@ -18,7 +20,9 @@ pub mod net;
 // 3. Per-request policy tables, and identity: keys, verification, revocation, leak
 //    detection, assertions, refresh.
 pub mod policy;
-// (identity modules, in dependency order)
+// (identity modules, in dependency order: provider metadata, keys)
+pub mod oidc;
+// (keys)
 pub mod jwks;
 // (verification)
 pub mod auth;
@@ -32,7 +36,9 @@ pub mod assertion;
 pub mod refresh;
 // 4. The live state, swapped whole on reload.
 pub mod app;
-// 5. The decision: steps 2-5 of the request path.
+// 5. The decision: steps 2-5 of the request path, and sign-in.
+pub mod login;
+// (the decision itself)
 pub mod pipeline;
 // 6. Front doors: listeners, proxy, forward-auth.
 pub mod http;

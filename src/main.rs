@@ -250,6 +250,7 @@ fn check(path: PathBuf) -> ExitCode {
         let src = match &i.keys {
             config::KeySource::Jwks(u) => format!("jwks {u}"),
             config::KeySource::Static(k) => format!("{} static key(s)", k.len()),
+            config::KeySource::Discovered => "jwks from discovery".to_string(),
         };
         println!("issuer {:?}: iss={:?} {src}", i.name, i.issuer);
     }

@@ -96,6 +96,8 @@ pub struct Refresher {
     pub grants: Counter,
     /// `[refresh] rate_limit`: refresh attempts per client address.
     limit: crate::policy::limit::RateLimit,
+    /// Fills in the token and revocation endpoints the file leaves out.
+    discovery: Option<Arc<crate::oidc::Discovery>>,
 }
 
 impl Refresher {
@@ -122,7 +124,27 @@ impl Refresher {
                 .build(),
             grants: Counter::default(),
             limit: crate::policy::limit::RateLimit::new(&cfg.rate_limit),
+            discovery: None,
         })
+    }
+
+    /// Use this issuer's discovered endpoints where `[refresh]` names none.
+    pub fn with_discovery(mut self, d: Option<Arc<crate::oidc::Discovery>>) -> Refresher {
+        self.discovery = d;
+        self
+    }
+
+    /// The token endpoint: the file's, else the discovered one (`None` until discovered).
+    pub fn token_endpoint(&self) -> Option<http::Uri> {
+        self.client
+            .token_endpoint
+            .clone()
+            .or_else(|| self.discovery.as_ref()?.endpoints()?.token.clone())
+    }
+
+    /// The OAuth client the gateway is (shared with sign-in, `login`).
+    pub fn client(&self) -> &OAuthClient {
+        &self.client
     }
 
     pub fn config(&self) -> &Refresh {
@@ -181,9 +203,10 @@ impl Refresher {
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token),
         ];
-        let (status, bytes) = self
-            .post_form(http, &self.client.token_endpoint, &form)
-            .await?;
+        let url = self
+            .token_endpoint()
+            .ok_or_else(|| RefreshError::Unavailable("token endpoint not discovered yet".into()))?;
+        let (status, bytes) = self.post_form(http, &url, &form).await?;
         let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| {
             RefreshError::Unavailable(format!(
                 "token endpoint answered {status} with a body that is not JSON"
@@ -220,14 +243,45 @@ impl Refresher {
         }))
     }
 
-    /// POST a form to an IdP endpoint with client authentication; returns status and body.
     async fn post_form(
         &self,
         http: &Client,
         url: &http::Uri,
         pairs: &[(&str, &str)],
     ) -> Result<(StatusCode, Bytes), RefreshError> {
-        let c = &self.client;
+        post_form(http, &self.client, url, pairs, self.cfg.timeout).await
+    }
+
+    /// RFC 7009: tell the IdP the refresh token is no longer wanted (best effort).
+    pub async fn revoke_at_idp(&self, http: &Client, refresh_token: &str) {
+        let discovered = || self.discovery.as_ref()?.endpoints()?.revocation.clone();
+        let Some(url) = self.cfg.revocation_endpoint.clone().or_else(discovered) else {
+            return;
+        };
+        let form = [
+            ("token", refresh_token),
+            ("token_type_hint", "refresh_token"),
+        ];
+        match self.post_form(http, &url, &form).await {
+            Ok((s, _)) if s.is_success() => {}
+            Ok((s, _)) => {
+                tracing::warn!(status = %s, "revocation endpoint refused the refresh token")
+            }
+            Err(e) => tracing::warn!(error = %e, "revocation endpoint call failed"),
+        }
+    }
+}
+
+/// POST a form to an IdP endpoint as client `c` (RFC 6749 §2.3: Basic, in the form, or a
+/// public client's bare client_id); returns status and body (at most 64 KiB).
+pub async fn post_form(
+    http: &Client,
+    c: &OAuthClient,
+    url: &http::Uri,
+    pairs: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<(StatusCode, Bytes), RefreshError> {
+    {
         let mut req = Request::post(url.clone())
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(header::ACCEPT, "application/json");
@@ -240,9 +294,15 @@ impl Refresher {
         let form = {
             let mut f = form_urlencoded::Serializer::new(String::new());
             f.extend_pairs(pairs);
-            if c.auth == ClientAuth::Post {
-                f.append_pair("client_id", &c.client_id)
-                    .append_pair("client_secret", &c.client_secret);
+            match c.auth {
+                ClientAuth::Post => {
+                    f.append_pair("client_id", &c.client_id)
+                        .append_pair("client_secret", &c.client_secret);
+                }
+                ClientAuth::None => {
+                    f.append_pair("client_id", &c.client_id);
+                }
+                ClientAuth::Basic => {}
             }
             f.finish()
         };
@@ -261,27 +321,9 @@ impl Refresher {
                 .to_bytes();
             Ok((status, bytes))
         };
-        tokio::time::timeout(self.cfg.timeout, work)
+        tokio::time::timeout(timeout, work)
             .await
             .map_err(|_| RefreshError::Unavailable("token endpoint timed out".into()))?
-    }
-
-    /// RFC 7009: tell the IdP the refresh token is no longer wanted (best effort).
-    pub async fn revoke_at_idp(&self, http: &Client, refresh_token: &str) {
-        let Some(url) = &self.cfg.revocation_endpoint else {
-            return;
-        };
-        let form = [
-            ("token", refresh_token),
-            ("token_type_hint", "refresh_token"),
-        ];
-        match self.post_form(http, url, &form).await {
-            Ok((s, _)) if s.is_success() => {}
-            Ok((s, _)) => {
-                tracing::warn!(status = %s, "revocation endpoint refused the refresh token")
-            }
-            Err(e) => tracing::warn!(error = %e, "revocation endpoint call failed"),
-        }
     }
 }
 
@@ -565,7 +607,8 @@ pub fn return_tokens(h: &mut HeaderMap, cfg: &Refresh, grant: &Grant, channel: C
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
 
-fn set_cookie(h: &mut HeaderMap, name: &str, value: &str, max_age: Option<u64>) {
+/// Append `Set-Cookie: name=value; [Max-Age]; Path=/; HttpOnly; Secure; SameSite=Lax`.
+pub fn set_cookie(h: &mut HeaderMap, name: &str, value: &str, max_age: Option<u64>) {
     let age = max_age
         .map(|a| format!("; Max-Age={a}"))
         .unwrap_or_default();
@@ -610,6 +653,7 @@ mod tests {
                 burst: 20,
             },
             timeout: Duration::from_secs(1),
+            discovery_issuer: None,
         }
     }
 

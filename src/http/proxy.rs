@@ -73,6 +73,9 @@ async fn proxy<'a>(
     if let Some(r) = &app.config.refresh {
         refresh::strip_refresh_token(r, &mut parts.headers);
     }
+    if app.login.is_some() {
+        crate::login::strip_cookies(&mut parts.headers);
+    }
     headers::join_cookie_lines(&mut parts.headers);
     notes.request_id = Some(headers::set_forwarded(
         &mut parts.headers,

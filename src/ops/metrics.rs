@@ -283,6 +283,20 @@ impl Metrics {
         }
     }
 
+    /// Register a metric owned elsewhere, as it is (sign-in and discovery families).
+    pub fn register_metric(
+        &mut self,
+        name: &str,
+        help: &str,
+        unit: Option<prometheus_client::registry::Unit>,
+        m: impl prometheus_client::registry::Metric,
+    ) {
+        match unit {
+            Some(u) => self.registry.register_with_unit(name, help, u, m),
+            None => self.registry.register(name, help, m),
+        }
+    }
+
     /// Count an answered request and how long its response head took.
     pub fn request(&self, route: Option<usize>, status: u16, took: Duration) {
         let idx = route

@@ -82,6 +82,22 @@ pub async fn decide<'a>(
     notes: &mut Notes<'a>,
     hops: usize,
 ) -> Result<Decision<'a>, GatewayError> {
+    let outcome = decide_steps(app, client, conn, parts, notes, hops).await;
+    // With [login], a browser on a `login = true` route without a session signs in.
+    match app.login {
+        None => outcome,
+        Some(_) => crate::login::challenge(app, conn, parts, notes, hops, outcome),
+    }
+}
+
+async fn decide_steps<'a>(
+    app: &'a App,
+    client: &Client,
+    conn: &ClientInfo,
+    parts: &mut http::request::Parts,
+    notes: &mut Notes<'a>,
+    hops: usize,
+) -> Result<Decision<'a>, GatewayError> {
     let host = authority(parts)?;
     let authority = host.as_ref().and_then(|h| h.to_str().ok());
     //    One spelling of the path for routing, CORS, logout and the upstream: the upstream
@@ -97,10 +113,25 @@ pub async fn decide<'a>(
         notes.origin = parts.headers.get(header::ORIGIN).cloned();
     }
     if let Some(r) = &app.config.refresh {
-        if parts.method == http::Method::POST && parts.uri.path() == r.logout_path {
+        let browser = app.login.is_some() && crate::login::is_logout_navigation(parts);
+        if (parts.method == http::Method::POST || browser) && parts.uri.path() == r.logout_path {
             headers::strip_client_headers(&mut parts.headers, &app.config.identity, hops > 0);
             notes.gateway_endpoint = Some("logout");
-            return Box::pin(logout::logout(app, client, parts, authority, notes.cors))
+            let out = Box::pin(logout::logout(app, client, parts, authority, notes.cors)).await;
+            return match &app.login {
+                Some(l) if crate::login::is_navigation_or_form(parts) => l
+                    .end_session(app, conn, parts, hops, out)
+                    .map(Decision::Answer),
+                _ => out.map(Decision::Answer),
+            };
+        }
+    }
+    //    So does the sign-in callback (`[login]`).
+    if let Some(l) = &app.login {
+        if parts.uri.path() == l.callback_path() {
+            headers::strip_client_headers(&mut parts.headers, &app.config.identity, hops > 0);
+            notes.gateway_endpoint = Some("login_callback");
+            return Box::pin(crate::login::callback(app, client, parts))
                 .await
                 .map(Decision::Answer);
         }

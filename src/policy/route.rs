@@ -181,6 +181,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             rate_limit: None,
             cors: None,
+            login: false,
         }
     }
 
