@@ -753,7 +753,7 @@ pub struct RedisServer {
 }
 
 /// `N` distinct free loopback ports (held open together while they are chosen).
-fn free_ports<const N: usize>() -> [u16; N] {
+pub fn free_ports<const N: usize>() -> [u16; N] {
     let held: Vec<std::net::TcpListener> = (0..N)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
