@@ -161,6 +161,19 @@ async fn an_undescribed_or_half_described_request_is_400_never_allowed() {
         )
         .await;
     assert_eq!(r.status, 400);
+    // Both forms at once: one came from the client through the proxy. Refused.
+    let r = cl
+        .get(
+            &url("/_auth"),
+            &[
+                ("x-original-method", "GET"),
+                ("x-original-uri", "/admin"),
+                ("x-forwarded-method", "GET"),
+                ("x-forwarded-uri", "/public/x"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
     // nginx's form works; Envoy's form (the path under authz.path_prefix) too.
     let r = cl
         .get(

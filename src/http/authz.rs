@@ -106,12 +106,22 @@ async fn decide<'a>(
 /// would skip the CSRF check. So is a check request that describes nothing: never allow
 /// on a guess. The fragment (`#...`) is cut; the query stays out of routing.
 fn original_request(parts: Parts, envoy_prefix: Option<&str>) -> Result<Parts, GatewayError> {
-    let described = [
+    let forms = [
         (&X_FORWARDED_METHOD, &X_FORWARDED_URI),
         (&X_ORIGINAL_METHOD, &X_ORIGINAL_URI),
-    ]
-    .into_iter()
-    .find(|(m, u)| parts.headers.contains_key(*m) || parts.headers.contains_key(*u));
+    ];
+    let mut present = forms
+        .into_iter()
+        .filter(|(m, u)| parts.headers.contains_key(*m) || parts.headers.contains_key(*u));
+    let described = present.next();
+    // Both forms at once: one of them came from the client through a proxy that passes
+    // headers on (an nginx describing with X-Original-* while a client adds
+    // X-Forwarded-Uri: /public). Which one the proxy meant cannot be known: refuse.
+    if present.next().is_some() {
+        return Err(GatewayError::BadRequest(
+            "both X-Forwarded-Method/-Uri and X-Original-Method/-URI describe the request",
+        ));
+    }
     let (method, target) = match described {
         Some((m, u)) => {
             let method = one_text(&parts.headers, m)?
@@ -295,6 +305,20 @@ mod tests {
                         ("x-forwarded-method", "GET"),
                         ("x-forwarded-uri", "/a"),
                         ("x-forwarded-uri", "/b"),
+                    ],
+                ),
+                None,
+            ),
+            (
+                head(
+                    "GET",
+                    "/_auth",
+                    &[
+                        ("host", "h"),
+                        ("x-original-method", "GET"),
+                        ("x-original-uri", "/admin"),
+                        ("x-forwarded-method", "GET"),
+                        ("x-forwarded-uri", "/public"),
                     ],
                 ),
                 None,
