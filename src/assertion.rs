@@ -3,83 +3,21 @@
 //! verify against the public key the admin listener serves at `/.well-known/jwks.json`.
 //! Plain identity headers prove nothing to an upstream reachable by other paths; this does.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use http::{HeaderName, HeaderValue};
-use jsonwebtoken::jwk::{Jwk, PublicKeyUse, ThumbprintHash};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::{Algorithm, Header};
 use serde::Serialize;
 
 use crate::auth::Verified;
 use crate::clock::now_unix;
+pub use crate::config::keys::{AssertionConfig, AssertionKey};
 
 /// The `iss` of every assertion.
 pub const ISSUER: &str = "jwtgate";
 
 /// Assertions kept per replica (one per token and route).
 const CAPACITY: u64 = 100_000;
-
-/// The assertion signing key: a P-256 private key, its key id (RFC 7638 thumbprint) and the
-/// JWKS that publishes its public half.
-pub struct AssertionKey {
-    key: EncodingKey,
-    kid: String,
-    jwks: String,
-}
-
-impl std::fmt::Debug for AssertionKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the key itself.
-        f.debug_struct("AssertionKey")
-            .field("kid", &self.kid)
-            .finish_non_exhaustive()
-    }
-}
-
-impl AssertionKey {
-    /// From a PEM private key (PKCS#8 or SEC1 `EC PRIVATE KEY`) on P-256. The error says
-    /// what is wrong without quoting the file.
-    pub fn from_pem(pem: &[u8]) -> Result<AssertionKey, String> {
-        use rustls_pki_types::pem::PemObject;
-        let der = rustls_pki_types::PrivateKeyDer::from_pem_slice(pem)
-            .map_err(|e| format!("not a PEM private key: {e}"))?;
-        let pair =
-            EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_FIXED_SIGNING, der.secret_der())
-                .map_err(|_| "not an EC private key on P-256 (ES256)".to_string())?;
-        let pkcs8 = pair
-            .to_pkcs8v1()
-            .map_err(|_| "cannot encode the key as PKCS#8".to_string())?;
-        let key = EncodingKey::from_ec_der(pkcs8.as_ref());
-        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256)
-            .map_err(|e| format!("cannot derive the public key: {e}"))?;
-        let kid = jwk
-            .thumbprint(ThumbprintHash::SHA256)
-            .map_err(|e| format!("cannot compute the key id: {e}"))?;
-        jwk.common.key_id = Some(kid.clone());
-        jwk.common.public_key_use = Some(PublicKeyUse::Signature);
-        let jwks = serde_json::json!({ "keys": [jwk] }).to_string();
-        Ok(AssertionKey { key, kid, jwks })
-    }
-
-    pub fn kid(&self) -> &str {
-        &self.kid
-    }
-
-    /// `{"keys": [<the public key>]}`, for the admin listener.
-    pub fn jwks(&self) -> &str {
-        &self.jwks
-    }
-}
-
-/// `[identity]`'s assertion settings, validated.
-#[derive(Debug, Clone)]
-pub struct AssertionConfig {
-    pub header: HeaderName,
-    pub key: Arc<AssertionKey>,
-    pub ttl: Duration,
-}
 
 #[derive(Serialize)]
 struct Claims<'a> {

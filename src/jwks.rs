@@ -16,109 +16,15 @@ use jsonwebtoken::jwk::{
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::sync::{watch, Notify};
 
+pub use crate::config::keys::{
+    parse_alg, KeyMaterial, StaticKey, VerifyKey, MIN_HMAC_SECRET, SUPPORTED_ALGS,
+};
 use crate::config::{IssuerConfig, KeySource};
-
-/// Algorithms a config may name (never `none`).
-pub const SUPPORTED_ALGS: &str =
-    "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA";
-
-/// Shortest HMAC secret accepted (RFC 7518 §3.2: at least the hash size; 32 bytes for HS256).
-pub const MIN_HMAC_SECRET: usize = 32;
 
 /// Least time between two refetches caused by unknown `kid`s, per issuer.
 pub const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Exact, case-sensitive algorithm names. `none` in any spelling is not among them.
-pub fn parse_alg(s: &str) -> Option<Algorithm> {
-    Some(match s {
-        "HS256" => Algorithm::HS256,
-        "HS384" => Algorithm::HS384,
-        "HS512" => Algorithm::HS512,
-        "RS256" => Algorithm::RS256,
-        "RS384" => Algorithm::RS384,
-        "RS512" => Algorithm::RS512,
-        "PS256" => Algorithm::PS256,
-        "PS384" => Algorithm::PS384,
-        "PS512" => Algorithm::PS512,
-        "ES256" => Algorithm::ES256,
-        "ES384" => Algorithm::ES384,
-        "EdDSA" => Algorithm::EdDSA,
-        _ => return None,
-    })
-}
-
-/// Raw key material from the config file.
-pub enum KeyMaterial {
-    /// PEM public key (RSA, EC, Ed25519).
-    Pem(Vec<u8>),
-    /// HMAC secret: the environment variable's exact bytes.
-    Secret(Vec<u8>),
-}
-
-/// A key ready to verify signatures, with the algorithms it may be used with.
-#[derive(Clone)]
-pub struct VerifyKey {
-    pub kid: Option<String>,
-    /// Algorithms this key verifies; decided by the key (its type and pinned `alg`).
-    pub algs: Vec<Algorithm>,
-    /// Set when the key names exactly one algorithm (config `alg`, JWK `alg`): only such
-    /// keys are tried for tokens without `kid`.
-    pub pinned: Option<Algorithm>,
-    pub key: DecodingKey,
-}
-
-impl std::fmt::Debug for VerifyKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print key material.
-        f.debug_struct("VerifyKey")
-            .field("kid", &self.kid)
-            .field("algs", &self.algs)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A key from the config file.
-pub type StaticKey = VerifyKey;
-
 impl VerifyKey {
-    /// Build a static key; the message says what is wrong (without the material).
-    pub fn new(
-        kid: Option<String>,
-        alg: Algorithm,
-        material: KeyMaterial,
-    ) -> Result<VerifyKey, String> {
-        use jsonwebtoken::AlgorithmFamily as F;
-        let key = match (alg.family(), material) {
-            (F::Hmac, KeyMaterial::Secret(s)) => {
-                if s.len() < MIN_HMAC_SECRET {
-                    return Err(format!(
-                        "HMAC secret is {} bytes; at least {MIN_HMAC_SECRET} are required",
-                        s.len()
-                    ));
-                }
-                DecodingKey::from_secret(&s)
-            }
-            (F::Hmac, KeyMaterial::Pem(_)) => {
-                return Err(format!("{alg:?} needs `secret_env`, not a PEM file"))
-            }
-            (_, KeyMaterial::Secret(_)) => {
-                return Err(format!("{alg:?} needs a `pem` public key, not a secret"))
-            }
-            (F::Rsa, KeyMaterial::Pem(p)) => DecodingKey::from_rsa_pem(&p)
-                .map_err(|e| format!("not an RSA public key PEM: {e}"))?,
-            (F::Ec, KeyMaterial::Pem(p)) => DecodingKey::from_ec_pem(&p)
-                .map_err(|e| format!("not an EC public key PEM: {e}"))?,
-            (F::Ed, KeyMaterial::Pem(p)) => DecodingKey::from_ed_pem(&p)
-                .map_err(|e| format!("not an Ed25519 public key PEM: {e}"))?,
-        };
-        Ok(VerifyKey {
-            kid,
-            algs: vec![alg],
-            pinned: Some(alg),
-            key,
-        })
-    }
-
     /// A JWKS entry as a verification key, or `None` when it is not a signing key we use.
     fn from_jwk(jwk: &Jwk, allow: Option<&[Algorithm]>) -> Option<VerifyKey> {
         if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {

@@ -97,19 +97,7 @@ pub struct Discovery {
     failures: [Counter; FAILURE_REASONS.len()],
 }
 
-/// Where an issuer's discovery document lives: `<issuer>/.well-known/openid-configuration`
-/// (a trailing `/` of the issuer is not doubled). `None` when the issuer is not a URL.
-pub fn well_known(issuer: &str) -> Option<Uri> {
-    let uri: Uri = format!(
-        "{}/.well-known/openid-configuration",
-        issuer.trim_end_matches('/')
-    )
-    .parse()
-    .ok()?;
-    matches!(uri.scheme_str(), Some("http" | "https"))
-        .then_some(uri)
-        .filter(|u| u.authority().is_some())
-}
+pub use crate::config::origin::well_known;
 
 const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 const DEFAULT_REFRESH: Duration = Duration::from_secs(3600);

@@ -109,6 +109,45 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
 }
 
 /// True when `normalize` would return the path unchanged: no escapes, no backslash or NUL,
+/// `example.com:8443` -> `example.com`; `[::1]:80` -> `[::1]`.
+pub fn host_without_port(h: &str) -> &str {
+    if h.starts_with('[') {
+        return match h.find(']') {
+            Some(end) => &h[..=end],
+            None => h,
+        };
+    }
+    match h.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => h,
+    }
+}
+
+/// `p` when it is a same-origin relative path a browser cannot read as another origin:
+/// starts with one `/`, no backslash, no control character or space, no encoded `/`, `\`
+/// or control character in the path part, at most 2 KiB. `None` otherwise (callers fall
+/// back to "/").
+pub fn return_path(p: &str) -> Option<&str> {
+    if p.len() > 2048 || !p.starts_with('/') || p.starts_with("//") {
+        return None;
+    }
+    if p.bytes()
+        .any(|b| b <= b' ' || b == 0x7f || b == b'\\' || !b.is_ascii())
+    {
+        return None;
+    }
+    let path = p
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let encoded_danger = path.match_indices('%').any(|(i, _)| {
+        let esc = path.get(i + 1..i + 3).unwrap_or("");
+        esc == "2f" || esc == "5c" || esc.starts_with('0') || esc.starts_with('1') || esc == "7f"
+    });
+    (!encoded_danger).then_some(p)
+}
+
 /// no empty, `.` or `..` segment.
 fn is_normal(b: &[u8]) -> bool {
     let mut prev = b'/';

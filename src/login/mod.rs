@@ -5,7 +5,7 @@
 //! browser on to the IdP's RP-initiated logout. Tokens, codes, state and verifiers are
 //! never logged. Endpoints come from discovery (`oidc`); cookies from `refresh`.
 
-pub mod config;
+pub use crate::config::login as config;
 pub mod state;
 
 use std::sync::Arc;
@@ -16,14 +16,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde::Deserialize;
 
-use crate::app::App;
 use crate::auth::{self, now_unix};
 use crate::error::GatewayError;
 use crate::jwks::{IssuerKeys, KidLookup};
 use crate::net::body::{self, Body};
 use crate::net::Client;
 use crate::pipeline::headers::ClientInfo;
-use crate::pipeline::{Decision, Notes};
 use crate::refresh::{self, Channel, Grant};
 
 pub use state::return_path;
@@ -177,54 +175,10 @@ fn accepts_html(h: &HeaderMap) -> bool {
             .any(|v| v.to_ascii_lowercase().contains("text/html"))
 }
 
-/// `pipeline::decide`'s last word on a `login = true` route: a refusal for want of a
-/// usable session (no token, a bad or expired one, a rejected refresh token) becomes a
-/// 302 to sign in when the request is a browser navigation. Anything else is unchanged.
-pub fn challenge<'a>(
-    app: &App,
-    conn: &ClientInfo,
-    parts: &http::request::Parts,
-    notes: &Notes<'_>,
-    hops: usize,
-    outcome: Result<Decision<'a>, GatewayError>,
-) -> Result<Decision<'a>, GatewayError> {
-    let no_session = match &outcome {
-        Err(GatewayError::MissingToken | GatewayError::InvalidToken(_)) => true,
-        Ok(Decision::Answer(r)) => r.status() == StatusCode::UNAUTHORIZED,
-        _ => false,
-    };
-    let (Some(s), Some(route)) = (&app.login, notes.route_index) else {
-        return outcome;
-    };
-    let on_login_route = app
-        .router
-        .routes()
-        .get(route)
-        .is_some_and(|r| r.config.login);
-    if !no_session || !on_login_route || !is_navigation(parts) {
-        return outcome;
-    }
-    // Cookies the refusal cleared (a rejected refresh token) stay cleared.
-    let cleared: Vec<HeaderValue> = match &outcome {
-        Ok(Decision::Answer(r)) => r
-            .headers()
-            .get_all(header::SET_COOKIE)
-            .iter()
-            .cloned()
-            .collect(),
-        _ => Vec::new(),
-    };
-    let mut resp = s.start(conn, parts, hops);
-    for c in cleared {
-        resp.headers_mut().append(header::SET_COOKIE, c);
-    }
-    Ok(Decision::Answer(resp))
-}
-
 impl SignIn {
     /// The 302 to the authorization endpoint, with a new sealed state cookie; or the error
     /// page when the loop guard trips or sign-in is not possible now.
-    fn start(
+    pub(crate) fn start(
         &self,
         conn: &ClientInfo,
         parts: &http::request::Parts,
@@ -446,13 +400,12 @@ pub struct SignedIn {
 
 /// `GET <callback_path>`: finish the sign-in this browser started.
 pub async fn callback(
-    app: &App,
+    s: &SignIn,
+    r: &crate::config::Refresh,
+    checks: (&crate::auth::Verifier, &crate::revocation::Revocations),
     http: &Client,
     parts: &http::request::Parts,
 ) -> Result<Response<Body>, GatewayError> {
-    let (Some(s), Some(r)) = (&app.login, &app.config.refresh) else {
-        return Err(GatewayError::NoRoute);
-    };
     let browser = accepts_html(&parts.headers);
     let pending = s.pending(&parts.headers);
     let return_to = pending
@@ -460,7 +413,7 @@ pub async fn callback(
         .and_then(|p| return_path(&p.return_to))
         .unwrap_or("/")
         .to_string();
-    match s.finish(app, http, parts, pending).await {
+    match s.finish(checks, http, parts, pending).await {
         Ok((grant, id_token, who, mut after)) => {
             let mut resp = redirect(&return_to);
             let h = resp.headers_mut();
@@ -488,7 +441,7 @@ pub async fn callback(
 impl SignIn {
     async fn finish(
         &self,
-        app: &App,
+        (verifier, revocations): (&crate::auth::Verifier, &crate::revocation::Revocations),
         http: &Client,
         parts: &http::request::Parts,
         pending: Option<LoginState>,
@@ -529,13 +482,12 @@ impl SignIn {
         let id_token = tokens.id_token.ok_or(LoginError::IdToken("no id_token"))?;
         let claims = self.verify_id_token(&id_token, &pending.nonce).await?;
         let access_token = tokens.access_token.ok_or(LoginError::AccessToken)?;
-        let verified = app
-            .verifier
+        let verified = verifier
             .verify(&access_token)
             .await
             .map_err(|_| LoginError::AccessToken)?;
         auth::check_time(&verified, now_unix()).map_err(|_| LoginError::AccessToken)?;
-        app.revocations
+        revocations
             .check(&verified)
             .await
             .map_err(|_| LoginError::AccessToken)?;
@@ -685,7 +637,7 @@ impl SignIn {
     /// session that was already gone (no or expired token) still signs out at the IdP.
     pub fn end_session(
         &self,
-        app: &App,
+        refresh_cfg: Option<&crate::config::Refresh>,
         conn: &ClientInfo,
         parts: &http::request::Parts,
         hops: usize,
@@ -722,7 +674,7 @@ impl SignIn {
         };
         let mut resp = redirect(&location);
         let h = resp.headers_mut();
-        if let Some(r) = &app.config.refresh {
+        if let Some(r) = refresh_cfg {
             refresh::clear_cookies(h, r);
         }
         refresh::set_cookie(h, ID_TOKEN_COOKIE, "", Some(0));

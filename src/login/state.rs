@@ -112,30 +112,7 @@ pub fn same(a: &str, b: &str) -> bool {
     aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
 }
 
-/// `p` when it is a same-origin relative path a browser cannot read as another origin:
-/// starts with one `/`, no backslash, no control character or space, no encoded `/`, `\`
-/// or control character in the path part, at most 2 KiB. `None` otherwise (callers fall
-/// back to "/").
-pub fn return_path(p: &str) -> Option<&str> {
-    if p.len() > 2048 || !p.starts_with('/') || p.starts_with("//") {
-        return None;
-    }
-    if p.bytes()
-        .any(|b| b <= b' ' || b == 0x7f || b == b'\\' || !b.is_ascii())
-    {
-        return None;
-    }
-    let path = p
-        .split(['?', '#'])
-        .next()
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let encoded_danger = path.match_indices('%').any(|(i, _)| {
-        let esc = path.get(i + 1..i + 3).unwrap_or("");
-        esc == "2f" || esc == "5c" || esc.starts_with('0') || esc.starts_with('1') || esc == "7f"
-    });
-    (!encoded_danger).then_some(p)
-}
+pub use crate::path::return_path;
 
 #[cfg(test)]
 mod tests {

@@ -4,9 +4,8 @@
 
 pub mod body;
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+pub use crate::config::origin::{webpki_roots, Origin};
 use body::Body;
 
 /// Time allowed to establish a TCP connection (and a TLS session) to an upstream.
@@ -99,66 +99,6 @@ struct Idle {
     since: u64,
 }
 
-/// Where to connect: scheme, host and port of an upstream, prepared once per upstream URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
-    /// `scheme://host:port`.
-    key: Box<str>,
-    /// A small number per distinct `key` and `Host` value in this process: the pool's
-    /// index, so the request path never hashes the key.
-    id: usize,
-    /// The URL's authority as written: the `Host` header sent there.
-    host_header: HeaderValue,
-    /// Host name or IP address, without IPv6 brackets.
-    host: Box<str>,
-    port: u16,
-    tls: bool,
-}
-
-impl Origin {
-    /// The origin of an absolute `http://` or `https://` URI.
-    pub fn from_uri(uri: &Uri) -> Result<Origin, ClientError> {
-        let tls = match uri.scheme_str() {
-            Some("http") => false,
-            Some("https") => true,
-            _ => return Err(ClientError::Unsupported(uri.to_string())),
-        };
-        let authority = uri
-            .authority()
-            .ok_or_else(|| ClientError::Unsupported(uri.to_string()))?;
-        let host_header = HeaderValue::from_str(authority.as_str())
-            .map_err(|_| ClientError::BadHost(authority.to_string()))?;
-        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let host = authority.host();
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        let key: Box<str> =
-            format!("{}://{host}:{port}", if tls { "https" } else { "http" }).into();
-        Ok(Origin {
-            host_header,
-            id: origin_id(&format!("{key} {}", authority.as_str())),
-            key,
-            host: bare.into(),
-            port,
-            tls,
-        })
-    }
-}
-
-/// The process-wide number of an origin (key and `Host` value), the same across config
-/// reloads so pooled connections survive them.
-fn origin_id(key: &str) -> usize {
-    static IDS: LazyLock<Mutex<HashMap<Box<str>, usize>>> = LazyLock::new(Mutex::default);
-    let mut ids = IDS.lock().unwrap_or_else(|p| p.into_inner());
-    let next = ids.len();
-    *ids.entry(key.into()).or_insert(next)
-}
-
-impl std::fmt::Display for Origin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.key)
-    }
-}
-
 /// Why an upstream request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -169,10 +109,9 @@ pub enum ClientError {
     },
     #[error("{0}")]
     Http(#[from] hyper::Error),
-    #[error("{0}: only absolute http:// and https:// URLs can be fetched")]
+    /// Not an absolute http:// or https:// URL (the message says why).
+    #[error("{0}")]
     Unsupported(String),
-    #[error("host {0:?} is not a valid header value")]
-    BadHost(String),
 }
 
 impl ClientError {
@@ -187,13 +126,6 @@ impl ClientError {
 /// that the upstream may close it just as a request reaches it.
 const REAP_EVERY: Duration = Duration::from_secs(1);
 const IDLE_TICKS: u64 = 60;
-
-/// The webpki (Mozilla) roots: what https upstreams are verified against by default.
-pub fn webpki_roots() -> rustls::RootCertStore {
-    rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    }
-}
 
 impl Client {
     /// Build a client keeping at most `max_idle_per_origin` idle connections per origin,
@@ -230,7 +162,7 @@ impl Client {
         &self,
         mut req: Request<Body>,
     ) -> Result<Response<UpstreamBody>, ClientError> {
-        let origin = Origin::from_uri(req.uri())?;
+        let origin = Origin::from_uri(req.uri()).map_err(ClientError::Unsupported)?;
         let pq = req.uri().path_and_query().cloned();
         *req.uri_mut() = origin_form(pq);
         self.send(&origin, req).await

@@ -86,7 +86,7 @@ pub async fn decide<'a>(
     // With [login], a browser on a `login = true` route without a session signs in.
     match app.login {
         None => outcome,
-        Some(_) => crate::login::challenge(app, conn, parts, notes, hops, outcome),
+        Some(_) => challenge(app, conn, parts, notes, hops, outcome),
     }
 }
 
@@ -120,7 +120,7 @@ async fn decide_steps<'a>(
             let out = Box::pin(logout::logout(app, client, parts, authority, notes.cors)).await;
             return match &app.login {
                 Some(l) if crate::login::is_navigation_or_form(parts) => l
-                    .end_session(app, conn, parts, hops, out)
+                    .end_session(app.config.refresh.as_ref(), conn, parts, hops, out)
                     .map(Decision::Answer),
                 _ => out.map(Decision::Answer),
             };
@@ -131,7 +131,11 @@ async fn decide_steps<'a>(
         if parts.uri.path() == l.callback_path() {
             headers::strip_client_headers(&mut parts.headers, &app.config.identity, hops > 0);
             notes.gateway_endpoint = Some("login_callback");
-            return Box::pin(crate::login::callback(app, client, parts))
+            let Some(r) = &app.config.refresh else {
+                return Err(GatewayError::NoRoute);
+            };
+            let checks = (&app.verifier, &*app.revocations);
+            return Box::pin(crate::login::callback(l, r, checks, client, parts))
                 .await
                 .map(Decision::Answer);
         }
@@ -328,4 +332,48 @@ fn normalize_path(uri: &mut http::Uri) -> Result<(), GatewayError> {
     *uri = http::Uri::from_parts(parts)
         .map_err(|_| GatewayError::BadRequest("request path cannot be forwarded"))?;
     Ok(())
+}
+
+/// `pipeline::decide`'s last word on a `login = true` route: a refusal for want of a
+/// usable session (no token, a bad or expired one, a rejected refresh token) becomes a
+/// 302 to sign in when the request is a browser navigation. Anything else is unchanged.
+fn challenge<'a>(
+    app: &App,
+    conn: &ClientInfo,
+    parts: &http::request::Parts,
+    notes: &Notes<'_>,
+    hops: usize,
+    outcome: Result<Decision<'a>, GatewayError>,
+) -> Result<Decision<'a>, GatewayError> {
+    let no_session = match &outcome {
+        Err(GatewayError::MissingToken | GatewayError::InvalidToken(_)) => true,
+        Ok(Decision::Answer(r)) => r.status() == http::StatusCode::UNAUTHORIZED,
+        _ => false,
+    };
+    let (Some(s), Some(route)) = (&app.login, notes.route_index) else {
+        return outcome;
+    };
+    let on_login_route = app
+        .router
+        .routes()
+        .get(route)
+        .is_some_and(|r| r.config.login);
+    if !no_session || !on_login_route || !crate::login::is_navigation(parts) {
+        return outcome;
+    }
+    // Cookies the refusal cleared (a rejected refresh token) stay cleared.
+    let cleared: Vec<HeaderValue> = match &outcome {
+        Ok(Decision::Answer(r)) => r
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .cloned()
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut resp = s.start(conn, parts, hops);
+    for c in cleared {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+    Ok(Decision::Answer(resp))
 }

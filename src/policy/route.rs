@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::{RouteConfig, UpstreamUrl};
+use crate::path::host_without_port;
 use crate::policy::limit::RateLimit;
 
 /// A route with its run-time state.
@@ -146,20 +147,6 @@ impl Router {
 
     pub fn routes(&self) -> &[Route] {
         &self.routes
-    }
-}
-
-/// `example.com:8443` -> `example.com`; `[::1]:80` -> `[::1]`.
-pub fn host_without_port(h: &str) -> &str {
-    if h.starts_with('[') {
-        return match h.find(']') {
-            Some(end) => &h[..=end],
-            None => h,
-        };
-    }
-    match h.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => h,
     }
 }
 

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::config::{ClientAuth, IssuerConfig, OAuthClient};
+use super::{ClientAuth, IssuerConfig, OAuthClient};
 
 /// Shortest `session_secret_env` value: the state cookie's AES-256-GCM key is derived from
 /// it with HKDF, which cannot add entropy that is not there.
@@ -163,7 +163,7 @@ pub fn validate(l: &FileLogin, issuers: &[IssuerConfig]) -> Result<Login, Invali
     let absolute = p.parse::<http::Uri>().ok().is_some_and(|u| {
         matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
     });
-    if !absolute && super::return_path(p) != Some(p.as_str()) {
+    if !absolute && crate::path::return_path(p) != Some(p.as_str()) {
         return Err(invalid(
             "post_logout_redirect",
             "must be a same-origin path (\"/\") or an absolute http(s) URL",

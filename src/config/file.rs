@@ -1,0 +1,359 @@
+//! The raw shapes of gateway.toml (serde, `deny_unknown_fields`): what the file may say,
+//! before anything is checked. `validate` turns them into `Config`; nothing else sees them.
+
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileConfig {
+    pub(super) listen: FileListen,
+    #[serde(default)]
+    pub(super) server: FileServer,
+    pub(super) tls: Option<FileTls>,
+    #[serde(default)]
+    pub(super) admin: FileAdmin,
+    #[serde(default)]
+    pub(super) issuers: Vec<FileIssuer>,
+    #[serde(default)]
+    pub(super) tokens: FileTokens,
+    #[serde(default)]
+    pub(super) identity: FileIdentity,
+    #[serde(default)]
+    pub(super) revocation: FileRevocation,
+    pub(super) refresh: Option<FileRefresh>,
+    pub(super) anomaly: Option<FileAnomaly>,
+    pub(super) authz: Option<FileAuthz>,
+    pub(super) login: Option<super::login::FileLogin>,
+    #[serde(default)]
+    pub(super) routes: Vec<FileRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileAnomaly {
+    pub(super) window_s: u64,
+    pub(super) max_requests_per_token: u64,
+    pub(super) max_networks_per_token: usize,
+    pub(super) action: String,
+}
+
+impl Default for FileAnomaly {
+    fn default() -> Self {
+        FileAnomaly {
+            window_s: 60,
+            max_requests_per_token: 600,
+            max_networks_per_token: 3,
+            action: "log".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileListen {
+    pub(super) https: Option<String>,
+    pub(super) http: Option<String>,
+    pub(super) admin: Option<String>,
+    pub(super) authz: Option<String>,
+}
+
+/// `[authz]`: the forward-auth decision listener's trust and Envoy settings.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileAuthz {
+    pub(super) trusted_proxies: Vec<String>,
+    pub(super) path_prefix: Option<String>,
+}
+
+impl Default for FileAuthz {
+    fn default() -> Self {
+        FileAuthz {
+            trusted_proxies: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            path_prefix: None,
+        }
+    }
+}
+
+/// `server.max_connections` default, sized for the shipped container limit (256 MiB,
+/// deploy/k8s): an idle TLS connection costs about 30 KiB, so 5000 of them take about
+/// 150 MiB, which leaves room for the verified-token cache (64 MiB at most), the
+/// revocation cache and the process itself.
+pub(super) const DEFAULT_MAX_CONNECTIONS: usize = 5_000;
+/// Above this, `server.max_connections` is a typo, not a plan: each connection needs a file
+/// descriptor and tens of KiB.
+pub(super) const MAX_MAX_CONNECTIONS: usize = 1_000_000;
+/// The longest `server.header_timeout_ms` / `keepalive_timeout_ms` taken: one hour.
+pub(super) const MAX_CONN_TIMEOUT_MS: u64 = 3_600_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileServer {
+    pub(super) worker_threads: usize,
+    pub(super) drain_s: u64,
+    pub(super) header_timeout_ms: u64,
+    pub(super) max_header_bytes: usize,
+    pub(super) max_body_bytes: u64,
+    pub(super) trusted_proxy_hops: usize,
+    pub(super) log_format: String,
+    pub(super) upstream_ca: Option<String>,
+    pub(super) stream_idle_timeout_ms: u64,
+    pub(super) keepalive_timeout_ms: u64,
+    pub(super) max_connections: usize,
+}
+
+impl Default for FileServer {
+    fn default() -> Self {
+        FileServer {
+            worker_threads: 0,
+            drain_s: 30,
+            header_timeout_ms: 10_000,
+            max_header_bytes: 65_536,
+            max_body_bytes: 10 * 1024 * 1024,
+            trusted_proxy_hops: 0,
+            log_format: "json".into(),
+            upstream_ca: None,
+            stream_idle_timeout_ms: 60_000,
+            keepalive_timeout_ms: 75_000,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileTls {
+    pub(super) cert: String,
+    pub(super) key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileAdmin {
+    pub(super) token_env: String,
+}
+
+impl Default for FileAdmin {
+    fn default() -> Self {
+        FileAdmin {
+            token_env: "JWTGATE_ADMIN_TOKEN".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileIssuer {
+    pub(super) name: String,
+    pub(super) issuer: String,
+    #[serde(default)]
+    pub(super) audiences: Vec<String>,
+    pub(super) algorithms: Option<Vec<String>>,
+    #[serde(default = "default_leeway")]
+    pub(super) leeway_s: u64,
+    pub(super) jwks_url: Option<String>,
+    pub(super) keys: Option<Vec<FileKey>>,
+    /// OIDC discovery (`oidc`): keys and endpoints from the provider's metadata.
+    #[serde(default)]
+    pub(super) discovery: bool,
+}
+
+pub(super) fn default_leeway() -> u64 {
+    30
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileKey {
+    pub(super) kid: Option<String>,
+    pub(super) alg: String,
+    pub(super) pem: Option<String>,
+    pub(super) secret_env: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileTokens {
+    pub(super) sources: Vec<String>,
+    pub(super) csrf: bool,
+}
+
+impl Default for FileTokens {
+    fn default() -> Self {
+        FileTokens {
+            sources: vec!["header:authorization".into(), "cookie:access_token".into()],
+            csrf: true,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileIdentity {
+    pub(super) subject_header: String,
+    pub(super) scopes_header: String,
+    pub(super) claims_header: String,
+    pub(super) forward_token: bool,
+    pub(super) assertion_header: Option<String>,
+    pub(super) assertion_key: Option<String>,
+    pub(super) assertion_ttl_s: Option<u64>,
+    pub(super) claims: toml::Table,
+}
+
+impl Default for FileIdentity {
+    fn default() -> Self {
+        FileIdentity {
+            subject_header: "x-user-id".into(),
+            scopes_header: "x-user-scopes".into(),
+            claims_header: "x-auth-claims".into(),
+            forward_token: true,
+            assertion_header: None,
+            assertion_key: None,
+            assertion_ttl_s: None,
+            claims: toml::Table::new(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileRevocation {
+    pub(super) store: String,
+    pub(super) redis_url: String,
+    pub(super) key_prefix: String,
+    pub(super) cache_ttl_ms: u64,
+    pub(super) cache_capacity: u64,
+    pub(super) timeout_ms: u64,
+    pub(super) on_error: String,
+    pub(super) subject_ttl_s: u64,
+    pub(super) pool_size: usize,
+    pub(super) connect_timeout_ms: u64,
+    pub(super) redis_ca: Option<String>,
+}
+
+impl Default for FileRevocation {
+    fn default() -> Self {
+        FileRevocation {
+            store: "memory".into(),
+            redis_url: "redis://127.0.0.1:6379/0".into(),
+            key_prefix: "jwtgate:".into(),
+            cache_ttl_ms: 1000,
+            cache_capacity: 100_000,
+            timeout_ms: 50,
+            on_error: "deny".into(),
+            subject_ttl_s: 86_400,
+            pool_size: 16,
+            connect_timeout_ms: 1000,
+            redis_ca: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileRefresh {
+    pub(super) token_endpoint: Option<String>,
+    pub(super) client_id: Option<String>,
+    pub(super) client_secret_env: String,
+    pub(super) client_auth: String,
+    pub(super) refresh_before_s: u64,
+    pub(super) access_cookie: String,
+    pub(super) refresh_cookie: String,
+    pub(super) refresh_header: String,
+    pub(super) revocation_endpoint: Option<String>,
+    pub(super) logout_path: String,
+    pub(super) reuse_window_s: u64,
+    pub(super) timeout_ms: u64,
+    pub(super) rate_limit: FileRefreshLimit,
+}
+
+/// `[refresh] rate_limit`: refresh attempts per client address (always on).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileRefreshLimit {
+    pub(super) rps: f64,
+    pub(super) burst: Option<u32>,
+}
+
+impl Default for FileRefresh {
+    fn default() -> Self {
+        FileRefresh {
+            token_endpoint: None,
+            client_id: None,
+            client_secret_env: "JWTGATE_CLIENT_SECRET".into(),
+            client_auth: "client_secret_basic".into(),
+            refresh_before_s: 60,
+            access_cookie: "access_token".into(),
+            refresh_cookie: "refresh_token".into(),
+            refresh_header: "x-refresh-token".into(),
+            revocation_endpoint: None,
+            logout_path: "/logout".into(),
+            reuse_window_s: 30,
+            timeout_ms: 5000,
+            rate_limit: FileRefreshLimit {
+                rps: 5.0,
+                burst: Some(20),
+            },
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileRoute {
+    pub(super) name: String,
+    pub(super) path_prefix: String,
+    pub(super) host: Option<String>,
+    #[serde(default)]
+    pub(super) upstreams: Vec<String>,
+    #[serde(default)]
+    pub(super) strip_prefix: bool,
+    #[serde(default = "default_auth")]
+    pub(super) auth: String,
+    #[serde(default)]
+    pub(super) scopes: Vec<String>,
+    #[serde(default = "default_timeout")]
+    pub(super) timeout_ms: u64,
+    pub(super) rate_limit: Option<FileRateLimit>,
+    pub(super) cors: Option<FileCors>,
+    /// Browser navigations without a session are sent to sign in (`[login]`).
+    #[serde(default)]
+    pub(super) login: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileRateLimit {
+    pub(super) per: String,
+    pub(super) rps: f64,
+    pub(super) burst: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileCors {
+    pub(super) origins: Vec<String>,
+    #[serde(default = "default_cors_methods")]
+    pub(super) methods: Vec<String>,
+    #[serde(default)]
+    pub(super) headers: Vec<String>,
+    #[serde(default)]
+    pub(super) credentials: bool,
+    #[serde(default = "default_cors_max_age")]
+    pub(super) max_age_s: u64,
+}
+
+pub(super) fn default_cors_methods() -> Vec<String> {
+    vec!["GET".into(), "HEAD".into(), "POST".into()]
+}
+
+pub(super) fn default_cors_max_age() -> u64 {
+    600
+}
+
+pub(super) fn default_auth() -> String {
+    "required".into()
+}
+
+pub(super) fn default_timeout() -> u64 {
+    30_000
+}

@@ -1,0 +1,356 @@
+//! gateway.toml -> `FileConfig` (serde, deny_unknown_fields) -> `Config::load()` (validated,
+//! resolved paths, loaded keys and certificates). Raw structs never leave this module; the
+//! rest of the gateway sees only the validated `Config`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Uri;
+
+/// A configuration problem, always naming the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read config file: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The TOML parser's message includes the line, column and key.
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: `{key}`: {message}")]
+    Invalid {
+        path: String,
+        key: String,
+        message: String,
+    },
+}
+
+mod file;
+pub mod keys;
+pub mod login;
+pub mod origin;
+mod validate;
+
+use keys::StaticKey;
+pub use validate::{is_loopback_authority, normalize_origin, parse_upstream, resolve_path};
+
+/// The validated configuration the gateway runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (for reload and messages).
+    pub path: PathBuf,
+    pub listen: Listen,
+    pub server: Server,
+    /// Ready-to-use TLS server config when `listen.https` is set.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Value of the admin bearer token (from the env var `admin.token_env`), if set.
+    pub admin_token: Option<String>,
+    pub issuers: Vec<IssuerConfig>,
+    pub tokens: Tokens,
+    pub identity: Identity,
+    pub revocation: Revocation,
+    /// `[refresh]`: edge refresh (when `token_endpoint` is set) and logout.
+    pub refresh: Option<Refresh>,
+    /// `[anomaly]`: leaked-token detection.
+    pub anomaly: Option<Anomaly>,
+    /// `[authz]`: who may ask the decision listener (`listen.authz`).
+    pub authz: Authz,
+    /// `[login]`: sign-in at the edge (authorization code + PKCE).
+    pub login: Option<login::Login>,
+    pub routes: Vec<RouteConfig>,
+}
+
+impl Config {
+    /// The largest `leeway_s` over the issuers: a token is accepted until `exp` plus this at
+    /// most, so a revocation must last as long.
+    pub fn max_leeway_s(&self) -> i64 {
+        self.issuers
+            .iter()
+            .map(|i| i.leeway_s.min(i64::MAX as u64) as i64)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The `[[issuers]]` entry named `name`.
+    pub fn issuer_named(&self, name: &str) -> Option<&IssuerConfig> {
+        self.issuers.iter().find(|i| i.name == name)
+    }
+}
+
+/// `[authz]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Authz {
+    /// Peers whose description of the original request is believed; others get 403.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Envoy ext_authz (HTTP service): a check request under this prefix describes the
+    /// original request by its own method, path (after the prefix) and Host.
+    pub path_prefix: Option<String>,
+}
+
+/// `[anomaly]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Anomaly {
+    pub window: Duration,
+    /// Requests per token per window before it is flagged.
+    pub max_requests: u64,
+    /// Distinct client networks (IPv4 /24, IPv6 /48) per token per window.
+    pub max_networks: usize,
+    /// `action = "revoke"`: put the flagged token's jti on the shared revocation list.
+    pub revoke: bool,
+}
+
+/// How the gateway authenticates to the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// HTTP Basic with client_id:client_secret (RFC 6749 §2.3.1).
+    Basic,
+    /// client_id and client_secret in the form body.
+    Post,
+    /// A public client (`[login]` without `client_secret_env`): client_id in the form body,
+    /// no secret; PKCE protects the code.
+    None,
+}
+
+/// The OAuth 2.0 client the gateway acts as.
+#[derive(Clone)]
+pub struct OAuthClient {
+    /// `None`: the discovered `token_endpoint` of `Refresh::discovery_issuer`.
+    pub token_endpoint: Option<Uri>,
+    pub client_id: String,
+    pub client_secret: String,
+    pub auth: ClientAuth,
+}
+
+impl std::fmt::Debug for OAuthClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("OAuthClient")
+            .field("token_endpoint", &self.token_endpoint)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Refresh {
+    /// `None`: no refresh at the edge, only logout.
+    pub client: Option<OAuthClient>,
+    pub refresh_before: Duration,
+    pub access_cookie: String,
+    pub refresh_cookie: String,
+    pub refresh_header: http::HeaderName,
+    pub revocation_endpoint: Option<Uri>,
+    pub logout_path: String,
+    /// How long a refresh result stays reusable for late requests with the old token.
+    pub reuse_window: Duration,
+    pub timeout: Duration,
+    /// Refresh attempts (calls that may reach the token endpoint) per client address: a
+    /// client without a token cannot make the gateway spend its client secret at will.
+    pub rate_limit: RateLimitConfig,
+    /// The issuer (index) whose discovered token/revocation endpoints fill in what the
+    /// file leaves out: the `[login]` issuer, or the only issuer, when it has `discovery`.
+    pub discovery_issuer: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub https: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    /// The forward-auth decision listener.
+    pub authz: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Resolved: never 0.
+    pub worker_threads: usize,
+    pub drain: Duration,
+    pub header_timeout: Duration,
+    /// The longest a request or response body may go without a byte while it streams.
+    pub stream_idle_timeout: Duration,
+    /// How long a connection may sit idle between requests (HTTP/1.1 and h2).
+    pub keepalive_timeout: Duration,
+    /// Concurrent connections on the public listeners (https + http, all workers).
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub trusted_proxy_hops: usize,
+    pub log_format: LogFormat,
+    /// Trust anchors for https upstreams and identity-provider URLs: the webpki roots,
+    /// plus the CA certificates of `upstream_ca`.
+    pub upstream_roots: Arc<rustls::RootCertStore>,
+}
+
+/// Where an issuer's verification keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    Static(Vec<StaticKey>),
+    Jwks(Uri),
+    /// The `jwks_uri` of the issuer's discovery document.
+    Discovered,
+}
+
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    pub name: String,
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    /// Allow-list; `None` means "the keys' own algorithms".
+    pub algorithms: Option<Vec<jsonwebtoken::Algorithm>>,
+    pub leeway_s: u64,
+    pub keys: KeySource,
+    /// `discovery = true`: where the provider metadata document lives.
+    pub discovery: Option<Uri>,
+}
+
+/// One place to look for the access token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `header:authorization` (Bearer scheme) or any other header carrying the bare token.
+    Header(http::HeaderName),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub sources: Vec<TokenSource>,
+    pub csrf: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub subject_header: http::HeaderName,
+    pub scopes_header: http::HeaderName,
+    pub claims_header: http::HeaderName,
+    pub forward_token: bool,
+    /// (header, claim name)
+    pub claims: Vec<(http::HeaderName, String)>,
+    /// `assertion_*`: the gateway's signed identity assertion, when `assertion_key` is set.
+    pub assertion: Option<keys::AssertionConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    Deny,
+    Allow,
+}
+
+#[derive(Debug, Clone)]
+pub struct Revocation {
+    pub store: StoreKind,
+    pub redis_url: String,
+    pub key_prefix: String,
+    pub cache_ttl: Duration,
+    pub cache_capacity: u64,
+    pub timeout: Duration,
+    pub on_error: OnError,
+    pub subject_ttl: Duration,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    /// `redis_ca`: the PEM bundle a `rediss://` server's certificate must chain to
+    /// (instead of the webpki roots).
+    pub redis_ca: Option<Arc<Vec<u8>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Required,
+    Optional,
+    None,
+}
+
+/// An upstream base URL: scheme + authority, and a path prefix (without trailing slash).
+#[derive(Debug, Clone)]
+pub struct UpstreamUrl {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    pub base_path: String,
+    /// Where the pooled client connects.
+    pub origin: origin::Origin,
+}
+
+impl std::fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.base_path)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Lower-case, without port.
+    pub host: Option<String>,
+    /// Normalised: starts with `/`, no trailing `/` except for the root.
+    pub path_prefix: String,
+    pub upstreams: Vec<UpstreamUrl>,
+    pub strip_prefix: bool,
+    pub auth: AuthMode,
+    pub scopes: Vec<String>,
+    pub timeout: Duration,
+    pub rate_limit: Option<RateLimitConfig>,
+    pub cors: Option<CorsConfig>,
+    /// `login = true`: browser navigations without a session get a 302 to sign in.
+    pub login: bool,
+}
+
+/// A route's `rate_limit`: a token bucket of `burst` requests refilled at `rps` per second,
+/// one per key, in each replica.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitConfig {
+    pub per: LimitBy,
+    pub rps: f64,
+    pub burst: u32,
+}
+
+/// What a rate limit counts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitBy {
+    /// The verified token's `sub` (anonymous requests on an optional route: the client
+    /// address).
+    Sub,
+    /// The client address (`trusted_proxy_hops` applies); IPv6 by /64.
+    Ip,
+}
+
+/// A route's `cors`, validated: origins normalised as browsers send them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CorsConfig {
+    /// Lower-case `scheme://host[:port]`, default ports dropped. Empty when `any_origin`.
+    pub origins: Vec<String>,
+    /// `origins = ["*"]` (refused together with `credentials = true`).
+    pub any_origin: bool,
+    pub methods: Vec<http::Method>,
+    /// Lower-case request header names a preflight may ask for.
+    pub headers: Vec<http::HeaderName>,
+    pub credentials: bool,
+    pub max_age_s: u64,
+}
+
+impl CorsConfig {
+    /// Whether a page at `origin` (`scheme://host[:port]`) may use this route at all.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.any_origin || self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
+    }
+
+    /// Whether a browser page at `origin` may send this route's cookies cross-site:
+    /// listed explicitly, and `credentials = true`.
+    pub fn trusts_credentials_from(&self, origin: &str) -> bool {
+        self.credentials && !self.any_origin && self.allows_origin(origin)
+    }
+}
