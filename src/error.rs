@@ -129,7 +129,22 @@ impl GatewayError {
             GatewayError::InsufficientScope => {
                 Some(format!("{REALM}, error=\"insufficient_scope\""))
             }
-            _ => None,
+            // Listed, not `_`: a new variant must decide whether it challenges.
+            GatewayError::NoRoute
+            | GatewayError::BadRequest(_)
+            | GatewayError::BadPath(_)
+            | GatewayError::Csrf
+            | GatewayError::CorsRefused(_)
+            | GatewayError::RateLimited { .. }
+            | GatewayError::BodyTooLarge
+            | GatewayError::BodyTimeout
+            | GatewayError::UpstreamUnreachable
+            | GatewayError::UpstreamTimeout
+            | GatewayError::NoUpstream
+            | GatewayError::KeysUnavailable
+            | GatewayError::RevocationUnavailable
+            | GatewayError::IdpUnavailable
+            | GatewayError::UntrustedPeer => None,
         };
         if let Some(v) = www.and_then(|v| HeaderValue::from_str(&v).ok()) {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);

@@ -15,8 +15,11 @@ pub mod ids;
 pub mod path;
 // 1. gateway.toml -> Config (no runtime module).
 pub mod config;
-// 2. Outbound HTTP and the body type; metrics (a leaf every layer may count in).
+// 2. Outbound HTTP and the body type; errors and their HTTP form; connection caps;
+//    metrics (a leaf every layer may count in).
 pub mod net;
+// (connection caps)
+pub mod capacity;
 // 3. Per-request policy tables, and identity: keys, verification, revocation, leak
 //    detection, assertions, refresh.
 pub mod policy;

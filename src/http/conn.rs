@@ -33,18 +33,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Sleep};
 
+pub use crate::capacity::{Connections, Limit, Slot, ADMIN_MAX_CONNECTIONS};
 use crate::config::Server;
 use crate::net::body::{Body, BoxError};
-
-/// Concurrent connections the admin listener takes: enough for probes, scrapes and
-/// operators, small enough that a flood there costs little. Separate from
-/// `server.max_connections`, so a full public listener never locks out health checks.
-pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// The longest an h2 connection closed for idleness gets to send its GOAWAY.
 const GOAWAY_GRACE: Duration = Duration::from_secs(1);
@@ -69,80 +64,6 @@ pub fn builder(server: &Server) -> auto::Builder<TokioExecutor> {
         .keep_alive_interval(server.keepalive_timeout.min(Duration::from_secs(30)))
         .keep_alive_timeout(server.header_timeout.min(Duration::from_secs(20)));
     b
-}
-
-// === impl Limit ===
-
-/// A cap on concurrent connections, shared by every worker thread of a listener class
-/// (public: https + http; admin), with its metrics.
-pub struct Limit {
-    max: usize,
-    active: AtomicUsize,
-    /// Connections closed at accept because the cap was reached.
-    pub refused: Counter,
-}
-
-/// One connection's place under a `Limit`; given back when dropped (the socket closed).
-/// It travels with the socket, so an upgraded (WebSocket) connection keeps holding it.
-pub struct Slot(Arc<Limit>);
-
-impl Limit {
-    pub fn new(max: usize) -> Arc<Limit> {
-        Arc::new(Limit {
-            max,
-            active: AtomicUsize::new(0),
-            refused: Counter::default(),
-        })
-    }
-
-    /// A slot, or `None` (counted as refused) when `max` connections are open.
-    pub fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
-        let taken = self
-            .active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max).then_some(n + 1)
-            });
-        match taken {
-            Ok(_) => Some(Slot(self.clone())),
-            Err(_) => {
-                self.refused.inc();
-                None
-            }
-        }
-    }
-
-    /// Connections open now.
-    pub fn active(&self) -> usize {
-        self.active.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// The caps of the two listener classes, for the whole process.
-pub struct Connections {
-    /// `server.max_connections`, shared by the https and http listeners.
-    pub public: Arc<Limit>,
-    /// `ADMIN_MAX_CONNECTIONS`.
-    pub admin: Arc<Limit>,
-}
-
-impl Connections {
-    pub fn new(server: &Server) -> Connections {
-        Connections {
-            public: Limit::new(server.max_connections),
-            admin: Limit::new(ADMIN_MAX_CONNECTIONS),
-        }
-    }
-
-    /// Each cap with its `listener` metric label.
-    pub fn by_listener(&self) -> [(&'static str, &Arc<Limit>); 2] {
-        [("public", &self.public), ("admin", &self.admin)]
-    }
 }
 
 // === impl Activity ===
