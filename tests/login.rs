@@ -200,6 +200,42 @@ async fn api_clients_get_401_never_a_redirect() {
 }
 
 #[tokio::test]
+async fn plain_http_origins_that_are_not_loopback_get_a_page_not_the_idp() {
+    let rig = rig().await;
+    let c = rig.gw.client_plain();
+    // Browsers drop `Secure` cookies from such an origin: the sign-in could never finish.
+    let r = c
+        .get(
+            &rig.url("/app/x"),
+            &[("host", "app.example"), ("accept", "text/html")],
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.header("location").is_none());
+    assert!(r.text().contains("Sign-in needs HTTPS"), "{}", r.text());
+    assert!(
+        rig.metric("jwtgate_logins_total{result=\"failed\",reason=\"plain_http\"} 1")
+            .await
+    );
+    // Loopback names are secure contexts to browsers, HTTPS always is.
+    for host in ["localhost", "app.localhost", "127.0.0.1"] {
+        let r = c
+            .get(
+                &rig.url("/app/x"),
+                &[("host", host), ("accept", "text/html")],
+            )
+            .await;
+        assert_eq!(r.status, 302, "{host}");
+    }
+    let r = rig
+        .gw
+        .client_tls()
+        .get(&rig.gw.https_url("/app/x"), &[("accept", "text/html")])
+        .await;
+    assert_eq!(r.status, 302);
+}
+
+#[tokio::test]
 async fn a_state_is_good_once() {
     let rig = rig().await;
     let b = Browser::new();

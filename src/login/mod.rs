@@ -60,6 +60,8 @@ pub enum LoginError {
     Loop,
     #[error("Sign-in is not available right now; please try again shortly.")]
     Unavailable,
+    #[error("Sign-in needs HTTPS: this page came over plain HTTP, where browsers do not keep the sign-in cookies. Open it with https://.")]
+    PlainHttp,
 }
 
 impl LoginError {
@@ -76,6 +78,7 @@ impl LoginError {
             LoginError::AccessToken => "access_token_invalid",
             LoginError::Loop => "loop_guard",
             LoginError::Unavailable => "unavailable",
+            LoginError::PlainHttp => "plain_http",
         }
     }
 
@@ -207,6 +210,12 @@ impl SignIn {
         let (Some(auth_endpoint), Some(origin)) = (auth_endpoint, origin(conn, parts, hops)) else {
             return self.refuse(LoginError::Unavailable, true, &return_to);
         };
+        // The state cookie (and the session's) is `Secure`: from a plain-HTTP origin a
+        // browser drops it, and the person would come back from the IdP to "no sign-in in
+        // progress". Say why before sending them there.
+        if !keeps_secure_cookies(&origin) {
+            return self.refuse(LoginError::PlainHttp, true, &return_to);
+        }
         let (Some(id), Some(verifier), Some(nonce)) =
             (state::random(24), state::random(32), state::random(24))
         else {
@@ -315,6 +324,24 @@ fn origin(conn: &ClientInfo, parts: &http::request::Parts, hops: usize) -> Optio
         return None;
     }
     Some(format!("{scheme}://{}", a.as_str().to_ascii_lowercase()))
+}
+
+/// Whether browsers store `Secure` cookies set by `origin` (from `origin()`): HTTPS, and
+/// the loopback origins they treat as secure contexts (`localhost`, `*.localhost`,
+/// 127.0.0.0/8, `[::1]`) even over plain HTTP.
+fn keeps_secure_cookies(origin: &str) -> bool {
+    let Some(authority) = origin.strip_prefix("http://") else {
+        return true;
+    };
+    let Ok(a) = authority.parse::<http::uri::Authority>() else {
+        return false;
+    };
+    let host = a.host().trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn redirect(location: &str) -> Response<Body> {
@@ -713,6 +740,23 @@ mod tests {
             escape("<a href=\"x\">'&'</a>"),
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
         );
+    }
+
+    #[test]
+    fn secure_cookies_need_https_or_loopback() {
+        for kept in [
+            "https://app.example",
+            "http://localhost:8080",
+            "http://app.localhost",
+            "http://127.0.0.1:80",
+            "http://127.9.9.9",
+            "http://[::1]:8080",
+        ] {
+            assert!(keeps_secure_cookies(kept), "{kept}");
+        }
+        for dropped in ["http://app.example", "http://10.0.0.1:8080", "http://[::2]"] {
+            assert!(!keeps_secure_cookies(dropped), "{dropped}");
+        }
     }
 
     #[test]
