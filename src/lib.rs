@@ -64,7 +64,7 @@ use crate::http::listener::{self, Shared};
 /// Failure to start serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    #[error("cannot listen on {addr} ({what}): {}", bind_reason(source))]
     Bind {
         addr: SocketAddr,
         what: &'static str,
@@ -74,6 +74,15 @@ pub enum ServeError {
     Thread(std::io::Error),
     #[error("revocation store: {0}")]
     Store(String),
+}
+
+/// The operator's words for the usual bind failure (another process listens there, see
+/// `listener::bind`); the OS's own text otherwise.
+fn bind_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => "address already in use".to_string(),
+        _ => e.to_string(),
+    }
 }
 
 /// A running gateway: its bound addresses and the handle to stop it.

@@ -562,6 +562,87 @@ async fn access_log_client_is_the_peer_by_default() {
     assert_eq!(access_line(&logs, "/x")["client"], "127.0.0.1");
 }
 
+/// Run the binary with `args`; killed (and the test failed) if it is still running after
+/// `limit`: for commands that must exit on their own.
+fn jwtgate_within(args: &[&str], limit: Duration) -> Out {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("JWTGATE_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!(
+                "jwtgate {args:?} still running after {limit:?}; stderr: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = child.wait_with_output().unwrap();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_on_the_same_ports_fails_and_the_first_keeps_serving() {
+    let up = EchoUpstream::start().await;
+    let [http, admin, other] = free_ports();
+    // Two workers: the first instance's port is shared by SO_REUSEPORT sockets.
+    let gw = BinGateway::listening(
+        &up,
+        &format!("http = \"127.0.0.1:{http}\"\nadmin = \"127.0.0.1:{admin}\""),
+        "worker_threads = 2",
+    );
+    let second = jwtgate_within(
+        &["run", "-c", gw.config.to_str().unwrap()],
+        Duration::from_secs(10),
+    );
+    assert_eq!(second.code, 1, "stderr: {}", second.stderr);
+    let want = format!("cannot listen on 127.0.0.1:{http} (listen.http): address already in use");
+    assert!(
+        second.stderr.contains(&want),
+        "wanted {want:?} in: {}",
+        second.stderr
+    );
+    // The admin port alone taken: named too (a worker-less, single-socket listener).
+    let dir = TempDir::new();
+    let path = dir.path().join("gw.toml");
+    let text = std::fs::read_to_string(&gw.config)
+        .unwrap()
+        .replace(&format!(":{http}\""), &format!(":{other}\""));
+    std::fs::write(&path, text).unwrap();
+    let second = jwtgate_within(
+        &["run", "-c", path.to_str().unwrap()],
+        Duration::from_secs(10),
+    );
+    assert_eq!(second.code, 1, "stderr: {}", second.stderr);
+    let want = format!("cannot listen on 127.0.0.1:{admin} (listen.admin): address already in use");
+    assert!(
+        second.stderr.contains(&want),
+        "wanted {want:?} in: {}",
+        second.stderr
+    );
+    // The first still answers every request (none went to a second copy), on both workers.
+    let cl = Client::plain();
+    for i in 0..20 {
+        let r = cl.get(&format!("http://{}/still/{i}", gw.http), &[]).await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(up.count(), 20);
+    gw.signal("-TERM");
+    let (code, _) = gw.exit().await;
+    assert_eq!(code, Some(0));
+}
+
 /// The JSON access-log line of the request for `path`.
 fn access_line(logs: &[String], path: &str) -> serde_json::Value {
     logs.iter()
@@ -584,17 +665,28 @@ struct BinGateway {
     child: Option<std::process::Child>,
     http: String,
     logs: Option<std::thread::JoinHandle<Vec<String>>>,
+    /// The config file it was started with.
+    config: std::path::PathBuf,
     _dir: TempDir,
 }
 
 impl BinGateway {
     /// One open route to `up`, JSON logs, and `server_extra` in `[server]`.
     fn open_route(up: &EchoUpstream, server_extra: &str) -> BinGateway {
+        BinGateway::listening(
+            up,
+            "http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"",
+            server_extra,
+        )
+    }
+
+    /// One open route to `up` on the `[listen]` addresses given as TOML lines.
+    fn listening(up: &EchoUpstream, listen: &str, server_extra: &str) -> BinGateway {
         let dir = TempDir::new();
         let path = dir.path().join("gw.toml");
         std::fs::write(
             &path,
-            format!("[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[server]\nlog_format = \"json\"\n{server_extra}\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n", up.url()),
+            format!("[listen]\n{listen}\n[server]\nlog_format = \"json\"\n{server_extra}\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n", up.url()),
         )
         .unwrap();
         let (child, http, lines) = spawn_gateway(&path);
@@ -603,6 +695,7 @@ impl BinGateway {
             child: Some(child),
             http,
             logs: Some(logs),
+            config: path,
             _dir: dir,
         }
     }
