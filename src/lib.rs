@@ -185,7 +185,10 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
     let control_client = net::Client::with_roots(4, config.server.upstream_roots.clone());
     control_client.spawn_reaper();
     let connections = Arc::new(http::conn::Connections::new(&config.server));
-    let app = Arc::new(App::new(config, revocations.clone(), connections.clone()));
+    let reloads = ops::metrics::Reloads::default();
+    let mut app = App::new(config, revocations.clone(), connections.clone());
+    reloads.register(&mut app.metrics);
+    let app = Arc::new(app);
     app.start_background(&control_client);
 
     let shared = Arc::new(Shared {
@@ -194,6 +197,7 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
         revocations,
         control_client,
         reload_lock: tokio::sync::Mutex::new(()),
+        reloads,
     });
 
     let mut per_worker: Vec<listener::WorkerSockets> = (0..workers_n).map(|_| Vec::new()).collect();

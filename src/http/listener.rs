@@ -36,6 +36,8 @@ pub struct Shared {
     pub control_client: crate::net::Client,
     /// One reload at a time.
     pub reload_lock: tokio::sync::Mutex<()>,
+    /// Reload attempts, counted across reloads.
+    pub reloads: crate::ops::metrics::Reloads,
 }
 
 /// Bind `n` listening sockets to `addr` for the workers of this process, and only if no other
