@@ -643,6 +643,98 @@ async fn a_second_instance_on_the_same_ports_fails_and_the_first_keeps_serving()
     assert_eq!(code, Some(0));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_exit_codes_follow_readyz_and_healthz() {
+    let up = EchoUpstream::start().await;
+    let [admin, dead] = free_ports();
+    let gw = BinGateway::listening(
+        &up,
+        &format!("http = \"127.0.0.1:0\"\nadmin = \"0.0.0.0:{admin}\""),
+        "",
+    );
+    // A copy of the config: the gateway's own goes with it when it exits.
+    let dir = TempDir::new();
+    let copy = dir.path().join("probe.toml");
+    std::fs::copy(&gw.config, &copy).unwrap();
+    let config = copy.to_str().unwrap().to_string();
+    let probe = |extra: &[&str]| {
+        let mut args = vec!["healthcheck", "-c", &config];
+        args.extend_from_slice(extra);
+        jwtgate_within(&args, Duration::from_secs(15))
+    };
+    // Ready (no issuers, memory store); 0.0.0.0 is probed through loopback.
+    let o = probe(&[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(
+        o.stdout.trim(),
+        format!("healthy: http://127.0.0.1:{admin}/readyz: 200 OK")
+    );
+    let o = probe(&["--live"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("/healthz: 200 OK"), "{}", o.stdout);
+    gw.signal("-TERM");
+    assert_eq!(gw.exit().await.0, Some(0));
+    // Nothing listens any more: 1, and why.
+    let o = probe(&[]);
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.starts_with(&format!(
+            "jwtgate: unhealthy: http://127.0.0.1:{admin}/readyz: "
+        )),
+        "{}",
+        o.stderr
+    );
+    assert_eq!(o.stderr.trim().lines().count(), 1, "{}", o.stderr);
+
+    // Serving but not ready (the issuer's JWKS never loads): /readyz 503 is 1 with the
+    // body's reason, /healthz still 0.
+    let path = dir.path().join("gw.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:{admin}\"\n[server]\nlog_format = \"json\"\n[[issuers]]\nname = \"down\"\nissuer = \"https://idp.test\"\njwks_url = \"http://127.0.0.1:{dead}/jwks\"\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\n",
+            up.url()
+        ),
+    )
+    .unwrap();
+    let (mut child, _, lines) = spawn_gateway(&path);
+    let _drain = std::thread::spawn(move || lines.map_while(Result::ok).count());
+    let path = path.to_str().unwrap();
+    let o = jwtgate_within(&["healthcheck", "-c", path], Duration::from_secs(15));
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(
+        o.stderr.contains("/readyz: 503 Service Unavailable: ")
+            && o.stderr.contains("\"ready\":false"),
+        "{}",
+        o.stderr
+    );
+    let o = jwtgate_within(
+        &["healthcheck", "--live", "-c", path],
+        Duration::from_secs(15),
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // A config without a usable listen.admin: 1, naming the file and key.
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[listen]\nadmin = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.toml");
+    let o = jwtgate_within(
+        &["healthcheck", "-c", bad.to_str().unwrap()],
+        Duration::from_secs(15),
+    );
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains("bad.toml") && o.stderr.contains("listen.admin"),
+        "{}",
+        o.stderr
+    );
+}
+
 /// The JSON access-log line of the request for `path`.
 fn access_line(logs: &[String], path: &str) -> serde_json::Value {
     logs.iter()
