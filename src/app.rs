@@ -211,8 +211,8 @@ impl App {
         self.verifier.issuers().iter().all(|i| i.is_loaded())
     }
 
-    /// Prometheus text, with gauges read from live state now.
-    pub fn render_metrics(&self) -> String {
+    /// Every metric in `format`, with gauges read from live state now.
+    pub fn render_metrics(&self, format: crate::ops::exposition::Format) -> String {
         for i in self.verifier.issuers() {
             self.metrics
                 .keys_loaded
@@ -231,7 +231,7 @@ impl App {
                 .get_or_create(&vec![("listener", listener.to_string())])
                 .set(i64::try_from(limit.active()).unwrap_or(i64::MAX));
         }
-        self.metrics.encode()
+        self.metrics.encode(format)
     }
 
     /// Keys loaded and the revocation store answering (or failures allowed through).

@@ -67,7 +67,7 @@ use crate::http::listener::{self, Shared};
 /// Failure to start serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    #[error("cannot listen on {addr} ({what}): {}", bind_reason(source))]
     Bind {
         addr: SocketAddr,
         what: &'static str,
@@ -77,6 +77,15 @@ pub enum ServeError {
     Thread(std::io::Error),
     #[error("revocation store: {0}")]
     Store(String),
+}
+
+/// The operator's words for the usual bind failure (another process listens there, see
+/// `listener::bind`); the OS's own text otherwise.
+fn bind_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => "address already in use".to_string(),
+        _ => e.to_string(),
+    }
 }
 
 /// A running gateway: its bound addresses and the handle to stop it.
@@ -179,7 +188,10 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
     let control_client = net::Client::with_roots(4, config.server.upstream_roots.clone());
     control_client.spawn_reaper();
     let connections = Arc::new(http::conn::Connections::new(&config.server));
-    let app = Arc::new(App::new(config, revocations.clone(), connections.clone()));
+    let reloads = ops::metrics::Reloads::default();
+    let mut app = App::new(config, revocations.clone(), connections.clone());
+    reloads.register(&mut app.metrics);
+    let app = Arc::new(app);
     app.start_background(&control_client);
 
     let shared = Arc::new(Shared {
@@ -188,6 +200,7 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
         revocations,
         control_client,
         reload_lock: tokio::sync::Mutex::new(()),
+        reloads,
     });
 
     let mut per_worker: Vec<listener::WorkerSockets> = (0..workers_n).map(|_| Vec::new()).collect();

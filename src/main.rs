@@ -85,6 +85,16 @@ enum Cmd {
         #[arg(long, default_value = "http://127.0.0.1:9901")]
         admin: String,
     },
+    /// Probe the running gateway for a container HEALTHCHECK: GET /readyz on the config's
+    /// listen.admin; exit 0 when it answers 200, 1 otherwise, with one line saying why.
+    Healthcheck {
+        /// Ask /healthz (the process serves) instead of /readyz (keys and store ready).
+        #[arg(long)]
+        live: bool,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+        timeout: u64,
+    },
     /// Write a self-signed development certificate and key (PEM).
     GenCert {
         #[arg(long, default_value = "certs")]
@@ -128,6 +138,9 @@ fn main() -> ExitCode {
             issuer,
             admin,
         } => runtime().block_on(revoke(jti, exp, sub, issuer, admin)),
+        Cmd::Healthcheck { live, timeout } => {
+            healthcheck(config::resolve_path(cli.config), live, timeout)
+        }
         Cmd::GenCert { out, hosts } => match jwtgate::certs::write(&out, &hosts) {
             Ok((c, k)) => {
                 println!("certificate: {}\nkey:         {}", c.display(), k.display());
@@ -293,6 +306,23 @@ fn check(path: PathBuf) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+fn healthcheck(path: PathBuf, live: bool, timeout: u64) -> ExitCode {
+    use jwtgate::cli::health::{self, Probe};
+    let admin = match health::admin_address(&path) {
+        Ok(a) => a,
+        Err(e) => return fail(e),
+    };
+    let probe = if live { Probe::Live } else { Probe::Ready };
+    let timeout = Duration::from_secs(timeout.max(1));
+    match runtime().block_on(health::check(admin, probe, timeout)) {
+        Ok(line) => {
+            println!("healthy: {line}");
+            ExitCode::SUCCESS
+        }
+        Err(why) => fail(format!("unhealthy: {why}")),
+    }
 }
 
 fn opt(a: Option<std::net::SocketAddr>) -> String {

@@ -562,6 +562,179 @@ async fn access_log_client_is_the_peer_by_default() {
     assert_eq!(access_line(&logs, "/x")["client"], "127.0.0.1");
 }
 
+/// Run the binary with `args`; killed (and the test failed) if it is still running after
+/// `limit`: for commands that must exit on their own.
+fn jwtgate_within(args: &[&str], limit: Duration) -> Out {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("JWTGATE_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!(
+                "jwtgate {args:?} still running after {limit:?}; stderr: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = child.wait_with_output().unwrap();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_on_the_same_ports_fails_and_the_first_keeps_serving() {
+    let up = EchoUpstream::start().await;
+    let [http, admin, other] = free_ports();
+    // Two workers: the first instance's port is shared by SO_REUSEPORT sockets.
+    let gw = BinGateway::listening(
+        &up,
+        &format!("http = \"127.0.0.1:{http}\"\nadmin = \"127.0.0.1:{admin}\""),
+        "worker_threads = 2",
+    );
+    let second = jwtgate_within(
+        &["run", "-c", gw.config.to_str().unwrap()],
+        Duration::from_secs(10),
+    );
+    assert_eq!(second.code, 1, "stderr: {}", second.stderr);
+    let want = format!("cannot listen on 127.0.0.1:{http} (listen.http): address already in use");
+    assert!(
+        second.stderr.contains(&want),
+        "wanted {want:?} in: {}",
+        second.stderr
+    );
+    // The admin port alone taken: named too (a worker-less, single-socket listener).
+    let dir = TempDir::new();
+    let path = dir.path().join("gw.toml");
+    let text = std::fs::read_to_string(&gw.config)
+        .unwrap()
+        .replace(&format!(":{http}\""), &format!(":{other}\""));
+    std::fs::write(&path, text).unwrap();
+    let second = jwtgate_within(
+        &["run", "-c", path.to_str().unwrap()],
+        Duration::from_secs(10),
+    );
+    assert_eq!(second.code, 1, "stderr: {}", second.stderr);
+    let want = format!("cannot listen on 127.0.0.1:{admin} (listen.admin): address already in use");
+    assert!(
+        second.stderr.contains(&want),
+        "wanted {want:?} in: {}",
+        second.stderr
+    );
+    // The first still answers every request (none went to a second copy), on both workers.
+    let cl = Client::plain();
+    for i in 0..20 {
+        let r = cl.get(&format!("http://{}/still/{i}", gw.http), &[]).await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(up.count(), 20);
+    gw.signal("-TERM");
+    let (code, _) = gw.exit().await;
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_exit_codes_follow_readyz_and_healthz() {
+    let up = EchoUpstream::start().await;
+    let [admin, dead] = free_ports();
+    let gw = BinGateway::listening(
+        &up,
+        &format!("http = \"127.0.0.1:0\"\nadmin = \"0.0.0.0:{admin}\""),
+        "",
+    );
+    // A copy of the config: the gateway's own goes with it when it exits.
+    let dir = TempDir::new();
+    let copy = dir.path().join("probe.toml");
+    std::fs::copy(&gw.config, &copy).unwrap();
+    let config = copy.to_str().unwrap().to_string();
+    let probe = |extra: &[&str]| {
+        let mut args = vec!["healthcheck", "-c", &config];
+        args.extend_from_slice(extra);
+        jwtgate_within(&args, Duration::from_secs(15))
+    };
+    // Ready (no issuers, memory store); 0.0.0.0 is probed through loopback.
+    let o = probe(&[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(
+        o.stdout.trim(),
+        format!("healthy: http://127.0.0.1:{admin}/readyz: 200 OK")
+    );
+    let o = probe(&["--live"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("/healthz: 200 OK"), "{}", o.stdout);
+    gw.signal("-TERM");
+    assert_eq!(gw.exit().await.0, Some(0));
+    // Nothing listens any more: 1, and why.
+    let o = probe(&[]);
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.starts_with(&format!(
+            "jwtgate: unhealthy: http://127.0.0.1:{admin}/readyz: "
+        )),
+        "{}",
+        o.stderr
+    );
+    assert_eq!(o.stderr.trim().lines().count(), 1, "{}", o.stderr);
+
+    // Serving but not ready (the issuer's JWKS never loads): /readyz 503 is 1 with the
+    // body's reason, /healthz still 0.
+    let path = dir.path().join("gw.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:{admin}\"\n[server]\nlog_format = \"json\"\n[[issuers]]\nname = \"down\"\nissuer = \"https://idp.test\"\njwks_url = \"http://127.0.0.1:{dead}/jwks\"\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\n",
+            up.url()
+        ),
+    )
+    .unwrap();
+    let (mut child, _, lines) = spawn_gateway(&path);
+    let _drain = std::thread::spawn(move || lines.map_while(Result::ok).count());
+    let path = path.to_str().unwrap();
+    let o = jwtgate_within(&["healthcheck", "-c", path], Duration::from_secs(15));
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(
+        o.stderr.contains("/readyz: 503 Service Unavailable: ")
+            && o.stderr.contains("\"ready\":false"),
+        "{}",
+        o.stderr
+    );
+    let o = jwtgate_within(
+        &["healthcheck", "--live", "-c", path],
+        Duration::from_secs(15),
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // A config without a usable listen.admin: 1, naming the file and key.
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[listen]\nadmin = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.toml");
+    let o = jwtgate_within(
+        &["healthcheck", "-c", bad.to_str().unwrap()],
+        Duration::from_secs(15),
+    );
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains("bad.toml") && o.stderr.contains("listen.admin"),
+        "{}",
+        o.stderr
+    );
+}
+
 /// The JSON access-log line of the request for `path`.
 fn access_line(logs: &[String], path: &str) -> serde_json::Value {
     logs.iter()
@@ -584,17 +757,28 @@ struct BinGateway {
     child: Option<std::process::Child>,
     http: String,
     logs: Option<std::thread::JoinHandle<Vec<String>>>,
+    /// The config file it was started with.
+    config: std::path::PathBuf,
     _dir: TempDir,
 }
 
 impl BinGateway {
     /// One open route to `up`, JSON logs, and `server_extra` in `[server]`.
     fn open_route(up: &EchoUpstream, server_extra: &str) -> BinGateway {
+        BinGateway::listening(
+            up,
+            "http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"",
+            server_extra,
+        )
+    }
+
+    /// One open route to `up` on the `[listen]` addresses given as TOML lines.
+    fn listening(up: &EchoUpstream, listen: &str, server_extra: &str) -> BinGateway {
         let dir = TempDir::new();
         let path = dir.path().join("gw.toml");
         std::fs::write(
             &path,
-            format!("[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[server]\nlog_format = \"json\"\n{server_extra}\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n", up.url()),
+            format!("[listen]\n{listen}\n[server]\nlog_format = \"json\"\n{server_extra}\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n", up.url()),
         )
         .unwrap();
         let (child, http, lines) = spawn_gateway(&path);
@@ -603,6 +787,7 @@ impl BinGateway {
             child: Some(child),
             http,
             logs: Some(logs),
+            config: path,
             _dir: dir,
         }
     }

@@ -40,6 +40,10 @@ async fn reload_applies_new_routes_and_refuses_bad_files() {
     let bearer = format!("Bearer {t}");
     let auth = [("authorization", bearer.as_str())];
     assert_eq!(cl.get(&gw.http_url("/b/x"), &auth).await.status, 404);
+    assert!(
+        gw.has_metric("jwtgate_reloads_total{result=\"ok\"} 0")
+            .await
+    );
     // Revoke a token before the reload: it must stay revoked after it.
     let victim = token("HS256", Some("h1"), json!({"sub": "victim"}));
     let app = gw.running.as_ref().unwrap().shared.app.load_full();
@@ -112,6 +116,15 @@ async fn reload_applies_new_routes_and_refuses_bad_files() {
     );
     assert_eq!(cl.get(&gw.http_url("/b/x"), &[]).await.status, 200);
     assert_eq!(cl.get(&gw.http_url("/a/x"), &auth).await.status, 200);
+    // Attempts by result, counted across the reloads (the 401 was no attempt).
+    assert!(
+        gw.has_metric("jwtgate_reloads_total{result=\"ok\"} 1")
+            .await
+    );
+    assert!(
+        gw.has_metric("jwtgate_reloads_total{result=\"refused\"} 1")
+            .await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,8 @@
 //! What the `jwtgate` command line adds to the gateway: the local demo (`demo`), minting
-//! test tokens (`token`) and development certificates (`certs`). `main.rs` dispatches.
+//! test tokens (`token`), development certificates (`certs`) and the container health probe
+//! (`health`). `main.rs` dispatches.
 
 pub mod certs;
 pub mod demo;
+pub mod health;
 pub mod token;

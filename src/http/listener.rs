@@ -1,7 +1,8 @@
-//! Listeners: bind (SO_REUSEPORT, one socket per worker), accept under the connection cap,
-//! TLS with ALPN, then `conn::serve` (hyper-util's auto HTTP/1.1 + h2 builder, deadlines,
-//! graceful drain). Each worker is one thread with its own current-thread runtime and
-//! upstream pool: measured faster here than one work-stealing runtime (see PERF-NOTES).
+//! Listeners: bind (exclusive to this process, SO_REUSEPORT among its workers: one socket
+//! per worker), accept under the connection cap, TLS with ALPN, then `conn::serve`
+//! (hyper-util's auto HTTP/1.1 + h2 builder, deadlines, graceful drain). Each worker is one
+//! thread with its own current-thread runtime and upstream pool: measured faster
+//! here than one work-stealing runtime (see PERF-NOTES).
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -35,24 +36,48 @@ pub struct Shared {
     pub control_client: crate::net::Client,
     /// One reload at a time.
     pub reload_lock: tokio::sync::Mutex<()>,
+    /// Reload attempts, counted across reloads.
+    pub reloads: crate::ops::metrics::Reloads,
 }
 
-/// Bind `n` listening sockets to the same address (SO_REUSEPORT); port 0 is resolved by the
-/// first socket so all share one port.
+/// Bind `n` listening sockets to `addr` for the workers of this process, and only if no other
+/// process listens there; port 0 is resolved by the first socket so all share one port.
+///
+/// SO_REUSEPORT lets the workers share the port, but on Linux it also lets any other process
+/// of the same user join the group (the kernel's only other condition is an equal effective
+/// UID): a second jwtgate would start silently and take part of the traffic. So the first
+/// socket is made exclusive for the moment that matters:
+/// 1. it binds and listens *without* SO_REUSEPORT. With SO_REUSEADDR only, bind succeeds
+///    over TIME_WAIT leftovers of a previous instance (a restart), but listen fails with
+///    EADDRINUSE when any other socket listens on the address, whatever its options;
+/// 2. only then does it set SO_REUSEPORT; the kernel allocates the reuseport group when the
+///    next socket (ours, SO_REUSEPORT from the start) joins, and spreads connections over all.
+///
+/// A second process's first socket fails at step 1 even in a race: two non-listening
+/// SO_REUSEADDR sockets may both bind, but the listen of whichever comes second is refused,
+/// because the first listener does not have SO_REUSEPORT yet or the second socket does not.
+/// (A probe socket bound and closed before binding would leave a window between the probe
+/// and the listen.)
 pub fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
     let mut out = Vec::with_capacity(n);
     let mut addr = addr;
-    for _ in 0..n {
+    for i in 0..n {
         let s = socket2::Socket::new(
             socket2::Domain::for_address(addr),
             socket2::Type::STREAM,
             Some(socket2::Protocol::TCP),
         )?;
         s.set_reuse_address(true)?;
-        s.set_reuse_port(true)?;
+        let first = i == 0;
+        if !first {
+            s.set_reuse_port(true)?;
+        }
         s.set_nonblocking(true)?;
         s.bind(&addr.into())?;
         s.listen(1024)?;
+        if first && n > 1 {
+            s.set_reuse_port(true)?;
+        }
         let l: std::net::TcpListener = s.into();
         addr = l.local_addr()?;
         out.push(l);

@@ -1,6 +1,7 @@
-//! Admin listener: health, readiness and the revocation API. A plain match on the path;
-//! it never shares a port with public traffic. Connections are held to the same deadlines
-//! and size limits as the public listeners (`conn::serve`), under a cap of their own.
+//! Admin listener: health, readiness, metrics and the revocation API. A plain match on the
+//! path; it never shares a port with public traffic. Connections are held to the same
+//! deadlines and size limits as the public listeners (`conn::serve`), under a cap of their
+//! own.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,11 +89,18 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             ),
         },
         (Method::GET, "/metrics") => {
-            let mut r = Response::new(body::full(app.render_metrics()));
-            r.headers_mut().insert(
+            let accept = req
+                .headers()
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let format = crate::ops::exposition::negotiate(accept);
+            let mut r = Response::new(body::full(app.render_metrics(format)));
+            let h = r.headers_mut();
+            h.insert(
                 http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                http::HeaderValue::from_static(format.content_type()),
             );
+            h.insert(http::header::VARY, http::HeaderValue::from_static("accept"));
             r
         }
         (Method::POST, "/revocations") => match refuse_unauthorized(&app, req.headers()) {

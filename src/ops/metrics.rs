@@ -1,9 +1,10 @@
 //! Prometheus metrics (`GET /metrics` on the admin listener). Counters on the request path
 //! are created up front and bumped as plain atomics (no lock, no label lookup per request);
-//! gauges are read from live state when scraped. Text format by prometheus-client.
+//! gauges are read from live state when scraped. Encoded by prometheus-client (OpenMetrics),
+//! served in the format the scrape asks for (`exposition`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
@@ -15,8 +16,10 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::error::{GatewayError, TokenError};
+use crate::ops::exposition::{self, Format};
 
-type Labels = Vec<(&'static str, String)>;
+/// A metric's label set.
+pub type Labels = Vec<(&'static str, String)>;
 
 /// Why a request was refused at authentication, as a metric label.
 const AUTH_REASONS: [&str; 13] = [
@@ -151,11 +154,120 @@ fn one_per<'a, M: Clone + Default>(
         .collect()
 }
 
+/// One route's answered requests by exact status code. A code's counter is created the
+/// first time the route answers with it (one label lookup), then bumped as an atomic.
+/// Codes 100..=599, a bounded set; anything else a peer sends is counted as `other`.
+struct CodeCounters {
+    family: Family<Labels, Counter>,
+    route: String,
+    /// By class (1xx..5xx), then by the code's last two digits; a class's table is
+    /// allocated when the route first answers with a code of that class.
+    by_class: [OnceLock<Box<[OnceLock<Counter>; 100]>>; 5],
+    other: OnceLock<Counter>,
+}
+
+impl CodeCounters {
+    fn new(family: &Family<Labels, Counter>, route: &str) -> CodeCounters {
+        CodeCounters {
+            family: family.clone(),
+            route: route.to_string(),
+            by_class: Default::default(),
+            other: OnceLock::new(),
+        }
+    }
+
+    fn counter(&self, status: u16) -> &Counter {
+        let create = |code: String| {
+            self.family
+                .get_or_create(&vec![("route", self.route.clone()), ("code", code)])
+                .clone()
+        };
+        if !(100..=599).contains(&status) {
+            return self.other.get_or_init(|| create("other".into()));
+        }
+        let class = usize::from(status / 100 - 1);
+        let table =
+            self.by_class[class].get_or_init(|| Box::new(std::array::from_fn(|_| OnceLock::new())));
+        table[usize::from(status % 100)].get_or_init(|| create(status.to_string()))
+    }
+}
+
+/// Config reload attempts by result (`ok`, `refused`). Held by the listeners' shared state,
+/// so the count survives the reloads it counts; every new `App` registers it (`register`).
+#[derive(Clone, Debug)]
+pub struct Reloads(Family<Labels, Counter>);
+
+impl Default for Reloads {
+    fn default() -> Reloads {
+        let family = Family::default();
+        for result in ["ok", "refused"] {
+            drop(family.get_or_create(&vec![("result", result.to_string())]));
+        }
+        Reloads(family)
+    }
+}
+
+impl Reloads {
+    /// Count one reload attempt.
+    pub fn count(&self, ok: bool) {
+        let result = if ok { "ok" } else { "refused" };
+        self.0
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+    }
+
+    /// Export the count as `jwtgate_reloads_total{result}` in `metrics`.
+    pub fn register(&self, metrics: &mut Metrics) {
+        metrics.register_metric(
+            "reloads",
+            "Config reload attempts (POST /reload, SIGHUP), by result",
+            None,
+            self.0.clone(),
+        );
+    }
+}
+
+/// Counters owned elsewhere, exported as one family: one sample per label set.
+#[derive(Clone, Debug, Default)]
+struct CounterSet(Arc<std::sync::Mutex<Vec<(Labels, Counter)>>>);
+
+impl CounterSet {
+    fn push(&self, labels: Labels, c: Counter) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push((labels, c));
+        }
+    }
+}
+
+impl TypedMetric for CounterSet {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for CounterSet {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(v) = self.0.lock() else {
+            return Ok(());
+        };
+        for (labels, c) in v.iter() {
+            c.encode(encoder.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
 /// The gateway's metrics. Route index `routes.len()` stands for "no route" (404, logout).
 pub struct Metrics {
     registry: Registry,
-    /// Per route, per status class (1xx..5xx).
-    requests: Vec<[Counter; 5]>,
+    /// `process_*` (no `jwtgate_` prefix: the names every client library uses).
+    process: Registry,
+    /// Families of counters owned elsewhere, by name (`register_counter`).
+    counter_sets: std::collections::HashMap<String, CounterSet>,
+    /// Per route: answered requests by exact status code.
+    requests: Vec<CodeCounters>,
     /// Per route (last: no route): time until the response head is ready.
     durations: Vec<DurationHistogram>,
     auth_failures: Vec<Counter>,
@@ -173,26 +285,28 @@ impl Metrics {
     pub fn new(route_names: &[String]) -> Metrics {
         let mut registry = Registry::with_prefix("jwtgate");
         let requests_family = Family::<Labels, Counter>::default();
-        let mut requests = Vec::with_capacity(route_names.len() + 1);
-        for name in route_names
+        let requests = route_names
             .iter()
             .map(String::as_str)
             .chain(std::iter::once("-"))
-        {
-            requests.push(["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
-                requests_family
-                    .get_or_create(&vec![
-                        ("route", name.to_string()),
-                        ("code", class.to_string()),
-                    ])
-                    .clone()
-            }));
-        }
+            .map(|name| CodeCounters::new(&requests_family, name))
+            .collect();
         registry.register(
             "requests",
-            "Requests answered, by route and status class",
+            "Requests answered, by route and status code",
             requests_family,
         );
+        let build = Family::<Labels, Gauge>::default();
+        build
+            .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_string())])
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1; the version of the running binary as a label",
+            build,
+        );
+        let mut process = Registry::default();
+        process.register_collector(Box::new(crate::ops::process::ProcessCollector));
         let durations_family = Family::<Labels, DurationHistogram>::default();
         let durations = one_per(
             &durations_family,
@@ -236,6 +350,8 @@ impl Metrics {
             verified_tokens_cached: Gauge::default(),
             connections_active: Family::default(),
             registry,
+            process,
+            counter_sets: Default::default(),
         };
         let mut m = m;
         let r = &mut m.registry;
@@ -263,7 +379,9 @@ impl Metrics {
     }
 
     /// Register a counter owned elsewhere (JWKS fetches, store lookups, grants), with an
-    /// optional label.
+    /// optional label. Counters registered under one name with a label form one family
+    /// (one `# HELP`/`# TYPE`; a second declaration of a name is a parse error for
+    /// Prometheus); the first registration's help is the family's.
     pub fn register_counter(
         &mut self,
         name: &str,
@@ -271,16 +389,19 @@ impl Metrics {
         label: Option<(&'static str, &str)>,
         c: Counter,
     ) {
-        match label {
-            Some((k, v)) => self
-                .registry
-                .sub_registry_with_label((
-                    std::borrow::Cow::Borrowed(k),
-                    std::borrow::Cow::Owned(v.to_string()),
-                ))
-                .register(name, help, c),
-            None => self.registry.register(name, help, c),
-        }
+        let Some((k, v)) = label else {
+            self.registry.register(name, help, c);
+            return;
+        };
+        let set = self
+            .counter_sets
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                let set = CounterSet::default();
+                self.registry.register(name, help, set.clone());
+                set
+            });
+        set.push(vec![(k, v.to_string())], c);
     }
 
     /// Register a metric owned elsewhere, as it is (sign-in and discovery families).
@@ -302,8 +423,7 @@ impl Metrics {
         let idx = route
             .unwrap_or(self.requests.len() - 1)
             .min(self.requests.len() - 1);
-        let class = (status / 100).clamp(1, 5) as usize - 1;
-        self.requests[idx][class].inc();
+        self.requests[idx].counter(status).inc();
         self.durations[idx].observe(took);
     }
 
@@ -319,10 +439,16 @@ impl Metrics {
         }
     }
 
-    /// Prometheus text format.
-    pub fn encode(&self) -> String {
+    /// Every metric, in `format`.
+    pub fn encode(&self, format: Format) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        let _ = encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &self.process))
+            .and_then(|()| encode_eof(&mut out));
+        match format {
+            Format::OpenMetrics => out,
+            Format::Text => exposition::to_text(&out),
+        }
     }
 }

@@ -1,6 +1,9 @@
-//! Operating the gateway: Prometheus metrics (`metrics`, a leaf every layer may count in),
-//! the admin API (`admin`) and config reload (`reload`).
+//! Operating the gateway: Prometheus metrics (`metrics`, a leaf every layer may count in;
+//! `process` and `exposition` beside it), the admin API (`admin`) and config reload
+//! (`reload`).
 
 pub mod admin;
+pub mod exposition;
 pub mod metrics;
+pub mod process;
 pub mod reload;

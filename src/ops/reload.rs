@@ -15,8 +15,15 @@ const READY_WITHIN: Duration = Duration::from_secs(10);
 
 /// Reload the config file the gateway was started with. `Ok` carries notes for the
 /// operator (settings that were not applied); `Err` says why nothing changed.
+/// Counted in `jwtgate_reloads_total{result}`.
 pub async fn reload(shared: &Shared) -> Result<Vec<String>, String> {
     let _one_at_a_time = shared.reload_lock.lock().await;
+    let result = apply(shared).await;
+    shared.reloads.count(result.is_ok());
+    result
+}
+
+async fn apply(shared: &Shared) -> Result<Vec<String>, String> {
     let current = shared.app.load_full();
     let path = current.config.path.clone();
     let mut config = Config::load(&path).map_err(|e| e.to_string())?;
@@ -72,11 +79,13 @@ pub async fn reload(shared: &Shared) -> Result<Vec<String>, String> {
         return Err("[tls] removed while listen.https is bound: restart to apply".into());
     }
     let tls = config.tls.clone();
-    let app = Arc::new(App::new(
+    let mut app = App::new(
         config,
         shared.revocations.clone(),
         current.connections.clone(),
-    ));
+    );
+    shared.reloads.register(&mut app.metrics);
+    let app = Arc::new(app);
     app.start_background(&shared.control_client);
     let deadline = tokio::time::Instant::now() + READY_WITHIN;
     while !app.keys_ready() {
