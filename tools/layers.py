@@ -17,7 +17,8 @@ LAYERS = {
     "config": 1,
     # 2. outbound HTTP and the body type; errors and their HTTP form; connection caps;
     #    metrics, a leaf every layer may count in
-    "net": 2, "error": 2, "capacity": 2, "ops::metrics": 2,
+    "net": 2, "error": 2, "capacity": 2,
+    "ops::metrics": 2, "ops::exposition": 2, "ops::process": 2,
     # 3. policy tables and identity
     "policy": 3, "oidc": 3, "jwks": 3, "auth": 3, "revocation": 3, "anomaly": 3,
     "assertion": 3, "refresh": 3, "login": 3, "pipeline::headers": 3,

@@ -1,0 +1,168 @@
+//! Where a request carries its credential: the token from `[tokens] sources` (one of each,
+//! never two), cookies by name, and the CSRF rule for cookie-carried credentials.
+
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
+
+use crate::config::{CorsConfig, TokenSource, Tokens};
+use crate::error::{GatewayError, TokenError};
+
+/// Where the token was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carrier {
+    AuthorizationHeader,
+    OtherHeader,
+    Cookie,
+}
+
+/// A credential carried by a cookie (an access or a refresh token) on an unsafe method
+/// needs a same-site `Origin`/`Referer` (`[tokens] csrf`): the browser attaches cookies to
+/// cross-site requests too.
+pub fn check_csrf(
+    tokens: &Tokens,
+    method: &Method,
+    host: Option<&str>,
+    headers: &HeaderMap,
+    cors: Option<&CorsConfig>,
+) -> Result<(), GatewayError> {
+    if tokens.csrf && !is_safe(method) && !same_origin(host, headers, cors) {
+        return Err(GatewayError::Csrf);
+    }
+    Ok(())
+}
+
+fn is_safe(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// CSRF defence for cookie-carried tokens: `Origin` (or, failing that, `Referer`) must
+/// name the host the request was sent to, or an origin the route's `cors` lets send
+/// credentials.
+pub(super) fn same_origin(
+    host: Option<&str>,
+    headers: &HeaderMap,
+    cors: Option<&CorsConfig>,
+) -> bool {
+    let origin = headers
+        .get(header::ORIGIN)
+        .or_else(|| headers.get(header::REFERER))
+        .and_then(|v| v.to_str().ok());
+    let Some(origin) = origin else { return false };
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_some_and(|h| authority.eq_ignore_ascii_case(h)) {
+        return true;
+    }
+    let site = &origin[..scheme.len() + 3 + authority.len()];
+    cors.is_some_and(|c| c.trusts_credentials_from(site))
+}
+
+/// Find the token in the configured sources, in order. A present but malformed
+/// Authorization header is an error, not "no token". A credential given twice (two
+/// `Authorization` lines, two token cookies of one name, a token header repeated) is 400:
+/// RFC 9110 §5.3 and RFC 6750 §2 allow one, and whichever copy an upstream picked might not
+/// be the one verified here.
+pub fn find_token<'a>(
+    tokens: &Tokens,
+    headers: &'a HeaderMap,
+) -> Result<Option<(&'a str, Carrier)>, GatewayError> {
+    for src in &tokens.sources {
+        match src {
+            TokenSource::Header(name) if name == header::AUTHORIZATION => {
+                if let Some(v) = only_line(headers, &header::AUTHORIZATION)? {
+                    let v = v
+                        .to_str()
+                        .map_err(|_| TokenError::Malformed("authorization header is not ASCII"))?;
+                    let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
+                    if !scheme.eq_ignore_ascii_case("bearer") {
+                        return Err(
+                            TokenError::Malformed("authorization scheme is not Bearer").into()
+                        );
+                    }
+                    let t = rest.trim();
+                    if t.is_empty() {
+                        return Err(TokenError::Malformed("empty bearer token").into());
+                    }
+                    return Ok(Some((t, Carrier::AuthorizationHeader)));
+                }
+            }
+            TokenSource::Header(name) => {
+                if let Some(v) = only_line(headers, name)? {
+                    let t = v
+                        .to_str()
+                        .map_err(|_| TokenError::Malformed("token header is not ASCII"))?
+                        .trim();
+                    if !t.is_empty() {
+                        return Ok(Some((t, Carrier::OtherHeader)));
+                    }
+                }
+            }
+            TokenSource::Cookie(name) => {
+                if let Some(t) = find_only_cookie(headers, name)? {
+                    return Ok(Some((t, Carrier::Cookie)));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The one line of a credential header; a second line is 400.
+fn only_line<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'a HeaderValue>, GatewayError> {
+    let mut lines = headers.get_all(name).iter();
+    let first = lines.next();
+    if lines.next().is_some() {
+        return Err(GatewayError::BadRequest(
+            "credential header sent more than once",
+        ));
+    }
+    Ok(first)
+}
+
+/// The value of cookie `name` across all `Cookie` headers (the first, if repeated).
+pub fn find_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    cookie_values(headers, name).0
+}
+
+/// The value of credential cookie `name`; the same name twice is 400 (see `find_token`).
+pub fn find_only_cookie<'a>(
+    headers: &'a HeaderMap,
+    name: &str,
+) -> Result<Option<&'a str>, GatewayError> {
+    match cookie_values(headers, name) {
+        (_, true) => Err(GatewayError::BadRequest(
+            "credential cookie sent more than once",
+        )),
+        (first, false) => Ok(first),
+    }
+}
+
+/// The first value of cookie `name`, and whether another cookie of that name follows.
+fn cookie_values<'a>(headers: &'a HeaderMap, name: &str) -> (Option<&'a str>, bool) {
+    let mut first = None;
+    let pairs = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'));
+    for pair in pairs {
+        let Some((k, v)) = pair.trim().split_once('=') else {
+            continue;
+        };
+        if k != name || v.is_empty() {
+            continue;
+        }
+        if first.is_some() {
+            return (first, true);
+        }
+        first = Some(v.trim_matches('"'));
+    }
+    (first, false)
+}

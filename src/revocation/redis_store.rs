@@ -1,0 +1,269 @@
+//! The Redis revocation store, shared by every replica: issuer-scoped keys (plus the
+//! legacy unscoped ones, read for one release) in one MGET, revocations published on the
+//! channel every replica's cache listens to.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+
+use super::{Lookup, Store, StoreError};
+use crate::config::Revocation as RevocationConfig;
+use crate::ids::Scoped;
+
+/// Redis through deadpool-redis. Keys, scoped by the issuer's name:
+/// `<prefix>revoked:jti:<issuer>:<jti>` (EXAT exp + leeway), `<prefix>revoked:sub:<issuer>:<sub>`
+/// (= T), channel `<prefix>revocations`. The unscoped keys of earlier releases
+/// (`<prefix>revoked:jti:<jti>`, `<prefix>revoked:sub:<sub>`, for every issuer) are still
+/// read, in the same MGET, for one release; they are no longer written.
+pub struct RedisStore {
+    pool: deadpool_redis::Pool,
+    /// A multiplexed connection taken from the pool and shared by every command: a pooled
+    /// `get()` re-checks the connection with a round trip (UNWATCH + PING) each time, which
+    /// would double the cost of every lookup. Dropped on error; the next command takes a
+    /// fresh one from the pool.
+    shared: arc_swap::ArcSwapOption<redis::aio::MultiplexedConnection>,
+    prefix: String,
+    subject_ttl: Duration,
+    timeout: Duration,
+}
+
+/// A revocation as published on the channel (JSON). `issuer` is the `[[issuers]]` name;
+/// a message without it comes from a replica of an earlier release (it wrote an unscoped
+/// key). `exp` is when the entry ends: the token's `exp` plus the leeway.
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Message {
+    Jti {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        issuer: Option<String>,
+        jti: String,
+        exp: i64,
+    },
+    Sub {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        issuer: Option<String>,
+        sub: String,
+        at: i64,
+    },
+}
+
+/// A Redis client for `redis_url`; a `rediss://` server is verified against `redis_ca`
+/// when set, else against the webpki roots.
+pub fn redis_client(cfg: &RevocationConfig) -> Result<redis::Client, String> {
+    match &cfg.redis_ca {
+        None => redis::Client::open(cfg.redis_url.as_str()),
+        Some(pem) => redis::Client::build_with_tls(
+            cfg.redis_url.as_str(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            },
+        ),
+    }
+    .map_err(|e| format!("invalid redis_url: {e}"))
+}
+
+/// A deadpool-redis pool of `client`'s connections (see `redis_client`) with the
+/// configured timeouts (the revocation store's, and the cross-replica refresh
+/// coordination's).
+pub fn redis_pool(
+    client: &redis::Client,
+    cfg: &RevocationConfig,
+    size: usize,
+) -> Result<deadpool_redis::Pool, String> {
+    let mut pc = deadpool_redis::PoolConfig::new(size);
+    pc.timeouts.wait = Some(cfg.timeout);
+    pc.timeouts.create = Some(cfg.connect_timeout);
+    pc.timeouts.recycle = Some(cfg.timeout);
+    // The client's connection info carries the TLS roots into every pooled connection.
+    let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())
+        .map_err(|e| format!("invalid redis_url: {e}"))?;
+    deadpool_redis::Pool::builder(manager)
+        .config(pc)
+        .runtime(deadpool_redis::Runtime::Tokio1)
+        .build()
+        .map_err(|e| format!("cannot build the Redis pool: {e}"))
+}
+
+impl RedisStore {
+    pub fn new(cfg: &RevocationConfig, client: &redis::Client) -> Result<RedisStore, String> {
+        let pool = redis_pool(client, cfg, cfg.pool_size)?;
+        Ok(RedisStore {
+            shared: arc_swap::ArcSwapOption::empty(),
+            pool,
+            prefix: cfg.key_prefix.clone(),
+            subject_ttl: cfg.subject_ttl,
+            timeout: cfg.timeout,
+        })
+    }
+
+    /// `<prefix>revoked:jti:<issuer>:<jti>`.
+    pub fn jti_key(&self, jti: &Scoped) -> String {
+        format!("{}revoked:jti:{jti}", self.prefix)
+    }
+
+    /// `<prefix>revoked:sub:<issuer>:<sub>`.
+    pub fn sub_key(&self, sub: &Scoped) -> String {
+        format!("{}revoked:sub:{sub}", self.prefix)
+    }
+
+    /// The unscoped key of earlier releases, read (for every issuer) until the next one.
+    pub(super) fn legacy_jti_key(&self, jti: &Scoped) -> String {
+        format!("{}revoked:jti:{}", self.prefix, jti.value())
+    }
+
+    pub(super) fn legacy_sub_key(&self, sub: &Scoped) -> String {
+        format!("{}revoked:sub:{}", self.prefix, sub.value())
+    }
+
+    pub fn channel(&self) -> String {
+        format!("{}revocations", self.prefix)
+    }
+
+    pub(super) async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let work = async {
+            let conn = match self.shared.load_full() {
+                Some(c) => (*c).clone(),
+                None => {
+                    let pooled = self
+                        .pool
+                        .get()
+                        .await
+                        .map_err(|e| StoreError::Backend(e.to_string()))?;
+                    let c = deadpool_redis::Connection::take(pooled);
+                    self.shared.store(Some(Arc::new(c.clone())));
+                    c
+                }
+            };
+            let res = f(conn).await;
+            if res.is_err() {
+                self.shared.store(None);
+            }
+            res.map_err(|e| StoreError::Backend(e.to_string()))
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| {
+                // A connection that does not answer in time is not reused.
+                self.shared.store(None);
+                StoreError::Timeout
+            })?
+    }
+
+    pub(super) async fn publish_with(
+        &self,
+        mut pipe: redis::Pipeline,
+        msg: &Message,
+    ) -> Result<(), StoreError> {
+        let payload = serde_json::to_string(msg).map_err(|e| StoreError::Backend(e.to_string()))?;
+        pipe.cmd("PUBLISH")
+            .arg(self.channel())
+            .arg(payload)
+            .ignore();
+        self.run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+            .await
+    }
+}
+
+impl Store for RedisStore {
+    fn lookup_now(&self, _jti: Option<&Scoped>, _sub: Option<&Scoped>) -> Option<Lookup> {
+        None
+    }
+
+    /// One MGET: the scoped and the legacy key of the subject, then of the jti.
+    fn lookup<'a>(
+        &'a self,
+        jti: Option<&'a Scoped>,
+        sub: Option<&'a Scoped>,
+    ) -> BoxFuture<'a, Result<Lookup, StoreError>> {
+        Box::pin(async move {
+            let mut cmd = redis::cmd("MGET");
+            if let Some(s) = sub {
+                cmd.arg(self.sub_key(s)).arg(self.legacy_sub_key(s));
+            }
+            if let Some(j) = jti {
+                cmd.arg(self.jti_key(j)).arg(self.legacy_jti_key(j));
+            }
+            let vals: Vec<Option<String>> = self
+                .run(|mut c| async move { cmd.query_async(&mut c).await })
+                .await?;
+            let mut vals = vals.into_iter();
+            let mut next = || vals.next().flatten();
+            // An unreadable watermark fails closed: it revokes every token of the subject.
+            let mark = |v: Option<String>| v.map(|v| v.trim().parse::<i64>().unwrap_or(i64::MAX));
+            let watermark = match sub {
+                Some(_) => mark(next()).max(mark(next())),
+                None => None,
+            };
+            let jti_revoked = match jti {
+                Some(_) => {
+                    let (scoped, legacy) = (next(), next());
+                    scoped.is_some() || legacy.is_some()
+                }
+                None => false,
+            };
+            Ok(Lookup {
+                jti_revoked,
+                watermark,
+            })
+        })
+    }
+
+    fn revoke_jti<'a>(
+        &'a self,
+        jti: &'a Scoped,
+        until: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET")
+                .arg(self.jti_key(jti))
+                .arg("1")
+                .arg("EXAT")
+                .arg(until)
+                .ignore();
+            self.publish_with(
+                pipe,
+                &Message::Jti {
+                    issuer: Some(jti.issuer().to_string()),
+                    jti: jti.value().to_string(),
+                    exp: until,
+                },
+            )
+            .await
+        })
+    }
+
+    fn revoke_sub<'a>(&'a self, sub: &'a Scoped, at: i64) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET")
+                .arg(self.sub_key(sub))
+                .arg(at)
+                .arg("EX")
+                .arg(self.subject_ttl.as_secs().max(1))
+                .ignore();
+            self.publish_with(
+                pipe,
+                &Message::Sub {
+                    issuer: Some(sub.issuer().to_string()),
+                    sub: sub.value().to_string(),
+                    at,
+                },
+            )
+            .await
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.run(|mut c| async move { redis::cmd("PING").query_async::<()>(&mut c).await })
+                .await
+        })
+    }
+}
