@@ -3,16 +3,16 @@
 
 use std::sync::Arc;
 
-use crate::anomaly::Detector;
-use crate::assertion::Minter;
-use crate::auth::Verifier;
 use crate::capacity::Connections;
 use crate::config::Config;
-use crate::jwks::IssuerKeys;
+use crate::identity::anomaly::Detector;
+use crate::identity::assertion::Minter;
+use crate::identity::auth::Verifier;
+use crate::identity::jwks::IssuerKeys;
+use crate::identity::refresh::Refresher;
+use crate::identity::revocation::Revocations;
 use crate::ops::metrics::Metrics;
 use crate::policy::route::Router;
-use crate::refresh::Refresher;
-use crate::revocation::Revocations;
 
 /// How often rate limiters forget clients whose bucket has refilled.
 const LIMIT_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
@@ -30,7 +30,7 @@ pub struct App {
     /// Present with `identity.assertion_key`.
     pub assertions: Option<Minter>,
     /// Present with `[login]`: sign-in at the edge.
-    pub login: Option<crate::login::SignIn>,
+    pub login: Option<crate::identity::login::SignIn>,
     pub metrics: Metrics,
     /// Connection caps: kept across reloads, like the revocation state.
     pub connections: Arc<Connections>,
@@ -62,10 +62,9 @@ impl App {
         let refresher = config.refresh.as_ref().and_then(|r| {
             Refresher::new(r, redis).map(|f| f.with_discovery(discovered(r.discovery_issuer)))
         });
-        let login = config
-            .login
-            .as_ref()
-            .map(|l| crate::login::SignIn::new(l.clone(), verifier.issuers()[l.issuer].clone()));
+        let login = config.login.as_ref().map(|l| {
+            crate::identity::login::SignIn::new(l.clone(), verifier.issuers()[l.issuer].clone())
+        });
         let names: Vec<String> = config.routes.iter().map(|r| r.name.clone()).collect();
         let mut metrics = Metrics::new(&names);
         for i in verifier.issuers() {
@@ -126,13 +125,13 @@ impl App {
                 "discovery_age",
                 "Time since the issuer's OIDC discovery document was last fetched successfully",
                 Some(prometheus_client::registry::Unit::Seconds),
-                crate::oidc::AgeGauge(discovering.clone()),
+                crate::identity::oidc::AgeGauge(discovering.clone()),
             );
             metrics.register_metric(
                 "discovery_failures",
                 "OIDC discovery fetches not used, by issuer and reason",
                 None,
-                crate::oidc::FailureCounter(discovering),
+                crate::identity::oidc::FailureCounter(discovering),
             );
         }
         if let Some(l) = &login {

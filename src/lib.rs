@@ -8,7 +8,8 @@
 
 // Layers, bottom first; a module imports only from its own layer's leaves and the layers
 // below it (docs/ARCHITECTURE.md; `tools/layers.py` checks there is no cycle).
-// 0. Shared values: errors, the clock, ids, path normalisation.
+// 0. Shared values: the clock, ids, path normalisation (`error` is in layer 2: it builds
+//    responses with `net::body`).
 pub mod clock;
 pub mod error;
 pub mod ids;
@@ -22,26 +23,11 @@ pub mod net;
 pub mod capacity;
 // 3. Per-request policy tables, and identity: keys, verification, revocation, leak
 //    detection, assertions, refresh.
+pub mod identity;
 pub mod policy;
-// (identity modules, in dependency order: provider metadata, keys)
-pub mod oidc;
-// (keys)
-pub mod jwks;
-// (verification)
-pub mod auth;
-// (revocation store and cache)
-pub mod revocation;
-// (leaked-token detection)
-pub mod anomaly;
-// (gateway-signed identity)
-pub mod assertion;
-// (edge refresh)
-pub mod refresh;
 // 4. The live state, swapped whole on reload.
 pub mod app;
-// 5. The decision: steps 2-5 of the request path, and sign-in.
-pub mod login;
-// (the decision itself)
+// 5. The decision: steps 2-5 of the request path.
 pub mod pipeline;
 // 6. Front doors: listeners, proxy, forward-auth.
 pub mod http;
@@ -52,6 +38,7 @@ pub mod cli;
 
 // Stable paths for the binary and the tests.
 pub use cli::{certs, demo, token};
+pub use identity::{anomaly, assertion, auth, jwks, login, oidc, refresh, revocation};
 pub use net::body;
 
 use std::net::SocketAddr;

@@ -20,8 +20,7 @@ LAYERS = {
     "net": 2, "error": 2, "capacity": 2,
     "ops::metrics": 2, "ops::exposition": 2, "ops::process": 2,
     # 3. policy tables and identity
-    "policy": 3, "oidc": 3, "jwks": 3, "auth": 3, "revocation": 3, "anomaly": 3,
-    "assertion": 3, "refresh": 3, "login": 3, "pipeline::headers": 3,
+    "policy": 3, "identity": 3, "pipeline::headers": 3,
     # 4. the live state
     "app": 4,
     # 5. the decision (steps 2-5)

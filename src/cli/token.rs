@@ -50,7 +50,7 @@ pub fn mint(m: &Mint) -> Result<String, MintError> {
         (SigningKey::Pem(p), F::Hmac) => Ok(EncodingKey::from_secret(p)),
     }
     .map_err(|source| MintError::Key { alg: m.alg, source })?;
-    let now = crate::auth::now_unix();
+    let now = crate::identity::auth::now_unix();
     let mut claims = Map::new();
     claims.insert("sub".into(), Value::from(m.sub.clone()));
     if let Some(iss) = &m.iss {

@@ -14,11 +14,11 @@ use hyper::body::Incoming;
 use crate::app::App;
 use crate::error::GatewayError;
 use crate::http::access::Exchange;
+use crate::identity::refresh;
 use crate::net::body::{self, Body};
 use crate::net::Client;
 use crate::pipeline::headers::ClientInfo;
 use crate::pipeline::{self, Allowed, Decision, Notes};
-use crate::refresh;
 
 static X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 static X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");

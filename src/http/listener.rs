@@ -31,7 +31,7 @@ pub struct Shared {
     /// TLS certificate and key, replaced on reload.
     pub tls: arc_swap::ArcSwapOption<TlsAcceptor>,
     /// Revocation state: kept across reloads.
-    pub revocations: Arc<crate::revocation::Revocations>,
+    pub revocations: Arc<crate::identity::revocation::Revocations>,
     /// Client for background fetches (JWKS).
     pub control_client: crate::net::Client,
     /// One reload at a time.

@@ -11,11 +11,11 @@ use crate::app::App;
 use crate::error::GatewayError;
 use crate::http::access::Exchange;
 use crate::http::forward;
+use crate::identity::refresh;
 use crate::net::body::{self, Body};
 use crate::net::Client;
 use crate::pipeline::headers::{self, ClientInfo};
 use crate::pipeline::{self, Allowed, Decision, Notes};
-use crate::refresh;
 
 /// Serve one request and write its access-log line. Takes its handles by value, so the
 /// service can box this future as it is (no wrapping future, no extra copy of its state).
@@ -74,7 +74,7 @@ async fn proxy<'a>(
         refresh::strip_refresh_token(r, &mut parts.headers);
     }
     if app.login.is_some() {
-        crate::login::strip_cookies(&mut parts.headers);
+        crate::identity::login::strip_cookies(&mut parts.headers);
     }
     headers::join_cookie_lines(&mut parts.headers);
     notes.request_id = Some(headers::set_forwarded(

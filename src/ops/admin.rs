@@ -16,8 +16,8 @@ use crate::clock::now_unix;
 use crate::error::json_response;
 use crate::http::conn::{self, Timeouts};
 use crate::http::listener::Shared;
+use crate::identity::revocation::Scoped;
 use crate::net::body::{self, Body};
-use crate::revocation::Scoped;
 use http_body_util::{BodyExt, Limited};
 
 /// Serve the admin API until `shutdown` is set.

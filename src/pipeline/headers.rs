@@ -10,8 +10,8 @@ use bytes::BytesMut;
 
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 
-use crate::auth::Authenticated;
 use crate::config::Identity;
+use crate::identity::auth::Authenticated;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

@@ -4,12 +4,12 @@
 use http::{Response, StatusCode};
 
 use crate::app::App;
-use crate::auth::{self, now_unix};
 use crate::config::{AuthMode, CorsConfig};
 use crate::error::GatewayError;
+use crate::identity::auth::{self, now_unix};
+use crate::identity::refresh::{clear_cookies, find_refresh_token};
 use crate::net::body::{self, Body};
 use crate::net::Client;
-use crate::refresh::{clear_cookies, find_refresh_token};
 
 /// `POST <logout_path>`: needs a valid token; revokes its `jti` at its issuer until `exp`
 /// plus the leeway (a token without `jti` revokes its subject's tokens at that issuer

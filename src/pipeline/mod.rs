@@ -9,17 +9,17 @@ use std::sync::Arc;
 use http::{header, HeaderValue, Response};
 
 use crate::app::App;
-use crate::auth::{self, now_unix, Authenticated};
 use crate::config::{AuthMode, CorsConfig, LimitBy};
 use crate::error::{GatewayError, TokenError};
+use crate::identity::auth::{self, now_unix, Authenticated};
 use crate::net::body::Body;
 use crate::policy::cors;
 pub mod headers;
 pub mod logout;
 
+use crate::identity::refresh::{self, Channel, Grant, RefreshError};
 use crate::net::Client;
 use crate::policy::route::Route;
-use crate::refresh::{self, Channel, Grant, RefreshError};
 use headers::ClientInfo;
 
 /// How a request head was decided.
@@ -113,13 +113,13 @@ async fn decide_steps<'a>(
         notes.origin = parts.headers.get(header::ORIGIN).cloned();
     }
     if let Some(r) = &app.config.refresh {
-        let browser = app.login.is_some() && crate::login::is_logout_navigation(parts);
+        let browser = app.login.is_some() && crate::identity::login::is_logout_navigation(parts);
         if (parts.method == http::Method::POST || browser) && parts.uri.path() == r.logout_path {
             headers::strip_client_headers(&mut parts.headers, &app.config.identity, hops > 0);
             notes.gateway_endpoint = Some("logout");
             let out = Box::pin(logout::logout(app, client, parts, authority, notes.cors)).await;
             return match &app.login {
-                Some(l) if crate::login::is_navigation_or_form(parts) => l
+                Some(l) if crate::identity::login::is_navigation_or_form(parts) => l
                     .end_session(app.config.refresh.as_ref(), conn, parts, hops, out)
                     .map(Decision::Answer),
                 _ => out.map(Decision::Answer),
@@ -135,9 +135,11 @@ async fn decide_steps<'a>(
                 return Err(GatewayError::NoRoute);
             };
             let checks = (&app.verifier, &*app.revocations);
-            return Box::pin(crate::login::callback(l, r, checks, client, parts))
-                .await
-                .map(Decision::Answer);
+            return Box::pin(crate::identity::login::callback(
+                l, r, checks, client, parts,
+            ))
+            .await
+            .map(Decision::Answer);
         }
     }
     let route = route.ok_or(GatewayError::NoRoute)?;
@@ -358,7 +360,7 @@ fn challenge<'a>(
         .routes()
         .get(route)
         .is_some_and(|r| r.config.login);
-    if !no_session || !on_login_route || !crate::login::is_navigation(parts) {
+    if !no_session || !on_login_route || !crate::identity::login::is_navigation(parts) {
         return outcome;
     }
     // Cookies the refusal cleared (a rejected refresh token) stay cleared.

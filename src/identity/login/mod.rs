@@ -16,13 +16,13 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde::Deserialize;
 
-use crate::auth::{self, now_unix};
 use crate::error::GatewayError;
-use crate::jwks::{IssuerKeys, KidLookup};
+use crate::identity::auth::{self, now_unix};
+use crate::identity::jwks::{IssuerKeys, KidLookup};
+use crate::identity::refresh::{self, Channel, Grant};
 use crate::net::body::{self, Body};
 use crate::net::Client;
 use crate::pipeline::headers::ClientInfo;
-use crate::refresh::{self, Channel, Grant};
 
 pub use state::return_path;
 use state::{LoginState, Sealer};
@@ -429,7 +429,10 @@ pub struct SignedIn {
 pub async fn callback(
     s: &SignIn,
     r: &crate::config::Refresh,
-    checks: (&crate::auth::Verifier, &crate::revocation::Revocations),
+    checks: (
+        &crate::identity::auth::Verifier,
+        &crate::identity::revocation::Revocations,
+    ),
     http: &Client,
     parts: &http::request::Parts,
 ) -> Result<Response<Body>, GatewayError> {
@@ -468,7 +471,10 @@ pub async fn callback(
 impl SignIn {
     async fn finish(
         &self,
-        (verifier, revocations): (&crate::auth::Verifier, &crate::revocation::Revocations),
+        (verifier, revocations): (
+            &crate::identity::auth::Verifier,
+            &crate::identity::revocation::Revocations,
+        ),
         http: &Client,
         parts: &http::request::Parts,
         pending: Option<LoginState>,

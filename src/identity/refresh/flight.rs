@@ -9,8 +9,8 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
 use super::{Grant, Outcome, RefreshError};
-use crate::auth::{self, now_unix, Verifier};
 use crate::config::Refresh;
+use crate::identity::auth::{self, now_unix, Verifier};
 
 /// Cross-replica single flight through Redis: the first replica to take
 /// `<prefix>refresh:lock:<sha256>` calls the IdP and stores the outcome under
@@ -37,8 +37,8 @@ impl SharedFlight {
         r: &crate::config::Revocation,
         cfg: &Refresh,
     ) -> Result<SharedFlight, String> {
-        let client = crate::revocation::redis_client(r)?;
-        let pool = crate::revocation::redis_pool(&client, r, 4)?;
+        let client = crate::identity::revocation::redis_client(r)?;
+        let pool = crate::identity::revocation::redis_pool(&client, r, 4)?;
         Ok(SharedFlight {
             pool,
             prefix: r.key_prefix.clone(),

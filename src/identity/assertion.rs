@@ -9,9 +9,9 @@ use http::{HeaderName, HeaderValue};
 use jsonwebtoken::{Algorithm, Header};
 use serde::Serialize;
 
-use crate::auth::Verified;
 use crate::clock::now_unix;
 pub use crate::config::keys::{AssertionConfig, AssertionKey};
+use crate::identity::auth::Verified;
 
 /// The `iss` of every assertion.
 pub const ISSUER: &str = "jwtgate";

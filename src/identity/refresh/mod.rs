@@ -13,9 +13,9 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
-use crate::auth::{self, now_unix, Verified, Verifier};
 use crate::config::{ClientAuth, OAuthClient, Refresh};
 use crate::error::{GatewayError, TokenError};
+use crate::identity::auth::{self, now_unix, Verified, Verifier};
 use crate::net::body::{self, Body};
 use crate::net::Client;
 #[cfg(test)]
@@ -102,7 +102,7 @@ pub struct Refresher {
     /// `[refresh] rate_limit`: refresh attempts per client address.
     limit: crate::policy::limit::RateLimit,
     /// Fills in the token and revocation endpoints the file leaves out.
-    discovery: Option<Arc<crate::oidc::Discovery>>,
+    discovery: Option<Arc<crate::identity::oidc::Discovery>>,
 }
 
 impl Refresher {
@@ -134,7 +134,7 @@ impl Refresher {
     }
 
     /// Use this issuer's discovered endpoints where `[refresh]` names none.
-    pub fn with_discovery(mut self, d: Option<Arc<crate::oidc::Discovery>>) -> Refresher {
+    pub fn with_discovery(mut self, d: Option<Arc<crate::identity::oidc::Discovery>>) -> Refresher {
         self.discovery = d;
         self
     }

@@ -130,7 +130,7 @@ pub struct IssuerKeys {
     loaded: AtomicBool,
     jwks: Option<JwksState>,
     /// `discovery = true`: the provider metadata (`oidc`), which also names `jwks_uri`.
-    discovery: Option<Arc<crate::oidc::Discovery>>,
+    discovery: Option<Arc<crate::identity::oidc::Discovery>>,
 }
 
 struct JwksState {
@@ -155,10 +155,13 @@ pub enum KidLookup {
 
 impl IssuerKeys {
     pub fn new(config: IssuerConfig) -> IssuerKeys {
-        let discovery = config
-            .discovery
-            .clone()
-            .map(|u| Arc::new(crate::oidc::Discovery::new(&config.name, &config.issuer, u)));
+        let discovery = config.discovery.clone().map(|u| {
+            Arc::new(crate::identity::oidc::Discovery::new(
+                &config.name,
+                &config.issuer,
+                u,
+            ))
+        });
         let (keys, loaded, jwks) = match &config.keys {
             KeySource::Static(keys) => (KeySet::new(keys.clone()), true, None),
             KeySource::Jwks(_) | KeySource::Discovered => (
@@ -195,7 +198,7 @@ impl IssuerKeys {
     }
 
     /// The provider metadata of an issuer with `discovery = true`.
-    pub fn discovery(&self) -> Option<&Arc<crate::oidc::Discovery>> {
+    pub fn discovery(&self) -> Option<&Arc<crate::identity::oidc::Discovery>> {
         self.discovery.as_ref()
     }
 
@@ -475,9 +478,9 @@ mod tests {
     #[test]
     fn a_refetch_of_the_same_keys_keeps_the_generation() {
         let rsa: serde_json::Value =
-            serde_json::from_str(include_str!("../tests/fixtures/rsa.jwk.json")).unwrap();
+            serde_json::from_str(include_str!("../../tests/fixtures/rsa.jwk.json")).unwrap();
         let rsa2: serde_json::Value =
-            serde_json::from_str(include_str!("../tests/fixtures/rsa2.jwk.json")).unwrap();
+            serde_json::from_str(include_str!("../../tests/fixtures/rsa2.jwk.json")).unwrap();
         let with_kid = |k: &serde_json::Value, kid: &str| {
             let mut k = k.clone();
             k["kid"] = kid.into();

@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::auth::Verified;
 use crate::clock::now_unix;
 use crate::config::Anomaly;
 use crate::error::{GatewayError, TokenError};
-use crate::revocation::Revocations;
+use crate::identity::auth::Verified;
+use crate::identity::revocation::Revocations;
 
 /// Why a token was flagged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,8 +19,8 @@ pub use extract::{check_csrf, find_cookie, find_only_cookie, find_token, Carrier
 mod extract;
 use crate::config::{AuthMode, CorsConfig, Identity, Tokens};
 use crate::error::{GatewayError, TokenError};
+use crate::identity::jwks::{self, IssuerKeys, KidLookup, VerifyKey};
 use crate::ids::Scoped;
-use crate::jwks::{self, IssuerKeys, KidLookup, VerifyKey};
 
 /// Tokens larger than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;

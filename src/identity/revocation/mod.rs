@@ -14,10 +14,10 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use crate::auth::Verified;
 use crate::clock::now_unix;
 use crate::config::{OnError, Revocation as RevocationConfig, StoreKind};
 use crate::error::{GatewayError, TokenError};
+use crate::identity::auth::Verified;
 pub use crate::ids::Scoped;
 pub use memory_store::MemoryStore;
 pub use redis_store::{redis_client, redis_pool, Message, RedisStore};

@@ -1,0 +1,21 @@
+//! Who is calling, and may they still: the identity provider's metadata (`oidc`) and keys
+//! (`jwks`), where the credential is and whether it verifies (`auth`), revocation
+//! (`revocation`), leaked-token detection (`anomaly`), the gateway-signed identity for
+//! upstreams (`assertion`), renewing tokens at the edge (`refresh`), and signing browsers
+//! in (`login`). Listed in dependency order.
+
+pub mod oidc;
+// (keys, then verification)
+pub mod jwks;
+// (verification)
+pub mod auth;
+// (revocation store and cache)
+pub mod revocation;
+// (leak detection)
+pub mod anomaly;
+// (assertions)
+pub mod assertion;
+// (refresh grant)
+pub mod refresh;
+// (sign-in)
+pub mod login;
