@@ -4,7 +4,8 @@
 # bench/results/<timestamp>.md.
 #
 # Usage: bench/run.sh [--rounds N] [--duration S] [--only SECTION[,SECTION...]] [--keep-tmp]
-#   SECTION: plain | tls | h2 | auth | mem | tokens | revocation | refresh | features (default: all)
+#   SECTION: plain | tls | h2 | auth | mem | tokens | revocation | refresh | features | login
+#            (default: all)
 #            peers  = no jwtgate rows (self-test of the peers; needs no Rust build); alone it
 #                     means every section, with others (peers,auth) only those
 #   defaults: 3 rounds of 10 s per target.
@@ -52,16 +53,16 @@ done
 [[ $PROPAGATION_N =~ ^[1-9][0-9]*$ ]] || die "BENCH_PROPAGATION_N must be a positive integer"
 
 USE_JG=1
-ALL_SECTIONS=(plain tls h2 auth mem tokens revocation refresh features)
+ALL_SECTIONS=(plain tls h2 auth mem tokens revocation refresh features login)
 SECTIONS=("${ALL_SECTIONS[@]}")
 if [[ -n $ONLY ]]; then
     SECTIONS=()
     IFS=',' read -r -a only_list <<<"$ONLY"
     for s in "${only_list[@]}"; do
         case $s in
-            plain|tls|h2|auth|mem|tokens|revocation|refresh|features) SECTIONS+=("$s") ;;
+            plain|tls|h2|auth|mem|tokens|revocation|refresh|features|login) SECTIONS+=("$s") ;;
             peers) USE_JG=0 ;;
-            *) die "--only: unknown section '$s' (plain, tls, h2, auth, mem, tokens, revocation, refresh, features, peers)" ;;
+            *) die "--only: unknown section '$s' (plain, tls, h2, auth, mem, tokens, revocation, refresh, features, login, peers)" ;;
         esac
     done
     [[ ${#SECTIONS[@]} -gt 0 ]] || SECTIONS=("${ALL_SECTIONS[@]}")
@@ -775,6 +776,49 @@ section_features() {
     forget_pid "$b_pid"
 }
 
+# --- section "login": what [login] costs the bearer-token hot path ---------------------------
+
+# Two processes from gateway-auth.toml: + templates/login-off.toml (a second issuer, discovered
+# at the mock IdP, and an /app route) and + templates/login-on.toml (the same, with [login] and
+# /app `login = true`). RS256 bearer tokens over TLS to /app on both, alternating each round.
+section_login() {
+    local idp_pid o_tls o_http o_admin o_pid n_tls n_http n_admin n_pid nav
+    read -r IDP_PORT o_tls o_http o_admin n_tls n_http n_admin <<<"$(free_ports 7)"
+    mkdir -p "$TMP/login"
+    BENCH_SESSION_SECRET=$(openssl rand -hex 32)
+    export BENCH_SESSION_SECRET
+    start_bg "mock IdP (login)" "$TMP/login/mock_idp.log" python3 "$BENCH/lib/mock_idp.py" --port "$IDP_PORT" \
+        --client-id bench --issuer "http://127.0.0.1:$IDP_PORT" --kid h1 --access-ttl 600
+    idp_pid=$LAST_PID
+    wait_port "mock IdP (login)" "$idp_pid" "$IDP_PORT" "$TMP/login/mock_idp.log"
+    start_auth_variant "jwtgate (no [login])" "$TMP/gateway-login-off.toml" "$o_tls" "$o_http" "$o_admin" \
+        login-off.toml IDP_PORT="$IDP_PORT" UP_PORT="$UP_PORT"
+    o_pid=$LAST_PID
+    start_auth_variant "jwtgate ([login])" "$TMP/gateway-login-on.toml" "$n_tls" "$n_http" "$n_admin" \
+        login-on.toml IDP_PORT="$IDP_PORT" UP_PORT="$UP_PORT"
+    n_pid=$LAST_PID
+    add_target jg-login-off "jwtgate RS256 TLS, /app, no [login]" wrk "$S:$o_tls/app/" "$TOKEN_RS"
+    add_target jg-login-on "jwtgate RS256 TLS, /app with login = true, [login] configured" wrk "$S:$n_tls/app/" "$TOKEN_RS"
+    T_NOTE[jg-login-on]="bearer tokens (an API client): the sign-in redirect is never taken; same issuers and routes as the row above"
+    expect "jwtgate (no [login]) RS256" "${T_URL[jg-login-off]}" 200 "$TOKEN_RS"
+    expect "jwtgate ([login]) RS256" "${T_URL[jg-login-on]}" 200 "$TOKEN_RS"
+    expect "jwtgate ([login]), no token (API client)" "${T_URL[jg-login-on]}" 401
+    # [login] is live: a browser navigation without a session goes to the discovered
+    # authorization endpoint (over HTTP: 127.0.0.1 is loopback, where sign-in is allowed)
+    nav=$(curl -s -o /dev/null --max-time 10 -H 'Accept: text/html' -w '%{http_code} %{redirect_url}' "$U:$n_http/app/" || true)
+    [[ $nav == "302 http://127.0.0.1:$IDP_PORT/authorize?"* ]] ||
+        die "check failed: jwtgate ([login]) answered a navigation to /app with '$nav', expected a 302 to the mock IdP's /authorize"
+    nav=$(curl -s -o /dev/null --max-time 10 -H 'Accept: text/html' -w '%{http_code}' "$U:$o_http/app/" || true)
+    [[ $nav == 401 ]] || die "check failed: jwtgate (no [login]) answered a navigation to /app with $nav, expected 401"
+    run_section login jg-login-off jg-login-on
+    stop_pid "$n_pid"
+    forget_pid "$n_pid"
+    stop_pid "$o_pid"
+    forget_pid "$o_pid"
+    stop_pid "$idp_pid"
+    forget_pid "$idp_pid"
+}
+
 section_refresh() {
     local f_http f_tls f_admin f_pid idp_pid url secs note access refresh new_access calls summary
     read -r IDP_PORT f_http f_tls f_admin <<<"$(free_ports 4)"
@@ -1071,7 +1115,7 @@ for section in "${SECTIONS[@]}"; do
             fi
             run_section auth jg-open-tls jg-rs256-tls jg-es256-tls haproxy-rs256-tls jg-open-http jg-hs256-http haproxy-hs256-http
             ;;
-        tokens|revocation|refresh|features)
+        tokens|revocation|refresh|features|login)
             if [[ $USE_JG == 1 ]]; then
                 "section_$section"
             else
@@ -1161,6 +1205,9 @@ RESULT=$BENCH/results/$STAMP$([[ $USE_JG == 1 ]] || echo -peers).md
         fi
         if want_section revocation; then
             echo "- revocation: own redis-server ${REDIS_VERSION:-?} on loopback (no persistence); propagation: $(commas "$PROPAGATION_N") tokens, lib/propagation.py"
+        fi
+        if want_section login; then
+            echo "- login: mock IdP lib/mock_idp.py serving the discovery document for [login]; RS256 bearer tokens over TLS"
         fi
         if want_section refresh; then
             echo "- refresh: mock IdP lib/mock_idp.py (python3 http.server, threaded), $REFRESH_TOKENS refresh tokens per run, lib/refresh_mix.lua"

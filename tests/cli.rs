@@ -749,6 +749,8 @@ fn demo_walkthrough_succeeds() {
     assert_eq!(o.code, 0, "stdout: {}\nstderr: {}", o.stdout, o.stderr);
     assert!(o.stdout.contains("demo OK"));
     assert!(!o.stdout.contains("FAIL"));
+    assert!(o.stdout.contains("[ok  ] browser sign-in on /app"));
+    assert!(o.stdout.contains("Open http://127.0.0.1:"));
 }
 
 /// The binary serving one open route, with its log lines collected until it exits.

@@ -14,6 +14,10 @@ POST /bench/issue?batch=NAME&n=N&ttl=S
     S seconds, i.e. the near-expiry token a client would hold together with that refresh token.
 GET /stats[?batch=NAME]
     JSON counters: calls to /token by outcome and, for batch NAME, the calls per refresh token.
+GET /.well-known/openid-configuration
+    an OpenID provider metadata document naming --issuer (give it this server's own URL for the
+    gateway's `discovery = true`), with /authorize, /token, /jwks and /end-session under it; the
+    login section only needs the gateway to find it (its measured requests never reach the IdP).
 
 Binds 127.0.0.1 only; threaded; quiet unless something is wrong.
 """
@@ -181,6 +185,21 @@ def handler_for(idp):
             if u.path == "/stats":
                 q = parse_qs(u.query)
                 self.send(200, idp.stats(q.get("batch", [None])[0]))
+            elif u.path == "/.well-known/openid-configuration":
+                iss = idp.a.issuer
+                self.send(200, {
+                    "issuer": iss,
+                    "authorization_endpoint": iss + "/authorize",
+                    "token_endpoint": iss + "/token",
+                    "jwks_uri": iss + "/jwks",
+                    "end_session_endpoint": iss + "/end-session",
+                    "response_types_supported": ["code"],
+                    "subject_types_supported": ["public"],
+                    "id_token_signing_alg_values_supported": ["HS256"],
+                    "code_challenge_methods_supported": ["S256"],
+                })
+            elif u.path == "/jwks":
+                self.send(200, {"keys": []})
             else:
                 self.send(404, {"error": "not_found"})
 

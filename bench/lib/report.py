@@ -28,6 +28,7 @@ REL = {
     "revocation": [("jg-rev-redis", "jg-rev-memory")],
     "refresh": [("jg-refresh-mix", "jg-refresh-none")],
     "features": [("jg-feat-global", "jg-feat-base"), ("jg-feat-all", "jg-feat-base")],
+    "login": [("jg-login-on", "jg-login-off")],
 }
 # (authenticated target, unauthenticated target in the same process): auth cost = 1 - a/b
 COSTS = {

@@ -1,19 +1,21 @@
 //! `jwtgate demo`: a self-contained local walkthrough. Starts, on loopback ports, an echo
-//! upstream, a small identity provider (ES256 JWKS) and the gateway configured against them,
-//! checks the whole flow itself, then prints copy-paste curl commands.
+//! upstream, a small OpenID provider (discovery, ES256 JWKS, a sign-in page, a token
+//! endpoint with PKCE, end-session) and the gateway configured against them (`[login]` on
+//! `/app`), checks the whole flow itself, browser sign-in included, then prints copy-paste
+//! curl commands and the URL to sign in at with a browser.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -22,8 +24,10 @@ use tokio::net::TcpListener;
 use crate::cli::token::{mint, Mint, SigningKey};
 use crate::config::Config;
 
-const ISSUER: &str = "http://demo-idp.local";
 const KID: &str = "demo-es256";
+const CLIENT_ID: &str = "jwtgate-demo";
+const CLIENT_SECRET: &str = "demo-client-secret";
+const CALLBACK: &str = "/oauth2/callback";
 
 /// Run the demo; with `once`, exit after the self-check instead of serving until Ctrl-C.
 pub async fn run(once: bool) -> ExitCode {
@@ -55,6 +59,10 @@ async fn run_inner(once: bool) -> Result<(), String> {
     let idp_state = Arc::new(DemoIdp {
         jwks,
         signing_pem: kp.serialize_pem(),
+        issuer: OnceLock::new(),
+        gateway_origins: OnceLock::new(),
+        requests: Mutex::new(HashMap::new()),
+        codes: Mutex::new(HashMap::new()),
         refresh_tokens: Mutex::new(HashMap::new()),
     });
     let st = idp_state.clone();
@@ -63,7 +71,12 @@ async fn run_inner(once: bool) -> Result<(), String> {
         async move { st.handle(req).await }
     })
     .await?;
-    std::env::set_var(DEMO_SECRET_ENV, "demo-client-secret");
+    let _ = idp_state.issuer.set(format!("http://{idp}"));
+    std::env::set_var(DEMO_SECRET_ENV, CLIENT_SECRET);
+    // The key that seals the sign-in state cookie: new at every start.
+    let session_secret =
+        crate::login::state::random(32).ok_or("no randomness for the session secret")?;
+    std::env::set_var(DEMO_SESSION_ENV, session_secret);
 
     // 3. Gateway: dev certificate and a config pointing at both.
     let (cert, key) =
@@ -92,10 +105,19 @@ key = "{key}"
 
 [[issuers]]
 name = "demo"
-issuer = "{ISSUER}"
+issuer = "http://{idp}"
 audiences = ["demo-api"]
 algorithms = ["ES256"]
-jwks_url = "http://{idp}/.well-known/jwks.json"
+discovery = true
+
+[login]
+issuer = "demo"
+client_id = "{CLIENT_ID}"
+client_secret_env = "{DEMO_SECRET_ENV}"
+session_secret_env = "{DEMO_SESSION_ENV}"
+scopes = ["openid", "email"]
+callback_path = "{CALLBACK}"
+post_logout_redirect = "/public/signed-out"
 
 [identity]
 assertion_key = "{assertion_key}"
@@ -105,7 +127,7 @@ assertion_key = "{assertion_key}"
 
 [refresh]
 token_endpoint = "http://{idp}/token"
-client_id = "jwtgate-demo"
+client_id = "{CLIENT_ID}"
 client_secret_env = "{DEMO_SECRET_ENV}"
 refresh_before_s = 60
 
@@ -114,6 +136,12 @@ name = "api"
 path_prefix = "/api"
 upstreams = ["http://{upstream}"]
 cors = {{ origins = ["https://app.example"], headers = ["authorization"], credentials = true }}
+
+[[routes]]
+name = "app"
+path_prefix = "/app"
+upstreams = ["http://{upstream}"]
+login = true
 
 [[routes]]
 name = "limited"
@@ -143,6 +171,12 @@ auth = "none"
     let gw = crate::serve(cfg).await.map_err(|e| e.to_string())?;
     let https = gw.https_addr.ok_or("no https listener")?;
     let http = gw.http_addr.ok_or("no http listener")?;
+    let _ = idp_state.gateway_origins.set(vec![
+        format!("http://127.0.0.1:{}", http.port()),
+        format!("http://localhost:{}", http.port()),
+        format!("https://127.0.0.1:{}", https.port()),
+        format!("https://localhost:{}", https.port()),
+    ]);
     for _ in 0..100 {
         if gw.shared.app.load().keys_ready() {
             break;
@@ -272,7 +306,17 @@ auth = "none"
     let mark = check(&mut ok, status == 200 && renewed);
     println!("[{mark}] access token 20 s from expiry + refresh cookie -> {status}, new access_token and rotated refresh_token cookies set by the gateway");
 
+    // Sign-in at the edge, as a browser does it: cookies kept, redirects followed by hand.
+    let app_url = format!("http://127.0.0.1:{}/app", http.port());
+    let signed_in = sign_in_walk(&app_url, &format!("http://{idp}")).await;
+    let mark = check(&mut ok, signed_in.is_ok());
+    match &signed_in {
+        Ok(steps) => println!("[{mark}] browser sign-in on /app (login = true): {steps}"),
+        Err(e) => println!("[{mark}] browser sign-in on /app (login = true): {e}"),
+    }
+
     println!("\nTry it yourself (the gateway runs until Ctrl-C):\n");
+    println!("  Open {app_url} in a browser to sign in (as alice, on the demo IdP's page)\n");
     println!("  TOKEN='{token}'");
     println!(
         "  curl -sk https://localhost:{}/api/hello                                  # 401",
@@ -383,16 +427,29 @@ async fn request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<(u16, http::HeaderMap, Bytes), String> {
+    fetch(method, &format!("http://{addr}{path}"), headers, None).await
+}
+
+/// One request to an absolute `http://` URL, with an optional form body.
+async fn fetch(
+    method: http::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    form: Option<String>,
+) -> Result<(u16, http::HeaderMap, Bytes), String> {
     let client = crate::net::Client::new(1);
-    let mut b = Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"));
+    let mut b = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    let req = b
-        .body(crate::net::body::empty())
-        .map_err(|e| e.to_string())?;
+    let body = match form {
+        Some(f) => {
+            b = b.header("content-type", "application/x-www-form-urlencoded");
+            crate::net::body::full(f)
+        }
+        None => crate::net::body::empty(),
+    };
+    let req = b.body(body).map_err(|e| e.to_string())?;
     let resp = client.request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     let (parts, body) = resp.into_parts();
@@ -401,29 +458,231 @@ async fn request(
 }
 
 const DEMO_SECRET_ENV: &str = "JWTGATE_DEMO_CLIENT_SECRET";
+const DEMO_SESSION_ENV: &str = "JWTGATE_DEMO_SESSION_SECRET";
 
-/// The demo's identity provider: a JWKS, and a token endpoint issuing short-lived access
-/// tokens (60 s) with rotating (single-use) refresh tokens.
+/// A cookie-keeping client that asks for pages, as a browser does (it sends every cookie
+/// back, `Secure` ones included: browsers keep those on loopback, a secure context).
+#[derive(Default)]
+struct Jar {
+    cookies: Vec<(String, String)>,
+}
+
+impl Jar {
+    async fn send(
+        &mut self,
+        method: http::Method,
+        url: &str,
+        form: Option<String>,
+    ) -> Result<(u16, http::HeaderMap, Bytes), String> {
+        let cookie = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut headers = vec![("accept", "text/html,application/xhtml+xml,*/*;q=0.8")];
+        if !cookie.is_empty() {
+            headers.push(("cookie", &cookie));
+        }
+        let (status, h, body) = fetch(method, url, &headers, form).await?;
+        for c in h
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+        {
+            let (pair, attrs) = c.split_once(';').unwrap_or((c, ""));
+            let Some((k, v)) = pair.split_once('=') else {
+                continue;
+            };
+            let k = k.trim().to_string();
+            self.cookies.retain(|(n, _)| *n != k);
+            if !attrs.contains("Max-Age=0") && !v.is_empty() {
+                self.cookies.push((k, v.to_string()));
+            }
+        }
+        Ok((status, h, body))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.cookies.iter().any(|(k, _)| k == name)
+    }
+}
+
+/// The `Location` of a redirect, made absolute against `origin` when it is a path.
+fn location(status: u16, h: &http::HeaderMap, origin: &str) -> Result<String, String> {
+    if status != 302 {
+        return Err(format!("expected a 302, got {status}"));
+    }
+    let loc = h
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("a 302 without Location")?;
+    Ok(match loc.starts_with('/') {
+        true => format!("{origin}{loc}"),
+        false => loc.to_string(),
+    })
+}
+
+/// Walk through sign-in at `app_url` (a `login = true` route) as a browser would, then
+/// sign out; returns what happened, or the first step that went wrong.
+async fn sign_in_walk(app_url: &str, idp: &str) -> Result<String, String> {
+    use http::Method;
+    let gw = app_url.trim_end_matches("/app");
+    let mut b = Jar::default();
+    // 1. No session: the gateway sends the browser to the IdP.
+    let (st, h, _) = b.send(Method::GET, app_url, None).await?;
+    let authorize = location(st, &h, gw).map_err(|e| format!("GET /app: {e}"))?;
+    if !authorize.starts_with(&format!("{idp}/authorize?")) {
+        return Err(format!("GET /app sent the browser to {authorize}"));
+    }
+    // 2. The IdP's sign-in page, and its "Sign in as alice" button (a form POST).
+    let (st, _, page) = b.send(Method::GET, &authorize, None).await?;
+    let page = String::from_utf8_lossy(&page);
+    let marker = "name=\"request\" value=\"";
+    let request = page
+        .split_once(marker)
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(v, _)| v.to_string())
+        .filter(|_| st == 200 && page.contains("Sign in as alice"))
+        .ok_or(format!("the IdP's sign-in page: {st}"))?;
+    let form = form_urlencoded::Serializer::new(String::new())
+        .append_pair("request", &request)
+        .finish();
+    let (st, h, _) = b
+        .send(Method::POST, &format!("{idp}/authorize"), Some(form))
+        .await?;
+    let callback = location(st, &h, idp).map_err(|e| format!("sign in as alice: {e}"))?;
+    if !callback.starts_with(&format!("{gw}{CALLBACK}?")) {
+        return Err(format!("the IdP sent the browser to {callback}"));
+    }
+    // 3. The callback: code exchanged, ID token checked, session cookies set.
+    let (st, h, body) = b.send(Method::GET, &callback, None).await?;
+    let back = location(st, &h, gw)
+        .map_err(|e| format!("callback: {e}: {}", String::from_utf8_lossy(&body)))?;
+    if back != app_url || !b.has("access_token") || !b.has("id_token") {
+        return Err(format!(
+            "the callback sent the browser to {back} without a session"
+        ));
+    }
+    // 4. Back at /app, signed in: the upstream sees alice.
+    let (st, _, body) = b.send(Method::GET, app_url, None).await?;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let who = v["headers"]["x-user-id"].as_str().unwrap_or("").to_string();
+    if st != 200 || who != "alice" {
+        return Err(format!("GET /app after sign-in: {st}, x-user-id={who:?}"));
+    }
+    // 5. Sign out: the gateway ends the IdP session too, and the IdP sends the browser back.
+    let (st, h, _) = b.send(Method::GET, &format!("{gw}/logout"), None).await?;
+    let end = location(st, &h, gw).map_err(|e| format!("GET /logout: {e}"))?;
+    if !end.starts_with(&format!("{idp}/end-session?")) || b.has("access_token") {
+        return Err(format!("GET /logout sent the browser to {end}"));
+    }
+    let (st, h, _) = b.send(Method::GET, &end, None).await?;
+    let after = location(st, &h, idp).map_err(|e| format!("end-session: {e}"))?;
+    let (st, _, _) = b.send(Method::GET, &after, None).await?;
+    if after != format!("{gw}/public/signed-out") || st != 200 {
+        return Err(format!("after sign-out: {after} -> {st}"));
+    }
+    Ok(format!(
+        "GET /app -> 302 to the IdP, its page, \"Sign in as alice\" -> 302 to {CALLBACK} -> 302 to /app -> 200, upstream saw x-user-id={who}; /logout -> IdP end-session -> /public/signed-out"
+    ))
+}
+
+/// A sign-in the IdP's page is showing, waiting for the button.
+#[derive(Clone)]
+struct AuthRequest {
+    redirect_uri: String,
+    state: String,
+    challenge: String,
+    nonce: String,
+}
+
+/// The demo's identity provider: OpenID discovery, a JWKS, an authorization endpoint with
+/// a one-button sign-in page (alice), a token endpoint for authorization_code (PKCE S256
+/// checked, ID token with the nonce) and refresh_token (rotating, single-use refresh
+/// tokens), and end-session. Access tokens from the refresh grant live 60 s.
 struct DemoIdp {
     jwks: String,
     signing_pem: String,
+    /// `http://127.0.0.1:<port>`, known once listening.
+    issuer: OnceLock<String>,
+    /// Where sign-ins may return to and sign-outs may end: the gateway's origins.
+    gateway_origins: OnceLock<Vec<String>>,
+    /// Sign-in pages shown, by the id in their form.
+    requests: Mutex<HashMap<String, AuthRequest>>,
+    /// Codes issued, waiting for the token endpoint (single use).
+    codes: Mutex<HashMap<String, AuthRequest>>,
     refresh_tokens: Mutex<HashMap<String, String>>,
 }
 
+type Resp = Result<Response<Full<Bytes>>, String>;
+
+fn respond(status: u16, content_type: &str, body: String) -> Resp {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("cache-control", "no-store")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())
+}
+
+fn found(to: &str) -> Resp {
+    Response::builder()
+        .status(302)
+        .header("location", to)
+        .header("cache-control", "no-store")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())
+}
+
+fn page(status: u16, body: &str) -> Resp {
+    respond(
+        status,
+        "text/html; charset=utf-8",
+        format!(
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>jwtgate demo IdP</title></head>\n<body style=\"font-family:sans-serif;max-width:32em;margin:4em auto\"><h1>jwtgate demo IdP</h1>\n{body}\n</body></html>\n"
+        ),
+    )
+}
+
+fn with_query(base: &str, pairs: &[(&str, &str)]) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.extend_pairs(pairs);
+    format!("{base}?{}", q.finish())
+}
+
 impl DemoIdp {
-    fn access_token(&self, sub: &str, ttl: u64) -> Result<String, String> {
+    fn issuer(&self) -> String {
+        self.issuer.get().cloned().unwrap_or_default()
+    }
+
+    fn token(
+        &self,
+        sub: &str,
+        aud: &str,
+        ttl: u64,
+        extra: Vec<(String, String)>,
+    ) -> Result<String, String> {
         mint(&Mint {
             alg: jsonwebtoken::Algorithm::ES256,
             key: SigningKey::Pem(self.signing_pem.clone().into_bytes()),
             sub: sub.into(),
             kid: Some(KID.into()),
-            iss: Some(ISSUER.into()),
-            aud: Some("demo-api".into()),
-            scope: Some("orders:read".into()),
+            iss: Some(self.issuer()),
+            aud: Some(aud.into()),
+            scope: None,
             ttl: Duration::from_secs(ttl),
-            claims: vec![("email".into(), format!("{sub}@example.com"))],
+            claims: extra,
         })
         .map_err(|e| e.to_string())
+    }
+
+    fn access_token(&self, sub: &str, ttl: u64) -> Result<String, String> {
+        let claims = vec![
+            ("scope".into(), "orders:read".into()),
+            ("email".into(), format!("{sub}@example.com")),
+        ];
+        self.token(sub, "demo-api", ttl, claims)
     }
 
     fn refresh_token(&self, sub: &str) -> String {
@@ -434,39 +693,201 @@ impl DemoIdp {
         t
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, String> {
-        let json = |status: u16, body: String| {
-            Response::builder()
-                .status(status)
-                .header("content-type", "application/json")
-                .header("cache-control", "max-age=300")
-                .body(Full::new(Bytes::from(body)))
-                .map_err(|e| e.to_string())
-        };
-        if req.uri().path() != "/token" {
-            return json(200, self.jwks.clone());
+    /// A URL on one of the gateway's origins (a path after it, not a look-alike host).
+    fn at_gateway(&self, url: &str) -> bool {
+        self.gateway_origins.get().is_some_and(|o| {
+            o.iter().any(|o| {
+                url.strip_prefix(o.as_str())
+                    .is_some_and(|p| p.starts_with('/'))
+            })
+        })
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Resp {
+        let q: HashMap<String, String> =
+            form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                .into_owned()
+                .collect();
+        let json =
+            |status: u16, v: serde_json::Value| respond(status, "application/json", v.to_string());
+        match (req.method().as_str(), req.uri().path()) {
+            (_, "/.well-known/openid-configuration") => {
+                let iss = self.issuer();
+                json(
+                    200,
+                    serde_json::json!({
+                        "issuer": iss,
+                        "authorization_endpoint": format!("{iss}/authorize"),
+                        "token_endpoint": format!("{iss}/token"),
+                        "jwks_uri": format!("{iss}/.well-known/jwks.json"),
+                        "end_session_endpoint": format!("{iss}/end-session"),
+                        "response_types_supported": ["code"],
+                        "subject_types_supported": ["public"],
+                        "scopes_supported": ["openid", "email", "offline_access"],
+                        "id_token_signing_alg_values_supported": ["ES256"],
+                        "code_challenge_methods_supported": ["S256"],
+                        "token_endpoint_auth_methods_supported": ["client_secret_basic"],
+                    }),
+                )
+            }
+            (_, "/.well-known/jwks.json") => respond(200, "application/json", self.jwks.clone()),
+            ("GET", "/authorize") => self.authorize(&q),
+            ("POST", "/authorize") => {
+                let form = read_form(req).await?;
+                self.approve(&form)
+            }
+            ("POST", "/token") => {
+                let auth = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let form = read_form(req).await?;
+                self.token_endpoint(auth.as_deref(), &form)
+            }
+            (_, "/end-session") => match q.get("post_logout_redirect_uri") {
+                Some(to) if self.at_gateway(to) => found(to),
+                _ => page(200, "<p>You are signed out of the demo IdP.</p>"),
+            },
+            _ => json(404, serde_json::json!({"error": "not_found"})),
         }
-        let body = req
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
-        let presented = form.get("refresh_token").cloned().unwrap_or_default();
-        let sub = self
-            .refresh_tokens
-            .lock()
-            .ok()
-            .and_then(|mut m| m.remove(&presented));
-        let Some(sub) = sub else {
-            return json(
+    }
+
+    /// `GET /authorize`: check the request, then show the sign-in page. A bad request gets
+    /// an error page here (never a redirect to a `redirect_uri` that was not checked).
+    fn authorize(&self, q: &HashMap<String, String>) -> Resp {
+        let get = |k: &str| q.get(k).cloned().unwrap_or_default();
+        let redirect_uri = get("redirect_uri");
+        let problem = if get("client_id") != CLIENT_ID {
+            Some("unknown client_id")
+        } else if !self.at_gateway(&redirect_uri) || !redirect_uri.ends_with(CALLBACK) {
+            Some("redirect_uri is not the gateway's callback")
+        } else if get("response_type") != "code" {
+            Some("response_type must be code")
+        } else if get("code_challenge_method") != "S256" || get("code_challenge").is_empty() {
+            Some("PKCE S256 is required")
+        } else if get("state").is_empty() || get("nonce").is_empty() {
+            Some("state and nonce are required")
+        } else if !get("scope").split(' ').any(|s| s == "openid") {
+            Some("scope must contain openid")
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            return page(400, &format!("<p>Invalid sign-in request: {p}.</p>"));
+        }
+        let id = crate::cli::token::random_id();
+        if let Ok(mut m) = self.requests.lock() {
+            if m.len() > 10_000 {
+                m.clear();
+            }
+            m.insert(
+                id.clone(),
+                AuthRequest {
+                    redirect_uri,
+                    state: get("state"),
+                    challenge: get("code_challenge"),
+                    nonce: get("nonce"),
+                },
+            );
+        }
+        page(
+            200,
+            &format!(
+                "<p>The gateway sent you here to sign in. This IdP has one user.</p>\n<form method=\"post\" action=\"/authorize\"><input type=\"hidden\" name=\"request\" value=\"{id}\"><button type=\"submit\" autofocus>Sign in as alice</button></form>\n<form method=\"post\" action=\"/authorize\"><input type=\"hidden\" name=\"request\" value=\"{id}\"><input type=\"hidden\" name=\"deny\" value=\"1\"><button type=\"submit\">Cancel</button></form>"
+            ),
+        )
+    }
+
+    /// `POST /authorize`: the button. Back to the gateway's callback with a code and the
+    /// state (or `error=access_denied` for Cancel).
+    fn approve(&self, form: &HashMap<String, String>) -> Resp {
+        let id = form.get("request").map(String::as_str).unwrap_or("");
+        let Some(r) = self.requests.lock().ok().and_then(|mut m| m.remove(id)) else {
+            return page(
                 400,
-                serde_json::json!({"error": "invalid_grant"}).to_string(),
+                "<p>This sign-in page has expired; go back to the app and try again.</p>",
             );
         };
-        let access = self.access_token(&sub, 60)?;
-        let v = serde_json::json!({"access_token": access, "token_type": "Bearer", "expires_in": 60, "refresh_token": self.refresh_token(&sub)});
-        json(200, v.to_string())
+        if form.contains_key("deny") {
+            return found(&with_query(
+                &r.redirect_uri,
+                &[("error", "access_denied"), ("state", &r.state)],
+            ));
+        }
+        let code = crate::cli::token::random_id();
+        let to = with_query(&r.redirect_uri, &[("code", &code), ("state", &r.state)]);
+        if let Ok(mut m) = self.codes.lock() {
+            if m.len() > 10_000 {
+                m.clear();
+            }
+            m.insert(code, r);
+        }
+        found(&to)
     }
+
+    fn token_endpoint(&self, auth: Option<&str>, form: &HashMap<String, String>) -> Resp {
+        let json =
+            |status: u16, v: serde_json::Value| respond(status, "application/json", v.to_string());
+        let basic = format!(
+            "Basic {}",
+            STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"))
+        );
+        if auth != Some(basic.as_str()) {
+            return json(401, serde_json::json!({"error": "invalid_client"}));
+        }
+        let invalid_grant = || json(400, serde_json::json!({"error": "invalid_grant"}));
+        match form.get("grant_type").map(String::as_str) {
+            Some("authorization_code") => {
+                let code = form.get("code").map(String::as_str).unwrap_or("");
+                // Single use (RFC 6749 §4.1.2).
+                let Some(r) = self.codes.lock().ok().and_then(|mut m| m.remove(code)) else {
+                    return invalid_grant();
+                };
+                // RFC 7636 §4.6: BASE64URL(SHA256(code_verifier)) == code_challenge.
+                let verifier = form.get("code_verifier").map(String::as_str).unwrap_or("");
+                if form.get("redirect_uri") != Some(&r.redirect_uri)
+                    || verifier.len() < 43
+                    || crate::login::state::code_challenge(verifier) != r.challenge
+                {
+                    return invalid_grant();
+                }
+                let id_token = self.token(
+                    "alice",
+                    CLIENT_ID,
+                    300,
+                    vec![
+                        ("nonce".into(), r.nonce),
+                        ("email".into(), "alice@example.com".into()),
+                    ],
+                )?;
+                let v = serde_json::json!({"access_token": self.access_token("alice", 300)?, "token_type": "Bearer", "expires_in": 300, "refresh_token": self.refresh_token("alice"), "id_token": id_token});
+                json(200, v)
+            }
+            Some("refresh_token") => {
+                let presented = form.get("refresh_token").map(String::as_str).unwrap_or("");
+                let sub = self
+                    .refresh_tokens
+                    .lock()
+                    .ok()
+                    .and_then(|mut m| m.remove(presented));
+                let Some(sub) = sub else {
+                    return invalid_grant();
+                };
+                let access = self.access_token(&sub, 60)?;
+                let v = serde_json::json!({"access_token": access, "token_type": "Bearer", "expires_in": 60, "refresh_token": self.refresh_token(&sub)});
+                json(200, v)
+            }
+            _ => json(400, serde_json::json!({"error": "unsupported_grant_type"})),
+        }
+    }
+}
+
+async fn read_form(req: Request<Incoming>) -> Result<HashMap<String, String>, String> {
+    let body = Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(form_urlencoded::parse(&body).into_owned().collect())
 }
