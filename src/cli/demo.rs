@@ -75,7 +75,7 @@ async fn run_inner(once: bool) -> Result<(), String> {
     std::env::set_var(DEMO_SECRET_ENV, CLIENT_SECRET);
     // The key that seals the sign-in state cookie: new at every start.
     let session_secret =
-        crate::login::state::random(32).ok_or("no randomness for the session secret")?;
+        crate::identity::login::state::random(32).ok_or("no randomness for the session secret")?;
     std::env::set_var(DEMO_SESSION_ENV, session_secret);
 
     // 3. Gateway: dev certificate and a config pointing at both.
@@ -848,7 +848,7 @@ impl DemoIdp {
                 let verifier = form.get("code_verifier").map(String::as_str).unwrap_or("");
                 if form.get("redirect_uri") != Some(&r.redirect_uri)
                     || verifier.len() < 43
-                    || crate::login::state::code_challenge(verifier) != r.challenge
+                    || crate::identity::login::state::code_challenge(verifier) != r.challenge
                 {
                     return invalid_grant();
                 }
