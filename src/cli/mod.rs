@@ -4,5 +4,6 @@
 
 pub mod certs;
 pub mod demo;
+mod demo_idp;
 pub mod health;
 pub mod token;
