@@ -37,7 +37,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Sleep};
 
-pub use crate::capacity::{Connections, Limit, Slot, ADMIN_MAX_CONNECTIONS};
+pub use crate::capacity::{Connections, Limit, Slot};
 use crate::config::Server;
 use crate::net::body::{Body, BoxError};
 

@@ -10,7 +10,7 @@ use jsonwebtoken::{Algorithm, Header};
 use serde::Serialize;
 
 use crate::clock::now_unix;
-pub use crate::config::keys::{AssertionConfig, AssertionKey};
+pub use crate::config::keys::AssertionConfig;
 use crate::identity::auth::Verified;
 
 /// The `iss` of every assertion.

@@ -23,21 +23,8 @@ pub struct ProviderMetadata {
     pub authorization_endpoint: Option<String>,
     pub token_endpoint: Option<String>,
     pub jwks_uri: Option<String>,
-    pub userinfo_endpoint: Option<String>,
     pub revocation_endpoint: Option<String>,
     pub end_session_endpoint: Option<String>,
-    #[serde(default)]
-    pub response_types_supported: Vec<String>,
-    #[serde(default)]
-    pub scopes_supported: Vec<String>,
-    #[serde(default)]
-    pub code_challenge_methods_supported: Vec<String>,
-    #[serde(default)]
-    pub id_token_signing_alg_values_supported: Vec<String>,
-    #[serde(default)]
-    pub token_endpoint_auth_methods_supported: Vec<String>,
-    #[serde(default)]
-    pub backchannel_logout_supported: bool,
 }
 
 /// The endpoints of a discovered document, parsed. An endpoint that is not an http(s) URL
@@ -96,8 +83,6 @@ pub struct Discovery {
     /// Failed fetches, by `FAILURE_REASONS`.
     failures: [Counter; FAILURE_REASONS.len()],
 }
-
-pub use crate::config::origin::well_known;
 
 const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 const DEFAULT_REFRESH: Duration = Duration::from_secs(3600);
@@ -330,6 +315,7 @@ impl prometheus_client::encoding::EncodeMetric for FailureCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::origin::well_known;
 
     fn doc(issuer: &str) -> ProviderMetadata {
         serde_json::from_value(serde_json::json!({
