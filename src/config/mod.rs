@@ -35,7 +35,9 @@ pub mod origin;
 mod validate;
 
 use keys::StaticKey;
-pub use validate::{is_loopback_authority, normalize_origin, parse_upstream, resolve_path};
+pub use validate::identity::is_loopback_authority;
+pub use validate::resolve_path;
+pub use validate::routes::{normalize_origin, parse_upstream};
 
 /// The validated configuration the gateway runs with.
 #[derive(Debug, Clone)]

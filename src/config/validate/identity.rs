@@ -1,0 +1,402 @@
+//! Checks for who may call: `[[issuers]]` (keys, JWKS, discovery), `[tokens]`,
+//! `[identity]`, `[revocation]`, `[refresh]`.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use http::Uri;
+
+use super::super::keys::{self as jwks, StaticKey};
+use super::super::*;
+use super::*;
+
+/// `login_client`: `[login]`'s client, used when `[refresh]` names none of its own.
+/// `discovery_issuer`: an issuer with discovery, whose token endpoint fills in.
+pub(super) fn validate_refresh(
+    ctx: &Ctx,
+    r: &FileRefresh,
+    login_client: Option<&OAuthClient>,
+    discovery_issuer: Option<usize>,
+) -> Result<Refresh, ConfigError> {
+    let token_endpoint = match (&r.token_endpoint, discovery_issuer) {
+        (Some(url), _) => Some(Some(endpoint(ctx, "refresh.token_endpoint", url)?)),
+        (None, Some(_)) if r.client_id.is_some() => Some(None),
+        (None, _) => None,
+    };
+    let client = match token_endpoint {
+        None if r.client_id.is_none() => login_client.cloned(),
+        None => None,
+        Some(token_endpoint) => {
+            let client_id = r
+                .client_id
+                .clone()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| ctx.err("refresh.client_id", "is required with token_endpoint"))?;
+            let client_secret = std::env::var(&r.client_secret_env).map_err(|_| {
+                ctx.err(
+                    "refresh.client_secret_env",
+                    format!("environment variable {} is not set", r.client_secret_env),
+                )
+            })?;
+            let auth = match r.client_auth.as_str() {
+                "client_secret_basic" => ClientAuth::Basic,
+                "client_secret_post" => ClientAuth::Post,
+                other => {
+                    return Err(ctx.err(
+                        "refresh.client_auth",
+                        format!(
+                            "{other:?} is not \"client_secret_basic\" or \"client_secret_post\""
+                        ),
+                    ))
+                }
+            };
+            Some(OAuthClient {
+                token_endpoint,
+                client_id,
+                client_secret,
+                auth,
+            })
+        }
+    };
+    let revocation_endpoint = r
+        .revocation_endpoint
+        .as_deref()
+        .map(|u| endpoint(ctx, "refresh.revocation_endpoint", u))
+        .transpose()?;
+    if revocation_endpoint.is_some() && client.is_none() {
+        return Err(ctx.err("refresh.revocation_endpoint", "needs token_endpoint, client_id and the client secret (RFC 7009 calls authenticate as the client)"));
+    }
+    if !r.logout_path.starts_with('/') {
+        return Err(ctx.err("refresh.logout_path", "must start with '/'"));
+    }
+    if crate::path::normalize(&r.logout_path).ok().as_deref() != Some(r.logout_path.as_str()) {
+        return Err(ctx.err(
+            "refresh.logout_path",
+            "must be a normalised path (no '//', '.' or '..' segments, escapes or backslashes): requests are matched after normalisation",
+        ));
+    }
+    let rate_limit = validate_rate_limit(
+        &FileRateLimit {
+            per: "ip".into(),
+            rps: r.rate_limit.rps,
+            burst: r.rate_limit.burst,
+        },
+        AuthMode::Required,
+    )
+    .map_err(|(k, m)| ctx.err(format!("refresh.rate_limit.{k}"), m))?;
+    for (k, v) in [
+        ("refresh.access_cookie", &r.access_cookie),
+        ("refresh.refresh_cookie", &r.refresh_cookie),
+    ] {
+        if v.is_empty() || v.contains([';', '=', ' ', ',']) {
+            return Err(ctx.err(k, format!("{v:?} is not a valid cookie name")));
+        }
+    }
+    Ok(Refresh {
+        discovery_issuer,
+        client,
+        refresh_before: Duration::from_secs(r.refresh_before_s),
+        access_cookie: r.access_cookie.clone(),
+        refresh_cookie: r.refresh_cookie.clone(),
+        refresh_header: header_name(ctx, "refresh.refresh_header", &r.refresh_header)?,
+        revocation_endpoint,
+        logout_path: r.logout_path.clone(),
+        reuse_window: Duration::from_secs(r.reuse_window_s),
+        timeout: Duration::from_millis(r.timeout_ms.max(1)),
+        rate_limit,
+    })
+}
+
+pub(super) fn validate_issuer(
+    ctx: &Ctx,
+    key: &str,
+    fi: &FileIssuer,
+) -> Result<IssuerConfig, ConfigError> {
+    let algorithms = match &fi.algorithms {
+        None => None,
+        Some(list) if list.is_empty() => {
+            return Err(ctx.err(
+                format!("{key}.algorithms"),
+                "must not be empty (omit it to use the keys' own algorithms)",
+            ))
+        }
+        Some(list) => Some(
+            list.iter()
+                .map(|a| {
+                    jwks::parse_alg(a).ok_or_else(|| {
+                        ctx.err(
+                            format!("{key}.algorithms"),
+                            format!(
+                                "{a:?} is not a supported algorithm ({})",
+                                jwks::SUPPORTED_ALGS
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let discovery = match fi.discovery {
+        false => None,
+        true => Some(super::origin::well_known(&fi.issuer).ok_or_else(|| {
+            ctx.err(
+                format!("{key}.issuer"),
+                "with `discovery = true` the issuer must be an http:// or https:// URL",
+            )
+        })?),
+    };
+    let keys = match (&fi.jwks_url, &fi.keys) {
+        (Some(_), Some(_)) => return Err(ctx.err(key, "set either `jwks_url` or `keys`, not both")),
+        (None, None) if discovery.is_some() => KeySource::Discovered,
+        (None, None) => return Err(ctx.err(key, "needs `jwks_url`, `keys` or `discovery = true`")),
+        (Some(url), None) => {
+            let uri: Uri = url
+                .parse()
+                .map_err(|_| ctx.err(format!("{key}.jwks_url"), format!("{url:?} is not a URL")))?;
+            match uri.scheme_str() {
+                Some("https") | Some("http") if uri.authority().is_some() => {}
+                _ => {
+                    return Err(ctx.err(
+                        format!("{key}.jwks_url"),
+                        format!("{url:?} must be an http:// or https:// URL"),
+                    ))
+                }
+            }
+            if uri.scheme_str() == Some("http") && !is_loopback_authority(&uri) {
+                tracing::warn!(issuer = %fi.name, "jwks_url uses plain http on a non-loopback host; keys can be tampered with in transit");
+            }
+            KeySource::Jwks(uri)
+        }
+        (None, Some(list)) => {
+            if list.is_empty() {
+                return Err(ctx.err(format!("{key}.keys"), "must not be empty"));
+            }
+            let mut out = Vec::with_capacity(list.len());
+            let mut kids = HashSet::new();
+            for (j, k) in list.iter().enumerate() {
+                let kkey = format!("{key}.keys[{j}]");
+                if let Some(kid) = &k.kid {
+                    if !kids.insert(kid.clone()) {
+                        return Err(
+                            ctx.err(format!("{kkey}.kid"), format!("duplicate kid {kid:?}"))
+                        );
+                    }
+                }
+                let alg = jwks::parse_alg(&k.alg).ok_or_else(|| {
+                    ctx.err(
+                        format!("{kkey}.alg"),
+                        format!(
+                            "{:?} is not a supported algorithm ({})",
+                            k.alg,
+                            jwks::SUPPORTED_ALGS
+                        ),
+                    )
+                })?;
+                if let Some(allowed) = &algorithms {
+                    if !allowed.contains(&alg) {
+                        return Err(ctx.err(
+                            format!("{kkey}.alg"),
+                            format!("{} is not in {key}.algorithms", k.alg),
+                        ));
+                    }
+                }
+                let material = match (&k.pem, &k.secret_env) {
+                    (Some(_), Some(_)) => {
+                        return Err(ctx.err(&kkey, "set either `pem` or `secret_env`, not both"))
+                    }
+                    (None, None) => {
+                        return Err(ctx.err(
+                            &kkey,
+                            "needs `pem` (public key file) or `secret_env` (HMAC secret)",
+                        ))
+                    }
+                    (Some(p), None) => jwks::KeyMaterial::Pem(ctx.read(&format!("{kkey}.pem"), p)?),
+                    (None, Some(var)) => {
+                        let v = std::env::var_os(var).ok_or_else(|| {
+                            ctx.err(
+                                format!("{kkey}.secret_env"),
+                                format!("environment variable {var} is not set"),
+                            )
+                        })?;
+                        jwks::KeyMaterial::Secret(std::os::unix::ffi::OsStringExt::into_vec(v))
+                    }
+                };
+                let sk =
+                    StaticKey::new(k.kid.clone(), alg, material).map_err(|m| ctx.err(&kkey, m))?;
+                out.push(sk);
+            }
+            KeySource::Static(out)
+        }
+    };
+    Ok(IssuerConfig {
+        name: fi.name.clone(),
+        issuer: fi.issuer.clone(),
+        audiences: fi.audiences.clone(),
+        algorithms,
+        leeway_s: fi.leeway_s,
+        keys,
+        discovery,
+    })
+}
+
+/// True when the URL's host is a loopback name or address.
+pub fn is_loopback_authority(uri: &Uri) -> bool {
+    match uri.host() {
+        Some("localhost") => true,
+        Some(h) => h
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false),
+        None => false,
+    }
+}
+
+pub(super) fn header_name(ctx: &Ctx, key: &str, v: &str) -> Result<http::HeaderName, ConfigError> {
+    http::HeaderName::from_bytes(v.as_bytes())
+        .map_err(|_| ctx.err(key, format!("{v:?} is not a valid header name")))
+}
+
+pub(super) fn validate_tokens(ctx: &Ctx, t: &FileTokens) -> Result<Tokens, ConfigError> {
+    if t.sources.is_empty() {
+        return Err(ctx.err("tokens.sources", "must list at least one source"));
+    }
+    let mut sources = Vec::with_capacity(t.sources.len());
+    for s in &t.sources {
+        let src = if let Some(h) = s.strip_prefix("header:") {
+            TokenSource::Header(header_name(ctx, "tokens.sources", h)?)
+        } else if let Some(c) = s.strip_prefix("cookie:") {
+            if c.is_empty() || c.contains([';', '=', ' ']) {
+                return Err(ctx.err("tokens.sources", format!("{s:?}: invalid cookie name")));
+            }
+            TokenSource::Cookie(c.to_string())
+        } else {
+            return Err(ctx.err(
+                "tokens.sources",
+                format!("{s:?} must look like \"header:NAME\" or \"cookie:NAME\""),
+            ));
+        };
+        sources.push(src);
+    }
+    Ok(Tokens {
+        sources,
+        csrf: t.csrf,
+    })
+}
+
+pub(super) fn validate_identity(ctx: &Ctx, i: &FileIdentity) -> Result<Identity, ConfigError> {
+    let assertion = match &i.assertion_key {
+        None if i.assertion_header.is_some() || i.assertion_ttl_s.is_some() => {
+            return Err(ctx.err(
+                "identity.assertion_key",
+                "required with assertion_header / assertion_ttl_s: the ES256 (P-256) private key that signs assertions",
+            ))
+        }
+        None => None,
+        Some(path) => {
+            let pem = ctx.read("identity.assertion_key", path)?;
+            let key = super::keys::AssertionKey::from_pem(&pem)
+                .map_err(|m| ctx.err("identity.assertion_key", m))?;
+            let ttl = i.assertion_ttl_s.unwrap_or(60);
+            if !(1..=MAX_WINDOW_S).contains(&ttl) {
+                return Err(ctx.err(
+                    "identity.assertion_ttl_s",
+                    format!("must be from 1 to {MAX_WINDOW_S} seconds"),
+                ));
+            }
+            let header = i.assertion_header.as_deref().unwrap_or("x-jwtgate-assertion");
+            Some(super::keys::AssertionConfig {
+                header: header_name(ctx, "identity.assertion_header", header)?,
+                key: Arc::new(key),
+                ttl: Duration::from_secs(ttl),
+            })
+        }
+    };
+    let mut claims = Vec::with_capacity(i.claims.len());
+    for (h, v) in &i.claims {
+        let key = format!("identity.claims.{h}");
+        let claim = v
+            .as_str()
+            .ok_or_else(|| ctx.err(&key, "must be a claim name (a string)"))?;
+        claims.push((header_name(ctx, &key, h)?, claim.to_string()));
+    }
+    Ok(Identity {
+        subject_header: header_name(ctx, "identity.subject_header", &i.subject_header)?,
+        scopes_header: header_name(ctx, "identity.scopes_header", &i.scopes_header)?,
+        claims_header: header_name(ctx, "identity.claims_header", &i.claims_header)?,
+        forward_token: i.forward_token,
+        claims,
+        assertion,
+    })
+}
+
+pub(super) fn validate_revocation(
+    ctx: &Ctx,
+    r: &FileRevocation,
+) -> Result<Revocation, ConfigError> {
+    let store = match r.store.as_str() {
+        "memory" => StoreKind::Memory,
+        "redis" => StoreKind::Redis,
+        other => {
+            return Err(ctx.err(
+                "revocation.store",
+                format!("{other:?} is not \"memory\" or \"redis\""),
+            ))
+        }
+    };
+    if store == StoreKind::Redis
+        && !(r.redis_url.starts_with("redis://") || r.redis_url.starts_with("rediss://"))
+    {
+        return Err(ctx.err(
+            "revocation.redis_url",
+            format!("{:?} must start with redis:// or rediss://", r.redis_url),
+        ));
+    }
+    for (key, v) in [
+        ("revocation.timeout_ms", r.timeout_ms),
+        ("revocation.cache_capacity", r.cache_capacity),
+        ("revocation.pool_size", r.pool_size as u64),
+    ] {
+        if v == 0 {
+            return Err(ctx.err(key, "must be greater than 0"));
+        }
+    }
+    let on_error = match r.on_error.as_str() {
+        "deny" => OnError::Deny,
+        "allow" => OnError::Allow,
+        other => {
+            return Err(ctx.err(
+                "revocation.on_error",
+                format!("{other:?} is not \"deny\" or \"allow\""),
+            ))
+        }
+    };
+    let redis_ca = match &r.redis_ca {
+        None => None,
+        Some(_) if !r.redis_url.starts_with("rediss://") => {
+            return Err(ctx.err(
+                "revocation.redis_ca",
+                "only applies to a TLS redis_url (rediss://)",
+            ))
+        }
+        Some(path) => {
+            let pem = ctx.read("revocation.redis_ca", path)?;
+            parse_certs(ctx, "revocation.redis_ca", &pem)?;
+            Some(Arc::new(pem))
+        }
+    };
+    Ok(Revocation {
+        store,
+        redis_url: r.redis_url.clone(),
+        key_prefix: r.key_prefix.clone(),
+        cache_ttl: Duration::from_millis(r.cache_ttl_ms),
+        cache_capacity: r.cache_capacity,
+        timeout: Duration::from_millis(r.timeout_ms),
+        on_error,
+        subject_ttl: Duration::from_secs(r.subject_ttl_s),
+        pool_size: r.pool_size,
+        connect_timeout: Duration::from_millis(r.connect_timeout_ms.max(1)),
+        redis_ca,
+    })
+}
