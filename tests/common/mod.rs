@@ -238,6 +238,34 @@ fn spki_der(name: &str) -> Vec<u8> {
         .to_vec()
 }
 
+/// Serve `handle` (with `state`) on every connection `l` accepts, HTTP/1.1 or h2, until
+/// the returned task is aborted: the mock identity providers' server loop.
+pub fn serve_http<S, F, Fut>(
+    l: TcpListener,
+    state: Arc<S>,
+    handle: F,
+) -> tokio::task::JoinHandle<()>
+where
+    S: Send + Sync + 'static,
+    F: Fn(Request<Incoming>, Arc<S>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = l.accept().await {
+            let (st, handle) = (state.clone(), handle.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let answer = handle(req, st.clone());
+                    async move { Ok::<_, Infallible>(answer.await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    })
+}
+
 /// A mock identity provider serving a JWKS that tests can change, count and break.
 pub struct MockIdp {
     pub addr: SocketAddr,
@@ -284,21 +312,11 @@ impl MockIdp {
             last_token_request: Mutex::new(None),
             revoked: Mutex::new(Vec::new()),
         });
-        let st = state.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = l.accept().await {
-                let st = st.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let st = st.clone();
-                        async move { Ok::<_, Infallible>(idp(req, &st).await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+        let task = serve_http(
+            l,
+            state.clone(),
+            |req, st| async move { idp(req, &st).await },
+        );
         MockIdp { addr, state, task }
     }
 

@@ -4,7 +4,6 @@
 //! refresh_token, end-session — and `Browser`, a cookie-keeping client driven by hand.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,8 +13,6 @@ use base64::Engine;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use jwtgate::body::{self, Body};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -72,20 +69,8 @@ impl MockOp {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let state = Arc::new(OpState::default());
-        let st = state.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = l.accept().await {
-                let st = st.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let st = st.clone();
-                        async move { Ok::<_, Infallible>(op(req, &st, addr).await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
+        let task = super::serve_http(l, state.clone(), move |req, st| async move {
+            op(req, &st, addr).await
         });
         MockOp { addr, state, task }
     }
