@@ -28,7 +28,6 @@ use futures_util::FutureExt;
 use serde_json::json;
 
 const INSTALL: &str = "apt-get install -y chromium chromium-driver";
-const SESSION_ENV: &str = "JWTGATE_TEST_SESSION_SECRET";
 
 /// `program` on PATH, or a loud failure naming the install command.
 fn on_path(program: &str) -> PathBuf {
@@ -144,27 +143,13 @@ async fn browser(driver: &Chromedriver, dir: &Path) -> WebDriver {
 }
 
 fn config(op: &MockOp, up: &EchoUpstream) -> String {
-    std::env::set_var(CLIENT_SECRET_ENV, CLIENT_SECRET);
-    std::env::set_var(SESSION_ENV, "a-session-secret-of-at-least-32-bytes!!");
-    format!(
-        r#"[[issuers]]
-name = "op"
-issuer = "{iss}"
-audiences = ["api"]
-discovery = true
-
-[login]
-issuer = "op"
-client_id = "{CLIENT_ID}"
-client_secret_env = "{CLIENT_SECRET_ENV}"
-session_secret_env = "{SESSION_ENV}"
-scopes = ["openid", "offline_access"]
-post_logout_redirect = "/bye/"
-
-{app}{bye}"#,
-        iss = op.issuer(),
-        app = route("app", "/app", &[&up.url()], "login = true"),
-        bye = route("bye", "/bye", &[&up.url()], "auth = \"none\""),
+    op.gateway_config(
+        &format!("client_secret_env = \"{CLIENT_SECRET_ENV}\"\npost_logout_redirect = \"/bye/\""),
+        &[
+            route("app", "/app", &[&up.url()], "login = true"),
+            route("bye", "/bye", &[&up.url()], "auth = \"none\""),
+        ]
+        .concat(),
     )
 }
 

@@ -5,10 +5,8 @@
 
 mod common;
 
-use common::op::{query_of, Browser, MockOp};
+use common::op::{query_of, Browser, MockOp, SESSION_ENV};
 use common::*;
-
-const SESSION_ENV: &str = "JWTGATE_TEST_SESSION_SECRET";
 
 struct Rig {
     op: MockOp,
@@ -18,29 +16,11 @@ struct Rig {
 
 /// `login_extra`: more `[login]` keys; `extra`: more tables.
 fn config(op: &MockOp, up: &EchoUpstream, login_extra: &str, extra: &str) -> String {
-    std::env::set_var(CLIENT_SECRET_ENV, CLIENT_SECRET);
-    std::env::set_var(SESSION_ENV, "a-session-secret-of-at-least-32-bytes!!");
-    format!(
-        r#"[[issuers]]
-name = "op"
-issuer = "{iss}"
-audiences = ["api"]
-discovery = true
-
-[login]
-issuer = "op"
-client_id = "{CLIENT_ID}"
-session_secret_env = "{SESSION_ENV}"
-scopes = ["openid", "offline_access"]
-{login_extra}
-
-{extra}
-
-{app}{api}"#,
-        iss = op.issuer(),
-        app = route("app", "/app", &[&up.url()], "login = true"),
-        api = route("api", "/api", &[&up.url()], ""),
-    )
+    let routes = [
+        route("app", "/app", &[&up.url()], "login = true"),
+        route("api", "/api", &[&up.url()], ""),
+    ];
+    op.gateway_config(login_extra, &format!("{extra}\n\n{}", routes.concat()))
 }
 
 async fn rig_with(login_extra: &str) -> Rig {

@@ -19,6 +19,9 @@ use tokio::net::TcpListener;
 
 use super::{token, Client, Keys, Resp, CLIENT_ID, CLIENT_SECRET};
 
+/// The env var the tests' `[login] session_secret_env` names.
+pub const SESSION_ENV: &str = "JWTGATE_TEST_SESSION_SECRET";
+
 /// A code handed out by `/authorize`, waiting for the token endpoint.
 #[derive(Clone)]
 struct Pending {
@@ -73,6 +76,17 @@ impl MockOp {
             op(req, &st, addr).await
         });
         MockOp { addr, state, task }
+    }
+
+    /// The gateway's `[[issuers]]` entry `op` (discovery on) and a `[login]` against it, with
+    /// more `[login]` keys (`login_extra`) and then `rest` (tables, routes).
+    pub fn gateway_config(&self, login_extra: &str, rest: &str) -> String {
+        std::env::set_var(super::CLIENT_SECRET_ENV, CLIENT_SECRET);
+        std::env::set_var(SESSION_ENV, "a-session-secret-of-at-least-32-bytes!!");
+        format!(
+            "[[issuers]]\nname = \"op\"\nissuer = \"{iss}\"\naudiences = [\"api\"]\ndiscovery = true\n\n[login]\nissuer = \"op\"\nclient_id = \"{CLIENT_ID}\"\nsession_secret_env = \"{SESSION_ENV}\"\nscopes = [\"openid\", \"offline_access\"]\n{login_extra}\n\n{rest}",
+            iss = self.issuer(),
+        )
     }
 
     pub fn issuer(&self) -> String {
