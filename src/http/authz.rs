@@ -5,8 +5,6 @@
 //! forwarded: 200 with the identity headers for the proxy to copy upstream, or the
 //! gateway's usual 401/403/429.
 
-use std::convert::Infallible;
-
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -33,12 +31,12 @@ pub async fn handle<A: AsRef<App>>(
     client: Client,
     conn: ClientInfo,
     req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+) -> Response<Body> {
     let app = (*app).as_ref();
     let mut exchange = Exchange::begin("authz", req.method(), req.uri().path(), req.version());
     let mut notes = exchange.notes();
     let outcome = decide(app, &client, &conn, req, &mut notes, &mut exchange).await;
-    Ok(exchange.finish(app, notes, outcome))
+    exchange.finish(app, notes, outcome)
 }
 
 async fn decide<'a>(

@@ -306,16 +306,10 @@ where
         let info = info.clone();
         // Boxed: hyper keeps room for this future in every connection, idle or not, and the
         // request path's state machine is large. One allocation per request instead.
-        let answer = if authz {
+        if authz {
             Either::Right(Box::pin(crate::http::authz::handle(app, client, info, req)))
         } else {
             Either::Left(Box::pin(proxy::handle(app, client, info, req)))
-        };
-        async move {
-            match answer.await {
-                Ok(r) => r,
-                Err(never) => match never {},
-            }
         }
     };
     conn::serve(io, conn, &builder, peer, handle).await;

@@ -24,12 +24,12 @@ pub async fn handle<A: AsRef<App>>(
     client: Client,
     conn: ClientInfo,
     req: Request<Incoming>,
-) -> Result<Response<Body>, std::convert::Infallible> {
+) -> Response<Body> {
     let app = (*app).as_ref();
     let exchange = Exchange::begin("proxy", req.method(), req.uri().path(), req.version());
     let mut notes = exchange.notes();
     let outcome = proxy(app, &client, conn, req, &mut notes).await;
-    Ok(exchange.finish(app, notes, outcome))
+    exchange.finish(app, notes, outcome)
 }
 
 async fn proxy<'a>(
