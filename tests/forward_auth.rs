@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use http::Method;
 use serde_json::json;
 
 fn issuer() -> String {
@@ -268,7 +267,6 @@ async fn refresh_happens_on_the_decision_and_comes_back_as_cookies() {
         .await
         .text();
     assert!(m.contains("route=\"api\""), "{m}");
-    let _ = Method::GET;
 }
 
 #[test]
