@@ -31,6 +31,8 @@ pub struct App {
     pub assertions: Option<Minter>,
     /// Present with `[login]`: sign-in at the edge.
     pub login: Option<crate::identity::login::SignIn>,
+    /// Sender-constrained tokens (DPoP proofs, certificate binding) and the replay cache.
+    pub sender: crate::identity::sender::SenderCheck,
     pub metrics: Metrics,
     /// Connection caps: kept across reloads, like the revocation state.
     pub connections: Arc<Connections>,
@@ -97,6 +99,14 @@ impl App {
                 limit.refused.clone(),
             );
         }
+        let sender = crate::identity::sender::SenderCheck::new(&config.tokens, &config.revocation);
+        if config
+            .routes
+            .iter()
+            .any(|r| r.sender_constraint != crate::config::SenderConstraint::Off)
+        {
+            register_sender(&mut metrics, &sender.counters);
+        }
         let anomaly = config
             .anomaly
             .as_ref()
@@ -158,6 +168,7 @@ impl App {
             anomaly,
             assertions,
             login,
+            sender,
             config,
             router,
             verifier,
@@ -237,4 +248,50 @@ impl App {
     pub fn ready(&self) -> bool {
         self.keys_ready() && self.revocations.is_ready()
     }
+}
+
+/// `jwtgate_dpop_proofs_total{result}` (accepted, replayed, or the check that failed),
+/// `jwtgate_mtls_bindings_total{result}`, `jwtgate_unbound_tokens_refused_total`.
+fn register_sender(metrics: &mut Metrics, c: &crate::identity::sender::Counters) {
+    const DPOP: &str =
+        "DPoP proofs checked, by result: accepted, replayed, or the check that failed";
+    metrics.register_counter(
+        "dpop_proofs",
+        DPOP,
+        Some(("result", "accepted")),
+        c.dpop_accepted.clone(),
+    );
+    metrics.register_counter(
+        "dpop_proofs",
+        DPOP,
+        Some(("result", "replayed")),
+        c.dpop_replayed.clone(),
+    );
+    for (e, counter) in crate::error::ProofError::ALL.iter().zip(&c.dpop_refused) {
+        metrics.register_counter(
+            "dpop_proofs",
+            DPOP,
+            Some(("result", e.label())),
+            counter.clone(),
+        );
+    }
+    const MTLS: &str = "Certificate-bound tokens checked (RFC 8705), by result";
+    metrics.register_counter(
+        "mtls_bindings",
+        MTLS,
+        Some(("result", "accepted")),
+        c.mtls_accepted.clone(),
+    );
+    metrics.register_counter(
+        "mtls_bindings",
+        MTLS,
+        Some(("result", "mismatch")),
+        c.mtls_mismatch.clone(),
+    );
+    metrics.register_counter(
+        "unbound_tokens_refused",
+        "Tokens without cnf refused on sender_constraint = \"required\" routes",
+        None,
+        c.unbound_refused.clone(),
+    );
 }

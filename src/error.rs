@@ -34,6 +34,79 @@ pub enum TokenError {
     RefreshRejected,
 }
 
+/// Why a DPoP proof (RFC 9449 §4.3) was refused. Clients see only `invalid dpop proof`;
+/// the check that failed is the metric label (`label`) and the access log's detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProofError {
+    #[error("no DPoP header")]
+    Missing,
+    #[error("more than one DPoP header")]
+    Repeated,
+    #[error("not a compact JWS with a JSON header and claims")]
+    Malformed,
+    #[error("typ is not dpop+jwt")]
+    Typ,
+    #[error("alg is not ES256, EdDSA, PS256 or RS256")]
+    Alg,
+    #[error("jwk missing, private, or not usable with alg")]
+    Jwk,
+    #[error("signature does not verify with the jwk")]
+    Signature,
+    #[error("jwk thumbprint is not the token's cnf.jkt")]
+    Key,
+    #[error("htm is not the request method")]
+    Htm,
+    #[error("htu is not the request URI")]
+    Htu,
+    #[error("iat outside the accepted window")]
+    Iat,
+    #[error("ath is not the hash of the access token")]
+    Ath,
+    #[error("jti missing or too long")]
+    Jti,
+}
+
+impl ProofError {
+    /// Every variant, for metric families created up front.
+    pub const ALL: [ProofError; 13] = [
+        ProofError::Missing,
+        ProofError::Repeated,
+        ProofError::Malformed,
+        ProofError::Typ,
+        ProofError::Alg,
+        ProofError::Jwk,
+        ProofError::Signature,
+        ProofError::Key,
+        ProofError::Htm,
+        ProofError::Htu,
+        ProofError::Iat,
+        ProofError::Ath,
+        ProofError::Jti,
+    ];
+
+    /// The metric label (`jwtgate_dpop_proofs_total{result}`).
+    pub fn label(self) -> &'static str {
+        match self {
+            ProofError::Missing => "missing",
+            ProofError::Repeated => "repeated",
+            ProofError::Malformed => "malformed",
+            ProofError::Typ => "typ",
+            ProofError::Alg => "alg",
+            ProofError::Jwk => "jwk",
+            ProofError::Signature => "signature",
+            ProofError::Key => "key_mismatch",
+            ProofError::Htm => "htm",
+            ProofError::Htu => "htu",
+            ProofError::Iat => "iat",
+            ProofError::Ath => "ath",
+            ProofError::Jti => "jti",
+        }
+    }
+}
+
+/// The DPoP algorithms accepted in proofs, as the `algs` of a DPoP challenge.
+pub const DPOP_ALGS: &str = "ES256 EdDSA PS256 RS256";
+
 /// A request that cannot be forwarded, with the response the client gets instead.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -50,6 +123,19 @@ pub enum GatewayError {
     InvalidToken(TokenError),
     #[error("insufficient scope")]
     InsufficientScope,
+    /// A DPoP-bound token (or the DPoP scheme) without a valid proof (RFC 9449 §7.1).
+    #[error("invalid dpop proof")]
+    InvalidDpopProof(ProofError),
+    /// A valid proof whose `jti` was seen before (on any replica sharing the store).
+    #[error("dpop proof replayed")]
+    DpopReplayed,
+    /// A `cnf.x5t#S256`-bound token over a connection without that client certificate
+    /// (RFC 8705 §3).
+    #[error("certificate mismatch")]
+    CertificateMismatch,
+    /// `sender_constraint = "required"` and the token has no `cnf`.
+    #[error("token not sender-constrained")]
+    NotSenderConstrained,
     #[error("cross-site request refused")]
     Csrf,
     /// A CORS preflight this route's `cors` does not allow.
@@ -99,6 +185,12 @@ impl GatewayError {
             GatewayError::MissingToken => (StatusCode::UNAUTHORIZED, "unauthorized"),
             GatewayError::InvalidToken(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
             GatewayError::InsufficientScope => (StatusCode::FORBIDDEN, "insufficient_scope"),
+            GatewayError::InvalidDpopProof(_) | GatewayError::DpopReplayed => {
+                (StatusCode::UNAUTHORIZED, "invalid_dpop_proof")
+            }
+            GatewayError::CertificateMismatch | GatewayError::NotSenderConstrained => {
+                (StatusCode::UNAUTHORIZED, "invalid_token")
+            }
             GatewayError::Csrf => (StatusCode::FORBIDDEN, "csrf"),
             GatewayError::CorsRefused(_) => (StatusCode::FORBIDDEN, "cors_refused"),
             GatewayError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
@@ -129,6 +221,16 @@ impl GatewayError {
             GatewayError::InsufficientScope => {
                 Some(format!("{REALM}, error=\"insufficient_scope\""))
             }
+            // RFC 9449 §7.1: the DPoP scheme's challenge, with the algorithms it takes.
+            GatewayError::InvalidDpopProof(_) | GatewayError::DpopReplayed => Some(format!(
+                "DPoP algs=\"{DPOP_ALGS}\", error=\"invalid_dpop_proof\", error_description=\"{description}\""
+            )),
+            // RFC 8705 §3 / RFC 6750: the token is unusable as presented.
+            GatewayError::CertificateMismatch | GatewayError::NotSenderConstrained => {
+                Some(format!(
+                    "{REALM}, error=\"invalid_token\", error_description=\"{description}\""
+                ))
+            }
             // Listed, not `_`: a new variant must decide whether it challenges.
             GatewayError::NoRoute
             | GatewayError::BadRequest(_)
@@ -148,6 +250,13 @@ impl GatewayError {
         };
         if let Some(v) = www.and_then(|v| HeaderValue::from_str(&v).ok()) {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        // A route that needs bound tokens also says it takes DPoP (RFC 9449 §7.1).
+        if let GatewayError::NotSenderConstrained = self {
+            resp.headers_mut().append(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(concat!("DPoP algs=\"", "ES256 EdDSA PS256 RS256", "\"")),
+            );
         }
         if let GatewayError::RateLimited { retry_after_s } = self {
             resp.headers_mut()

@@ -38,7 +38,7 @@ pub mod cli;
 
 // What the binary and the tests use; everything else is the crate's own.
 pub use cli::{certs, demo, token};
-pub use identity::{auth, jwks, revocation};
+pub use identity::{auth, jwks, revocation, sender};
 pub use net::body;
 
 use std::net::SocketAddr;

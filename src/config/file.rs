@@ -124,6 +124,10 @@ impl Default for FileServer {
 pub(super) struct FileTls {
     pub(super) cert: String,
     pub(super) key: String,
+    /// PEM CA bundle client certificates must chain to (RFC 8705 mTLS binding).
+    pub(super) client_ca: Option<String>,
+    /// `"optional"` (default with `client_ca`) or `"required"`.
+    pub(super) client_auth: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -175,6 +179,10 @@ pub(super) struct FileKey {
 pub(super) struct FileTokens {
     pub(super) sources: Vec<String>,
     pub(super) csrf: bool,
+    /// How far a DPoP proof's `iat` may be from now, either way.
+    pub(super) dpop_iat_window_s: u64,
+    /// Behind a TLS terminator: the header carrying the client certificate (URL-encoded PEM).
+    pub(super) client_cert_header: Option<String>,
 }
 
 impl Default for FileTokens {
@@ -182,6 +190,8 @@ impl Default for FileTokens {
         FileTokens {
             sources: vec!["header:authorization".into(), "cookie:access_token".into()],
             csrf: true,
+            dpop_iat_window_s: 60,
+            client_cert_header: None,
         }
     }
 }
@@ -318,6 +328,13 @@ pub(super) struct FileRoute {
     /// Browser navigations without a session are sent to sign in (`[login]`).
     #[serde(default)]
     pub(super) login: bool,
+    /// `"off"` | `"if_bound"` | `"required"`: DPoP / mTLS-bound tokens.
+    #[serde(default = "default_sender_constraint")]
+    pub(super) sender_constraint: String,
+}
+
+pub(super) fn default_sender_constraint() -> String {
+    "off".into()
 }
 
 #[derive(Deserialize)]

@@ -227,6 +227,24 @@ pub enum TokenSource {
 pub struct Tokens {
     pub sources: Vec<TokenSource>,
     pub csrf: bool,
+    /// `dpop_iat_window_s`: a DPoP proof's `iat` may be this far from now, either way.
+    pub dpop_iat_window_s: u64,
+    /// `client_cert_header`: the client certificate as a TLS terminator forwards it,
+    /// believed only with `[server] trusted_proxy_hops` > 0.
+    pub client_cert_header: Option<http::HeaderName>,
+}
+
+/// A route's `sender_constraint`: what it asks of tokens bound to a key (`cnf.jkt`, DPoP)
+/// or a client certificate (`cnf.x5t#S256`, mTLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SenderConstraint {
+    /// Binding ignored: every token is a bearer token (the `DPoP` header passes upstream).
+    #[default]
+    Off,
+    /// Bound tokens must prove possession; unbound bearer tokens pass.
+    IfBound,
+    /// Like `IfBound`, and unbound tokens are refused.
+    Required,
 }
 
 #[derive(Debug, Clone)]
@@ -309,6 +327,7 @@ pub struct RouteConfig {
     pub cors: Option<CorsConfig>,
     /// `login = true`: browser navigations without a session get a 302 to sign in.
     pub login: bool,
+    pub sender_constraint: SenderConstraint,
 }
 
 /// A route's `rate_limit`: a token bucket of `burst` requests refilled at `rps` per second,

@@ -252,7 +252,17 @@ async fn serve_tls(
     // The handshake is part of the first request's head time.
     let by = conn.accepted + conn.timeouts.header;
     match tokio::time::timeout_at(by, acceptor.accept(stream)).await {
-        Ok(Ok(s)) => serve_conn(s, info, conn, serve).await,
+        Ok(Ok(s)) => {
+            let mut info = info;
+            // The client certificate's thumbprint, once per connection (RFC 8705 §3.1).
+            info.client_cert = s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| crate::identity::sender::cert_thumbprint(c.as_ref()).into());
+            serve_conn(s, info, conn, serve).await
+        }
         Ok(Err(e)) => tracing::debug!(peer = %info.peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(peer = %info.peer, "TLS handshake timed out"),
     }

@@ -1,5 +1,5 @@
 //! Who is calling, and may they still: the identity provider's metadata (`oidc`) and keys
-//! (`jwks`), where the credential is and whether it verifies (`auth`), revocation
+//! (`jwks`), where the credential is and whether it verifies (`auth`), proof of possession for bound tokens (`sender`), revocation
 //! (`revocation`), leaked-token detection (`anomaly`), the gateway-signed identity for
 //! upstreams (`assertion`), renewing tokens at the edge (`refresh`), and signing browsers
 //! in (`login`). Listed in dependency order.
@@ -9,6 +9,8 @@ pub mod oidc;
 pub mod jwks;
 // (verification)
 pub mod auth;
+// (sender-constrained tokens: DPoP proofs, certificate binding)
+pub mod sender;
 // (revocation store and cache)
 pub mod revocation;
 // (leak detection)

@@ -115,6 +115,9 @@ pub fn set_identity(headers: &mut HeaderMap, identity: &Identity, auth: &Authent
 pub struct ClientInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// base64url SHA-256 of the TLS client certificate (`[tls] client_ca`), for
+    /// certificate-bound tokens (RFC 8705 §3).
+    pub client_cert: Option<std::sync::Arc<str>>,
     /// The peer's IP address as a header value (`x-forwarded-for`).
     ip: HeaderValue,
 }
@@ -123,7 +126,12 @@ impl ClientInfo {
     pub fn new(peer: SocketAddr, tls: bool) -> ClientInfo {
         let ip = HeaderValue::try_from(peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        ClientInfo { peer, tls, ip }
+        ClientInfo {
+            peer,
+            tls,
+            client_cert: None,
+            ip,
+        }
     }
 }
 

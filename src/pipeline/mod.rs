@@ -152,7 +152,11 @@ async fn decide_steps<'a>(
     }
 
     // 3. Strip identity headers the client sent, on every route, before anything else.
+    //    A forwarded client certificate is believed only from a trusted proxy.
     headers::strip_client_headers(&mut parts.headers, &app.config.identity, hops > 0);
+    if let (0, Some(h)) = (hops, app.sender.cert_header()) {
+        parts.headers.remove(h);
+    }
 
     // 4. Rate limit and authenticate. A per-address limit comes before any token is looked
     //    at, so a flood of bad tokens is limited too.
@@ -202,12 +206,17 @@ async fn decide_steps<'a>(
         }
     };
     let mut expired = false;
-    if let Some(a) = &auth {
+    if let Some(a) = &mut auth {
         app.revocations.check(&a.verified).await?;
+        // A bound token is never renewed here: the gateway holds neither the client's
+        // DPoP key nor its certificate, so the renewed token could not be bound to them.
+        let renewable = renewal.is_some() && !a.verified.is_bound();
         match auth::check_time(&a.verified, now_unix()) {
-            Err(TokenError::Expired) if renewal.is_some() => expired = true,
+            Err(TokenError::Expired) if renewable => expired = true,
             other => other?,
         }
+        //    Sender-constrained tokens: the DPoP proof or the client certificate.
+        check_sender(app, route, a, conn, parts, authority, hops).await?;
     }
     //    Before any refresh (a refused request must not spend a refresh token): the
     //    route's per-subject rate limit, counted per verified subject, or by address for a
@@ -238,6 +247,7 @@ async fn decide_steps<'a>(
         // cookie may have expired away, so the cookie channel renews without one; both
         // count against `[refresh] rate_limit` per client address.
         let due = match &auth {
+            Some(a) if a.verified.is_bound() => false,
             Some(a) => expired || r.is_due(&a.verified),
             None => channel == refresh::Channel::Cookie,
         };
@@ -250,6 +260,7 @@ async fn decide_steps<'a>(
                         verified: grant.verified.clone(),
                         bearer: HeaderValue::try_from(format!("Bearer {}", grant.access_token))
                             .ok(),
+                        dpop_scheme: false,
                     });
                     renewed = Some((grant, channel));
                 }
@@ -277,6 +288,56 @@ async fn decide_steps<'a>(
         renewed,
         host,
     }))
+}
+
+/// Step 4's sender constraint (`identity::sender`), with the request as the client
+/// addressed it: behind trusted proxies (`hops` > 0) their `x-forwarded-proto` and
+/// `x-forwarded-host` say the scheme and host, as for the upstream's forwarding headers.
+/// A checked `DPoP` header goes no further. On an `off` route nothing is checked and a
+/// DPoP-scheme token goes upstream as the client sent it.
+async fn check_sender(
+    app: &App,
+    route: &Route,
+    a: &mut Authenticated,
+    conn: &ClientInfo,
+    parts: &mut http::request::Parts,
+    authority: Option<&str>,
+    hops: usize,
+) -> Result<(), GatewayError> {
+    use crate::config::SenderConstraint;
+    use crate::identity::sender::{self, Facts};
+    let mode = route.config.sender_constraint;
+    if mode == SenderConstraint::Off {
+        if a.dpop_scheme {
+            a.bearer = None;
+        }
+        return Ok(());
+    }
+    let forwarded = |name: &str| {
+        (hops > 0)
+            .then(|| parts.headers.get(name))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').next().unwrap_or("").trim())
+    };
+    let scheme = match forwarded("x-forwarded-proto") {
+        Some(p) if p.eq_ignore_ascii_case("https") => "https",
+        Some(p) if p.eq_ignore_ascii_case("http") => "http",
+        _ if conn.tls => "https",
+        _ => "http",
+    };
+    let host = forwarded("x-forwarded-host").or(authority);
+    let htu = host.and_then(|h| sender::proof::target(scheme, h, parts.uri.path()));
+    let facts = Facts {
+        method: &parts.method,
+        htu,
+        headers: &parts.headers,
+        tls_cert: conn.client_cert.as_deref(),
+        trusted_proxy: hops > 0,
+    };
+    app.sender.check(mode, a, &facts, now_unix()).await?;
+    parts.headers.remove(&sender::DPOP);
+    Ok(())
 }
 
 /// Step 6a for any front door: the verified identity as `[identity]` headers, and the

@@ -169,6 +169,7 @@ mod tests {
             rate_limit: None,
             cors: None,
             login: false,
+            sender_constraint: Default::default(),
         }
     }
 

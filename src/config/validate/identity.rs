@@ -279,9 +279,19 @@ pub(super) fn validate_tokens(ctx: &Ctx, t: &FileTokens) -> Result<Tokens, Confi
         };
         sources.push(src);
     }
+    if t.dpop_iat_window_s == 0 || t.dpop_iat_window_s > 3600 {
+        return Err(ctx.err("tokens.dpop_iat_window_s", "must be 1 to 3600"));
+    }
+    let client_cert_header = t
+        .client_cert_header
+        .as_deref()
+        .map(|h| header_name(ctx, "tokens.client_cert_header", h))
+        .transpose()?;
     Ok(Tokens {
         sources,
         csrf: t.csrf,
+        dpop_iat_window_s: t.dpop_iat_window_s,
+        client_cert_header,
     })
 }
 

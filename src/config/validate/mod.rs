@@ -493,6 +493,51 @@ fn parse_certs(
     Ok(certs)
 }
 
+/// `[tls] client_ca` / `client_auth`: client certificates for RFC 8705 certificate-bound
+/// tokens. `optional` asks for a certificate but lets clients without one finish the
+/// handshake (their bound tokens are refused later, with `certificate mismatch`);
+/// `required` refuses the handshake without a certificate that chains to `client_ca`.
+fn client_verifier(
+    ctx: &Ctx,
+    t: &FileTls,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>, ConfigError> {
+    let required = match t.client_auth.as_deref() {
+        None | Some("optional") => false,
+        Some("required") => true,
+        Some(other) => {
+            return Err(ctx.err(
+                "tls.client_auth",
+                format!("{other:?} is not \"optional\" or \"required\""),
+            ))
+        }
+    };
+    let Some(ca) = &t.client_ca else {
+        if t.client_auth.is_some() {
+            return Err(ctx.err(
+                "tls.client_auth",
+                "needs tls.client_ca (the CA bundle client certificates must chain to)",
+            ));
+        }
+        return Ok(None);
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs(ctx, "tls.client_ca", ca)? {
+        roots
+            .add(c)
+            .map_err(|e| ctx.err("tls.client_ca", format!("not a usable CA certificate: {e}")))?;
+    }
+    let b = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let b = if required {
+        b
+    } else {
+        b.allow_unauthenticated()
+    };
+    b.build()
+        .map(Some)
+        .map_err(|e| ctx.err("tls.client_ca", e.to_string()))
+}
+
 fn load_tls(ctx: &Ctx, t: &FileTls) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::PrivateKeyDer;
@@ -513,10 +558,14 @@ fn load_tls(ctx: &Ctx, t: &FileTls) -> Result<Arc<rustls::ServerConfig>, ConfigE
             )
         },
     )?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| ctx.err("tls", e.to_string()))?
-        .with_no_client_auth()
+        .map_err(|e| ctx.err("tls", e.to_string()))?;
+    let builder = match client_verifier(ctx, t, provider)? {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder
         .with_single_cert(certs, key)
         .map_err(|e| ctx.err("tls.key", e.to_string()))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -77,6 +77,23 @@ pub(super) fn validate_route(
             "sign-in needs a route with auth = \"required\"",
         ));
     }
+    let sender_constraint = match r.sender_constraint.as_str() {
+        "off" => SenderConstraint::Off,
+        "if_bound" => SenderConstraint::IfBound,
+        "required" => SenderConstraint::Required,
+        other => {
+            return Err(ctx.err(
+                format!("{key}.sender_constraint"),
+                format!("{other:?} is not \"off\", \"if_bound\" or \"required\""),
+            ))
+        }
+    };
+    if sender_constraint != SenderConstraint::Off && auth == AuthMode::None {
+        return Err(ctx.err(
+            format!("{key}.sender_constraint"),
+            "needs an authenticating route (auth = \"required\" or \"optional\")",
+        ));
+    }
     if r.timeout_ms == 0 {
         return Err(ctx.err(format!("{key}.timeout_ms"), "must be greater than 0"));
     }
@@ -104,6 +121,7 @@ pub(super) fn validate_route(
         rate_limit,
         cors,
         login: r.login,
+        sender_constraint,
     })
 }
 

@@ -10,6 +10,8 @@ use crate::error::{GatewayError, TokenError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Carrier {
     AuthorizationHeader,
+    /// `Authorization: DPoP <token>` (RFC 9449 §7.1): the request must carry a proof.
+    Dpop,
     OtherHeader,
     Cookie,
 }
@@ -78,16 +80,21 @@ pub fn find_token<'a>(
                         .to_str()
                         .map_err(|_| TokenError::Malformed("authorization header is not ASCII"))?;
                     let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
-                    if !scheme.eq_ignore_ascii_case("bearer") {
-                        return Err(
-                            TokenError::Malformed("authorization scheme is not Bearer").into()
-                        );
-                    }
+                    let carrier = if scheme.eq_ignore_ascii_case("bearer") {
+                        Carrier::AuthorizationHeader
+                    } else if scheme.eq_ignore_ascii_case("dpop") {
+                        Carrier::Dpop
+                    } else {
+                        return Err(TokenError::Malformed(
+                            "authorization scheme is not Bearer or DPoP",
+                        )
+                        .into());
+                    };
                     let t = rest.trim();
                     if t.is_empty() {
                         return Err(TokenError::Malformed("empty bearer token").into());
                     }
-                    return Ok(Some((t, Carrier::AuthorizationHeader)));
+                    return Ok(Some((t, carrier)));
                 }
             }
             TokenSource::Header(name) => {

@@ -58,7 +58,18 @@ pub struct Verified {
     pub scoped_jti: Option<Scoped>,
     pub scoped_sub: Scoped,
     pub leeway: i64,
+    /// `cnf.jkt` (RFC 9449 §6): the token is bound to this DPoP key's thumbprint.
+    pub cnf_jkt: Option<Box<str>>,
+    /// `cnf.x5t#S256` (RFC 8705 §3.1): bound to this client certificate's thumbprint.
+    pub cnf_x5t: Option<Box<str>>,
     weight: u32,
+}
+
+impl Verified {
+    /// Whether the token is bound to a key or certificate (`cnf`).
+    pub fn is_bound(&self) -> bool {
+        self.cnf_jkt.is_some() || self.cnf_x5t.is_some()
+    }
 }
 
 /// The outcome of authentication for one request.
@@ -67,6 +78,8 @@ pub struct Authenticated {
     pub verified: Arc<Verified>,
     /// `Bearer <token>` for upstreams when the token did not already come that way.
     pub bearer: Option<HeaderValue>,
+    /// Presented as `Authorization: DPoP <token>` (RFC 9449 §7.1).
+    pub dpop_scheme: bool,
 }
 
 /// Verifies tokens against the configured issuers.
@@ -145,9 +158,14 @@ impl Verifier {
         let verified = self.verify(token).await?;
         let bearer = match carrier {
             Carrier::AuthorizationHeader => None,
+            // A DPoP token goes upstream as a bearer token (the proof is checked here).
             _ => HeaderValue::try_from(format!("Bearer {token}")).ok(),
         };
-        Ok(Some(Authenticated { verified, bearer }))
+        Ok(Some(Authenticated {
+            verified,
+            bearer,
+            dpop_scheme: carrier == Carrier::Dpop,
+        }))
     }
 
     /// Signature and static claims, through the cache. Time checks are the caller's.
@@ -320,6 +338,7 @@ impl Verifier {
             Some(_) => return Err(TokenError::Malformed("jti is not a string")),
             None => None,
         };
+        let (cnf_jkt, cnf_x5t) = confirmation(claims.get("cnf"))?;
         let scoped_jti = jti.as_deref().map(|j| Scoped::new(&cfg.name, j));
         let scoped_sub = Scoped::new(&cfg.name, &sub);
         let token_id = token_id(scoped_jti.as_ref(), &scoped_sub);
@@ -342,9 +361,31 @@ impl Verifier {
             scoped_jti,
             scoped_sub,
             leeway: cfg.leeway_s.min(i64::MAX as u64) as i64,
+            cnf_jkt,
+            cnf_x5t,
             weight,
         })
     }
+}
+
+type Confirmation = (Option<Box<str>>, Option<Box<str>>);
+
+/// The `cnf` claim's `jkt` and `x5t#S256` (RFC 7800 confirmation members); other members
+/// are not ours to judge. A `cnf` that is not an object, or a member that is not a
+/// string, is malformed: a binding the gateway cannot read must not become no binding.
+fn confirmation(cnf: Option<&Value>) -> Result<Confirmation, TokenError> {
+    let Some(cnf) = cnf else {
+        return Ok((None, None));
+    };
+    let Value::Object(cnf) = cnf else {
+        return Err(TokenError::Malformed("cnf is not an object"));
+    };
+    let member = |name: &'static str| match cnf.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.as_str().into())),
+        Some(_) => Err(TokenError::Malformed("cnf member is not a string")),
+    };
+    Ok((member("jkt")?, member("x5t#S256")?))
 }
 
 /// See `Verified::token_id`. The tag keeps a `jti` and a `sub` of the same spelling apart.
@@ -477,6 +518,8 @@ mod tests {
                 TokenSource::Cookie("access_token".into()),
             ],
             csrf: true,
+            dpop_iat_window_s: 60,
+            client_cert_header: None,
         }
     }
 
@@ -556,6 +599,8 @@ mod tests {
             scoped_jti: None,
             scoped_sub: Scoped::new("i", "a"),
             leeway: 30,
+            cnf_jkt: None,
+            cnf_x5t: None,
             weight: 1,
         }
     }
