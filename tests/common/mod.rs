@@ -657,7 +657,27 @@ impl Client {
         Self::build(Some(cert_pem), h2)
     }
 
+    /// A TLS client that presents a client certificate (`chain` leaf first, its `key`).
+    pub fn tls_with_cert(
+        cert_pem: &[u8],
+        chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+        key: rustls_pki_types::PrivateKeyDer<'static>,
+    ) -> Client {
+        Self::build_with(Some(cert_pem), false, Some((chain, key)))
+    }
+
     fn build(cert_pem: Option<&[u8]>, h2: bool) -> Client {
+        Self::build_with(cert_pem, h2, None)
+    }
+
+    fn build_with(
+        cert_pem: Option<&[u8]>,
+        h2: bool,
+        identity: Option<(
+            Vec<rustls_pki_types::CertificateDer<'static>>,
+            rustls_pki_types::PrivateKeyDer<'static>,
+        )>,
+    ) -> Client {
         use rustls_pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
         if let Some(pem) = cert_pem {
@@ -670,8 +690,11 @@ impl Client {
         ))
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+        let tls = match identity {
+            Some((chain, key)) => tls.with_client_auth_cert(chain, key).unwrap(),
+            None => tls.with_no_client_auth(),
+        };
         let b = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http();

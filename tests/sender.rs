@@ -1,0 +1,647 @@
+//! Sender-constrained tokens through the real gateway: DPoP-bound tokens with and without
+//! valid proofs (replays caught on one replica and across two sharing a redis-server),
+//! certificate-bound tokens over mTLS and from a TLS terminator's header, route
+//! `sender_constraint` modes, and no edge refresh for a bound token.
+
+mod common;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use common::*;
+use jsonwebtoken::{Algorithm, EncodingKey};
+use serde_json::{json, Value};
+
+use jwtgate::sender::proof;
+
+/// A client's DPoP key (ES256), made for the test.
+struct DpopKey {
+    key: EncodingKey,
+    jwk: Value,
+    jkt: String,
+}
+
+impl DpopKey {
+    fn new() -> DpopKey {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let key = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+        let raw = pair.public_key_raw();
+        let jwk = json!({"kty": "EC", "crv": "P-256",
+            "x": URL_SAFE_NO_PAD.encode(&raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&raw[33..65])});
+        let jkt = proof::jwk_thumbprint(&jwk).unwrap();
+        DpopKey { key, jwk, jkt }
+    }
+
+    fn proof_at(&self, method: &str, url: &str, token: Option<&str>, iat: i64) -> String {
+        let jti = jwtgate::token::random_id();
+        proof::mint(
+            &self.key,
+            Algorithm::ES256,
+            &self.jwk,
+            method,
+            url,
+            token,
+            iat,
+            &jti,
+        )
+        .unwrap()
+    }
+
+    fn proof(&self, method: &str, url: &str, token: &str) -> String {
+        self.proof_at(method, url, Some(token), jwtgate::auth::now_unix())
+    }
+
+    /// A token bound to this key.
+    fn token(&self) -> String {
+        token("RS256", Some("r1"), json!({"cnf": {"jkt": self.jkt}}))
+    }
+}
+
+fn issuer() -> String {
+    format!(
+        "[[issuers]]\nname = \"s\"\nissuer = \"https://idp.test\"\naudiences = [\"api\"]\nkeys = [{{ kid = \"r1\", alg = \"RS256\", pem = \"{}\" }}]\n\n",
+        fixture("rsa.pub.pem").display()
+    )
+}
+
+/// A gateway with route `/api` under `sender_constraint = mode`. `tls_extra` continues the
+/// generated `[tls]` table; `tables` come before the route.
+async fn gateway(
+    up: &EchoUpstream,
+    mode: &str,
+    tls_extra: &str,
+    tables: &str,
+    server: &str,
+) -> TestGateway {
+    let cfg = format!(
+        "{tls_extra}\n\n{}{tables}\n\n{}",
+        issuer(),
+        route(
+            "api",
+            "/api",
+            &[&up.url()],
+            &format!("sender_constraint = \"{mode}\"")
+        )
+    );
+    TestGateway::start_with(&cfg, server).await
+}
+
+async fn call(gw: &TestGateway, url: &str, headers: &[(&str, &str)]) -> Resp {
+    gw.client_plain().get(url, headers).await
+}
+
+fn reason(r: &Resp) -> String {
+    r.json()["error_description"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// 401 with `reason`, and for a DPoP refusal the DPoP challenge with its algorithms.
+fn assert_refused(r: &Resp, want: &str, what: &str) {
+    assert_eq!(r.status, 401, "{what}: {}", r.text());
+    assert_eq!(reason(r), want, "{what}");
+    let www = r.header("www-authenticate").unwrap_or("");
+    if want.contains("dpop") {
+        assert!(
+            www.starts_with("DPoP algs=\"ES256 EdDSA PS256 RS256\", error=\"invalid_dpop_proof\""),
+            "{what}: {www}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bound_token_with_its_proof_passes_and_goes_upstream_as_bearer() {
+    let up = EchoUpstream::start().await;
+    let gw = gateway(&up, "if_bound", "", "", "").await;
+    let k = DpopKey::new();
+    let t = k.token();
+    let url = gw.http_url("/api/orders?page=2");
+    let p = k.proof("GET", &gw.http_url("/api/orders"), &t);
+    let dpop = format!("DPoP {t}");
+    let r = call(&gw, &url, &[("authorization", &dpop), ("dpop", &p)]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last();
+    assert_eq!(
+        seen.headers["authorization"],
+        format!("Bearer {t}").as_str()
+    );
+    assert!(!seen.headers.contains_key("dpop"), "the proof stays here");
+    assert_eq!(seen.headers["x-user-id"], "alice");
+    // Over TLS too (htu is https://localhost:<port>/...), and with the Bearer scheme.
+    let url = gw.https_url("/api/x");
+    let p = k.proof("GET", &url, &t);
+    let bearer = format!("Bearer {t}");
+    let r = gw
+        .client_tls()
+        .get(&url, &[("authorization", &bearer), ("dpop", &p)])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        gw.has_metric("jwtgate_dpop_proofs_total{result=\"accepted\"} 2")
+            .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_proof_is_refused_with_its_reason_and_the_gateway_keeps_serving() {
+    let up = EchoUpstream::start().await;
+    let gw = gateway(&up, "if_bound", "", "", "").await;
+    let k = DpopKey::new();
+    let t = k.token();
+    let url = gw.http_url("/api/x");
+    let now = jwtgate::auth::now_unix();
+    let other = DpopKey::new();
+    let replayed = k.proof("GET", &url, &t);
+    let ok = call(
+        &gw,
+        &url,
+        &[("authorization", &format!("DPoP {t}")), ("dpop", &replayed)],
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+
+    // Proofs whose header is forged: alg none / HS256 (signed with a secret), a private
+    // key in the jwk.
+    let good = k.proof("GET", &url, &t);
+    let (h64, rest) = good.split_once('.').unwrap();
+    let p64 = rest.split('.').next().unwrap();
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h64).unwrap()).unwrap();
+    let forge = |f: &dyn Fn(&mut Value), sign: &dyn Fn(&str) -> String| {
+        let mut h = header.clone();
+        f(&mut h);
+        let msg = format!("{}.{p64}", URL_SAFE_NO_PAD.encode(h.to_string()));
+        let sig = sign(&msg);
+        format!("{msg}.{sig}")
+    };
+    let none = forge(&|h| h["alg"] = "none".into(), &|_| String::new());
+    let hs = forge(&|h| h["alg"] = "HS256".into(), &|m| {
+        jsonwebtoken::crypto::sign(
+            m.as_bytes(),
+            &EncodingKey::from_secret(b"x"),
+            Algorithm::HS256,
+        )
+        .unwrap()
+    });
+    let private = forge(&|h| h["jwk"]["d"] = "c2VjcmV0".into(), &|m| {
+        jsonwebtoken::crypto::sign(m.as_bytes(), &k.key, Algorithm::ES256).unwrap()
+    });
+
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        ("no proof", vec![], "invalid dpop proof"),
+        (
+            "proof from another key",
+            vec![other.proof("GET", &url, &t)],
+            "invalid dpop proof",
+        ),
+        (
+            "replayed proof",
+            vec![replayed.clone()],
+            "dpop proof replayed",
+        ),
+        (
+            "htm mismatch",
+            vec![k.proof("POST", &url, &t)],
+            "invalid dpop proof",
+        ),
+        (
+            "htu mismatch",
+            vec![k.proof("GET", &gw.http_url("/api/y"), &t)],
+            "invalid dpop proof",
+        ),
+        (
+            "ath mismatch",
+            vec![k.proof("GET", &url, &k.token())],
+            "invalid dpop proof",
+        ),
+        (
+            "old iat",
+            vec![k.proof_at("GET", &url, Some(&t), now - 300)],
+            "invalid dpop proof",
+        ),
+        ("alg none", vec![none], "invalid dpop proof"),
+        ("alg HS256", vec![hs], "invalid dpop proof"),
+        ("private key in jwk", vec![private], "invalid dpop proof"),
+        (
+            "two DPoP headers",
+            vec![k.proof("GET", &url, &t), k.proof("GET", &url, &t)],
+            "invalid dpop proof",
+        ),
+    ];
+    let auth = format!("DPoP {t}");
+    for (what, proofs, want) in cases {
+        let mut h = vec![("authorization", auth.as_str())];
+        for p in &proofs {
+            h.push(("dpop", p.as_str()));
+        }
+        let r = call(&gw, &url, &h).await;
+        assert_refused(&r, want, what);
+        // Still serving, and the token itself is fine with a fresh proof.
+        let fresh = k.proof("GET", &url, &t);
+        let r = call(&gw, &url, &[("authorization", &auth), ("dpop", &fresh)]).await;
+        assert_eq!(r.status, 200, "after {what}: {}", r.text());
+    }
+    // The same token as a plain bearer token without a proof is no better.
+    let r = call(&gw, &url, &[("authorization", &format!("Bearer {t}"))]).await;
+    assert_refused(&r, "invalid dpop proof", "bearer without proof");
+    for line in [
+        "jwtgate_dpop_proofs_total{result=\"replayed\"} 1",
+        "jwtgate_dpop_proofs_total{result=\"missing\"} 2",
+        "jwtgate_dpop_proofs_total{result=\"key_mismatch\"} 1",
+        "jwtgate_dpop_proofs_total{result=\"htm\"} 1",
+        "jwtgate_dpop_proofs_total{result=\"htu\"} 1",
+        "jwtgate_dpop_proofs_total{result=\"ath\"} 1",
+        "jwtgate_dpop_proofs_total{result=\"iat\"} 1",
+        "jwtgate_dpop_proofs_total{result=\"alg\"} 2",
+        "jwtgate_dpop_proofs_total{result=\"jwk\"} 1",
+        "jwtgate_dpop_proofs_total{result=\"repeated\"} 1",
+    ] {
+        assert!(gw.has_metric(line).await, "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_replayed_on_another_replica_sharing_redis_is_refused() {
+    let redis = RedisServer::start().await;
+    let up = EchoUpstream::start().await;
+    let store = format!(
+        "[revocation]\nstore = \"redis\"\nredis_url = \"{}\"\ntimeout_ms = 500\n",
+        redis.url()
+    );
+    let a = gateway(&up, "if_bound", "", &store, "").await;
+    let b = gateway(&up, "if_bound", "", &store, "").await;
+    let k = DpopKey::new();
+    let t = k.token();
+    // Both replicas behind one name: the client addresses replica A's authority.
+    let host = format!("127.0.0.1:{}", a.http.port());
+    let p = k.proof("GET", &format!("http://{host}/api/x"), &t);
+    let auth = format!("DPoP {t}");
+    let h = [
+        ("authorization", auth.as_str()),
+        ("dpop", &p),
+        ("host", &host),
+    ];
+    let r = call(&a, &a.http_url("/api/x"), &h).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = call(&b, &b.http_url("/api/x"), &h).await;
+    assert_refused(&r, "dpop proof replayed", "replica B");
+    // The key follows the contract and expires with the window.
+    let claims: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(p.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let key = format!("jwtgate:dpop:{}:{}", k.jkt, claims["jti"].as_str().unwrap());
+    let mut c = redis.conn().await;
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 61_000, "{key}: {ttl}");
+    // A fresh proof still works on B.
+    let p2 = k.proof("GET", &format!("http://{host}/api/x"), &t);
+    let r = call(
+        &b,
+        &b.http_url("/api/x"),
+        &[("authorization", &auth), ("dpop", &p2), ("host", &host)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_refuses_unbound_tokens_and_if_bound_lets_them_pass() {
+    let up = EchoUpstream::start().await;
+    let cfg = format!(
+        "{}{}{}",
+        issuer(),
+        route(
+            "strict",
+            "/strict",
+            &[&up.url()],
+            "sender_constraint = \"required\""
+        ),
+        route(
+            "lenient",
+            "/lenient",
+            &[&up.url()],
+            "sender_constraint = \"if_bound\""
+        )
+    );
+    let gw = TestGateway::start(&cfg).await;
+    let plain = format!("Bearer {}", token("RS256", Some("r1"), json!({})));
+    let r = call(&gw, &gw.http_url("/strict/x"), &[("authorization", &plain)]).await;
+    assert_refused(&r, "token not sender-constrained", "required + bearer");
+    let challenges: Vec<_> = r.headers.get_all("www-authenticate").iter().collect();
+    assert_eq!(challenges.len(), 2, "Bearer and DPoP challenges");
+    assert_eq!(challenges[1], "DPoP algs=\"ES256 EdDSA PS256 RS256\"");
+    let r = call(
+        &gw,
+        &gw.http_url("/lenient/x"),
+        &[("authorization", &plain)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A bound token with its proof passes "required".
+    let k = DpopKey::new();
+    let t = k.token();
+    let url = gw.http_url("/strict/x");
+    let p = k.proof("GET", &url, &t);
+    let r = call(
+        &gw,
+        &url,
+        &[("authorization", &format!("DPoP {t}")), ("dpop", &p)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        gw.has_metric("jwtgate_unbound_tokens_refused_total 1")
+            .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_ignores_binding_and_passes_the_dpop_header_on() {
+    let up = EchoUpstream::start().await;
+    let gw = gateway(&up, "off", "", "", "").await;
+    let k = DpopKey::new();
+    let t = k.token();
+    let auth = format!("DPoP {t}");
+    let r = call(
+        &gw,
+        &gw.http_url("/api/x"),
+        &[("authorization", &auth), ("dpop", "opaque")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last();
+    assert_eq!(seen.headers["authorization"], auth.as_str());
+    assert_eq!(seen.headers["dpop"], "opaque");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dpop_bound_token_is_never_refreshed_at_the_edge() {
+    std::env::set_var(CLIENT_SECRET_ENV, CLIENT_SECRET);
+    let idp = MockIdp::start(vec![]).await;
+    let up = EchoUpstream::start().await;
+    let refresh = format!(
+        "[refresh]\ntoken_endpoint = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_env = \"{CLIENT_SECRET_ENV}\"\nrefresh_before_s = 60\n",
+        idp.token_url()
+    );
+    let gw = gateway(&up, "if_bound", "", &refresh, "").await;
+    let url = gw.http_url("/api/x");
+    let soon = jwtgate::auth::now_unix() + 30;
+    // Control: an unbound token this close to expiry is renewed (one grant).
+    let plain = token("RS256", Some("r1"), json!({"exp": soon}));
+    let rt = idp.issue_refresh_token("alice");
+    let r = call(
+        &gw,
+        &url,
+        &[
+            ("authorization", &format!("Bearer {plain}")),
+            ("x-refresh-token", &rt),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(idp.token_calls(), 1);
+    // A DPoP-bound one, as close to expiry, with a refresh token: served, not renewed.
+    let k = DpopKey::new();
+    let t = token(
+        "RS256",
+        Some("r1"),
+        json!({"exp": soon, "cnf": {"jkt": k.jkt}}),
+    );
+    let rt = idp.issue_refresh_token("alice");
+    let p = k.proof("GET", &url, &t);
+    let r = call(
+        &gw,
+        &url,
+        &[
+            ("authorization", &format!("DPoP {t}")),
+            ("dpop", &p),
+            ("x-refresh-token", &rt),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(idp.token_calls(), 1, "no refresh grant for a bound token");
+    assert!(r.header("x-access-token").is_none());
+    assert!(!up.last().headers.contains_key("x-refresh-token"));
+}
+
+// === mTLS ===
+
+/// A CA and client certificates it signs (rcgen), as PEM files in `dir`.
+struct Pki {
+    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+    ca_path: std::path::PathBuf,
+}
+
+struct ClientCert {
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+    pem: String,
+    x5t: String,
+}
+
+impl Pki {
+    fn new(dir: &std::path::Path, name: &str) -> Pki {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        let ca_path = dir.join(format!("{name}.pem"));
+        std::fs::write(&ca_path, cert.pem()).unwrap();
+        Pki {
+            ca: rcgen::Issuer::new(params, key),
+            ca_path,
+        }
+    }
+
+    fn client(&self) -> ClientCert {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["client.test".into()]).unwrap();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let x5t = jwtgate::sender::cert_thumbprint(cert.der());
+        ClientCert {
+            chain: vec![cert.der().clone()],
+            key: rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            pem: cert.pem(),
+            x5t,
+        }
+    }
+}
+
+impl ClientCert {
+    fn client(&self, gw: &TestGateway) -> Client {
+        Client::tls_with_cert(&gw.cert_pem, self.chain.clone(), self.key.clone_key())
+    }
+
+    /// A token bound to this certificate.
+    fn token(&self) -> String {
+        token("RS256", Some("r1"), json!({"cnf": {"x5t#S256": self.x5t}}))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_bound_token_needs_its_certificate_on_the_connection() {
+    let dir = TempDir::new();
+    let pki = Pki::new(dir.path(), "clients-ca");
+    let up = EchoUpstream::start().await;
+    let tls = format!(
+        "client_ca = \"{}\"\nclient_auth = \"optional\"",
+        pki.ca_path.display()
+    );
+    let gw = gateway(&up, "if_bound", &tls, "", "").await;
+    let mine = pki.client();
+    let theirs = pki.client();
+    let t = mine.token();
+    let bearer = format!("Bearer {t}");
+    let h = [("authorization", bearer.as_str())];
+    let url = gw.https_url("/api/x");
+    let r = mine.client(&gw).get(&url, &h).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = theirs.client(&gw).get(&url, &h).await;
+    assert_refused(&r, "certificate mismatch", "another certificate");
+    // Optional mode: no certificate still completes the handshake, then 401.
+    let r = gw.client_tls().get(&url, &h).await;
+    assert_refused(&r, "certificate mismatch", "no certificate");
+    // Unbound tokens pass without a certificate on if_bound.
+    let plain = format!("Bearer {}", token("RS256", Some("r1"), json!({})));
+    let r = gw
+        .client_tls()
+        .get(&url, &[("authorization", &plain)])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A certificate from a CA the gateway does not trust fails the handshake.
+    let stranger = Pki::new(dir.path(), "other-ca").client();
+    assert!(stranger.client(&gw).try_get(&url, &h).await.is_err());
+    let r = mine.client(&gw).get(&url, &h).await;
+    assert_eq!(r.status, 200, "still serving: {}", r.text());
+    assert!(
+        gw.has_metric("jwtgate_mtls_bindings_total{result=\"mismatch\"} 2")
+            .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_auth_required_refuses_the_handshake_without_a_certificate() {
+    let dir = TempDir::new();
+    let pki = Pki::new(dir.path(), "clients-ca");
+    let up = EchoUpstream::start().await;
+    let tls = format!(
+        "client_ca = \"{}\"\nclient_auth = \"required\"",
+        pki.ca_path.display()
+    );
+    let gw = gateway(&up, "if_bound", &tls, "", "").await;
+    let url = gw.https_url("/api/x");
+    let plain = format!("Bearer {}", token("RS256", Some("r1"), json!({})));
+    let h = [("authorization", plain.as_str())];
+    assert!(gw.client_tls().try_get(&url, &h).await.is_err());
+    let r = pki.client().client(&gw).get(&url, &h).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_certificate_counts_only_from_a_trusted_proxy() {
+    let dir = TempDir::new();
+    let pki = Pki::new(dir.path(), "clients-ca");
+    let up = EchoUpstream::start().await;
+    let tokens = "[tokens]\nclient_cert_header = \"x-ssl-client-cert\"\n";
+    let c = pki.client();
+    let t = c.token();
+    let bearer = format!("Bearer {t}");
+    let escaped = percent_encoding::utf8_percent_encode(&c.pem, percent_encoding::NON_ALPHANUMERIC)
+        .to_string();
+    let xfcc = format!("By=spiffe://lb;Hash=00;Cert=\"{escaped}\";Subject=\"CN=client\"");
+
+    // Behind one trusted hop (a TLS terminator): its header is the client's certificate.
+    let trusted = gateway(&up, "if_bound", "", tokens, "trusted_proxy_hops = 1").await;
+    let url = trusted.http_url("/api/x");
+    for (what, v) in [("nginx", &escaped), ("envoy", &xfcc)] {
+        let h = [
+            ("authorization", bearer.as_str()),
+            ("x-ssl-client-cert", v.as_str()),
+        ];
+        let r = call(&trusted, &url, &h).await;
+        assert_eq!(r.status, 200, "{what}: {}", r.text());
+    }
+    let other = pki.client();
+    let other =
+        percent_encoding::utf8_percent_encode(&other.pem, percent_encoding::NON_ALPHANUMERIC)
+            .to_string();
+    let h = [
+        ("authorization", bearer.as_str()),
+        ("x-ssl-client-cert", &other),
+    ];
+    let r = call(&trusted, &url, &h).await;
+    assert_refused(
+        &r,
+        "certificate mismatch",
+        "trusted proxy, other certificate",
+    );
+
+    // Without trusted hops the same header is a client's say-so: ignored and stripped.
+    let direct = gateway(&up, "if_bound", "", tokens, "").await;
+    let url = direct.http_url("/api/x");
+    let h = [
+        ("authorization", bearer.as_str()),
+        ("x-ssl-client-cert", escaped.as_str()),
+    ];
+    let r = call(&direct, &url, &h).await;
+    assert_refused(&r, "certificate mismatch", "untrusted peer");
+    let plain = format!("Bearer {}", token("RS256", Some("r1"), json!({})));
+    let h = [
+        ("authorization", plain.as_str()),
+        ("x-ssl-client-cert", escaped.as_str()),
+    ];
+    let r = call(&direct, &url, &h).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!up.last().headers.contains_key("x-ssl-client-cert"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_errors_name_the_key() {
+    let dir = TempDir::new();
+    let cases = [
+        (
+            "[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstreams = [\"http://127.0.0.1:1\"]\nsender_constraint = \"always\"\n",
+            "routes[0].sender_constraint",
+        ),
+        (
+            "[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nauth = \"none\"\nupstreams = [\"http://127.0.0.1:1\"]\nsender_constraint = \"required\"\n",
+            "routes[0].sender_constraint",
+        ),
+        (
+            "[tokens]\ndpop_iat_window_s = 0\n[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstreams = [\"http://127.0.0.1:1\"]\n",
+            "tokens.dpop_iat_window_s",
+        ),
+    ];
+    for (body, key) in cases {
+        let text = format!("{}{}{body}", base_config(dir.path(), ""), issuer());
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, text).unwrap();
+        let e = jwtgate::config::Config::load(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{key}: {e}");
+    }
+    let text = format!(
+        "{}client_auth = \"required\"\n{}{}",
+        base_config(dir.path(), ""),
+        issuer(),
+        route("a", "/", &["http://127.0.0.1:1"], "")
+    );
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    let e = jwtgate::config::Config::load(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tls.client_auth"), "{e}");
+}
