@@ -61,6 +61,26 @@ enum Cmd {
         /// Mint this many tokens (distinct jti), one per line (benchmarks).
         #[arg(long, default_value_t = 1)]
         count: u64,
+        /// Bind the token to this DPoP key (PKCS#8 PEM, P-256 or Ed25519): `cnf.jkt`.
+        #[arg(long, value_name = "PEM_FILE")]
+        dpop_key: Option<PathBuf>,
+    },
+    /// Print a DPoP proof (RFC 9449) for one request, made with KEY.
+    DpopProof {
+        /// The client's DPoP private key (PKCS#8 PEM, P-256 or Ed25519).
+        #[arg(long, value_name = "PEM_FILE")]
+        key: PathBuf,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// The request URL (query and fragment are left out of `htu`).
+        #[arg(long)]
+        url: String,
+        /// The access token the proof goes with (`ath`).
+        #[arg(long)]
+        token: Option<String>,
+        /// Print this many proofs (distinct jti), one per line (benchmarks).
+        #[arg(long, default_value_t = 1)]
+        count: u64,
     },
     /// Revoke a token (by jti, until its exp) or every token of a subject, through the
     /// admin API; the bearer token comes from JWTGATE_ADMIN_TOKEN.
@@ -126,11 +146,27 @@ fn main() -> ExitCode {
             aud,
             scope,
             ttl,
-            claims,
+            mut claims,
             count,
-        } => token(
-            alg, key, secret_env, sub, kid, iss, aud, scope, ttl, claims, count,
-        ),
+            dpop_key,
+        } => {
+            if let Some(p) = dpop_key {
+                match read_dpop_key(&p) {
+                    Ok(k) => claims.push(format!("cnf={{\"jkt\":\"{}\"}}", k.thumbprint())),
+                    Err(e) => return fail(e),
+                }
+            }
+            token(
+                alg, key, secret_env, sub, kid, iss, aud, scope, ttl, claims, count,
+            )
+        }
+        Cmd::DpopProof {
+            key,
+            method,
+            url,
+            token,
+            count,
+        } => dpop_proof(&key, &method, &url, token.as_deref(), count),
         Cmd::Revoke {
             jti,
             exp,
@@ -389,6 +425,36 @@ fn token(
         match mint(&m) {
             Ok(t) => {
                 let _ = writeln!(out, "{t}");
+            }
+            Err(e) => return fail(e),
+        }
+    }
+    let _ = out.flush();
+    ExitCode::SUCCESS
+}
+
+fn read_dpop_key(p: &std::path::Path) -> Result<jwtgate::token::DpopKey, String> {
+    let pem = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    jwtgate::token::DpopKey::from_pem(&pem).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+fn dpop_proof(
+    key: &std::path::Path,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    count: u64,
+) -> ExitCode {
+    use std::io::Write;
+    let k = match read_dpop_key(key) {
+        Ok(k) => k,
+        Err(e) => return fail(format!("--key {e}")),
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for _ in 0..count {
+        match k.proof(method, url, token) {
+            Ok(p) => {
+                let _ = writeln!(out, "{p}");
             }
             Err(e) => return fail(e),
         }

@@ -645,3 +645,64 @@ async fn config_errors_name_the_key() {
         .to_string();
     assert!(e.contains("tls.client_auth"), "{e}");
 }
+
+/// The last line of `jwtgate <args>`'s stdout.
+fn jwtgate_cli(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jwtgate"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines().last().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_mints_a_bound_token_and_its_proofs() {
+    let up = EchoUpstream::start().await;
+    let gw = gateway(&up, "if_bound", "", "", "").await;
+    let key = gw.dir.path().join("dpop.pem");
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    std::fs::write(&key, pair.serialize_pem()).unwrap();
+    let key = key.to_str().unwrap();
+    let rsa = fixture("rsa.pem");
+    let t = jwtgate_cli(&[
+        "token",
+        "--alg",
+        "RS256",
+        "--key",
+        rsa.to_str().unwrap(),
+        "--kid",
+        "r1",
+        "--iss",
+        "https://idp.test",
+        "--aud",
+        "api",
+        "--sub",
+        "alice",
+        "--dpop-key",
+        key,
+    ]);
+    let url = gw.http_url("/api/x");
+    let p = jwtgate_cli(&[
+        "dpop-proof",
+        "--key",
+        key,
+        "--method",
+        "GET",
+        "--url",
+        &url,
+        "--token",
+        &t,
+    ]);
+    let auth = format!("DPoP {t}");
+    let r = call(&gw, &url, &[("authorization", &auth), ("dpop", &p)]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The token alone (stolen without the key) is refused.
+    let r = call(&gw, &url, &[("authorization", &auth)]).await;
+    assert_refused(&r, "invalid dpop proof", "token without proof");
+}

@@ -75,3 +75,77 @@ pub fn mint(m: &Mint) -> Result<String, MintError> {
 }
 
 pub use crate::ids::random_id;
+
+/// A client's DPoP key (RFC 9449): ES256 (P-256) or EdDSA (Ed25519), from a PKCS#8 PEM.
+pub struct DpopKey {
+    key: EncodingKey,
+    alg: Algorithm,
+    /// The public JWK that goes in each proof's header.
+    pub jwk: Value,
+}
+
+impl DpopKey {
+    /// Read a PKCS#8 PEM private key (P-256 or Ed25519).
+    pub fn from_pem(pem: &str) -> Result<DpopKey, String> {
+        let pair = rcgen::KeyPair::from_pem(pem)
+            .map_err(|e| format!("not a PKCS#8 PEM private key: {e}"))?;
+        Self::from_pair(&pair)
+    }
+
+    /// A new P-256 key and its PKCS#8 PEM (demos).
+    pub fn generate() -> Result<(DpopKey, String), String> {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| e.to_string())?;
+        Ok((Self::from_pair(&pair)?, pair.serialize_pem()))
+    }
+
+    fn from_pair(pair: &rcgen::KeyPair) -> Result<DpopKey, String> {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        let raw = pair.public_key_raw();
+        let pem = pair.serialize_pem();
+        let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+        let (alg, key, jwk) = if pair.algorithm() == &rcgen::PKCS_ECDSA_P256_SHA256 {
+            if raw.len() != 65 {
+                return Err("unexpected P-256 public key".into());
+            }
+            let jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "x": b64(&raw[1..33]), "y": b64(&raw[33..65])});
+            (
+                Algorithm::ES256,
+                EncodingKey::from_ec_pem(pem.as_bytes()),
+                jwk,
+            )
+        } else if pair.algorithm() == &rcgen::PKCS_ED25519 {
+            let jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": b64(raw)});
+            (
+                Algorithm::EdDSA,
+                EncodingKey::from_ed_pem(pem.as_bytes()),
+                jwk,
+            )
+        } else {
+            return Err("DPoP keys here are P-256 (ES256) or Ed25519 (EdDSA)".into());
+        };
+        let key = key.map_err(|e| e.to_string())?;
+        Ok(DpopKey { key, alg, jwk })
+    }
+
+    /// The RFC 7638 thumbprint: what a token bound to this key carries as `cnf.jkt`.
+    pub fn thumbprint(&self) -> String {
+        crate::identity::sender::proof::jwk_thumbprint(&self.jwk).unwrap_or_default()
+    }
+
+    /// A fresh proof (new `jti`, `iat` now) for `method` on `url`, with `ath` for `token`.
+    pub fn proof(&self, method: &str, url: &str, token: Option<&str>) -> Result<String, String> {
+        crate::identity::sender::proof::mint(
+            &self.key,
+            self.alg,
+            &self.jwk,
+            method,
+            url,
+            token,
+            crate::identity::auth::now_unix(),
+            &random_id(),
+        )
+        .map_err(|e| e.to_string())
+    }
+}
