@@ -55,14 +55,16 @@ impl App {
             .collect();
         let verifier = Verifier::new(issuers, config.identity.clone());
         let router = Router::new(config.routes.clone());
-        let redis = (config.revocation.store == crate::config::StoreKind::Redis)
-            .then_some(&config.revocation);
+        let redis = revocations
+            .connector()
+            .map(|c| (&config.revocation, c.clone()));
         let discovered = |i: Option<usize>| {
             let issuer = verifier.issuers().get(i?)?;
             issuer.discovery().cloned()
         };
         let refresher = config.refresh.as_ref().and_then(|r| {
-            Refresher::new(r, redis).map(|f| f.with_discovery(discovered(r.discovery_issuer)))
+            Refresher::new(r, redis.clone())
+                .map(|f| f.with_discovery(discovered(r.discovery_issuer)))
         });
         let login = config.login.as_ref().map(|l| {
             crate::identity::login::SignIn::new(l.clone(), verifier.issuers()[l.issuer].clone())
@@ -85,6 +87,26 @@ impl App {
             None,
             revocations.lookups.clone(),
         );
+        metrics.register_counter(
+            "revocation_subscriptions",
+            "Subscriptions to the revocations channel (the first, and one after each loss or primary change)",
+            None,
+            revocations.subscriptions.clone(),
+        );
+        metrics.register_counter(
+            "revocation_unreplicated",
+            "Revocations answered 503 because WAIT saw fewer than min_replicas replicas",
+            None,
+            revocations.unreplicated.clone(),
+        );
+        if let Some(c) = revocations.connector() {
+            metrics.register_counter(
+                "revocation_store_connects",
+                "Connections made to the revocation store's primary",
+                None,
+                c.connects.clone(),
+            );
+        }
         metrics.register_counter(
             "revocation_allowed_unchecked",
             "Requests let through unchecked while the store was down (on_error = allow)",

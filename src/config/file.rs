@@ -238,6 +238,10 @@ pub(super) struct FileRevocation {
     pub(super) pool_size: usize,
     pub(super) connect_timeout_ms: u64,
     pub(super) redis_ca: Option<String>,
+    pub(super) redis_password_env: Option<String>,
+    pub(super) sentinel_password_env: Option<String>,
+    pub(super) min_replicas: u32,
+    pub(super) min_replicas_timeout_ms: u64,
 }
 
 impl Default for FileRevocation {
@@ -254,6 +258,10 @@ impl Default for FileRevocation {
             pool_size: 16,
             connect_timeout_ms: 1000,
             redis_ca: None,
+            redis_password_env: None,
+            sentinel_password_env: None,
+            min_replicas: 0,
+            min_replicas_timeout_ms: 500,
         }
     }
 }

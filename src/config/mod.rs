@@ -286,6 +286,43 @@ pub struct Revocation {
     /// `redis_ca`: the PEM bundle a `rediss://` server's certificate must chain to
     /// (instead of the webpki roots).
     pub redis_ca: Option<Arc<Vec<u8>>>,
+    /// Where `redis_url` points: one server, or a master found through Sentinel.
+    pub target: RedisTarget,
+    /// `redis_password_env`: the password of the Redis servers (overrides one in the URL).
+    pub redis_password: Option<Password>,
+    /// `sentinel_password_env`: the password of the Sentinel processes.
+    pub sentinel_password: Option<Password>,
+    /// `min_replicas`: a revocation is acknowledged only after `WAIT min_replicas` confirms
+    /// that many replicas (0 = after the primary).
+    pub min_replicas: u32,
+    /// `min_replicas_timeout_ms`: how long `WAIT` may block.
+    pub min_replicas_timeout: Duration,
+}
+
+/// What `redis_url` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `redis://` or `rediss://`: one server.
+    Single,
+    /// `redis+sentinel://h1:26379,h2:26379/<master>/<db>` (`rediss+sentinel://`: TLS to the
+    /// sentinels and to the servers).
+    Sentinel {
+        tls: bool,
+        /// Sentinel addresses (host, port).
+        sentinels: Vec<(String, u16)>,
+        master: String,
+        db: i64,
+    },
+}
+
+/// A secret read from the environment; `Debug` never shows it.
+#[derive(Clone)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(..)")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -176,6 +176,7 @@ fn readyz(app: &App) -> Response<Body> {
             "revocation": {
                 "store": rev.store_name(),
                 "up": rev.store_up(),
+                "circuit": rev.circuit(),
                 "allowed_unchecked": rev.allowed_unchecked.get(),
             },
         }),
@@ -344,11 +345,20 @@ async fn post_revocation(app: &App, body: Incoming) -> Response<Body> {
             *r.status_mut() = StatusCode::NO_CONTENT;
             r
         }
-        Err(e) => json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "revocation_unavailable",
-            &e.to_string(),
-        ),
+        // Not revoked everywhere it must be (store down, or too few replicas confirmed):
+        // the caller retries; a revocation is idempotent.
+        Err(e) => {
+            let mut r = json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "revocation_unavailable",
+                &e.to_string(),
+            );
+            r.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+            r
+        }
     }
 }
 

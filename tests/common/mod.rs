@@ -21,6 +21,7 @@ use jwtgate::body::{self, Body};
 use tokio::net::TcpListener;
 
 pub mod op;
+pub mod sentinel;
 
 // === temp dirs ===
 
@@ -791,6 +792,8 @@ pub struct RedisServer {
     pub cert: Option<PathBuf>,
     child: Option<std::process::Child>,
     dir: TempDir,
+    /// More `redis-server` arguments (`--replicaof 127.0.0.1 <port>`).
+    extra: Vec<String>,
 }
 
 /// `N` distinct free loopback ports (held open together while they are chosen).
@@ -803,6 +806,11 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
+        Self::start_with(&[]).await
+    }
+
+    /// `start` with more `redis-server` arguments.
+    pub async fn start_with(extra: &[&str]) -> RedisServer {
         let [port] = free_ports();
         let mut r = RedisServer {
             port,
@@ -810,6 +818,7 @@ impl RedisServer {
             cert: None,
             child: None,
             dir: TempDir::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         r.spawn().await;
         r
@@ -827,6 +836,7 @@ impl RedisServer {
             cert: Some(cert),
             child: None,
             dir,
+            extra: Vec::new(),
         };
         r.spawn().await;
         r
@@ -853,6 +863,7 @@ impl RedisServer {
             .arg("--dir")
             .arg(self.dir.path())
             .args(self.tls_args())
+            .args(&self.extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -923,6 +934,13 @@ impl RedisServer {
     /// Start it again on the same port, empty.
     pub async fn restart(&mut self) {
         self.kill();
+        self.spawn().await;
+    }
+
+    /// Start it again on the same port, empty, with these arguments instead.
+    pub async fn restart_with(&mut self, extra: &[&str]) {
+        self.kill();
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
         self.spawn().await;
     }
 

@@ -355,12 +355,30 @@ pub(super) fn validate_revocation(
             ))
         }
     };
-    if store == StoreKind::Redis
-        && !(r.redis_url.starts_with("redis://") || r.redis_url.starts_with("rediss://"))
-    {
+    let target = if store == StoreKind::Redis {
+        redis_target(&r.redis_url)
+            .map_err(|m| ctx.err("revocation.redis_url", format!("{:?}: {m}", r.redis_url)))?
+    } else {
+        RedisTarget::Single
+    };
+    let tls = match &target {
+        RedisTarget::Single => r.redis_url.starts_with("rediss://"),
+        RedisTarget::Sentinel { tls, .. } => *tls,
+    };
+    let password = |key: &str, var: &Option<String>| -> Result<Option<Password>, ConfigError> {
+        match var {
+            None => Ok(None),
+            Some(v) => std::env::var(v)
+                .map(|p| Some(Password(p)))
+                .map_err(|_| ctx.err(key, format!("environment variable {v} is not set"))),
+        }
+    };
+    let redis_password = password("revocation.redis_password_env", &r.redis_password_env)?;
+    let sentinel_password = password("revocation.sentinel_password_env", &r.sentinel_password_env)?;
+    if sentinel_password.is_some() && !matches!(target, RedisTarget::Sentinel { .. }) {
         return Err(ctx.err(
-            "revocation.redis_url",
-            format!("{:?} must start with redis:// or rediss://", r.redis_url),
+            "revocation.sentinel_password_env",
+            "only applies to a Sentinel redis_url (redis+sentinel:// or rediss+sentinel://)",
         ));
     }
     for (key, v) in [
@@ -384,10 +402,10 @@ pub(super) fn validate_revocation(
     };
     let redis_ca = match &r.redis_ca {
         None => None,
-        Some(_) if !r.redis_url.starts_with("rediss://") => {
+        Some(_) if !tls => {
             return Err(ctx.err(
                 "revocation.redis_ca",
-                "only applies to a TLS redis_url (rediss://)",
+                "only applies to a TLS redis_url (rediss:// or rediss+sentinel://)",
             ))
         }
         Some(path) => {
@@ -408,5 +426,117 @@ pub(super) fn validate_revocation(
         pool_size: r.pool_size,
         connect_timeout: Duration::from_millis(r.connect_timeout_ms.max(1)),
         redis_ca,
+        target,
+        redis_password,
+        sentinel_password,
+        min_replicas: r.min_replicas,
+        min_replicas_timeout: Duration::from_millis(r.min_replicas_timeout_ms.max(1)),
     })
+}
+
+/// Default Sentinel port, for a host given without one.
+const SENTINEL_PORT: u16 = 26379;
+
+/// `redis://`/`rediss://` (one server, parsed by the redis crate when the client is built), or
+/// `redis+sentinel://h1[:port],h2[:port]/<master>[/<db>]` (`rediss+sentinel://` for TLS).
+/// Credentials never sit in a Sentinel URL: they come from `*_password_env`.
+fn redis_target(url: &str) -> Result<RedisTarget, String> {
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        return Ok(RedisTarget::Single);
+    }
+    let (tls, rest) = if let Some(r) = url.strip_prefix("redis+sentinel://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("rediss+sentinel://") {
+        (true, r)
+    } else {
+        return Err(
+            "must start with redis://, rediss://, redis+sentinel:// or rediss+sentinel://".into(),
+        );
+    };
+    let (hosts, path) = rest
+        .split_once('/')
+        .ok_or("a Sentinel URL needs the master name: redis+sentinel://host:26379/<master>/<db>")?;
+    if hosts.contains('@') {
+        return Err("put no credentials in a Sentinel URL; use redis_password_env and sentinel_password_env".into());
+    }
+    let mut sentinels = Vec::new();
+    for h in hosts.split(',') {
+        let (host, port) = match h.rsplit_once(':') {
+            Some((host, port)) if !port.contains(']') => (
+                host,
+                port.parse::<u16>()
+                    .map_err(|_| format!("{h:?} is not host:port"))?,
+            ),
+            _ => (h, SENTINEL_PORT),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("{h:?} is not host:port"));
+        }
+        sentinels.push((host.to_string(), port));
+    }
+    let mut parts = path.trim_end_matches('/').splitn(2, '/');
+    let master = parts.next().unwrap_or_default().to_string();
+    if master.is_empty() {
+        return Err(
+            "a Sentinel URL needs the master name: redis+sentinel://host:26379/<master>/<db>"
+                .into(),
+        );
+    }
+    let db = match parts.next() {
+        None => 0,
+        Some(d) => d
+            .parse::<i64>()
+            .ok()
+            .filter(|d| *d >= 0)
+            .ok_or_else(|| format!("{d:?} is not a database number"))?,
+    };
+    Ok(RedisTarget::Sentinel {
+        tls,
+        sentinels,
+        master,
+        db,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentinel_urls() {
+        assert_eq!(
+            redis_target("redis+sentinel://h1:26380,h2,[::1]:5/mymaster/3").unwrap(),
+            RedisTarget::Sentinel {
+                tls: false,
+                sentinels: vec![
+                    ("h1".into(), 26380),
+                    ("h2".into(), 26379),
+                    ("::1".into(), 5)
+                ],
+                master: "mymaster".into(),
+                db: 3
+            }
+        );
+        assert!(matches!(
+            redis_target("rediss+sentinel://h1/m").unwrap(),
+            RedisTarget::Sentinel {
+                tls: true,
+                db: 0,
+                ..
+            }
+        ));
+        assert_eq!(redis_target("redis://x:1/0").unwrap(), RedisTarget::Single);
+        for bad in [
+            "http://x",
+            "redis+sentinel://h1:26379",
+            "redis+sentinel://h1:26379/",
+            "redis+sentinel://h1:x/m",
+            "redis+sentinel://:pw@h1/m",
+            "redis+sentinel://h1/m/-1",
+            "redis+sentinel://,h1/m",
+        ] {
+            assert!(redis_target(bad).is_err(), "{bad}");
+        }
+    }
 }

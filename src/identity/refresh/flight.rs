@@ -18,7 +18,7 @@ use crate::identity::auth::{self, now_unix, Verifier};
 /// key derived (HKDF) from the old refresh token, so only a client holding that token can
 /// make any replica use it. The others wait for that result instead of replaying the token.
 pub(super) struct SharedFlight {
-    pool: deadpool_redis::Pool,
+    pool: crate::identity::revocation::Pool,
     prefix: String,
     window: Duration,
     wait: Duration,
@@ -33,12 +33,14 @@ pub(super) struct StoredOutcome {
 }
 
 impl SharedFlight {
+    /// Over the revocation store's `connector`: with Sentinel, the lock follows the primary
+    /// the store follows.
     pub(super) fn new(
         r: &crate::config::Revocation,
+        connector: Arc<crate::identity::revocation::Connector>,
         cfg: &Refresh,
     ) -> Result<SharedFlight, String> {
-        let client = crate::identity::revocation::redis_client(r)?;
-        let pool = crate::identity::revocation::redis_pool(&client, r, 4)?;
+        let pool = crate::identity::revocation::redis_pool(connector, r, 4)?;
         Ok(SharedFlight {
             pool,
             prefix: r.key_prefix.clone(),
@@ -147,7 +149,7 @@ impl SharedFlight {
 
     async fn stored(
         &self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut deadpool::managed::Object<crate::identity::revocation::Manager>,
         key: &str,
         refresh_token: &str,
         verifier: &Verifier,

@@ -106,11 +106,18 @@ pub struct Refresher {
 }
 
 impl Refresher {
-    /// `None` when `[refresh]` has no `token_endpoint` (logout only). With `redis`, the
-    /// single flight extends across replicas.
-    pub fn new(cfg: &Refresh, redis: Option<&crate::config::Revocation>) -> Option<Refresher> {
+    /// `None` when `[refresh]` has no `token_endpoint` (logout only). With `redis` (the
+    /// revocation settings and the store's connector), the single flight extends across
+    /// replicas.
+    pub fn new(
+        cfg: &Refresh,
+        redis: Option<(
+            &crate::config::Revocation,
+            Arc<crate::identity::revocation::Connector>,
+        )>,
+    ) -> Option<Refresher> {
         let client = cfg.client.clone()?;
-        let shared = redis.and_then(|r| match SharedFlight::new(r, cfg) {
+        let shared = redis.and_then(|(r, c)| match SharedFlight::new(r, c, cfg) {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::error!(error = %e, "cross-replica refresh coordination disabled");

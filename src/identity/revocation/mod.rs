@@ -3,10 +3,13 @@
 //! or Redis shared by every replica).
 //! With Redis, a moka cache answers repeat tokens without a round trip, revocations made
 //! through any replica arrive over pub/sub at once, and a circuit breaker keeps a dead
-//! Redis from costing a timeout per request.
+//! Redis from costing a timeout per request. With Sentinel (`connect.rs`) the store, the
+//! subscriber and the refresh coordination follow the primary through a failover; the probe
+//! and the subscriber retry with jittered exponential backoff (`Backoff`), so a flapping
+//! store never sees a reconnect storm.
 
 use prometheus_client::metrics::counter::Counter;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,9 +22,11 @@ use crate::config::{OnError, Revocation as RevocationConfig, StoreKind};
 use crate::error::{GatewayError, TokenError};
 use crate::identity::auth::Verified;
 pub use crate::ids::Scoped;
+pub use connect::{redis_pool, Connector, Manager, Pool};
 pub use memory_store::MemoryStore;
-pub use redis_store::{redis_client, redis_pool, Message, RedisStore};
+pub use redis_store::{Message, RedisStore};
 
+mod connect;
 mod memory_store;
 mod redis_store;
 
@@ -54,6 +59,42 @@ pub enum StoreError {
     Timeout,
     #[error("revocation store: {0}")]
     Backend(String),
+    /// `min_replicas`: the primary has it, but `WAIT` saw too few replicas confirm in time;
+    /// a failover now could lose it. Retrying is safe.
+    #[error("revocation reached {acked} of the {wanted} replicas required (min_replicas); retry")]
+    NotReplicated { acked: u32, wanted: u32 },
+}
+
+/// Jittered exponential backoff ("equal jitter": half the step fixed, half random), so
+/// replicas that lost the store together do not come back in lockstep.
+pub(crate) struct Backoff {
+    first: Duration,
+    max: Duration,
+    step: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(first: Duration, max: Duration) -> Backoff {
+        Backoff {
+            first,
+            max,
+            step: first,
+        }
+    }
+
+    /// The next delay; each call doubles the step up to `max`.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let step = self.step;
+        self.step = (self.step * 2).min(self.max);
+        let mut b = [0u8; 4];
+        let _ = aws_lc_rs::rand::fill(&mut b);
+        let frac = f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX);
+        step / 2 + step.mul_f64(frac / 2.0)
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.step = self.first;
+    }
 }
 
 /// Where revocations live. Every key is scoped by issuer.
@@ -124,9 +165,16 @@ pub struct Revocations {
     pub allowed_unchecked: Counter,
     /// Store lookups performed (cache misses).
     pub lookups: Counter,
-    /// The Redis client for the revocations channel (Redis store only).
-    redis: Option<redis::Client>,
+    /// How the store, the subscriber and the refresh coordination reach the primary
+    /// (Redis store only).
+    connector: Option<Arc<Connector>>,
     channel: String,
+    /// The probe's current delay between attempts, in ms (readyz).
+    probe_delay_ms: AtomicU64,
+    /// Subscriptions to the revocations channel made (the first, and each after a loss).
+    pub subscriptions: Counter,
+    /// Revocations refused because `WAIT` saw fewer than `min_replicas` replicas.
+    pub unreplicated: Counter,
 }
 
 impl Revocations {
@@ -138,11 +186,12 @@ impl Revocations {
                 None,
             ),
             StoreKind::Redis => {
-                // One client (its TLS roots) for the store's pool and the subscriber.
-                let client = redis_client(cfg)?;
-                let s = RedisStore::new(cfg, &client)?;
+                // One connector (its TLS roots, its Sentinel client) for the store's pool,
+                // the subscriber and the refresh coordination.
+                let connector = Arc::new(Connector::new(cfg)?);
+                let s = RedisStore::new(cfg, connector.clone())?;
                 let ch = s.channel();
-                (Arc::new(s), ch, Some(client))
+                (Arc::new(s), ch, Some(connector))
             }
         };
         Ok(Revocations {
@@ -161,8 +210,11 @@ impl Revocations {
             failures: AtomicU32::new(0),
             allowed_unchecked: Counter::default(),
             lookups: Counter::default(),
-            redis,
+            connector: redis,
             channel,
+            probe_delay_ms: AtomicU64::new(0),
+            subscriptions: Counter::default(),
+            unreplicated: Counter::default(),
         })
     }
 
@@ -247,23 +299,56 @@ impl Revocations {
     }
 
     pub fn store_name(&self) -> &'static str {
-        match self.kind {
-            StoreKind::Memory => "memory",
-            StoreKind::Redis => "redis",
+        match (self.kind, &self.connector) {
+            (StoreKind::Memory, _) => "memory",
+            (StoreKind::Redis, Some(c)) if c.is_sentinel() => "redis-sentinel",
+            (StoreKind::Redis, _) => "redis",
         }
+    }
+
+    /// How the store reaches its primary (Redis only), for the refresh coordination.
+    pub fn connector(&self) -> Option<&Arc<Connector>> {
+        self.connector.as_ref()
+    }
+
+    /// The circuit as `/readyz` shows it: open or closed, consecutive failures, the probe's
+    /// current retry delay, and the primary last connected to.
+    pub fn circuit(&self) -> serde_json::Value {
+        serde_json::json!({
+            "state": if self.store_up() { "closed" } else { "open" },
+            "consecutive_failures": self.failures.load(Ordering::Relaxed),
+            "probe_delay_ms": self.probe_delay_ms.load(Ordering::Relaxed),
+            "primary": self.connector.as_ref().and_then(|c| c.current_primary()),
+        })
+    }
+
+    /// A write's outcome says whether the store answers, like a lookup's.
+    fn count_write(&self, r: Result<(), StoreError>) -> Result<(), StoreError> {
+        match &r {
+            // The primary answered; only its replicas lagged.
+            Ok(()) | Err(StoreError::NotReplicated { .. }) if self.kind == StoreKind::Redis => {
+                self.record_ok()
+            }
+            Err(_) if self.kind == StoreKind::Redis => self.record_failure(),
+            _ => {}
+        }
+        if let Err(StoreError::NotReplicated { .. }) = &r {
+            self.unreplicated.inc();
+        }
+        r
     }
 
     /// Revoke an issuer's token id until `until`: the token's `exp` plus the largest
     /// `leeway_s` (`Config::max_leeway_s`), as long as any issuer would still accept it.
     pub async fn revoke_jti(&self, jti: &Scoped, until: i64) -> Result<(), StoreError> {
-        self.store.revoke_jti(jti, until).await?;
+        self.count_write(self.store.revoke_jti(jti, until).await)?;
         self.recent.put_jti(jti, until);
         Ok(())
     }
 
     /// Revoke every token of an issuer's `sub` issued at or before `at`.
     pub async fn revoke_sub(&self, sub: &Scoped, at: i64) -> Result<(), StoreError> {
-        self.store.revoke_sub(sub, at).await?;
+        self.count_write(self.store.revoke_sub(sub, at).await)?;
         self.recent.put_sub(sub, at);
         Ok(())
     }
@@ -310,22 +395,26 @@ impl Revocations {
         );
     }
 
+    /// Every 2 s while the store answers; while it does not, again after a jittered
+    /// exponential backoff from 100 ms to 2 s (so readiness returns within ~2 s of the store,
+    /// and a fleet of replicas never hammers a store that is coming back).
     async fn probe(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
             let up = self.store.ping().await.is_ok();
-            if up {
+            let every = if up {
                 self.record_ok();
+                backoff.reset();
+                Duration::from_secs(2)
             } else {
-                self.failures.store(TRIP_AFTER, Ordering::Relaxed);
+                self.failures.fetch_max(TRIP_AFTER, Ordering::Relaxed);
                 if !self.open.swap(true, Ordering::AcqRel) {
                     tracing::warn!("revocation store unreachable; circuit open");
                 }
-            }
-            let every = if up {
-                Duration::from_secs(2)
-            } else {
-                Duration::from_millis(250)
+                backoff.next_delay()
             };
+            self.probe_delay_ms
+                .store(every.as_millis() as u64, Ordering::Relaxed);
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
@@ -333,18 +422,33 @@ impl Revocations {
         }
     }
 
+    /// Keep one subscription to the revocations channel on the current primary. A lost
+    /// subscription is retried after a jittered exponential backoff (100 ms to 5 s); when
+    /// the store's connections move to a new primary (a Sentinel failover), the
+    /// subscription follows at once.
     async fn subscribe(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let Some(client) = self.redis.clone() else {
+        let Some(connector) = self.connector.clone() else {
             return;
         };
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        // Wakes when the store starts using another primary than `seen`.
+        let moved = |seen: u64| {
+            let connector = connector.clone();
+            async move {
+                while connector.generation() == seen {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
         loop {
+            let seen = connector.generation();
             let session = async {
-                let mut ps = client.get_async_pubsub().await?;
+                let mut ps = connector.primary().await?.get_async_pubsub().await?;
                 ps.subscribe(&self.channel).await?;
+                self.subscriptions.inc();
                 // We may have missed messages while disconnected: forget "not revoked".
                 self.cache.invalidate_all();
-                tracing::info!(channel = %self.channel, "subscribed to revocations");
+                tracing::info!(channel = %self.channel, primary = ?connector.current_primary(), "subscribed to revocations");
                 let mut stream = ps.on_message();
                 while let Some(m) = stream.next().await {
                     match m
@@ -367,16 +471,24 @@ impl Revocations {
                         tracing::warn!(error = %e, "revocations subscription lost");
                     }
                 }
+                // Read before subscribing: a move while subscribing ends this session too.
+                _ = moved(seen) => {
+                    tracing::info!("revocation store moved to a new primary; resubscribing");
+                    backoff.reset();
+                    continue;
+                }
                 _ = shutdown.wait_for(|s| *s) => return,
             }
             if started.elapsed() > Duration::from_secs(10) {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
             }
+            let seen = connector.generation();
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                // The store found a new primary: no need to wait out the backoff.
+                _ = moved(seen) => backoff.reset(),
                 _ = shutdown.wait_for(|s| *s) => return,
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
+use super::connect::{redis_pool, Connector, Pool};
 use super::{Lookup, Store, StoreError};
 use crate::config::Revocation as RevocationConfig;
 use crate::ids::Scoped;
@@ -17,7 +18,8 @@ use crate::ids::Scoped;
 /// (`<prefix>revoked:jti:<jti>`, `<prefix>revoked:sub:<sub>`, for every issuer) are still
 /// read, in the same MGET, for one release; they are no longer written.
 pub struct RedisStore {
-    pool: deadpool_redis::Pool,
+    pool: Pool,
+    connector: Arc<Connector>,
     /// A multiplexed connection taken from the pool and shared by every command: a pooled
     /// `get()` re-checks the connection with a round trip (UNWATCH + PING) each time, which
     /// would double the cost of every lookup. Dropped on error; the next command takes a
@@ -26,6 +28,9 @@ pub struct RedisStore {
     prefix: String,
     subject_ttl: Duration,
     timeout: Duration,
+    /// `min_replicas` and `min_replicas_timeout_ms`: revocations end with `WAIT`.
+    min_replicas: u32,
+    wait_timeout: Duration,
 }
 
 /// A revocation as published on the channel (JSON). `issuer` is the `[[issuers]]` name;
@@ -48,54 +53,24 @@ pub enum Message {
     },
 }
 
-/// A Redis client for `redis_url`; a `rediss://` server is verified against `redis_ca`
-/// when set, else against the webpki roots.
-pub fn redis_client(cfg: &RevocationConfig) -> Result<redis::Client, String> {
-    match &cfg.redis_ca {
-        None => redis::Client::open(cfg.redis_url.as_str()),
-        Some(pem) => redis::Client::build_with_tls(
-            cfg.redis_url.as_str(),
-            redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(pem.to_vec()),
-            },
-        ),
-    }
-    .map_err(|e| format!("invalid redis_url: {e}"))
-}
-
-/// A deadpool-redis pool of `client`'s connections (see `redis_client`) with the
-/// configured timeouts (the revocation store's, and the cross-replica refresh
-/// coordination's).
-pub fn redis_pool(
-    client: &redis::Client,
-    cfg: &RevocationConfig,
-    size: usize,
-) -> Result<deadpool_redis::Pool, String> {
-    let mut pc = deadpool_redis::PoolConfig::new(size);
-    pc.timeouts.wait = Some(cfg.timeout);
-    pc.timeouts.create = Some(cfg.connect_timeout);
-    pc.timeouts.recycle = Some(cfg.timeout);
-    // The client's connection info carries the TLS roots into every pooled connection.
-    let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())
-        .map_err(|e| format!("invalid redis_url: {e}"))?;
-    deadpool_redis::Pool::builder(manager)
-        .config(pc)
-        .runtime(deadpool_redis::Runtime::Tokio1)
-        .build()
-        .map_err(|e| format!("cannot build the Redis pool: {e}"))
-}
-
 impl RedisStore {
-    pub fn new(cfg: &RevocationConfig, client: &redis::Client) -> Result<RedisStore, String> {
-        let pool = redis_pool(client, cfg, cfg.pool_size)?;
+    pub fn new(cfg: &RevocationConfig, connector: Arc<Connector>) -> Result<RedisStore, String> {
+        let pool = redis_pool(connector.clone(), cfg, cfg.pool_size)?;
         Ok(RedisStore {
             shared: arc_swap::ArcSwapOption::empty(),
             pool,
+            connector,
             prefix: cfg.key_prefix.clone(),
             subject_ttl: cfg.subject_ttl,
             timeout: cfg.timeout,
+            min_replicas: cfg.min_replicas,
+            wait_timeout: cfg.min_replicas_timeout,
         })
+    }
+
+    /// How this store reaches its primary (shared with the subscriber).
+    pub fn connector(&self) -> &Arc<Connector> {
+        &self.connector
     }
 
     /// `<prefix>revoked:jti:<issuer>:<jti>`.
@@ -135,7 +110,7 @@ impl RedisStore {
                         .get()
                         .await
                         .map_err(|e| StoreError::Backend(e.to_string()))?;
-                    let c = deadpool_redis::Connection::take(pooled);
+                    let c = deadpool::managed::Object::take(pooled);
                     self.shared.store(Some(Arc::new(c.clone())));
                     c
                 }
@@ -155,6 +130,10 @@ impl RedisStore {
             })?
     }
 
+    /// Run `pipe` (the SET), then PUBLISH the message; with `min_replicas`, end with
+    /// `WAIT min_replicas timeout` on a connection of its own (WAIT blocks the connection it
+    /// runs on: on the shared one it would stall every lookup behind it), and fail unless
+    /// enough replicas confirmed.
     pub(super) async fn publish_with(
         &self,
         mut pipe: redis::Pipeline,
@@ -165,8 +144,38 @@ impl RedisStore {
             .arg(self.channel())
             .arg(payload)
             .ignore();
-        self.run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+        if self.min_replicas == 0 {
+            return self
+                .run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+                .await;
+        }
+        let wanted = self.min_replicas;
+        pipe.cmd("WAIT")
+            .arg(wanted)
+            .arg(self.wait_timeout.as_millis() as u64);
+        let work = async {
+            let mut conn = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            let (acked,): (u32,) = match pipe.query_async(&mut *conn).await {
+                Ok(v) => v,
+                Err(e) => {
+                    // Broken or demoted: never hand this connection out again.
+                    let _ = deadpool::managed::Object::take(conn);
+                    self.shared.store(None);
+                    return Err(StoreError::Backend(e.to_string()));
+                }
+            };
+            if acked < wanted {
+                return Err(StoreError::NotReplicated { acked, wanted });
+            }
+            Ok(())
+        };
+        tokio::time::timeout(self.timeout + self.wait_timeout, work)
             .await
+            .map_err(|_| StoreError::Timeout)?
     }
 }
 
@@ -260,9 +269,11 @@ impl Store for RedisStore {
         })
     }
 
+    /// PING, or with Sentinel `ROLE`: a demoted primary must not keep serving stale reads.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            self.run(|mut c| async move { redis::cmd("PING").query_async::<()>(&mut c).await })
+            let connector = self.connector.clone();
+            self.run(|mut c| async move { connector.check(&mut c).await })
                 .await
         })
     }

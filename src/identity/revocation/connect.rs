@@ -1,0 +1,225 @@
+//! Connections to the shared Redis: one server (`redis://`), or whichever server Sentinel
+//! names master right now (`redis+sentinel://`). Finding the master is the redis crate's
+//! Sentinel client; pooling is deadpool's. This module only builds them from the config and
+//! notices when the master moved, so the subscriber can follow.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use redis::aio::MultiplexedConnection;
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{ConnectionAddr, IntoConnectionInfo, RedisResult};
+
+use crate::config::{RedisTarget, Revocation as RevocationConfig};
+
+/// How to reach the current Redis primary.
+pub struct Connector {
+    kind: Kind,
+    /// The address of the primary last connected to (`host:port`).
+    master: Mutex<Option<String>>,
+    /// Bumped each time a connection goes to a different primary than the one before.
+    moves: AtomicU64,
+    /// Connections made (to any primary), for `jwtgate_revocation_store_connects_total`.
+    pub connects: prometheus_client::metrics::counter::Counter,
+}
+
+enum Kind {
+    Single(redis::Client),
+    /// The redis crate's Sentinel client asks the sentinels for the master of the name and
+    /// checks with `ROLE` that the server agrees; it needs `&mut`, hence the lock (held only
+    /// while a new connection is made).
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
+fn tls_certs(pem: &Option<Arc<Vec<u8>>>) -> Option<redis::TlsCertificates> {
+    pem.as_ref().map(|p| redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(p.to_vec()),
+    })
+}
+
+impl Connector {
+    pub fn new(cfg: &RevocationConfig) -> Result<Connector, String> {
+        let bad = |e: redis::RedisError| format!("invalid redis_url: {e}");
+        let kind = match &cfg.target {
+            RedisTarget::Single => {
+                let mut info = cfg.redis_url.as_str().into_connection_info().map_err(bad)?;
+                if let Some(p) = &cfg.redis_password {
+                    let settings = info.redis_settings().clone().set_password(&p.0);
+                    info = info.set_redis_settings(settings);
+                }
+                let client = match tls_certs(&cfg.redis_ca) {
+                    None => redis::Client::open(info),
+                    Some(certs) => redis::Client::build_with_tls(info, certs),
+                }
+                .map_err(bad)?;
+                Kind::Single(client)
+            }
+            RedisTarget::Sentinel {
+                tls,
+                sentinels,
+                master,
+                db,
+            } => {
+                let addrs = sentinels.iter().map(|(host, port)| {
+                    if *tls {
+                        ConnectionAddr::TcpTls {
+                            host: host.clone(),
+                            port: *port,
+                            insecure: false,
+                            tls_params: None,
+                        }
+                    } else {
+                        ConnectionAddr::Tcp(host.clone(), *port)
+                    }
+                });
+                let mut b = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)
+                    .map_err(bad)?
+                    .set_client_to_redis_db(*db);
+                if let Some(p) = &cfg.redis_password {
+                    b = b.set_client_to_redis_password(&p.0);
+                }
+                if let Some(p) = &cfg.sentinel_password {
+                    b = b.set_client_to_sentinel_password(&p.0);
+                }
+                if *tls {
+                    b = b
+                        .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
+                        .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+                    if let Some(certs) = tls_certs(&cfg.redis_ca) {
+                        b = b
+                            .set_client_to_redis_certificates(certs.clone())
+                            .set_client_to_sentinel_certificates(certs);
+                    }
+                }
+                Kind::Sentinel(tokio::sync::Mutex::new(b.build().map_err(bad)?))
+            }
+        };
+        Ok(Connector {
+            kind,
+            master: Mutex::new(None),
+            moves: AtomicU64::new(0),
+            connects: Default::default(),
+        })
+    }
+
+    pub fn is_sentinel(&self) -> bool {
+        matches!(self.kind, Kind::Sentinel(_))
+    }
+
+    /// A client for the current primary (for Sentinel: asked of the sentinels now).
+    pub async fn primary(&self) -> RedisResult<redis::Client> {
+        Ok(match &self.kind {
+            Kind::Single(c) => c.clone(),
+            Kind::Sentinel(s) => s.lock().await.async_get_client().await?,
+        })
+    }
+
+    fn note_primary(&self, client: &redis::Client) {
+        let addr = match client.get_connection_info().addr() {
+            ConnectionAddr::Tcp(h, p)
+            | ConnectionAddr::TcpTls {
+                host: h, port: p, ..
+            } => {
+                format!("{h}:{p}")
+            }
+            other => other.to_string(),
+        };
+        let mut m = self.master.lock().unwrap_or_else(|e| e.into_inner());
+        if m.as_deref() != Some(addr.as_str()) {
+            if m.is_some() {
+                tracing::info!(primary = %addr, "revocation store: new primary");
+                self.moves.fetch_add(1, Ordering::AcqRel);
+            }
+            *m = Some(addr);
+        }
+    }
+
+    /// The primary last connected to, `host:port`.
+    pub fn current_primary(&self) -> Option<String> {
+        self.master
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Changes whenever the store's connections start going to another primary.
+    pub fn generation(&self) -> u64 {
+        self.moves.load(Ordering::Acquire)
+    }
+
+    /// A new multiplexed connection to the current primary.
+    pub async fn connect(&self) -> RedisResult<MultiplexedConnection> {
+        let c = self.primary().await?;
+        let conn = c.get_multiplexed_async_connection().await?;
+        self.note_primary(&c);
+        self.connects.inc();
+        Ok(conn)
+    }
+
+    /// Whether `conn` still reaches a primary. With Sentinel a demoted primary keeps
+    /// answering reads (stale) and refuses writes, so `ROLE` is asked; one server only
+    /// needs to answer.
+    pub async fn check(&self, conn: &mut MultiplexedConnection) -> RedisResult<()> {
+        if !self.is_sentinel() {
+            return redis::cmd("PING").query_async::<()>(conn).await;
+        }
+        let role: redis::Value = redis::cmd("ROLE").query_async(conn).await?;
+        let is_master = match &role {
+            redis::Value::Array(v) => matches!(
+                v.first(),
+                Some(redis::Value::BulkString(b)) if b.as_slice() == b"master"
+            ),
+            _ => false,
+        };
+        if is_master {
+            Ok(())
+        } else {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "no longer the primary",
+            )))
+        }
+    }
+}
+
+/// deadpool manager over a `Connector`: new connections go to the current primary;
+/// recycling checks the connection still reaches one.
+pub struct Manager(pub Arc<Connector>);
+
+impl deadpool::managed::Manager for Manager {
+    type Type = MultiplexedConnection;
+    type Error = redis::RedisError;
+
+    async fn create(&self) -> Result<MultiplexedConnection, redis::RedisError> {
+        self.0.connect().await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut MultiplexedConnection,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<redis::RedisError> {
+        Ok(self.0.check(conn).await?)
+    }
+}
+
+pub type Pool = deadpool::managed::Pool<Manager>;
+
+/// A pool of `size` connections to the primary with the configured timeouts (the
+/// revocation store's, and the cross-replica refresh coordination's).
+pub fn redis_pool(
+    connector: Arc<Connector>,
+    cfg: &RevocationConfig,
+    size: usize,
+) -> Result<Pool, String> {
+    let mut pc = deadpool::managed::PoolConfig::new(size);
+    pc.timeouts.wait = Some(cfg.timeout);
+    pc.timeouts.create = Some(cfg.connect_timeout);
+    pc.timeouts.recycle = Some(cfg.timeout);
+    Pool::builder(Manager(connector))
+        .config(pc)
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| format!("cannot build the Redis pool: {e}"))
+}
