@@ -121,7 +121,11 @@ impl App {
                 limit.refused.clone(),
             );
         }
-        let sender = crate::identity::sender::SenderCheck::new(&config.tokens, &config.revocation);
+        let sender = crate::identity::sender::SenderCheck::new(
+            &config.tokens,
+            &config.revocation,
+            revocations.connector(),
+        );
         if config
             .routes
             .iter()

@@ -54,9 +54,14 @@ pub struct Facts<'a> {
 }
 
 impl SenderCheck {
-    pub fn new(tokens: &Tokens, revocation: &Revocation) -> SenderCheck {
+    /// `connector`: the revocation store's Redis (shared replay cache), when it is Redis.
+    pub fn new(
+        tokens: &Tokens,
+        revocation: &Revocation,
+        connector: Option<&std::sync::Arc<crate::identity::revocation::Connector>>,
+    ) -> SenderCheck {
         SenderCheck {
-            replay: Replay::new(tokens.dpop_iat_window_s, revocation),
+            replay: Replay::new(tokens.dpop_iat_window_s, revocation, connector),
             window: tokens.dpop_iat_window_s.min(i64::MAX as u64) as i64,
             cert_header: tokens.client_cert_header.clone(),
             counters: Counters::default(),

@@ -6,8 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{OnError, Revocation, StoreKind};
+use crate::config::{OnError, Revocation};
 use crate::error::GatewayError;
+use crate::identity::revocation::Connector;
 
 /// Upper bound on the memory cache (weighted by key length). An entry is about 100 bytes
 /// plus its key; the window bounds how many a replica sees in steady state.
@@ -20,7 +21,8 @@ pub struct Replay {
 }
 
 struct RedisReplay {
-    pool: deadpool_redis::Pool,
+    /// The revocation store's way to the current primary (it follows a Sentinel failover).
+    connector: Arc<Connector>,
     /// One multiplexed connection shared by every command (see `RedisStore`); dropped on
     /// error.
     shared: arc_swap::ArcSwapOption<redis::aio::MultiplexedConnection>,
@@ -38,30 +40,25 @@ pub enum Seen {
 
 impl Replay {
     /// `window_s`: `[tokens] dpop_iat_window_s`; an entry lives at most twice that (a proof
-    /// dated `window` ahead stays acceptable until `window` after now).
-    pub fn new(window_s: u64, revocation: &Revocation) -> Replay {
+    /// dated `window` ahead stays acceptable until `window` after now). `connector`: the
+    /// revocation store's Redis, when it is Redis.
+    pub fn new(
+        window_s: u64,
+        revocation: &Revocation,
+        connector: Option<&Arc<Connector>>,
+    ) -> Replay {
         let memory = moka::sync::Cache::builder()
             .max_capacity(MEMORY_MAX_BYTES)
             .weigher(|k: &String, _v: &()| (k.len() + 96).min(u32::MAX as usize) as u32)
             .time_to_live(Duration::from_secs(window_s * 2 + 1))
             .build();
-        let redis = (revocation.store == StoreKind::Redis)
-            .then(|| {
-                let client = crate::identity::revocation::redis_client(revocation)
-                    .map_err(|e| tracing::warn!(error = %e, "DPoP replay cache: no Redis client; using memory"))
-                    .ok()?;
-                let pool = crate::identity::revocation::redis_pool(&client, revocation, 4)
-                    .map_err(|e| tracing::warn!(error = %e, "DPoP replay cache: no Redis pool; using memory"))
-                    .ok()?;
-                Some(RedisReplay {
-                    pool,
-                    shared: Default::default(),
-                    prefix: revocation.key_prefix.clone(),
-                    timeout: revocation.timeout,
-                    on_error: revocation.on_error,
-                })
-            })
-            .flatten();
+        let redis = connector.map(|connector| RedisReplay {
+            connector: connector.clone(),
+            shared: Default::default(),
+            prefix: revocation.key_prefix.clone(),
+            timeout: revocation.timeout,
+            on_error: revocation.on_error,
+        });
         Replay { memory, redis }
     }
 
@@ -111,8 +108,11 @@ impl RedisReplay {
             let mut conn = match self.shared.load_full() {
                 Some(c) => (*c).clone(),
                 None => {
-                    let pooled = self.pool.get().await.map_err(|e| e.to_string())?;
-                    let c = deadpool_redis::Connection::take(pooled);
+                    // Boxed: connecting (through Sentinel) is rare and its future deep; it
+                    // need not widen every request's state machine.
+                    let c = Box::pin(self.connector.connect())
+                        .await
+                        .map_err(|e| e.to_string())?;
                     self.shared.store(Some(Arc::new(c.clone())));
                     c
                 }
