@@ -54,6 +54,7 @@ async fn proxy<'a>(
     // 2-5. Route, strip, authenticate, refresh: the decision every front door shares.
     let allowed = match pipeline::decide(app, client, &conn, &mut parts, notes, hops).await? {
         Decision::Answer(resp) => return Ok(resp),
+        Decision::Receive(e) => return Ok(pipeline::signals::receive(app, e, &parts, body).await),
         Decision::Allow(a) => a,
     };
     let Allowed {
