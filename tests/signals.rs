@@ -644,6 +644,56 @@ async fn a_sid_revocation_survives_a_replica_restart() {
     assert_eq!(b.status(&access("alice", Some("s-new"))).await, 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_backchannel_logout_path_takes_the_clients_logout_tokens() {
+    let op = op::MockOp::start().await;
+    let up = EchoUpstream::start().await;
+    let cfg = op.gateway_config(
+        "backchannel_logout_path = \"/oauth2/backchannel-logout\"",
+        &route("api", "/api", &[&up.url()], ""),
+    );
+    let gw = TestGateway::start(&cfg).await;
+    let c = gw.client_tls();
+    let call = |t: String| {
+        let c = &c;
+        let url = gw.https_url("/api/x");
+        async move {
+            let b = format!("Bearer {t}");
+            c.get(&url, &[("authorization", &b)]).await.status
+        }
+    };
+    let post = |lt: String| {
+        let c = &c;
+        let url = gw.https_url("/oauth2/backchannel-logout");
+        async move {
+            c.send(
+                Method::POST,
+                &url,
+                &[("content-type", "application/x-www-form-urlencoded")],
+                jwtgate::body::full(format!("logout_token={lt}")),
+            )
+            .await
+        }
+    };
+    let (s1, s2) = (
+        op.session_token("alice", "op-s1"),
+        op.session_token("alice", "op-s2"),
+    );
+    assert_eq!(call(s1.clone()).await, 200);
+    // The audience is [login] client_id: a token for another client changes nothing.
+    let r = post(op.logout_token(json!({"sid": "op-s1", "aud": "another-client"}))).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(call(s1.clone()).await, 200);
+    // The MockIdp of the other tests is not this provider: its token is refused.
+    let r = post(MockIdp::logout_token(json!({"sid": "op-s1"}))).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = post(op.logout_token(json!({"sid": "op-s1"}))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(call(s1).await, 401);
+    assert_eq!(call(s2).await, 200);
+}
+
 #[test]
 fn config_errors_name_the_keys() {
     init();
