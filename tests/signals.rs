@@ -745,3 +745,75 @@ fn config_errors_name_the_keys() {
     .unwrap();
     jwtgate::config::Config::load(&path).unwrap();
 }
+
+/// Measurement, not a check of behaviour (run it alone: `cargo test --release --test signals
+/// -- --ignored propagation`): from the IdP's back-channel logout POST to replica A until
+/// replica B (cache_ttl_ms 60000, so only pub/sub can tell it) first refuses that session's
+/// token, over `JWTGATE_BENCH_SESSIONS` (default 1,000) sessions; p50/p99/max printed, p99
+/// held to the 50 ms on loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn propagation_backchannel_logout_to_second_replica() {
+    let n: usize = std::env::var("JWTGATE_BENCH_SESSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let redis = RedisServer::start().await;
+    let idp = idp().await;
+    let a = Replica::start(&idp, &redis_cfg(&redis)).await;
+    let b = Replica::start(&idp, &redis_cfg(&redis)).await;
+    let (ca, cb) = (a.gw.client_plain(), b.gw.client_plain());
+    let (bc_url, api_url) = (a.gw.http_url("/oidc/backchannel"), b.gw.http_url("/api/x"));
+    let sessions: Vec<(String, String)> = (0..n)
+        .map(|i| {
+            let sid = format!("bench-{i}-{}", jwtgate::token::random_id());
+            let t = access(&format!("user{i}"), Some(&sid));
+            (sid, format!("Bearer {t}"))
+        })
+        .collect();
+    for (_, bearer) in &sessions {
+        let r = cb.get(&api_url, &[("authorization", bearer)]).await;
+        assert_eq!(r.status, 200, "B caches every session as not revoked");
+    }
+    let mut took = Vec::with_capacity(n);
+    let mut polls = Vec::with_capacity(n);
+    for (sid, bearer) in &sessions {
+        let lt = MockIdp::logout_token(json!({"sid": sid}));
+        let start = std::time::Instant::now();
+        let r = ca
+            .send(
+                Method::POST,
+                &bc_url,
+                &[("content-type", "application/x-www-form-urlencoded")],
+                jwtgate::body::full(format!("logout_token={lt}")),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        let mut k = 0;
+        loop {
+            k += 1;
+            if cb.get(&api_url, &[("authorization", bearer)]).await.status == 401 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "B never refused {sid}"
+            );
+        }
+        took.push(start.elapsed());
+        polls.push(k);
+    }
+    took.sort();
+    polls.sort();
+    let pct = |p: f64| took[((took.len() as f64 * p).ceil() as usize).clamp(1, took.len()) - 1];
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    eprintln!(
+        "back-channel logout -> replica B refusal over {n} sessions: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; B polls: median {}, max {}",
+        ms(pct(0.50)),
+        ms(pct(0.99)),
+        ms(*took.last().unwrap()),
+        polls[polls.len() / 2],
+        polls.last().unwrap()
+    );
+    assert!(pct(0.99) < Duration::from_millis(50), "p99 {:?}", pct(0.99));
+}
