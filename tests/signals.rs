@@ -629,6 +629,65 @@ async fn revoke_sid_from_the_command_line_and_the_admin_api() {
     assert_eq!(g.status(&access("alice", Some("s3"))).await, 200);
 }
 
+/// Redis commands by name since the last `CONFIG RESETSTAT` (our own INFO left out).
+async fn redis_calls(c: &mut redis::aio::MultiplexedConnection) -> Vec<(String, u64)> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(c)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            (!name.starts_with("info") && !name.starts_with("config") && name != "ping")
+                .then(|| (name.to_string(), calls))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jti_sub_and_sid_are_answered_by_one_mget() {
+    let redis = RedisServer::start().await;
+    let idp = idp().await;
+    let g = Replica::start(&idp, &redis_cfg(&redis)).await;
+    let mut c = redis.conn().await;
+    let t = access("alice", Some("s-one-trip"));
+    let () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        assert_eq!(g.status(&t).await, 200);
+    }
+    assert_eq!(
+        redis_calls(&mut c).await,
+        vec![("mget".to_string(), 1)],
+        "one MGET for the token's jti, subject and session, then the cache"
+    );
+    // A revoked session found by that single MGET (written straight into Redis, as an
+    // IdP or script may): a fresh token of the session is refused on its first request.
+    let () = redis::cmd("SET")
+        .arg("jwtgate:revoked:sid:op:s-written")
+        .arg("1")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(g.status(&access("bob", Some("s-written"))).await, 401);
+    assert_eq!(redis_calls(&mut c).await, vec![("mget".to_string(), 1)]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sid_revocation_survives_a_replica_restart() {
     let redis = RedisServer::start().await;
@@ -816,4 +875,64 @@ async fn propagation_backchannel_logout_to_second_replica() {
         polls.last().unwrap()
     );
     assert!(pct(0.99) < Duration::from_millis(50), "p99 {:?}", pct(0.99));
+}
+
+/// Measurement (run alone with `--ignored throughput`): authenticated requests per second
+/// through one gateway on the Redis store (warm cache), tokens with a `sid` claim against
+/// tokens without, alternating rounds in the same run; the medians and their ratio printed.
+/// The client shares the machine, so this compares the two, it does not rate the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn throughput_sid_against_no_sid() {
+    let redis = RedisServer::start().await;
+    let idp = idp().await;
+    let g = Replica::start(&idp, &redis_cfg(&redis)).await;
+    let url = g.gw.http_url("/api/x");
+    let per_round: usize = 4000;
+    let conc = 8;
+    let mut with_sid = Vec::new();
+    let mut without = Vec::new();
+    for round in 0..10 {
+        let sid = round % 2 == 0;
+        // One token per task, as the same users would send them.
+        let tokens: Vec<String> = (0..conc)
+            .map(|i| {
+                let u = format!("u{round}-{i}");
+                format!(
+                    "Bearer {}",
+                    access(&u, sid.then(|| format!("s-{u}")).as_deref())
+                )
+            })
+            .collect();
+        let start = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for t in tokens {
+            let (c, url) = (g.gw.client_plain(), url.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..per_round / conc {
+                    assert_eq!(c.get(&url, &[("authorization", &t)]).await.status, 200);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let rps = per_round as f64 / start.elapsed().as_secs_f64();
+        if round >= 2 {
+            if sid {
+                with_sid.push(rps)
+            } else {
+                without.push(rps)
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let (s, n) = (median(&mut with_sid), median(&mut without));
+    eprintln!(
+        "requests/s, redis store warm: with sid {s:.0}, without sid {n:.0}, ratio {:.3} (rounds: with {with_sid:.0?}, without {without:.0?})",
+        s / n
+    );
 }
