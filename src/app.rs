@@ -33,6 +33,8 @@ pub struct App {
     pub login: Option<crate::identity::login::SignIn>,
     /// Sender-constrained tokens (DPoP proofs, certificate binding) and the replay cache.
     pub sender: crate::identity::sender::SenderCheck,
+    /// Present with a back-channel logout path or `[signals]`.
+    pub signals: Option<crate::identity::signals::Receiver>,
     pub metrics: Metrics,
     /// Connection caps: kept across reloads, like the revocation state.
     pub connections: Arc<Connections>,
@@ -69,6 +71,11 @@ impl App {
         let login = config.login.as_ref().map(|l| {
             crate::identity::login::SignIn::new(l.clone(), verifier.issuers()[l.issuer].clone())
         });
+        let signals = crate::identity::signals::Receiver::new(
+            &config,
+            verifier.issuers(),
+            revocations.clone(),
+        );
         let names: Vec<String> = config.routes.iter().map(|r| r.name.clone()).collect();
         let mut metrics = Metrics::new(&names);
         for i in verifier.issuers() {
@@ -178,6 +185,22 @@ impl App {
                 l.logins.clone(),
             );
         }
+        if let Some(s) = &signals {
+            metrics.register_metric(
+                "idp_signals",
+                "Back-channel logout tokens and security events from the identity provider, by event type and outcome",
+                None,
+                s.counts.clone(),
+            );
+            if let Some(c) = s.own_keys().and_then(|k| k.fetch_counter()) {
+                metrics.register_counter(
+                    "jwks_fetches",
+                    "JWKS fetch attempts",
+                    Some(("issuer", "[signals]")),
+                    c,
+                );
+            }
+        }
         if let Some(r) = &refresher {
             metrics.register_counter(
                 "refresh_grants",
@@ -195,6 +218,7 @@ impl App {
             assertions,
             login,
             sender,
+            signals,
             config,
             router,
             verifier,
@@ -214,6 +238,9 @@ impl App {
                     .clone()
                     .run_jwks(client.clone(), self.stop.subscribe()),
             );
+        }
+        if let Some(k) = self.signals.as_ref().and_then(|s| s.own_keys()) {
+            tokio::spawn(k.clone().run_jwks(client.clone(), self.stop.subscribe()));
         }
         if self.router.routes().iter().any(|r| r.limit.is_some()) || self.refresher.is_some() {
             let app = Arc::downgrade(self);

@@ -6,6 +6,11 @@
 //! forwarded. `config` turns gateway.toml into a validated `Config`; `app` holds the live
 //! state. docs/ARCHITECTURE.md draws the layers.
 
+// The request path is one chain of async fns (listener -> conn -> proxy -> decide -> the
+// checks -> the store); proving its future `Send` takes rustc more than the default 128
+// levels since sender constraints, Sentinel and IdP signals joined it.
+#![recursion_limit = "256"]
+
 // Layers, bottom first; a module imports only from its own layer's leaves and the layers
 // below it (docs/ARCHITECTURE.md; `tools/layers.py` checks there is no cycle).
 // 0. Shared values: the clock, ids, path normalisation (`error` is in layer 2: it builds

@@ -82,21 +82,25 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         count: u64,
     },
-    /// Revoke a token (by jti, until its exp) or every token of a subject, through the
-    /// admin API; the bearer token comes from JWTGATE_ADMIN_TOKEN.
+    /// Revoke a token (by jti, until its exp), every token of a subject, or every token of
+    /// a sign-in session (sid), through the admin API; the bearer token comes from
+    /// JWTGATE_ADMIN_TOKEN.
     Revoke {
         #[arg(
             long,
             requires = "exp",
-            conflicts_with = "sub",
-            required_unless_present = "sub"
+            conflicts_with_all = ["sub", "sid"],
+            required_unless_present_any = ["sub", "sid"]
         )]
         jti: Option<String>,
         /// The token's exp (unix seconds): the revocation lives until then.
         #[arg(long)]
         exp: Option<i64>,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "sid")]
         sub: Option<String>,
+        /// A session id (the tokens' `sid` claim): revoked for `subject_ttl_s`.
+        #[arg(long)]
+        sid: Option<String>,
         /// The `[[issuers]]` name the token or subject belongs to (needed when the gateway
         /// has several issuers).
         #[arg(long, value_name = "NAME")]
@@ -171,9 +175,10 @@ fn main() -> ExitCode {
             jti,
             exp,
             sub,
+            sid,
             issuer,
             admin,
-        } => runtime().block_on(revoke(jti, exp, sub, issuer, admin)),
+        } => runtime().block_on(revoke(jti, exp, sub, sid, issuer, admin)),
         Cmd::Healthcheck { live, timeout } => {
             healthcheck(config::resolve_path(cli.config), live, timeout)
         }
@@ -467,6 +472,7 @@ async fn revoke(
     jti: Option<String>,
     exp: Option<i64>,
     sub: Option<String>,
+    sid: Option<String>,
     issuer: Option<String>,
     admin: String,
 ) -> ExitCode {
@@ -474,10 +480,11 @@ async fn revoke(
     let Ok(token) = std::env::var("JWTGATE_ADMIN_TOKEN") else {
         return fail("set JWTGATE_ADMIN_TOKEN to the gateway's admin token");
     };
-    let mut body = match (jti, exp, sub) {
-        (Some(jti), Some(exp), None) => serde_json::json!({"jti": jti, "exp": exp}),
-        (None, None, Some(sub)) => serde_json::json!({"sub": sub}),
-        _ => return fail("give --jti ID --exp UNIX, or --sub SUB"),
+    let mut body = match (jti, exp, sub, sid) {
+        (Some(jti), Some(exp), None, None) => serde_json::json!({"jti": jti, "exp": exp}),
+        (None, None, Some(sub), None) => serde_json::json!({"sub": sub}),
+        (None, None, None, Some(sid)) => serde_json::json!({"sid": sid}),
+        _ => return fail("give --jti ID --exp UNIX, --sub SUB or --sid SID"),
     };
     if let Some(i) = issuer {
         body["issuer"] = i.into();

@@ -463,7 +463,7 @@ fn config_errors_name_the_login_keys() {
     let route_login = route("app", "/app", &["http://127.0.0.1:1"], "login = true");
     let cases = [
         (
-            format!("{iss}[login]\nissuer = \"op\"\nclient_id = \"g\"\nsession_secret_env = \"{SESSION_ENV}\"\nbackchannel_logout_path = \"/bc\"\n\n{route_login}"),
+            format!("{iss}[login]\nissuer = \"op\"\nclient_id = \"g\"\nsession_secret_env = \"{SESSION_ENV}\"\nbackchannel_logout_path = \"bc\"\n\n{route_login}"),
             "login.backchannel_logout_path",
         ),
         (

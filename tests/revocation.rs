@@ -573,14 +573,16 @@ async fn admin_rejects_malformed_bodies() {
     let now = jwtgate::auth::now_unix();
     for (body, needle) in [
         ("not json".to_string(), "JSON"),
-        ("{}".to_string(), "either"),
+        ("{}".to_string(), "give one of"),
         (json!({"jti": "a"}).to_string(), "exp is required"),
         // Past exp + leeway_s (30): no longer accepted, nothing to revoke.
         (json!({"jti": "a", "exp": now - 100}).to_string(), "past"),
         (
             json!({"jti": "a", "exp": now + 10, "sub": "b"}).to_string(),
-            "not both",
+            "not several",
         ),
+        (json!({"sid": "s", "sub": "b"}).to_string(), "not several"),
+        (json!({"sid": ""}).to_string(), "empty"),
         (json!({"jti": "", "exp": now + 10}).to_string(), "empty"),
         (json!({"sub": ""}).to_string(), "empty"),
         (json!({"jti": "a", "exp": "soon"}).to_string(), "JSON"),

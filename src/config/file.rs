@@ -24,6 +24,7 @@ pub(super) struct FileConfig {
     pub(super) anomaly: Option<FileAnomaly>,
     pub(super) authz: Option<FileAuthz>,
     pub(super) login: Option<super::login::FileLogin>,
+    pub(super) signals: Option<FileSignals>,
     #[serde(default)]
     pub(super) routes: Vec<FileRoute>,
 }
@@ -159,6 +160,35 @@ pub(super) struct FileIssuer {
     /// OIDC discovery (`oidc`): keys and endpoints from the provider's metadata.
     #[serde(default)]
     pub(super) discovery: bool,
+    /// OIDC Back-Channel Logout for deployments without `[login]`.
+    pub(super) backchannel_logout_path: Option<String>,
+    /// The logout token's `aud` (the client_id the IdP knows the gateway by); defaults to
+    /// `audiences` when it holds exactly one.
+    pub(super) backchannel_audience: Option<String>,
+}
+
+/// `[signals]`: the Shared Signals (SSF 1.0) push receiver.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileSignals {
+    #[serde(default = "default_signals_path")]
+    pub(super) path: String,
+    pub(super) issuer: String,
+    pub(super) audience: String,
+    pub(super) jwks_url: Option<String>,
+    pub(super) algorithms: Option<Vec<String>>,
+    #[serde(default = "default_leeway")]
+    pub(super) leeway_s: u64,
+    #[serde(default = "default_signals_max_age")]
+    pub(super) max_age_s: u64,
+}
+
+fn default_signals_path() -> String {
+    "/ssf/events".into()
+}
+
+fn default_signals_max_age() -> u64 {
+    300
 }
 
 pub(super) fn default_leeway() -> u64 {

@@ -53,6 +53,9 @@ pub struct Login {
     pub session_secret: Vec<u8>,
     /// A same-origin path, or an absolute http(s) URL, for `post_logout_redirect_uri`.
     pub post_logout_redirect: String,
+    /// OIDC Back-Channel Logout (`config::validate` checks the path and builds the
+    /// `Backchannel` endpoint from it).
+    pub backchannel_logout_path: Option<String>,
 }
 
 impl std::fmt::Debug for Login {
@@ -76,12 +79,6 @@ fn invalid(key: &str, message: impl Into<String>) -> Invalid {
 /// Validate `[login]` against the issuers already validated (`config::validate` checks
 /// that `[tokens] sources` reads the access cookie the session lives in).
 pub fn validate(l: &FileLogin, issuers: &[IssuerConfig]) -> Result<Login, Invalid> {
-    if let Some(p) = &l.backchannel_logout_path {
-        return Err(invalid(
-            "backchannel_logout_path",
-            format!("{p:?}: back-channel logout is not implemented yet (a later release); remove the key"),
-        ));
-    }
     let issuer = issuers
         .iter()
         .position(|i| i.name == l.issuer)
@@ -181,5 +178,6 @@ pub fn validate(l: &FileLogin, issuers: &[IssuerConfig]) -> Result<Login, Invali
         callback_path: l.callback_path.clone(),
         session_secret: secret,
         post_logout_redirect: p.clone(),
+        backchannel_logout_path: l.backchannel_logout_path.clone(),
     })
 }

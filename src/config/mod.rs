@@ -62,7 +62,47 @@ pub struct Config {
     pub authz: Authz,
     /// `[login]`: sign-in at the edge (authorization code + PKCE).
     pub login: Option<login::Login>,
+    /// OIDC Back-Channel Logout endpoints (`[login] backchannel_logout_path`, and the
+    /// issuer-level `backchannel_logout_path`).
+    pub backchannel: Vec<Backchannel>,
+    /// `[signals]`: the Shared Signals push receiver.
+    pub signals: Option<Signals>,
     pub routes: Vec<RouteConfig>,
+}
+
+/// One OIDC Back-Channel Logout endpoint: logout tokens posted to `path` are verified with
+/// `issuers[issuer]`'s keys and must name `audience` (the client_id) in `aud`.
+#[derive(Debug, Clone)]
+pub struct Backchannel {
+    pub path: String,
+    pub issuer: usize,
+    pub audience: String,
+}
+
+/// `[signals]`, validated.
+#[derive(Debug, Clone)]
+pub struct Signals {
+    /// Where transmitters POST SETs, on the public listeners.
+    pub path: String,
+    /// The SET's `iss` (the transmitter).
+    pub issuer: String,
+    /// What the SET's `aud` must contain.
+    pub audience: String,
+    pub keys: SignalKeys,
+    pub leeway_s: u64,
+    /// Oldest SET `iat` accepted (seconds, plus the leeway); also how long a `jti` is
+    /// remembered.
+    pub max_age_s: u64,
+}
+
+/// Where the transmitter's keys come from.
+#[derive(Debug, Clone)]
+pub enum SignalKeys {
+    /// The `[[issuers]]` entry whose `issuer` is `[signals] issuer` (its keys, JWKS or
+    /// discovered).
+    Issuer(usize),
+    /// `[signals] jwks_url`.
+    Own(Box<IssuerConfig>),
 }
 
 impl Config {

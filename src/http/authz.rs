@@ -73,6 +73,8 @@ async fn decide<'a>(
         host: _,
     } = match pipeline::decide(app, client, conn, &mut original, notes, hops).await? {
         Decision::Answer(resp) => return Ok(resp),
+        // The identity provider posts to the gateway itself, not through a decision.
+        Decision::Receive(_) => return Err(GatewayError::NoRoute),
         Decision::Allow(a) => a,
     };
 

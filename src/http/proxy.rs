@@ -54,6 +54,10 @@ async fn proxy<'a>(
     // 2-5. Route, strip, authenticate, refresh: the decision every front door shares.
     let allowed = match pipeline::decide(app, client, &conn, &mut parts, notes, hops).await? {
         Decision::Answer(resp) => return Ok(resp),
+        // Boxed: the identity provider's rare POSTs must not widen every request's future.
+        Decision::Receive(e) => {
+            return Ok(Box::pin(pipeline::signals::receive(app, e, &parts, body)).await)
+        }
         Decision::Allow(a) => a,
     };
     let Allowed {

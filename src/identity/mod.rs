@@ -1,8 +1,9 @@
 //! Who is calling, and may they still: the identity provider's metadata (`oidc`) and keys
 //! (`jwks`), where the credential is and whether it verifies (`auth`), proof of possession for bound tokens (`sender`), revocation
 //! (`revocation`), leaked-token detection (`anomaly`), the gateway-signed identity for
-//! upstreams (`assertion`), renewing tokens at the edge (`refresh`), and signing browsers
-//! in (`login`). Listed in dependency order.
+//! upstreams (`assertion`), renewing tokens at the edge (`refresh`), signing browsers
+//! in (`login`), and revocations the identity provider sends (`signals`: back-channel
+//! logout, Shared Signals). Listed in dependency order.
 
 pub mod oidc;
 // (keys, then verification)
@@ -21,3 +22,5 @@ pub mod assertion;
 pub mod refresh;
 // (sign-in)
 pub mod login;
+// (back-channel logout, Shared Signals)
+pub mod signals;

@@ -229,6 +229,8 @@ struct RevocationRequest {
     sub: Option<String>,
     /// Optional for `sub`: revoke tokens issued at or before this time (default now).
     at: Option<i64>,
+    /// A sign-in session: every token whose `sid` claim matches (for `subject_ttl_s`).
+    sid: Option<String>,
     /// The `[[issuers]]` entry (its `name`) whose token or subject this is; may be left out
     /// when exactly one issuer is configured.
     issuer: Option<String>,
@@ -273,7 +275,7 @@ async fn post_revocation(app: &App, body: Incoming) -> Response<Body> {
         Ok(r) => r,
         Err(e) => {
             return bad(&format!(
-                "body must be JSON {{\"jti\": ..., \"exp\": ...}} or {{\"sub\": ...}}: {e}"
+                "body must be JSON {{\"jti\": ..., \"exp\": ...}}, {{\"sub\": ...}} or {{\"sid\": ...}}: {e}"
             ))
         }
     };
@@ -287,6 +289,7 @@ async fn post_revocation(app: &App, body: Incoming) -> Response<Body> {
             exp: Some(exp),
             sub: None,
             at: None,
+            sid: None,
             ..
         } => {
             if jti.is_empty() {
@@ -318,6 +321,7 @@ async fn post_revocation(app: &App, body: Incoming) -> Response<Body> {
             exp: None,
             sub: Some(sub),
             at,
+            sid: None,
             ..
         } => {
             if sub.is_empty() {
@@ -334,10 +338,27 @@ async fn post_revocation(app: &App, body: Incoming) -> Response<Body> {
         }
         RevocationRequest {
             jti: None,
+            exp: None,
             sub: None,
+            at: None,
+            sid: Some(sid),
             ..
-        } => return bad("give either {\"jti\", \"exp\"} or {\"sub\"}"),
-        _ => return bad("give either {\"jti\", \"exp\"} or {\"sub\"}, not both"),
+        } => {
+            if sid.is_empty() {
+                return bad("sid must not be empty");
+            }
+            match issuer() {
+                Ok(i) => app.revocations.revoke_sid(&Scoped::new(i, &sid)).await,
+                Err(m) => return bad(&m),
+            }
+        }
+        RevocationRequest {
+            jti: None,
+            sub: None,
+            sid: None,
+            ..
+        } => return bad("give one of {\"jti\", \"exp\"}, {\"sub\"} or {\"sid\"}"),
+        _ => return bad("give one of {\"jti\", \"exp\"}, {\"sub\"} or {\"sid\"}, not several"),
     };
     match res {
         Ok(()) => {

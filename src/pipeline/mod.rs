@@ -16,6 +16,7 @@ use crate::net::body::Body;
 use crate::policy::cors;
 pub mod headers;
 pub mod logout;
+pub mod signals;
 
 use crate::identity::refresh::{self, Channel, Grant, RefreshError};
 use crate::net::Client;
@@ -28,6 +29,9 @@ pub enum Decision<'a> {
     Answer(Response<Body>),
     /// The request may go on.
     Allow(Allowed<'a>),
+    /// A POST to one of the identity provider's endpoints (back-channel logout, signals):
+    /// the front door reads the body and answers with `signals::receive`.
+    Receive(crate::identity::signals::Endpoint),
 }
 
 /// An allowed request: its route, the caller's verified identity (none on an open route
@@ -141,6 +145,19 @@ async fn decide_steps<'a>(
             .await
             .map(Decision::Answer);
         }
+    }
+    //    And so do the identity provider's back-channel endpoints (logout, signals).
+    if let Some(e) = app
+        .signals
+        .as_ref()
+        .and_then(|s| s.endpoint(parts.uri.path()))
+    {
+        headers::strip_client_headers(&mut parts.headers, &app.config.identity, hops > 0);
+        notes.gateway_endpoint = Some(e.name());
+        if parts.method != http::Method::POST {
+            return Err(GatewayError::BadRequest("this endpoint takes POST"));
+        }
+        return Ok(Decision::Receive(e));
     }
     let route = route.ok_or(GatewayError::NoRoute)?;
     notes.route_index = Some(route.index);

@@ -427,16 +427,23 @@ async fn idp(req: Request<Incoming>, st: &IdpState) -> Response<Body> {
 /// Mint a token with the fixtures' keys. `claims` are merged over sane defaults
 /// (iss "https://idp.test", sub "alice", aud "api", exp in an hour, iat now, jti).
 pub fn token(alg: &str, kid: Option<&str>, claims: serde_json::Value) -> String {
-    use jsonwebtoken::{Algorithm, EncodingKey, Header};
     let now = jwtgate::auth::now_unix();
-    let mut c = serde_json::json!({"iss": "https://idp.test", "sub": "alice", "aud": "api", "exp": now + 3600, "iat": now, "jti": jwtgate::token::random_id()});
-    for (k, v) in claims.as_object().unwrap() {
-        if v.is_null() {
-            c.as_object_mut().unwrap().remove(k);
-        } else {
-            c[k] = v.clone();
-        }
-    }
+    let c = merged(
+        serde_json::json!({"iss": "https://idp.test", "sub": "alice", "aud": "api", "exp": now + 3600, "iat": now, "jti": jwtgate::token::random_id()}),
+        claims,
+    );
+    sign_jwt(alg, kid, None, &c)
+}
+
+/// Sign `claims` as they are (no defaults) with the fixtures' key for `alg`, with header
+/// `kid` and `typ`.
+pub fn sign_jwt(
+    alg: &str,
+    kid: Option<&str>,
+    typ: Option<&str>,
+    claims: &serde_json::Value,
+) -> String {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
     let alg_v = jwtgate::jwks::parse_alg(alg).unwrap();
     let key = match alg_v {
         Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
@@ -454,8 +461,59 @@ pub fn token(alg: &str, kid: Option<&str>, claims: serde_json::Value) -> String 
     };
     let mut h = Header::new(alg_v);
     h.kid = kid.map(str::to_string);
-    jsonwebtoken::encode(&h, &c, &key).unwrap()
+    h.typ = typ.map(str::to_string);
+    jsonwebtoken::encode(&h, claims, &key).unwrap()
 }
+
+/// `base` with `overrides` merged over it (a `null` removes the member).
+pub fn merged(mut base: serde_json::Value, overrides: serde_json::Value) -> serde_json::Value {
+    for (k, v) in overrides.as_object().unwrap() {
+        if v.is_null() {
+            base.as_object_mut().unwrap().remove(k);
+        } else {
+            base[k] = v.clone();
+        }
+    }
+    base
+}
+
+/// The OIDC Back-Channel Logout event URI.
+pub const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+impl MockIdp {
+    /// The kid under which tests serve the fixture RSA key (`Keys::rsa_jwk(IDP_KID, "rsa")`)
+    /// and sign the IdP's logout tokens and security events.
+    pub const KID: &'static str = "k1";
+
+    /// A logout token as this IdP signs one (RS256, `typ` `logout+jwt`): `claims` merged
+    /// over iss "https://idp.test", aud `CLIENT_ID`, iat now, a fresh jti, the back-channel
+    /// logout event, sub "alice".
+    pub fn logout_token(claims: serde_json::Value) -> String {
+        let now = jwtgate::auth::now_unix();
+        let c = merged(
+            serde_json::json!({"iss": "https://idp.test", "aud": CLIENT_ID, "iat": now,
+                "jti": jwtgate::token::random_id(), "events": {BACKCHANNEL_EVENT: {}}, "sub": "alice"}),
+            claims,
+        );
+        sign_jwt("RS256", Some(Self::KID), Some("logout+jwt"), &c)
+    }
+
+    /// A Security Event Token (RFC 8417) as this IdP's Shared Signals transmitter signs
+    /// one (RS256, `typ` `secevent+jwt`): `claims` merged over iss "https://idp.test", aud
+    /// `SIGNALS_AUDIENCE`, iat now, a fresh jti; `events` and `sub_id` are the caller's.
+    pub fn security_event(claims: serde_json::Value) -> String {
+        let now = jwtgate::auth::now_unix();
+        let c = merged(
+            serde_json::json!({"iss": "https://idp.test", "aud": SIGNALS_AUDIENCE, "iat": now,
+                "jti": jwtgate::token::random_id()}),
+            claims,
+        );
+        sign_jwt("RS256", Some(Self::KID), Some("secevent+jwt"), &c)
+    }
+}
+
+/// The `aud` of the mock IdP's security events (`[signals] audience`).
+pub const SIGNALS_AUDIENCE: &str = "https://gateway.test/ssf";
 
 /// Assemble a token from raw parts (for forged-header attacks).
 pub fn raw_token(header: &serde_json::Value, claims: &serde_json::Value, sig: &str) -> String {

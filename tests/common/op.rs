@@ -98,6 +98,28 @@ impl MockOp {
         access_token(&self.issuer(), sub, ttl)
     }
 
+    /// An access token for `sub` in the sign-in session `sid`.
+    pub fn session_token(&self, sub: &str, sid: &str) -> String {
+        token(
+            "RS256",
+            Some("r1"),
+            json!({"iss": self.issuer(), "sub": sub, "aud": "api", "sid": sid,
+                   "iat": jwtgate::auth::now_unix() - 5}),
+        )
+    }
+
+    /// A back-channel logout token from this provider to the gateway's client
+    /// (`CLIENT_ID`): `claims` merged over iss, aud, iat, jti and the event.
+    pub fn logout_token(&self, claims: Value) -> String {
+        let c = super::merged(
+            json!({"iss": self.issuer(), "aud": CLIENT_ID, "iat": jwtgate::auth::now_unix(),
+                   "jti": jwtgate::token::random_id(),
+                   "events": {super::BACKCHANNEL_EVENT: {}}}),
+            claims,
+        );
+        super::sign_jwt("RS256", Some("r1"), Some("logout+jwt"), &c)
+    }
+
     /// A live refresh token for `sub`.
     pub fn issue_refresh_token(&self, sub: &str) -> String {
         let t = format!("rt-{}", jwtgate::token::random_id());

@@ -14,6 +14,7 @@ use super::*;
 
 pub(super) mod identity;
 pub(super) mod routes;
+mod signals;
 
 use identity::*;
 use routes::*;
@@ -180,6 +181,37 @@ fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigErr
         .as_ref()
         .map(|a| validate_anomaly(ctx, a))
         .transpose()?;
+    let backchannel = signals::validate_backchannel(ctx, &raw.issuers, &issuers, login.as_ref())?;
+    let signals = raw
+        .signals
+        .as_ref()
+        .map(|s| signals::validate_signals(ctx, s, &issuers))
+        .transpose()?;
+    {
+        // The gateway's own endpoints on the public listeners must not share a path.
+        let mut own: Vec<(&str, String)> = backchannel
+            .iter()
+            .map(|b| (b.path.as_str(), "backchannel_logout_path".to_string()))
+            .collect();
+        if let Some(s) = &signals {
+            own.push((&s.path, "signals.path".into()));
+        }
+        if let Some(l) = &login {
+            own.push((&l.callback_path, "login.callback_path".into()));
+        }
+        if let Some(r) = &refresh {
+            own.push((&r.logout_path, "refresh.logout_path".into()));
+        }
+        let mut seen = HashSet::new();
+        for (p, key) in &own {
+            if !seen.insert(*p) {
+                return Err(ctx.err(
+                    key,
+                    format!("{p:?} is already the path of another of the gateway's own endpoints"),
+                ));
+            }
+        }
+    }
 
     let authz = validate_authz(ctx, raw.authz.as_ref().unwrap_or(&FileAuthz::default()))?;
 
@@ -242,6 +274,8 @@ fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigErr
         anomaly,
         authz,
         login,
+        backchannel,
+        signals,
         routes,
     })
 }

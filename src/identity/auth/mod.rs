@@ -54,9 +54,11 @@ pub struct Verified {
     pub nbf: Option<i64>,
     pub iat: Option<i64>,
     pub jti: Option<String>,
-    /// `jti` and `sub` scoped by the issuer's name: what revocations are keyed by.
+    /// `jti`, `sub` and `sid` (the sign-in session) scoped by the issuer's name: what
+    /// revocations are keyed by.
     pub scoped_jti: Option<Scoped>,
     pub scoped_sub: Scoped,
+    pub scoped_sid: Option<Scoped>,
     pub leeway: i64,
     /// `cnf.jkt` (RFC 9449 §6): the token is bound to this DPoP key's thumbprint.
     pub cnf_jkt: Option<Box<str>>,
@@ -217,51 +219,11 @@ impl Verifier {
             return Err(TokenError::IssuerMismatch);
         };
         let issuer = &self.issuers[idx];
-        if let Some(allow) = &issuer.config.algorithms {
-            if !allow.contains(&alg) {
-                return Err(TokenError::UnsupportedAlgorithm);
-            }
-        }
         // The generation is read before the keys, so a concurrent rotation can only make
         // this entry look stale (re-verified), never fresh.
         let generation = issuer.generation();
-        if sig.is_empty() {
-            return Err(TokenError::BadSignature);
-        }
         let message = &token.as_bytes()[..h64.len() + 1 + p64.len()];
-        match header.kid.as_deref() {
-            Some(kid) => {
-                let key = match issuer.find_kid(kid).await {
-                    KidLookup::Found(k) => k,
-                    KidLookup::Unknown => return Err(TokenError::UnknownKid),
-                };
-                if !key.algs.contains(&alg) {
-                    return Err(TokenError::UnsupportedAlgorithm);
-                }
-                verify_sig(sig, message, &key, alg)?;
-            }
-            None => {
-                let keys = issuer.keys();
-                let mut candidates = keys
-                    .pinned
-                    .iter()
-                    .filter(|k| k.pinned == Some(alg))
-                    .peekable();
-                if candidates.peek().is_none() {
-                    return Err(TokenError::UnknownKid);
-                }
-                let mut ok = false;
-                for k in candidates {
-                    if verify_sig(sig, message, k, alg).is_ok() {
-                        ok = true;
-                        break;
-                    }
-                }
-                if !ok {
-                    return Err(TokenError::BadSignature);
-                }
-            }
-        }
+        check_signature(issuer, alg, header.kid.as_deref(), sig, message).await?;
         self.check_static_claims(key, idx, generation, p64, &claims)
     }
 
@@ -341,6 +303,11 @@ impl Verifier {
         let (cnf_jkt, cnf_x5t) = confirmation(claims.get("cnf"))?;
         let scoped_jti = jti.as_deref().map(|j| Scoped::new(&cfg.name, j));
         let scoped_sub = Scoped::new(&cfg.name, &sub);
+        let scoped_sid = match claims.get("sid") {
+            Some(Value::String(s)) => Some(Scoped::new(&cfg.name, s)),
+            Some(_) => return Err(TokenError::Malformed("sid is not a string")),
+            None => None,
+        };
         let token_id = token_id(scoped_jti.as_ref(), &scoped_sub);
         let weight = (p64.len() * 2 + 256 + cfg.name.len() * 2).min(u32::MAX as usize) as u32;
         Ok(Verified {
@@ -360,6 +327,7 @@ impl Verifier {
             jti,
             scoped_jti,
             scoped_sub,
+            scoped_sid,
             leeway: cfg.leeway_s.min(i64::MAX as u64) as i64,
             cnf_jkt,
             cnf_x5t,
@@ -388,6 +356,94 @@ fn confirmation(cnf: Option<&Value>) -> Result<Confirmation, TokenError> {
     Ok((member("jkt")?, member("x5t#S256")?))
 }
 
+/// The signature of `message` under one of `issuer`'s keys: the one named by `kid`, or
+/// (without a `kid`) one pinned to `alg`. The key decides which algorithms it verifies;
+/// the issuer's `algorithms` allow-list applies.
+async fn check_signature(
+    issuer: &IssuerKeys,
+    alg: Algorithm,
+    kid: Option<&str>,
+    sig: &str,
+    message: &[u8],
+) -> Result<(), TokenError> {
+    if let Some(allow) = &issuer.config.algorithms {
+        if !allow.contains(&alg) {
+            return Err(TokenError::UnsupportedAlgorithm);
+        }
+    }
+    if sig.is_empty() {
+        return Err(TokenError::BadSignature);
+    }
+    match kid {
+        Some(kid) => {
+            let key = match issuer.find_kid(kid).await {
+                KidLookup::Found(k) => k,
+                KidLookup::Unknown => return Err(TokenError::UnknownKid),
+            };
+            if !key.algs.contains(&alg) {
+                return Err(TokenError::UnsupportedAlgorithm);
+            }
+            verify_sig(sig, message, &key, alg)
+        }
+        None => {
+            let keys = issuer.keys();
+            let mut candidates = keys
+                .pinned
+                .iter()
+                .filter(|k| k.pinned == Some(alg))
+                .peekable();
+            if candidates.peek().is_none() {
+                return Err(TokenError::UnknownKid);
+            }
+            if candidates.any(|k| verify_sig(sig, message, k, alg).is_ok()) {
+                Ok(())
+            } else {
+                Err(TokenError::BadSignature)
+            }
+        }
+    }
+}
+
+/// A JWS signed by one issuer (a logout token, a Security Event Token): its header's `typ`
+/// and its claims. Only the signature is checked here; the claims are the caller's.
+#[derive(Debug)]
+pub struct Signed {
+    pub typ: Option<String>,
+    pub claims: Map<String, Value>,
+}
+
+/// Verify a compact JWS with `issuer`'s keys (never chosen by the token's `alg`: see
+/// `check_signature`). `crit` is refused, `none` is not a supported algorithm.
+pub async fn verify_signed(issuer: &IssuerKeys, token: &str) -> Result<Signed, TokenError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(TokenError::Malformed("token too large"));
+    }
+    let mut parts = token.split('.');
+    let (Some(h64), Some(p64), Some(sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed("expected three dot-separated parts"));
+    };
+    let header: RawHeader = decode_json(h64, "header")?;
+    let Some(alg) = jwks::parse_alg(&header.alg) else {
+        return Err(TokenError::UnsupportedAlgorithm);
+    };
+    if header.crit.is_some() {
+        return Err(TokenError::Malformed(
+            "critical header extensions (crit) are not supported",
+        ));
+    }
+    let message = &token.as_bytes()[..h64.len() + 1 + p64.len()];
+    check_signature(issuer, alg, header.kid.as_deref(), sig, message).await?;
+    let Value::Object(claims) = decode_json(p64, "payload")? else {
+        return Err(TokenError::Malformed("payload is not a JSON object"));
+    };
+    Ok(Signed {
+        typ: header.typ,
+        claims,
+    })
+}
+
 /// See `Verified::token_id`. The tag keeps a `jti` and a `sub` of the same spelling apart.
 fn token_id(jti: Option<&Scoped>, sub: &Scoped) -> [u8; 32] {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
@@ -413,6 +469,8 @@ struct RawHeader {
     kid: Option<String>,
     #[serde(default)]
     crit: Option<Value>,
+    #[serde(default)]
+    typ: Option<String>,
     // `jwk`, `jku`, `x5u`, `x5c` are deliberately not read: keys come from config only.
 }
 
@@ -598,6 +656,7 @@ mod tests {
             jti: None,
             scoped_jti: None,
             scoped_sub: Scoped::new("i", "a"),
+            scoped_sid: None,
             leeway: 30,
             cnf_jkt: None,
             cnf_x5t: None,

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 
-use super::{Lookup, Store, StoreError};
+use super::{Keys, Lookup, Store, StoreError};
 use crate::clock::now_unix;
 use crate::ids::Scoped;
 
@@ -26,11 +26,14 @@ impl moka::Expiry<String, i64> for UntilValue {
 }
 
 /// In-process store, keyed by `Scoped` strings: entries expire on their own (jti at its
-/// `until`, watermarks after `subject_ttl`). Also used, with Redis, to hold revocations
-/// pushed over pub/sub.
+/// `until`, watermarks and sessions after `subject_ttl`). Also used, with Redis, to hold
+/// revocations pushed over pub/sub.
 pub struct MemoryStore {
     jti: moka::sync::Cache<String, i64>,
     sub: moka::sync::Cache<String, i64>,
+    sid: moka::sync::Cache<String, ()>,
+    /// The replay cache: key -> until.
+    seen: moka::sync::Cache<String, i64>,
 }
 
 impl MemoryStore {
@@ -44,14 +47,27 @@ impl MemoryStore {
                 .max_capacity(capacity)
                 .time_to_live(subject_ttl.max(Duration::from_secs(1)))
                 .build(),
+            sid: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(subject_ttl.max(Duration::from_secs(1)))
+                .build(),
+            seen: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(UntilValue)
+                .build(),
         }
     }
 
-    pub(super) fn get(&self, jti: Option<&Scoped>, sub: Option<&Scoped>) -> Lookup {
+    pub(super) fn get(&self, keys: Keys<'_>) -> Lookup {
         Lookup {
-            jti_revoked: jti.is_some_and(|j| self.jti.contains_key(j.as_str())),
-            watermark: sub.and_then(|s| self.sub.get(s.as_str())),
+            jti_revoked: keys.jti.is_some_and(|j| self.jti.contains_key(j.as_str())),
+            watermark: keys.sub.and_then(|s| self.sub.get(s.as_str())),
+            sid_revoked: keys.sid.is_some_and(|s| self.sid.contains_key(s.as_str())),
         }
+    }
+
+    pub(super) fn put_sid(&self, sid: &Scoped) {
+        self.sid.insert(sid.as_str().to_owned(), ());
     }
 
     pub(super) fn put_jti(&self, jti: &Scoped, until: i64) {
@@ -67,15 +83,11 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn lookup_now(&self, jti: Option<&Scoped>, sub: Option<&Scoped>) -> Option<Lookup> {
-        Some(self.get(jti, sub))
+    fn lookup_now(&self, keys: Keys<'_>) -> Option<Lookup> {
+        Some(self.get(keys))
     }
-    fn lookup<'a>(
-        &'a self,
-        jti: Option<&'a Scoped>,
-        sub: Option<&'a Scoped>,
-    ) -> BoxFuture<'a, Result<Lookup, StoreError>> {
-        let l = self.get(jti, sub);
+    fn lookup<'a>(&'a self, keys: Keys<'a>) -> BoxFuture<'a, Result<Lookup, StoreError>> {
+        let l = self.get(keys);
         Box::pin(async move { Ok(l) })
     }
     fn revoke_jti<'a>(
@@ -88,6 +100,22 @@ impl Store for MemoryStore {
     }
     fn revoke_sub<'a>(&'a self, sub: &'a Scoped, at: i64) -> BoxFuture<'a, Result<(), StoreError>> {
         self.put_sub(sub, at);
+        Box::pin(async { Ok(()) })
+    }
+    fn revoke_sid<'a>(&'a self, sid: &'a Scoped) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.put_sid(sid);
+        Box::pin(async { Ok(()) })
+    }
+    fn first_sighting<'a>(
+        &'a self,
+        key: &'a str,
+        until: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let fresh = self.seen.entry(key.to_owned()).or_insert(until).is_fresh();
+        Box::pin(async move { Ok(fresh) })
+    }
+    fn forget_sighting<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.seen.invalidate(key);
         Box::pin(async { Ok(()) })
     }
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {

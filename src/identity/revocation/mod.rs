@@ -1,6 +1,7 @@
-//! Revocation: a jti blacklist and per-subject "revoked before T" watermarks, each scoped by
-//! the issuer (`Scoped`), in one of two stores behind the `Store` trait (in-process memory,
-//! or Redis shared by every replica).
+//! Revocation: a jti blacklist, per-subject "revoked before T" watermarks and revoked
+//! sessions (`sid`), each scoped by the issuer (`Scoped`), in one of two stores behind the
+//! `Store` trait (in-process memory, or Redis shared by every replica). One `Keys` asks all
+//! three questions of a token at once: one cache entry, one round trip on a miss.
 //! With Redis, a moka cache answers repeat tokens without a round trip, revocations made
 //! through any replica arrive over pub/sub at once, and a circuit breaker keeps a dead
 //! Redis from costing a timeout per request. With Sentinel (`connect.rs`) the store, the
@@ -30,6 +31,15 @@ mod connect;
 mod memory_store;
 mod redis_store;
 
+/// The revocation keys of one token, each scoped by its issuer: what a lookup asks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Keys<'a> {
+    pub jti: Option<&'a Scoped>,
+    pub sub: Option<&'a Scoped>,
+    /// The token's `sid` claim (the sign-in session it belongs to).
+    pub sid: Option<&'a Scoped>,
+}
+
 /// What a store knows about one token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Lookup {
@@ -37,6 +47,8 @@ pub struct Lookup {
     pub jti_revoked: bool,
     /// Every token of the subject with `iat <= T` is revoked.
     pub watermark: Option<i64>,
+    /// The token's session (`sid`) is revoked.
+    pub sid_revoked: bool,
 }
 
 impl Lookup {
@@ -44,6 +56,7 @@ impl Lookup {
     /// than a watermark).
     pub fn is_revoked(&self, iat: Option<i64>) -> bool {
         self.jti_revoked
+            || self.sid_revoked
             || match (self.watermark, iat) {
                 (Some(t), Some(iat)) => iat <= t,
                 (Some(_), None) => true,
@@ -100,13 +113,9 @@ impl Backoff {
 /// Where revocations live. Every key is scoped by issuer.
 pub trait Store: Send + Sync {
     /// Answer without I/O when the store is in-process; `None` for remote stores.
-    fn lookup_now(&self, jti: Option<&Scoped>, sub: Option<&Scoped>) -> Option<Lookup>;
-    /// One round trip answering both questions for a token.
-    fn lookup<'a>(
-        &'a self,
-        jti: Option<&'a Scoped>,
-        sub: Option<&'a Scoped>,
-    ) -> BoxFuture<'a, Result<Lookup, StoreError>>;
+    fn lookup_now(&self, keys: Keys<'_>) -> Option<Lookup>;
+    /// One round trip answering every question for a token (jti, subject, session).
+    fn lookup<'a>(&'a self, keys: Keys<'a>) -> BoxFuture<'a, Result<Lookup, StoreError>>;
     /// Blacklist `jti` until `until` (the token's `exp` plus the leeway; and tell the other
     /// replicas).
     fn revoke_jti<'a>(
@@ -116,6 +125,19 @@ pub trait Store: Send + Sync {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Revoke every token of `sub` issued at or before `at` (and tell the other replicas).
     fn revoke_sub<'a>(&'a self, sub: &'a Scoped, at: i64) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Revoke every token whose `sid` claim is `sid`, for `subject_ttl_s` (and tell the
+    /// other replicas).
+    fn revoke_sid<'a>(&'a self, sid: &'a Scoped) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Record `key` (a signed message's `jti`, scoped by its sender) until `until` (unix
+    /// seconds): `true` the first time, `false` when it was already recorded, by this or
+    /// (with Redis) any replica. The replay cache of back-channel logout and signals.
+    fn first_sighting<'a>(
+        &'a self,
+        key: &'a str,
+        until: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Forget `key` again (the message it came with could not be applied; let a retry in).
+    fn forget_sighting<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Cheap liveness probe.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }
@@ -142,7 +164,7 @@ impl moka::Expiry<[u8; 32], Arc<CachedLookup>> for CacheExpiry {
         v: &Arc<CachedLookup>,
         _now: Instant,
     ) -> Option<Duration> {
-        if v.lookup.jti_revoked {
+        if v.lookup.jti_revoked || v.lookup.sid_revoked {
             Some(Duration::from_secs((v.until - now_unix()).max(0) as u64))
         } else {
             Some(self.not_revoked_ttl)
@@ -220,10 +242,7 @@ impl Revocations {
 
     /// Step 4b: is this verified token revoked (by its issuer's jti or subject)?
     pub async fn check(&self, v: &Verified) -> Result<(), GatewayError> {
-        if let Some(l) = self
-            .store
-            .lookup_now(v.scoped_jti.as_ref(), Some(&v.scoped_sub))
-        {
+        if let Some(l) = self.store.lookup_now(keys(v)) {
             return decide(l, v);
         }
         // The remote path's future is large (cache, store); boxing it keeps every caller's
@@ -232,8 +251,8 @@ impl Revocations {
     }
 
     async fn check_remote(&self, v: &Verified) -> Result<(), GatewayError> {
-        let (jti, sub) = (v.scoped_jti.as_ref(), Some(&v.scoped_sub));
-        decide(self.recent.get(jti, sub), v)?;
+        let keys = keys(v);
+        decide(self.recent.get(keys), v)?;
         // A cached answer needs no store, even while the circuit is open.
         if let Some(c) = self.cache.get(&v.key).await {
             return decide(c.lookup, v);
@@ -245,7 +264,7 @@ impl Revocations {
             .cache
             .try_get_with(v.key, async {
                 self.lookups.inc();
-                let lookup = self.store.lookup(jti, sub).await?;
+                let lookup = self.store.lookup(keys).await?;
                 let until = v.exp.saturating_add(v.leeway);
                 Ok::<_, StoreError>(Arc::new(CachedLookup { lookup, until }))
             })
@@ -353,13 +372,48 @@ impl Revocations {
         Ok(())
     }
 
+    /// Revoke every token of an issuer whose `sid` claim is `sid` (for `subject_ttl_s`).
+    pub async fn revoke_sid(&self, sid: &Scoped) -> Result<(), StoreError> {
+        self.store.revoke_sid(sid).await?;
+        self.recent.put_sid(sid);
+        Ok(())
+    }
+
+    /// See `Store::first_sighting`.
+    pub async fn first_sighting(&self, key: &str, until: i64) -> Result<bool, StoreError> {
+        self.store.first_sighting(key, until).await
+    }
+
+    /// See `Store::forget_sighting`; best effort.
+    pub async fn forget_sighting(&self, key: &str) {
+        if let Err(e) = self.store.forget_sighting(key).await {
+            tracing::warn!(error = %e, "could not clear a replay-cache entry");
+        }
+    }
+
     /// Whether an issuer's `jti` is on the blacklist (admin API; the legacy unscoped key
     /// counts too).
     pub async fn is_jti_revoked(&self, jti: &Scoped) -> Result<bool, StoreError> {
-        if self.recent.get(Some(jti), None).jti_revoked {
+        let keys = Keys {
+            jti: Some(jti),
+            ..Keys::default()
+        };
+        if self.recent.get(keys).jti_revoked {
             return Ok(true);
         }
-        Ok(self.store.lookup(Some(jti), None).await?.jti_revoked)
+        Ok(self.store.lookup(keys).await?.jti_revoked)
+    }
+
+    /// Whether an issuer's session is revoked (admin API, tests).
+    pub async fn is_sid_revoked(&self, sid: &Scoped) -> Result<bool, StoreError> {
+        let keys = Keys {
+            sid: Some(sid),
+            ..Keys::default()
+        };
+        if self.recent.get(keys).sid_revoked {
+            return Ok(true);
+        }
+        Ok(self.store.lookup(keys).await?.sid_revoked)
     }
 
     fn apply(&self, msg: Message) {
@@ -374,6 +428,7 @@ impl Revocations {
                 sub,
                 at,
             } => self.recent.put_sub(&Scoped::new(&i, &sub), at),
+            Message::Sid { issuer, sid } => self.recent.put_sid(&Scoped::new(&issuer, &sid)),
             // From a replica of the earlier release, which wrote an unscoped key: it applies
             // to every issuer, and lookups read it; forget cached "not revoked" answers so
             // the next ones do.
@@ -493,6 +548,15 @@ impl Revocations {
     }
 }
 
+/// A verified token's revocation keys.
+fn keys(v: &Verified) -> Keys<'_> {
+    Keys {
+        jti: v.scoped_jti.as_ref(),
+        sub: Some(&v.scoped_sub),
+        sid: v.scoped_sid.as_ref(),
+    }
+}
+
 fn decide(l: Lookup, v: &Verified) -> Result<(), GatewayError> {
     if l.is_revoked(v.iat) {
         Err(GatewayError::InvalidToken(TokenError::Revoked))
@@ -508,8 +572,8 @@ mod tests {
     #[test]
     fn watermark_rules() {
         let l = Lookup {
-            jti_revoked: false,
             watermark: Some(100),
+            ..Lookup::default()
         };
         assert!(l.is_revoked(Some(100)));
         assert!(l.is_revoked(Some(99)));
@@ -518,9 +582,14 @@ mod tests {
         assert!(!Lookup::default().is_revoked(None));
         assert!(Lookup {
             jti_revoked: true,
-            watermark: None
+            ..Lookup::default()
         }
         .is_revoked(Some(1)));
+        assert!(Lookup {
+            sid_revoked: true,
+            ..Lookup::default()
+        }
+        .is_revoked(Some(i64::MAX)));
     }
 
     #[test]
@@ -542,6 +611,13 @@ mod tests {
                 at: 7
             }
         );
+        let m = Message::Sid {
+            issuer: "main".into(),
+            sid: "s-1".into(),
+        };
+        let text = serde_json::to_string(&m).unwrap();
+        assert_eq!(text, r#"{"issuer":"main","sid":"s-1"}"#);
+        assert_eq!(serde_json::from_str::<Message>(&text).unwrap(), m);
         // An earlier release's message: no issuer.
         let m: Message = serde_json::from_str(r#"{"jti":"a","exp":5}"#).unwrap();
         assert_eq!(
@@ -560,7 +636,11 @@ mod tests {
         let a = Scoped::new("i", "a");
         m.put_sub(&a, 10);
         m.put_sub(&a, 5);
-        assert_eq!(m.get(None, Some(&a)).watermark, Some(10));
+        let keys = Keys {
+            sub: Some(&a),
+            ..Keys::default()
+        };
+        assert_eq!(m.get(keys).watermark, Some(10));
     }
 
     #[test]
@@ -568,18 +648,31 @@ mod tests {
         let m = MemoryStore::new(100, Duration::from_secs(60));
         m.put_sub(&Scoped::new("b", "alice"), 10);
         m.put_jti(&Scoped::new("b", "j"), now_unix() + 60);
+        m.put_sid(&Scoped::new("b", "s1"));
+        let (aj, aa, asid) = (
+            Scoped::new("a", "j"),
+            Scoped::new("a", "alice"),
+            Scoped::new("a", "s1"),
+        );
         assert_eq!(
-            m.get(
-                Some(&Scoped::new("a", "j")),
-                Some(&Scoped::new("a", "alice"))
-            ),
+            m.get(Keys {
+                jti: Some(&aj),
+                sub: Some(&aa),
+                sid: Some(&asid)
+            }),
             Lookup::default()
         );
-        let l = m.get(
-            Some(&Scoped::new("b", "j")),
-            Some(&Scoped::new("b", "alice")),
+        let (bj, ba, bsid) = (
+            Scoped::new("b", "j"),
+            Scoped::new("b", "alice"),
+            Scoped::new("b", "s1"),
         );
-        assert!(l.jti_revoked && l.watermark == Some(10));
+        let l = m.get(Keys {
+            jti: Some(&bj),
+            sub: Some(&ba),
+            sid: Some(&bsid),
+        });
+        assert!(l.jti_revoked && l.watermark == Some(10) && l.sid_revoked);
     }
 
     #[test]

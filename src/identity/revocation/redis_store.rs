@@ -8,13 +8,15 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 
 use super::connect::{redis_pool, Connector, Pool};
-use super::{Lookup, Store, StoreError};
+use super::{Keys, Lookup, Store, StoreError};
 use crate::config::Revocation as RevocationConfig;
 use crate::ids::Scoped;
 
 /// Redis through deadpool-redis. Keys, scoped by the issuer's name:
 /// `<prefix>revoked:jti:<issuer>:<jti>` (EXAT exp + leeway), `<prefix>revoked:sub:<issuer>:<sub>`
-/// (= T), channel `<prefix>revocations`. The unscoped keys of earlier releases
+/// (= T), `<prefix>revoked:sid:<issuer>:<sid>` (= 1, EX subject_ttl_s), channel
+/// `<prefix>revocations`; the replay cache of signed messages: `<prefix>seen:<key>`
+/// (`SET NX EXAT`). The unscoped keys of earlier releases
 /// (`<prefix>revoked:jti:<jti>`, `<prefix>revoked:sub:<sub>`, for every issuer) are still
 /// read, in the same MGET, for one release; they are no longer written.
 pub struct RedisStore {
@@ -51,6 +53,8 @@ pub enum Message {
         sub: String,
         at: i64,
     },
+    /// A revoked session (new in this release: always scoped).
+    Sid { issuer: String, sid: String },
 }
 
 impl RedisStore {
@@ -81,6 +85,11 @@ impl RedisStore {
     /// `<prefix>revoked:sub:<issuer>:<sub>`.
     pub fn sub_key(&self, sub: &Scoped) -> String {
         format!("{}revoked:sub:{sub}", self.prefix)
+    }
+
+    /// `<prefix>revoked:sid:<issuer>:<sid>`.
+    pub fn sid_key(&self, sid: &Scoped) -> String {
+        format!("{}revoked:sid:{sid}", self.prefix)
     }
 
     /// The unscoped key of earlier releases, read (for every issuer) until the next one.
@@ -180,16 +189,14 @@ impl RedisStore {
 }
 
 impl Store for RedisStore {
-    fn lookup_now(&self, _jti: Option<&Scoped>, _sub: Option<&Scoped>) -> Option<Lookup> {
+    fn lookup_now(&self, _keys: Keys<'_>) -> Option<Lookup> {
         None
     }
 
-    /// One MGET: the scoped and the legacy key of the subject, then of the jti.
-    fn lookup<'a>(
-        &'a self,
-        jti: Option<&'a Scoped>,
-        sub: Option<&'a Scoped>,
-    ) -> BoxFuture<'a, Result<Lookup, StoreError>> {
+    /// One MGET: the scoped and the legacy key of the subject, then of the jti, then the
+    /// session's key (sessions have no legacy key).
+    fn lookup<'a>(&'a self, keys: Keys<'a>) -> BoxFuture<'a, Result<Lookup, StoreError>> {
+        let Keys { jti, sub, sid } = keys;
         Box::pin(async move {
             let mut cmd = redis::cmd("MGET");
             if let Some(s) = sub {
@@ -197,6 +204,9 @@ impl Store for RedisStore {
             }
             if let Some(j) = jti {
                 cmd.arg(self.jti_key(j)).arg(self.legacy_jti_key(j));
+            }
+            if let Some(s) = sid {
+                cmd.arg(self.sid_key(s));
             }
             let vals: Vec<Option<String>> = self
                 .run(|mut c| async move { cmd.query_async(&mut c).await })
@@ -216,9 +226,11 @@ impl Store for RedisStore {
                 }
                 None => false,
             };
+            let sid_revoked = sid.is_some() && next().is_some();
             Ok(Lookup {
                 jti_revoked,
                 watermark,
+                sid_revoked,
             })
         })
     }
@@ -266,6 +278,54 @@ impl Store for RedisStore {
                 },
             )
             .await
+        })
+    }
+
+    fn revoke_sid<'a>(&'a self, sid: &'a Scoped) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET")
+                .arg(self.sid_key(sid))
+                .arg("1")
+                .arg("EX")
+                .arg(self.subject_ttl.as_secs().max(1))
+                .ignore();
+            self.publish_with(
+                pipe,
+                &Message::Sid {
+                    issuer: sid.issuer().to_string(),
+                    sid: sid.value().to_string(),
+                },
+            )
+            .await
+        })
+    }
+
+    fn first_sighting<'a>(
+        &'a self,
+        key: &'a str,
+        until: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(format!("{}seen:{key}", self.prefix))
+                .arg("1")
+                .arg("NX")
+                .arg("EXAT")
+                .arg(until.max(crate::clock::now_unix() + 1));
+            let set: Option<String> = self
+                .run(|mut c| async move { cmd.query_async(&mut c).await })
+                .await?;
+            Ok(set.is_some())
+        })
+    }
+
+    fn forget_sighting<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut cmd = redis::cmd("DEL");
+            cmd.arg(format!("{}seen:{key}", self.prefix));
+            self.run(|mut c| async move { cmd.query_async::<()>(&mut c).await })
+                .await
         })
     }
 
