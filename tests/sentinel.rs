@@ -6,109 +6,13 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::fleet::{fresh, Fleet};
 use common::sentinel::{SentinelSet, NODE_ARGS};
 use common::*;
-use http::Method;
-use serde_json::json;
-
-const ISSUER: &str = "s";
-
-struct Fleet {
-    _up: EchoUpstream,
-    config: String,
-    gws: Vec<TestGateway>,
-    admin_token: String,
-}
-
-impl Fleet {
-    /// Two gateways on `url` with the `[revocation]` extras.
-    async fn start(url: &str, extra: &str) -> Fleet {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let up = EchoUpstream::start().await;
-        let var = format!(
-            "JWTGATE_TEST_SENTINEL_ADMIN_{}",
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let admin_token = format!("admin-{}", jwtgate::token::random_id());
-        std::env::set_var(&var, &admin_token);
-        let config = format!(
-            "[admin]\ntoken_env = \"{var}\"\n\n[[issuers]]\nname = \"{ISSUER}\"\nissuer = \"https://idp.test\"\naudiences = [\"api\"]\nkeys = [{{ kid = \"r1\", alg = \"RS256\", pem = \"{}\" }}]\n\n[revocation]\nstore = \"redis\"\nredis_url = \"{url}\"\ncache_ttl_ms = 300\ntimeout_ms = 200\non_error = \"deny\"\n{extra}\n\n{}",
-            fixture("rsa.pub.pem").display(),
-            route("api", "/api", &[&up.url()], "")
-        );
-        let mut f = Fleet {
-            _up: up,
-            config,
-            gws: Vec::new(),
-            admin_token,
-        };
-        for _ in 0..2 {
-            f.add_gateway().await;
-        }
-        f
-    }
-
-    /// One more replica, started now (it knows only what the store holds).
-    async fn add_gateway(&mut self) -> usize {
-        let gw = TestGateway::start_nowait(&self.config, "").await;
-        gw.wait_ready().await;
-        self.gws.push(gw);
-        self.gws.len() - 1
-    }
-
-    /// `POST /revocations` for `jti` on gateway `i`: the status.
-    async fn revoke(&self, i: usize, jti: &str) -> u16 {
-        let gw = &self.gws[i];
-        let auth = format!("Bearer {}", self.admin_token);
-        let exp = jwtgate::auth::now_unix() + 3600;
-        let r = gw
-            .client_plain()
-            .send(
-                Method::POST,
-                &format!("http://{}/revocations", gw.admin),
-                &[
-                    ("authorization", &auth),
-                    ("content-type", "application/json"),
-                ],
-                jwtgate::body::full(json!({"jti": jti, "exp": exp}).to_string()),
-            )
-            .await;
-        if r.status == 503 {
-            assert_eq!(r.json()["error"], "revocation_unavailable", "{}", r.text());
-            assert_eq!(r.header("retry-after"), Some("1"));
-        }
-        r.status
-    }
-
-    async fn call(&self, i: usize, t: &str) -> Result<u16, String> {
-        let gw = &self.gws[i];
-        let b = format!("Bearer {t}");
-        gw.client_plain()
-            .try_get(&gw.http_url("/api/x"), &[("authorization", &b)])
-            .await
-            .map(|r| r.status)
-    }
-
-    async fn readyz(&self, i: usize) -> serde_json::Value {
-        let gw = &self.gws[i];
-        gw.client_plain()
-            .get(&format!("http://{}/readyz", gw.admin), &[])
-            .await
-            .json()
-    }
-}
-
-/// A token with a fresh jti: (token, jti, its Redis key).
-fn fresh() -> (String, String, String) {
-    let jti = jwtgate::token::random_id();
-    let t = token("RS256", Some("r1"), json!({ "jti": jti }));
-    let key = format!("jwtgate:revoked:jti:{ISSUER}:{jti}");
-    (t, jti, key)
-}
 
 /// Calls both gateways with a valid, never revoked token until stopped; every answer's
 /// status (or the transport error).
@@ -246,10 +150,10 @@ async fn assert_served(fleet: &Fleet, served: &[Result<u16, String>]) {
 async fn no_acknowledged_revocation_is_lost_in_a_failover_with_min_replicas() {
     let mut set = SentinelSet::start().await;
     let fleet = Arc::new(
-        Fleet::start(
-            &set.url(),
-            "min_replicas = 1\nmin_replicas_timeout_ms = 300",
-        )
+        Fleet::start(&format!(
+            "redis_url = \"{}\"\nmin_replicas = 1\nmin_replicas_timeout_ms = 300",
+            set.url()
+        ))
         .await,
     );
     let first_primary = set.primary_port().await.unwrap();
@@ -327,7 +231,7 @@ async fn no_acknowledged_revocation_is_lost_in_a_failover_with_min_replicas() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_min_replicas_the_failover_is_followed_and_losses_are_reported() {
     let mut set = SentinelSet::start().await;
-    let fleet = Arc::new(Fleet::start(&set.url(), "").await);
+    let fleet = Arc::new(Fleet::start(&format!("redis_url = \"{}\"", set.url())).await);
     let f = failover(&mut set, fleet.clone(), 100, 20).await;
     assert_served(&fleet, &f.served).await;
     for i in 0..2 {

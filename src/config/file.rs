@@ -272,6 +272,7 @@ pub(super) struct FileRevocation {
     pub(super) sentinel_password_env: Option<String>,
     pub(super) min_replicas: u32,
     pub(super) min_replicas_timeout_ms: u64,
+    pub(super) redis_cluster: Vec<String>,
 }
 
 impl Default for FileRevocation {
@@ -292,6 +293,7 @@ impl Default for FileRevocation {
             sentinel_password_env: None,
             min_replicas: 0,
             min_replicas_timeout_ms: 500,
+            redis_cluster: Vec::new(),
         }
     }
 }

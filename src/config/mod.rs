@@ -353,6 +353,8 @@ pub enum RedisTarget {
         master: String,
         db: i64,
     },
+    /// `redis_cluster = ["redis://h1:7000", ...]`: a Redis Cluster, found from these seeds.
+    Cluster { seeds: Vec<String> },
 }
 
 /// A secret read from the environment; `Debug` never shows it.

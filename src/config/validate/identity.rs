@@ -355,15 +355,43 @@ pub(super) fn validate_revocation(
             ))
         }
     };
-    let target = if store == StoreKind::Redis {
+    let target = if store == StoreKind::Redis && !r.redis_cluster.is_empty() {
+        let tls = r.redis_cluster[0].starts_with("rediss://");
+        for seed in &r.redis_cluster {
+            let ok = if tls {
+                seed.starts_with("rediss://")
+            } else {
+                seed.starts_with("redis://")
+            };
+            if !ok {
+                return Err(ctx.err(
+                    "revocation.redis_cluster",
+                    format!("{seed:?}: every seed must be redis://, or every seed rediss://"),
+                ));
+            }
+        }
+        if r.min_replicas > 0 {
+            return Err(ctx.err(
+                "revocation.min_replicas",
+                "not supported with redis_cluster in this version (use Sentinel for confirmed replication)",
+            ));
+        }
+        RedisTarget::Cluster {
+            seeds: r.redis_cluster.clone(),
+        }
+    } else if store == StoreKind::Redis {
         redis_target(&r.redis_url)
             .map_err(|m| ctx.err("revocation.redis_url", format!("{:?}: {m}", r.redis_url)))?
     } else {
         RedisTarget::Single
     };
+    if store != StoreKind::Redis && !r.redis_cluster.is_empty() {
+        return Err(ctx.err("revocation.redis_cluster", "needs store = \"redis\""));
+    }
     let tls = match &target {
         RedisTarget::Single => r.redis_url.starts_with("rediss://"),
         RedisTarget::Sentinel { tls, .. } => *tls,
+        RedisTarget::Cluster { seeds } => seeds[0].starts_with("rediss://"),
     };
     let password = |key: &str, var: &Option<String>| -> Result<Option<Password>, ConfigError> {
         match var {

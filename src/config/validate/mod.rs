@@ -824,6 +824,64 @@ admin = "127.0.0.1:0"
     }
 
     #[test]
+    fn more_than_one_redis_is_checked() {
+        for (body, key, words) in [
+            (
+                "redis_url = 'redis+sentinel://:pw@h1/m'",
+                "revocation.redis_url",
+                "redis_password_env",
+            ),
+            (
+                "redis_url = 'redis+sentinel://h1:26379'",
+                "revocation.redis_url",
+                "master name",
+            ),
+            (
+                "redis_url = 'redis://h:1/0'\nsentinel_password_env = 'HOME'",
+                "revocation.sentinel_password_env",
+                "Sentinel",
+            ),
+            (
+                "redis_url = 'redis+sentinel://h1/m'\nredis_password_env = 'JWTGATE_SURELY_UNSET_VAR'",
+                "revocation.redis_password_env",
+                "JWTGATE_SURELY_UNSET_VAR",
+            ),
+            (
+                "redis_cluster = ['redis://h1:7000', 'rediss://h2:7000']",
+                "revocation.redis_cluster",
+                "every seed",
+            ),
+            (
+                "redis_cluster = ['redis://h1:7000']\nmin_replicas = 1",
+                "revocation.min_replicas",
+                "redis_cluster",
+            ),
+        ] {
+            let e = open_route(&format!("[revocation]\nstore = 'redis'\n{body}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains(words), "{body}: {e}");
+        }
+        let e = open_route("[revocation]\nredis_cluster = ['redis://h1:7000']")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("revocation.redis_cluster"), "{e}");
+        let c = open_route(
+            "[revocation]\nstore = 'redis'\nredis_url = 'rediss+sentinel://h1,h2:26380/m/2'\nmin_replicas = 1",
+        )
+        .unwrap();
+        assert_eq!(c.revocation.min_replicas, 1);
+        assert!(matches!(
+            c.revocation.target,
+            crate::config::RedisTarget::Sentinel {
+                tls: true,
+                db: 2,
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn auth_route_without_issuer_is_refused() {
         let e = load(&format!(
             "{BASE}\n[[routes]]\nname='a'\npath_prefix='/'\nupstreams=['http://x']\n"

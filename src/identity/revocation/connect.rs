@@ -1,9 +1,10 @@
-//! Connections to the shared Redis: one server (`redis://`), or whichever server Sentinel
-//! names master right now (`redis+sentinel://`). Finding the master is the redis crate's
-//! Sentinel client; pooling is deadpool's. This module only builds them from the config and
-//! notices when the master moved, so the subscriber can follow.
+//! Connections to the shared Redis: one server (`redis://`), whichever server Sentinel
+//! names master right now (`redis+sentinel://`), or a Redis Cluster (`redis_cluster`).
+//! Finding the master is the redis crate's Sentinel client, routing by slot (MOVED/ASK,
+//! node loss) its Cluster client; pooling is deadpool's. This module only builds them from
+//! the config and notices when the master moved, so the subscriber can follow.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use redis::aio::MultiplexedConnection;
@@ -29,6 +30,54 @@ enum Kind {
     /// checks with `ROLE` that the server agrees; it needs `&mut`, hence the lock (held only
     /// while a new connection is made).
     Sentinel(tokio::sync::Mutex<SentinelClient>),
+    /// The cluster client for commands; plain clients of the seeds for the subscriber
+    /// (classic pub/sub: a message published on any node reaches subscribers on every
+    /// node), tried in turn.
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        seeds: Vec<redis::Client>,
+        next_seed: AtomicUsize,
+    },
+}
+
+/// A connection to the store: to one server (single, or the Sentinel primary), or to a
+/// cluster (the redis crate's cluster connection: one multiplexed connection per node,
+/// commands routed by slot).
+#[derive(Clone)]
+pub enum Conn {
+    Node(MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Node(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Node(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Node(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 fn tls_certs(pem: &Option<Arc<Vec<u8>>>) -> Option<redis::TlsCertificates> {
@@ -94,6 +143,43 @@ impl Connector {
                 }
                 Kind::Sentinel(tokio::sync::Mutex::new(b.build().map_err(bad)?))
             }
+            RedisTarget::Cluster { seeds } => {
+                let bad = |e: redis::RedisError| format!("invalid redis_cluster: {e}");
+                let mut infos = Vec::new();
+                for seed in seeds {
+                    let mut info = seed.as_str().into_connection_info().map_err(bad)?;
+                    if let Some(p) = &cfg.redis_password {
+                        let settings = info.redis_settings().clone().set_password(&p.0);
+                        info = info.set_redis_settings(settings);
+                    }
+                    infos.push(info);
+                }
+                let mut b = redis::cluster::ClusterClient::builder(infos.clone())
+                    .connection_timeout(cfg.connect_timeout)
+                    .response_timeout(cfg.timeout);
+                if let Some(p) = &cfg.redis_password {
+                    b = b.password(&p.0);
+                }
+                if seeds[0].starts_with("rediss://") {
+                    b = b.tls(redis::TlsMode::Secure);
+                }
+                if let Some(certs) = tls_certs(&cfg.redis_ca) {
+                    b = b.certs(certs);
+                }
+                let seeds = infos
+                    .into_iter()
+                    .map(|i| match tls_certs(&cfg.redis_ca) {
+                        None => redis::Client::open(i),
+                        Some(certs) => redis::Client::build_with_tls(i, certs),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(bad)?;
+                Kind::Cluster {
+                    client: b.build().map_err(bad)?,
+                    seeds,
+                    next_seed: AtomicUsize::new(0),
+                }
+            }
         };
         Ok(Connector {
             kind,
@@ -107,11 +193,19 @@ impl Connector {
         matches!(self.kind, Kind::Sentinel(_))
     }
 
-    /// A client for the current primary (for Sentinel: asked of the sentinels now).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.kind, Kind::Cluster { .. })
+    }
+
+    /// A client for the current primary, where the subscriber subscribes (for Sentinel:
+    /// asked of the sentinels now; for a cluster: the next seed, in turn).
     pub async fn primary(&self) -> RedisResult<redis::Client> {
         Ok(match &self.kind {
             Kind::Single(c) => c.clone(),
             Kind::Sentinel(s) => s.lock().await.async_get_client().await?,
+            Kind::Cluster {
+                seeds, next_seed, ..
+            } => seeds[next_seed.fetch_add(1, Ordering::Relaxed) % seeds.len()].clone(),
         })
     }
 
@@ -148,19 +242,25 @@ impl Connector {
         self.moves.load(Ordering::Acquire)
     }
 
-    /// A new multiplexed connection to the current primary.
-    pub async fn connect(&self) -> RedisResult<MultiplexedConnection> {
-        let c = self.primary().await?;
-        let conn = c.get_multiplexed_async_connection().await?;
-        self.note_primary(&c);
+    /// A new connection to the current primary (or the cluster).
+    pub async fn connect(&self) -> RedisResult<Conn> {
+        let conn = match &self.kind {
+            Kind::Cluster { client, .. } => Conn::Cluster(client.get_async_connection().await?),
+            _ => {
+                let c = self.primary().await?;
+                let conn = c.get_multiplexed_async_connection().await?;
+                self.note_primary(&c);
+                Conn::Node(conn)
+            }
+        };
         self.connects.inc();
         Ok(conn)
     }
 
     /// Whether `conn` still reaches a primary. With Sentinel a demoted primary keeps
     /// answering reads (stale) and refuses writes, so `ROLE` is asked; one server only
-    /// needs to answer.
-    pub async fn check(&self, conn: &mut MultiplexedConnection) -> RedisResult<()> {
+    /// needs to answer; a cluster's PING goes to every primary and needs all of them.
+    pub async fn check(&self, conn: &mut Conn) -> RedisResult<()> {
         if !self.is_sentinel() {
             return redis::cmd("PING").query_async::<()>(conn).await;
         }
@@ -188,16 +288,16 @@ impl Connector {
 pub struct Manager(pub Arc<Connector>);
 
 impl deadpool::managed::Manager for Manager {
-    type Type = MultiplexedConnection;
+    type Type = Conn;
     type Error = redis::RedisError;
 
-    async fn create(&self) -> Result<MultiplexedConnection, redis::RedisError> {
+    async fn create(&self) -> Result<Conn, redis::RedisError> {
         self.0.connect().await
     }
 
     async fn recycle(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         _: &deadpool::managed::Metrics,
     ) -> deadpool::managed::RecycleResult<redis::RedisError> {
         Ok(self.0.check(conn).await?)

@@ -23,7 +23,7 @@ use crate::config::{OnError, Revocation as RevocationConfig, StoreKind};
 use crate::error::{GatewayError, TokenError};
 use crate::identity::auth::Verified;
 pub use crate::ids::Scoped;
-pub use connect::{redis_pool, Connector, Manager, Pool};
+pub use connect::{redis_pool, Conn, Connector, Manager, Pool};
 pub use memory_store::MemoryStore;
 pub use redis_store::{Message, RedisStore};
 
@@ -321,6 +321,7 @@ impl Revocations {
         match (self.kind, &self.connector) {
             (StoreKind::Memory, _) => "memory",
             (StoreKind::Redis, Some(c)) if c.is_sentinel() => "redis-sentinel",
+            (StoreKind::Redis, Some(c)) if c.is_cluster() => "redis-cluster",
             (StoreKind::Redis, _) => "redis",
         }
     }
@@ -568,6 +569,33 @@ fn decide(l: Lookup, v: &Verified) -> Result<(), GatewayError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_its_cap() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
+        let steps = [100u64, 200, 400, 800, 800];
+        let mut delays = Vec::new();
+        for step in steps {
+            let d = b.next_delay().as_millis() as u64;
+            assert!(
+                d >= step / 2 && d <= step,
+                "{d} outside {}..={step}",
+                step / 2
+            );
+            delays.push(d);
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+        // Jitter: a fleet does not retry in lockstep.
+        let spread: std::collections::HashSet<u128> = (0..20)
+            .map(|_| {
+                Backoff::new(Duration::from_secs(1), Duration::from_secs(1))
+                    .next_delay()
+                    .as_micros()
+            })
+            .collect();
+        assert!(spread.len() > 10, "{spread:?}");
+    }
 
     #[test]
     fn watermark_rules() {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use super::connect::{redis_pool, Connector, Pool};
+use super::connect::{redis_pool, Conn, Connector, Pool};
 use super::{Keys, Lookup, Store, StoreError};
 use crate::config::Revocation as RevocationConfig;
 use crate::ids::Scoped;
@@ -26,7 +26,7 @@ pub struct RedisStore {
     /// `get()` re-checks the connection with a round trip (UNWATCH + PING) each time, which
     /// would double the cost of every lookup. Dropped on error; the next command takes a
     /// fresh one from the pool.
-    shared: arc_swap::ArcSwapOption<redis::aio::MultiplexedConnection>,
+    shared: arc_swap::ArcSwapOption<Conn>,
     prefix: String,
     subject_ttl: Duration,
     timeout: Duration,
@@ -107,7 +107,7 @@ impl RedisStore {
 
     pub(super) async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let work = async {
@@ -149,6 +149,19 @@ impl RedisStore {
         msg: &Message,
     ) -> Result<(), StoreError> {
         let payload = serde_json::to_string(msg).map_err(|e| StoreError::Backend(e.to_string()))?;
+        if self.connector.is_cluster() {
+            // A cluster pipeline must stay in one slot, and the channel hashes elsewhere
+            // than the key: the SET first (on the key's node), then the PUBLISH (any node;
+            // the cluster bus delivers it to subscribers on every node).
+            let mut publish = redis::cmd("PUBLISH");
+            publish.arg(self.channel()).arg(payload);
+            return self
+                .run(|mut c| async move {
+                    pipe.query_async::<()>(&mut c).await?;
+                    publish.query_async::<()>(&mut c).await
+                })
+                .await;
+        }
         pipe.cmd("PUBLISH")
             .arg(self.channel())
             .arg(payload)

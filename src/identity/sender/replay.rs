@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::config::{OnError, Revocation};
 use crate::error::GatewayError;
-use crate::identity::revocation::Connector;
+use crate::identity::revocation::{Conn, Connector};
 
 /// Upper bound on the memory cache (weighted by key length). An entry is about 100 bytes
 /// plus its key; the window bounds how many a replica sees in steady state.
@@ -21,11 +21,11 @@ pub struct Replay {
 }
 
 struct RedisReplay {
-    /// The revocation store's way to the current primary (it follows a Sentinel failover).
+    /// The revocation store's way to the current primary (it follows a Sentinel failover; a cluster connection routes by slot).
     connector: Arc<Connector>,
     /// One multiplexed connection shared by every command (see `RedisStore`); dropped on
     /// error.
-    shared: arc_swap::ArcSwapOption<redis::aio::MultiplexedConnection>,
+    shared: arc_swap::ArcSwapOption<Conn>,
     prefix: String,
     timeout: Duration,
     on_error: OnError,
