@@ -294,6 +294,23 @@ mod tests {
     }
 
     #[test]
+    fn dpop_refusals_carry_the_dpop_challenge() {
+        let resp = GatewayError::InvalidDpopProof(ProofError::Htu).into_response();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        let www = resp.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
+        assert_eq!(
+            www,
+            "DPoP algs=\"ES256 EdDSA PS256 RS256\", error=\"invalid_dpop_proof\", error_description=\"invalid dpop proof\""
+        );
+        let resp = GatewayError::CertificateMismatch.into_response();
+        let www = resp.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
+        assert_eq!(
+            www,
+            "Bearer realm=\"jwtgate\", error=\"invalid_token\", error_description=\"certificate mismatch\""
+        );
+    }
+
+    #[test]
     fn missing_token_has_no_error_attribute() {
         let resp = GatewayError::MissingToken.into_response();
         let www = resp.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();

@@ -706,3 +706,49 @@ async fn the_cli_mints_a_bound_token_and_its_proofs() {
     let r = call(&gw, &url, &[("authorization", &auth)]).await;
     assert_refused(&r, "invalid dpop proof", "token without proof");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forward_auth_listener_checks_proofs_against_the_original_url() {
+    let cfg = format!(
+        "{}[authz]\ntrusted_proxies = [\"127.0.0.1\"]\n\n{}",
+        issuer(),
+        route(
+            "api",
+            "/api",
+            &["http://127.0.0.1:1"],
+            "sender_constraint = \"required\""
+        )
+    );
+    let gw = TestGateway::start_authz(&cfg, "").await;
+    let k = DpopKey::new();
+    let t = k.token();
+    let auth = format!("DPoP {t}");
+    // As Traefik/Caddy ask: the original request in X-Forwarded-*; the proof names it.
+    let ask = |proof: String| {
+        let gw = &gw;
+        let auth = auth.clone();
+        async move {
+            let h = [
+                ("x-forwarded-method", "GET"),
+                ("x-forwarded-uri", "/api/orders?x=1"),
+                ("x-forwarded-host", "shop.example"),
+                ("x-forwarded-proto", "https"),
+                ("authorization", auth.as_str()),
+                ("dpop", proof.as_str()),
+            ];
+            Client::plain()
+                .get(&format!("http://{}/", gw.authz.unwrap()), &h)
+                .await
+        }
+    };
+    let r = ask(k.proof("GET", "https://shop.example/api/orders", &t)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-user-id"), Some("alice"));
+    // A proof for the listener's own URL is not one for the original request.
+    let own = format!("http://{}/", gw.authz.unwrap());
+    let r = ask(k.proof("GET", &own, &t)).await;
+    assert_refused(&r, "invalid dpop proof", "proof for the authz URL");
+    let p = k.proof("GET", "https://shop.example/api/orders", &t);
+    assert_eq!(ask(p.clone()).await.status, 200);
+    assert_refused(&ask(p).await, "dpop proof replayed", "replayed decision");
+}

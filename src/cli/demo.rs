@@ -156,6 +156,12 @@ upstreams = ["http://{upstream}"]
 scopes = ["admin"]
 
 [[routes]]
+name = "bound"
+path_prefix = "/bound"
+upstreams = ["http://{upstream}"]
+sender_constraint = "required"
+
+[[routes]]
 name = "public"
 path_prefix = "/public"
 upstreams = ["http://{upstream}"]
@@ -306,6 +312,33 @@ auth = "none"
     let mark = check(&mut ok, status == 200 && renewed);
     println!("[{mark}] access token 20 s from expiry + refresh cookie -> {status}, new access_token and rotated refresh_token cookies set by the gateway");
 
+    // Sender-constrained tokens: a DPoP-bound token is worth nothing without its key.
+    let (dpop, dpop_pem) = crate::cli::token::DpopKey::generate()?;
+    let dpop_path = dir.join("dpop.key");
+    std::fs::write(&dpop_path, dpop_pem).map_err(|e| e.to_string())?;
+    let bound = idp_state.bound_access_token("alice", &dpop.thumbprint())?;
+    let proof = dpop.proof("GET", &format!("http://{http}/bound/orders"), Some(&bound))?;
+    let dpop_auth = format!("DPoP {bound}");
+    let with_proof = [
+        ("authorization", dpop_auth.as_str()),
+        ("dpop", proof.as_str()),
+    ];
+    let stolen_bearer = format!("Bearer {bound}");
+    let mut statuses = Vec::new();
+    for headers in [
+        &with_proof[..],
+        &with_proof[..],
+        &[("authorization", stolen_bearer.as_str())][..],
+        &[("authorization", bearer.as_str())][..],
+    ] {
+        statuses.push(get(http, "/bound/orders", headers).await?.0);
+    }
+    let mark = check(&mut ok, statuses == [200, 401, 401, 401]);
+    println!(
+        "[{mark}] DPoP-bound token on /bound (sender_constraint = \"required\"): with its proof -> {}; the same proof replayed -> {}; the token stolen without its key -> {}; a plain bearer token -> {}",
+        statuses[0], statuses[1], statuses[2], statuses[3]
+    );
+
     // Sign-in at the edge, as a browser does it: cookies kept, redirects followed by hand.
     let app_url = format!("http://127.0.0.1:{}/app", http.port());
     let signed_in = sign_in_walk(&app_url, &format!("http://{idp}")).await;
@@ -330,6 +363,17 @@ auth = "none"
         "  curl -sk -D - -o /dev/null --cookie 'access_token={}; refresh_token={}' https://localhost:{}/api/hello",
         idp_state.access_token("alice", 20)?,
         idp_state.refresh_token("alice"),
+        https.port()
+    );
+    println!(
+        "  # DPoP (RFC 9449): a token bound to the key in {}, and a fresh proof per request",
+        dpop_path.display()
+    );
+    println!("  BOUND='{bound}'");
+    println!(
+        "  curl -sk -H \"Authorization: DPoP $BOUND\" -H \"DPoP: $(jwtgate dpop-proof --key {} --url https://localhost:{}/bound/orders --token $BOUND)\" https://localhost:{}/bound/orders",
+        dpop_path.display(),
+        https.port(),
         https.port()
     );
     println!("  curl -s http://{}/readyz", gw.admin_addr);

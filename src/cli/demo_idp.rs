@@ -114,6 +114,15 @@ impl DemoIdp {
         self.token(sub, "demo-api", ttl, claims)
     }
 
+    /// An access token bound to a DPoP key (`cnf.jkt`, RFC 9449).
+    pub(super) fn bound_access_token(&self, sub: &str, jkt: &str) -> Result<String, String> {
+        let claims = vec![
+            ("scope".into(), "orders:read".into()),
+            ("cnf".into(), serde_json::json!({ "jkt": jkt }).to_string()),
+        ];
+        self.token(sub, "demo-api", 3600, claims)
+    }
+
     pub(super) fn refresh_token(&self, sub: &str) -> String {
         let t = crate::cli::token::random_id();
         if let Ok(mut m) = self.refresh_tokens.lock() {

@@ -65,7 +65,11 @@ impl Exchange {
             Ok(r) => r,
             Err(e) => {
                 if self.logging {
-                    notes.error = Some(e.to_string());
+                    notes.error = Some(match &e {
+                        // Clients see only "invalid dpop proof"; the log says which check.
+                        GatewayError::InvalidDpopProof(p) => format!("{e}: {p}"),
+                        _ => e.to_string(),
+                    });
                 }
                 app.metrics.refused(&e, notes.route_index);
                 // Framing we could not trust, or a body left half-read: never reuse the

@@ -163,7 +163,16 @@ fn original_request(parts: Parts, envoy_prefix: Option<&str>) -> Result<Parts, G
             .cloned()
             .ok_or(GatewayError::BadRequest("no original host"))?,
     };
+    // The original scheme, for checks that name the URL the client used (a DPoP `htu`).
+    let scheme = match one_text(&parts.headers, &X_FORWARDED_PROTO)? {
+        Some(p) if p.eq_ignore_ascii_case("https") => Some("https"),
+        Some(p) if p.eq_ignore_ascii_case("http") => Some("http"),
+        _ => None,
+    };
     let (mut head, ()) = Request::new(()).into_parts();
+    if let Some(s) = scheme {
+        head.extensions.insert(crate::pipeline::OriginalScheme(s));
+    }
     head.method = method;
     head.uri = uri;
     head.version = parts.version;

@@ -307,6 +307,11 @@ async fn decide_steps<'a>(
     }))
 }
 
+/// The scheme of the original request when a front door learned it from its caller (the
+/// forward-auth listener reads `X-Forwarded-Proto`), as a request extension.
+#[derive(Debug, Clone, Copy)]
+pub struct OriginalScheme(pub &'static str);
+
 /// Step 4's sender constraint (`identity::sender`), with the request as the client
 /// addressed it: behind trusted proxies (`hops` > 0) their `x-forwarded-proto` and
 /// `x-forwarded-host` say the scheme and host, as for the upstream's forwarding headers.
@@ -337,9 +342,11 @@ async fn check_sender(
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(',').next().unwrap_or("").trim())
     };
-    let scheme = match forwarded("x-forwarded-proto") {
-        Some(p) if p.eq_ignore_ascii_case("https") => "https",
-        Some(p) if p.eq_ignore_ascii_case("http") => "http",
+    let original = parts.extensions.get::<OriginalScheme>().map(|s| s.0);
+    let scheme = match (original, forwarded("x-forwarded-proto")) {
+        (Some(s), _) => s,
+        (None, Some(p)) if p.eq_ignore_ascii_case("https") => "https",
+        (None, Some(p)) if p.eq_ignore_ascii_case("http") => "http",
         _ if conn.tls => "https",
         _ => "http",
     };

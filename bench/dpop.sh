@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# bench/dpop.sh: the cost of a DPoP proof check (RFC 9449) over TLS, against plain RS256
+# bearer tokens, in the same run and the same gateway process:
+#   bearer: Authorization: Bearer <RS256 token>, route sender_constraint = "off";
+#   dpop:   Authorization: DPoP <RS256 token with cnf.jkt> + a new ES256 proof per request
+#           (wrk Lua takes them from a file made by `jwtgate dpop-proof --count N`),
+#           route sender_constraint = "required", replay cache in Redis (SET NX PX).
+# Targets alternate within each round; prints medians and the dpop/bearer ratio, the
+# gateway's RSS after the run and the dpop keys Redis holds. Saves the table to
+# bench/results/dpop-<timestamp>.md.
+#
+# Usage: bench/dpop.sh [--rounds N] [--duration S] [--proofs N] [--keep-tmp]
+#   defaults: 3 rounds of 10 s, 400000 proofs; env: JWTGATE_BIN (default
+#   target/release/jwtgate), BENCH_CONNS (default 64), BENCH_THREADS (wrk, default 1).
+#
+# Needs nginx (upstream), redis-server, wrk, curl, openssl, python3. Everything binds
+# 127.0.0.1 on free ports in one mktemp folder; exactly the processes started here are
+# stopped on exit. Proofs are made before the run, so the gateway runs with
+# [tokens] dpop_iat_window_s = 3600 (proofs stay fresh for the whole run).
+set -Eeuo pipefail
+
+ROUNDS=3
+DURATION=10
+PROOFS=400000
+KEEP_TMP=0
+CONNS=${BENCH_CONNS:-64}
+THREADS=${BENCH_THREADS:-1}
+
+usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '\n[bench] ERROR: %s\n' "$*" >&2; exit 1; }
+
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --rounds) ROUNDS=${2:?}; shift 2 ;;
+        --duration) DURATION=${2:?}; shift 2 ;;
+        --proofs) PROOFS=${2:?}; shift 2 ;;
+        --keep-tmp) KEEP_TMP=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; die "unknown argument: $1" ;;
+    esac
+done
+for v in ROUNDS DURATION PROOFS CONNS THREADS; do
+    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
+done
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH=$ROOT/bench
+JG=${JWTGATE_BIN:-$ROOT/target/release/jwtgate}
+[[ -x $JG ]] || die "$JG is missing: cargo build --release (or set JWTGATE_BIN)"
+for t in nginx redis-server wrk curl openssl python3; do
+    command -v "$t" >/dev/null 2>&1 || die "missing: $t (apt-get install $t)"
+done
+
+PIDS=()
+TMP=""
+is_alive() { [[ -r /proc/$1/stat ]] && [[ $(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) != Z ]]; }
+stop_pid() {
+    local pid=$1 i
+    if is_alive "$pid"; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < 50; i++)); do is_alive "$pid" || break; sleep 0.1; done
+        is_alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+    local rc=$? i
+    set +e
+    trap - EXIT INT TERM
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[i]}"; done
+    if [[ -n $TMP && -d $TMP ]]; then
+        if [[ $KEEP_TMP == 1 || $rc != 0 ]]; then log "temporary files kept in $TMP"; else rm -rf "$TMP"; fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+start_bg() { local logf=$1; shift; "$@" >"$logf" 2>&1 & LAST_PID=$!; PIDS+=("$LAST_PID"); }
+wait_port() { # NAME PID PORT LOGFILE
+    local i
+    for ((i = 0; i < 150; i++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$3") 2>/dev/null && return 0
+        is_alive "$2" || { tail -n 20 "$4" >&2; die "$1 exited during startup (log: $4)"; }
+        sleep 0.1
+    done
+    die "$1 did not listen on 127.0.0.1:$3 within 15 s"
+}
+render() { # TEMPLATE OUT NAME=VALUE...
+    local tmpl=$1 out=$2 kv args=(); shift 2
+    for kv in "$@"; do args+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
+    sed "${args[@]}" "$tmpl" >"$out"
+}
+
+TMP=$(mktemp -d /tmp/jwtgate-bench-dpop.XXXXXX)
+read -r UP_PORT HTTPS_PORT ADMIN_PORT REDIS_PORT < <(python3 -c '
+import socket
+s = [socket.socket() for _ in range(4)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(" ".join(str(x.getsockname()[1]) for x in s))')
+
+mkdir -p "$TMP/up"
+render "$BENCH/templates/upstream.nginx.conf" "$TMP/up/nginx.conf" PREFIX="$TMP/up" UP_PORT="$UP_PORT"
+start_bg "$TMP/up/stderr.log" nginx -p "$TMP/up/" -e "$TMP/up/error.log" -c "$TMP/up/nginx.conf" -g 'daemon off;'
+wait_port "upstream nginx" "$LAST_PID" "$UP_PORT" "$TMP/up/error.log"
+start_bg "$TMP/redis.log" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no
+wait_port "redis-server" "$LAST_PID" "$REDIS_PORT" "$TMP/redis.log"
+
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$TMP/rsa.pem" 2>/dev/null
+openssl pkey -in "$TMP/rsa.pem" -pubout -out "$TMP/rsa.pub.pem"
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$TMP/dpop.pem" 2>/dev/null
+"$JG" gen-cert --out "$TMP" --host localhost --host 127.0.0.1 >/dev/null
+cat >"$TMP/gateway.toml" <<TOML
+[listen]
+https = "127.0.0.1:$HTTPS_PORT"
+admin = "127.0.0.1:$ADMIN_PORT"
+
+[server]
+log_format = "text"
+
+[tls]
+cert = "$TMP/localhost.crt"
+key = "$TMP/localhost.key"
+
+[[issuers]]
+name = "bench"
+issuer = "bench"
+keys = [{ kid = "r1", alg = "RS256", pem = "$TMP/rsa.pub.pem" }]
+
+[tokens]
+dpop_iat_window_s = 3600
+
+[revocation]
+store = "redis"
+redis_url = "redis://127.0.0.1:$REDIS_PORT/0"
+
+[[routes]]
+name = "bearer"
+path_prefix = "/bearer"
+upstreams = ["http://127.0.0.1:$UP_PORT"]
+
+[[routes]]
+name = "dpop"
+path_prefix = "/dpop"
+upstreams = ["http://127.0.0.1:$UP_PORT"]
+sender_constraint = "required"
+TOML
+"$JG" check -c "$TMP/gateway.toml" >"$TMP/check.log" 2>&1 || { cat "$TMP/check.log" >&2; die "jwtgate check failed"; }
+start_bg "$TMP/jwtgate.log" env RUST_LOG=warn "$JG" run -c "$TMP/gateway.toml"
+JG_PID=$LAST_PID
+for ((i = 0; i < 200; i++)); do
+    curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:$ADMIN_PORT/readyz" && break
+    is_alive "$JG_PID" || { tail -n 20 "$TMP/jwtgate.log" >&2; die "jwtgate exited during startup"; }
+    sleep 0.1
+done
+
+mint() { "$JG" token --alg RS256 --key "$TMP/rsa.pem" --kid r1 --iss bench --sub alice --ttl 7200 "$@" | tail -n 1; }
+BEARER=$(mint)
+BOUND=$(mint --dpop-key "$TMP/dpop.pem")
+BASE="https://127.0.0.1:$HTTPS_PORT"
+log "making $PROOFS proofs ..."
+t0=$(date +%s.%N)
+"$JG" dpop-proof --key "$TMP/dpop.pem" --url "$BASE/dpop" --token "$BOUND" --count "$PROOFS" >"$TMP/proofs.txt"
+log "made in $(python3 -c "print(round($(date +%s.%N) - $t0, 1))") s"
+
+# Checks: each target answers 200 as benchmarked; the bound token alone is refused.
+code() { curl -sk -o /dev/null -w '%{http_code}' --max-time 10 "$@"; }
+[[ $(code -H "Authorization: Bearer $BEARER" "$BASE/bearer") == 200 ]] || die "bearer check failed"
+P=$("$JG" dpop-proof --key "$TMP/dpop.pem" --url "$BASE/dpop" --token "$BOUND")
+[[ $(code -H "Authorization: DPoP $BOUND" -H "DPoP: $P" "$BASE/dpop") == 200 ]] || die "dpop check failed"
+[[ $(code -H "Authorization: DPoP $BOUND" -H "DPoP: $P" "$BASE/dpop") == 401 ]] || die "replayed proof was not refused"
+[[ $(code -H "Authorization: DPoP $BOUND" "$BASE/dpop") == 401 ]] || die "bound token without proof was not refused"
+log "checks passed"
+
+parse_wrk() {
+    awk '
+    function ms(v) {
+        if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
+        if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
+        if (v ~ /s$/)  return substr(v, 1, length(v) - 1) * 1000
+        return ""
+    }
+    /^Requests\/sec:/ { rps = $2 }
+    $1 == "50%" { p50 = ms($2) }
+    $1 == "99%" { p99 = ms($2) }
+    /^ +[0-9]+ requests in/ { n = $1 }
+    /Non-2xx or 3xx responses:/ { err += $NF }
+    /Socket errors:/ { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) err += $i + 0 }
+    END { printf "%s %s %s %d %d\n", rps, p50, p99, err, n }
+    ' "$1"
+}
+RES=$TMP/results.txt
+: >"$RES"
+SENT=0
+for ((r = 1; r <= ROUNDS; r++)); do
+    for id in bearer dpop; do
+        out=$TMP/wrk-$id-$r.txt
+        if [[ $id == bearer ]]; then
+            timeout -k 5 $((DURATION + 30)) wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency \
+                -H "Authorization: Bearer $BEARER" "$BASE/bearer" >"$out" 2>&1 || die "wrk failed ($out)"
+        else
+            # Each round starts further into the file, so no proof is sent twice.
+            tail -n +$((SENT + 1)) "$TMP/proofs.txt" >"$TMP/round-proofs.txt"
+            DPOP_TOKEN=$BOUND DPOP_PROOFS=$TMP/round-proofs.txt timeout -k 5 $((DURATION + 60)) \
+                wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency -s "$BENCH/lib/dpop_proofs.lua" \
+                "$BASE/dpop" -- "$THREADS" >"$out" 2>&1 || die "wrk failed ($out)"
+        fi
+        read -r rps p50 p99 err n < <(parse_wrk "$out")
+        [[ $id == dpop ]] && SENT=$((SENT + n))
+        ((SENT < PROOFS)) || die "ran out of proofs: use --proofs larger than $SENT"
+        log "round $r/$ROUNDS: $id: $rps req/s, p50 $p50 ms, p99 $p99 ms, non-2xx/errors $err"
+        echo "$id $r $rps $p50 $p99 $err" >>"$RES"
+    done
+done
+RSS_KB=$(awk '/^VmRSS:/ {print $2}' "/proc/$JG_PID/status")
+KEYS=$(redis-cli -p "$REDIS_PORT" --scan --pattern 'jwtgate:dpop:*' | wc -l)
+ACCEPTED=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^jwtgate_dpop_proofs_total\{result="accepted"\}/ {print $2}')
+
+mkdir -p "$BENCH/results"
+OUT=$BENCH/results/dpop-$(date +%Y%m%d-%H%M%S).md
+GIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+python3 - "$RES" "$ROUNDS" "$DURATION" "$CONNS" "$THREADS" "$GIT" "$RSS_KB" "$KEYS" "$ACCEPTED" "$JG" <<'PY' | tee "$OUT"
+import statistics, sys
+res, rounds, dur, conns, threads, git, rss, keys, accepted, binary = sys.argv[1:11]
+rows = {}
+for line in open(res):
+    i, r, rps, p50, p99, err = line.split()
+    rows.setdefault(i, {})[int(r)] = (float(rps), float(p50), float(p99), int(err))
+med = lambda i, k: statistics.median(v[k] for v in rows[i].values())
+ratio = statistics.median(rows["dpop"][r][0] / rows["bearer"][r][0] for r in rows["dpop"])
+print(f"DPoP vs bearer over TLS (git {git}, {binary}, {rounds} rounds x {dur} s, wrk -t{threads} -c{conns}, medians)\n")
+print("| target | req/s | p50 ms | p99 ms | non-2xx/errors |")
+print("|---|---|---|---|---|")
+for i, label in [("bearer", "RS256 bearer"), ("dpop", "RS256 + cnf.jkt, new ES256 proof per request, replay cache in Redis")]:
+    print(f"| {label} | {med(i, 0):,.0f} | {med(i, 1):.2f} | {med(i, 2):.2f} | {sum(v[3] for v in rows[i].values())} |")
+print()
+print(f"- dpop/bearer throughput: {ratio:.2f}x (target >= 0.6x)")
+b, d = med("bearer", 0), med("dpop", 0)
+print(f"- cost of a proof check at these rates: {1e6 / d - 1e6 / b:.1f} us of wall time per request (1/rps difference)")
+print(f"- proofs accepted: {accepted}; dpop keys in Redis now: {keys} (expire with the window); gateway RSS after the run: {int(rss) / 1024:.1f} MiB")
+PY
+log "saved to $OUT"
