@@ -13,6 +13,7 @@ use crate::identity::refresh::Refresher;
 use crate::identity::revocation::Revocations;
 use crate::ops::metrics::Metrics;
 use crate::policy::route::Router;
+use crate::policy::rules::Rules;
 
 /// How often rate limiters forget clients whose bucket has refilled.
 const LIMIT_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
@@ -21,6 +22,8 @@ const LIMIT_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10
 pub struct App {
     pub config: Config,
     pub router: Router,
+    /// Routes' `allow` and `require_claims`.
+    pub rules: Rules,
     pub verifier: Verifier,
     pub revocations: Arc<Revocations>,
     /// Present when `[refresh]` names a token endpoint.
@@ -51,7 +54,9 @@ impl App {
             .cloned()
             .map(|c| Arc::new(IssuerKeys::new(c)))
             .collect();
-        let verifier = Verifier::new(issuers, config.identity.clone());
+        let decisions = crate::ops::metrics::PolicyDecisions::default();
+        let rules = Rules::new(&config.routes, &decisions);
+        let verifier = Verifier::new(issuers, config.identity.clone()).keep_claims(rules.any());
         let router = Router::new(config.routes.clone());
         let redis = (config.revocation.store == crate::config::StoreKind::Redis)
             .then_some(&config.revocation);
@@ -67,6 +72,9 @@ impl App {
         });
         let names: Vec<String> = config.routes.iter().map(|r| r.name.clone()).collect();
         let mut metrics = Metrics::new(&names);
+        if rules.any() {
+            decisions.register(&mut metrics);
+        }
         for i in verifier.issuers() {
             if let Some(c) = i.fetch_counter() {
                 metrics.register_counter(
@@ -160,6 +168,7 @@ impl App {
             login,
             config,
             router,
+            rules,
             verifier,
             revocations,
         }

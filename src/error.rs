@@ -50,6 +50,10 @@ pub enum GatewayError {
     InvalidToken(TokenError),
     #[error("insufficient scope")]
     InsufficientScope,
+    /// The route's rules (`allow`, `require_claims`) refused the caller. The description
+    /// names the route, never the rule.
+    #[error("access denied by the rules of route {route:?}")]
+    AccessDenied { route: String },
     #[error("cross-site request refused")]
     Csrf,
     /// A CORS preflight this route's `cors` does not allow.
@@ -99,6 +103,7 @@ impl GatewayError {
             GatewayError::MissingToken => (StatusCode::UNAUTHORIZED, "unauthorized"),
             GatewayError::InvalidToken(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
             GatewayError::InsufficientScope => (StatusCode::FORBIDDEN, "insufficient_scope"),
+            GatewayError::AccessDenied { .. } => (StatusCode::FORBIDDEN, "access_denied"),
             GatewayError::Csrf => (StatusCode::FORBIDDEN, "csrf"),
             GatewayError::CorsRefused(_) => (StatusCode::FORBIDDEN, "cors_refused"),
             GatewayError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
@@ -134,6 +139,8 @@ impl GatewayError {
             | GatewayError::BadRequest(_)
             | GatewayError::BadPath(_)
             | GatewayError::Csrf
+            // Not a token problem a new token would fix: no challenge, like a CSRF refusal.
+            | GatewayError::AccessDenied { .. }
             | GatewayError::CorsRefused(_)
             | GatewayError::RateLimited { .. }
             | GatewayError::BodyTooLarge

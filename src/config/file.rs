@@ -318,6 +318,12 @@ pub(super) struct FileRoute {
     /// Browser navigations without a session are sent to sign in (`[login]`).
     #[serde(default)]
     pub(super) login: bool,
+    /// A CEL expression over `claims`, `request` and `route` (`policy::rules`).
+    pub(super) allow: Option<String>,
+    /// `"enforce"` (default) or `"shadow"`.
+    pub(super) allow_mode: Option<String>,
+    /// Claims the token must carry: `{ groups = ["admin"], tenant = "acme" }`.
+    pub(super) require_claims: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 #[derive(Deserialize)]

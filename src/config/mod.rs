@@ -32,6 +32,7 @@ mod file;
 pub mod keys;
 pub mod login;
 pub mod origin;
+pub mod rules;
 mod validate;
 
 use keys::StaticKey;
@@ -309,6 +310,10 @@ pub struct RouteConfig {
     pub cors: Option<CorsConfig>,
     /// `login = true`: browser navigations without a session get a 302 to sign in.
     pub login: bool,
+    /// `allow` (with `allow_mode`): a compiled CEL rule.
+    pub allow: Option<rules::AllowRule>,
+    /// `require_claims`, in the file's order.
+    pub require_claims: Vec<rules::ClaimRequirement>,
 }
 
 /// A route's `rate_limit`: a token bucket of `burst` requests refilled at `rps` per second,

@@ -169,6 +169,8 @@ mod tests {
             rate_limit: None,
             cors: None,
             login: false,
+            allow: None,
+            require_claims: vec![],
         }
     }
 

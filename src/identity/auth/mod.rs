@@ -58,6 +58,12 @@ pub struct Verified {
     pub scoped_jti: Option<Scoped>,
     pub scoped_sub: Scoped,
     pub leeway: i64,
+    /// The verified claims, kept only when some route has rules over them
+    /// (`allow`, `require_claims`).
+    pub claims: Option<Map<String, Value>>,
+    /// What `policy::rules` derives from `claims` the first time a rule reads this token
+    /// (the claims as CEL values), kept with the token so later requests reuse it.
+    pub rule_view: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
     weight: u32,
 }
 
@@ -75,6 +81,8 @@ pub struct Verifier {
     by_iss: HashMap<String, usize>,
     identity: Identity,
     cache: moka::sync::Cache<[u8; 32], Arc<Verified>>,
+    /// Keep each token's claims (`Verified::claims`): a route has rules over them.
+    keep_claims: bool,
 }
 
 struct UntilExp;
@@ -108,7 +116,15 @@ impl Verifier {
             by_iss,
             identity,
             cache,
+            keep_claims: false,
         }
+    }
+
+    /// Keep each verified token's claims for the routes' rules (`allow`,
+    /// `require_claims`); without rules only what headers need is kept.
+    pub fn keep_claims(mut self, keep: bool) -> Verifier {
+        self.keep_claims = keep;
+        self
     }
 
     /// Entries in the verified-token cache (approximate).
@@ -323,7 +339,14 @@ impl Verifier {
         let scoped_jti = jti.as_deref().map(|j| Scoped::new(&cfg.name, j));
         let scoped_sub = Scoped::new(&cfg.name, &sub);
         let token_id = token_id(scoped_jti.as_ref(), &scoped_sub);
-        let weight = (p64.len() * 2 + 256 + cfg.name.len() * 2).min(u32::MAX as usize) as u32;
+        let kept = if self.keep_claims {
+            // The JSON tree and its CEL view, roughly.
+            p64.len() * 8
+        } else {
+            0
+        };
+        let weight =
+            (p64.len() * 2 + 256 + cfg.name.len() * 2 + kept).min(u32::MAX as usize) as u32;
         Ok(Verified {
             key,
             token_id,
@@ -342,6 +365,8 @@ impl Verifier {
             scoped_jti,
             scoped_sub,
             leeway: cfg.leeway_s.min(i64::MAX as u64) as i64,
+            claims: self.keep_claims.then(|| claims.clone()),
+            rule_view: std::sync::OnceLock::new(),
             weight,
         })
     }
@@ -556,6 +581,8 @@ mod tests {
             scoped_jti: None,
             scoped_sub: Scoped::new("i", "a"),
             leeway: 30,
+            claims: None,
+            rule_view: std::sync::OnceLock::new(),
             weight: 1,
         }
     }
