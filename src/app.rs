@@ -56,7 +56,9 @@ impl App {
             .collect();
         let decisions = crate::ops::metrics::PolicyDecisions::default();
         let rules = Rules::new(&config.routes, &decisions);
-        let verifier = Verifier::new(issuers, config.identity.clone()).keep_claims(rules.any());
+        let verifier = Verifier::new(issuers, config.identity.clone())
+            .keep_claims(rules.any())
+            .with_introspection(config.revocation.on_error);
         let router = Router::new(config.routes.clone());
         let redis = (config.revocation.store == crate::config::StoreKind::Redis)
             .then_some(&config.revocation);
@@ -74,6 +76,14 @@ impl App {
         let mut metrics = Metrics::new(&names);
         if rules.any() {
             decisions.register(&mut metrics);
+        }
+        if let Some(c) = verifier.introspection_calls() {
+            metrics.register_counter(
+                "introspection_calls",
+                "Calls to the RFC 7662 introspection endpoint (cache misses within the rate limit)",
+                None,
+                c,
+            );
         }
         for i in verifier.issuers() {
             if let Some(c) = i.fetch_counter() {

@@ -30,6 +30,10 @@ pub enum TokenError {
     MissingClaim(&'static str),
     #[error("token revoked")]
     Revoked,
+    /// An opaque token the introspection endpoint says is not active (RFC 7662): unknown,
+    /// expired or revoked, the IdP does not say which.
+    #[error("invalid token")]
+    Inactive,
     #[error("refresh token rejected")]
     RefreshRejected,
 }

@@ -155,6 +155,26 @@ pub(super) struct FileIssuer {
     /// OIDC discovery (`oidc`): keys and endpoints from the provider's metadata.
     #[serde(default)]
     pub(super) discovery: bool,
+    /// RFC 7662 introspection of opaque (non-JWT) tokens.
+    #[serde(default)]
+    pub(super) introspection: bool,
+    pub(super) introspection_endpoint: Option<String>,
+    /// The gateway's client at the introspection endpoint (HTTP Basic).
+    pub(super) client_id: Option<String>,
+    pub(super) client_secret_env: Option<String>,
+    #[serde(default = "default_introspection_cache")]
+    pub(super) introspection_cache_s: u64,
+    /// Introspection calls per second for tokens not in the cache (per replica).
+    #[serde(default = "default_introspection_rate")]
+    pub(super) introspection_rate: f64,
+}
+
+pub(super) fn default_introspection_cache() -> u64 {
+    60
+}
+
+pub(super) fn default_introspection_rate() -> f64 {
+    20.0
 }
 
 pub(super) fn default_leeway() -> u64 {

@@ -214,6 +214,21 @@ pub struct IssuerConfig {
     pub keys: KeySource,
     /// `discovery = true`: where the provider metadata document lives.
     pub discovery: Option<Uri>,
+    /// `introspection = true`: opaque tokens are asked about (RFC 7662).
+    pub introspection: Option<Introspection>,
+}
+
+/// An issuer's RFC 7662 token introspection.
+#[derive(Debug, Clone)]
+pub struct Introspection {
+    /// `None`: the discovered `introspection_endpoint`.
+    pub endpoint: Option<Uri>,
+    /// Client id and secret, sent with HTTP Basic (`token_endpoint` unused).
+    pub client: OAuthClient,
+    /// Longest an answer is kept (an active one also never past its `exp`).
+    pub cache: Duration,
+    /// Calls per second for tokens not in the cache; burst twice that.
+    pub rate: f64,
 }
 
 /// One place to look for the access token.

@@ -22,7 +22,7 @@ use crate::ops::exposition::{self, Format};
 pub type Labels = Vec<(&'static str, String)>;
 
 /// Why a request was refused at authentication, as a metric label.
-const AUTH_REASONS: [&str; 14] = [
+const AUTH_REASONS: [&str; 15] = [
     "missing_token",
     "expired",
     "not_yet_valid",
@@ -37,6 +37,7 @@ const AUTH_REASONS: [&str; 14] = [
     "refresh_rejected",
     "insufficient_scope",
     "access_denied",
+    "inactive",
 ];
 
 fn reason_index(e: &GatewayError) -> Option<usize> {
@@ -56,6 +57,7 @@ fn reason_index(e: &GatewayError) -> Option<usize> {
             TokenError::MissingClaim(_) => 9,
             TokenError::Revoked => 10,
             TokenError::RefreshRejected => 11,
+            TokenError::Inactive => 14,
         },
         _ => return None,
     })

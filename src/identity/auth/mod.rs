@@ -17,6 +17,7 @@ pub use crate::clock::now_unix;
 pub use extract::{check_csrf, find_cookie, find_only_cookie, find_token, Carrier};
 
 mod extract;
+pub mod introspect;
 use crate::config::{AuthMode, CorsConfig, Identity, Tokens};
 use crate::error::{GatewayError, TokenError};
 use crate::identity::jwks::{self, IssuerKeys, KidLookup, VerifyKey};
@@ -83,6 +84,8 @@ pub struct Verifier {
     cache: moka::sync::Cache<[u8; 32], Arc<Verified>>,
     /// Keep each token's claims (`Verified::claims`): a route has rules over them.
     keep_claims: bool,
+    /// The issuer with `introspection = true`, for opaque tokens.
+    introspector: Option<introspect::Introspector>,
 }
 
 struct UntilExp;
@@ -117,7 +120,24 @@ impl Verifier {
             identity,
             cache,
             keep_claims: false,
+            introspector: None,
         }
+    }
+
+    /// Introspect opaque tokens at the issuer with `introspection = true`, if any; an IdP
+    /// that cannot answer is handled like the revocation store (`on_error`).
+    pub fn with_introspection(mut self, on_error: crate::config::OnError) -> Verifier {
+        self.introspector = self
+            .issuers
+            .iter()
+            .enumerate()
+            .find_map(|(i, k)| introspect::Introspector::new(i, k.clone(), on_error));
+        self
+    }
+
+    /// Calls made to the introspection endpoint, when an issuer introspects.
+    pub fn introspection_calls(&self) -> Option<prometheus_client::metrics::counter::Counter> {
+        self.introspector.as_ref().map(|i| i.calls.clone())
     }
 
     /// Keep each verified token's claims for the routes' rules (`allow`,
@@ -158,7 +178,16 @@ impl Verifier {
         if carrier == Carrier::Cookie {
             check_csrf(tokens, method, host, headers, cors)?;
         }
-        let verified = self.verify(token).await?;
+        // Not a JWT (three dot-separated parts) and an issuer introspects: ask it.
+        let verified = match &self.introspector {
+            Some(i) if token.split('.').count() != 3 => {
+                if token.len() > MAX_TOKEN_BYTES {
+                    return Err(TokenError::Malformed("token too large").into());
+                }
+                i.introspect(self, token).await?
+            }
+            _ => self.verify(token).await?,
+        };
         let bearer = match carrier {
             Carrier::AuthorizationHeader => None,
             _ => HeaderValue::try_from(format!("Bearer {token}")).ok(),
