@@ -85,8 +85,23 @@ pub struct AllowRule {
     pub source: String,
     pub program: Arc<cel::Program>,
     pub mode: AllowMode,
-    /// Whether the rule reads `request.headers` (the map is built only then).
-    pub reads_headers: bool,
+    /// The `request` fields the rule reads (`REQUEST_FIELDS` order): only those are built
+    /// per request. All of them when the rule uses `request` other than as `request.x`.
+    pub reads: [bool; 6],
+}
+
+/// The fields of `request`, in `AllowRule::reads` order.
+pub const REQUEST_FIELDS: [&str; 6] =
+    ["method", "path", "segments", "host", "headers", "client_ip"];
+
+impl AllowRule {
+    /// Whether the rule reads `request.<field>`.
+    pub fn reads(&self, field: &str) -> bool {
+        REQUEST_FIELDS
+            .iter()
+            .position(|f| *f == field)
+            .is_some_and(|i| self.reads[i])
+    }
 }
 
 impl std::fmt::Debug for AllowRule {
@@ -121,18 +136,15 @@ pub fn compile(source: &str) -> Result<AllowRule, String> {
         }
     })?;
     let mut bound = Vec::new();
-    let mut reads_headers = false;
-    check(
-        program.expression(),
-        &mut bound,
-        &mut reads_headers,
-        &|id| position(source, &program, id),
-    )?;
+    let mut reads = [false; 6];
+    check(program.expression(), &mut bound, &mut reads, &|id| {
+        position(source, &program, id)
+    })?;
     Ok(AllowRule {
         source: source.to_string(),
         program: Arc::new(program),
         mode: AllowMode::Enforce,
-        reads_headers,
+        reads,
     })
 }
 
@@ -160,12 +172,16 @@ fn position(source: &str, program: &cel::Program, id: u64) -> String {
 fn check(
     e: &IdedExpr,
     bound: &mut Vec<String>,
-    reads_headers: &mut bool,
+    reads: &mut [bool; 6],
     at: &dyn Fn(u64) -> String,
 ) -> Result<(), String> {
     match &e.expr {
         Expr::Unspecified | Expr::Literal(_) => Ok(()),
         Expr::Ident(name) => {
+            if name == "request" && !bound.iter().any(|b| b == name) {
+                // Used whole (passed on, indexed): every field.
+                *reads = [true; 6];
+            }
             if name.starts_with('@')
                 || VARIABLES.contains(&name.as_str())
                 || bound.iter().any(|b| b == name)
@@ -180,10 +196,15 @@ fn check(
             }
         }
         Expr::Select(s) => {
-            if s.field == "headers" && matches!(&s.operand.expr, Expr::Ident(n) if n == "request") {
-                *reads_headers = true;
+            let on_request = matches!(&s.operand.expr, Expr::Ident(n) if n == "request")
+                && !bound.iter().any(|b| b == "request");
+            match REQUEST_FIELDS.iter().position(|f| *f == s.field) {
+                Some(i) if on_request => {
+                    reads[i] = true;
+                    Ok(())
+                }
+                _ => check(&s.operand, bound, reads, at),
             }
-            check(&s.operand, bound, reads_headers, at)
         }
         Expr::Call(c) => {
             let name = c.func_name.as_str();
@@ -195,36 +216,37 @@ fn check(
                 ));
             }
             if let Some(t) = &c.target {
-                check(t, bound, reads_headers, at)?;
+                check(t, bound, reads, at)?;
             }
             for a in &c.args {
-                check(a, bound, reads_headers, at)?;
+                check(a, bound, reads, at)?;
             }
             Ok(())
         }
         Expr::Comprehension(c) => {
-            check(&c.iter_range, bound, reads_headers, at)?;
-            check(&c.accu_init, bound, reads_headers, at)?;
+            check(&c.iter_range, bound, reads, at)?;
+            check(&c.accu_init, bound, reads, at)?;
             let before = bound.len();
             bound.push(c.iter_var.clone());
             if let Some(v) = &c.iter_var2 {
                 bound.push(v.clone());
             }
             bound.push(c.accu_var.clone());
-            let out = check(&c.loop_cond, bound, reads_headers, at)
-                .and_then(|()| check(&c.loop_step, bound, reads_headers, at))
-                .and_then(|()| check(&c.result, bound, reads_headers, at));
+            let out = check(&c.loop_cond, bound, reads, at)
+                .and_then(|()| check(&c.loop_step, bound, reads, at))
+                .and_then(|()| check(&c.result, bound, reads, at));
             bound.truncate(before);
             out
         }
         Expr::List(l) => l
             .elements
             .iter()
-            .try_for_each(|x| check(x, bound, reads_headers, at)),
+            .try_for_each(|x| check(x, bound, reads, at)),
         Expr::Map(m) => m.entries.iter().try_for_each(|x| match &x.expr {
-            EntryExpr::MapEntry(me) => check(&me.key, bound, reads_headers, at)
-                .and_then(|()| check(&me.value, bound, reads_headers, at)),
-            EntryExpr::StructField(f) => check(&f.value, bound, reads_headers, at),
+            EntryExpr::MapEntry(me) => {
+                check(&me.key, bound, reads, at).and_then(|()| check(&me.value, bound, reads, at))
+            }
+            EntryExpr::StructField(f) => check(&f.value, bound, reads, at),
         }),
         Expr::Struct(_) => Err(format!(
             "{}: message literals are not supported in rules",
@@ -248,8 +270,17 @@ mod tests {
             r#"request.headers["x-env"] == "prod""#,
         ] {
             let rule = compile(r).unwrap_or_else(|e| panic!("{r}: {e}"));
-            assert_eq!(rule.reads_headers, r.contains("headers"), "{r}");
+            assert_eq!(rule.reads("headers"), r.contains("headers"), "{r}");
+            assert_eq!(rule.reads("method"), r.contains("method"), "{r}");
         }
+    }
+
+    #[test]
+    fn a_rule_that_uses_request_whole_gets_every_field() {
+        let rule = compile("size(request) > 0").unwrap();
+        assert!(rule.reads.iter().all(|r| *r));
+        let rule = compile("request.path == \"/\"").unwrap();
+        assert_eq!(rule.reads, [false, true, false, false, false, false]);
     }
 
     #[test]

@@ -197,7 +197,7 @@ impl Rules {
             claims: view.claims.as_ref(),
             scopes: view.scopes.as_ref(),
             groups: view.groups.as_ref(),
-            request: request_map(request, rule.reads_headers),
+            request: request_map(request, rule),
             route: r.route_val.as_ref(),
         };
         let base: &Context<'_, '_> = &self.base;
@@ -305,25 +305,35 @@ fn json(v: &Json) -> Box<dyn Val> {
     }
 }
 
-/// `request`: method, path, segments, host, client_ip, and (when the rule reads them)
-/// headers. Strings borrow from the request.
-fn request_map<'a>(r: &RequestFacts<'a>, with_headers: bool) -> CelMap<'a> {
-    let mut m: HashMap<CelMapKey<'a>, Box<dyn Val + 'a>> = HashMap::with_capacity(6);
+/// `request`, with only the fields `rule` reads (`AllowRule::reads`). Strings borrow from
+/// the request.
+fn request_map<'a>(r: &RequestFacts<'a>, rule: &AllowRule) -> CelMap<'a> {
+    let mut m: HashMap<CelMapKey<'a>, Box<dyn Val + 'a>> = HashMap::new();
     let s = |x: &'a str| Box::new(CelString::from(x)) as Box<dyn Val + 'a>;
-    m.insert(CelMapKey::from("method"), s(r.method));
-    m.insert(CelMapKey::from("path"), s(r.path));
-    m.insert(CelMapKey::from("host"), s(r.host.unwrap_or("")));
-    m.insert(
-        CelMapKey::from("client_ip"),
-        Box::new(CelString::from(r.client_ip.to_string())),
-    );
-    let segments: Vec<Box<dyn Val + 'a>> =
-        r.path.split('/').filter(|x| !x.is_empty()).map(s).collect();
-    m.insert(
-        CelMapKey::from("segments"),
-        Box::new(CelList::from(segments)),
-    );
-    if with_headers {
+    if rule.reads("method") {
+        m.insert(CelMapKey::from("method"), s(r.method));
+    }
+    if rule.reads("path") {
+        m.insert(CelMapKey::from("path"), s(r.path));
+    }
+    if rule.reads("host") {
+        m.insert(CelMapKey::from("host"), s(r.host.unwrap_or("")));
+    }
+    if rule.reads("client_ip") {
+        m.insert(
+            CelMapKey::from("client_ip"),
+            Box::new(CelString::from(r.client_ip.to_string())),
+        );
+    }
+    if rule.reads("segments") {
+        let segments: Vec<Box<dyn Val + 'a>> =
+            r.path.split('/').filter(|x| !x.is_empty()).map(s).collect();
+        m.insert(
+            CelMapKey::from("segments"),
+            Box::new(CelList::from(segments)),
+        );
+    }
+    if rule.reads("headers") {
         let mut h: HashMap<CelMapKey<'a>, Box<dyn Val + 'a>> = HashMap::new();
         for name in r.headers.keys() {
             if HIDDEN_HEADERS.contains(&name.as_str()) {
