@@ -8,6 +8,9 @@
 #           `master_process off`, upstream keepalive); or `hyper-floor` (examples/
 #           hyper_floor.rs, the least a hyper proxy does per request; built here if needed)
 #   env: BENCH_IR_SECONDS (measured seconds per binary, default 10)
+#        BENCH_IR_ROUTE=none|jwt|rule (default none): the route is open; or needs an HS256
+#        bearer token (one token, so every measured request is a verified-cache hit); or
+#        also has an `allow` rule (a group check and a method check)
 #        BENCH_IR_KEEP=DIR keeps each callgrind dump there as callgrind.BINARY.REQUESTS
 #        (read it with `callgrind_annotate --inclusive=yes`)
 #
@@ -65,6 +68,31 @@ mkdir -p "$TMP"/up/{client_body,proxy,fastcgi,uwsgi,scgi}
 sed -e "s#@PREFIX@#$TMP/up#g" -e "s#@UP_PORT@#$UP#g" "$ROOT/bench/templates/upstream.nginx.conf" >"$TMP/up/nginx.conf"
 nginx -p "$TMP/up" -c "$TMP/up/nginx.conf" -e "$TMP/up/error.log"
 
+ROUTE_KIND=${BENCH_IR_ROUTE:-none}
+WRK_AUTH=()
+ISSUER_BLOCK=""
+ROUTE_EXTRA='auth = "none"'
+case $ROUTE_KIND in
+    none) ;;
+    jwt|rule)
+        export BENCH_IR_HS_SECRET="instructions-bench-secret-of-32-bytes-or-more"
+        ISSUER_BLOCK=$(printf '[[issuers]]\nname = "b"\nissuer = "https://bench.test"\nkeys = [{ kid = "h1", alg = "HS256", secret_env = "BENCH_IR_HS_SECRET" }]\n')
+        ROUTE_EXTRA='auth = "required"'
+        if [[ $ROUTE_KIND == rule ]]; then
+            ROUTE_EXTRA+=$'\n'"allow = 'in_group(\"admin\") || request.method in [\"GET\", \"HEAD\"]'"
+        fi
+        TOKEN=$(python3 -c '
+import base64, hashlib, hmac, json, os, time
+b = lambda x: base64.urlsafe_b64encode(x).rstrip(b"=").decode()
+h = b(json.dumps({"alg": "HS256", "kid": "h1", "typ": "JWT"}).encode())
+p = b(json.dumps({"iss": "https://bench.test", "sub": "bench", "exp": int(time.time()) + 86400, "groups": ["dev"]}).encode())
+s = b(hmac.new(os.environ["BENCH_IR_HS_SECRET"].encode(), f"{h}.{p}".encode(), hashlib.sha256).digest())
+print(f"{h}.{p}.{s}")')
+        WRK_AUTH=(-H "Authorization: Bearer $TOKEN")
+        ;;
+    *) die "BENCH_IR_ROUTE must be none, jwt or rule" ;;
+esac
+
 cat >"$TMP/gateway.toml" <<EOF
 [listen]
 http = "127.0.0.1:$GW"
@@ -74,11 +102,13 @@ admin = "127.0.0.1:$ADMIN"
 worker_threads = 2
 log_format = "text"
 
+$ISSUER_BLOCK
+
 [[routes]]
 name = "bench"
 path_prefix = "/"
 upstreams = ["http://127.0.0.1:$UP"]
-auth = "none"
+$ROUTE_EXTRA
 EOF
 
 printf '| binary | requests | instructions | instructions per request |\n|---|---:|---:|---:|\n'
@@ -116,11 +146,11 @@ for b in "${BINS[@]}"; do
         >"$TMP/gateway.log" 2>&1 &
     vg=$!
     PIDS+=("$vg")
-    for _ in $(seq 150); do curl -fs -o /dev/null "http://127.0.0.1:$GW/" && break; sleep 0.2; done
-    curl -fs -o /dev/null "http://127.0.0.1:$GW/" || die "$b did not start under valgrind (see $TMP/gateway.log)"
-    wrk -t1 -c8 -d3s "http://127.0.0.1:$GW/" >/dev/null
+    for _ in $(seq 150); do curl -fs -o /dev/null "${WRK_AUTH[@]}" "http://127.0.0.1:$GW/" && break; sleep 0.2; done
+    curl -fs -o /dev/null "${WRK_AUTH[@]}" "http://127.0.0.1:$GW/" || die "$b did not start under valgrind, or refused the request (see $TMP/gateway.log)"
+    wrk -t1 -c8 -d3s "${WRK_AUTH[@]}" "http://127.0.0.1:$GW/" >/dev/null
     callgrind_control -z "$vg" >/dev/null 2>&1
-    w=$(wrk -t1 -c8 -d"${SECONDS_PER_RUN}s" "http://127.0.0.1:$GW/")
+    w=$(wrk -t1 -c8 -d"${SECONDS_PER_RUN}s" "${WRK_AUTH[@]}" "http://127.0.0.1:$GW/")
     callgrind_control -d "$vg" >/dev/null 2>&1
     kill "$vg"; wait "$vg" 2>/dev/null || true
     reqs=$(awk '/requests in/{print $1}' <<<"$w")

@@ -5,6 +5,7 @@
 #
 # Usage: bench/run.sh [--rounds N] [--duration S] [--only SECTION[,SECTION...]] [--keep-tmp]
 #   SECTION: plain | tls | h2 | auth | mem | tokens | revocation | refresh | features | login
+#            | rules
 #            (default: all)
 #            peers  = no jwtgate rows (self-test of the peers; needs no Rust build); alone it
 #                     means every section, with others (peers,auth) only those
@@ -53,16 +54,16 @@ done
 [[ $PROPAGATION_N =~ ^[1-9][0-9]*$ ]] || die "BENCH_PROPAGATION_N must be a positive integer"
 
 USE_JG=1
-ALL_SECTIONS=(plain tls h2 auth mem tokens revocation refresh features login)
+ALL_SECTIONS=(plain tls h2 auth mem tokens revocation refresh features login rules)
 SECTIONS=("${ALL_SECTIONS[@]}")
 if [[ -n $ONLY ]]; then
     SECTIONS=()
     IFS=',' read -r -a only_list <<<"$ONLY"
     for s in "${only_list[@]}"; do
         case $s in
-            plain|tls|h2|auth|mem|tokens|revocation|refresh|features|login) SECTIONS+=("$s") ;;
+            plain|tls|h2|auth|mem|tokens|revocation|refresh|features|login|rules) SECTIONS+=("$s") ;;
             peers) USE_JG=0 ;;
-            *) die "--only: unknown section '$s' (plain, tls, h2, auth, mem, tokens, revocation, refresh, features, login, peers)" ;;
+            *) die "--only: unknown section '$s' (plain, tls, h2, auth, mem, tokens, revocation, refresh, features, login, rules, peers)" ;;
         esac
     done
     [[ ${#SECTIONS[@]} -gt 0 ]] || SECTIONS=("${ALL_SECTIONS[@]}")
@@ -776,6 +777,25 @@ section_features() {
     forget_pid "$b_pid"
 }
 
+# --- section "rules": what a route's `allow` rule costs -------------------------------------
+
+# One process (gateway-auth.toml + templates/rules.toml): RS256 over TLS to "/" (no rule) and
+# to "/rules/" (a group check and a method check), alternating each round.
+section_rules() {
+    local r_tls r_http r_admin r_pid
+    read -r r_tls r_http r_admin <<<"$(free_ports 3)"
+    start_auth_variant "jwtgate (rules)" "$TMP/gateway-rules.toml" "$r_tls" "$r_http" "$r_admin" \
+        rules.toml UP_PORT="$UP_PORT"
+    r_pid=$LAST_PID
+    add_target jg-rules-none "jwtgate RS256 TLS, route without a rule" wrk "$S:$r_tls/" "$TOKEN_RS"
+    add_target jg-rules-allow "jwtgate RS256 TLS, route with allow = 'in_group(\"admin\") || request.method in [\"GET\", \"HEAD\"]'" wrk "$S:$r_tls/rules/" "$TOKEN_RS"
+    expect "jwtgate (rules) RS256, no rule" "${T_URL[jg-rules-none]}" 200 "$TOKEN_RS"
+    expect "jwtgate (rules) RS256, rule" "${T_URL[jg-rules-allow]}" 200 "$TOKEN_RS"
+    run_section rules jg-rules-none jg-rules-allow
+    stop_pid "$r_pid"
+    forget_pid "$r_pid"
+}
+
 # --- section "login": what [login] costs the bearer-token hot path ---------------------------
 
 # Two processes from gateway-auth.toml: + templates/login-off.toml (a second issuer, discovered
@@ -1115,7 +1135,7 @@ for section in "${SECTIONS[@]}"; do
             fi
             run_section auth jg-open-tls jg-rs256-tls jg-es256-tls haproxy-rs256-tls jg-open-http jg-hs256-http haproxy-hs256-http
             ;;
-        tokens|revocation|refresh|features|login)
+        tokens|revocation|refresh|features|login|rules)
             if [[ $USE_JG == 1 ]]; then
                 "section_$section"
             else

@@ -13,6 +13,7 @@ use crate::identity::refresh::Refresher;
 use crate::identity::revocation::Revocations;
 use crate::ops::metrics::Metrics;
 use crate::policy::route::Router;
+use crate::policy::rules::Rules;
 
 /// How often rate limiters forget clients whose bucket has refilled.
 const LIMIT_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
@@ -21,6 +22,8 @@ const LIMIT_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10
 pub struct App {
     pub config: Config,
     pub router: Router,
+    /// Routes' `allow` and `require_claims`.
+    pub rules: Rules,
     pub verifier: Verifier,
     pub revocations: Arc<Revocations>,
     /// Present when `[refresh]` names a token endpoint.
@@ -55,7 +58,11 @@ impl App {
             .cloned()
             .map(|c| Arc::new(IssuerKeys::new(c)))
             .collect();
-        let verifier = Verifier::new(issuers, config.identity.clone());
+        let decisions = crate::ops::metrics::PolicyDecisions::default();
+        let rules = Rules::new(&config.routes, &decisions);
+        let verifier = Verifier::new(issuers, config.identity.clone())
+            .keep_claims(rules.any())
+            .with_introspection(config.revocation.on_error);
         let router = Router::new(config.routes.clone());
         let redis = revocations
             .connector()
@@ -78,6 +85,17 @@ impl App {
         );
         let names: Vec<String> = config.routes.iter().map(|r| r.name.clone()).collect();
         let mut metrics = Metrics::new(&names);
+        if rules.any() {
+            decisions.register(&mut metrics);
+        }
+        if let Some(c) = verifier.introspection_calls() {
+            metrics.register_counter(
+                "introspection_calls",
+                "Calls to the RFC 7662 introspection endpoint (cache misses within the rate limit)",
+                None,
+                c,
+            );
+        }
         for i in verifier.issuers() {
             if let Some(c) = i.fetch_counter() {
                 metrics.register_counter(
@@ -221,6 +239,7 @@ impl App {
             signals,
             config,
             router,
+            rules,
             verifier,
             revocations,
         }

@@ -30,6 +30,10 @@ pub enum TokenError {
     MissingClaim(&'static str),
     #[error("token revoked")]
     Revoked,
+    /// An opaque token the introspection endpoint says is not active (RFC 7662): unknown,
+    /// expired or revoked, the IdP does not say which.
+    #[error("invalid token")]
+    Inactive,
     #[error("refresh token rejected")]
     RefreshRejected,
 }
@@ -136,6 +140,10 @@ pub enum GatewayError {
     /// `sender_constraint = "required"` and the token has no `cnf`.
     #[error("token not sender-constrained")]
     NotSenderConstrained,
+    /// The route's rules (`allow`, `require_claims`) refused the caller. The description
+    /// names the route, never the rule.
+    #[error("access denied by the rules of route {route:?}")]
+    AccessDenied { route: String },
     #[error("cross-site request refused")]
     Csrf,
     /// A CORS preflight this route's `cors` does not allow.
@@ -191,6 +199,7 @@ impl GatewayError {
             GatewayError::CertificateMismatch | GatewayError::NotSenderConstrained => {
                 (StatusCode::UNAUTHORIZED, "invalid_token")
             }
+            GatewayError::AccessDenied { .. } => (StatusCode::FORBIDDEN, "access_denied"),
             GatewayError::Csrf => (StatusCode::FORBIDDEN, "csrf"),
             GatewayError::CorsRefused(_) => (StatusCode::FORBIDDEN, "cors_refused"),
             GatewayError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
@@ -236,6 +245,8 @@ impl GatewayError {
             | GatewayError::BadRequest(_)
             | GatewayError::BadPath(_)
             | GatewayError::Csrf
+            // Not a token problem a new token would fix: no challenge, like a CSRF refusal.
+            | GatewayError::AccessDenied { .. }
             | GatewayError::CorsRefused(_)
             | GatewayError::RateLimited { .. }
             | GatewayError::BodyTooLarge

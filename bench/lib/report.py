@@ -29,6 +29,7 @@ REL = {
     "refresh": [("jg-refresh-mix", "jg-refresh-none")],
     "features": [("jg-feat-global", "jg-feat-base"), ("jg-feat-all", "jg-feat-base")],
     "login": [("jg-login-on", "jg-login-off")],
+    "rules": [("jg-rules-allow", "jg-rules-none")],
 }
 # (authenticated target, unauthenticated target in the same process): auth cost = 1 - a/b
 COSTS = {

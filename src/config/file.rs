@@ -165,6 +165,26 @@ pub(super) struct FileIssuer {
     /// The logout token's `aud` (the client_id the IdP knows the gateway by); defaults to
     /// `audiences` when it holds exactly one.
     pub(super) backchannel_audience: Option<String>,
+    /// RFC 7662 introspection of opaque (non-JWT) tokens.
+    #[serde(default)]
+    pub(super) introspection: bool,
+    pub(super) introspection_endpoint: Option<String>,
+    /// The gateway's client at the introspection endpoint (HTTP Basic).
+    pub(super) client_id: Option<String>,
+    pub(super) client_secret_env: Option<String>,
+    #[serde(default = "default_introspection_cache")]
+    pub(super) introspection_cache_s: u64,
+    /// Introspection calls per second for tokens not in the cache (per replica).
+    #[serde(default = "default_introspection_rate")]
+    pub(super) introspection_rate: f64,
+}
+
+pub(super) fn default_introspection_cache() -> u64 {
+    60
+}
+
+pub(super) fn default_introspection_rate() -> f64 {
+    20.0
 }
 
 /// `[signals]`: the Shared Signals (SSF 1.0) push receiver.
@@ -371,6 +391,12 @@ pub(super) struct FileRoute {
     /// `"off"` | `"if_bound"` | `"required"`: DPoP / mTLS-bound tokens.
     #[serde(default = "default_sender_constraint")]
     pub(super) sender_constraint: String,
+    /// A CEL expression over `claims`, `request` and `route` (`policy::rules`).
+    pub(super) allow: Option<String>,
+    /// `"enforce"` (default) or `"shadow"`.
+    pub(super) allow_mode: Option<String>,
+    /// Claims the token must carry: `{ groups = ["admin"], tenant = "acme" }`.
+    pub(super) require_claims: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 pub(super) fn default_sender_constraint() -> String {

@@ -32,6 +32,7 @@ mod file;
 pub mod keys;
 pub mod login;
 pub mod origin;
+pub mod rules;
 mod validate;
 
 use keys::StaticKey;
@@ -253,6 +254,21 @@ pub struct IssuerConfig {
     pub keys: KeySource,
     /// `discovery = true`: where the provider metadata document lives.
     pub discovery: Option<Uri>,
+    /// `introspection = true`: opaque tokens are asked about (RFC 7662).
+    pub introspection: Option<Introspection>,
+}
+
+/// An issuer's RFC 7662 token introspection.
+#[derive(Debug, Clone)]
+pub struct Introspection {
+    /// `None`: the discovered `introspection_endpoint`.
+    pub endpoint: Option<Uri>,
+    /// Client id and secret, sent with HTTP Basic (`token_endpoint` unused).
+    pub client: OAuthClient,
+    /// Longest an answer is kept (an active one also never past its `exp`).
+    pub cache: Duration,
+    /// Calls per second for tokens not in the cache; burst twice that.
+    pub rate: f64,
 }
 
 /// One place to look for the access token.
@@ -407,6 +423,10 @@ pub struct RouteConfig {
     /// `login = true`: browser navigations without a session get a 302 to sign in.
     pub login: bool,
     pub sender_constraint: SenderConstraint,
+    /// `allow` (with `allow_mode`): a compiled CEL rule.
+    pub allow: Option<rules::AllowRule>,
+    /// `require_claims`, in the file's order.
+    pub require_claims: Vec<rules::ClaimRequirement>,
 }
 
 /// A route's `rate_limit`: a token bucket of `burst` requests refilled at `rps` per second,

@@ -468,6 +468,7 @@ mod tests {
             leeway_s: 30,
             keys: KeySource::Jwks(Uri::from_static("http://127.0.0.1:1/jwks")),
             discovery: None,
+            introspection: None,
         })
     }
 

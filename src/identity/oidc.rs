@@ -24,6 +24,9 @@ pub struct ProviderMetadata {
     pub token_endpoint: Option<String>,
     pub jwks_uri: Option<String>,
     pub revocation_endpoint: Option<String>,
+    /// RFC 8414 / RFC 7662: where opaque tokens are introspected.
+    #[serde(default)]
+    pub introspection_endpoint: Option<String>,
     pub end_session_endpoint: Option<String>,
 }
 
@@ -36,6 +39,7 @@ pub struct Endpoints {
     pub jwks: Option<Uri>,
     pub revocation: Option<Uri>,
     pub end_session: Option<Uri>,
+    pub introspection: Option<Uri>,
 }
 
 /// Why a discovery fetch was not used (a metric label, and the log's words).
@@ -234,6 +238,7 @@ impl Discovery {
             jwks: parse("jwks_uri", doc.jwks_uri),
             revocation: parse("revocation_endpoint", doc.revocation_endpoint),
             end_session: parse("end_session_endpoint", doc.end_session_endpoint),
+            introspection: parse("introspection_endpoint", doc.introspection_endpoint),
         })
     }
 }

@@ -22,7 +22,7 @@ use crate::ops::exposition::{self, Format};
 pub type Labels = Vec<(&'static str, String)>;
 
 /// Why a request was refused at authentication, as a metric label.
-const AUTH_REASONS: [&str; 13] = [
+const AUTH_REASONS: [&str; 15] = [
     "missing_token",
     "expired",
     "not_yet_valid",
@@ -36,12 +36,15 @@ const AUTH_REASONS: [&str; 13] = [
     "revoked",
     "refresh_rejected",
     "insufficient_scope",
+    "access_denied",
+    "inactive",
 ];
 
 fn reason_index(e: &GatewayError) -> Option<usize> {
     Some(match e {
         GatewayError::MissingToken => 0,
         GatewayError::InsufficientScope => 12,
+        GatewayError::AccessDenied { .. } => 13,
         GatewayError::InvalidToken(t) => match t {
             TokenError::Expired => 1,
             TokenError::NotYetValid => 2,
@@ -54,6 +57,7 @@ fn reason_index(e: &GatewayError) -> Option<usize> {
             TokenError::MissingClaim(_) => 9,
             TokenError::Revoked => 10,
             TokenError::RefreshRejected => 11,
+            TokenError::Inactive => 14,
         },
         _ => return None,
     })
@@ -221,6 +225,35 @@ impl Reloads {
         metrics.register_metric(
             "reloads",
             "Config reload attempts (POST /reload, SIGHUP), by result",
+            None,
+            self.0.clone(),
+        );
+    }
+}
+
+/// `jwtgate_policy_decisions_total{route,decision,mode}`: routes' rules by outcome
+/// (`allow`, `deny`, `error`) and mode (`enforce`, `shadow`). Counters are created with
+/// the rules (`counter`), so the request path only bumps them.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyDecisions(Family<Labels, Counter>);
+
+impl PolicyDecisions {
+    /// The counter of one label set (created now, so it is exported as 0 until used).
+    pub fn counter(&self, route: &str, decision: &'static str, mode: &'static str) -> Counter {
+        self.0
+            .get_or_create(&vec![
+                ("route", route.to_string()),
+                ("decision", decision.to_string()),
+                ("mode", mode.to_string()),
+            ])
+            .clone()
+    }
+
+    /// Export the family as `jwtgate_policy_decisions_total` in `metrics`.
+    pub fn register(&self, metrics: &mut Metrics) {
+        metrics.register_metric(
+            "policy_decisions",
+            "Requests decided by route rules (allow, require_claims), by route, decision (allow, deny, error) and mode (enforce, shadow)",
             None,
             self.0.clone(),
         );

@@ -297,6 +297,18 @@ async fn decide_steps<'a>(
     }
     if let Some(a) = &auth {
         auth::check_scopes(&route.config.scopes, &a.verified.scopes)?;
+        // Then the route's rules over the caller and the request (`require_claims`,
+        // `allow`); nothing is built for a route without them.
+        if route.config.allow.is_some() || !route.config.require_claims.is_empty() {
+            let facts = crate::policy::rules::RequestFacts {
+                method: parts.method.as_str(),
+                path: parts.uri.path(),
+                host: authority.map(crate::path::host_without_port),
+                headers: &parts.headers,
+                client_ip: notes.client(&parts.headers, conn, hops),
+            };
+            app.rules.check(route.index, &a.verified, &facts)?;
+        }
     }
 
     Ok(Decision::Allow(Allowed {

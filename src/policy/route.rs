@@ -170,6 +170,8 @@ mod tests {
             cors: None,
             login: false,
             sender_constraint: Default::default(),
+            allow: None,
+            require_claims: vec![],
         }
     }
 

@@ -296,6 +296,13 @@ pub struct IdpState {
     pub last_token_request: Mutex<Option<(Option<String>, String)>>,
     /// Tokens sent to the RFC 7009 revocation endpoint.
     pub revoked: Mutex<Vec<String>>,
+    /// RFC 7662: live opaque tokens -> their introspection claims (`active` added).
+    pub opaque_tokens: Mutex<std::collections::HashMap<String, serde_json::Value>>,
+    pub introspect_calls: AtomicU64,
+    /// Delay before the introspection endpoint answers (ms).
+    pub introspect_delay_ms: AtomicU64,
+    /// 0 = answer; otherwise the introspection endpoint answers this status.
+    pub introspect_fail_status: AtomicU64,
 }
 
 impl MockIdp {
@@ -314,6 +321,10 @@ impl MockIdp {
             access_ttl: AtomicU64::new(600),
             last_token_request: Mutex::new(None),
             revoked: Mutex::new(Vec::new()),
+            opaque_tokens: Mutex::new(Default::default()),
+            introspect_calls: AtomicU64::new(0),
+            introspect_delay_ms: AtomicU64::new(0),
+            introspect_fail_status: AtomicU64::new(0),
         });
         let task = serve_http(
             l,
@@ -368,6 +379,26 @@ impl MockIdp {
         self.state.token_calls.load(Ordering::SeqCst)
     }
 
+    pub fn introspect_url(&self) -> String {
+        format!("http://{}/introspect", self.addr)
+    }
+
+    /// A new opaque access token whose introspection answer is `claims` plus `active`.
+    pub fn issue_opaque(&self, claims: serde_json::Value) -> String {
+        let t = format!("opaque-{}", jwtgate::token::random_id());
+        self.state
+            .opaque_tokens
+            .lock()
+            .unwrap()
+            .insert(t.clone(), claims);
+        t
+    }
+
+    /// Calls to the introspection endpoint so far.
+    pub fn introspect_calls(&self) -> u64 {
+        self.state.introspect_calls.load(Ordering::SeqCst)
+    }
+
     /// Stop answering at all (connections refused from now on).
     pub fn stop(&self) {
         self.task.abort();
@@ -395,6 +426,7 @@ fn json_resp(status: u16, v: serde_json::Value) -> Response<Body> {
 async fn idp(req: Request<Incoming>, st: &IdpState) -> Response<Body> {
     match req.uri().path() {
         "/token" => return token_endpoint(req, st).await,
+        "/introspect" => return introspect_endpoint(req, st).await,
         "/revoke" => {
             let form = read_form(req).await.1;
             if let Some(t) = form.get("token") {
@@ -1065,6 +1097,41 @@ async fn read_form(
     let body = req.into_body().collect().await.unwrap().to_bytes();
     let form = form_urlencoded::parse(&body).into_owned().collect();
     (auth, form)
+}
+
+/// RFC 7662: `active` with the token's claims for a live opaque token, `{"active": false}`
+/// for anything else; the gateway must authenticate as CLIENT_ID with HTTP Basic.
+async fn introspect_endpoint(req: Request<Incoming>, st: &IdpState) -> Response<Body> {
+    st.introspect_calls.fetch_add(1, Ordering::SeqCst);
+    let (auth, form) = read_form(req).await;
+    let delay = st.introspect_delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let fail = st.introspect_fail_status.load(Ordering::SeqCst);
+    if fail != 0 {
+        return json_resp(
+            fail as u16,
+            serde_json::json!({"error": "temporarily_unavailable"}),
+        );
+    }
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"))
+    );
+    if auth.as_deref() != Some(basic.as_str()) {
+        return json_resp(401, serde_json::json!({"error": "invalid_client"}));
+    }
+    let known = form
+        .get("token")
+        .and_then(|t| st.opaque_tokens.lock().unwrap().get(t).cloned());
+    match known {
+        Some(mut claims) => {
+            claims["active"] = serde_json::json!(true);
+            json_resp(200, claims)
+        }
+        None => json_resp(200, serde_json::json!({"active": false})),
+    }
 }
 
 /// RFC 6749 §6 refresh_token grant with rotation: each refresh token works once.

@@ -228,6 +228,7 @@ pub(super) fn validate_issuer(
             KeySource::Static(out)
         }
     };
+    let introspection = validate_introspection(ctx, key, fi)?;
     Ok(IssuerConfig {
         name: fi.name.clone(),
         issuer: fi.issuer.clone(),
@@ -236,7 +237,103 @@ pub(super) fn validate_issuer(
         leeway_s: fi.leeway_s,
         keys,
         discovery,
+        introspection,
     })
+}
+
+/// `introspection = true` with its endpoint (or discovery), client and cache.
+fn validate_introspection(
+    ctx: &Ctx,
+    key: &str,
+    fi: &FileIssuer,
+) -> Result<Option<Introspection>, ConfigError> {
+    if !fi.introspection {
+        for (k, set) in [
+            (
+                "introspection_endpoint",
+                fi.introspection_endpoint.is_some(),
+            ),
+            ("client_id", fi.client_id.is_some()),
+            ("client_secret_env", fi.client_secret_env.is_some()),
+        ] {
+            if set {
+                return Err(ctx.err(
+                    format!("{key}.{k}"),
+                    "is for token introspection: set `introspection = true` too",
+                ));
+            }
+        }
+        return Ok(None);
+    }
+    let endpoint = match &fi.introspection_endpoint {
+        None if fi.discovery => None,
+        None => {
+            return Err(ctx.err(
+                format!("{key}.introspection_endpoint"),
+                "is required with `introspection = true` unless `discovery = true`",
+            ))
+        }
+        Some(url) => {
+            let uri: Uri = url.parse().map_err(|_| {
+                ctx.err(
+                    format!("{key}.introspection_endpoint"),
+                    format!("{url:?} is not a URL"),
+                )
+            })?;
+            if !matches!(uri.scheme_str(), Some("https" | "http")) || uri.authority().is_none() {
+                return Err(ctx.err(
+                    format!("{key}.introspection_endpoint"),
+                    format!("{url:?} must be an http:// or https:// URL"),
+                ));
+            }
+            Some(uri)
+        }
+    };
+    let client_id = fi
+        .client_id
+        .clone()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| {
+            ctx.err(
+                format!("{key}.client_id"),
+                "is required with `introspection = true`",
+            )
+        })?;
+    let var = fi.client_secret_env.as_deref().ok_or_else(|| {
+        ctx.err(
+            format!("{key}.client_secret_env"),
+            "is required with `introspection = true`",
+        )
+    })?;
+    let client_secret = std::env::var(var).map_err(|_| {
+        ctx.err(
+            format!("{key}.client_secret_env"),
+            format!("environment variable {var} is not set"),
+        )
+    })?;
+    if fi.introspection_cache_s == 0 || fi.introspection_cache_s > 86_400 {
+        return Err(ctx.err(
+            format!("{key}.introspection_cache_s"),
+            "must be from 1 to 86400 seconds",
+        ));
+    }
+    if !(0.1..=10_000.0).contains(&fi.introspection_rate) {
+        return Err(ctx.err(
+            format!("{key}.introspection_rate"),
+            "must be from 0.1 to 10000 calls per second",
+        ));
+    }
+    Ok(Some(Introspection {
+        endpoint,
+        client: OAuthClient {
+            token_endpoint: None,
+            client_id,
+            client_secret,
+            auth: ClientAuth::Basic,
+        },
+        cache: Duration::from_secs(fi.introspection_cache_s),
+        rate: fi.introspection_rate,
+    }))
 }
 
 /// True when the URL's host is a loopback name or address.

@@ -139,6 +139,13 @@ fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigErr
         }
         issuers.push(validate_issuer(ctx, &key, fi)?);
     }
+    // An opaque token names no issuer: only one issuer may be asked about them.
+    if issuers.iter().filter(|i| i.introspection.is_some()).count() > 1 {
+        return Err(ctx.err(
+            "issuers",
+            "only one issuer may have `introspection = true` (an opaque token does not say which issuer it is from)",
+        ));
+    }
 
     let tokens = validate_tokens(ctx, &raw.tokens)?;
     let identity = validate_identity(ctx, &raw.identity)?;

@@ -5,6 +5,7 @@ use std::time::Duration;
 use http::Uri;
 
 use super::*;
+use crate::config::rules::{AllowMode, AllowRule, ClaimRequirement};
 
 pub(super) fn validate_route(
     ctx: &Ctx,
@@ -109,6 +110,7 @@ pub(super) fn validate_route(
         .map(validate_cors)
         .transpose()
         .map_err(|(k, m)| ctx.err(format!("{key}.cors.{k}"), m))?;
+    let (allow, require_claims) = validate_rules(ctx, key, r, auth)?;
     Ok(RouteConfig {
         name: r.name.clone(),
         host,
@@ -122,7 +124,81 @@ pub(super) fn validate_route(
         cors,
         login: r.login,
         sender_constraint,
+        allow,
+        require_claims,
     })
+}
+
+/// `allow`, `allow_mode` and `require_claims`: rules over a verified token, so only on a
+/// route that authenticates.
+fn validate_rules(
+    ctx: &Ctx,
+    key: &str,
+    r: &FileRoute,
+    auth: AuthMode,
+) -> Result<(Option<AllowRule>, Vec<ClaimRequirement>), ConfigError> {
+    let needs_auth = |k: &str| {
+        ctx.err(
+            format!("{key}.{k}"),
+            "rules read a verified token: the route needs auth = \"required\"",
+        )
+    };
+    let mode = match r.allow_mode.as_deref() {
+        None | Some("enforce") => AllowMode::Enforce,
+        Some("shadow") => AllowMode::Shadow,
+        Some(other) => {
+            return Err(ctx.err(
+                format!("{key}.allow_mode"),
+                format!("{other:?} is not \"enforce\" or \"shadow\""),
+            ))
+        }
+    };
+    let allow = match &r.allow {
+        None if r.allow_mode.is_some() => {
+            return Err(ctx.err(format!("{key}.allow_mode"), "needs an `allow` rule"))
+        }
+        None => None,
+        Some(_) if auth != AuthMode::Required => return Err(needs_auth("allow")),
+        Some(src) => {
+            let mut rule = crate::config::rules::compile(src)
+                .map_err(|m| ctx.err(format!("{key}.allow"), format!("route {:?}: {m}", r.name)))?;
+            rule.mode = mode;
+            Some(rule)
+        }
+    };
+    let mut require = Vec::new();
+    if let Some(map) = &r.require_claims {
+        if auth != AuthMode::Required {
+            return Err(needs_auth("require_claims"));
+        }
+        for (claim, v) in map {
+            let values = match v {
+                serde_json::Value::Array(a) if !a.is_empty() => a.clone(),
+                serde_json::Value::Array(_) => Vec::new(),
+                other => vec![other.clone()],
+            };
+            if values.is_empty()
+                || !values.iter().all(|x| {
+                    matches!(
+                        x,
+                        serde_json::Value::String(_)
+                            | serde_json::Value::Number(_)
+                            | serde_json::Value::Bool(_)
+                    )
+                })
+            {
+                return Err(ctx.err(
+                    format!("{key}.require_claims.{claim}"),
+                    "must be a string, number or boolean, or a non-empty list of them",
+                ));
+            }
+            require.push(ClaimRequirement {
+                claim: claim.clone(),
+                values,
+            });
+        }
+    }
+    Ok((allow, require))
 }
 
 /// The range of `rps` a rate limit takes: at least one request in about 11 days, at most

@@ -109,6 +109,12 @@ pub(super) fn validate_signals(
                 discovery: false,
                 backchannel_logout_path: None,
                 backchannel_audience: None,
+                introspection: false,
+                introspection_endpoint: None,
+                client_id: None,
+                client_secret_env: None,
+                introspection_cache_s: crate::config::file::default_introspection_cache(),
+                introspection_rate: crate::config::file::default_introspection_rate(),
             };
             SignalKeys::Own(Box::new(validate_issuer(ctx, "signals", &fi)?))
         }

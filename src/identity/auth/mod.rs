@@ -17,6 +17,7 @@ pub use crate::clock::now_unix;
 pub use extract::{check_csrf, find_cookie, find_only_cookie, find_token, Carrier};
 
 mod extract;
+pub mod introspect;
 use crate::config::{AuthMode, CorsConfig, Identity, Tokens};
 use crate::error::{GatewayError, TokenError};
 use crate::identity::jwks::{self, IssuerKeys, KidLookup, VerifyKey};
@@ -64,6 +65,12 @@ pub struct Verified {
     pub cnf_jkt: Option<Box<str>>,
     /// `cnf.x5t#S256` (RFC 8705 §3.1): bound to this client certificate's thumbprint.
     pub cnf_x5t: Option<Box<str>>,
+    /// The verified claims, kept only when some route has rules over them
+    /// (`allow`, `require_claims`).
+    pub claims: Option<Map<String, Value>>,
+    /// What `policy::rules` derives from `claims` the first time a rule reads this token
+    /// (the claims as CEL values), kept with the token so later requests reuse it.
+    pub rule_view: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
     weight: u32,
 }
 
@@ -90,6 +97,10 @@ pub struct Verifier {
     by_iss: HashMap<String, usize>,
     identity: Identity,
     cache: moka::sync::Cache<[u8; 32], Arc<Verified>>,
+    /// Keep each token's claims (`Verified::claims`): a route has rules over them.
+    keep_claims: bool,
+    /// The issuer with `introspection = true`, for opaque tokens.
+    introspector: Option<introspect::Introspector>,
 }
 
 struct UntilExp;
@@ -123,7 +134,32 @@ impl Verifier {
             by_iss,
             identity,
             cache,
+            keep_claims: false,
+            introspector: None,
         }
+    }
+
+    /// Introspect opaque tokens at the issuer with `introspection = true`, if any; an IdP
+    /// that cannot answer is handled like the revocation store (`on_error`).
+    pub fn with_introspection(mut self, on_error: crate::config::OnError) -> Verifier {
+        self.introspector = self
+            .issuers
+            .iter()
+            .enumerate()
+            .find_map(|(i, k)| introspect::Introspector::new(i, k.clone(), on_error));
+        self
+    }
+
+    /// Calls made to the introspection endpoint, when an issuer introspects.
+    pub fn introspection_calls(&self) -> Option<prometheus_client::metrics::counter::Counter> {
+        self.introspector.as_ref().map(|i| i.calls.clone())
+    }
+
+    /// Keep each verified token's claims for the routes' rules (`allow`,
+    /// `require_claims`); without rules only what headers need is kept.
+    pub fn keep_claims(mut self, keep: bool) -> Verifier {
+        self.keep_claims = keep;
+        self
     }
 
     /// Entries in the verified-token cache (approximate).
@@ -157,7 +193,16 @@ impl Verifier {
         if carrier == Carrier::Cookie {
             check_csrf(tokens, method, host, headers, cors)?;
         }
-        let verified = self.verify(token).await?;
+        // Not a JWT (three dot-separated parts) and an issuer introspects: ask it.
+        let verified = match &self.introspector {
+            Some(i) if token.split('.').count() != 3 => {
+                if token.len() > MAX_TOKEN_BYTES {
+                    return Err(TokenError::Malformed("token too large").into());
+                }
+                i.introspect(self, token).await?
+            }
+            _ => self.verify(token).await?,
+        };
         let bearer = match carrier {
             Carrier::AuthorizationHeader => None,
             // A DPoP token goes upstream as a bearer token (the proof is checked here).
@@ -309,7 +354,14 @@ impl Verifier {
             None => None,
         };
         let token_id = token_id(scoped_jti.as_ref(), &scoped_sub);
-        let weight = (p64.len() * 2 + 256 + cfg.name.len() * 2).min(u32::MAX as usize) as u32;
+        let kept = if self.keep_claims {
+            // The JSON tree and its CEL view, roughly.
+            p64.len() * 8
+        } else {
+            0
+        };
+        let weight =
+            (p64.len() * 2 + 256 + cfg.name.len() * 2 + kept).min(u32::MAX as usize) as u32;
         Ok(Verified {
             key,
             token_id,
@@ -331,6 +383,8 @@ impl Verifier {
             leeway: cfg.leeway_s.min(i64::MAX as u64) as i64,
             cnf_jkt,
             cnf_x5t,
+            claims: self.keep_claims.then(|| claims.clone()),
+            rule_view: std::sync::OnceLock::new(),
             weight,
         })
     }
@@ -660,6 +714,8 @@ mod tests {
             leeway: 30,
             cnf_jkt: None,
             cnf_x5t: None,
+            claims: None,
+            rule_view: std::sync::OnceLock::new(),
             weight: 1,
         }
     }
