@@ -40,6 +40,7 @@ pub mod cli;
 pub use cli::{certs, demo, token};
 pub use identity::{auth, jwks, revocation};
 pub use net::body;
+pub use ops::admin::{install_log_control, SetLogLevel};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -82,6 +83,8 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// The forward-auth decision listener (`listen.authz`).
     pub authz_addr: Option<SocketAddr>,
+    /// The read-only probes-and-metrics listener (`listen.metrics`).
+    pub metrics_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<()>>,
@@ -138,6 +141,19 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
         .authz
         .map(|a| bind(a, "listen.authz"))
         .transpose()?;
+    let metrics_std = config
+        .listen
+        .metrics
+        .map(|addr| {
+            listener::bind(addr, 1)
+                .map(|mut v| v.swap_remove(0))
+                .map_err(|source| ServeError::Bind {
+                    addr,
+                    what: "listen.metrics",
+                    source,
+                })
+        })
+        .transpose()?;
     let admin_std = listener::bind(config.listen.admin, 1)
         .map_err(|source| ServeError::Bind {
             addr: config.listen.admin,
@@ -158,6 +174,7 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
         .as_ref()
         .and_then(|v| v.first())
         .and_then(|l| l.local_addr().ok());
+    let metrics_addr = metrics_std.as_ref().and_then(|l| l.local_addr().ok());
     let admin_addr = admin_std.local_addr().map_err(|source| ServeError::Bind {
         addr: config.listen.admin,
         what: "listen.admin",
@@ -188,6 +205,7 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
         control_client,
         reload_lock: tokio::sync::Mutex::new(()),
         reloads,
+        draining: std::sync::atomic::AtomicBool::new(false),
     });
 
     let mut per_worker: Vec<listener::WorkerSockets> = (0..workers_n).map(|_| Vec::new()).collect();
@@ -217,15 +235,34 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
             what: "listen.admin",
             source,
         })?;
-    tokio::spawn(ops::admin::serve(admin_l, shared.clone(), shutdown_rx));
+    if let (Some(l), Some(addr)) = (metrics_std, metrics_addr) {
+        let l = tokio::net::TcpListener::from_std(l).map_err(|source| ServeError::Bind {
+            addr,
+            what: "listen.metrics",
+            source,
+        })?;
+        tokio::spawn(ops::admin::serve(
+            l,
+            ops::admin::Surface::ReadOnly,
+            shared.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+    tokio::spawn(ops::admin::serve(
+        admin_l,
+        ops::admin::Surface::Full,
+        shared.clone(),
+        shutdown_rx,
+    ));
 
     let show = |a: Option<SocketAddr>| a.map_or_else(|| "-".to_string(), |a| a.to_string());
-    tracing::info!(https = %show(https_addr), http = %show(http_addr), authz = %show(authz_addr), admin = %admin_addr, workers = workers_n, "jwtgate serving");
+    tracing::info!(https = %show(https_addr), http = %show(http_addr), authz = %show(authz_addr), admin = %admin_addr, metrics = %show(metrics_addr), workers = workers_n, "jwtgate serving");
     Ok(Running {
         https_addr,
         http_addr,
         admin_addr,
         authz_addr,
+        metrics_addr,
         shared,
         shutdown,
         workers,

@@ -32,6 +32,7 @@ mod file;
 pub mod keys;
 pub mod login;
 pub mod origin;
+pub mod source;
 mod validate;
 
 use keys::StaticKey;
@@ -63,6 +64,8 @@ pub struct Config {
     /// `[login]`: sign-in at the edge (authorization code + PKCE).
     pub login: Option<login::Login>,
     pub routes: Vec<RouteConfig>,
+    /// The file as loaded: its hash and redacted contents (`GET /config`).
+    pub source: Arc<source::Source>,
 }
 
 impl Config {
@@ -164,6 +167,9 @@ pub struct Listen {
     pub admin: SocketAddr,
     /// The forward-auth decision listener.
     pub authz: Option<SocketAddr>,
+    /// Only /healthz, /readyz and /metrics: what Prometheus and probes may reach without
+    /// reaching the admin API's mutations.
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

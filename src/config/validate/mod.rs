@@ -12,6 +12,7 @@ use http::Uri;
 use super::file::*;
 use super::*;
 
+mod env;
 pub(super) mod identity;
 pub(super) mod routes;
 
@@ -81,11 +82,14 @@ impl Config {
             dir
         };
         let ctx = Ctx { file: &file, dir };
-        validate(&ctx, path, raw)
+        let mut config = validate(&ctx, path, raw)?;
+        config.source = Arc::new(super::source::Source::of(text));
+        Ok(config)
     }
 }
 
-fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
+fn validate(ctx: &Ctx, path: &Path, mut raw: FileConfig) -> Result<Config, ConfigError> {
+    env::expand_urls(ctx, &mut raw)?;
     let listen = validate_listen(ctx, &raw.listen)?;
     let server = validate_server(ctx, &raw.server)?;
     let tls = match (&listen.https, &raw.tls) {
@@ -243,6 +247,7 @@ fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigErr
         authz,
         login,
         routes,
+        source: Arc::default(),
     })
 }
 
@@ -353,6 +358,11 @@ fn validate_listen(ctx: &Ctx, l: &FileListen) -> Result<Listen, ConfigError> {
         .as_deref()
         .map(|v| parse_addr(ctx, "listen.authz", v))
         .transpose()?;
+    let metrics = l
+        .metrics
+        .as_deref()
+        .map(|v| parse_addr(ctx, "listen.metrics", v))
+        .transpose()?;
     if https.is_none() && http.is_none() && authz.is_none() {
         return Err(ctx.err(
             "listen",
@@ -368,24 +378,38 @@ fn validate_listen(ctx: &Ctx, l: &FileListen) -> Result<Listen, ConfigError> {
             ))
         }
     };
-    let mut seen = HashSet::new();
+    // Two listeners clash on one port when their addresses are equal or either is the
+    // wildcard of its family (0.0.0.0:9901 takes 127.0.0.1:9901 too).
+    let mut seen: Vec<(&str, SocketAddr)> = Vec::new();
     for (key, a) in [
         ("listen.https", https),
         ("listen.http", http),
         ("listen.admin", Some(admin)),
         ("listen.authz", authz),
+        ("listen.metrics", metrics),
     ] {
-        if let Some(a) = a.filter(|a| a.port() != 0) {
-            if !seen.insert(a) {
-                return Err(ctx.err(key, format!("{a} is already used by another listener")));
-            }
+        let Some(a) = a.filter(|a| a.port() != 0) else {
+            continue;
+        };
+        let clash = seen.iter().find(|(_, b)| {
+            a.port() == b.port()
+                && a.is_ipv4() == b.is_ipv4()
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        });
+        if let Some((other, b)) = clash {
+            return Err(ctx.err(
+                key,
+                format!("{a} is already used by another listener ({other} = {b})"),
+            ));
         }
+        seen.push((key, a));
     }
     Ok(Listen {
         https,
         http,
         admin,
         authz,
+        metrics,
     })
 }
 
