@@ -224,6 +224,12 @@ impl App {
         self.metrics
             .verified_tokens_cached
             .set(self.verifier.cached_tokens());
+        if let Some(t) = &self.config.tls_files {
+            self.metrics
+                .tls_cert_not_after
+                .get_or_create(&vec![("listener", "https".to_string())])
+                .set(t.source.not_after());
+        }
         for (listener, limit) in self.connections.by_listener() {
             self.metrics
                 .connections_active

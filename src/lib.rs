@@ -193,8 +193,10 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
     control_client.spawn_reaper();
     let connections = Arc::new(http::conn::Connections::new(&config.server));
     let reloads = ops::metrics::Reloads::default();
+    let cert_reloads = ops::metrics::Reloads::default();
     let mut app = App::new(config, revocations.clone(), connections.clone());
     reloads.register(&mut app.metrics);
+    ops::metrics::register_cert_reloads(&cert_reloads, &mut app.metrics);
     let app = Arc::new(app);
     app.start_background(&control_client);
 
@@ -205,8 +207,12 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
         control_client,
         reload_lock: tokio::sync::Mutex::new(()),
         reloads,
+        cert_reloads,
         draining: std::sync::atomic::AtomicBool::new(false),
     });
+    if shared.app.load().config.tls_files.is_some() {
+        tokio::spawn(ops::certs::watch(shared.clone(), shutdown_rx.clone()));
+    }
 
     let mut per_worker: Vec<listener::WorkerSockets> = (0..workers_n).map(|_| Vec::new()).collect();
     for (set, front) in [

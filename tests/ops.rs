@@ -704,3 +704,186 @@ async fn urls_come_from_the_environment_and_a_missing_variable_is_named() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+// === certificate rotation ===
+
+/// A TLS connection to `addr` trusting every certificate in `roots` (HTTP/1.1), and the
+/// leaf certificate the server presented.
+async fn tls_connect(
+    addr: std::net::SocketAddr,
+    roots: &[&[u8]],
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Vec<u8>,
+) {
+    use rustls_pki_types::pem::PemObject;
+    let mut store = rustls::RootCertStore::empty();
+    for pem in roots {
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
+            store.add(c.unwrap()).unwrap();
+        }
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    let leaf = s.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    (s, leaf)
+}
+
+/// One HTTP/1.1 keep-alive exchange on `s`: the status code.
+async fn exchange(s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /x HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("answer in time")
+            .unwrap();
+        assert!(n > 0, "connection closed");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return text[9..12].parse().unwrap();
+            }
+        }
+    }
+}
+
+/// The value of the sample `name` (with labels) in admin /metrics.
+async fn metric(gw: &TestGateway, sample: &str) -> Option<f64> {
+    let m = gw
+        .client_plain()
+        .get(&format!("http://{}/metrics", gw.admin), &[])
+        .await;
+    m.text().lines().find_map(|l| {
+        l.strip_prefix(sample)
+            .and_then(|v| v.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+fn not_after(pem: &[u8]) -> i64 {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(pem).unwrap();
+    let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+    c.validity().not_after.timestamp()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_to_new_handshakes_and_a_broken_one_is_not() {
+    let up = EchoUpstream::start().await;
+    // `watch_interval_ms` lands in the generated [tls] table.
+    let gw = TestGateway::start(&format!(
+        "watch_interval_ms = 100\n\n{}",
+        route("r", "/", &[&up.url()], "auth = \"none\"")
+    ))
+    .await;
+    let (cert_path, key_path) = (
+        gw.dir.path().join("localhost.crt"),
+        gw.dir.path().join("localhost.key"),
+    );
+    let old_pem = std::fs::read(&cert_path).unwrap();
+    let not_after_sample = "jwtgate_tls_cert_not_after_seconds{listener=\"https\"}";
+    assert_eq!(
+        metric(&gw, not_after_sample).await,
+        Some(not_after(&old_pem) as f64)
+    );
+    let renewed = TempDir::new();
+    let (new_cert, new_key) =
+        jwtgate::certs::write(renewed.path(), &["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let new_pem = std::fs::read(&new_cert).unwrap();
+    assert_ne!(old_pem, new_pem);
+    let roots: [&[u8]; 2] = [&old_pem, &new_pem];
+
+    // A connection opened before the renewal.
+    let (mut before, leaf) = tls_connect(gw.https, &roots).await;
+    assert_eq!(exchange(&mut before).await, 200);
+    let old_leaf = leaf;
+
+    std::fs::copy(&new_key, &key_path).unwrap();
+    std::fs::copy(&new_cert, &cert_path).unwrap();
+    let ok = "jwtgate_tls_cert_reloads_total{result=\"ok\"}";
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            metric(&gw, ok).await.unwrap_or(0.0) >= 1.0
+        })
+        .await
+        .is_some(),
+        "the renewed pair was never loaded"
+    );
+    let (mut after, new_leaf) = tls_connect(gw.https, &roots).await;
+    assert_ne!(
+        new_leaf, old_leaf,
+        "a new handshake still got the old certificate"
+    );
+    assert_eq!(exchange(&mut after).await, 200);
+    // The old connection keeps working, on its old certificate.
+    assert_eq!(exchange(&mut before).await, 200);
+    assert_eq!(
+        before.get_ref().1.peer_certificates().unwrap()[0].to_vec(),
+        old_leaf
+    );
+    assert_eq!(
+        metric(&gw, not_after_sample).await,
+        Some(not_after(&new_pem) as f64)
+    );
+
+    // A broken certificate file: refused, the renewed pair stays in use.
+    let refused = "jwtgate_tls_cert_reloads_total{result=\"refused\"}";
+    let before_refused = metric(&gw, refused).await.unwrap_or(0.0);
+    std::fs::write(
+        &cert_path,
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            metric(&gw, refused).await.unwrap_or(0.0) > before_refused
+        })
+        .await
+        .is_some(),
+        "the broken file was never looked at"
+    );
+    let (mut third, leaf) = tls_connect(gw.https, &roots).await;
+    assert_eq!(leaf, new_leaf);
+    assert_eq!(exchange(&mut third).await, 200);
+    // A well-formed certificate with the wrong key: refused too.
+    let other = TempDir::new();
+    let (other_cert, _) = jwtgate::certs::write(other.path(), &["localhost".into()]).unwrap();
+    let before_refused = metric(&gw, refused).await.unwrap_or(0.0);
+    std::fs::copy(&other_cert, &cert_path).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            metric(&gw, refused).await.unwrap_or(0.0) > before_refused
+        })
+        .await
+        .is_some(),
+        "the mismatched pair was never looked at"
+    );
+    let (mut fourth, leaf) = tls_connect(gw.https, &roots).await;
+    assert_eq!(leaf, new_leaf);
+    assert_eq!(exchange(&mut fourth).await, 200);
+}

@@ -126,6 +126,13 @@ impl Default for FileServer {
 pub(super) struct FileTls {
     pub(super) cert: String,
     pub(super) key: String,
+    /// How often the files are checked for a renewed pair (0: never).
+    #[serde(default = "default_tls_watch_ms")]
+    pub(super) watch_interval_ms: u64,
+}
+
+pub(super) fn default_tls_watch_ms() -> u64 {
+    5_000
 }
 
 #[derive(Deserialize)]

@@ -38,6 +38,8 @@ pub struct Shared {
     pub reload_lock: tokio::sync::Mutex<()>,
     /// Reload attempts, counted across reloads.
     pub reloads: crate::ops::metrics::Reloads,
+    /// Certificate file reloads (`ops::certs`), counted across reloads.
+    pub cert_reloads: crate::ops::metrics::Reloads,
     /// `POST /drain` was called: /readyz answers 503 while requests are still served.
     pub draining: std::sync::atomic::AtomicBool,
 }

@@ -218,13 +218,26 @@ impl Reloads {
 
     /// Export the count as `jwtgate_reloads_total{result}` in `metrics`.
     pub fn register(&self, metrics: &mut Metrics) {
-        metrics.register_metric(
+        self.register_as(
+            metrics,
             "reloads",
             "Config reload attempts (POST /reload, SIGHUP), by result",
-            None,
-            self.0.clone(),
         );
     }
+
+    /// Export the count as `jwtgate_<name>_total{result}`.
+    pub fn register_as(&self, metrics: &mut Metrics, name: &str, help: &str) {
+        metrics.register_metric(name, help, None, self.0.clone());
+    }
+}
+
+/// Export certificate file reloads (`ops::certs`) as `jwtgate_tls_cert_reloads_total{result}`.
+pub fn register_cert_reloads(r: &Reloads, metrics: &mut Metrics) {
+    r.register_as(
+        metrics,
+        "tls_cert_reloads",
+        "Reloads of changed TLS certificate files, by result (refused: the old pair is kept)",
+    );
 }
 
 /// Counters owned elsewhere, exported as one family: one sample per label set.
@@ -279,6 +292,8 @@ pub struct Metrics {
     pub verified_tokens_cached: Gauge<u64, AtomicU64>,
     /// Open client connections, by listener (`public`, `admin`).
     pub connections_active: Family<Labels, Gauge>,
+    /// The served certificate's notAfter, by listener (`https`).
+    pub tls_cert_not_after: Family<Labels, Gauge>,
 }
 
 impl Metrics {
@@ -349,6 +364,7 @@ impl Metrics {
             revocation_store_up: Gauge::default(),
             verified_tokens_cached: Gauge::default(),
             connections_active: Family::default(),
+            tls_cert_not_after: Family::default(),
             registry,
             process,
             counter_sets: Default::default(),
@@ -369,6 +385,12 @@ impl Metrics {
             "verified_tokens_cached",
             "Entries in the verified-token cache",
             m.verified_tokens_cached.clone(),
+        );
+        r.register_with_unit(
+            "tls_cert_not_after",
+            "When the certificate served on the listener expires (Unix time)",
+            prometheus_client::registry::Unit::Seconds,
+            m.tls_cert_not_after.clone(),
         );
         r.register(
             "connections_active",

@@ -85,6 +85,7 @@ async fn apply(shared: &Shared) -> Result<Vec<String>, String> {
         current.connections.clone(),
     );
     shared.reloads.register(&mut app.metrics);
+    crate::ops::metrics::register_cert_reloads(&shared.cert_reloads, &mut app.metrics);
     let app = Arc::new(app);
     app.start_background(&shared.control_client);
     let deadline = tokio::time::Instant::now() + READY_WITHIN;

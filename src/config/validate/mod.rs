@@ -92,15 +92,18 @@ fn validate(ctx: &Ctx, path: &Path, mut raw: FileConfig) -> Result<Config, Confi
     env::expand_urls(ctx, &mut raw)?;
     let listen = validate_listen(ctx, &raw.listen)?;
     let server = validate_server(ctx, &raw.server)?;
-    let tls = match (&listen.https, &raw.tls) {
-        (Some(_), Some(t)) => Some(load_tls(ctx, t)?),
+    let (tls, tls_files) = match (&listen.https, &raw.tls) {
+        (Some(_), Some(t)) => {
+            let (c, f) = load_tls(ctx, t)?;
+            (Some(c), Some(f))
+        }
         (Some(_), None) => {
             return Err(ctx.err(
                 "tls",
                 "[tls] with `cert` and `key` is required when listen.https is set",
             ))
         }
-        (None, _) => None,
+        (None, _) => (None, None),
     };
     if raw.admin.token_env.is_empty() {
         return Err(ctx.err("admin.token_env", "must name an environment variable"));
@@ -237,6 +240,7 @@ fn validate(ctx: &Ctx, path: &Path, mut raw: FileConfig) -> Result<Config, Confi
         listen,
         server,
         tls,
+        tls_files,
         admin_token,
         issuers,
         tokens,
@@ -517,34 +521,34 @@ fn parse_certs(
     Ok(certs)
 }
 
-fn load_tls(ctx: &Ctx, t: &FileTls) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::PrivateKeyDer;
-    let certs = read_certs(ctx, "tls.cert", &t.cert)?;
-    let key_pem = ctx.read("tls.key", &t.key)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        ctx.err(
-            "tls.key",
-            format!("not a PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"),
-        )
-    })?;
+/// The TLS server config for `[tls]`: its certificate comes from a `CertSource`, which the
+/// file watcher (`[tls] watch_interval_ms`) can swap while serving.
+fn load_tls(ctx: &Ctx, t: &FileTls) -> Result<(Arc<rustls::ServerConfig>, Tls), ConfigError> {
+    let (cert_path, key_path) = (ctx.resolve(&t.cert), ctx.resolve(&t.key));
+    let pair =
+        super::tls::load_pair(&cert_path, &key_path).map_err(|e| ctx.err(e.key, e.message))?;
+    let source = Arc::new(super::tls::CertSource::new(pair, cert_path, key_path));
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    rustls::sign::CertifiedKey::from_der(certs.clone(), key.clone_key(), &provider).map_err(
-        |e| {
-            ctx.err(
-                "tls.key",
-                format!("unusable with the certificate in tls.cert: {e}"),
-            )
-        },
-    )?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| ctx.err("tls", e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| ctx.err("tls.key", e.to_string()))?;
+        .with_cert_resolver(source.clone());
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
+    let watch_interval = match t.watch_interval_ms {
+        0 => None,
+        ms if ms < 100 => {
+            return Err(ctx.err("tls.watch_interval_ms", "must be 0 (off) or at least 100"))
+        }
+        ms => Some(Duration::from_millis(ms)),
+    };
+    Ok((
+        Arc::new(cfg),
+        Tls {
+            source,
+            watch_interval,
+        },
+    ))
 }
 
 #[cfg(test)]
