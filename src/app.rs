@@ -67,6 +67,12 @@ impl App {
         });
         let names: Vec<String> = config.routes.iter().map(|r| r.name.clone()).collect();
         let mut metrics = Metrics::new(&names);
+        let upstream_counts: Vec<(&str, usize)> = config
+            .routes
+            .iter()
+            .map(|r| (r.name.as_str(), r.upstreams.len()))
+            .collect();
+        metrics.add_upstreams(&upstream_counts);
         for i in verifier.issuers() {
             if let Some(c) = i.fetch_counter() {
                 metrics.register_counter(
@@ -221,6 +227,17 @@ impl App {
         self.metrics
             .revocation_store_up
             .set(self.revocations.store_up() as i64);
+        self.metrics
+            .revocation_circuit_open
+            .set(!self.revocations.store_up() as i64);
+        for i in self.verifier.issuers() {
+            if let Some(age) = i.jwks_age() {
+                self.metrics
+                    .jwks_age
+                    .get_or_create(&vec![("issuer", i.config.name.clone())])
+                    .set(age.as_secs_f64());
+            }
+        }
         self.metrics
             .verified_tokens_cached
             .set(self.verifier.cached_tokens());
