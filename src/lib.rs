@@ -117,6 +117,34 @@ impl Running {
     }
 }
 
+/// Log "jwtgate ready" once every issuer has keys and the revocation store answers (what
+/// /readyz reports), not only "serving" at bind.
+async fn log_when_ready(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let started = std::time::Instant::now();
+    loop {
+        let app = shared.app.load_full();
+        if app.ready() {
+            let issuers: Vec<&str> = app
+                .verifier
+                .issuers()
+                .iter()
+                .map(|i| i.config.name.as_str())
+                .collect();
+            tracing::info!(
+                issuers = %issuers.join(","),
+                store = app.revocations.store_name(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "jwtgate ready"
+            );
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 /// Bind every listener, start the workers, the admin API and the background tasks (JWKS).
 /// Must be called inside a Tokio runtime, which hosts the admin API and background tasks.
 pub async fn serve(config: Config) -> Result<Running, ServeError> {
@@ -241,6 +269,7 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
             what: "listen.admin",
             source,
         })?;
+    tokio::spawn(log_when_ready(shared.clone(), shutdown_rx.clone()));
     if let (Some(l), Some(addr)) = (metrics_std, metrics_addr) {
         let l = tokio::net::TcpListener::from_std(l).map_err(|source| ServeError::Bind {
             addr,

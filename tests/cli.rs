@@ -1085,6 +1085,11 @@ async fn log_level_changes_at_runtime_through_the_admin_api() {
     gw.signal("-TERM");
     let (code, logs) = gw.exit().await;
     assert_eq!(code, Some(0));
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("\"message\":\"jwtgate ready\"")),
+        "no ready line: {logs:?}"
+    );
     access_line(&logs, "/before");
     access_line(&logs, "/after");
     let paths: Vec<String> = logs

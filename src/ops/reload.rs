@@ -92,10 +92,18 @@ async fn apply(shared: &Shared) -> Result<Vec<String>, String> {
     while !app.keys_ready() {
         if tokio::time::Instant::now() >= deadline {
             app.stop_background();
-            return Err(
-                "the new config's issuer keys could not be loaded; keeping the running config"
-                    .into(),
-            );
+            let failed: Vec<String> = app
+                .verifier
+                .issuers()
+                .iter()
+                .filter(|i| !i.is_loaded())
+                .map(|i| format!("{:?}", i.config.name))
+                .collect();
+            return Err(format!(
+                "the keys of issuer {} could not be loaded within {} s; keeping the running config",
+                failed.join(", "),
+                READY_WITHIN.as_secs()
+            ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
