@@ -96,6 +96,12 @@ impl App {
                 c,
             );
         }
+        let upstream_counts: Vec<(&str, usize)> = config
+            .routes
+            .iter()
+            .map(|r| (r.name.as_str(), r.upstreams.len()))
+            .collect();
+        metrics.add_upstreams(&upstream_counts);
         for i in verifier.issuers() {
             if let Some(c) = i.fetch_counter() {
                 metrics.register_counter(
@@ -305,8 +311,25 @@ impl App {
             .revocation_store_up
             .set(self.revocations.store_up() as i64);
         self.metrics
+            .revocation_circuit_open
+            .set(!self.revocations.store_up() as i64);
+        for i in self.verifier.issuers() {
+            if let Some(age) = i.jwks_age() {
+                self.metrics
+                    .jwks_age
+                    .get_or_create(&vec![("issuer", i.config.name.clone())])
+                    .set(age.as_secs_f64());
+            }
+        }
+        self.metrics
             .verified_tokens_cached
             .set(self.verifier.cached_tokens());
+        if let Some(t) = &self.config.tls_files {
+            self.metrics
+                .tls_cert_not_after
+                .get_or_create(&vec![("listener", "https".to_string())])
+                .set(t.source.not_after());
+        }
         for (listener, limit) in self.connections.by_listener() {
             self.metrics
                 .connections_active

@@ -45,6 +45,7 @@ pub mod cli;
 pub use cli::{certs, demo, token};
 pub use identity::{auth, jwks, revocation, sender};
 pub use net::body;
+pub use ops::admin::{install_log_control, SetLogLevel};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -87,6 +88,8 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// The forward-auth decision listener (`listen.authz`).
     pub authz_addr: Option<SocketAddr>,
+    /// The read-only probes-and-metrics listener (`listen.metrics`).
+    pub metrics_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<()>>,
@@ -119,6 +122,34 @@ impl Running {
     }
 }
 
+/// Log "jwtgate ready" once every issuer has keys and the revocation store answers (what
+/// /readyz reports), not only "serving" at bind.
+async fn log_when_ready(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let started = std::time::Instant::now();
+    loop {
+        let app = shared.app.load_full();
+        if app.ready() {
+            let issuers: Vec<&str> = app
+                .verifier
+                .issuers()
+                .iter()
+                .map(|i| i.config.name.as_str())
+                .collect();
+            tracing::info!(
+                issuers = %issuers.join(","),
+                store = app.revocations.store_name(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "jwtgate ready"
+            );
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 /// Bind every listener, start the workers, the admin API and the background tasks (JWKS).
 /// Must be called inside a Tokio runtime, which hosts the admin API and background tasks.
 pub async fn serve(config: Config) -> Result<Running, ServeError> {
@@ -143,6 +174,19 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
         .authz
         .map(|a| bind(a, "listen.authz"))
         .transpose()?;
+    let metrics_std = config
+        .listen
+        .metrics
+        .map(|addr| {
+            listener::bind(addr, 1)
+                .map(|mut v| v.swap_remove(0))
+                .map_err(|source| ServeError::Bind {
+                    addr,
+                    what: "listen.metrics",
+                    source,
+                })
+        })
+        .transpose()?;
     let admin_std = listener::bind(config.listen.admin, 1)
         .map_err(|source| ServeError::Bind {
             addr: config.listen.admin,
@@ -163,6 +207,7 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
         .as_ref()
         .and_then(|v| v.first())
         .and_then(|l| l.local_addr().ok());
+    let metrics_addr = metrics_std.as_ref().and_then(|l| l.local_addr().ok());
     let admin_addr = admin_std.local_addr().map_err(|source| ServeError::Bind {
         addr: config.listen.admin,
         what: "listen.admin",
@@ -181,8 +226,10 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
     control_client.spawn_reaper();
     let connections = Arc::new(http::conn::Connections::new(&config.server));
     let reloads = ops::metrics::Reloads::default();
+    let cert_reloads = ops::metrics::Reloads::default();
     let mut app = App::new(config, revocations.clone(), connections.clone());
     reloads.register(&mut app.metrics);
+    ops::metrics::register_cert_reloads(&cert_reloads, &mut app.metrics);
     let app = Arc::new(app);
     app.start_background(&control_client);
 
@@ -193,7 +240,12 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
         control_client,
         reload_lock: tokio::sync::Mutex::new(()),
         reloads,
+        cert_reloads,
+        draining: std::sync::atomic::AtomicBool::new(false),
     });
+    if shared.app.load().config.tls_files.is_some() {
+        tokio::spawn(ops::certs::watch(shared.clone(), shutdown_rx.clone()));
+    }
 
     let mut per_worker: Vec<listener::WorkerSockets> = (0..workers_n).map(|_| Vec::new()).collect();
     for (set, front) in [
@@ -222,15 +274,35 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
             what: "listen.admin",
             source,
         })?;
-    tokio::spawn(ops::admin::serve(admin_l, shared.clone(), shutdown_rx));
+    tokio::spawn(log_when_ready(shared.clone(), shutdown_rx.clone()));
+    if let (Some(l), Some(addr)) = (metrics_std, metrics_addr) {
+        let l = tokio::net::TcpListener::from_std(l).map_err(|source| ServeError::Bind {
+            addr,
+            what: "listen.metrics",
+            source,
+        })?;
+        tokio::spawn(ops::admin::serve(
+            l,
+            ops::admin::Surface::ReadOnly,
+            shared.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+    tokio::spawn(ops::admin::serve(
+        admin_l,
+        ops::admin::Surface::Full,
+        shared.clone(),
+        shutdown_rx,
+    ));
 
     let show = |a: Option<SocketAddr>| a.map_or_else(|| "-".to_string(), |a| a.to_string());
-    tracing::info!(https = %show(https_addr), http = %show(http_addr), authz = %show(authz_addr), admin = %admin_addr, workers = workers_n, "jwtgate serving");
+    tracing::info!(https = %show(https_addr), http = %show(http_addr), authz = %show(authz_addr), admin = %admin_addr, metrics = %show(metrics_addr), workers = workers_n, "jwtgate serving");
     Ok(Running {
         https_addr,
         http_addr,
         admin_addr,
         authz_addr,
+        metrics_addr,
         shared,
         shutdown,
         workers,

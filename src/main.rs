@@ -83,31 +83,40 @@ enum Cmd {
         count: u64,
     },
     /// Revoke a token (by jti, until its exp), every token of a subject, or every token of
-    /// a sign-in session (sid), through the admin API; the bearer token comes from
+    /// a sign-in session (sid), through the admin API. With -c, the admin address and the
+    /// variable holding the admin token (admin.token_env) come from the config file;
+    /// otherwise --admin and
     /// JWTGATE_ADMIN_TOKEN.
     Revoke {
         #[arg(
             long,
             requires = "exp",
-            conflicts_with_all = ["sub", "sid"],
-            required_unless_present_any = ["sub", "sid"]
+            conflicts_with_all = ["sub", "sid", "token"],
+            required_unless_present_any = ["sub", "sid", "token"]
         )]
         jti: Option<String>,
         /// The token's exp (unix seconds): the revocation lives until then.
         #[arg(long)]
         exp: Option<i64>,
-        #[arg(long, conflicts_with = "sid")]
+        #[arg(long, conflicts_with_all = ["sid", "token"])]
         sub: Option<String>,
         /// A session id (the tokens' `sid` claim): revoked for `subject_ttl_s`.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "token")]
         sid: Option<String>,
+        /// Revoke this token by its own jti and exp ("-" reads it from stdin, which keeps
+        /// it out of the process list). The payload is decoded WITHOUT verifying the
+        /// signature, only to read jti, exp and iss (iss picks the issuer when -c names
+        /// several); the gateway decides nothing else from it.
+        #[arg(long, value_name = "JWT")]
+        token: Option<String>,
         /// The `[[issuers]]` name the token or subject belongs to (needed when the gateway
         /// has several issuers).
         #[arg(long, value_name = "NAME")]
         issuer: Option<String>,
-        /// Admin API base URL.
-        #[arg(long, default_value = "http://127.0.0.1:9901")]
-        admin: String,
+        /// Admin API base URL (default: http://<listen.admin> of -c, else
+        /// http://127.0.0.1:9901).
+        #[arg(long)]
+        admin: Option<String>,
     },
     /// Probe the running gateway for a container HEALTHCHECK: GET /readyz on the config's
     /// listen.admin; exit 0 when it answers 200, 1 otherwise, with one line saying why.
@@ -176,9 +185,21 @@ fn main() -> ExitCode {
             exp,
             sub,
             sid,
+            token,
             issuer,
             admin,
-        } => runtime().block_on(revoke(jti, exp, sub, sid, issuer, admin)),
+        } => runtime().block_on(revoke(
+            cli.config.as_deref(),
+            Target {
+                jti,
+                exp,
+                sub,
+                sid,
+                token,
+            },
+            issuer,
+            admin,
+        )),
         Cmd::Healthcheck { live, timeout } => {
             healthcheck(config::resolve_path(cli.config), live, timeout)
         }
@@ -222,8 +243,12 @@ const LOG_BUFFER_LINES: usize = 16_384;
 /// flushes.
 fn init_logging(format: LogFormat, default: &str) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use tracing_subscriber::EnvFilter;
+    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let (filter, initial) = match from_env.as_deref().map(EnvFilter::try_new) {
+        Some(Ok(f)) => (f, from_env.unwrap_or_default()),
+        _ => (EnvFilter::new(default), default.to_string()),
+    };
     let ansi = std::io::stderr().is_terminal();
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(LOG_BUFFER_LINES)
@@ -234,14 +259,40 @@ fn init_logging(format: LogFormat, default: &str) -> tracing_appender::non_block
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(writer);
-    let _ = match format {
-        LogFormat::Json => b
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
-        LogFormat::Text => b.try_init(),
-    };
+    // `POST /log-level` swaps the filter through the subscriber's reload handle.
+    fn control<L, S>(initial: &str, handle: tracing_subscriber::reload::Handle<L, S>)
+    where
+        L: From<EnvFilter> + Send + Sync + 'static,
+        S: Send + Sync + 'static,
+    {
+        jwtgate::install_log_control(
+            initial,
+            Box::new(move |level| {
+                let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+                handle.reload(f).map_err(|e| e.to_string())
+            }),
+        );
+    }
+    match format {
+        LogFormat::Json => {
+            let b = b
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_filter_reloading();
+            let handle = b.reload_handle();
+            if b.try_init().is_ok() {
+                control(&initial, handle);
+            }
+        }
+        LogFormat::Text => {
+            let b = b.with_filter_reloading();
+            let handle = b.reload_handle();
+            if b.try_init().is_ok() {
+                control(&initial, handle);
+            }
+        }
+    }
     guard
 }
 
@@ -295,10 +346,11 @@ fn check(path: PathBuf) -> ExitCode {
     };
     println!("{}: OK", path.display());
     println!(
-        "listen: https={} http={} admin={}",
+        "listen: https={} http={} admin={} metrics={}",
         opt(cfg.listen.https),
         opt(cfg.listen.http),
-        cfg.listen.admin
+        cfg.listen.admin,
+        opt(cfg.listen.metrics)
     );
     for i in &cfg.issuers {
         let src = match &i.keys {
@@ -468,56 +520,99 @@ fn dpop_proof(
     ExitCode::SUCCESS
 }
 
-async fn revoke(
+/// What `jwtgate revoke` was asked to revoke.
+struct Target {
     jti: Option<String>,
     exp: Option<i64>,
     sub: Option<String>,
     sid: Option<String>,
+    token: Option<String>,
+}
+
+async fn revoke(
+    config: Option<&std::path::Path>,
+    target: Target,
     issuer: Option<String>,
-    admin: String,
+    admin: Option<String>,
 ) -> ExitCode {
-    use http_body_util::BodyExt;
-    let Ok(token) = std::env::var("JWTGATE_ADMIN_TOKEN") else {
-        return fail("set JWTGATE_ADMIN_TOKEN to the gateway's admin token");
+    use jwtgate::cli::revoke;
+    let settings = match config.map(revoke::admin_settings).transpose() {
+        Ok(s) => s,
+        Err(e) => return fail(e),
     };
-    let mut body = match (jti, exp, sub, sid) {
-        (Some(jti), Some(exp), None, None) => serde_json::json!({"jti": jti, "exp": exp}),
-        (None, None, Some(sub), None) => serde_json::json!({"sub": sub}),
-        (None, None, None, Some(sid)) => serde_json::json!({"sid": sid}),
-        _ => return fail("give --jti ID --exp UNIX, --sub SUB or --sid SID"),
+    let token_env = settings
+        .as_ref()
+        .map_or("JWTGATE_ADMIN_TOKEN", |s| s.token_env.as_str());
+    let Some(admin_token) = std::env::var(token_env).ok().filter(|t| !t.is_empty()) else {
+        return fail(format!("set {token_env} to the gateway's admin token"));
+    };
+    let admin = admin
+        .or_else(|| settings.as_ref().map(|s| s.url.clone()))
+        .unwrap_or_else(|| "http://127.0.0.1:9901".to_string());
+    let mut issuer = issuer;
+    let mut body = match target {
+        Target {
+            jti: Some(jti),
+            exp: Some(exp),
+            sub: None,
+            sid: None,
+            token: None,
+        } => serde_json::json!({"jti": jti, "exp": exp}),
+        Target {
+            jti: None,
+            exp: None,
+            sub: Some(sub),
+            sid: None,
+            token: None,
+        } => serde_json::json!({"sub": sub}),
+        Target {
+            jti: None,
+            exp: None,
+            sub: None,
+            sid: Some(sid),
+            token: None,
+        } => serde_json::json!({"sid": sid}),
+        Target {
+            jti: None,
+            exp: None,
+            sub: None,
+            sid: None,
+            token: Some(t),
+        } => {
+            let t = if t == "-" {
+                let mut s = String::new();
+                if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut s) {
+                    return fail(format!("--token -: cannot read stdin: {e}"));
+                }
+                s
+            } else {
+                t
+            };
+            let ids = match revoke::token_ids(&t) {
+                Ok(ids) => ids,
+                Err(e) => return fail(e),
+            };
+            // The token's iss names the issuer when the config says which entry it is.
+            if issuer.is_none() {
+                issuer = settings.as_ref().and_then(|s| {
+                    s.issuers
+                        .iter()
+                        .find(|(_, iss)| Some(iss) == ids.iss.as_ref())
+                        .map(|(name, _)| name.clone())
+                });
+            }
+            serde_json::json!({"jti": ids.jti, "exp": ids.exp})
+        }
+        _ => return fail("give --jti ID --exp UNIX, --sub SUB, --sid SID or --token JWT"),
     };
     if let Some(i) = issuer {
         body["issuer"] = i.into();
     }
-    let url = format!("{}/revocations", admin.trim_end_matches('/'));
-    let req = match http::Request::post(&url)
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {token}"))
-        .body(jwtgate::body::full(body.to_string()))
-    {
-        Ok(r) => r,
-        Err(e) => return fail(format!("--admin {admin:?}: {e}")),
-    };
-    let client = jwtgate::net::Client::new(1);
-    let resp = match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return fail(format!("{url}: {e}")),
-        Err(_) => return fail(format!("{url}: timed out")),
-    };
-    let status = resp.status();
-    let text = resp
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    if status == http::StatusCode::NO_CONTENT {
-        println!("revoked");
-        ExitCode::SUCCESS
-    } else {
-        fail(format!(
-            "{url}: {status}: {}",
-            String::from_utf8_lossy(&text)
-        ))
+    match revoke::post(&admin, &admin_token, &body).await {
+        Ok(()) => {
+            println!("revoked");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
     }
 }

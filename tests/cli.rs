@@ -424,6 +424,126 @@ fn token_mints_what_was_asked() {
 }
 
 #[test]
+fn token_signs_with_a_sec1_ec_key_and_explains_unreadable_ones() {
+    let dir = TempDir::new();
+    let key = dir.path().join("ec-sec1.pem");
+    let pubkey = dir.path().join("ec-sec1.pub.pem");
+    // What `openssl ecparam -genkey` writes: an EC PARAMETERS block, then the SEC1 key.
+    let ok = Command::new("openssl")
+        .args(["ecparam", "-name", "prime256v1", "-genkey", "-out"])
+        .arg(&key)
+        .status()
+        .expect("openssl is needed (apt-get install -y openssl)")
+        .success();
+    assert!(ok);
+    let pem = std::fs::read_to_string(&key).unwrap();
+    assert!(
+        pem.contains("BEGIN EC PARAMETERS") && pem.contains("BEGIN EC PRIVATE KEY"),
+        "{pem}"
+    );
+    assert!(Command::new("openssl")
+        .args(["ec", "-pubout", "-in"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&pubkey)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success());
+    let mint = |alg: &str, key: &std::path::Path| {
+        jwtgate(
+            &[
+                "token",
+                "--alg",
+                alg,
+                "--key",
+                key.to_str().unwrap(),
+                "--sub",
+                "sec1",
+            ],
+            &[],
+        )
+    };
+    let o = mint("ES256", &key);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let jwt = o.stdout.lines().last().unwrap();
+    let dk = jsonwebtoken::DecodingKey::from_ec_pem(&std::fs::read(&pubkey).unwrap()).unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    v.validate_aud = false;
+    let got = jsonwebtoken::decode::<serde_json::Value>(jwt, &dk, &v).unwrap_or_else(|e| {
+        panic!("the minted token does not verify with the key's public half: {e}")
+    });
+    assert_eq!(got.claims["sub"], "sec1");
+
+    // What cannot sign: one line each, naming the problem.
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a key\n").unwrap();
+    for (alg, file, needle) in [
+        ("ES256", pubkey.clone(), "no PEM private key found"),
+        ("ES256", garbage.clone(), "no PEM private key found"),
+        ("ES384", key.clone(), "wrong curve"),
+        (
+            "RS256",
+            key.clone(),
+            "an EC key (SEC1), which cannot sign RS256",
+        ),
+        (
+            "EdDSA",
+            key.clone(),
+            "an EC key (SEC1), which cannot sign EdDSA",
+        ),
+        ("ES256", fixture("rsa.pem"), "cannot sign ES256"),
+    ] {
+        let o = mint(alg, &file);
+        assert_eq!(o.code, 1, "{alg} {}: {}", file.display(), o.stdout);
+        assert!(o.stdout.is_empty());
+        assert!(
+            o.stderr.starts_with("jwtgate: --key") && o.stderr.contains(needle),
+            "{alg} {}: {}",
+            file.display(),
+            o.stderr
+        );
+        assert_eq!(o.stderr.trim().lines().count(), 1, "{}", o.stderr);
+    }
+    // PKCS#8 EC keys still work.
+    assert_eq!(mint("ES256", &fixture("ec.pem")).code, 0);
+}
+
+#[test]
+fn check_refuses_listeners_that_share_an_address() {
+    let dir = TempDir::new();
+    let path = dir.path().join("gw.toml");
+    for (listen, needle) in [
+        (
+            "http = \"127.0.0.1:18080\"\nadmin = \"127.0.0.1:19901\"\nmetrics = \"127.0.0.1:19901\"",
+            "`listen.metrics`: 127.0.0.1:19901 is already used by another listener (listen.admin",
+        ),
+        (
+            "http = \"127.0.0.1:18080\"\nadmin = \"0.0.0.0:19901\"\nmetrics = \"127.0.0.1:19901\"",
+            "`listen.metrics`: 127.0.0.1:19901 is already used by another listener (listen.admin = 0.0.0.0:19901)",
+        ),
+        (
+            "http = \"127.0.0.1:18080\"\nadmin = \"127.0.0.1:19901\"\nmetrics = \"0.0.0.0:18080\"",
+            "listen.http = 127.0.0.1:18080",
+        ),
+    ] {
+        std::fs::write(&path, format!("[listen]\n{listen}\n{ROUTE}")).unwrap();
+        let o = jwtgate(&["check", "-c", path.to_str().unwrap()], &[]);
+        assert_eq!(o.code, 1, "{listen}: {}", o.stdout);
+        assert!(o.stderr.contains(needle), "{listen}: {}", o.stderr);
+    }
+    // Distinct addresses, and the same port on another address of the host, are fine.
+    std::fs::write(
+        &path,
+        format!("[listen]\nhttp = \"127.0.0.1:18080\"\nadmin = \"127.0.0.1:19901\"\nmetrics = \"127.0.0.2:19901\"\n{ROUTE}"),
+    )
+    .unwrap();
+    let o = jwtgate(&["check", "-c", path.to_str().unwrap()], &[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("metrics=127.0.0.2:19901"), "{}", o.stdout);
+}
+
+#[test]
 fn gen_cert_writes_a_usable_pair() {
     let dir = TempDir::new();
     let o = jwtgate(
@@ -896,4 +1016,95 @@ async fn sighup_reloads_the_config_file() {
     assert_eq!(cl.get(&format!("http://{http}/b/x"), &[]).await.status, 200);
     signal(&child, "-TERM");
     assert_eq!(exit_code(child).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_level_changes_at_runtime_through_the_admin_api() {
+    let up = EchoUpstream::start().await;
+    let [admin] = free_ports();
+    std::env::set_var("JWTGATE_TEST_CLI_LOGLEVEL_ADMIN", "loglevel-admin-token");
+    let gw = BinGateway::listening(
+        &up,
+        &format!("http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:{admin}\""),
+        "[admin]\ntoken_env = \"JWTGATE_TEST_CLI_LOGLEVEL_ADMIN\"",
+    );
+    let cl = Client::plain();
+    let url = |p: &str| format!("http://{}{p}", gw.http);
+    let level_url = format!("http://127.0.0.1:{admin}/log-level");
+    let auth = [("authorization", "Bearer loglevel-admin-token")];
+    let set = |body: &'static str| {
+        let (cl, level_url) = (cl.clone(), level_url.clone());
+        async move {
+            cl.send(
+                http::Method::POST,
+                &level_url,
+                &[
+                    ("authorization", "Bearer loglevel-admin-token"),
+                    ("content-type", "application/json"),
+                ],
+                jwtgate::body::full(body),
+            )
+            .await
+        }
+    };
+    // The binary starts with RUST_LOG=info (spawn_gateway).
+    let now = cl.get(&level_url, &auth).await;
+    assert_eq!(now.status, 200, "{}", now.text());
+    assert_eq!(now.json()["level"], "info");
+    assert_eq!(cl.get(&url("/before"), &[]).await.status, 200);
+    let r = set(r#"{"level": "warn"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["previous"], "info");
+    assert_eq!(cl.get(&url("/quiet"), &[]).await.status, 200);
+    // A filter tracing cannot parse is refused and changes nothing.
+    let r = set(r#"{"level": "jwtgate=loudest"}"#).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(cl.get(&level_url, &auth).await.json()["level"], "warn");
+    assert_eq!(cl.get(&url("/quiet2"), &[]).await.status, 200);
+    // Without the token: 401, level unchanged.
+    let r = cl
+        .send(
+            http::Method::POST,
+            &format!("{level_url}?level=debug"),
+            &[],
+            jwtgate::body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    // ?level= works as well as the JSON body.
+    let r = cl
+        .send(
+            http::Method::POST,
+            &format!("{level_url}?level=info"),
+            &auth,
+            jwtgate::body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(cl.get(&url("/after"), &[]).await.status, 200);
+    gw.signal("-TERM");
+    let (code, logs) = gw.exit().await;
+    assert_eq!(code, Some(0));
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("\"message\":\"jwtgate ready\"")),
+        "no ready line: {logs:?}"
+    );
+    access_line(&logs, "/before");
+    access_line(&logs, "/after");
+    let paths: Vec<String> = logs
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["path"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        !paths.iter().any(|p| p.starts_with("/quiet")),
+        "access lines written at level warn: {paths:?}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("log level changed on the admin API")
+                && l.contains("\"filter\":\"warn\"")),
+        "the change itself is logged"
+    );
 }

@@ -149,3 +149,90 @@ async fn metrics_to_alert_on_need_no_config() {
     let started = value("process_start_time_seconds");
     assert!(started <= now + 1.0 && started > now - 3600.0, "{started}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_jwks_and_circuit_metrics_by_route_and_index() {
+    let up = EchoUpstream::start().await;
+    let [dead] = free_ports();
+    let idp = MockIdp::start(vec![Keys::rsa_jwk("r1", "rsa")]).await;
+    let gw = TestGateway::start(&format!(
+        "[[issuers]]\nname = \"idp\"\nissuer = \"https://idp.test\"\njwks_url = \"{}\"\n\n{}{}",
+        idp.jwks_url(),
+        route(
+            "pair",
+            "/pair",
+            &[&up.url(), &format!("http://127.0.0.1:{dead}")],
+            "auth = \"none\""
+        ),
+        route(
+            "slow",
+            "/slow",
+            &[&up.url()],
+            "auth = \"none\"\ntimeout_ms = 150"
+        )
+    ))
+    .await;
+    let cl = gw.client_plain();
+    // Round robin over [up, dead]: GETs to the dead one fail over to the live one.
+    for _ in 0..4 {
+        assert_eq!(cl.get(&gw.http_url("/pair/x"), &[]).await.status, 200);
+    }
+    // The echo upstream's /slow/<ms> answers after the route's timeout.
+    assert_eq!(cl.get(&gw.http_url("/slow/400"), &[]).await.status, 504);
+    let text = scrape(&gw, None).await.text();
+    let value = |sample: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {sample} in:\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        value("jwtgate_upstream_duration_seconds_count{route=\"pair\",upstream=\"0\"}"),
+        4.0
+    );
+    assert_eq!(
+        value("jwtgate_upstream_duration_seconds_count{route=\"pair\",upstream=\"1\"}"),
+        0.0
+    );
+    assert_eq!(
+        value("jwtgate_upstream_errors_total{route=\"pair\",upstream=\"1\",kind=\"unreachable\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("jwtgate_upstream_errors_total{route=\"pair\",upstream=\"0\",kind=\"unreachable\"}"),
+        0.0
+    );
+    assert_eq!(
+        value("jwtgate_upstream_errors_total{route=\"slow\",upstream=\"0\",kind=\"timeout\"}"),
+        1.0
+    );
+    // Upstream URLs never become labels.
+    assert!(!text.contains(&format!("127.0.0.1:{dead}")), "{text}");
+    let age = value("jwtgate_jwks_age_seconds{issuer=\"idp\"}");
+    assert!((0.0..60.0).contains(&age), "{age}");
+    assert_eq!(value("jwtgate_revocation_circuit_open"), 0.0);
+    let (ok, said) = promtool_check(&text);
+    assert!(ok, "promtool check metrics: {said}\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_revocation_circuit_shows_open_while_the_store_is_down() {
+    let up = EchoUpstream::start().await;
+    let [dead] = free_ports();
+    let gw = TestGateway::start_nowait(
+        &format!(
+            "[revocation]\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:{dead}/0\"\ntimeout_ms = 50\nconnect_timeout_ms = 50\n\n{}",
+            route("open", "/", &[&up.url()], "auth = \"none\"")
+        ),
+        "",
+    )
+    .await;
+    let text = scrape(&gw, None).await.text();
+    assert!(
+        text.lines()
+            .any(|l| l == "jwtgate_revocation_circuit_open 1"),
+        "{text}"
+    );
+    assert!(text.lines().any(|l| l == "jwtgate_revocation_store_up 0"));
+}

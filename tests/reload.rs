@@ -155,7 +155,13 @@ async fn reload_waits_for_new_keys_and_refuses_when_they_never_load() {
         .await
         .unwrap();
     assert_eq!(r.status, 400);
-    assert!(r.text().contains("keys"), "{}", r.text());
+    // The refusal names the issuer whose keys never came.
+    assert!(
+        r.text()
+            .contains("the keys of issuer \\\"remote\\\" could not be loaded"),
+        "{}",
+        r.text()
+    );
     let ready = gw
         .client_plain()
         .get(&format!("http://{}/readyz", gw.admin), &[])

@@ -56,6 +56,8 @@ pub(super) struct FileListen {
     pub(super) http: Option<String>,
     pub(super) admin: Option<String>,
     pub(super) authz: Option<String>,
+    /// Read-only admin endpoints (/healthz, /readyz, /metrics) for scrapers.
+    pub(super) metrics: Option<String>,
 }
 
 /// `[authz]`: the forward-auth decision listener's trust and Envoy settings.
@@ -129,6 +131,13 @@ pub(super) struct FileTls {
     pub(super) client_ca: Option<String>,
     /// `"optional"` (default with `client_ca`) or `"required"`.
     pub(super) client_auth: Option<String>,
+    /// How often the files are checked for a renewed pair (0: never).
+    #[serde(default = "default_tls_watch_ms")]
+    pub(super) watch_interval_ms: u64,
+}
+
+pub(super) fn default_tls_watch_ms() -> u64 {
+    5_000
 }
 
 #[derive(Deserialize)]
@@ -279,6 +288,8 @@ impl Default for FileIdentity {
 pub(super) struct FileRevocation {
     pub(super) store: String,
     pub(super) redis_url: String,
+    /// The variable holding the whole Redis URL (with its password), instead of `redis_url`.
+    pub(super) redis_url_env: Option<String>,
     pub(super) key_prefix: String,
     pub(super) cache_ttl_ms: u64,
     pub(super) cache_capacity: u64,
@@ -300,6 +311,7 @@ impl Default for FileRevocation {
         FileRevocation {
             store: "memory".into(),
             redis_url: "redis://127.0.0.1:6379/0".into(),
+            redis_url_env: None,
             key_prefix: "jwtgate:".into(),
             cache_ttl_ms: 1000,
             cache_capacity: 100_000,

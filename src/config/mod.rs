@@ -33,6 +33,8 @@ pub mod keys;
 pub mod login;
 pub mod origin;
 pub mod rules;
+pub mod source;
+pub mod tls;
 mod validate;
 
 use keys::StaticKey;
@@ -49,6 +51,8 @@ pub struct Config {
     pub server: Server,
     /// Ready-to-use TLS server config when `listen.https` is set.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Where its certificate comes from, and how often the files are checked.
+    pub tls_files: Option<Tls>,
     /// Value of the admin bearer token (from the env var `admin.token_env`), if set.
     pub admin_token: Option<String>,
     pub issuers: Vec<IssuerConfig>,
@@ -69,6 +73,8 @@ pub struct Config {
     /// `[signals]`: the Shared Signals push receiver.
     pub signals: Option<Signals>,
     pub routes: Vec<RouteConfig>,
+    /// The file as loaded: its hash and redacted contents (`GET /config`).
+    pub source: Arc<source::Source>,
 }
 
 /// One OIDC Back-Channel Logout endpoint: logout tokens posted to `path` are verified with
@@ -121,6 +127,14 @@ impl Config {
     pub fn issuer_named(&self, name: &str) -> Option<&IssuerConfig> {
         self.issuers.iter().find(|i| i.name == name)
     }
+}
+
+/// `[tls]`, validated: the swappable certificate the server config resolves through.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub source: Arc<tls::CertSource>,
+    /// `watch_interval_ms`: how often the files are checked for a renewed pair; `None`: off.
+    pub watch_interval: Option<Duration>,
 }
 
 /// `[authz]`, validated.
@@ -205,6 +219,9 @@ pub struct Listen {
     pub admin: SocketAddr,
     /// The forward-auth decision listener.
     pub authz: Option<SocketAddr>,
+    /// Only /healthz, /readyz and /metrics: what Prometheus and probes may reach without
+    /// reaching the admin API's mutations.
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,6 +11,7 @@ use crate::config::UpstreamUrl;
 use crate::error::GatewayError;
 use crate::net::body::Body;
 use crate::net::{self, Client, UpstreamBody};
+use crate::ops::metrics::UpstreamStats;
 use crate::policy::route::Route;
 
 /// Send the request to the route's upstreams (round robin). A failed connect moves on to
@@ -21,6 +22,7 @@ use crate::policy::route::Route;
 pub async fn forward(
     client: &Client,
     route: &Route,
+    stats: &[UpstreamStats],
     mut parts: http::request::Parts,
     body: Body,
     mut body_sent: Option<crate::net::body::BodySent>,
@@ -33,12 +35,24 @@ pub async fn forward(
     let spare = (route.config.upstreams.len() > 1 && net::is_replayable(&req))
         .then(|| net::copy_request(&req));
     let mut last_err = GatewayError::NoUpstream;
-    for upstream in route.pick() {
+    for (i, upstream) in route.pick() {
+        let stat = stats.get(i);
         *req.uri_mut() = upstream_uri(route, upstream, &original)?;
+        let started = std::time::Instant::now();
         let send = client.send(&upstream.origin, req);
         match after_body(send, body_sent.take(), route.config.timeout).await {
-            Err(_) => return Err(GatewayError::UpstreamTimeout),
-            Ok(Ok(resp)) => return Ok(resp),
+            Err(_) => {
+                if let Some(s) = stat {
+                    s.timeout.inc();
+                }
+                return Err(GatewayError::UpstreamTimeout);
+            }
+            Ok(Ok(resp)) => {
+                if let Some(s) = stat {
+                    s.duration.observe(started.elapsed());
+                }
+                return Ok(resp);
+            }
             Ok(Err(e)) => {
                 if net::in_chain::<http_body_util::LengthLimitError>(&e) {
                     return Err(GatewayError::BodyTooLarge);
@@ -47,6 +61,9 @@ pub async fn forward(
                     return Err(GatewayError::BodyTimeout);
                 }
                 tracing::warn!(route = %route.config.name, upstream = %upstream, error = %net::error_chain(&e), "upstream request failed");
+                if let Some(s) = stat {
+                    s.unreachable.inc();
+                }
                 last_err = GatewayError::UpstreamUnreachable;
                 match &spare {
                     Some(s) if e.is_connect() => req = net::copy_request(s),

@@ -38,6 +38,10 @@ pub struct Shared {
     pub reload_lock: tokio::sync::Mutex<()>,
     /// Reload attempts, counted across reloads.
     pub reloads: crate::ops::metrics::Reloads,
+    /// Certificate file reloads (`ops::certs`), counted across reloads.
+    pub cert_reloads: crate::ops::metrics::Reloads,
+    /// `POST /drain` was called: /readyz answers 503 while requests are still served.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// Bind `n` listening sockets to `addr` for the workers of this process, and only if no other

@@ -102,7 +102,8 @@ async fn proxy<'a>(
         );
         (b, Some(sent))
     };
-    let mut resp = forward::forward(client, route, parts, body, body_sent).await?;
+    let stats = app.metrics.upstreams(route.index);
+    let mut resp = forward::forward(client, route, stats, parts, body, body_sent).await?;
     if let Some(on) = on_upgrade {
         forward::splice_upgrade(on, &mut resp);
     }

@@ -142,6 +142,8 @@ struct JwksState {
     in_flight: AtomicBool,
     /// Milliseconds since `epoch` of the last unknown-kid refetch (0 = never).
     last_kid_refetch_ms: AtomicU64,
+    /// Milliseconds since `epoch` of the last successful fetch, plus one (0 = never).
+    last_ok_ms: AtomicU64,
     epoch: Instant,
     fetches: prometheus_client::metrics::counter::Counter,
 }
@@ -176,6 +178,7 @@ impl IssuerKeys {
                     attempts: watch::channel(0).0,
                     in_flight: AtomicBool::new(false),
                     last_kid_refetch_ms: AtomicU64::new(0),
+                    last_ok_ms: AtomicU64::new(0),
                     epoch: Instant::now(),
                     fetches: Default::default(),
                 }),
@@ -208,6 +211,13 @@ impl IssuerKeys {
 
     pub fn keys(&self) -> arc_swap::Guard<Arc<KeySet>> {
         self.keys.load()
+    }
+
+    /// How long ago the JWKS was last fetched successfully (`None`: static keys, or never).
+    pub fn jwks_age(&self) -> Option<Duration> {
+        let j = self.jwks.as_ref()?;
+        let at = j.last_ok_ms.load(Ordering::Acquire).checked_sub(1)?;
+        Some(j.epoch.elapsed().saturating_sub(Duration::from_millis(at)))
     }
 
     /// The JWKS fetch counter, for /metrics (static-key issuers have none).
@@ -293,6 +303,8 @@ impl IssuerKeys {
             let next = match fetch_jwks(&client, &url, self.config.algorithms.as_deref()).await {
                 Ok((fetched, max_age)) => {
                     backoff = Duration::from_millis(250);
+                    let at = j.epoch.elapsed().as_millis() as u64 + 1;
+                    j.last_ok_ms.store(at, Ordering::Release);
                     let n = fetched.keys.len();
                     if n == 0 {
                         tracing::warn!(issuer = %self.config.name, "JWKS holds no usable signing key");

@@ -1,8 +1,11 @@
-//! Admin listener: health, readiness, metrics and the revocation API. A plain match on the
-//! path; it never shares a port with public traffic. Connections are held to the same
+//! Admin listener: health, readiness, metrics, the revocation API and the operator
+//! controls (drain, running config, version, log level, undoing revocations). A plain
+//! match on the path; it never shares a port with public traffic. `listen.metrics` serves
+//! the read-only part (`Surface::ReadOnly`). Connections are held to the same
 //! deadlines and size limits as the public listeners (`conn::serve`), under a cap of their
 //! own.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,12 +19,18 @@ use crate::clock::now_unix;
 use crate::error::json_response;
 use crate::http::conn::{self, Timeouts};
 use crate::http::listener::Shared;
-use crate::identity::revocation::Scoped;
+use crate::identity::revocation::{ListFilter, Scoped};
 use crate::net::body::{self, Body};
 use http_body_util::{BodyExt, Limited};
 
-/// Serve the admin API until `shutdown` is set.
-pub async fn serve(l: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+/// Serve the admin API (or, `Surface::ReadOnly`, its probes and metrics) until `shutdown`
+/// is set.
+pub async fn serve(
+    l: TcpListener,
+    surface: Surface,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let (builder, timeouts, limit) = {
         let app = shared.app.load();
         let server = &app.config.server;
@@ -60,20 +69,130 @@ pub async fn serve(l: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Rec
         tokio::spawn(async move {
             let handle = move |req| {
                 let shared = shared.clone();
-                async move { handle(&shared, req).await }
+                async move { handle(&shared, surface, req).await }
             };
             conn::serve(stream, c, &builder, peer, handle).await;
         });
     }
 }
 
-async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+/// Which endpoints a listener serves: the whole admin API (`listen.admin`), or only what a
+/// scraper needs (`listen.metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    Full,
+    ReadOnly,
+}
+
+/// The admin API's endpoints, by path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint<'a> {
+    Healthz,
+    Readyz,
+    Metrics,
+    Jwks,
+    Revocations,
+    RevokedJti(&'a str),
+    RevokedSub(&'a str),
+    Reload,
+    Drain,
+    Config,
+    Version,
+    LogLevel,
+}
+
+impl<'a> Endpoint<'a> {
+    fn of(path: &'a str) -> Option<Endpoint<'a>> {
+        Some(match path {
+            "/healthz" => Endpoint::Healthz,
+            "/readyz" => Endpoint::Readyz,
+            "/metrics" => Endpoint::Metrics,
+            "/.well-known/jwks.json" => Endpoint::Jwks,
+            "/revocations" => Endpoint::Revocations,
+            "/reload" => Endpoint::Reload,
+            "/drain" => Endpoint::Drain,
+            "/config" => Endpoint::Config,
+            "/version" => Endpoint::Version,
+            "/log-level" => Endpoint::LogLevel,
+            p => {
+                if let Some(jti) = p.strip_prefix("/revocations/jti/") {
+                    Endpoint::RevokedJti(jti)
+                } else if let Some(sub) = p.strip_prefix("/revocations/sub/") {
+                    Endpoint::RevokedSub(sub)
+                } else {
+                    return None;
+                }
+            }
+        })
+    }
+
+    /// The methods it answers (HEAD too wherever GET is).
+    fn methods(self) -> &'static [Method] {
+        match self {
+            Endpoint::Healthz
+            | Endpoint::Readyz
+            | Endpoint::Metrics
+            | Endpoint::Jwks
+            | Endpoint::Config
+            | Endpoint::Version => &[Method::GET],
+            Endpoint::Revocations | Endpoint::LogLevel => &[Method::GET, Method::POST],
+            Endpoint::RevokedJti(_) => &[Method::GET, Method::DELETE],
+            Endpoint::RevokedSub(_) => &[Method::DELETE],
+            Endpoint::Reload | Endpoint::Drain => &[Method::POST],
+        }
+    }
+
+    /// Served on the read-only (`listen.metrics`) listener too.
+    fn read_only(self) -> bool {
+        matches!(
+            self,
+            Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics
+        )
+    }
+
+    /// Needs the admin bearer token for `method`: every mutation and every operator
+    /// control; health, readiness, metrics, the assertion JWKS and the single-jti lookup
+    /// stay open (probes and scrapers carry no token).
+    fn needs_token(self, method: &Method) -> bool {
+        match self {
+            Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics | Endpoint::Jwks => false,
+            Endpoint::RevokedJti(_) => method != Method::GET,
+            _ => true,
+        }
+    }
+}
+
+async fn handle(shared: &Shared, surface: Surface, req: Request<Incoming>) -> Response<Body> {
     let app = shared.app.load_full();
     let path = req.uri().path().to_string();
-    match (req.method().clone(), path.as_str()) {
-        (Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
-        (Method::GET, "/readyz") => readyz(&app),
-        (Method::GET, "/.well-known/jwks.json") => match &app.config.identity.assertion {
+    let Some(endpoint) = Endpoint::of(&path).filter(|e| surface == Surface::Full || e.read_only())
+    else {
+        return json_response(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint");
+    };
+    let allowed = endpoint.methods();
+    // HEAD is GET without the body (hyper leaves the body out).
+    let method = match req.method() {
+        &Method::HEAD if allowed.contains(&Method::GET) => Method::GET,
+        m => m.clone(),
+    };
+    if !allowed.contains(&method) {
+        return method_not_allowed(allowed);
+    }
+    if endpoint.needs_token(&method) {
+        if let Some(refusal) = refuse_unauthorized(&app, req.headers()) {
+            return refusal;
+        }
+    }
+    let query = req.uri().query().unwrap_or("").to_string();
+    let param = |name: &str| {
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
+    match (endpoint, method) {
+        (Endpoint::Healthz, _) => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+        (Endpoint::Readyz, _) => readyz(shared, &app),
+        (Endpoint::Jwks, _) => match &app.config.identity.assertion {
             Some(a) => {
                 let mut r = Response::new(body::full(a.key.jwks().to_string()));
                 r.headers_mut().insert(
@@ -88,7 +207,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
                 "no identity assertions configured (identity.assertion_key)",
             ),
         },
-        (Method::GET, "/metrics") => {
+        (Endpoint::Metrics, _) => {
             let accept = req
                 .headers()
                 .get(http::header::ACCEPT)
@@ -103,58 +222,283 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             h.insert(http::header::VARY, http::HeaderValue::from_static("accept"));
             r
         }
-        (Method::POST, "/revocations") => match refuse_unauthorized(&app, req.headers()) {
-            Some(refusal) => refusal,
-            None => post_revocation(&app, req.into_body()).await,
+        (Endpoint::Revocations, Method::POST) => post_revocation(&app, req.into_body()).await,
+        (Endpoint::Revocations, _) => {
+            list_revocations(&app, param("sub"), param("issuer"), param("limit")).await
+        }
+        (Endpoint::Reload, _) => match crate::ops::reload::reload(shared).await {
+            Ok(notes) => json(
+                StatusCode::OK,
+                serde_json::json!({"reloaded": true, "notes": notes}),
+            ),
+            Err(e) => json_response(StatusCode::BAD_REQUEST, "reload_refused", &e),
         },
-        (Method::POST, "/reload") => match refuse_unauthorized(&app, req.headers()) {
-            Some(refusal) => refusal,
-            None => match crate::ops::reload::reload(shared).await {
-                Ok(notes) => json(
-                    StatusCode::OK,
-                    serde_json::json!({"reloaded": true, "notes": notes}),
-                ),
-                Err(e) => json_response(StatusCode::BAD_REQUEST, "reload_refused", &e),
-            },
-        },
-        (Method::GET, p) if p.starts_with("/revocations/jti/") => {
-            let jti = &p["/revocations/jti/".len()..];
-            if jti.is_empty() {
-                return json_response(StatusCode::BAD_REQUEST, "bad_request", "missing jti");
+        (Endpoint::Drain, _) => {
+            if !shared.draining.swap(true, Ordering::AcqRel) {
+                tracing::warn!("drain requested on the admin API: /readyz answers 503 from now on; still serving");
             }
-            let named = req.uri().query().and_then(|q| {
-                form_urlencoded::parse(q.as_bytes())
-                    .find(|(k, _)| k == "issuer")
-                    .map(|(_, v)| v.into_owned())
-            });
-            let issuer = match which_issuer(&app.config, named.as_deref(), "?issuer=<name>") {
-                Ok(i) => i,
-                Err(m) => return json_response(StatusCode::BAD_REQUEST, "bad_request", &m),
+            json(StatusCode::OK, serde_json::json!({"draining": true}))
+        }
+        (Endpoint::Config, _) => {
+            let c = &app.config;
+            json(
+                StatusCode::OK,
+                serde_json::json!({
+                    "path": c.path.display().to_string(),
+                    "sha256": c.source.sha256,
+                    "config": c.source.redacted,
+                }),
+            )
+        }
+        (Endpoint::Version, _) => json(
+            StatusCode::OK,
+            serde_json::json!({"name": env!("CARGO_PKG_NAME"), "version": env!("CARGO_PKG_VERSION")}),
+        ),
+        (Endpoint::LogLevel, Method::POST) => {
+            let from_body = match read_small(req.into_body()).await {
+                Ok(b) if b.is_empty() => None,
+                Ok(b) => match serde_json::from_slice::<LogLevelRequest>(&b) {
+                    Ok(r) => Some(r.level),
+                    Err(e) => {
+                        return json_response(
+                            StatusCode::BAD_REQUEST,
+                            "bad_request",
+                            &format!("body must be JSON {{\"level\": \"debug\"}}: {e}"),
+                        )
+                    }
+                },
+                Err(m) => return json_response(StatusCode::BAD_REQUEST, "bad_request", m),
             };
+            match from_body.or_else(|| param("level")) {
+                Some(level) => set_log_level(&level),
+                None => json_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "give the level as ?level=debug or {\"level\": \"debug\"} (a tracing filter such as \"info,jwtgate=debug\" works too)",
+                ),
+            }
+        }
+        (Endpoint::LogLevel, _) => match LOG_CONTROL.get() {
+            Some(c) => json(
+                StatusCode::OK,
+                serde_json::json!({"level": *c.current.lock().unwrap_or_else(|e| e.into_inner())}),
+            ),
+            None => log_control_missing(),
+        },
+        (Endpoint::RevokedJti(jti), Method::GET) => {
+            let Some(jti) = decode_segment(jti) else {
+                return json_response(StatusCode::BAD_REQUEST, "bad_request", "missing jti");
+            };
+            let issuer =
+                match which_issuer(&app.config, param("issuer").as_deref(), "?issuer=<name>") {
+                    Ok(i) => i,
+                    Err(m) => return json_response(StatusCode::BAD_REQUEST, "bad_request", &m),
+                };
             match app
                 .revocations
-                .is_jti_revoked(&Scoped::new(issuer, jti))
+                .is_jti_revoked(&Scoped::new(issuer, &jti))
                 .await
             {
                 Ok(true) => json(StatusCode::OK, serde_json::json!({"revoked": true})),
                 Ok(false) => json(StatusCode::NOT_FOUND, serde_json::json!({"revoked": false})),
-                Err(e) => json_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "revocation_unavailable",
-                    &e.to_string(),
-                ),
+                Err(e) => store_unavailable(&e),
             }
         }
-        (_, "/healthz" | "/readyz" | "/revocations" | "/reload" | "/metrics") => json_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "method not allowed on this endpoint",
-        ),
-        _ => json_response(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+        (Endpoint::RevokedJti(value), _) | (Endpoint::RevokedSub(value), _) => {
+            let is_jti = matches!(endpoint, Endpoint::RevokedJti(_));
+            let what = if is_jti { "jti" } else { "sub" };
+            let Some(value) = decode_segment(value) else {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &format!("missing {what}"),
+                );
+            };
+            let issuer =
+                match which_issuer(&app.config, param("issuer").as_deref(), "?issuer=<name>") {
+                    Ok(i) => i,
+                    Err(m) => return json_response(StatusCode::BAD_REQUEST, "bad_request", &m),
+                };
+            let scoped = Scoped::new(issuer, &value);
+            let undone = if is_jti {
+                app.revocations.unrevoke_jti(&scoped).await
+            } else {
+                app.revocations.unrevoke_sub(&scoped).await
+            };
+            match undone {
+                Ok(true) => {
+                    tracing::warn!(kind = what, issuer, "revocation undone on the admin API");
+                    let mut r = Response::new(body::empty());
+                    *r.status_mut() = StatusCode::NO_CONTENT;
+                    r
+                }
+                Ok(false) => json_response(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    &format!("no revocation of this {what} for issuer {issuer:?}"),
+                ),
+                Err(e) => store_unavailable(&e),
+            }
+        }
     }
 }
 
-fn readyz(app: &App) -> Response<Body> {
+/// 405 with the `Allow` the endpoint answers (HEAD wherever GET is).
+fn method_not_allowed(allowed: &[Method]) -> Response<Body> {
+    let mut names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+    if allowed.contains(&Method::GET) {
+        names.insert(1, "HEAD");
+    }
+    let mut r = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this endpoint",
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&names.join(", ")) {
+        r.headers_mut().insert(http::header::ALLOW, v);
+    }
+    r
+}
+
+/// 503 with `Retry-After: 1`: the store did not answer, or (with `min_replicas`) too few
+/// replicas confirmed in time. Revocations and their undoing are idempotent: retry.
+fn store_unavailable(e: &crate::identity::revocation::StoreError) -> Response<Body> {
+    let mut r = json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "revocation_unavailable",
+        &e.to_string(),
+    );
+    r.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    r
+}
+
+/// A path segment, percent-decoded; `None` when empty or not UTF-8.
+fn decode_segment(s: &str) -> Option<String> {
+    let v = percent_encoding::percent_decode_str(s).decode_utf8().ok()?;
+    (!v.is_empty()).then(|| v.into_owned())
+}
+
+async fn read_small(body: Incoming) -> Result<bytes::Bytes, &'static str> {
+    Limited::new(body, 64 * 1024)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|_| "body too large or unreadable")
+}
+
+/// The most `GET /revocations` lists without `?limit=`, and the most it ever lists.
+const LIST_DEFAULT: usize = 1_000;
+const LIST_MAX: usize = 10_000;
+
+async fn list_revocations(
+    app: &App,
+    sub: Option<String>,
+    issuer: Option<String>,
+    limit: Option<String>,
+) -> Response<Body> {
+    let bad = |m: &str| json_response(StatusCode::BAD_REQUEST, "bad_request", m);
+    if let Some(i) = &issuer {
+        if let Err(m) = which_issuer(&app.config, Some(i), "?issuer=<name>") {
+            return bad(&m);
+        }
+    }
+    if sub.as_deref() == Some("") {
+        return bad("sub must not be empty");
+    }
+    let limit = match limit.map(|l| l.parse::<usize>()) {
+        None => LIST_DEFAULT,
+        Some(Ok(n)) if (1..=LIST_MAX).contains(&n) => n,
+        Some(_) => return bad(&format!("limit must be 1..={LIST_MAX}")),
+    };
+    let filter = ListFilter { sub, issuer };
+    // One more than asked for says whether the list was cut.
+    match app.revocations.list(&filter, limit + 1).await {
+        Ok(mut l) => {
+            let truncated = l.len() > limit;
+            l.truncate(limit);
+            json(
+                StatusCode::OK,
+                serde_json::json!({
+                    "store": app.revocations.store_name(),
+                    "revocations": l,
+                    "truncated": truncated,
+                }),
+            )
+        }
+        Err(e) => store_unavailable(&e),
+    }
+}
+
+// === runtime log level ===
+
+/// Changes the process's log filter (a `tracing` filter directive such as `debug` or
+/// `info,jwtgate=debug`); `Err` says why a directive was refused.
+pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+struct LogControl {
+    set: SetLogLevel,
+    current: std::sync::Mutex<String>,
+}
+
+static LOG_CONTROL: std::sync::OnceLock<LogControl> = std::sync::OnceLock::new();
+
+/// Let `POST /log-level` change the log filter: the binary installs its logger's reload
+/// handle here (`initial` is the filter it started with). Once per process.
+pub fn install_log_control(initial: &str, set: SetLogLevel) {
+    let _ = LOG_CONTROL.set(LogControl {
+        set,
+        current: std::sync::Mutex::new(initial.to_string()),
+    });
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogLevelRequest {
+    level: String,
+}
+
+fn set_log_level(level: &str) -> Response<Body> {
+    let Some(c) = LOG_CONTROL.get() else {
+        return log_control_missing();
+    };
+    let level = level.trim();
+    if level.is_empty() || level.len() > 1024 {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "level must be a tracing filter of 1 to 1024 characters",
+        );
+    }
+    let mut current = c.current.lock().unwrap_or_else(|e| e.into_inner());
+    match (c.set)(level) {
+        Ok(()) => {
+            let previous = std::mem::replace(&mut *current, level.to_string());
+            tracing::warn!(filter = level, previous = %previous, "log level changed on the admin API");
+            json(
+                StatusCode::OK,
+                serde_json::json!({"level": level, "previous": previous}),
+            )
+        }
+        Err(e) => json_response(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &format!("not a log filter: {e}"),
+        ),
+    }
+}
+
+fn log_control_missing() -> Response<Body> {
+    json_response(
+        StatusCode::NOT_IMPLEMENTED,
+        "not_implemented",
+        "this process has no adjustable logger (jwtgate embedded as a library)",
+    )
+}
+
+fn readyz(shared: &Shared, app: &App) -> Response<Body> {
     let issuers: Vec<_> = app
         .verifier
         .issuers()
@@ -162,7 +506,8 @@ fn readyz(app: &App) -> Response<Body> {
         .map(|i| serde_json::json!({"name": i.config.name, "keys_loaded": i.is_loaded()}))
         .collect();
     let rev = &app.revocations;
-    let ready = app.ready();
+    let draining = shared.draining.load(Ordering::Acquire);
+    let ready = app.ready() && !draining;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -172,6 +517,7 @@ fn readyz(app: &App) -> Response<Body> {
         status,
         serde_json::json!({
             "ready": ready,
+            "draining": draining,
             "issuers": issuers,
             "revocation": {
                 "store": rev.store_name(),
@@ -267,9 +613,9 @@ fn which_issuer<'a>(
 
 async fn post_revocation(app: &App, body: Incoming) -> Response<Body> {
     let bad = |m: &str| json_response(StatusCode::BAD_REQUEST, "bad_request", m);
-    let bytes = match Limited::new(body, 64 * 1024).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return bad("body too large or unreadable"),
+    let bytes = match read_small(body).await {
+        Ok(b) => b,
+        Err(m) => return bad(m),
     };
     let req: RevocationRequest = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
@@ -368,18 +714,7 @@ async fn post_revocation(app: &App, body: Incoming) -> Response<Body> {
         }
         // Not revoked everywhere it must be (store down, or too few replicas confirmed):
         // the caller retries; a revocation is idempotent.
-        Err(e) => {
-            let mut r = json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "revocation_unavailable",
-                &e.to_string(),
-            );
-            r.headers_mut().insert(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from_static("1"),
-            );
-            r
-        }
+        Err(e) => store_unavailable(&e),
     }
 }
 

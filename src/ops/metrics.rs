@@ -222,13 +222,26 @@ impl Reloads {
 
     /// Export the count as `jwtgate_reloads_total{result}` in `metrics`.
     pub fn register(&self, metrics: &mut Metrics) {
-        metrics.register_metric(
+        self.register_as(
+            metrics,
             "reloads",
             "Config reload attempts (POST /reload, SIGHUP), by result",
-            None,
-            self.0.clone(),
         );
     }
+
+    /// Export the count as `jwtgate_<name>_total{result}`.
+    pub fn register_as(&self, metrics: &mut Metrics, name: &str, help: &str) {
+        metrics.register_metric(name, help, None, self.0.clone());
+    }
+}
+
+/// Export certificate file reloads (`ops::certs`) as `jwtgate_tls_cert_reloads_total{result}`.
+pub fn register_cert_reloads(r: &Reloads, metrics: &mut Metrics) {
+    r.register_as(
+        metrics,
+        "tls_cert_reloads",
+        "Reloads of changed TLS certificate files, by result (refused: the old pair is kept)",
+    );
 }
 
 /// `jwtgate_policy_decisions_total{route,decision,mode}`: routes' rules by outcome
@@ -312,6 +325,25 @@ pub struct Metrics {
     pub verified_tokens_cached: Gauge<u64, AtomicU64>,
     /// Open client connections, by listener (`public`, `admin`).
     pub connections_active: Family<Labels, Gauge>,
+    /// The served certificate's notAfter, by listener (`https`).
+    pub tls_cert_not_after: Family<Labels, Gauge>,
+    /// Seconds since each JWKS issuer's key set was last fetched successfully.
+    pub jwks_age: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// 1 while the revocation store's circuit breaker is open (failing fast).
+    pub revocation_circuit_open: Gauge,
+    /// Per route, per upstream (config order): latency and errors.
+    upstreams: Vec<Vec<UpstreamStats>>,
+}
+
+/// One upstream of one route: time to the response head, and failures by kind. Created
+/// up front, bumped as atomics.
+#[derive(Clone, Default)]
+pub struct UpstreamStats {
+    pub duration: DurationHistogram,
+    /// Connect or request failures (refused, reset, TLS, protocol).
+    pub unreachable: Counter,
+    /// The route's `timeout_ms` ran out before the response head.
+    pub timeout: Counter,
 }
 
 impl Metrics {
@@ -382,6 +414,10 @@ impl Metrics {
             revocation_store_up: Gauge::default(),
             verified_tokens_cached: Gauge::default(),
             connections_active: Family::default(),
+            tls_cert_not_after: Family::default(),
+            jwks_age: Family::default(),
+            revocation_circuit_open: Gauge::default(),
+            upstreams: Vec::new(),
             registry,
             process,
             counter_sets: Default::default(),
@@ -403,12 +439,81 @@ impl Metrics {
             "Entries in the verified-token cache",
             m.verified_tokens_cached.clone(),
         );
+        r.register_with_unit(
+            "jwks_age",
+            "Time since the issuer's JWKS was last fetched successfully, by issuer",
+            prometheus_client::registry::Unit::Seconds,
+            m.jwks_age.clone(),
+        );
+        r.register(
+            "revocation_circuit_open",
+            "1 while the revocation store's circuit breaker is open (3 consecutive failures; a background probe closes it)",
+            m.revocation_circuit_open.clone(),
+        );
+        r.register_with_unit(
+            "tls_cert_not_after",
+            "When the certificate served on the listener expires (Unix time)",
+            prometheus_client::registry::Unit::Seconds,
+            m.tls_cert_not_after.clone(),
+        );
         r.register(
             "connections_active",
             "Open client connections, by listener (public: https + http; admin)",
             m.connections_active.clone(),
         );
         m
+    }
+
+    /// Create the per-upstream metrics: `routes` lists each route's name and upstream
+    /// count, in config order. Labels: `route`, `upstream` (its index in the route's
+    /// `upstreams`, not its URL, which may carry credentials and is unbounded).
+    pub fn add_upstreams(&mut self, routes: &[(&str, usize)]) {
+        let durations = Family::<Labels, DurationHistogram>::default();
+        let errors = Family::<Labels, Counter>::default();
+        self.upstreams = routes
+            .iter()
+            .map(|(route, n)| {
+                (0..*n)
+                    .map(|i| {
+                        let labels = |kind: Option<&str>| {
+                            let mut l =
+                                vec![("route", route.to_string()), ("upstream", i.to_string())];
+                            if let Some(k) = kind {
+                                l.push(("kind", k.to_string()));
+                            }
+                            l
+                        };
+                        // One statement each: `get_or_create` returns a read guard,
+                        // and a second insert in the same statement would wait for it.
+                        let duration = durations.get_or_create(&labels(None)).clone();
+                        let unreachable =
+                            errors.get_or_create(&labels(Some("unreachable"))).clone();
+                        let timeout = errors.get_or_create(&labels(Some("timeout"))).clone();
+                        UpstreamStats {
+                            duration,
+                            unreachable,
+                            timeout,
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        self.registry.register_with_unit(
+            "upstream_duration",
+            "Time from sending a request upstream to its response head, by route and upstream index",
+            prometheus_client::registry::Unit::Seconds,
+            durations,
+        );
+        self.registry.register(
+            "upstream_errors",
+            "Requests an upstream did not answer, by route, upstream index and kind (unreachable, timeout)",
+            errors,
+        );
+    }
+
+    /// The upstream metrics of route `index` (empty for an unknown one).
+    pub fn upstreams(&self, route: usize) -> &[UpstreamStats] {
+        self.upstreams.get(route).map_or(&[], Vec::as_slice)
     }
 
     /// Register a counter owned elsewhere (JWKS fetches, store lookups, grants), with an

@@ -1,8 +1,9 @@
 //! Operating the gateway: Prometheus metrics (`metrics`, a leaf every layer may count in;
-//! `process` and `exposition` beside it), the admin API (`admin`) and config reload
-//! (`reload`).
+//! `process` and `exposition` beside it), the admin API (`admin`), config reload
+//! (`reload`) and certificate rotation (`certs`).
 
 pub mod admin;
+pub mod certs;
 pub mod exposition;
 pub mod metrics;
 pub mod process;

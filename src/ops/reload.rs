@@ -85,16 +85,25 @@ async fn apply(shared: &Shared) -> Result<Vec<String>, String> {
         current.connections.clone(),
     );
     shared.reloads.register(&mut app.metrics);
+    crate::ops::metrics::register_cert_reloads(&shared.cert_reloads, &mut app.metrics);
     let app = Arc::new(app);
     app.start_background(&shared.control_client);
     let deadline = tokio::time::Instant::now() + READY_WITHIN;
     while !app.keys_ready() {
         if tokio::time::Instant::now() >= deadline {
             app.stop_background();
-            return Err(
-                "the new config's issuer keys could not be loaded; keeping the running config"
-                    .into(),
-            );
+            let failed: Vec<String> = app
+                .verifier
+                .issuers()
+                .iter()
+                .filter(|i| !i.is_loaded())
+                .map(|i| format!("{:?}", i.config.name))
+                .collect();
+            return Err(format!(
+                "the keys of issuer {} could not be loaded within {} s; keeping the running config",
+                failed.join(", "),
+                READY_WITHIN.as_secs()
+            ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -21,15 +21,19 @@ pub struct Route {
 }
 
 impl Route {
-    /// Upstreams in round-robin order starting with this request's turn.
-    pub fn pick(&self) -> impl Iterator<Item = &UpstreamUrl> {
+    /// Upstreams in round-robin order starting with this request's turn, with their index
+    /// in the route's `upstreams`.
+    pub fn pick(&self) -> impl Iterator<Item = (usize, &UpstreamUrl)> {
         let n = self.config.upstreams.len();
         let start = if n == 1 {
             0
         } else {
             self.next.fetch_add(1, Ordering::Relaxed) % n
         };
-        (0..n).map(move |i| &self.config.upstreams[(start + i) % n])
+        (0..n).map(move |i| {
+            let at = (start + i) % n;
+            (at, &self.config.upstreams[at])
+        })
     }
 
     /// Whether the path sent upstream differs from the client's (`strip_prefix`).
@@ -236,7 +240,7 @@ mod tests {
         let r = Router::new(vec![c]);
         let route = r.find(None, "/").unwrap();
         let firsts: Vec<String> = (0..4)
-            .map(|_| route.pick().next().unwrap().authority.to_string())
+            .map(|_| route.pick().next().unwrap().1.authority.to_string())
             .collect();
         assert_eq!(firsts, ["a", "b", "a", "b"]);
     }

@@ -573,6 +573,8 @@ pub struct TestGateway {
     pub admin: SocketAddr,
     /// `listen.authz`, when started with `start_authz`.
     pub authz: Option<SocketAddr>,
+    /// `listen.metrics`, when started with it (`start_listen`).
+    pub metrics: Option<SocketAddr>,
     pub cert_pem: Vec<u8>,
     pub dir: TempDir,
 }
@@ -611,6 +613,13 @@ impl TestGateway {
         gw
     }
 
+    /// Start with more `[listen]` keys (`metrics = "127.0.0.1:0"`), waiting for readiness.
+    pub async fn start_listen(listen_extra: &str, body: &str) -> TestGateway {
+        let gw = Self::start_listening(listen_extra, body, "").await;
+        gw.wait_ready().await;
+        gw
+    }
+
     /// Start without waiting for readiness (to observe /readyz itself).
     pub async fn start_nowait(body: &str, server_extra: &str) -> TestGateway {
         Self::start_listening("", body, server_extra).await
@@ -633,6 +642,7 @@ impl TestGateway {
             http: running.http_addr.unwrap(),
             admin: running.admin_addr,
             authz: running.authz_addr,
+            metrics: running.metrics_addr,
             running: Some(running),
             cert_pem,
             dir,

@@ -12,6 +12,7 @@ use http::Uri;
 use super::file::*;
 use super::*;
 
+mod env;
 pub(super) mod identity;
 pub(super) mod routes;
 mod signals;
@@ -82,22 +83,28 @@ impl Config {
             dir
         };
         let ctx = Ctx { file: &file, dir };
-        validate(&ctx, path, raw)
+        let mut config = validate(&ctx, path, raw)?;
+        config.source = Arc::new(super::source::Source::of(text));
+        Ok(config)
     }
 }
 
-fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
+fn validate(ctx: &Ctx, path: &Path, mut raw: FileConfig) -> Result<Config, ConfigError> {
+    env::expand_urls(ctx, &mut raw)?;
     let listen = validate_listen(ctx, &raw.listen)?;
     let server = validate_server(ctx, &raw.server)?;
-    let tls = match (&listen.https, &raw.tls) {
-        (Some(_), Some(t)) => Some(load_tls(ctx, t)?),
+    let (tls, tls_files) = match (&listen.https, &raw.tls) {
+        (Some(_), Some(t)) => {
+            let (c, f) = load_tls(ctx, t)?;
+            (Some(c), Some(f))
+        }
         (Some(_), None) => {
             return Err(ctx.err(
                 "tls",
                 "[tls] with `cert` and `key` is required when listen.https is set",
             ))
         }
-        (None, _) => None,
+        (None, _) => (None, None),
     };
     if raw.admin.token_env.is_empty() {
         return Err(ctx.err("admin.token_env", "must name an environment variable"));
@@ -272,6 +279,7 @@ fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigErr
         listen,
         server,
         tls,
+        tls_files,
         admin_token,
         issuers,
         tokens,
@@ -284,6 +292,7 @@ fn validate(ctx: &Ctx, path: &Path, raw: FileConfig) -> Result<Config, ConfigErr
         backchannel,
         signals,
         routes,
+        source: Arc::default(),
     })
 }
 
@@ -394,6 +403,11 @@ fn validate_listen(ctx: &Ctx, l: &FileListen) -> Result<Listen, ConfigError> {
         .as_deref()
         .map(|v| parse_addr(ctx, "listen.authz", v))
         .transpose()?;
+    let metrics = l
+        .metrics
+        .as_deref()
+        .map(|v| parse_addr(ctx, "listen.metrics", v))
+        .transpose()?;
     if https.is_none() && http.is_none() && authz.is_none() {
         return Err(ctx.err(
             "listen",
@@ -409,24 +423,38 @@ fn validate_listen(ctx: &Ctx, l: &FileListen) -> Result<Listen, ConfigError> {
             ))
         }
     };
-    let mut seen = HashSet::new();
+    // Two listeners clash on one port when their addresses are equal or either is the
+    // wildcard of its family (0.0.0.0:9901 takes 127.0.0.1:9901 too).
+    let mut seen: Vec<(&str, SocketAddr)> = Vec::new();
     for (key, a) in [
         ("listen.https", https),
         ("listen.http", http),
         ("listen.admin", Some(admin)),
         ("listen.authz", authz),
+        ("listen.metrics", metrics),
     ] {
-        if let Some(a) = a.filter(|a| a.port() != 0) {
-            if !seen.insert(a) {
-                return Err(ctx.err(key, format!("{a} is already used by another listener")));
-            }
+        let Some(a) = a.filter(|a| a.port() != 0) else {
+            continue;
+        };
+        let clash = seen.iter().find(|(_, b)| {
+            a.port() == b.port()
+                && a.is_ipv4() == b.is_ipv4()
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        });
+        if let Some((other, b)) = clash {
+            return Err(ctx.err(
+                key,
+                format!("{a} is already used by another listener ({other} = {b})"),
+            ));
         }
+        seen.push((key, a));
     }
     Ok(Listen {
         https,
         http,
         admin,
         authz,
+        metrics,
     })
 }
 
@@ -579,26 +607,15 @@ fn client_verifier(
         .map_err(|e| ctx.err("tls.client_ca", e.to_string()))
 }
 
-fn load_tls(ctx: &Ctx, t: &FileTls) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::PrivateKeyDer;
-    let certs = read_certs(ctx, "tls.cert", &t.cert)?;
-    let key_pem = ctx.read("tls.key", &t.key)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        ctx.err(
-            "tls.key",
-            format!("not a PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"),
-        )
-    })?;
+/// The TLS server config for `[tls]`: its certificate comes from a `CertSource`, which the
+/// file watcher (`[tls] watch_interval_ms`) can swap while serving; with `client_ca`, client
+/// certificates are asked for (RFC 8705 certificate-bound tokens).
+fn load_tls(ctx: &Ctx, t: &FileTls) -> Result<(Arc<rustls::ServerConfig>, Tls), ConfigError> {
+    let (cert_path, key_path) = (ctx.resolve(&t.cert), ctx.resolve(&t.key));
+    let pair =
+        super::tls::load_pair(&cert_path, &key_path).map_err(|e| ctx.err(e.key, e.message))?;
+    let source = Arc::new(super::tls::CertSource::new(pair, cert_path, key_path));
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    rustls::sign::CertifiedKey::from_der(certs.clone(), key.clone_key(), &provider).map_err(
-        |e| {
-            ctx.err(
-                "tls.key",
-                format!("unusable with the certificate in tls.cert: {e}"),
-            )
-        },
-    )?;
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| ctx.err("tls", e.to_string()))?;
@@ -606,11 +623,22 @@ fn load_tls(ctx: &Ctx, t: &FileTls) -> Result<Arc<rustls::ServerConfig>, ConfigE
         Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
     };
-    let mut cfg = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| ctx.err("tls.key", e.to_string()))?;
+    let mut cfg = builder.with_cert_resolver(source.clone());
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
+    let watch_interval = match t.watch_interval_ms {
+        0 => None,
+        ms if ms < 100 => {
+            return Err(ctx.err("tls.watch_interval_ms", "must be 0 (off) or at least 100"))
+        }
+        ms => Some(Duration::from_millis(ms)),
+    };
+    Ok((
+        Arc::new(cfg),
+        Tls {
+            source,
+            watch_interval,
+        },
+    ))
 }
 
 #[cfg(test)]

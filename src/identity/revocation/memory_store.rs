@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 
-use super::{Keys, Lookup, Store, StoreError};
+use super::{Keys, ListFilter, Listed, ListedKind, Lookup, Store, StoreError};
 use crate::clock::now_unix;
 use crate::ids::Scoped;
 
@@ -74,6 +74,38 @@ impl MemoryStore {
         self.jti.insert(jti.as_str().to_owned(), until);
     }
 
+    /// `true` when there was an entry.
+    pub(super) fn remove_jti(&self, jti: &Scoped) -> bool {
+        self.jti.remove(jti.as_str()).is_some()
+    }
+
+    pub(super) fn remove_sub(&self, sub: &Scoped) -> bool {
+        self.sub.remove(sub.as_str()).is_some()
+    }
+
+    fn entries(&self, filter: &ListFilter, limit: usize) -> Vec<Listed> {
+        let jti = self.jti.iter().map(|(k, v)| (ListedKind::Jti, k, v));
+        let sub = self.sub.iter().map(|(k, v)| (ListedKind::Sub, k, v));
+        let mut out: Vec<Listed> = sub
+            .chain(jti)
+            .filter_map(|(kind, k, v)| {
+                let (issuer, value) = k.split_once(':')?;
+                filter.wants(kind, Some(issuer), value).then(|| Listed {
+                    kind,
+                    issuer: Some(issuer.to_string()),
+                    value: value.to_string(),
+                    until: (kind == ListedKind::Jti).then_some(v),
+                    revoked_before: (kind == ListedKind::Sub).then_some(v),
+                })
+            })
+            .take(limit)
+            .collect();
+        out.sort_by(|a, b| {
+            (a.kind as u8, &a.issuer, &a.value).cmp(&(b.kind as u8, &b.issuer, &b.value))
+        });
+        out
+    }
+
     /// Watermarks only move forward.
     pub(super) fn put_sub(&self, sub: &Scoped, at: i64) {
         if self.sub.get(sub.as_str()).is_none_or(|old| old < at) {
@@ -120,5 +152,21 @@ impl Store for MemoryStore {
     }
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async { Ok(()) })
+    }
+    fn unrevoke_jti<'a>(&'a self, jti: &'a Scoped) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let had = self.remove_jti(jti);
+        Box::pin(async move { Ok(had) })
+    }
+    fn unrevoke_sub<'a>(&'a self, sub: &'a Scoped) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let had = self.remove_sub(sub);
+        Box::pin(async move { Ok(had) })
+    }
+    fn list<'a>(
+        &'a self,
+        filter: &'a ListFilter,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Listed>, StoreError>> {
+        let l = self.entries(filter, limit);
+        Box::pin(async move { Ok(l) })
     }
 }

@@ -140,6 +140,57 @@ pub trait Store: Send + Sync {
     fn forget_sighting<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Cheap liveness probe.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Undo a jti revocation (and tell the other replicas); `false` when there was none.
+    fn unrevoke_jti<'a>(&'a self, jti: &'a Scoped) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Undo a subject's watermark (and tell the other replicas); `false` when there was none.
+    fn unrevoke_sub<'a>(&'a self, sub: &'a Scoped) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Up to `limit` entries that pass `filter` (admin API).
+    fn list<'a>(
+        &'a self,
+        filter: &'a ListFilter,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Listed>, StoreError>>;
+}
+
+/// Which revocations `GET /revocations` lists: everything, or one subject's watermarks
+/// (a jti entry does not record its token's subject, so it is listed only unfiltered).
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub sub: Option<String>,
+    pub issuer: Option<String>,
+}
+
+impl ListFilter {
+    /// Whether an entry of `kind` for `issuer`'s `value` is wanted.
+    pub fn wants(&self, kind: ListedKind, issuer: Option<&str>, value: &str) -> bool {
+        let issuer_ok = self.issuer.as_deref().is_none_or(|i| issuer == Some(i));
+        match &self.sub {
+            Some(s) => kind == ListedKind::Sub && value == s && issuer_ok,
+            None => issuer_ok,
+        }
+    }
+}
+
+/// What a listed entry revokes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListedKind {
+    Jti,
+    Sub,
+}
+
+/// One revocation, as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Listed {
+    pub kind: ListedKind,
+    /// The `[[issuers]]` name; `None` for an unscoped key of an earlier release.
+    pub issuer: Option<String>,
+    /// The `jti` or `sub`.
+    pub value: String,
+    /// jti: the entry lives until then (unix seconds); sub: tokens issued at or before it
+    /// are revoked.
+    pub until: Option<i64>,
+    pub revoked_before: Option<i64>,
 }
 
 // === the cached, policy-aware front ===
@@ -417,8 +468,38 @@ impl Revocations {
         Ok(self.store.lookup(keys).await?.sid_revoked)
     }
 
+    /// Undo a jti revocation everywhere: the store, this replica's recent list, cached
+    /// answers (other replicas hear it on the channel). `false` when nothing was revoked.
+    pub async fn unrevoke_jti(&self, jti: &Scoped) -> Result<bool, StoreError> {
+        let stored = self.store.unrevoke_jti(jti).await?;
+        let recent = self.recent.remove_jti(jti);
+        self.cache.invalidate_all();
+        Ok(stored || recent)
+    }
+
+    /// Undo a subject's watermark everywhere (see `unrevoke_jti`).
+    pub async fn unrevoke_sub(&self, sub: &Scoped) -> Result<bool, StoreError> {
+        let stored = self.store.unrevoke_sub(sub).await?;
+        let recent = self.recent.remove_sub(sub);
+        self.cache.invalidate_all();
+        Ok(stored || recent)
+    }
+
+    /// Up to `limit` revocations in the store that pass `filter`.
+    pub async fn list(&self, filter: &ListFilter, limit: usize) -> Result<Vec<Listed>, StoreError> {
+        self.store.list(filter, limit).await
+    }
+
     fn apply(&self, msg: Message) {
         match msg {
+            Message::UndoJti { issuer, undo_jti } => {
+                self.recent.remove_jti(&Scoped::new(&issuer, &undo_jti));
+                self.cache.invalidate_all();
+            }
+            Message::UndoSub { issuer, undo_sub } => {
+                self.recent.remove_sub(&Scoped::new(&issuer, &undo_sub));
+                self.cache.invalidate_all();
+            }
             Message::Jti {
                 issuer: Some(i),
                 jti,

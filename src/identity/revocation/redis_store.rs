@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 
 use super::connect::{redis_pool, Conn, Connector, Pool};
-use super::{Keys, Lookup, Store, StoreError};
+use super::{Keys, ListFilter, Listed, ListedKind, Lookup, Store, StoreError};
 use crate::config::Revocation as RevocationConfig;
 use crate::ids::Scoped;
 
@@ -55,6 +55,24 @@ pub enum Message {
     },
     /// A revoked session (new in this release: always scoped).
     Sid { issuer: String, sid: String },
+    /// A jti revocation undone (`DELETE /revocations/jti/<jti>`). Replicas of earlier
+    /// releases ignore it as malformed (their cache forgets on its own within `cache_ttl_ms`
+    /// for "not revoked", but keeps a "revoked" answer until the token's exp: restart them).
+    UndoJti { issuer: String, undo_jti: String },
+    /// A subject watermark undone (`DELETE /revocations/sub/<sub>`).
+    UndoSub { issuer: String, undo_sub: String },
+}
+
+/// Glob metacharacters of SCAN MATCH, escaped.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 impl RedisStore {
@@ -201,6 +219,23 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// DEL `key` and PUBLISH `msg` in one pipeline; whether the key existed.
+    async fn delete_and_publish(&self, key: String, msg: &Message) -> Result<bool, StoreError> {
+        let payload = serde_json::to_string(msg).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(key);
+        pipe.cmd("PUBLISH")
+            .arg(self.channel())
+            .arg(payload)
+            .ignore();
+        let (deleted,): (i64,) = self
+            .run(|mut c| async move { pipe.query_async(&mut c).await })
+            .await?;
+        Ok(deleted > 0)
+    }
+}
+
 impl Store for RedisStore {
     fn lookup_now(&self, _keys: Keys<'_>) -> Option<Lookup> {
         None
@@ -339,6 +374,126 @@ impl Store for RedisStore {
             cmd.arg(format!("{}seen:{key}", self.prefix));
             self.run(|mut c| async move { cmd.query_async::<()>(&mut c).await })
                 .await
+        })
+    }
+
+    fn unrevoke_jti<'a>(&'a self, jti: &'a Scoped) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let msg = Message::UndoJti {
+                issuer: jti.issuer().to_string(),
+                undo_jti: jti.value().to_string(),
+            };
+            self.delete_and_publish(self.jti_key(jti), &msg).await
+        })
+    }
+
+    fn unrevoke_sub<'a>(&'a self, sub: &'a Scoped) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let msg = Message::UndoSub {
+                issuer: sub.issuer().to_string(),
+                undo_sub: sub.value().to_string(),
+            };
+            self.delete_and_publish(self.sub_key(sub), &msg).await
+        })
+    }
+
+    /// SCAN for the keys (bounded by `limit`), then one pipeline of GET + EXPIRETIME.
+    fn list<'a>(
+        &'a self,
+        filter: &'a ListFilter,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Listed>, StoreError>> {
+        Box::pin(async move {
+            let base = format!("{}revoked:", glob_escape(&self.prefix));
+            let pattern = match &filter.sub {
+                // `*<sub>` also matches the legacy unscoped key; parsing filters the rest.
+                Some(s) => format!("{base}sub:*{}", glob_escape(s)),
+                None => format!("{base}*"),
+            };
+            let mut keys: Vec<String> = Vec::new();
+            let mut cursor: u64 = 0;
+            loop {
+                let pattern = pattern.clone();
+                let (next, batch): (u64, Vec<String>) = self
+                    .run(|mut c| async move {
+                        redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(pattern)
+                            .arg("COUNT")
+                            .arg(1000)
+                            .query_async(&mut c)
+                            .await
+                    })
+                    .await?;
+                keys.extend(batch);
+                cursor = next;
+                if cursor == 0 || keys.len() >= limit.saturating_mul(4) {
+                    break;
+                }
+            }
+            let strip = format!("{}revoked:", self.prefix);
+            let parsed: Vec<(ListedKind, Option<String>, String, String)> = keys
+                .into_iter()
+                .filter_map(|k| {
+                    let rest = k.strip_prefix(&strip)?;
+                    let (kind, rest) = if let Some(r) = rest.strip_prefix("jti:") {
+                        (ListedKind::Jti, r)
+                    } else {
+                        (ListedKind::Sub, rest.strip_prefix("sub:")?)
+                    };
+                    // Issuer names hold no `:`; a key without one is an earlier release's.
+                    let (issuer, value) = match rest.split_once(':') {
+                        Some((i, v)) => (Some(i.to_string()), v.to_string()),
+                        None => (None, rest.to_string()),
+                    };
+                    filter
+                        .wants(kind, issuer.as_deref(), &value)
+                        .then_some((kind, issuer, value, k))
+                })
+                .take(limit)
+                .collect();
+            if parsed.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut pipe = redis::pipe();
+            for (_, _, _, k) in &parsed {
+                pipe.cmd("GET").arg(k).cmd("EXPIRETIME").arg(k);
+            }
+            let vals: Vec<(Option<String>, i64)> = self
+                .run(|mut c| async move {
+                    let flat: Vec<redis::Value> = pipe.query_async(&mut c).await?;
+                    Ok(flat
+                        .chunks(2)
+                        .map(|p| {
+                            let v = redis::from_redis_value::<Option<String>>(p[0].clone())
+                                .ok()
+                                .flatten();
+                            let t = redis::from_redis_value::<i64>(p[1].clone()).unwrap_or(-2);
+                            (v, t)
+                        })
+                        .collect())
+                })
+                .await?;
+            let mut out: Vec<Listed> = parsed
+                .into_iter()
+                .zip(vals)
+                // Gone between SCAN and GET: expired or undone.
+                .filter(|(_, (v, _))| v.is_some())
+                .map(|((kind, issuer, value, _), (v, exp))| Listed {
+                    kind,
+                    issuer,
+                    value,
+                    until: (kind == ListedKind::Jti).then_some(exp).filter(|t| *t > 0),
+                    revoked_before: (kind == ListedKind::Sub)
+                        .then(|| v.and_then(|v| v.trim().parse().ok()))
+                        .flatten(),
+                })
+                .collect();
+            out.sort_by(|a, b| {
+                (a.kind as u8, &a.issuer, &a.value).cmp(&(b.kind as u8, &b.issuer, &b.value))
+            });
+            Ok(out)
         })
     }
 
