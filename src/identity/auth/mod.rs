@@ -236,21 +236,13 @@ impl Verifier {
     }
 
     async fn verify_uncached(&self, token: &str, key: [u8; 32]) -> Result<Verified, TokenError> {
-        let mut parts = token.split('.');
-        let (Some(h64), Some(p64), Some(sig), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(TokenError::Malformed("expected three dot-separated parts"));
-        };
-        let header: RawHeader = decode_json(h64, "header")?;
-        let Some(alg) = jwks::parse_alg(&header.alg) else {
-            return Err(TokenError::UnsupportedAlgorithm);
-        };
-        if header.crit.is_some() {
-            return Err(TokenError::Malformed(
-                "critical header extensions (crit) are not supported",
-            ));
-        }
+        let Jws {
+            header,
+            alg,
+            p64,
+            sig,
+            message,
+        } = split_jws(token)?;
         let claims: Value = decode_json(p64, "payload")?;
         let Value::Object(claims) = claims else {
             return Err(TokenError::Malformed("payload is not a JSON object"));
@@ -267,7 +259,6 @@ impl Verifier {
         // The generation is read before the keys, so a concurrent rotation can only make
         // this entry look stale (re-verified), never fresh.
         let generation = issuer.generation();
-        let message = &token.as_bytes()[..h64.len() + 1 + p64.len()];
         check_signature(issuer, alg, header.kid.as_deref(), sig, message).await?;
         self.check_static_claims(key, idx, generation, p64, &claims)
     }
@@ -472,22 +463,13 @@ pub async fn verify_signed(issuer: &IssuerKeys, token: &str) -> Result<Signed, T
     if token.len() > MAX_TOKEN_BYTES {
         return Err(TokenError::Malformed("token too large"));
     }
-    let mut parts = token.split('.');
-    let (Some(h64), Some(p64), Some(sig), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(TokenError::Malformed("expected three dot-separated parts"));
-    };
-    let header: RawHeader = decode_json(h64, "header")?;
-    let Some(alg) = jwks::parse_alg(&header.alg) else {
-        return Err(TokenError::UnsupportedAlgorithm);
-    };
-    if header.crit.is_some() {
-        return Err(TokenError::Malformed(
-            "critical header extensions (crit) are not supported",
-        ));
-    }
-    let message = &token.as_bytes()[..h64.len() + 1 + p64.len()];
+    let Jws {
+        header,
+        alg,
+        p64,
+        sig,
+        message,
+    } = split_jws(token)?;
     check_signature(issuer, alg, header.kid.as_deref(), sig, message).await?;
     let Value::Object(claims) = decode_json(p64, "payload")? else {
         return Err(TokenError::Malformed("payload is not a JSON object"));
@@ -514,6 +496,43 @@ fn token_id(jti: Option<&Scoped>, sub: &Scoped) -> [u8; 32] {
     let mut id = [0u8; 32];
     id.copy_from_slice(ctx.finish().as_ref());
     id
+}
+
+/// A compact JWS taken apart: its header (with a supported `alg` and no `crit`), the
+/// payload and signature segments, and the signed message. Nothing is verified yet.
+struct Jws<'a> {
+    header: RawHeader,
+    alg: Algorithm,
+    p64: &'a str,
+    sig: &'a str,
+    message: &'a [u8],
+}
+
+/// Split `token` into its three segments and read its header: the one parse both access
+/// tokens and the identity provider's signed messages (logout tokens, SETs) go through.
+fn split_jws(token: &str) -> Result<Jws<'_>, TokenError> {
+    let mut parts = token.split('.');
+    let (Some(h64), Some(p64), Some(sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed("expected three dot-separated parts"));
+    };
+    let header: RawHeader = decode_json(h64, "header")?;
+    let Some(alg) = jwks::parse_alg(&header.alg) else {
+        return Err(TokenError::UnsupportedAlgorithm);
+    };
+    if header.crit.is_some() {
+        return Err(TokenError::Malformed(
+            "critical header extensions (crit) are not supported",
+        ));
+    }
+    Ok(Jws {
+        header,
+        alg,
+        p64,
+        sig,
+        message: &token.as_bytes()[..h64.len() + 1 + p64.len()],
+    })
 }
 
 #[derive(serde::Deserialize)]
