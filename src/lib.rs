@@ -274,7 +274,7 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
             what: "listen.admin",
             source,
         })?;
-    tokio::spawn(log_when_ready(shared.clone(), shutdown_rx.clone()));
+    let ready_rx = shutdown_rx.clone();
     if let (Some(l), Some(addr)) = (metrics_std, metrics_addr) {
         let l = tokio::net::TcpListener::from_std(l).map_err(|source| ServeError::Bind {
             addr,
@@ -297,6 +297,8 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
 
     let show = |a: Option<SocketAddr>| a.map_or_else(|| "-".to_string(), |a| a.to_string());
     tracing::info!(https = %show(https_addr), http = %show(http_addr), authz = %show(authz_addr), admin = %admin_addr, metrics = %show(metrics_addr), workers = workers_n, "jwtgate serving");
+    // Started only now, so "ready" never comes before "serving" in the log.
+    tokio::spawn(log_when_ready(shared.clone(), ready_rx));
     Ok(Running {
         https_addr,
         http_addr,
