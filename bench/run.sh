@@ -5,7 +5,7 @@
 #
 # Usage: bench/run.sh [--rounds N] [--duration S] [--only SECTION[,SECTION...]] [--keep-tmp]
 #   SECTION: plain | tls | h2 | auth | mem | tokens | revocation | refresh | features | login
-#            | rules
+#            | rules | stores
 #            (default: all)
 #            peers  = no jwtgate rows (self-test of the peers; needs no Rust build); alone it
 #                     means every section, with others (peers,auth) only those
@@ -58,16 +58,16 @@ done
 [[ $PROPAGATION_N =~ ^[1-9][0-9]*$ ]] || die "BENCH_PROPAGATION_N must be a positive integer"
 
 USE_JG=1
-ALL_SECTIONS=(plain tls h2 auth mem tokens revocation refresh features login rules)
+ALL_SECTIONS=(plain tls h2 auth mem tokens revocation refresh features login rules stores)
 SECTIONS=("${ALL_SECTIONS[@]}")
 if [[ -n $ONLY ]]; then
     SECTIONS=()
     IFS=',' read -r -a only_list <<<"$ONLY"
     for s in "${only_list[@]}"; do
         case $s in
-            plain|tls|h2|auth|mem|tokens|revocation|refresh|features|login|rules) SECTIONS+=("$s") ;;
+            plain|tls|h2|auth|mem|tokens|revocation|refresh|features|login|rules|stores) SECTIONS+=("$s") ;;
             peers) USE_JG=0 ;;
-            *) die "--only: unknown section '$s' (plain, tls, h2, auth, mem, tokens, revocation, refresh, features, login, rules, peers)" ;;
+            *) die "--only: unknown section '$s' (plain, tls, h2, auth, mem, tokens, revocation, refresh, features, login, rules, stores, peers)" ;;
         esac
     done
     [[ ${#SECTIONS[@]} -gt 0 ]] || SECTIONS=("${ALL_SECTIONS[@]}")
@@ -87,7 +87,7 @@ ensure_tools() {
         fi
         command -v h2load >/dev/null 2>&1 || HAVE_H2LOAD=0
     fi
-    if [[ $USE_JG == 1 ]] && want_section revocation; then
+    if [[ $USE_JG == 1 ]] && { want_section revocation || want_section stores; }; then
         if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
             apt_install redis-server || die "apt-get install redis-server failed (the revocation section needs it)"
         fi
@@ -511,6 +511,133 @@ EOF
     forget_pid "$redis_pid"
 }
 
+# --- section "stores": the Redis store on one server, on Sentinel and on a Cluster ------------
+
+# start_redis NAME PORT DIR [ARGS...]: a private redis-server on 127.0.0.1:PORT -> LAST_PID
+start_redis() {
+    local name=$1 port=$2 dir=$3
+    shift 3
+    mkdir -p "$dir"
+    start_bg "$name" "$dir/redis.log" redis-server --port "$port" --bind 127.0.0.1 --save "" \
+        --appendonly no --daemonize no --dir "$dir" "$@"
+    wait_port "$name" "$LAST_PID" "$port" "$dir/redis.log"
+}
+
+# wait_for WHAT CMD...: until CMD succeeds (20 s at most)
+wait_for() {
+    local what=$1 i
+    shift
+    for ((i = 0; i < 200; i++)); do "$@" && return 0; sleep 0.1; done
+    die "$what: not within 20 s"
+}
+
+sentinels_agree() { # every sentinel knows the replica and the two other sentinels
+    local p m
+    for p in "$@"; do
+        m=$(redis-cli -p "$p" SENTINEL master mymaster 2>/dev/null | tr -d '\r' | paste -sd' ')
+        [[ $m == *"num-slaves 1 "* && $m == *"num-other-sentinels 2 "* ]] || return 1
+    done
+}
+
+cluster_ok() {
+    local p
+    for p in "$@"; do
+        redis-cli -p "$p" CLUSTER INFO 2>/dev/null | grep -q '^cluster_state:ok' || return 1
+    done
+}
+
+# propagation ID LABEL STORE_LINE: replicas A and B on that store (cache_ttl_ms 60000), as in
+# the revocation section, over PROPAGATION_N tokens
+store_propagation() {
+    local id=$1 label=$2 line=$3 a_tls a_http a_admin b_tls b_http b_admin a_pid b_pid rc=0 prop p50 p99 note
+    read -r a_tls a_http a_admin b_tls b_http b_admin <<<"$(free_ports 6)"
+    start_auth_variant "jwtgate $id A" "$TMP/gateway-$id-a.toml" "$a_tls" "$a_http" "$a_admin" \
+        revocation-store.toml STORE_LINE="$line" CACHE_TTL_MS=60000
+    a_pid=$LAST_PID
+    start_auth_variant "jwtgate $id B" "$TMP/gateway-$id-b.toml" "$b_tls" "$b_http" "$b_admin" \
+        revocation-store.toml STORE_LINE="$line" CACHE_TTL_MS=60000
+    b_pid=$LAST_PID
+    timeout -k 5 300 python3 "$BENCH/lib/propagation.py" --tokens "$STORE_TOKENS" --n "$PROPAGATION_N" \
+        --b-port "$b_http" --a-admin-port "$a_admin" --admin-token-env BENCH_ADMIN_TOKEN \
+        >"$TMP/out/propagation-$id.json" 2>"$TMP/out/propagation-$id.err" || rc=$?
+    if [[ $rc != 0 ]]; then
+        cat "$TMP/out/propagation-$id.err" >&2
+        die "propagation ($label) failed (exit $rc); replica logs: $TMP/gateway-$id-[ab].toml.log"
+    fi
+    prop=$(python3 - "$TMP/out/propagation-$id.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print(f"{d['p50_ms']}\t{d['p99_ms']}\tmax {d['max_ms']} ms over {d['propagated']} of {d['n']} tokens"
+      f" ({d['timeouts']} not seen within {d['timeout_s']} s); from A's 204 to B's first 401")
+PY
+)
+    IFS=$'\t' read -r p50 p99 note <<<"$prop"
+    info_row stores "prop-$id" "revocation propagation A → B, $label (p50 / p99 ms)" "$note" "" "$p50" "$p99"
+    log "[stores] propagation $label: p50 $p50 ms, p99 $p99 ms"
+    stop_pid "$b_pid"; forget_pid "$b_pid"
+    stop_pid "$a_pid"; forget_pid "$a_pid"
+}
+
+section_stores() {
+    local single p r s1 s2 s3 c1 c2 c3 s sp ports=() lines=() ids=(single sentinel cluster) i tls http admin
+    read -r single p r s1 s2 s3 c1 c2 c3 <<<"$(free_ports 9)"
+    # one server
+    start_redis "redis (single)" "$single" "$TMP/stores/single"
+    # Sentinel: a primary, its replica, three sentinels (quorum 2)
+    start_redis "redis (sentinel primary)" "$p" "$TMP/stores/primary" --repl-diskless-sync-delay 0
+    start_redis "redis (sentinel replica)" "$r" "$TMP/stores/replica" --repl-diskless-sync-delay 0 \
+        --replicaof 127.0.0.1 "$p"
+    for sp in "$s1" "$s2" "$s3"; do
+        mkdir -p "$TMP/stores/sentinel-$sp"
+        printf 'port %s\nbind 127.0.0.1\ndir %s\nsentinel monitor mymaster 127.0.0.1 %s 2\nsentinel down-after-milliseconds mymaster 1000\n' \
+            "$sp" "$TMP/stores/sentinel-$sp" "$p" >"$TMP/stores/sentinel-$sp/sentinel.conf"
+        start_bg "redis sentinel $sp" "$TMP/stores/sentinel-$sp/log" redis-server \
+            "$TMP/stores/sentinel-$sp/sentinel.conf" --sentinel
+        wait_port "redis sentinel" "$LAST_PID" "$sp" "$TMP/stores/sentinel-$sp/log"
+    done
+    wait_for "the sentinels agreeing on primary, replica and each other" sentinels_agree "$s1" "$s2" "$s3"
+    # Cluster: three masters
+    for s in "$c1" "$c2" "$c3"; do
+        start_redis "redis (cluster $s)" "$s" "$TMP/stores/cluster-$s" --cluster-enabled yes \
+            --cluster-config-file nodes.conf --cluster-node-timeout 1000
+    done
+    redis-cli --cluster create "127.0.0.1:$c1" "127.0.0.1:$c2" "127.0.0.1:$c3" --cluster-replicas 0 \
+        --cluster-yes >"$TMP/stores/cluster-create.log" 2>&1 || { cat "$TMP/stores/cluster-create.log" >&2; die "redis-cli --cluster create failed"; }
+    wait_for "cluster_state:ok on every node" cluster_ok "$c1" "$c2" "$c3"
+    REDIS_VERSION=$(redis-server --version | sed -n 's/.* v=\([0-9.]*\).*/\1/p')
+
+    lines=("redis_url = \"redis://127.0.0.1:$single/0\""
+        "redis_url = \"redis+sentinel://127.0.0.1:$s1,127.0.0.1:$s2,127.0.0.1:$s3/mymaster/0\""
+        "redis_cluster = [\"redis://127.0.0.1:$c1\", \"redis://127.0.0.1:$c2\", \"redis://127.0.0.1:$c3\"]")
+    local labels=("one redis-server" "Sentinel (1 primary, 1 replica, 3 sentinels)" "Cluster (3 masters)")
+    local pids=()
+    for i in 0 1 2; do
+        read -r tls http admin <<<"$(free_ports 3)"
+        start_auth_variant "jwtgate (${ids[i]} store)" "$TMP/gateway-store-${ids[i]}.toml" "$tls" "$http" "$admin" \
+            revocation-store.toml STORE_LINE="${lines[i]}" CACHE_TTL_MS=1000
+        pids+=("$LAST_PID")
+        add_target "jg-store-${ids[i]}" "jwtgate RS256 TLS, Redis store: ${labels[i]} (cache_ttl_ms 1000, warm)" wrk "$S:$tls/" "$TOKEN_RS"
+        T_NOTE[jg-store-${ids[i]}]="own redis-server $REDIS_VERSION processes on loopback; one token, so the cache is warm after the first request"
+        expect "jwtgate (${ids[i]} store) RS256" "${T_URL[jg-store-${ids[i]}]}" 200 "$TOKEN_RS"
+    done
+    T_NOTE[jg-store-sentinel]+="; target: within 3 % of one redis-server (ratio ≥ 0.97)"
+    T_NOTE[jg-store-cluster]+="; target: within 3 % of one redis-server (ratio ≥ 0.97)"
+    run_section stores jg-store-single jg-store-sentinel jg-store-cluster
+    for i in 2 1 0; do stop_pid "${pids[i]}"; forget_pid "${pids[i]}"; done
+
+    mint_many ES256 e1 "$TMP/keys/ec.pem" "$((PROPAGATION_N * 3))" stores
+    STORE_TOKENS=$MINTED
+    # each mode revokes its own third of the tokens
+    for i in 0 1 2; do
+        sed -n "$((i * PROPAGATION_N + 1)),$(((i + 1) * PROPAGATION_N))p" "$STORE_TOKENS" >"$STORE_TOKENS.$i"
+    done
+    local all=$STORE_TOKENS
+    for i in 0 1 2; do
+        STORE_TOKENS=$all.$i
+        store_propagation "${ids[i]}" "${labels[i]}" "${lines[i]}"
+    done
+}
+
 # --- section "refresh": edge refresh against a mock IdP ------------------------------------
 
 IDP_PORT=""
@@ -926,7 +1053,7 @@ for section in "${SECTIONS[@]}"; do
             fi
             run_section auth jg-open-tls jg-rs256-tls jg-es256-tls haproxy-rs256-tls jg-open-http jg-hs256-http haproxy-hs256-http
             ;;
-        tokens|revocation|refresh|features|login|rules)
+        tokens|revocation|refresh|features|login|rules|stores)
             if [[ $USE_JG == 1 ]]; then
                 "section_$section"
             else
@@ -1016,6 +1143,9 @@ RESULT=$BENCH/results/$STAMP$([[ $USE_JG == 1 ]] || echo -peers).md
         fi
         if want_section revocation; then
             echo "- revocation: own redis-server ${REDIS_VERSION:-?} on loopback (no persistence); propagation: $(commas "$PROPAGATION_N") tokens, lib/propagation.py"
+        fi
+        if want_section stores; then
+            echo "- stores: own redis-server ${REDIS_VERSION:-?} processes on loopback: one server; Sentinel (primary, replica, 3 sentinels); Cluster (3 masters); propagation: $(commas "$PROPAGATION_N") tokens per mode, lib/propagation.py"
         fi
         if want_section login; then
             echo "- login: mock IdP lib/mock_idp.py serving the discovery document for [login]; RS256 bearer tokens over TLS"

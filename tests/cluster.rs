@@ -1,12 +1,15 @@
 //! Redis Cluster with real engines: three masters (`redis-server --cluster-enabled yes`,
-//! joined by `redis-cli --cluster create`) and two gateway replicas on
-//! `[revocation] redis_cluster`. Revocations land on every node (the client routes by slot)
-//! and reach the other replica at once over classic pub/sub.
+//! joined by `redis-cli --cluster create`; some tests with a replica each) and two gateway
+//! replicas on `[revocation] redis_cluster`. Revocations land on every node (the client
+//! routes by slot) and reach the other replica at once over classic pub/sub; a master
+//! SIGKILLed and failed over to its replica loses no revocation confirmed with
+//! `min_replicas`, whose WAIT counts the replicas of the key's own master; the admin list
+//! walks every master; refresh single flight holds across replicas with keys on every node.
 
 mod common;
 
-use std::collections::HashSet;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use common::cluster::RedisCluster;
 use common::fleet::{fresh, Fleet};
@@ -53,4 +56,293 @@ async fn revocations_cross_replicas_on_a_cluster() {
     assert_eq!(fleet.call(late, &t).await, Ok(401));
     let (ok, _, _) = fresh();
     assert_eq!(fleet.call(late, &ok).await, Ok(200));
+}
+
+/// `min_replicas = 1` on a cluster of three masters with a replica each, the confirmation
+/// wait short enough for the test.
+fn durable_cfg(c: &RedisCluster) -> String {
+    format!(
+        "{}\nmin_replicas = 1\nmin_replicas_timeout_ms = 300",
+        cluster_cfg(c)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_in_the_cluster_loses_no_confirmed_revocation() {
+    let mut cluster = RedisCluster::start_with_replicas(1).await;
+    let fleet = Fleet::start(&durable_cfg(&cluster)).await;
+
+    let mut acked: Vec<(String, String)> = Vec::new();
+    for i in 0..60 {
+        let (t, jti, key) = fresh();
+        assert_eq!(fleet.revoke(i % 2, &jti).await, 204, "revocation {i}");
+        acked.push((t, key));
+    }
+    // SIGKILL the master holding the first key; its replica is the heir.
+    let dead = cluster.node_of(&acked[0].1).await;
+    let heir = cluster.replica_of(dead).await;
+    let on_dead = {
+        let mut n = 0;
+        for (_, k) in &acked {
+            n += (cluster.node_of(k).await == dead) as usize;
+        }
+        n
+    };
+    let killed = Instant::now();
+    cluster.nodes[dead].kill();
+
+    // Revocations go on through the failover: each 204 or 503, never anything else;
+    // until the heir is master and the cluster is ok again on every live node.
+    let (mut refused, mut during, mut n) = (0, 0, 0);
+    let promoted_after = loop {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the replica was never promoted"
+        );
+        let (t, jti, key) = fresh();
+        match fleet.revoke(n % 2, &jti).await {
+            204 => {
+                acked.push((t, key));
+                during += 1;
+            }
+            503 => refused += 1,
+            other => panic!("revocation during the failover answered {other}"),
+        }
+        n += 1;
+        if cluster.is_master(heir).await && cluster.wait_ok(Duration::ZERO).await {
+            break killed.elapsed();
+        }
+    };
+    // As an orchestrator would: the dead node comes back (empty) and rejoins as the
+    // replica of its heir; then every master has a replica again.
+    cluster.nodes[dead].restart().await;
+    assert!(
+        cluster
+            .wait_replicas(heir, 1, Duration::from_secs(20))
+            .await,
+        "the restarted node never became the heir's replica"
+    );
+    assert!(cluster.wait_ok(Duration::from_secs(20)).await);
+
+    // Revocations work again on every node, confirmed by a replica (the first may still
+    // meet a connection to the dead node; after one 204 they all succeed).
+    let first_204 = {
+        let fleet = &fleet;
+        let mut ok = None;
+        let start = Instant::now();
+        while ok.is_none() && start.elapsed() < Duration::from_secs(10) {
+            let (t, jti, key) = fresh();
+            if fleet.revoke(0, &jti).await == 204 {
+                ok = Some((t, key));
+            }
+        }
+        ok.expect("no revocation succeeded after the failover")
+    };
+    acked.push(first_204);
+    let mut nodes = HashSet::new();
+    for i in 0..30 {
+        let (t, jti, key) = fresh();
+        let r = fleet.revoke_resp(i % 2, &jti).await;
+        assert_eq!(r.status, 204, "revocation {i} after: {}", r.text());
+        nodes.insert(cluster.node_of(&key).await);
+        acked.push((t, key));
+    }
+    assert!(nodes.contains(&heir), "no key on the promoted master");
+
+    // Every 204 survived: in the cluster, and refused by both gateways.
+    for (t, key) in &acked {
+        cluster.node_of(key).await; // panics if no node holds it
+        for i in 0..2 {
+            assert_eq!(
+                fleet.call(i, t).await,
+                Ok(401),
+                "gateway {i} accepted a revoked token"
+            );
+        }
+    }
+    println!(
+        "cluster failover: {on_dead} of the first 60 keys on the killed master; heir promoted \
+         after {promoted_after:?}; during it {during} revocations answered 204 and {refused} \
+         503; {} confirmed revocations, none lost",
+        acked.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_replicas_on_a_cluster_waits_for_the_replica_of_the_keys_master() {
+    let cluster = RedisCluster::start_with_replicas(1).await;
+    let fleet = Fleet::start(&durable_cfg(&cluster)).await;
+    let (_, jti, _) = fresh();
+    assert_eq!(fleet.revoke(0, &jti).await, 204);
+
+    // One master loses its replica: revocations whose key it owns cannot be confirmed
+    // (503), the others are (204) — WAIT went to the key's own master.
+    let (_, _, first) = fresh();
+    let lonely = cluster.owner(&first).await;
+    let mut cluster = cluster;
+    let replica = cluster.replica_of(lonely).await;
+    cluster.nodes[replica].kill();
+    assert!(
+        cluster
+            .wait_replicas(lonely, 0, Duration::from_secs(10))
+            .await
+    );
+    let mut seen: HashMap<bool, usize> = HashMap::new();
+    let mut i = 0;
+    while seen.get(&true).copied().unwrap_or(0) < 3 || seen.get(&false).copied().unwrap_or(0) < 3 {
+        assert!(i < 200, "keys never fell on both kinds of master: {seen:?}");
+        let (t, jti, key) = fresh();
+        let alone = cluster.owner(&key).await == lonely;
+        let status = fleet.revoke(i % 2, &jti).await;
+        assert_eq!(
+            status,
+            if alone { 503 } else { 204 },
+            "key on master {} (the one without a replica: {lonely})",
+            cluster.owner(&key).await
+        );
+        if !alone {
+            assert_eq!(fleet.call(1 - i % 2, &t).await, Ok(401));
+        }
+        *seen.entry(alone).or_default() += 1;
+        i += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_list_shows_revocations_from_every_master() {
+    let cluster = RedisCluster::start().await;
+    let fleet = Fleet::start(&cluster_cfg(&cluster)).await;
+    let mut jtis = HashSet::new();
+    let mut nodes = HashSet::new();
+    for i in 0..30 {
+        let (_, jti, key) = fresh();
+        assert_eq!(fleet.revoke(i % 2, &jti).await, 204);
+        nodes.insert(cluster.node_of(&key).await);
+        jtis.insert(jti);
+    }
+    assert_eq!(nodes.len(), 3, "the keys missed a master: {nodes:?}");
+
+    let r = fleet.list(1, "limit=100").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["store"], "redis-cluster", "{body}");
+    assert_eq!(body["truncated"], false);
+    let listed: HashSet<String> = body["revocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(e["kind"], "jti", "{e}");
+            assert!(
+                e["until"].as_i64().unwrap() > jwtgate::auth::now_unix(),
+                "{e}"
+            );
+            e["value"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        listed, jtis,
+        "the list missed revocations held by some master"
+    );
+
+    // A limit below the count cuts the list and says so.
+    let body = fleet.list(0, "limit=10").await.json();
+    assert_eq!(body["revocations"].as_array().unwrap().len(), 10);
+    assert_eq!(body["truncated"], true);
+}
+
+fn sha256_hex(s: &str) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_single_flight_holds_across_replicas_with_keys_on_every_node() {
+    let cluster = RedisCluster::start().await;
+    let idp = MockIdp::start(vec![]).await;
+    let up = EchoUpstream::start().await;
+    std::env::set_var(CLIENT_SECRET_ENV, CLIENT_SECRET);
+    let cfg = format!(
+        "[[issuers]]\nname = \"s\"\nissuer = \"https://idp.test\"\naudiences = [\"api\"]\nleeway_s = 5\nkeys = [{{ kid = \"r1\", alg = \"RS256\", pem = \"{}\" }}]\n\n[refresh]\ntoken_endpoint = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_env = \"{CLIENT_SECRET_ENV}\"\nrefresh_before_s = 60\ntimeout_ms = 2000\n\n[revocation]\nstore = \"redis\"\n{}\n\n{}",
+        fixture("rsa.pub.pem").display(),
+        idp.token_url(),
+        cluster_cfg(&cluster),
+        route("api", "/api", &[&up.url()], "")
+    );
+    let gws = [
+        TestGateway::start(&cfg).await,
+        TestGateway::start(&cfg).await,
+    ];
+    idp.state()
+        .token_delay_ms
+        .store(300, std::sync::atomic::Ordering::SeqCst);
+
+    // Three refresh tokens whose coordination keys live on three different masters.
+    let mut rts: Vec<(String, usize)> = Vec::new();
+    for _ in 0..200 {
+        let rt = idp.issue_refresh_token("alice");
+        let node = cluster
+            .owner(&format!("jwtgate:{{rt:{}}}:lock", sha256_hex(&rt)))
+            .await;
+        if rts.iter().all(|(_, n)| *n != node) {
+            rts.push((rt, node));
+        }
+        if rts.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(rts.len(), 3);
+
+    // Six concurrent requests per token, alternating between the gateways, all at once.
+    let near_expiry = token(
+        "RS256",
+        Some("r1"),
+        serde_json::json!({"exp": jwtgate::auth::now_unix() + 10}),
+    );
+    let mut tasks = Vec::new();
+    for (k, (rt, _)) in rts.iter().enumerate() {
+        for j in 0..6 {
+            let gw = &gws[j % 2];
+            let cookie = format!("refresh_token={rt}; access_token={near_expiry}");
+            let (cl, url) = (gw.client_plain(), gw.http_url("/api/x"));
+            tasks.push((
+                k,
+                tokio::spawn(async move { cl.get(&url, &[("cookie", &cookie)]).await }),
+            ));
+        }
+    }
+    let mut fresh_tokens: HashMap<usize, HashSet<String>> = HashMap::new();
+    for (k, t) in tasks {
+        let resp = t.await.unwrap();
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        let c = resp
+            .headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .find(|c| c.starts_with("access_token="))
+            .expect("no new access token");
+        let v = c.split(';').next().unwrap().split_once('=').unwrap().1;
+        fresh_tokens.entry(k).or_default().insert(v.to_string());
+    }
+    assert_eq!(
+        idp.token_calls(),
+        3,
+        "the replicas replayed a refresh token (one call per token expected)"
+    );
+    for (k, set) in &fresh_tokens {
+        assert_eq!(
+            set.len(),
+            1,
+            "token {k}: every request must get the one new token"
+        );
+    }
+    // The result sits beside its lock: on the master the lock's slot named.
+    for (rt, node) in &rts {
+        let result = format!("jwtgate:{{rt:{}}}:result", sha256_hex(rt));
+        assert_eq!(cluster.node_of(&result).await, *node);
+    }
 }

@@ -500,7 +500,7 @@ async fn two_replicas_on_one_redis_share_one_refresh() {
     // The stored result is sealed: nothing in Redis reveals the new tokens.
     let mut conn = redis.conn().await;
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("jwtgate:refresh:result:*")
+        .arg("jwtgate:{rt:*}:result")
         .query_async(&mut conn)
         .await
         .unwrap();

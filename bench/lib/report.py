@@ -30,6 +30,7 @@ REL = {
     "features": [("jg-feat-global", "jg-feat-base"), ("jg-feat-all", "jg-feat-base")],
     "login": [("jg-login-on", "jg-login-off")],
     "rules": [("jg-rules-allow", "jg-rules-none")],
+    "stores": [("jg-store-sentinel", "jg-store-single"), ("jg-store-cluster", "jg-store-single")],
 }
 # (authenticated target, unauthenticated target in the same process): auth cost = 1 - a/b
 COSTS = {

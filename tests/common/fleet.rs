@@ -55,6 +55,11 @@ impl Fleet {
 
     /// `POST /revocations` for `jti` on gateway `i`: the status.
     pub async fn revoke(&self, i: usize, jti: &str) -> u16 {
+        self.revoke_resp(i, jti).await.status
+    }
+
+    /// `revoke`, the whole answer.
+    pub async fn revoke_resp(&self, i: usize, jti: &str) -> Resp {
         let gw = &self.gws[i];
         let auth = format!("Bearer {}", self.admin_token);
         let exp = jwtgate::auth::now_unix() + 3600;
@@ -74,7 +79,19 @@ impl Fleet {
             assert_eq!(r.json()["error"], "revocation_unavailable", "{}", r.text());
             assert_eq!(r.header("retry-after"), Some("1"));
         }
-        r.status
+        r
+    }
+
+    /// `GET /revocations?<query>` on gateway `i`, as the admin.
+    pub async fn list(&self, i: usize, query: &str) -> Resp {
+        let gw = &self.gws[i];
+        let auth = format!("Bearer {}", self.admin_token);
+        gw.client_plain()
+            .get(
+                &format!("http://{}/revocations?{query}", gw.admin),
+                &[("authorization", &auth)],
+            )
+            .await
     }
 
     pub async fn call(&self, i: usize, t: &str) -> Result<u16, String> {

@@ -38,7 +38,8 @@ impl Drop for SentinelProc {
     }
 }
 
-async fn conn(port: u16) -> Option<redis::aio::MultiplexedConnection> {
+/// A connection to the server on `port`, or `None` if it does not answer (killed).
+pub(super) async fn conn(port: u16) -> Option<redis::aio::MultiplexedConnection> {
     let c = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
     tokio::time::timeout(
         Duration::from_millis(500),

@@ -467,12 +467,6 @@ pub(super) fn validate_revocation(
                 ));
             }
         }
-        if r.min_replicas > 0 {
-            return Err(ctx.err(
-                "revocation.min_replicas",
-                "not supported with redis_cluster in this version (use Sentinel for confirmed replication)",
-            ));
-        }
         RedisTarget::Cluster {
             seeds: r.redis_cluster.clone(),
         }

@@ -886,11 +886,6 @@ admin = "127.0.0.1:0"
                 "revocation.redis_cluster",
                 "every seed",
             ),
-            (
-                "redis_cluster = ['redis://h1:7000']\nmin_replicas = 1",
-                "revocation.min_replicas",
-                "redis_cluster",
-            ),
         ] {
             let e = open_route(&format!("[revocation]\nstore = 'redis'\n{body}"))
                 .unwrap_err()
@@ -914,6 +909,12 @@ admin = "127.0.0.1:0"
                 ..
             }
         ));
+        // WAIT goes to the primary that owns the revocation's key.
+        let c = open_route(
+            "[revocation]\nstore = 'redis'\nredis_cluster = ['redis://h1:7000']\nmin_replicas = 1",
+        )
+        .unwrap();
+        assert_eq!(c.revocation.min_replicas, 1);
     }
 
     #[test]

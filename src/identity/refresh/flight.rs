@@ -13,10 +13,13 @@ use crate::config::Refresh;
 use crate::identity::auth::{self, now_unix, Verifier};
 
 /// Cross-replica single flight through Redis: the first replica to take
-/// `<prefix>refresh:lock:<sha256>` calls the IdP and stores the outcome under
-/// `<prefix>refresh:result:<sha256>` for the reuse window, encrypted with AES-256-GCM under a
+/// `<prefix>{rt:<sha256>}:lock` calls the IdP and stores the outcome under
+/// `<prefix>{rt:<sha256>}:result` for the reuse window, encrypted with AES-256-GCM under a
 /// key derived (HKDF) from the old refresh token, so only a client holding that token can
 /// make any replica use it. The others wait for that result instead of replaying the token.
+/// The hash tag `{rt:<sha256>}` puts both keys of one token in one cluster slot: the
+/// winner writes the result and frees the lock in one pipeline, and a waiter reads both in
+/// one, which a cluster allows only within a slot.
 pub(super) struct SharedFlight {
     pool: crate::identity::revocation::Pool,
     prefix: String,
@@ -63,8 +66,8 @@ impl SharedFlight {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        let lock = format!("{}refresh:lock:{id}", self.prefix);
-        let result = format!("{}refresh:result:{id}", self.prefix);
+        let lock = format!("{}{{rt:{id}}}:lock", self.prefix);
+        let result = format!("{}{{rt:{id}}}:result", self.prefix);
         let Ok(mut conn) = self.pool.get().await else {
             // Redis down: each replica still refreshes at most once per token.
             return call_idp().await;
@@ -102,43 +105,35 @@ impl SharedFlight {
                 }),
                 Err(_) => None,
             };
+            // The result first, then the lock freed: a waiter that sees the lock gone
+            // finds the result, if there is one.
+            let mut pipe = redis::pipe();
             if let Some(blob) = stored.and_then(|s| seal(refresh_token, &s)) {
-                let _ = redis::cmd("SET")
+                pipe.cmd("SET")
                     .arg(&result)
                     .arg(blob)
                     .arg("PX")
                     .arg(self.window.as_millis() as u64)
-                    .query_async::<()>(&mut *conn)
-                    .await;
+                    .ignore();
             }
-            let _ = redis::cmd("DEL")
-                .arg(&lock)
-                .query_async::<()>(&mut *conn)
-                .await;
+            pipe.cmd("DEL").arg(&lock).ignore();
+            let _ = pipe.query_async::<()>(&mut *conn).await;
             return out;
         }
-        // Another replica holds the lock: wait for its result.
+        // Another replica holds the lock: wait for its result. One round trip per poll:
+        // whether the lock is still held, then the result (in that order, so a lock seen
+        // gone means the result read after it is the winner's, or there is none).
         let deadline = Instant::now() + self.wait;
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(25)).await;
-            if let Some(out) = self
-                .stored(&mut conn, &result, refresh_token, verifier)
-                .await
-            {
+            let mut pipe = redis::pipe();
+            pipe.cmd("EXISTS").arg(&lock).cmd("GET").arg(&result);
+            let (held, blob): (bool, Option<String>) =
+                pipe.query_async(&mut *conn).await.unwrap_or((true, None));
+            if let Some(out) = self.opened(blob, refresh_token, verifier).await {
                 return out;
             }
-            let held: bool = redis::cmd("EXISTS")
-                .arg(&lock)
-                .query_async(&mut *conn)
-                .await
-                .unwrap_or(true);
             if !held {
-                if let Some(out) = self
-                    .stored(&mut conn, &result, refresh_token, verifier)
-                    .await
-                {
-                    return out;
-                }
                 break;
             }
         }
@@ -159,6 +154,16 @@ impl SharedFlight {
             .query_async(&mut **conn)
             .await
             .ok()?;
+        self.opened(blob, refresh_token, verifier).await
+    }
+
+    /// A stored outcome (`blob`, sealed) opened and its access token verified.
+    async fn opened(
+        &self,
+        blob: Option<String>,
+        refresh_token: &str,
+        verifier: &Verifier,
+    ) -> Option<Outcome> {
         let s = open_sealed(refresh_token, &blob?)?;
         if s.invalid_grant {
             return Some(Err(RefreshError::InvalidGrant));

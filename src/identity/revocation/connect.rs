@@ -80,6 +80,99 @@ impl redis::aio::ConnectionLike for Conn {
     }
 }
 
+/// A primary of a cluster, by address (as the cluster client names it).
+#[derive(Clone, Debug)]
+pub struct NodeAddr {
+    host: String,
+    port: u16,
+}
+
+impl Conn {
+    /// The nodes a keyspace walk must visit: the one server (`None`), or every primary of
+    /// the cluster (a SCAN sees only the keyspace of the node it runs on). The cluster
+    /// client sends `PING` to every primary and names each reply by its node's address.
+    pub async fn scan_nodes(&mut self) -> RedisResult<Vec<Option<NodeAddr>>> {
+        use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+        let Conn::Cluster(c) = self else {
+            return Ok(vec![None]);
+        };
+        let all = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+        let replies = c.route_command(redis::cmd("PING"), all).await?;
+        let redis::Value::Map(replies) = replies else {
+            return Err(unexpected("PING on every primary"));
+        };
+        let mut nodes = Vec::with_capacity(replies.len());
+        for (addr, reply) in replies {
+            if let redis::Value::ServerError(e) = reply {
+                return Err(e.into());
+            }
+            let addr: String = redis::from_redis_value(addr)?;
+            let (host, port) = addr
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_string(), p.parse().ok()?)))
+                .ok_or_else(|| unexpected("a primary's address"))?;
+            nodes.push(Some(NodeAddr { host, port }));
+        }
+        Ok(nodes)
+    }
+
+    /// One `SCAN cursor MATCH pattern COUNT 1000` on `node` (from `scan_nodes`): the next
+    /// cursor and the keys.
+    pub async fn scan_on(
+        &mut self,
+        node: Option<&NodeAddr>,
+        cursor: u64,
+        pattern: &str,
+    ) -> RedisResult<(u64, Vec<String>)> {
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000);
+        match (self, node) {
+            (Conn::Cluster(c), Some(n)) => {
+                use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+                let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: n.host.clone(),
+                    port: n.port,
+                });
+                Ok(redis::from_redis_value(c.route_command(scan, to).await?)?)
+            }
+            (conn, _) => scan.query_async(conn).await,
+        }
+    }
+}
+
+impl Conn {
+    /// `WAIT n timeout_ms` on the primary that owns `key` (the one a write of `key` just
+    /// went to on this connection): how many of its replicas have this connection's
+    /// writes. The cluster client would otherwise send WAIT to every primary.
+    pub async fn wait_on_key_master(
+        &mut self,
+        key: &str,
+        n: u32,
+        timeout_ms: u64,
+    ) -> RedisResult<u32> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(n).arg(timeout_ms);
+        match self {
+            Conn::Cluster(c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::with_key(key, SlotAddr::Master),
+                ));
+                Ok(redis::from_redis_value(c.route_command(wait, to).await?)?)
+            }
+            conn => wait.query_async(conn).await,
+        }
+    }
+}
+
+fn unexpected(what: &'static str) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Client, "unexpected reply", what.into()))
+}
+
 fn tls_certs(pem: &Option<Arc<Vec<u8>>>) -> Option<redis::TlsCertificates> {
     pem.as_ref().map(|p| redis::TlsCertificates {
         client_tls: None,

@@ -63,6 +63,13 @@ pub enum Message {
     UndoSub { issuer: String, undo_sub: String },
 }
 
+/// A revocation's writes, to be confirmed by `WAIT`: a pipeline on one server, or (in a
+/// cluster) one command and the key it writes, whose master the WAIT must go to.
+enum Durable<'a> {
+    Pipeline(redis::Pipeline),
+    Slot(redis::Cmd, &'a str),
+}
+
 /// Glob metacharacters of SCAN MATCH, escaped.
 fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -157,29 +164,41 @@ impl RedisStore {
             })?
     }
 
-    /// Run `pipe` (the SET), then PUBLISH the message; with `min_replicas`, end with
-    /// `WAIT min_replicas timeout` on a connection of its own (WAIT blocks the connection it
-    /// runs on: on the shared one it would stall every lookup behind it), and fail unless
-    /// enough replicas confirmed.
+    /// Run `set` (the SET of `key`), then PUBLISH the message; with `min_replicas`, end
+    /// with `WAIT min_replicas timeout` (see `replicated`) and fail unless enough replicas
+    /// confirmed.
     pub(super) async fn publish_with(
         &self,
-        mut pipe: redis::Pipeline,
+        set: redis::Cmd,
+        key: &str,
         msg: &Message,
     ) -> Result<(), StoreError> {
         let payload = serde_json::to_string(msg).map_err(|e| StoreError::Backend(e.to_string()))?;
         if self.connector.is_cluster() {
-            // A cluster pipeline must stay in one slot, and the channel hashes elsewhere
-            // than the key: the SET first (on the key's node), then the PUBLISH (any node;
-            // the cluster bus delivers it to subscribers on every node).
+            // The channel hashes elsewhere than the key, and a cluster pipeline must stay in
+            // one slot (nor does the client follow a MOVED inside one): the SET alone (on
+            // the key's master; with `min_replicas` followed by WAIT on that master), then
+            // the PUBLISH (any node; the cluster bus delivers it to subscribers on every
+            // node).
             let mut publish = redis::cmd("PUBLISH");
             publish.arg(self.channel()).arg(payload);
-            return self
-                .run(|mut c| async move {
-                    pipe.query_async::<()>(&mut c).await?;
-                    publish.query_async::<()>(&mut c).await
-                })
-                .await;
+            let stored = match self.min_replicas {
+                0 => {
+                    self.run(|mut c| async move { set.query_async::<()>(&mut c).await })
+                        .await
+                }
+                _ => self.replicated(Durable::Slot(set, key)).await,
+            };
+            // Published even when too few replicas confirmed: the master has the key, and
+            // every replica's cache should agree with it.
+            if let Ok(()) | Err(StoreError::NotReplicated { .. }) = stored {
+                self.run(|mut c| async move { publish.query_async::<()>(&mut c).await })
+                    .await?;
+            }
+            return stored;
         }
+        let mut pipe = redis::pipe();
+        pipe.add_command(set).ignore();
         pipe.cmd("PUBLISH")
             .arg(self.channel())
             .arg(payload)
@@ -189,18 +208,34 @@ impl RedisStore {
                 .run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
                 .await;
         }
+        self.replicated(Durable::Pipeline(pipe)).await
+    }
+
+    /// The writes of `op`, then `WAIT min_replicas timeout`, on a connection of its own
+    /// (WAIT blocks the connection it runs on: on the shared one it would stall every
+    /// lookup behind it; and it counts the replicas that have this connection's writes).
+    /// Fails unless enough replicas confirmed.
+    async fn replicated(&self, op: Durable<'_>) -> Result<(), StoreError> {
         let wanted = self.min_replicas;
-        pipe.cmd("WAIT")
-            .arg(wanted)
-            .arg(self.wait_timeout.as_millis() as u64);
+        let ms = self.wait_timeout.as_millis() as u64;
         let work = async {
             let mut conn = self
                 .pool
                 .get()
                 .await
                 .map_err(|e| StoreError::Backend(e.to_string()))?;
-            let (acked,): (u32,) = match pipe.query_async(&mut *conn).await {
-                Ok(v) => v,
+            let acked = match op {
+                Durable::Pipeline(mut pipe) => {
+                    pipe.cmd("WAIT").arg(wanted).arg(ms);
+                    pipe.query_async::<(u32,)>(&mut *conn).await.map(|(a,)| a)
+                }
+                Durable::Slot(set, key) => match set.query_async::<()>(&mut *conn).await {
+                    Ok(()) => conn.wait_on_key_master(key, wanted, ms).await,
+                    Err(e) => Err(e),
+                },
+            };
+            let acked = match acked {
+                Ok(a) => a,
                 Err(e) => {
                     // Broken or demoted: never hand this connection out again.
                     let _ = deadpool::managed::Object::take(conn);
@@ -220,9 +255,22 @@ impl RedisStore {
 }
 
 impl RedisStore {
-    /// DEL `key` and PUBLISH `msg` in one pipeline; whether the key existed.
+    /// DEL `key` and PUBLISH `msg` (in one pipeline on one server); whether the key existed.
     async fn delete_and_publish(&self, key: String, msg: &Message) -> Result<bool, StoreError> {
         let payload = serde_json::to_string(msg).map_err(|e| StoreError::Backend(e.to_string()))?;
+        if self.connector.is_cluster() {
+            // Key and channel hash to different slots: one command each.
+            let mut del = redis::cmd("DEL");
+            del.arg(key);
+            let deleted: i64 = self
+                .run(|mut c| async move { del.query_async(&mut c).await })
+                .await?;
+            let mut publish = redis::cmd("PUBLISH");
+            publish.arg(self.channel()).arg(payload);
+            self.run(|mut c| async move { publish.query_async::<()>(&mut c).await })
+                .await?;
+            return Ok(deleted > 0);
+        }
         let mut pipe = redis::pipe();
         pipe.cmd("DEL").arg(key);
         pipe.cmd("PUBLISH")
@@ -289,15 +337,12 @@ impl Store for RedisStore {
         until: i64,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut pipe = redis::pipe();
-            pipe.cmd("SET")
-                .arg(self.jti_key(jti))
-                .arg("1")
-                .arg("EXAT")
-                .arg(until)
-                .ignore();
+            let key = self.jti_key(jti);
+            let mut set = redis::cmd("SET");
+            set.arg(&key).arg("1").arg("EXAT").arg(until);
             self.publish_with(
-                pipe,
+                set,
+                &key,
                 &Message::Jti {
                     issuer: Some(jti.issuer().to_string()),
                     jti: jti.value().to_string(),
@@ -310,15 +355,15 @@ impl Store for RedisStore {
 
     fn revoke_sub<'a>(&'a self, sub: &'a Scoped, at: i64) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut pipe = redis::pipe();
-            pipe.cmd("SET")
-                .arg(self.sub_key(sub))
+            let key = self.sub_key(sub);
+            let mut set = redis::cmd("SET");
+            set.arg(&key)
                 .arg(at)
                 .arg("EX")
-                .arg(self.subject_ttl.as_secs().max(1))
-                .ignore();
+                .arg(self.subject_ttl.as_secs().max(1));
             self.publish_with(
-                pipe,
+                set,
+                &key,
                 &Message::Sub {
                     issuer: Some(sub.issuer().to_string()),
                     sub: sub.value().to_string(),
@@ -331,15 +376,15 @@ impl Store for RedisStore {
 
     fn revoke_sid<'a>(&'a self, sid: &'a Scoped) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut pipe = redis::pipe();
-            pipe.cmd("SET")
-                .arg(self.sid_key(sid))
+            let key = self.sid_key(sid);
+            let mut set = redis::cmd("SET");
+            set.arg(&key)
                 .arg("1")
                 .arg("EX")
-                .arg(self.subject_ttl.as_secs().max(1))
-                .ignore();
+                .arg(self.subject_ttl.as_secs().max(1));
             self.publish_with(
-                pipe,
+                set,
+                &key,
                 &Message::Sid {
                     issuer: sid.issuer().to_string(),
                     sid: sid.value().to_string(),
@@ -410,26 +455,27 @@ impl Store for RedisStore {
                 Some(s) => format!("{base}sub:*{}", glob_escape(s)),
                 None => format!("{base}*"),
             };
+            // A cluster's keyspace is split over its primaries, and SCAN walks the node it
+            // runs on: walk each primary in turn.
+            let nodes = self
+                .run(|mut c| async move { c.scan_nodes().await })
+                .await?;
             let mut keys: Vec<String> = Vec::new();
-            let mut cursor: u64 = 0;
-            loop {
-                let pattern = pattern.clone();
-                let (next, batch): (u64, Vec<String>) = self
-                    .run(|mut c| async move {
-                        redis::cmd("SCAN")
-                            .arg(cursor)
-                            .arg("MATCH")
-                            .arg(pattern)
-                            .arg("COUNT")
-                            .arg(1000)
-                            .query_async(&mut c)
-                            .await
-                    })
-                    .await?;
-                keys.extend(batch);
-                cursor = next;
-                if cursor == 0 || keys.len() >= limit.saturating_mul(4) {
-                    break;
+            'nodes: for node in nodes {
+                let mut cursor: u64 = 0;
+                loop {
+                    let (pattern, node) = (pattern.as_str(), node.as_ref());
+                    let (next, batch) = self
+                        .run(|mut c| async move { c.scan_on(node, cursor, pattern).await })
+                        .await?;
+                    keys.extend(batch);
+                    cursor = next;
+                    if keys.len() >= limit.saturating_mul(4) {
+                        break 'nodes;
+                    }
+                    if cursor == 0 {
+                        break;
+                    }
                 }
             }
             let strip = format!("{}revoked:", self.prefix);
@@ -456,23 +502,21 @@ impl Store for RedisStore {
             if parsed.is_empty() {
                 return Ok(Vec::new());
             }
-            let mut pipe = redis::pipe();
-            for (_, _, _, k) in &parsed {
-                pipe.cmd("GET").arg(k).cmd("EXPIRETIME").arg(k);
-            }
+            // GET + EXPIRETIME per key, all sent at once on the multiplexed connection (a
+            // cluster pipeline must stay in one slot, and the keys are spread over them).
             let vals: Vec<(Option<String>, i64)> = self
-                .run(|mut c| async move {
-                    let flat: Vec<redis::Value> = pipe.query_async(&mut c).await?;
-                    Ok(flat
-                        .chunks(2)
-                        .map(|p| {
-                            let v = redis::from_redis_value::<Option<String>>(p[0].clone())
-                                .ok()
-                                .flatten();
-                            let t = redis::from_redis_value::<i64>(p[1].clone()).unwrap_or(-2);
-                            (v, t)
-                        })
-                        .collect())
+                .run(|c| {
+                    futures_util::future::try_join_all(parsed.iter().map(|(_, _, _, k)| {
+                        let mut c = c.clone();
+                        let mut pipe = redis::pipe();
+                        pipe.cmd("GET").arg(k).cmd("EXPIRETIME").arg(k);
+                        async move {
+                            let (v, t): (redis::Value, redis::Value) =
+                                pipe.query_async(&mut c).await?;
+                            let v = redis::from_redis_value::<Option<String>>(v).ok().flatten();
+                            Ok((v, redis::from_redis_value::<i64>(t).unwrap_or(-2)))
+                        }
+                    }))
                 })
                 .await?;
             let mut out: Vec<Listed> = parsed
