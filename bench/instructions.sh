@@ -8,9 +8,15 @@
 #           `master_process off`, upstream keepalive); or `hyper-floor` (examples/
 #           hyper_floor.rs, the least a hyper proxy does per request; built here if needed)
 #   env: BENCH_IR_SECONDS (measured seconds per binary, default 10)
-#        BENCH_IR_ROUTE=none|jwt|rule (default none): the route is open; or needs an HS256
-#        bearer token (one token, so every measured request is a verified-cache hit); or
-#        also has an `allow` rule (a group check and a method check)
+#        BENCH_IR_ROUTE=none|jwt|rule|bearer|dpop (default none): the route is open; or needs
+#        an HS256 bearer token (one token, so every measured request is a verified-cache
+#        hit); or also has an `allow` rule (a group check and a method check); or `bearer`:
+#        an RS256 bearer token (a cache hit too), `sender_constraint = "off"`; or `dpop`:
+#        the same token bound to an ES256 key (`cnf.jkt`), `sender_constraint =
+#        "required"`, a new proof per request (bench/lib/dpop_proofs.lua, proofs made by
+#        the first jwtgate binary given), the replay cache in a redis-server started here
+#        (BENCH_IR_REDIS=0: the memory store). `bearer` and `dpop` need openssl and
+#        redis-server.
 #        BENCH_IR_KEEP=DIR keeps each callgrind dump there as callgrind.BINARY.REQUESTS
 #        (read it with `callgrind_annotate --inclusive=yes`)
 #
@@ -70,10 +76,36 @@ nginx -p "$TMP/up" -c "$TMP/up/nginx.conf" -e "$TMP/up/error.log"
 
 ROUTE_KIND=${BENCH_IR_ROUTE:-none}
 WRK_AUTH=()
+WRK_SCRIPT=()
 ISSUER_BLOCK=""
 ROUTE_EXTRA='auth = "none"'
 case $ROUTE_KIND in
     none) ;;
+    bearer|dpop)
+        JG=""
+        for b in "${BINS[@]}"; do [[ $b == nginx || $b == hyper-floor ]] || { JG=$b; break; }; done
+        [[ -n $JG ]] || die "BENCH_IR_ROUTE=$ROUTE_KIND needs a jwtgate binary among the targets"
+        openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$TMP/rsa.pem" 2>/dev/null
+        openssl pkey -in "$TMP/rsa.pem" -pubout -out "$TMP/rsa.pub.pem"
+        ISSUER_BLOCK=$(printf '[[issuers]]\nname = "b"\nissuer = "bench"\nkeys = [{ kid = "r1", alg = "RS256", pem = "%s" }]\n\n[tokens]\ndpop_iat_window_s = 3600\n' "$TMP/rsa.pub.pem")
+        mint() { "$JG" token --alg RS256 --key "$TMP/rsa.pem" --kid r1 --iss bench --sub alice --ttl 7200 "$@" | tail -n 1; }
+        if [[ $ROUTE_KIND == bearer ]]; then
+            ROUTE_EXTRA=$'auth = "required"\nsender_constraint = "off"'
+            WRK_AUTH=(-H "Authorization: Bearer $(mint)")
+        else
+            ROUTE_EXTRA=$'auth = "required"\nsender_constraint = "required"'
+            openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$TMP/dpop.pem" 2>/dev/null
+            DPOP_TOKEN=$(mint --dpop-key "$TMP/dpop.pem")
+            export DPOP_TOKEN
+            if [[ ${BENCH_IR_REDIS:-1} == 1 ]]; then
+                REDIS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+                redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$TMP/redis.log" 2>&1 &
+                PIDS+=($!)
+                for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+                ISSUER_BLOCK+=$(printf '\n\n[revocation]\nstore = "redis"\nredis_url = "redis://127.0.0.1:%s/0"\n' "$REDIS_PORT")
+            fi
+        fi
+        ;;
     jwt|rule)
         export BENCH_IR_HS_SECRET="instructions-bench-secret-of-32-bytes-or-more"
         ISSUER_BLOCK=$(printf '[[issuers]]\nname = "b"\nissuer = "https://bench.test"\nkeys = [{ kid = "h1", alg = "HS256", secret_env = "BENCH_IR_HS_SECRET" }]\n')
@@ -146,11 +178,25 @@ for b in "${BINS[@]}"; do
         >"$TMP/gateway.log" 2>&1 &
     vg=$!
     PIDS+=("$vg")
-    for _ in $(seq 150); do curl -fs -o /dev/null "${WRK_AUTH[@]}" "http://127.0.0.1:$GW/" && break; sleep 0.2; done
-    curl -fs -o /dev/null "${WRK_AUTH[@]}" "http://127.0.0.1:$GW/" || die "$b did not start under valgrind, or refused the request (see $TMP/gateway.log)"
-    wrk -t1 -c8 -d3s "${WRK_AUTH[@]}" "http://127.0.0.1:$GW/" >/dev/null
+    if [[ $ROUTE_KIND == dpop ]]; then
+        # Proofs for this binary's warm-up and measured run, never sent before; a proof
+        # per request at what callgrind lets through (a few hundred per second).
+        for part in warm run; do
+            "$JG" dpop-proof --key "$TMP/dpop.pem" --url "http://127.0.0.1:$GW/" --token "$DPOP_TOKEN" \
+                --count $((2000 * (SECONDS_PER_RUN + 3))) >"$TMP/proofs-$part.txt"
+        done
+        probe=(-H "Authorization: DPoP $DPOP_TOKEN" -H "DPoP: $("$JG" dpop-proof --key "$TMP/dpop.pem" --url "http://127.0.0.1:$GW/" --token "$DPOP_TOKEN")")
+        WRK_SCRIPT=(-s "$ROOT/bench/lib/dpop_proofs.lua")
+    else
+        probe=("${WRK_AUTH[@]}")
+    fi
+    for _ in $(seq 150); do curl -fs -o /dev/null "http://127.0.0.1:$ADMIN/readyz" && break; sleep 0.2; done
+    curl -fs -o /dev/null "${probe[@]}" "http://127.0.0.1:$GW/" || die "$b did not start under valgrind, or refused the request (see $TMP/gateway.log)"
+    DPOP_PROOFS=$TMP/proofs-warm.txt wrk -t1 -c8 -d3s "${WRK_AUTH[@]}" "${WRK_SCRIPT[@]}" "http://127.0.0.1:$GW/" >/dev/null
     callgrind_control -z "$vg" >/dev/null 2>&1
-    w=$(wrk -t1 -c8 -d"${SECONDS_PER_RUN}s" "${WRK_AUTH[@]}" "http://127.0.0.1:$GW/")
+    w=$(DPOP_PROOFS=$TMP/proofs-run.txt wrk -t1 -c8 -d"${SECONDS_PER_RUN}s" "${WRK_AUTH[@]}" "${WRK_SCRIPT[@]}" "http://127.0.0.1:$GW/")
+    bad=$(awk '/Non-2xx/ {print $NF}' <<<"$w")
+    [[ -z $bad ]] || log "WARNING: $b: $bad non-2xx responses in the measured run"
     callgrind_control -d "$vg" >/dev/null 2>&1
     kill "$vg"; wait "$vg" 2>/dev/null || true
     reqs=$(awk '/requests in/{print $1}' <<<"$w")

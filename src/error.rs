@@ -68,11 +68,14 @@ pub enum ProofError {
     Ath,
     #[error("jti missing or too long")]
     Jti,
+    /// `[tokens] dpop_nonce`: no nonce, or not a current one (`use_dpop_nonce`).
+    #[error("nonce missing, expired or not the gateway's")]
+    Nonce,
 }
 
 impl ProofError {
     /// Every variant, for metric families created up front.
-    pub const ALL: [ProofError; 13] = [
+    pub const ALL: [ProofError; 14] = [
         ProofError::Missing,
         ProofError::Repeated,
         ProofError::Malformed,
@@ -86,6 +89,7 @@ impl ProofError {
         ProofError::Iat,
         ProofError::Ath,
         ProofError::Jti,
+        ProofError::Nonce,
     ];
 
     /// The metric label (`jwtgate_dpop_proofs_total{result}`).
@@ -104,12 +108,16 @@ impl ProofError {
             ProofError::Iat => "iat",
             ProofError::Ath => "ath",
             ProofError::Jti => "jti",
+            ProofError::Nonce => "nonce",
         }
     }
 }
 
 /// The DPoP algorithms accepted in proofs, as the `algs` of a DPoP challenge.
 pub const DPOP_ALGS: &str = "ES256 EdDSA PS256 RS256";
+
+/// The response header carrying a fresh DPoP server nonce (RFC 9449 §8.1).
+pub static DPOP_NONCE: http::HeaderName = http::HeaderName::from_static("dpop-nonce");
 
 /// A request that cannot be forwarded, with the response the client gets instead.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +141,10 @@ pub enum GatewayError {
     /// A valid proof whose `jti` was seen before (on any replica sharing the store).
     #[error("dpop proof replayed")]
     DpopReplayed,
+    /// `[tokens] dpop_nonce`: the proof must carry a current server nonce; the response
+    /// carries one (`DPoP-Nonce`) for the retry (RFC 9449 §8).
+    #[error("Resource server requires nonce in DPoP proof")]
+    UseDpopNonce(HeaderValue),
     /// A `cnf.x5t#S256`-bound token over a connection without that client certificate
     /// (RFC 8705 §3).
     #[error("certificate mismatch")]
@@ -196,6 +208,7 @@ impl GatewayError {
             GatewayError::InvalidDpopProof(_) | GatewayError::DpopReplayed => {
                 (StatusCode::UNAUTHORIZED, "invalid_dpop_proof")
             }
+            GatewayError::UseDpopNonce(_) => (StatusCode::UNAUTHORIZED, "use_dpop_nonce"),
             GatewayError::CertificateMismatch | GatewayError::NotSenderConstrained => {
                 (StatusCode::UNAUTHORIZED, "invalid_token")
             }
@@ -234,6 +247,9 @@ impl GatewayError {
             GatewayError::InvalidDpopProof(_) | GatewayError::DpopReplayed => Some(format!(
                 "DPoP algs=\"{DPOP_ALGS}\", error=\"invalid_dpop_proof\", error_description=\"{description}\""
             )),
+            GatewayError::UseDpopNonce(_) => Some(format!(
+                "DPoP algs=\"{DPOP_ALGS}\", error=\"use_dpop_nonce\", error_description=\"{description}\""
+            )),
             // RFC 8705 §3 / RFC 6750: the token is unusable as presented.
             GatewayError::CertificateMismatch | GatewayError::NotSenderConstrained => {
                 Some(format!(
@@ -268,6 +284,9 @@ impl GatewayError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(concat!("DPoP algs=\"", "ES256 EdDSA PS256 RS256", "\"")),
             );
+        }
+        if let GatewayError::UseDpopNonce(nonce) = &self {
+            resp.headers_mut().insert(DPOP_NONCE.clone(), nonce.clone());
         }
         if let GatewayError::RateLimited { retry_after_s } = self {
             resp.headers_mut()

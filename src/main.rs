@@ -78,6 +78,9 @@ enum Cmd {
         /// The access token the proof goes with (`ath`).
         #[arg(long)]
         token: Option<String>,
+        /// The server's nonce (its `DPoP-Nonce` header), when it asks for one.
+        #[arg(long)]
+        nonce: Option<String>,
         /// Print this many proofs (distinct jti), one per line (benchmarks).
         #[arg(long, default_value_t = 1)]
         count: u64,
@@ -178,8 +181,16 @@ fn main() -> ExitCode {
             method,
             url,
             token,
+            nonce,
             count,
-        } => dpop_proof(&key, &method, &url, token.as_deref(), count),
+        } => dpop_proof(
+            &key,
+            &method,
+            &url,
+            token.as_deref(),
+            nonce.as_deref(),
+            count,
+        ),
         Cmd::Revoke {
             jti,
             exp,
@@ -500,6 +511,7 @@ fn dpop_proof(
     method: &str,
     url: &str,
     token: Option<&str>,
+    nonce: Option<&str>,
     count: u64,
 ) -> ExitCode {
     use std::io::Write;
@@ -509,7 +521,7 @@ fn dpop_proof(
     };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for _ in 0..count {
-        match k.proof(method, url, token) {
+        match k.proof(method, url, token, nonce) {
             Ok(p) => {
                 let _ = writeln!(out, "{p}");
             }

@@ -32,6 +32,17 @@ impl DpopKey {
     }
 
     fn proof_at(&self, method: &str, url: &str, token: Option<&str>, iat: i64) -> String {
+        self.proof_full(method, url, token, iat, None)
+    }
+
+    fn proof_full(
+        &self,
+        method: &str,
+        url: &str,
+        token: Option<&str>,
+        iat: i64,
+        nonce: Option<&str>,
+    ) -> String {
         let jti = jwtgate::token::random_id();
         proof::mint(
             &self.key,
@@ -42,8 +53,20 @@ impl DpopKey {
             token,
             iat,
             &jti,
+            nonce,
         )
         .unwrap()
+    }
+
+    /// A proof carrying the server's nonce.
+    fn proof_nonce(&self, url: &str, token: &str, nonce: &str) -> String {
+        self.proof_full(
+            "GET",
+            url,
+            Some(token),
+            jwtgate::auth::now_unix(),
+            Some(nonce),
+        )
     }
 
     fn proof(&self, method: &str, url: &str, token: &str) -> String {
@@ -622,6 +645,19 @@ async fn config_errors_name_the_key() {
             "[tokens]\ndpop_iat_window_s = 0\n[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstreams = [\"http://127.0.0.1:1\"]\n",
             "tokens.dpop_iat_window_s",
         ),
+        // Nonces on without a secret; a secret with nonces off; a secret that is not set.
+        (
+            "[tokens]\ndpop_nonce = true\n[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstreams = [\"http://127.0.0.1:1\"]\n",
+            "tokens.dpop_nonce_secret_env",
+        ),
+        (
+            "[tokens]\ndpop_nonce_secret_env = \"X\"\n[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstreams = [\"http://127.0.0.1:1\"]\n",
+            "tokens.dpop_nonce_secret_env",
+        ),
+        (
+            "[tokens]\ndpop_nonce = true\ndpop_nonce_secret_env = \"SENDER_TEST_UNSET_NONCE_SECRET\"\n[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstreams = [\"http://127.0.0.1:1\"]\n",
+            "tokens.dpop_nonce_secret_env",
+        ),
     ];
     for (body, key) in cases {
         let text = format!("{}{}{body}", base_config(dir.path(), ""), issuer());
@@ -707,10 +743,11 @@ async fn the_cli_mints_a_bound_token_and_its_proofs() {
     assert_refused(&r, "invalid dpop proof", "token without proof");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_forward_auth_listener_checks_proofs_against_the_original_url() {
+/// A gateway with the forward-auth listener and route `/api` under
+/// `sender_constraint = "required"`; `tables` come before the route.
+async fn authz_gateway(tables: &str) -> TestGateway {
     let cfg = format!(
-        "{}[authz]\ntrusted_proxies = [\"127.0.0.1\"]\n\n{}",
+        "{}{tables}[authz]\ntrusted_proxies = [\"127.0.0.1\"]\n\n{}",
         issuer(),
         route(
             "api",
@@ -719,28 +756,33 @@ async fn the_forward_auth_listener_checks_proofs_against_the_original_url() {
             "sender_constraint = \"required\""
         )
     );
-    let gw = TestGateway::start_authz(&cfg, "").await;
+    TestGateway::start_authz(&cfg, "").await
+}
+
+/// A forward-auth decision as Traefik/Caddy ask for one: the original request in
+/// `X-Forwarded-*` (GET https://shop.example/api/orders?x=1), the client's token and proof.
+async fn ask_authz(gw: &TestGateway, auth: &str, proof: String) -> Resp {
+    let h = [
+        ("x-forwarded-method", "GET"),
+        ("x-forwarded-uri", "/api/orders?x=1"),
+        ("x-forwarded-host", "shop.example"),
+        ("x-forwarded-proto", "https"),
+        ("authorization", auth),
+        ("dpop", proof.as_str()),
+    ];
+    Client::plain()
+        .get(&format!("http://{}/", gw.authz.unwrap()), &h)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forward_auth_listener_checks_proofs_against_the_original_url() {
+    let gw = authz_gateway("").await;
     let k = DpopKey::new();
     let t = k.token();
     let auth = format!("DPoP {t}");
     // As Traefik/Caddy ask: the original request in X-Forwarded-*; the proof names it.
-    let ask = |proof: String| {
-        let gw = &gw;
-        let auth = auth.clone();
-        async move {
-            let h = [
-                ("x-forwarded-method", "GET"),
-                ("x-forwarded-uri", "/api/orders?x=1"),
-                ("x-forwarded-host", "shop.example"),
-                ("x-forwarded-proto", "https"),
-                ("authorization", auth.as_str()),
-                ("dpop", proof.as_str()),
-            ];
-            Client::plain()
-                .get(&format!("http://{}/", gw.authz.unwrap()), &h)
-                .await
-        }
-    };
+    let ask = |proof: String| ask_authz(&gw, &auth, proof);
     let r = ask(k.proof("GET", "https://shop.example/api/orders", &t)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-user-id"), Some("alice"));
@@ -751,4 +793,130 @@ async fn the_forward_auth_listener_checks_proofs_against_the_original_url() {
     let p = k.proof("GET", "https://shop.example/api/orders", &t);
     assert_eq!(ask(p.clone()).await.status, 200);
     assert_refused(&ask(p).await, "dpop proof replayed", "replayed decision");
+}
+
+/// `[tokens] dpop_nonce`, with the secret both replicas share.
+const NONCE_SECRET_ENV: &str = "SENDER_TEST_DPOP_NONCE_SECRET";
+const NONCE_SECRET: &str = "a nonce secret every replica shares, 32+ bytes";
+const NONCE_LIFETIME_S: u64 = 300;
+
+fn nonce_tables() -> String {
+    std::env::set_var(NONCE_SECRET_ENV, NONCE_SECRET);
+    format!(
+        "[tokens]\ndpop_nonce = true\ndpop_nonce_secret_env = \"{NONCE_SECRET_ENV}\"\ndpop_nonce_lifetime_s = {NONCE_LIFETIME_S}\n\n"
+    )
+}
+
+/// GET `/api/x` on `gw` with the token and one proof.
+async fn with_proof(gw: &TestGateway, auth: &str, proof: &str) -> Resp {
+    call(
+        gw,
+        &gw.http_url("/api/x"),
+        &[("authorization", auth), ("dpop", proof)],
+    )
+    .await
+}
+
+/// A 401 asking for a nonce: the `use_dpop_nonce` challenge and a `DPoP-Nonce` to retry
+/// with, which it returns.
+fn assert_nonce_asked(r: &Resp, what: &str) -> String {
+    assert_eq!(r.status, 401, "{what}: {}", r.text());
+    assert_eq!(r.json()["error"], "use_dpop_nonce", "{what}");
+    let www = r.header("www-authenticate").unwrap_or("");
+    assert!(
+        www.starts_with("DPoP algs=\"ES256 EdDSA PS256 RS256\", error=\"use_dpop_nonce\""),
+        "{what}: {www}"
+    );
+    let n = r.header("dpop-nonce").expect("DPoP-Nonce on the 401");
+    assert!(!n.is_empty(), "{what}");
+    n.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpop_nonces_are_asked_for_taken_shared_by_replicas_and_rotated() {
+    let up = EchoUpstream::start().await;
+    let a = gateway(&up, "required", "", &nonce_tables(), "").await;
+    let b = gateway(&up, "required", "", &nonce_tables(), "").await;
+    let k = DpopKey::new();
+    let t = k.token();
+    let auth = format!("DPoP {t}");
+    let url = a.http_url("/api/x");
+    // No nonce: 401 use_dpop_nonce with one to use; nothing reaches the upstream.
+    let r = with_proof(&a, &auth, &k.proof("GET", &url, &t)).await;
+    let nonce = assert_nonce_asked(&r, "no nonce");
+    // The retry with it passes.
+    let r = with_proof(&a, &auth, &k.proof_nonce(&url, &t, &nonce)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        up.last().headers["authorization"],
+        format!("Bearer {t}").as_str()
+    );
+    // Replica B (same secret) takes A's nonce.
+    let url_b = b.http_url("/api/x");
+    let r = with_proof(&b, &auth, &k.proof_nonce(&url_b, &t, &nonce)).await;
+    assert_eq!(r.status, 200, "replica B: {}", r.text());
+    // A nonce made with another secret is not the gateway's.
+    let now = jwtgate::auth::now_unix();
+    let foreign =
+        jwtgate::sender::nonce::Nonces::new(b"some other secret, also 32 bytes!", NONCE_LIFETIME_S)
+            .current(now);
+    let r = with_proof(
+        &a,
+        &auth,
+        &k.proof_nonce(&url, &t, foreign.to_str().unwrap()),
+    )
+    .await;
+    assert_nonce_asked(&r, "nonce under another secret");
+    // The same secret one bucket back: still taken, and the response hands out the
+    // current nonce so the client rotates.
+    let ours = jwtgate::sender::nonce::Nonces::new(NONCE_SECRET.as_bytes(), NONCE_LIFETIME_S);
+    let previous = ours.current(now - NONCE_LIFETIME_S as i64);
+    let r = with_proof(
+        &a,
+        &auth,
+        &k.proof_nonce(&url, &t, previous.to_str().unwrap()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "previous bucket: {}", r.text());
+    let rotated = r
+        .header("dpop-nonce")
+        .expect("a fresh DPoP-Nonce after a new bucket");
+    assert_ne!(rotated, previous.to_str().unwrap());
+    assert_eq!(
+        with_proof(&a, &auth, &k.proof_nonce(&url, &t, rotated))
+            .await
+            .status,
+        200,
+        "the rotated nonce"
+    );
+    // Two buckets back (older than one lifetime past its own): asked again.
+    let old = ours.current(now - 2 * NONCE_LIFETIME_S as i64);
+    let r = with_proof(&a, &auth, &k.proof_nonce(&url, &t, old.to_str().unwrap())).await;
+    assert_nonce_asked(&r, "nonce two buckets old");
+    // A valid nonce does not make a replay acceptable.
+    let p = k.proof_nonce(&url, &t, &nonce);
+    assert_eq!(with_proof(&a, &auth, &p).await.status, 200);
+    assert_refused(
+        &with_proof(&a, &auth, &p).await,
+        "dpop proof replayed",
+        "replay with a nonce",
+    );
+    assert!(
+        a.has_metric("jwtgate_dpop_proofs_total{result=\"nonce\"} 3")
+            .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forward_auth_listener_asks_for_nonces_too() {
+    let gw = authz_gateway(&nonce_tables()).await;
+    let k = DpopKey::new();
+    let t = k.token();
+    let auth = format!("DPoP {t}");
+    let ask = |proof: String| ask_authz(&gw, &auth, proof);
+    let url = "https://shop.example/api/orders";
+    let nonce = assert_nonce_asked(&ask(k.proof("GET", url, &t)).await, "authz, no nonce");
+    let r = ask(k.proof_nonce(url, &t, &nonce)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-user-id"), Some("alice"));
 }

@@ -1,7 +1,8 @@
--- bench/dpop.sh: every request carries a new DPoP proof from a pre-generated file (one per
--- line, `jwtgate dpop-proof --count N`). Thread k of n sends lines k, k+n, k+2n, ... so no
--- two requests share a proof; when the file runs out the thread starts over (and those
--- replays are refused with 401, counted by wrk as non-2xx: make the file long enough).
+-- bench/dpop.sh and bench/instructions.sh: every request carries a new DPoP proof from a
+-- file made for this run alone (one per line, `jwtgate dpop-proof --count N`). Thread k of
+-- n sends lines k, k+n, k+2n, ... so no two requests share a proof. When its share runs
+-- out a thread starts it over: those replays are refused with 401 and counted by wrk as
+-- non-2xx, which the caller reports (give each run a file of its own, long enough).
 local threads = {}
 
 function setup(thread)

@@ -317,7 +317,12 @@ auth = "none"
     let dpop_path = dir.join("dpop.key");
     std::fs::write(&dpop_path, dpop_pem).map_err(|e| e.to_string())?;
     let bound = idp_state.bound_access_token("alice", &dpop.thumbprint())?;
-    let proof = dpop.proof("GET", &format!("http://{http}/bound/orders"), Some(&bound))?;
+    let proof = dpop.proof(
+        "GET",
+        &format!("http://{http}/bound/orders"),
+        Some(&bound),
+        None,
+    )?;
     let dpop_auth = format!("DPoP {bound}");
     let with_proof = [
         ("authorization", dpop_auth.as_str()),

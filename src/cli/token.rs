@@ -194,8 +194,15 @@ impl DpopKey {
         crate::identity::sender::proof::jwk_thumbprint(&self.jwk).unwrap_or_default()
     }
 
-    /// A fresh proof (new `jti`, `iat` now) for `method` on `url`, with `ath` for `token`.
-    pub fn proof(&self, method: &str, url: &str, token: Option<&str>) -> Result<String, String> {
+    /// A fresh proof (new `jti`, `iat` now) for `method` on `url`, with `ath` for `token`
+    /// and the server's `nonce` when it asked for one.
+    pub fn proof(
+        &self,
+        method: &str,
+        url: &str,
+        token: Option<&str>,
+        nonce: Option<&str>,
+    ) -> Result<String, String> {
         crate::identity::sender::proof::mint(
             &self.key,
             self.alg,
@@ -205,6 +212,7 @@ impl DpopKey {
             token,
             crate::identity::auth::now_unix(),
             &random_id(),
+            nonce,
         )
         .map_err(|e| e.to_string())
     }

@@ -242,6 +242,12 @@ pub(super) struct FileTokens {
     pub(super) dpop_iat_window_s: u64,
     /// Behind a TLS terminator: the header carrying the client certificate (URL-encoded PEM).
     pub(super) client_cert_header: Option<String>,
+    /// DPoP server nonces (RFC 9449 §8).
+    pub(super) dpop_nonce: bool,
+    /// The environment variable holding the nonce HMAC secret (shared by replicas).
+    pub(super) dpop_nonce_secret_env: Option<String>,
+    /// A nonce's time bucket (seconds).
+    pub(super) dpop_nonce_lifetime_s: u64,
 }
 
 impl Default for FileTokens {
@@ -251,6 +257,9 @@ impl Default for FileTokens {
             csrf: true,
             dpop_iat_window_s: 60,
             client_cert_header: None,
+            dpop_nonce: false,
+            dpop_nonce_secret_env: None,
+            dpop_nonce_lifetime_s: 300,
         }
     }
 }

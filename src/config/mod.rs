@@ -305,6 +305,17 @@ pub struct Tokens {
     /// `client_cert_header`: the client certificate as a TLS terminator forwards it,
     /// believed only with `[server] trusted_proxy_hops` > 0.
     pub client_cert_header: Option<http::HeaderName>,
+    /// `dpop_nonce = true`: DPoP proofs must carry a server nonce (RFC 9449 §8).
+    pub dpop_nonce: Option<DpopNonce>,
+}
+
+/// `[tokens] dpop_nonce_secret_env` and `dpop_nonce_lifetime_s`.
+#[derive(Debug, Clone)]
+pub struct DpopNonce {
+    /// The HMAC key every replica shares (its `Debug` never shows it).
+    pub secret: Password,
+    /// A nonce's time bucket, in seconds: it is accepted for one to two of these.
+    pub lifetime_s: u64,
 }
 
 /// A route's `sender_constraint`: what it asks of tokens bound to a key (`cnf.jkt`, DPoP)

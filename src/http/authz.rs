@@ -92,6 +92,9 @@ async fn decide<'a>(
     if let (Some((grant, channel)), Some(r)) = (&renewed, &app.config.refresh) {
         refresh::return_tokens(h, r, grant, *channel);
     }
+    if let Some(n) = auth.and_then(|a| a.dpop_nonce) {
+        h.insert(crate::error::DPOP_NONCE.clone(), n);
+    }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
 }

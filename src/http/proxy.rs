@@ -112,6 +112,10 @@ async fn proxy<'a>(
     if let (Some((grant, channel)), Some(r)) = (&renewed, &app.config.refresh) {
         refresh::return_tokens(resp.headers_mut(), r, grant, *channel);
     }
+    if let Some(n) = auth.and_then(|a| a.dpop_nonce) {
+        resp.headers_mut()
+            .insert(crate::error::DPOP_NONCE.clone(), n);
+    }
     let idle = app.config.server.stream_idle_timeout;
     Ok(resp.map(|b| body::upstream(b, idle)))
 }

@@ -278,6 +278,7 @@ async fn decide_steps<'a>(
                         bearer: HeaderValue::try_from(format!("Bearer {}", grant.access_token))
                             .ok(),
                         dpop_scheme: false,
+                        dpop_nonce: None,
                     });
                     renewed = Some((grant, channel));
                 }
@@ -371,7 +372,7 @@ async fn check_sender(
         tls_cert: conn.client_cert.as_deref(),
         trusted_proxy: hops > 0,
     };
-    app.sender.check(mode, a, &facts, now_unix()).await?;
+    a.dpop_nonce = app.sender.check(mode, a, &facts, now_unix()).await?;
     parts.headers.remove(&sender::DPOP);
     Ok(())
 }

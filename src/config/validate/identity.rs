@@ -384,12 +384,53 @@ pub(super) fn validate_tokens(ctx: &Ctx, t: &FileTokens) -> Result<Tokens, Confi
         .as_deref()
         .map(|h| header_name(ctx, "tokens.client_cert_header", h))
         .transpose()?;
+    let dpop_nonce = validate_dpop_nonce(ctx, t)?;
     Ok(Tokens {
         sources,
         csrf: t.csrf,
         dpop_iat_window_s: t.dpop_iat_window_s,
         client_cert_header,
+        dpop_nonce,
     })
+}
+
+/// `dpop_nonce`, `dpop_nonce_secret_env`, `dpop_nonce_lifetime_s`: the secret is
+/// required with nonces on (every replica must share it), and means nothing without them.
+fn validate_dpop_nonce(ctx: &Ctx, t: &FileTokens) -> Result<Option<DpopNonce>, ConfigError> {
+    if !t.dpop_nonce {
+        if t.dpop_nonce_secret_env.is_some() {
+            return Err(ctx.err(
+                "tokens.dpop_nonce_secret_env",
+                "only applies with dpop_nonce = true",
+            ));
+        }
+        return Ok(None);
+    }
+    if t.dpop_nonce_lifetime_s == 0 || t.dpop_nonce_lifetime_s > 86_400 {
+        return Err(ctx.err("tokens.dpop_nonce_lifetime_s", "must be 1 to 86400"));
+    }
+    let Some(var) = t.dpop_nonce_secret_env.as_deref() else {
+        return Err(ctx.err(
+            "tokens.dpop_nonce_secret_env",
+            "required with dpop_nonce = true: the environment variable holding the nonce secret every replica shares",
+        ));
+    };
+    let secret = std::env::var(var).map_err(|_| {
+        ctx.err(
+            "tokens.dpop_nonce_secret_env",
+            format!("environment variable {var} is not set"),
+        )
+    })?;
+    if secret.len() < 32 {
+        return Err(ctx.err(
+            "tokens.dpop_nonce_secret_env",
+            format!("the secret in {var} must be at least 32 bytes"),
+        ));
+    }
+    Ok(Some(DpopNonce {
+        secret: Password(secret),
+        lifetime_s: t.dpop_nonce_lifetime_s,
+    }))
 }
 
 pub(super) fn validate_identity(ctx: &Ctx, i: &FileIdentity) -> Result<Identity, ConfigError> {

@@ -89,6 +89,9 @@ pub struct Authenticated {
     pub bearer: Option<HeaderValue>,
     /// Presented as `Authorization: DPoP <token>` (RFC 9449 §7.1).
     pub dpop_scheme: bool,
+    /// A fresh DPoP server nonce for the response (`DPoP-Nonce`), when the proof's was
+    /// from the previous bucket (RFC 9449 §8).
+    pub dpop_nonce: Option<HeaderValue>,
 }
 
 /// Verifies tokens against the configured issuers.
@@ -212,6 +215,7 @@ impl Verifier {
             verified,
             bearer,
             dpop_scheme: carrier == Carrier::Dpop,
+            dpop_nonce: None,
         }))
     }
 
@@ -651,6 +655,7 @@ mod tests {
             csrf: true,
             dpop_iat_window_s: 60,
             client_cert_header: None,
+            dpop_nonce: None,
         }
     }
 

@@ -2,8 +2,10 @@
 //! proof of possession made for this request; a token bound to a client certificate
 //! (`cnf.x5t#S256`, RFC 8705) needs that certificate on the connection, or from a trusted
 //! TLS terminator's header. A route's `sender_constraint` says whether binding counts.
-//! The proof itself is checked in `proof`; seen proofs are remembered in `replay`.
+//! The proof itself is checked in `proof`; seen proofs are remembered in `replay`; server
+//! nonces (`[tokens] dpop_nonce`) are made and checked in `nonce`.
 
+pub mod nonce;
 pub mod proof;
 pub mod replay;
 
@@ -21,6 +23,9 @@ pub static DPOP: HeaderName = HeaderName::from_static("dpop");
 /// Checks sender-constrained tokens; owns the replay cache and its counters.
 pub struct SenderCheck {
     replay: Replay,
+    /// Checked proof headers (a client's key, parsed once).
+    keys: proof::Keys,
+    nonces: Option<nonce::Nonces>,
     window: i64,
     cert_header: Option<HeaderName>,
     pub counters: Counters,
@@ -62,6 +67,11 @@ impl SenderCheck {
     ) -> SenderCheck {
         SenderCheck {
             replay: Replay::new(tokens.dpop_iat_window_s, revocation, connector),
+            keys: proof::Keys::default(),
+            nonces: tokens
+                .dpop_nonce
+                .as_ref()
+                .map(|n| nonce::Nonces::new(n.secret.0.as_bytes(), n.lifetime_s)),
             window: tokens.dpop_iat_window_s.min(i64::MAX as u64) as i64,
             cert_header: tokens.client_cert_header.clone(),
             counters: Counters::default(),
@@ -81,34 +91,40 @@ impl SenderCheck {
     /// The route's `sender_constraint` applied to an authenticated request. `Off`: nothing
     /// is checked. Otherwise a `cnf.jkt` token, or any token sent with the DPoP scheme,
     /// needs a valid, fresh proof; a `cnf.x5t#S256` token needs that certificate; and
-    /// under `Required` a token with neither binding is refused.
+    /// under `Required` a token with neither binding is refused. `Some`: a fresh server
+    /// nonce for the response (the proof's was from the previous bucket).
     pub async fn check(
         &self,
         mode: SenderConstraint,
         auth: &Authenticated,
         facts: &Facts<'_>,
         now: i64,
-    ) -> Result<(), GatewayError> {
+    ) -> Result<Option<HeaderValue>, GatewayError> {
         if mode == SenderConstraint::Off {
-            return Ok(());
+            return Ok(None);
         }
         let v = &auth.verified;
+        let mut fresh_nonce = None;
         if v.cnf_jkt.is_some() || auth.dpop_scheme {
             match self.check_dpop(auth, facts, now).await {
-                Ok(()) => {
+                Ok(n) => {
                     self.counters.dpop_accepted.inc();
+                    fresh_nonce = n;
                 }
                 Err(e) => {
-                    match &e {
-                        GatewayError::InvalidDpopProof(p) => {
-                            if let Some(i) = ProofError::ALL.iter().position(|x| x == p) {
-                                self.counters.dpop_refused[i].inc();
-                            }
-                        }
+                    let refused = match &e {
+                        GatewayError::InvalidDpopProof(p) => Some(*p),
+                        GatewayError::UseDpopNonce(_) => Some(ProofError::Nonce),
                         GatewayError::DpopReplayed => {
                             self.counters.dpop_replayed.inc();
+                            None
                         }
-                        _ => {}
+                        _ => None,
+                    };
+                    if let Some(i) =
+                        refused.and_then(|p| ProofError::ALL.iter().position(|x| *x == p))
+                    {
+                        self.counters.dpop_refused[i].inc();
                     }
                     return Err(e);
                 }
@@ -127,15 +143,17 @@ impl SenderCheck {
             self.counters.unbound_refused.inc();
             return Err(GatewayError::NotSenderConstrained);
         }
-        Ok(())
+        Ok(fresh_nonce)
     }
 
+    /// The proof, then the server nonce (before the replay cache: a proof refused for
+    /// its nonce is not remembered), then replay.
     async fn check_dpop(
         &self,
         auth: &Authenticated,
         facts: &Facts<'_>,
         now: i64,
-    ) -> Result<(), GatewayError> {
+    ) -> Result<Option<HeaderValue>, GatewayError> {
         let mut lines = facts.headers.get_all(&DPOP).iter();
         let Some(line) = lines.next() else {
             return Err(GatewayError::InvalidDpopProof(ProofError::Missing));
@@ -162,13 +180,24 @@ impl SenderCheck {
             window: self.window,
             now,
         };
-        let p = proof::verify(text.trim(), &want).map_err(GatewayError::InvalidDpopProof)?;
+        let p = proof::verify(text.trim(), &want, &self.keys)
+            .map_err(GatewayError::InvalidDpopProof)?;
+        let fresh_nonce = match &self.nonces {
+            None => None,
+            Some(n) => match n.check(p.nonce.as_deref(), now) {
+                nonce::Freshness::Current => None,
+                nonce::Freshness::Previous => Some(n.current(now)),
+                nonce::Freshness::Invalid => {
+                    return Err(GatewayError::UseDpopNonce(n.current(now)))
+                }
+            },
+        };
         match self
             .replay
             .first_sighting(&p.jkt, &p.jti, p.iat.max(now) + self.window, now)
             .await?
         {
-            Seen::First => Ok(()),
+            Seen::First => Ok(fresh_nonce),
             Seen::Replayed => Err(GatewayError::DpopReplayed),
         }
     }

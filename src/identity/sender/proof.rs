@@ -1,7 +1,12 @@
 //! One DPoP proof (RFC 9449 §4.3) checked against one request: a pure function of the
-//! proof, what the request says (method, target URI, access token) and the clock. Replay
-//! (`jti`) is the caller's, because it needs shared state.
+//! proof, what the request says (method, target URI, access token) and the clock, with a
+//! cache of checked proof headers (`Keys`) in front of the header's parsing. Replay (`jti`)
+//! and server nonces are the caller's, because they need shared state or a secret.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use aws_lc_rs::signature::ParsedPublicKey;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::Algorithm;
@@ -32,13 +37,16 @@ pub struct Expected<'a> {
     pub now: i64,
 }
 
-/// A proof that passed every check but replay.
+/// A proof that passed every check but replay (and the server nonce, which is the
+/// caller's: it needs the nonce secret).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Proof {
     /// RFC 7638 thumbprint of the proof's key (base64url SHA-256).
-    pub jkt: String,
+    pub jkt: Arc<str>,
     pub jti: String,
     pub iat: i64,
+    /// The `nonce` claim (RFC 9449 §8), when the proof has one.
+    pub nonce: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -49,17 +57,80 @@ struct Header {
     crit: Option<Value>,
 }
 
-/// Check `proof` against the request. Every failure names the check it failed.
-pub fn verify(proof: &str, want: &Expected<'_>) -> Result<Proof, ProofError> {
-    if proof.len() > MAX_PROOF_BYTES {
-        return Err(ProofError::Malformed);
+/// The claims a proof is checked on, borrowed from the decoded payload where they need no
+/// unescaping; other claims are skipped. A claim of the wrong JSON type fails the parse
+/// (`Malformed`).
+#[derive(serde::Deserialize)]
+struct Claims<'a> {
+    #[serde(borrow)]
+    jti: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    htm: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    htu: Option<Cow<'a, str>>,
+    iat: Option<serde_json::Number>,
+    #[serde(borrow)]
+    ath: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    nonce: Option<Cow<'a, str>>,
+}
+
+/// A proof header that passed its checks (`typ`, `alg` on the allow-list, no `crit`, a
+/// public `jwk` usable with `alg`), reduced to what verification needs: the key, parsed
+/// once, and its thumbprint.
+pub struct HeaderKey {
+    jkt: Arc<str>,
+    key: ParsedPublicKey,
+}
+
+/// Largest signature taken: RSA 4096 (512 bytes). Larger ones fail `Signature`.
+const MAX_SIGNATURE_BYTES: usize = 512;
+/// Bound on the header cache, weighted by the header's length plus the parsed key.
+const KEYS_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// What a parsed key costs besides its header text (an RSA `EVP_PKEY` is the largest).
+const KEY_WEIGHT: usize = 2048;
+
+/// Checked proof headers by their base64url text. A client signs many proofs with one key,
+/// and its header (`typ`, `alg`, `jwk`) is the same text in each, so the header's JSON,
+/// the jwk checks, its thumbprint and the parsed key are worked out once per key, not per
+/// request. The text is the whole input of those checks, so a hit gives exactly what
+/// parsing again would. Bounded by weight; an idle key leaves after `KEYS_IDLE`.
+pub struct Keys {
+    cache: moka::sync::Cache<Box<str>, Arc<HeaderKey>>,
+}
+
+/// How long an unused header stays cached.
+const KEYS_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl Default for Keys {
+    fn default() -> Keys {
+        Keys {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(KEYS_MAX_BYTES)
+                .weigher(|k: &Box<str>, _: &Arc<HeaderKey>| {
+                    (k.len() + KEY_WEIGHT).min(u32::MAX as usize) as u32
+                })
+                .time_to_idle(KEYS_IDLE)
+                .build(),
+        }
     }
-    let mut parts = proof.split('.');
-    let (Some(h64), Some(p64), Some(sig), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(ProofError::Malformed);
-    };
+}
+
+impl Keys {
+    /// The checked key of header `h64`, from the cache or parsed now (and cached when it
+    /// passes; a refused header is not remembered).
+    fn get(&self, h64: &str) -> Result<Arc<HeaderKey>, ProofError> {
+        if let Some(k) = self.cache.get(h64) {
+            return Ok(k);
+        }
+        let k = Arc::new(parse_header(h64)?);
+        self.cache.insert(h64.into(), k.clone());
+        Ok(k)
+    }
+}
+
+/// Every check a proof header gets, and its key parsed for verification.
+fn parse_header(h64: &str) -> Result<HeaderKey, ProofError> {
     let header: Header = decode_json(h64)?;
     if !header
         .typ
@@ -83,58 +154,109 @@ pub fn verify(proof: &str, want: &Expected<'_>) -> Result<Proof, ProofError> {
         return Err(ProofError::Jwk);
     };
     let jkt = check_public_jwk(jwk, alg)?;
-    let key = serde_json::from_value::<jsonwebtoken::jwk::Jwk>(Value::Object(jwk.clone()))
-        .ok()
-        .and_then(|j| jsonwebtoken::DecodingKey::from_jwk(&j).ok())
-        .ok_or(ProofError::Jwk)?;
-    if sig.is_empty() {
-        return Err(ProofError::Signature);
+    let member = |name: &str| {
+        jwk.get(name)
+            .and_then(Value::as_str)
+            .and_then(|v| URL_SAFE_NO_PAD.decode(v).ok())
+            .ok_or(ProofError::Jwk)
+    };
+    use aws_lc_rs::signature as sig;
+    let key = match alg {
+        Algorithm::ES256 => {
+            let (x, y) = (member("x")?, member("y")?);
+            if x.len() != 32 || y.len() != 32 {
+                return Err(ProofError::Jwk);
+            }
+            let point = [&[4u8][..], &x, &y].concat();
+            ParsedPublicKey::new(&sig::ECDSA_P256_SHA256_FIXED, point)
+        }
+        Algorithm::EdDSA => ParsedPublicKey::new(&sig::ED25519, member("x")?),
+        _ => {
+            let params = if alg == Algorithm::PS256 {
+                &sig::RSA_PSS_2048_8192_SHA256
+            } else {
+                &sig::RSA_PKCS1_2048_8192_SHA256
+            };
+            let (n, e) = (member("n")?, member("e")?);
+            sig::RsaPublicKeyComponents { n, e }.to_parsed_public_key(params)
+        }
     }
+    .map_err(|_| ProofError::Jwk)?;
+    Ok(HeaderKey {
+        jkt: jkt.into(),
+        key,
+    })
+}
+
+/// Check `proof` against the request, with `keys` remembering checked headers. Every
+/// failure names the check it failed.
+pub fn verify(proof: &str, want: &Expected<'_>, keys: &Keys) -> Result<Proof, ProofError> {
+    if proof.len() > MAX_PROOF_BYTES {
+        return Err(ProofError::Malformed);
+    }
+    let mut parts = proof.split('.');
+    let (Some(h64), Some(p64), Some(sig64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ProofError::Malformed);
+    };
+    let key = keys.get(h64)?;
+    let mut sig = [0u8; MAX_SIGNATURE_BYTES];
+    let n = match URL_SAFE_NO_PAD.decode_slice(sig64, &mut sig) {
+        Ok(n) if n > 0 => n,
+        _ => return Err(ProofError::Signature),
+    };
     let message = &proof.as_bytes()[..h64.len() + 1 + p64.len()];
-    if !jsonwebtoken::crypto::verify(sig, message, &key, alg).unwrap_or(false) {
+    if key.key.verify_sig(message, &sig[..n]).is_err() {
         return Err(ProofError::Signature);
     }
     // Signed by the key in its header; now is it the token's key, and this request?
     if let Some(bound) = want.jkt {
-        if !constant_time_eq(bound.as_bytes(), jkt.as_bytes()) {
+        if !constant_time_eq(bound.as_bytes(), key.jkt.as_bytes()) {
             return Err(ProofError::Key);
         }
     }
-    let claims: Value = decode_json(p64)?;
-    let Value::Object(claims) = claims else {
-        return Err(ProofError::Malformed);
-    };
-    let jti = match claims.get("jti") {
-        Some(Value::String(j)) if !j.is_empty() && j.len() <= MAX_JTI_BYTES => j.clone(),
+    let payload = URL_SAFE_NO_PAD
+        .decode(p64)
+        .map_err(|_| ProofError::Malformed)?;
+    let claims: Claims<'_> = serde_json::from_slice(&payload).map_err(|_| ProofError::Malformed)?;
+    let jti = match claims.jti {
+        Some(j) if !j.is_empty() && j.len() <= MAX_JTI_BYTES => j.into_owned(),
         _ => return Err(ProofError::Jti),
     };
-    match claims.get("htm") {
-        Some(Value::String(m)) if m == want.method => {}
-        _ => return Err(ProofError::Htm),
+    if claims.htm.as_deref() != Some(want.method) {
+        return Err(ProofError::Htm);
     }
-    let htu = match claims.get("htu") {
-        Some(Value::String(u)) => normalize_htu(u).ok_or(ProofError::Htu)?,
+    match claims.htu.as_deref() {
+        // Most clients send the normal form already: compared as it is.
+        Some(u) if u == want.htu => {}
+        Some(u) if normalize_htu(u).is_some_and(|n| n == want.htu) => {}
         _ => return Err(ProofError::Htu),
-    };
-    if htu != want.htu {
-        return Err(ProofError::Htu);
     }
-    let iat = match claims.get("iat") {
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
-            .ok_or(ProofError::Iat)?,
-        _ => return Err(ProofError::Iat),
-    };
+    let iat = claims
+        .iat
+        .and_then(|n| {
+            n.as_i64()
+                .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+        })
+        .ok_or(ProofError::Iat)?;
     if (want.now - iat).abs() > want.window {
         return Err(ProofError::Iat);
     }
-    let ath = URL_SAFE_NO_PAD.encode(want.token_sha256);
-    match claims.get("ath") {
-        Some(Value::String(a)) if constant_time_eq(a.as_bytes(), ath.as_bytes()) => {}
+    let mut ath = [0u8; 43];
+    let written = URL_SAFE_NO_PAD
+        .encode_slice(want.token_sha256, &mut ath)
+        .map_err(|_| ProofError::Ath)?;
+    match claims.ath {
+        Some(a) if constant_time_eq(a.as_bytes(), &ath[..written]) => {}
         _ => return Err(ProofError::Ath),
     }
-    Ok(Proof { jkt, jti, iat })
+    Ok(Proof {
+        jkt: key.jkt.clone(),
+        jti,
+        iat,
+        nonce: claims.nonce.map(Cow::into_owned),
+    })
 }
 
 /// The jwk must be a public key of the kind `alg` signs with; its RFC 7638 thumbprint.
@@ -244,7 +366,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Mint a proof (the CLI and the tests): `key` signs with `alg`, `jwk` is its public JWK.
+/// Mint a proof (the CLI and the tests): `key` signs with `alg`, `jwk` is its public JWK;
+/// `nonce`: a server's `DPoP-Nonce` (RFC 9449 §8).
 #[allow(clippy::too_many_arguments)]
 pub fn mint(
     key: &jsonwebtoken::EncodingKey,
@@ -255,9 +378,13 @@ pub fn mint(
     token: Option<&str>,
     iat: i64,
     jti: &str,
+    nonce: Option<&str>,
 ) -> Result<String, jsonwebtoken::errors::Error> {
     let header = serde_json::json!({"typ": "dpop+jwt", "alg": alg_name(alg), "jwk": jwk});
     let mut claims = serde_json::json!({"jti": jti, "htm": method, "htu": url, "iat": iat});
+    if let Some(n) = nonce {
+        claims["nonce"] = n.into();
+    }
     if let Some(t) = token {
         let h = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.as_bytes());
         claims["ath"] = URL_SAFE_NO_PAD.encode(h).into();
@@ -300,6 +427,10 @@ mod tests {
         d.as_ref().try_into().unwrap()
     }
 
+    /// One header cache for every check here, as in the gateway: mutated and forged
+    /// headers must miss it, and the valid one is a hit after its first use.
+    static KEYS: std::sync::LazyLock<Keys> = std::sync::LazyLock::new(Keys::default);
+
     fn check(proof: &str, jkt: &str, now: i64) -> Result<Proof, ProofError> {
         let htu = normalize_htu(URL).unwrap();
         let ath = sha(TOKEN);
@@ -313,6 +444,7 @@ mod tests {
                 window: 60,
                 now,
             },
+            &KEYS,
         )
     }
 
@@ -322,10 +454,12 @@ mod tests {
         let jkt = jwk_thumbprint(&jwk).unwrap();
         let now = 1_800_000_000;
         let mk = |m: &str, u: &str, t: Option<&str>, iat: i64| {
-            mint(&key, Algorithm::ES256, &jwk, m, u, t, iat, "j1").unwrap()
+            mint(&key, Algorithm::ES256, &jwk, m, u, t, iat, "j1", None).unwrap()
         };
         let ok = check(&mk("GET", URL, Some(TOKEN), now), &jkt, now).unwrap();
-        assert_eq!((ok.jkt.as_str(), ok.jti.as_str()), (jkt.as_str(), "j1"));
+        assert_eq!((&*ok.jkt, ok.jti.as_str()), (jkt.as_str(), "j1"));
+        // Twice: the second check takes the header from the cache.
+        assert!(check(&mk("GET", URL, Some(TOKEN), now), &jkt, now).is_ok());
         // Scheme and host case, default port, query and fragment do not matter.
         let same = "HTTPS://API.Example:8443/orders/7?x=1#f";
         assert!(check(&mk("GET", same, Some(TOKEN), now), &jkt, now).is_ok());
@@ -388,6 +522,7 @@ mod tests {
             Some(TOKEN),
             now,
             "j",
+            None,
         )
         .unwrap();
         let mut parts = good.split('.');
@@ -456,6 +591,7 @@ mod tests {
             Some(TOKEN),
             now,
             "j",
+            None,
         )
         .unwrap();
         assert!(check(&good, &jkt, now).is_ok());
