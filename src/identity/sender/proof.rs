@@ -96,7 +96,7 @@ const KEY_WEIGHT: usize = 2048;
 /// request. The text is the whole input of those checks, so a hit gives exactly what
 /// parsing again would. Bounded by weight; an idle key leaves after `KEYS_IDLE`.
 pub struct Keys {
-    cache: moka::sync::Cache<Box<str>, Arc<HeaderKey>>,
+    cache: moka::sync::Cache<String, Arc<HeaderKey>>,
 }
 
 /// How long an unused header stays cached.
@@ -107,7 +107,7 @@ impl Default for Keys {
         Keys {
             cache: moka::sync::Cache::builder()
                 .max_capacity(KEYS_MAX_BYTES)
-                .weigher(|k: &Box<str>, _: &Arc<HeaderKey>| {
+                .weigher(|k: &String, _: &Arc<HeaderKey>| {
                     (k.len() + KEY_WEIGHT).min(u32::MAX as usize) as u32
                 })
                 .time_to_idle(KEYS_IDLE)
@@ -124,7 +124,7 @@ impl Keys {
             return Ok(k);
         }
         let k = Arc::new(parse_header(h64)?);
-        self.cache.insert(h64.into(), k.clone());
+        self.cache.insert(h64.to_string(), k.clone());
         Ok(k)
     }
 }
