@@ -318,7 +318,10 @@ async fn refusals_carry_and_log_the_request_id() {
     assert_eq!(from_proxy.header("x-request-id"), Some("nginx-7f3a"));
     let own = ask("/api/own", None).await;
     assert_eq!(own.status, 401);
-    let own_id = own.header("x-request-id").expect("no x-request-id").to_string();
+    let own_id = own
+        .header("x-request-id")
+        .expect("no x-request-id")
+        .to_string();
     assert!(own_id.len() > 4 && own_id != "nginx-7f3a");
     // A URI without its method: 400, before the original request is known.
     let bad = Client::plain()
@@ -328,7 +331,10 @@ async fn refusals_carry_and_log_the_request_id() {
         )
         .await;
     assert_eq!(bad.status, 400);
-    let bad_id = bad.header("x-request-id").expect("no x-request-id").to_string();
+    let bad_id = bad
+        .header("x-request-id")
+        .expect("no x-request-id")
+        .to_string();
     let logs = gw.stop().await;
     let line = access_line(&logs, "/api/from-proxy");
     assert_eq!(line["request_id"], "nginx-7f3a");

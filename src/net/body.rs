@@ -158,12 +158,7 @@ pub fn empty() -> Body {
 /// A client's request body, limited to `max` bytes and to `idle` between data (the stream
 /// fails past either), and the signal that it has been read to its end. `tally`, when
 /// given, counts the bytes read.
-pub fn request(
-    b: Incoming,
-    max: usize,
-    idle: Duration,
-    tally: Option<Tally>,
-) -> (Body, BodySent) {
+pub fn request(b: Incoming, max: usize, idle: Duration, tally: Option<Tally>) -> (Body, BodySent) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let mut body = Idle::new(Limited::new(b, max), idle, IdleTimeout::Client);
     body.sent = Some(tx);

@@ -165,7 +165,11 @@ fn cookie_values<'a>(headers: &'a HeaderMap, name: &str) -> (Option<&'a str>, bo
         if first.is_some() {
             return (first, true);
         }
-        first = Some(v.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(v));
+        first = Some(
+            v.strip_prefix('"')
+                .and_then(|s| s.strip_suffix('"'))
+                .unwrap_or(v),
+        );
     }
     (first, false)
 }

@@ -373,7 +373,9 @@ fn escape(s: &str) -> String {
 /// The ID token and the state cookie stay at the edge: cut from what an upstream gets
 /// (like the refresh token; the access token travels as the route's identity does).
 pub fn strip_cookies(headers: &mut HeaderMap) {
-    auth::remove_cookies(headers, |name| matches!(name, ID_TOKEN_COOKIE | state::COOKIE));
+    auth::remove_cookies(headers, |name| {
+        matches!(name, ID_TOKEN_COOKIE | state::COOKIE)
+    });
 }
 
 // === the callback ===
