@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::bin::{access_line, BinGateway};
 use common::*;
 use serde_json::json;
 
@@ -293,4 +294,52 @@ fn authz_config_is_validated() {
             .to_string();
         assert!(err.contains(key), "{err}");
     }
+}
+
+/// A refusal carries the check request's `x-request-id` (the proxy's `$request_id`) and
+/// the access-log line of the original request names it; without one, the gateway's own
+/// id is on both. So is a check request refused before any decision (400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_carry_and_log_the_request_id() {
+    let gw = BinGateway::start(
+        "http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nauthz = \"127.0.0.1:0\"",
+        "",
+        &routes(""),
+    );
+    let url = format!("http://{}/", gw.authz);
+    let ask = |uri: &'static str, id: Option<&'static str>| {
+        let mut h = vec![("x-forwarded-method", "GET"), ("x-forwarded-uri", uri)];
+        h.extend(id.map(|i| ("x-request-id", i)));
+        let url = url.clone();
+        async move { Client::plain().get(&url, &h).await }
+    };
+    let from_proxy = ask("/api/from-proxy", Some("nginx-7f3a")).await;
+    assert_eq!(from_proxy.status, 401);
+    assert_eq!(from_proxy.header("x-request-id"), Some("nginx-7f3a"));
+    let own = ask("/api/own", None).await;
+    assert_eq!(own.status, 401);
+    let own_id = own
+        .header("x-request-id")
+        .expect("no x-request-id")
+        .to_string();
+    assert!(own_id.len() > 4 && own_id != "nginx-7f3a");
+    // A URI without its method: 400, before the original request is known.
+    let bad = Client::plain()
+        .get(
+            &format!("http://{}/no-method", gw.authz),
+            &[("x-forwarded-uri", "/api/x")],
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+    let bad_id = bad
+        .header("x-request-id")
+        .expect("no x-request-id")
+        .to_string();
+    let logs = gw.stop().await;
+    let line = access_line(&logs, "/api/from-proxy");
+    assert_eq!(line["request_id"], "nginx-7f3a");
+    assert_eq!(line["front"], "authz");
+    assert_eq!(line["status"], 401);
+    assert_eq!(access_line(&logs, "/api/own")["request_id"], own_id);
+    assert_eq!(access_line(&logs, "/no-method")["request_id"], bad_id);
 }

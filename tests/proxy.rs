@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::bin::{access_line, BinGateway};
 use common::*;
 use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -812,4 +813,113 @@ async fn silent_bodies_are_cut_after_stream_idle_timeout() {
             .status,
         200
     );
+}
+
+/// Every answer the gateway gives itself carries the request's `x-request-id` (the
+/// client's when valid, else its own), and the access-log line names the same id: refused
+/// before routing (413), with no route (404), by the route's policy (401), and when the
+/// upstream is down (502).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_answers_carry_and_log_the_request_id() {
+    let up = EchoUpstream::start().await;
+    let [closed] = free_ports::<1>();
+    let issuer = format!(
+        "[[issuers]]\nname = \"s\"\nissuer = \"https://idp.test\"\nkeys = [{{ kid = \"r1\", alg = \"RS256\", pem = \"{}\" }}]\n\n",
+        fixture("rsa.pub.pem").display()
+    );
+    let body = [
+        issuer,
+        route("api", "/api", &[&up.url()], ""),
+        open(
+            "down",
+            "/down",
+            &[&format!("http://127.0.0.1:{closed}")],
+            "",
+        ),
+    ]
+    .concat();
+    let gw = BinGateway::start(
+        "http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"",
+        "max_body_bytes = 16",
+        &body,
+    );
+    let cl = Client::plain();
+    let url = |p: &str| format!("http://{}{p}", gw.http);
+    let mut seen = Vec::new();
+    for (path, method, sent_id, want) in [
+        ("/api/kept", Method::GET, Some("client-id.7"), 401),
+        ("/api/replaced", Method::GET, Some("not a valid id"), 401),
+        ("/api/large", Method::POST, None, 413),
+        ("/nowhere", Method::GET, None, 404),
+        ("/down/x", Method::GET, None, 502),
+    ] {
+        let headers: Vec<(&str, &str)> = sent_id.map(|i| ("x-request-id", i)).into_iter().collect();
+        let r = cl
+            .send(
+                method,
+                &url(path),
+                &headers,
+                match want {
+                    413 => jwtgate::body::full("x".repeat(100)),
+                    _ => jwtgate::body::empty(),
+                },
+            )
+            .await;
+        assert_eq!(r.status, want, "{path}");
+        let id = r
+            .header("x-request-id")
+            .unwrap_or_else(|| panic!("{path}: no x-request-id on the {want}"))
+            .to_string();
+        match sent_id {
+            Some("client-id.7") => assert_eq!(id, "client-id.7"),
+            Some(bad) => assert_ne!(id, bad),
+            None => assert!(id.len() > 4, "{id}"),
+        }
+        seen.push((path, id));
+    }
+    assert_eq!(up.count(), 0);
+    let logs = gw.stop().await;
+    for (path, id) in &seen {
+        assert_eq!(access_line(&logs, path)["request_id"], *id, "{path}");
+    }
+    // The 502 names the upstream it tried; the refusals name none.
+    let down = access_line(&logs, "/down/x");
+    assert_eq!(down["upstream_host"], format!("127.0.0.1:{closed}"));
+    assert_eq!(access_line(&logs, "/api/kept")["upstream_host"], "-");
+    // Ids are unique per request.
+    let mut ids: Vec<&String> = seen.iter().map(|(_, id)| id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), seen.len());
+}
+
+/// The access-log line of a proxied request names the upstream it went to (`host:port`),
+/// the body bytes received from the client and sent back, and the client's user agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_has_upstream_body_bytes_and_user_agent() {
+    let up = EchoUpstream::start().await;
+    let gw = BinGateway::open_route(&up, "");
+    let cl = Client::plain();
+    let r = cl
+        .send(
+            Method::POST,
+            &format!("http://{}/echo-body/up", gw.http),
+            &[("user-agent", "probe/1.0 (fields test)")],
+            streamed_body(3000),
+        )
+        .await;
+    assert_eq!((r.status, r.body.len()), (200, 3000));
+    let r = cl.get(&format!("http://{}/big/70000", gw.http), &[]).await;
+    assert_eq!((r.status, r.body.len()), (200, 70000));
+    let logs = gw.stop().await;
+    let echo = access_line(&logs, "/echo-body/up");
+    assert_eq!(echo["upstream_host"], up.addr.to_string());
+    assert_eq!(echo["bytes_received"], 3000);
+    assert_eq!(echo["bytes_sent"], 3000);
+    assert_eq!(echo["user_agent"], "probe/1.0 (fields test)");
+    assert_eq!(echo["status"], 200);
+    let big = access_line(&logs, "/big/70000");
+    assert_eq!(big["bytes_received"], 0);
+    assert_eq!(big["bytes_sent"], 70000);
+    assert_eq!(big["upstream_host"], up.addr.to_string());
 }

@@ -50,6 +50,11 @@ impl Origin {
             tls,
         })
     }
+
+    /// `host:port` (IPv6 in brackets), the port filled in from the scheme.
+    pub fn host_port(&self) -> &str {
+        self.key.split_once("://").map_or(&self.key, |(_, hp)| hp)
+    }
 }
 
 /// The process-wide number of an origin (key and `Host` value), the same across config

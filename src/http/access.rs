@@ -1,14 +1,17 @@
 //! The end of every exchange, whatever the front door: a refusal becomes its response,
 //! the route's CORS headers and the request id go on, the request is counted, and the
-//! access-log line is written (nothing is copied for it unless it will be written).
+//! access-log line is written once the response body has been sent (nothing is copied for
+//! it unless it will be written).
 
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use http::{header, HeaderValue, Method, Response, Version};
+use http::{header, HeaderValue, Method, Request, Response, Version};
 
 use crate::app::App;
 use crate::error::GatewayError;
-use crate::net::body::Body;
+use crate::net::body::{self, Body, Tally};
 use crate::pipeline::headers::X_REQUEST_ID;
 use crate::pipeline::Notes;
 use crate::policy::cors;
@@ -21,22 +24,25 @@ pub struct Exchange {
     version: Version,
     method: Option<Method>,
     path: Option<String>,
+    user_agent: Option<HeaderValue>,
 }
 
 impl Exchange {
     /// Start the clock. `front` names the listener kind in the log (`proxy`, `authz`).
-    pub fn begin(front: &'static str, method: &Method, path: &str, version: Version) -> Self {
+    pub fn begin<B>(front: &'static str, req: &Request<B>) -> Self {
         let logging = tracing::enabled!(target: "jwtgate::access", tracing::Level::INFO);
         Exchange {
             front,
             logging,
             started: Instant::now(),
-            version,
-            method: logging.then(|| method.clone()),
-            path: logging.then(|| path.to_owned()),
+            version: req.version(),
+            method: logging.then(|| req.method().clone()),
+            path: logging.then(|| req.uri().path().to_owned()),
+            user_agent: logging
+                .then(|| req.headers().get(header::USER_AGENT).cloned())
+                .flatten(),
         }
     }
-
     /// The request the line is about, when it is not the one received (a forward-auth
     /// check describes another).
     pub fn describe(&mut self, method: &Method, path: &str) {
@@ -95,29 +101,84 @@ impl Exchange {
             id.set_sensitive(true);
             resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
         }
-        let took = self.started.elapsed();
-        app.metrics
-            .request(notes.route_index, resp.status().as_u16(), took);
+        app.metrics.request(
+            notes.route_index,
+            resp.status().as_u16(),
+            self.started.elapsed(),
+        );
         if !self.logging {
             return resp;
         }
         let route = match notes.route_index {
-            Some(i) => app.router.routes()[i].config.name.as_str(),
-            None => notes.gateway_endpoint.unwrap_or("-"),
+            Some(i) => app.router.routes()[i].config.name.clone(),
+            None => notes.gateway_endpoint.unwrap_or("-").to_owned(),
         };
+        let line = AccessLine {
+            front: self.front,
+            method: self.method,
+            path: self.path,
+            route,
+            client: notes.client,
+            status: resp.status().as_u16(),
+            started: self.started,
+            request_id: notes.request_id,
+            sub: notes.sub,
+            error: notes.error,
+            upstream_host: notes.upstream.map(|o| o.host_port().to_owned()),
+            bytes_received: notes.bytes_received,
+            user_agent: self.user_agent,
+        };
+        resp.map(|b| body::logged(b, Box::new(line)))
+    }
+}
+
+/// One access-log line: the fields as plain data, written when the response body has
+/// been sent (or dropped: a client that left mid-way), so the duration and the byte counts
+/// cover the whole exchange, as in nginx's and Envoy's access logs.
+struct AccessLine {
+    front: &'static str,
+    method: Option<Method>,
+    path: Option<String>,
+    route: String,
+    client: Option<IpAddr>,
+    status: u16,
+    started: Instant,
+    request_id: Option<HeaderValue>,
+    sub: Option<String>,
+    error: Option<String>,
+    /// `host:port` of the upstream the request went to (the last one tried).
+    upstream_host: Option<String>,
+    /// Request body bytes read from the client (none: the gateway read no body).
+    bytes_received: Option<Tally>,
+    user_agent: Option<HeaderValue>,
+}
+
+/// A header value as text, for the log.
+fn text(v: &Option<HeaderValue>) -> Option<&str> {
+    v.as_ref().and_then(|v| v.to_str().ok())
+}
+
+impl body::OnSent for AccessLine {
+    fn sent(&mut self, bytes_sent: u64) {
         tracing::info!(
             target: "jwtgate::access",
             front = self.front,
             method = self.method.as_ref().map_or("-", Method::as_str),
             path = self.path.as_deref().unwrap_or(""),
-            route,
-            client = notes.client.map(tracing::field::display),
-            status = resp.status().as_u16(),
-            duration_us = took.as_micros() as u64,
-            request_id = notes.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
-            sub = notes.sub.as_deref().unwrap_or("-"),
-            error = notes.error.as_deref().unwrap_or(""),
+            route = self.route.as_str(),
+            client = self.client.map(tracing::field::display),
+            status = self.status,
+            duration_us = self.started.elapsed().as_micros() as u64,
+            request_id = text(&self.request_id).unwrap_or("-"),
+            sub = self.sub.as_deref().unwrap_or("-"),
+            error = self.error.as_deref().unwrap_or(""),
+            upstream_host = self.upstream_host.as_deref().unwrap_or("-"),
+            bytes_received = self
+                .bytes_received
+                .as_ref()
+                .map_or(0, |t| t.load(Ordering::Relaxed)),
+            bytes_sent,
+            user_agent = text(&self.user_agent).unwrap_or("-"),
         );
-        resp
     }
 }

@@ -33,7 +33,7 @@ pub async fn handle<A: AsRef<App>>(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let app = (*app).as_ref();
-    let mut exchange = Exchange::begin("authz", req.method(), req.uri().path(), req.version());
+    let mut exchange = Exchange::begin("authz", &req);
     let mut notes = exchange.notes();
     let outcome = decide(app, &client, &conn, req, &mut notes, &mut exchange).await;
     exchange.finish(app, notes, outcome)
@@ -43,10 +43,13 @@ async fn decide<'a>(
     app: &'a App,
     client: &Client,
     conn: &ClientInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     notes: &mut Notes<'a>,
     exchange: &mut Exchange,
 ) -> Result<Response<Body>, GatewayError> {
+    // The check request's id (the proxy's `$request_id`, or a new one) goes on every
+    // answer and in the log line, so the proxy's log and ours can be joined.
+    notes.request_id = Some(crate::pipeline::headers::request_id(req.headers_mut()));
     // 1. Only a trusted proxy may describe a request: anyone else could claim any URI.
     let peer = conn.peer.ip();
     if !app

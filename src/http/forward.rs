@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
+use crate::config::origin::Origin;
 use crate::config::UpstreamUrl;
 use crate::error::GatewayError;
 use crate::net::body::Body;
@@ -18,14 +19,16 @@ use crate::policy::route::Route;
 /// the next upstream when the request can be replayed (idempotent method, no body). The
 /// route's `timeout_ms` runs until the response head, counted from the end of the request
 /// body (`body_sent`; at once without one), as Envoy's route timeout does: a slow upload
-/// is the body idle timeout's business, not an upstream timeout.
-pub async fn forward(
+/// is the body idle timeout's business, not an upstream timeout. `tried` is set to each
+/// upstream as it is tried (for the access log).
+pub async fn forward<'r>(
     client: &Client,
-    route: &Route,
+    route: &'r Route,
     stats: &[UpstreamStats],
     mut parts: http::request::Parts,
     body: Body,
     mut body_sent: Option<crate::net::body::BodySent>,
+    tried: &mut Option<&'r Origin>,
 ) -> Result<Response<UpstreamBody>, GatewayError> {
     let original = std::mem::take(&mut parts.uri);
     parts.version = Version::HTTP_11;
@@ -37,6 +40,7 @@ pub async fn forward(
     let mut last_err = GatewayError::NoUpstream;
     for (i, upstream) in route.pick() {
         let stat = stats.get(i);
+        *tried = Some(&upstream.origin);
         *req.uri_mut() = upstream_uri(route, upstream, &original)?;
         let started = std::time::Instant::now();
         let send = client.send(&upstream.origin, req);

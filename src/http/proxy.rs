@@ -26,7 +26,7 @@ pub async fn handle<A: AsRef<App>>(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let app = (*app).as_ref();
-    let exchange = Exchange::begin("proxy", req.method(), req.uri().path(), req.version());
+    let exchange = Exchange::begin("proxy", &req);
     let mut notes = exchange.notes();
     let outcome = proxy(app, &client, conn, req, &mut notes).await;
     exchange.finish(app, notes, outcome)
@@ -40,12 +40,14 @@ async fn proxy<'a>(
     notes: &mut Notes<'a>,
 ) -> Result<Response<Body>, GatewayError> {
     // 1. Accept: TLS, HTTP/1.1 or h2, header timeout and size limits live in `listener`.
-    //    The client's address (for the log) is read before any header changes. Framing
-    //    that could smuggle a second request past us is refused here.
+    //    The client's address (for the log) is read before any header changes, and the
+    //    request id settled (step 6's, on every answer from here on). Framing that could
+    //    smuggle a second request past us is refused here.
     let hops = app.config.server.trusted_proxy_hops;
     if notes.logging {
         notes.client(req.headers(), &conn, hops);
     }
+    notes.request_id = Some(headers::request_id(req.headers_mut()));
     check_framing(&req, app.config.server.max_body_bytes)?;
     let upgrade = is_upgrade(&req);
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -81,12 +83,7 @@ async fn proxy<'a>(
         crate::identity::login::strip_cookies(&mut parts.headers);
     }
     headers::join_cookie_lines(&mut parts.headers);
-    notes.request_id = Some(headers::set_forwarded(
-        &mut parts.headers,
-        &conn,
-        host.as_ref(),
-        hops > 0,
-    ));
+    headers::set_forwarded(&mut parts.headers, &conn, host.as_ref(), hops > 0);
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
 
     // 7. Forward, streaming both ways; splice upgraded connections.
@@ -95,15 +92,20 @@ async fn proxy<'a>(
     let (body, body_sent) = if body.is_end_stream() {
         (body::empty(), None)
     } else {
+        if notes.logging {
+            notes.bytes_received = Some(body::Tally::default());
+        }
         let (b, sent) = body::request(
             body,
             app.config.server.max_body_bytes as usize,
             app.config.server.stream_idle_timeout,
+            notes.bytes_received.clone(),
         );
         (b, Some(sent))
     };
     let stats = app.metrics.upstreams(route.index);
-    let mut resp = forward::forward(client, route, stats, parts, body, body_sent).await?;
+    let tried = &mut notes.upstream;
+    let mut resp = forward::forward(client, route, stats, parts, body, body_sent, tried).await?;
     if let Some(on) = on_upgrade {
         forward::splice_upgrade(on, &mut resp);
     }

@@ -3,6 +3,8 @@
 //! itself. The two streaming cases are variants, not boxes: no allocation per request.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,6 +28,32 @@ enum Kind {
     Request(Idle<Limited<Incoming>>),
     Upstream(Idle<UpstreamBody>),
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
+    /// A response whose access-log line is written once it has been sent (or dropped):
+    /// boxed, and used only while the access log is on.
+    Logged(Box<Logged>),
+}
+
+/// Body bytes a request carried, counted where the body is read (by the upstream
+/// connection) and read by the access-log line. Made only while the access log is on.
+pub type Tally = Arc<AtomicU64>;
+
+/// What a response body does at its end: receives the count of bytes it sent.
+pub trait OnSent: Send {
+    fn sent(&mut self, bytes: u64);
+}
+
+/// A response body that counts what it sends and reports it when dropped (hyper drops a
+/// body once it has written it, or when the client went away mid-way).
+pub struct Logged {
+    inner: Body,
+    sent: u64,
+    on_sent: Box<dyn OnSent>,
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        self.on_sent.sent(self.sent);
+    }
 }
 
 /// Which side let a body go silent for longer than `server.stream_idle_timeout_ms`.
@@ -48,6 +76,8 @@ struct Idle<B> {
     armed: bool,
     /// Told when the stream has ended (request bodies: see `BodySent`).
     sent: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Counts data bytes, when the access log wants them.
+    tally: Option<Tally>,
 }
 
 impl<B: http_body::Body> Idle<B> {
@@ -59,6 +89,7 @@ impl<B: http_body::Body> Idle<B> {
             timer: None,
             armed: false,
             sent: None,
+            tally: None,
         }
     }
 
@@ -69,6 +100,11 @@ impl<B: http_body::Body> Idle<B> {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Poll::Ready(frame) = poll(&mut self.inner, cx) {
             self.armed = false;
+            if let (Some(t), Some(Ok(f))) = (&self.tally, &frame) {
+                if let Some(d) = f.data_ref() {
+                    t.fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
+            }
             let ended = !matches!(frame, Some(Ok(_))) || self.inner.is_end_stream();
             if ended {
                 if let Some(tx) = self.sent.take() {
@@ -120,12 +156,23 @@ pub fn empty() -> Body {
 }
 
 /// A client's request body, limited to `max` bytes and to `idle` between data (the stream
-/// fails past either), and the signal that it has been read to its end.
-pub fn request(b: Incoming, max: usize, idle: Duration) -> (Body, BodySent) {
+/// fails past either), and the signal that it has been read to its end. `tally`, when
+/// given, counts the bytes read.
+pub fn request(b: Incoming, max: usize, idle: Duration, tally: Option<Tally>) -> (Body, BodySent) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let mut body = Idle::new(Limited::new(b, max), idle, IdleTimeout::Client);
     body.sent = Some(tx);
+    body.tally = tally;
     (Body(Kind::Request(body)), rx)
+}
+
+/// `inner`, counting the data bytes it sends; `on_sent` gets the count when it is dropped.
+pub fn logged(inner: Body, on_sent: Box<dyn OnSent>) -> Body {
+    Body(Kind::Logged(Box::new(Logged {
+        inner,
+        sent: 0,
+        on_sent,
+    })))
 }
 
 /// An upstream's response body, failing after `idle` without data.
@@ -156,6 +203,15 @@ impl http_body::Body for Body {
             Kind::Request(b) => b.poll_frame(cx, |b, cx| Pin::new(b).poll_frame(cx)),
             Kind::Upstream(b) => b.poll_frame(cx, |b, cx| Pin::new(b).poll_frame(cx)),
             Kind::Boxed(b) => Pin::new(b).poll_frame(cx),
+            Kind::Logged(l) => {
+                let frame = Pin::new(&mut l.inner).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(f))) = &frame {
+                    if let Some(d) = f.data_ref() {
+                        l.sent += d.len() as u64;
+                    }
+                }
+                frame
+            }
         }
     }
 
@@ -166,6 +222,7 @@ impl http_body::Body for Body {
             Kind::Request(b) => b.inner.is_end_stream(),
             Kind::Upstream(b) => b.inner.is_end_stream(),
             Kind::Boxed(b) => b.is_end_stream(),
+            Kind::Logged(l) => l.inner.is_end_stream(),
         }
     }
 
@@ -176,6 +233,7 @@ impl http_body::Body for Body {
             Kind::Request(b) => b.inner.size_hint(),
             Kind::Upstream(b) => b.inner.size_hint(),
             Kind::Boxed(b) => b.size_hint(),
+            Kind::Logged(l) => l.inner.size_hint(),
         }
     }
 }

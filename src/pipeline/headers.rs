@@ -180,17 +180,30 @@ fn parse_ip(s: &str) -> Option<IpAddr> {
         })
 }
 
+/// The request's `x-request-id` (step 6): the client's if sane, else a new one, put in
+/// `headers` so the upstream sees the same id. Taken when the request arrives (step 1),
+/// so every answer the gateway gives itself, refusals included, carries and logs it too.
+pub fn request_id(headers: &mut HeaderMap) -> HeaderValue {
+    match headers.get(&X_REQUEST_ID) {
+        Some(v) if is_sane_request_id(v.as_bytes()) => v.clone(),
+        _ => {
+            let id = new_request_id();
+            headers.insert(X_REQUEST_ID.clone(), id.clone());
+            id
+        }
+    }
+}
+
 /// Step 6b: `x-forwarded-for` (client address appended), `-proto`, `-host` (the client's
-/// authority verbatim), and `x-request-id` (the client's if sane, else a new one).
+/// authority verbatim); `x-request-id` was settled on arrival (`request_id`).
 /// Behind trusted proxies (`trust_proxies`), the `x-forwarded-proto` (`http` or `https`)
 /// and `x-forwarded-host` they set are kept: they saw the client's scheme and host.
-/// Returns the request id for the access log.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     client: &ClientInfo,
     authority: Option<&HeaderValue>,
     trust_proxies: bool,
-) -> HeaderValue {
+) {
     // Every line the client sent, in order, then the peer (one line upstream).
     let mut chain = String::new();
     if headers.contains_key(&X_FORWARDED_FOR) {
@@ -229,15 +242,6 @@ pub fn set_forwarded(
             headers.remove(&X_FORWARDED_HOST);
         }
     }
-    let id = match headers.get(&X_REQUEST_ID) {
-        Some(v) if is_sane_request_id(v.as_bytes()) => v.clone(),
-        _ => {
-            let id = new_request_id();
-            headers.insert(X_REQUEST_ID.clone(), id.clone());
-            id
-        }
-    };
-    id
 }
 
 /// 1–128 characters of `[A-Za-z0-9._:-]` (UUIDs, trace ids): anything else is replaced.
@@ -486,7 +490,8 @@ mod tests {
         );
         h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
         h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
-        let id = set_forwarded(
+        let id = request_id(&mut h);
+        set_forwarded(
             &mut h,
             &ClientInfo::new("127.0.0.9:5000".parse().unwrap(), true),
             Some(&HeaderValue::from_static("api.example:8443")),
@@ -503,15 +508,8 @@ mod tests {
         assert_eq!(h["x-request-id"], id);
         let mut h = HeaderMap::new();
         h.insert("x-request-id", HeaderValue::from_static("abc-123"));
-        assert_eq!(
-            set_forwarded(
-                &mut h,
-                &ClientInfo::new("[::1]:1".parse().unwrap(), false),
-                None,
-                false,
-            ),
-            "abc-123"
-        );
+        assert_eq!(request_id(&mut h), "abc-123");
+        assert_eq!(h["x-request-id"], "abc-123");
     }
 
     #[test]

@@ -61,6 +61,10 @@ pub struct Notes<'a> {
     /// The `cors` of the request's route, and the request's `Origin`.
     pub cors: Option<&'a CorsConfig>,
     pub origin: Option<HeaderValue>,
+    /// The upstream the request went to (the last one tried).
+    pub upstream: Option<&'a crate::config::origin::Origin>,
+    /// Request body bytes read, counted only when `logging`.
+    pub bytes_received: Option<crate::net::body::Tally>,
 }
 
 impl Notes<'_> {

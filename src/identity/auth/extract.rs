@@ -1,6 +1,7 @@
 //! Where a request carries its credential: the token from `[tokens] sources` (one of each,
 //! never two), cookies by name, and the CSRF rule for cookie-carried credentials.
 
+use cookie::Cookie;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::config::{CorsConfig, TokenSource, Tokens};
@@ -152,24 +153,55 @@ pub fn find_only_cookie<'a>(
 }
 
 /// The first value of cookie `name`, and whether another cookie of that name follows.
+/// An empty value counts as absent; one pair of surrounding double quotes is removed.
 fn cookie_values<'a>(headers: &'a HeaderMap, name: &str) -> (Option<&'a str>, bool) {
     let mut first = None;
-    let pairs = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'));
-    for pair in pairs {
-        let Some((k, v)) = pair.trim().split_once('=') else {
-            continue;
-        };
-        if k != name || v.is_empty() {
-            continue;
-        }
+    let values = cookie_pairs(headers)
+        .filter_map(|(_, c)| c)
+        .filter(|c| c.name() == name)
+        .filter_map(|c| c.value_raw())
+        .filter(|v| !v.is_empty());
+    for v in values {
         if first.is_some() {
             return (first, true);
         }
-        first = Some(v.trim_matches('"'));
+        first = Some(
+            v.strip_prefix('"')
+                .and_then(|s| s.strip_suffix('"'))
+                .unwrap_or(v),
+        );
     }
     (first, false)
+}
+
+/// Every `name=value` pair of every `Cookie` line, as sent (trimmed), with its parse
+/// (`None`: not a cookie pair, such as a bare value).
+fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, Option<Cookie<'_>>)> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| (p, Cookie::parse(p).ok()))
+}
+
+/// Cut the cookies whose name `doomed` picks from the `Cookie` header (the gateway's own
+/// cookies never reach an upstream). The others stay as sent, on one line; without any
+/// left, the header goes. Without a doomed cookie, nothing is touched.
+pub fn remove_cookies(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
+    let hit = |c: &Option<Cookie<'_>>| c.as_ref().is_some_and(|c| doomed(c.name()));
+    if !cookie_pairs(headers).any(|(_, c)| hit(&c)) {
+        return;
+    }
+    let kept: Vec<&str> = cookie_pairs(headers)
+        .filter(|(_, c)| !hit(c))
+        .map(|(p, _)| p)
+        .collect();
+    let joined = HeaderValue::try_from(kept.join("; ")).ok();
+    headers.remove(header::COOKIE);
+    if let Some(v) = joined.filter(|v| !v.is_empty()) {
+        headers.insert(header::COOKIE, v);
+    }
 }

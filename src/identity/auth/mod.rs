@@ -14,7 +14,7 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
 pub use crate::clock::now_unix;
-pub use extract::{check_csrf, find_cookie, find_only_cookie, find_token, Carrier};
+pub use extract::{check_csrf, find_cookie, find_only_cookie, find_token, remove_cookies, Carrier};
 
 mod extract;
 pub mod introspect;

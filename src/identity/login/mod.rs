@@ -373,29 +373,9 @@ fn escape(s: &str) -> String {
 /// The ID token and the state cookie stay at the edge: cut from what an upstream gets
 /// (like the refresh token; the access token travels as the route's identity does).
 pub fn strip_cookies(headers: &mut HeaderMap) {
-    let ours = |pair: &str| {
-        pair.split_once('=')
-            .is_some_and(|(k, _)| matches!(k.trim(), ID_TOKEN_COOKIE | state::COOKIE))
-    };
-    let lines = || {
-        headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-    };
-    if !lines().any(ours) {
-        return;
-    }
-    let kept: Vec<&str> = lines()
-        .map(str::trim)
-        .filter(|p| !p.is_empty() && !ours(p))
-        .collect();
-    let joined = HeaderValue::try_from(kept.join("; ")).ok();
-    headers.remove(header::COOKIE);
-    if let Some(v) = joined.filter(|v| !v.is_empty()) {
-        headers.insert(header::COOKIE, v);
-    }
+    auth::remove_cookies(headers, |name| {
+        matches!(name, ID_TOKEN_COOKIE | state::COOKIE)
+    });
 }
 
 // === the callback ===

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
+use cookie::{Cookie, SameSite};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
@@ -366,29 +367,7 @@ pub fn find_refresh_token(
 /// The refresh token never reaches an upstream: cut its cookie and drop the header.
 pub fn strip_refresh_token(cfg: &Refresh, headers: &mut HeaderMap) {
     headers.remove(&cfg.refresh_header);
-    if auth::find_cookie(headers, &cfg.refresh_cookie).is_none() {
-        return;
-    }
-    let kept: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| {
-            !pair.is_empty()
-                && pair
-                    .split_once('=')
-                    .is_none_or(|(k, _)| k.trim() != cfg.refresh_cookie)
-        })
-        .map(str::to_string)
-        .collect();
-    headers.remove(header::COOKIE);
-    if !kept.is_empty() {
-        if let Ok(v) = HeaderValue::try_from(kept.join("; ")) {
-            headers.insert(header::COOKIE, v);
-        }
-    }
+    auth::remove_cookies(headers, |name| name == cfg.refresh_cookie);
 }
 
 /// Hand the new tokens back to the client, the way its refresh token came.
@@ -416,14 +395,20 @@ pub fn return_tokens(h: &mut HeaderMap, cfg: &Refresh, grant: &Grant, channel: C
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
 
-/// Append `Set-Cookie: name=value; [Max-Age]; Path=/; HttpOnly; Secure; SameSite=Lax`.
+/// Append `Set-Cookie: name=value; HttpOnly; SameSite=Lax; Secure; Path=/[; Max-Age=N]`
+/// (without `Max-Age`, a session cookie).
 pub fn set_cookie(h: &mut HeaderMap, name: &str, value: &str, max_age: Option<u64>) {
-    let age = max_age
-        .map(|a| format!("; Max-Age={a}"))
-        .unwrap_or_default();
-    if let Ok(v) = HeaderValue::try_from(format!(
-        "{name}={value}{age}; Path=/; HttpOnly; Secure; SameSite=Lax"
-    )) {
+    let mut c = Cookie::build((name, value))
+        .path("/")
+        .http_only(true)
+        .secure(true)
+        .same_site(SameSite::Lax);
+    if let Some(a) = max_age {
+        c = c.max_age(cookie::time::Duration::seconds(
+            i64::try_from(a).unwrap_or(i64::MAX),
+        ));
+    }
+    if let Ok(v) = HeaderValue::try_from(c.build().to_string()) {
         h.append(header::SET_COOKIE, v);
     }
 }
