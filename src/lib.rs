@@ -244,7 +244,7 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
         draining: std::sync::atomic::AtomicBool::new(false),
     });
     if shared.app.load().config.tls_files.is_some() {
-        tokio::spawn(ops::certs::watch(shared.clone(), shutdown_rx.clone()));
+        ops::certs::start(shared.clone(), shutdown_rx.clone());
     }
 
     let mut per_worker: Vec<listener::WorkerSockets> = (0..workers_n).map(|_| Vec::new()).collect();

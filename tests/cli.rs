@@ -260,6 +260,54 @@ fn check_bad_upstream_ca() {
     }
 }
 
+/// The 1-based line of `text` holding `needle`.
+fn line_with(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).unwrap() + 1
+}
+
+#[test]
+fn check_names_the_line_of_a_bad_url_and_of_a_missing_key_file() {
+    for (body, key, marker) in [
+        (
+            ROUTE.replace("http://127.0.0.1:9", "ftp://127.0.0.1:9"),
+            "`routes[0].upstreams[0]`",
+            "ftp://",
+        ),
+        (
+            format!("[[issuers]]\nname = \"i\"\nissuer = \"https://i\"\n\nkeys = [\n  {{ kid = \"r\", alg = \"RS256\", pem = \"/nonexistent/key.pem\" }},\n]\n\n{ROUTE}"),
+            "`issuers[0].keys[0].pem`: cannot read /nonexistent/key.pem",
+            "/nonexistent/key.pem",
+        ),
+    ] {
+        let (o, dir) = check(&body);
+        assert_eq!(o.code, 1, "{}", o.stderr);
+        let text = std::fs::read_to_string(dir.path().join("gw.toml")).unwrap();
+        let want = format!("gw.toml: line {}: {key}", line_with(&text, marker));
+        assert!(o.stderr.contains(&want), "wanted {want:?} in: {}", o.stderr);
+    }
+}
+
+#[test]
+fn check_takes_human_durations_and_refuses_what_does_not_fit_the_unit() {
+    let (o, _dir) = check(&format!(
+        "[revocation]\ncache_ttl_ms = \"1.5s\"\nsubject_ttl_s = \"1day\"\n\n{}",
+        ROUTE.replace("auth = \"none\"", "auth = \"none\"\ntimeout_ms = \"2m\"")
+    ));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let (o, dir) = check(&format!(
+        "[revocation]\ncache_ttl_ms = \"1500us\"\n\n{ROUTE}"
+    ));
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let text = std::fs::read_to_string(dir.path().join("gw.toml")).unwrap();
+    for n in [
+        "\"1500us\" is not a whole number of milliseconds".to_string(),
+        format!("line {}", line_with(&text, "1500us")),
+        "cache_ttl_ms".to_string(),
+    ] {
+        assert!(o.stderr.contains(&n), "wanted {n:?} in: {}", o.stderr);
+    }
+}
+
 #[test]
 fn check_issuer_key_errors() {
     let iss = |keys: &str| {
@@ -853,7 +901,6 @@ async fn healthcheck_exit_codes_follow_readyz_and_healthz() {
     );
 }
 
-/// The JSON access-log line of the request for `path`.
 #[test]
 fn demo_walkthrough_succeeds() {
     let o = jwtgate(&["demo", "--once"], &[]);
@@ -862,6 +909,172 @@ fn demo_walkthrough_succeeds() {
     assert!(!o.stdout.contains("FAIL"));
     assert!(o.stdout.contains("[ok  ] browser sign-in on /app"));
     assert!(o.stdout.contains("Open http://127.0.0.1:"));
+}
+
+/// The binary serving one open route, with its log lines collected until it exits.
+struct BinGateway {
+    /// Taken by `exit`; killed on drop if still there (a test that failed half way).
+    child: Option<std::process::Child>,
+    http: String,
+    logs: Option<std::thread::JoinHandle<Vec<String>>>,
+    /// The config file it was started with.
+    config: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+impl BinGateway {
+    /// One open route to `up`, JSON logs, and `server_extra` in `[server]`.
+    fn open_route(up: &EchoUpstream, server_extra: &str) -> BinGateway {
+        BinGateway::listening(
+            up,
+            "http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"",
+            server_extra,
+        )
+    }
+
+    /// One open route to `up` on the `[listen]` addresses given as TOML lines.
+    fn listening(up: &EchoUpstream, listen: &str, server_extra: &str) -> BinGateway {
+        let dir = TempDir::new();
+        let path = dir.path().join("gw.toml");
+        std::fs::write(
+            &path,
+            format!("[listen]\n{listen}\n[server]\nlog_format = \"json\"\n{server_extra}\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n", up.url()),
+        )
+        .unwrap();
+        let (child, http, lines) = spawn_gateway(&path);
+        let logs = std::thread::spawn(move || lines.map_while(Result::ok).collect());
+        BinGateway {
+            child: Some(child),
+            http,
+            logs: Some(logs),
+            config: path,
+            _dir: dir,
+        }
+    }
+
+    /// Send `sig` (`-TERM`, `-HUP`) to the gateway process.
+    fn signal(&self, sig: &str) {
+        signal(self.child.as_ref().unwrap(), sig);
+    }
+
+    /// Wait for the process to exit: its exit code and every log line it wrote.
+    async fn exit(mut self) -> (Option<i32>, Vec<String>) {
+        let code = exit_code(self.child.take().unwrap()).await;
+        (code, self.logs.take().unwrap().join().unwrap())
+    }
+}
+
+impl Drop for BinGateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Send `sig` (`-TERM`, `-HUP`) to the gateway process.
+fn signal(child: &std::process::Child, sig: &str) {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+async fn exit_code(mut child: std::process::Child) -> Option<i32> {
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap()
+        .code()
+}
+
+type LogLines = std::io::Lines<BufReader<std::process::ChildStderr>>;
+
+/// Start the binary on `config` (JSON logs) and wait for its "jwtgate serving" line, which
+/// carries the bound plain-HTTP address: the readiness signal.
+fn spawn_gateway(config: &std::path::Path) -> (std::process::Child, String, LogLines) {
+    let (child, http, _, lines) = spawn_gateway_logged(config);
+    (child, http, lines)
+}
+
+/// `spawn_gateway`, also returning the lines logged before "jwtgate serving".
+fn spawn_gateway_logged(
+    config: &std::path::Path,
+) -> (std::process::Child, String, Vec<String>, LogLines) {
+    let mut child = Command::new(BIN)
+        .args(["run", "-c", config.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut before = Vec::new();
+    let http = loop {
+        let line = lines
+            .next()
+            .expect("gateway exited before serving")
+            .unwrap();
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+            if v["message"] == "jwtgate serving" {
+                break v["http"].as_str().unwrap().to_string();
+            }
+        }
+        before.push(line);
+    };
+    (child, http, before, lines)
+}
+
+/// A self-signed certificate for localhost (rcgen) that expires `days` from now, and its
+/// key, written to `dir`: (cert path, key path).
+fn cert_expiring_in(dir: &std::path::Path, days: u64) -> (String, String) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    p.not_before = epoch + (now - Duration::from_secs(3600));
+    p.not_after = epoch + now + Duration::from_secs(days * 86_400);
+    let cert = p.self_signed(&key).unwrap();
+    let (c, k) = (dir.join("soon.crt"), dir.join("soon.key"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c.display().to_string(), k.display().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_expiring_within_14_days_is_warned_about_at_start() {
+    for (days, warned) in [(10, true), (60, false)] {
+        let dir = TempDir::new();
+        let (cert, key) = cert_expiring_in(dir.path(), days);
+        let path = dir.path().join("gw.toml");
+        std::fs::write(
+            &path,
+            format!("[listen]\nhttps = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[server]\nlog_format = \"json\"\n[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n{ROUTE}"),
+        )
+        .unwrap();
+        let (mut child, _, before, _lines) = spawn_gateway_logged(&path);
+        let _ = child.kill();
+        let _ = child.wait();
+        let warning: Vec<serde_json::Value> = before
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"] == "TLS certificate expires soon; renew it (the new files are picked up without a restart)")
+            .collect();
+        assert_eq!(
+            warning.len(),
+            usize::from(warned),
+            "{days} days: {before:?}"
+        );
+        if let [w] = warning.as_slice() {
+            assert_eq!(w["level"], "WARN", "{w}");
+            assert_eq!(w["days_left"], days - 1, "{w}");
+            assert_eq!(w["cert"], cert.as_str(), "{w}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -298,17 +298,6 @@ impl Rig {
     }
 }
 
-fn claims_of(t: &str) -> serde_json::Value {
-    use base64::Engine;
-    let p = t.split('.').nth(1).unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(p)
-            .unwrap(),
-    )
-    .unwrap()
-}
-
 fn seen_header(s: &Seen, name: &str) -> Option<String> {
     s.headers.get(name).map(|v| v.to_str().unwrap().to_string())
 }

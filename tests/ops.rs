@@ -5,24 +5,11 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
 use http::Method;
 use serde_json::json;
-
-/// A fresh env var holding a fresh admin token (tests run in parallel).
-fn admin_env() -> (String, String) {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let var = format!(
-        "JWTGATE_TEST_OPS_ADMIN_{}",
-        N.fetch_add(1, Ordering::Relaxed)
-    );
-    let value = format!("admin-{}", jwtgate::token::random_id());
-    std::env::set_var(&var, &value);
-    (var, value)
-}
 
 struct Rig {
     _up: EchoUpstream,
@@ -52,20 +39,7 @@ async fn rig(revocation: &str) -> Rig {
 
 impl Rig {
     async fn admin(&self, method: Method, path: &str, auth: Option<&str>, body: &str) -> Resp {
-        let b = auth.map(|a| format!("Bearer {a}"));
-        let mut h = vec![("content-type", "application/json")];
-        if let Some(b) = &b {
-            h.push(("authorization", b));
-        }
-        self.gw
-            .client_plain()
-            .send(
-                method,
-                &format!("http://{}{path}", self.gw.admin),
-                &h,
-                jwtgate::body::full(body.to_string()),
-            )
-            .await
+        self.gw.admin_call(method, path, auth, body).await
     }
 
     /// An admin call with the right token.
@@ -87,17 +61,6 @@ fn hs_token(claims: serde_json::Value) -> String {
     token("HS256", Some("h1"), claims)
 }
 
-fn claims_of(t: &str) -> serde_json::Value {
-    use base64::Engine;
-    let p = t.split('.').nth(1).unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(p)
-            .unwrap(),
-    )
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_operator_control_needs_the_admin_token() {
     let r = rig("store = \"memory\"").await;
@@ -109,8 +72,10 @@ async fn every_operator_control_needs_the_admin_token() {
         (Method::POST, "/log-level"),
         (Method::DELETE, "/revocations/jti/abc"),
         (Method::DELETE, "/revocations/sub/alice"),
+        (Method::DELETE, "/revocations/sid/s1"),
         (Method::GET, "/revocations"),
         (Method::GET, "/revocations?sub=alice"),
+        (Method::GET, "/revocations?sid=s1"),
         (Method::HEAD, "/config"),
     ];
     let wrong = format!("{}x", r.token);
@@ -179,7 +144,7 @@ async fn config_shows_the_running_file_redacted_with_its_hash() {
     assert!(v["config"]["admin"]["token_env"]
         .as_str()
         .unwrap()
-        .starts_with("JWTGATE_TEST_OPS_ADMIN_"));
+        .starts_with("JWTGATE_TEST_ADMIN_"));
     assert_eq!(v["config"]["issuers"][0]["keys"][0]["secret_env"], HS_ENV);
     assert_eq!(
         v["config"]["revocation"]["redis_url"],
@@ -246,6 +211,7 @@ async fn wrong_methods_get_405_with_allow() {
         (Method::DELETE, "/revocations", "GET, HEAD, POST"),
         (Method::POST, "/revocations/jti/x", "GET, HEAD, DELETE"),
         (Method::GET, "/revocations/sub/alice", "DELETE"),
+        (Method::GET, "/revocations/sid/s1", "DELETE"),
     ] {
         let resp = r.op(m.clone(), path, "").await;
         assert_eq!(resp.status, 405, "{m} {path}: {}", resp.text());
@@ -256,119 +222,139 @@ async fn wrong_methods_get_405_with_allow() {
     assert_eq!(r.call(&hs_token(json!({}))).await, 200);
 }
 
-/// Revoke, see it refused and listed, undo, see it served again: for one gateway, or
-/// (`other`) through `a` while `b` must follow.
+/// One kind of revocation `undo_case` goes through.
+struct Undo {
+    /// `jti`, `sub` or `sid`: the listed `kind` and the `DELETE /revocations/<kind>/` path.
+    kind: &'static str,
+    /// A token the revocation refuses.
+    token: String,
+    /// The revoked jti, subject or session.
+    value: String,
+    /// The `POST /revocations` body.
+    revoke: serde_json::Value,
+    /// The `GET /revocations` query that lists it (a jti is listed only unfiltered).
+    query: String,
+}
+
+/// For each kind (jti, subject, session): revoke, see it refused and listed, undo, see it
+/// served again; through `a` while `b` (the same gateway, or another replica) must follow.
 async fn undo_case(a: &Rig, b: &Rig) {
-    // jti
+    use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
     let t = hs_token(json!({}));
     let c = claims_of(&t);
     let jti = c["jti"].as_str().unwrap().to_string();
-    assert_eq!(b.call(&t).await, 200);
-    let body = json!({"jti": jti, "exp": c["exp"]}).to_string();
-    assert_eq!(a.op(Method::POST, "/revocations", &body).await.status, 204);
-    // b may cache the "revoked" answer until the token's exp: only the undo message clears it.
-    assert!(
-        eventually(Duration::from_secs(3), || async { b.call(&t).await == 401 })
+    let query = |k: &str, v: &str| {
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair(k, v)
+            .finish()
+    };
+    // Values that need percent-encoding in the path.
+    let (sub, sid) = ("erin@example.com/x", "sess/1 @b");
+    let now = jwtgate::auth::now_unix();
+    let cases = [
+        Undo {
+            kind: "jti",
+            revoke: json!({"jti": jti, "exp": c["exp"]}),
+            token: t,
+            value: jti,
+            query: String::new(),
+        },
+        Undo {
+            kind: "sub",
+            token: hs_token(json!({"sub": sub, "iat": now - 5})),
+            value: sub.into(),
+            revoke: json!({"sub": sub}),
+            query: query("sub", sub),
+        },
+        Undo {
+            kind: "sid",
+            token: hs_token(json!({"sid": sid})),
+            value: sid.into(),
+            revoke: json!({"sid": sid}),
+            query: query("sid", sid),
+        },
+    ];
+    for u in &cases {
+        let kind = u.kind;
+        let listed = || async {
+            let l = a
+                .op(Method::GET, &format!("/revocations?{}", u.query), "")
+                .await;
+            assert_eq!(l.status, 200, "{kind}: {}", l.text());
+            let l = l.json();
+            assert_eq!(l["truncated"], false);
+            l["revocations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["value"] == u.value.as_str())
+                .cloned()
+        };
+        assert_eq!(b.call(&u.token).await, 200, "{kind}");
+        let body = u.revoke.to_string();
+        assert_eq!(a.op(Method::POST, "/revocations", &body).await.status, 204);
+        // b may cache the "revoked" answer until the token's exp: only the undo message
+        // clears it.
+        assert!(
+            eventually(Duration::from_secs(3), || async {
+                b.call(&u.token).await == 401
+            })
             .await
             .is_some(),
-        "revocation not seen"
-    );
-    let list = a.op(Method::GET, "/revocations", "").await;
-    assert_eq!(list.status, 200, "{}", list.text());
-    let l = list.json();
-    assert_eq!(l["truncated"], false);
-    let entry = l["revocations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["value"] == jti.as_str())
-        .unwrap_or_else(|| panic!("jti not listed: {l}"))
-        .clone();
-    assert_eq!(entry["kind"], "jti");
-    assert_eq!(entry["issuer"], "s");
-    assert!(entry["until"].as_i64().unwrap() >= c["exp"].as_i64().unwrap());
-    let del = a
-        .op(Method::DELETE, &format!("/revocations/jti/{jti}"), "")
-        .await;
-    assert_eq!(del.status, 204, "{}", del.text());
-    assert!(
-        eventually(Duration::from_secs(3), || async { b.call(&t).await == 200 })
+            "{kind}: revocation not seen"
+        );
+        let entry = listed()
+            .await
+            .unwrap_or_else(|| panic!("{kind} {:?} not listed", u.value));
+        assert_eq!(
+            (entry["kind"].as_str(), entry["issuer"].as_str()),
+            (Some(kind), Some("s"))
+        );
+        match kind {
+            "jti" => assert!(entry["until"].as_i64().unwrap() >= c["exp"].as_i64().unwrap()),
+            "sub" => assert!(entry["revoked_before"].as_i64().unwrap() >= now - 60),
+            _ => assert!(entry["until"].as_i64().unwrap() > now, "{entry}"),
+        }
+        let path = format!(
+            "/revocations/{kind}/{}",
+            utf8_percent_encode(&u.value, NON_ALPHANUMERIC)
+        );
+        let del = a.op(Method::DELETE, &path, "").await;
+        assert_eq!(del.status, 204, "{kind}: {}", del.text());
+        assert!(
+            eventually(Duration::from_secs(3), || async {
+                b.call(&u.token).await == 200
+            })
             .await
             .is_some(),
-        "undo not seen"
-    );
-    assert_eq!(a.call(&t).await, 200);
-    let again = a
-        .op(Method::DELETE, &format!("/revocations/jti/{jti}"), "")
-        .await;
-    assert_eq!(again.status, 404, "{}", again.text());
-    let l = a.op(Method::GET, "/revocations", "").await.json();
-    assert!(
-        !l["revocations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["value"] == jti.as_str()),
-        "{l}"
-    );
-
-    // sub (a name that needs percent-encoding in the path)
-    let sub = "erin@example.com/x";
-    let u = hs_token(json!({"sub": sub, "iat": jwtgate::auth::now_unix() - 5}));
-    assert_eq!(b.call(&u).await, 200);
-    let body = json!({"sub": sub}).to_string();
-    assert_eq!(a.op(Method::POST, "/revocations", &body).await.status, 204);
-    assert!(
-        eventually(Duration::from_secs(3), || async { b.call(&u).await == 401 })
-            .await
-            .is_some(),
-        "subject revocation not seen"
-    );
-    let q = form_urlencoded::Serializer::new(String::new())
-        .append_pair("sub", sub)
-        .finish();
-    let l = a
-        .op(Method::GET, &format!("/revocations?{q}"), "")
-        .await
-        .json();
-    let listed = l["revocations"].as_array().unwrap();
-    assert_eq!(listed.len(), 1, "{l}");
-    assert_eq!(listed[0]["kind"], "sub");
-    assert_eq!(listed[0]["value"], sub);
-    assert!(listed[0]["revoked_before"].as_i64().unwrap() >= jwtgate::auth::now_unix() - 60);
-    // Another subject lists nothing.
-    let none = a
-        .op(Method::GET, "/revocations?sub=nobody", "")
-        .await
-        .json();
-    assert_eq!(none["revocations"], json!([]));
-    let enc = "erin%40example.com%2Fx";
-    let del = a
-        .op(Method::DELETE, &format!("/revocations/sub/{enc}"), "")
-        .await;
-    assert_eq!(del.status, 204, "{}", del.text());
-    assert!(
-        eventually(Duration::from_secs(3), || async { b.call(&u).await == 200 })
-            .await
-            .is_some(),
-        "subject undo not seen"
-    );
-    let l = a
-        .op(Method::GET, &format!("/revocations?{q}"), "")
-        .await
-        .json();
-    assert_eq!(l["revocations"], json!([]));
-    // Bad input: unknown issuer, empty sub.
-    let bad = a
-        .op(Method::DELETE, "/revocations/sub/x?issuer=zzz", "")
-        .await;
-    assert_eq!(bad.status, 400);
-    assert!(bad.text().contains("unknown issuer"), "{}", bad.text());
-    assert_eq!(a.op(Method::GET, "/revocations?sub=", "").await.status, 400);
-    assert_eq!(
-        a.op(Method::GET, "/revocations?limit=0", "").await.status,
-        400
-    );
+            "{kind}: undo not seen"
+        );
+        assert_eq!(a.call(&u.token).await, 200, "{kind}");
+        let again = a.op(Method::DELETE, &path, "").await;
+        assert_eq!(again.status, 404, "{kind}: {}", again.text());
+        assert_eq!(listed().await, None, "{kind}: still listed after the undo");
+    }
+    // Another subject or session lists nothing.
+    for q in ["sub=nobody", "sid=nothing"] {
+        let none = a.op(Method::GET, &format!("/revocations?{q}"), "").await;
+        assert_eq!(none.json()["revocations"], json!([]), "{q}");
+    }
+    // Bad input: unknown issuer, empty or both filters, a limit out of range.
+    for kind in ["jti", "sub", "sid"] {
+        let bad = a
+            .op(
+                Method::DELETE,
+                &format!("/revocations/{kind}/x?issuer=zzz"),
+                "",
+            )
+            .await;
+        assert_eq!(bad.status, 400, "{kind}");
+        assert!(bad.text().contains("unknown issuer"), "{}", bad.text());
+    }
+    for q in ["sub=", "sid=", "sub=a&sid=b", "limit=0"] {
+        let r = a.op(Method::GET, &format!("/revocations?{q}"), "").await;
+        assert_eq!(r.status, 400, "{q}: {}", r.text());
+    }
     assert_eq!(a.call(&hs_token(json!({}))).await, 200);
 }
 
@@ -536,6 +522,7 @@ async fn the_metrics_listener_serves_probes_and_metrics_only() {
         (Method::GET, "/revocations", ""),
         (Method::GET, "/revocations/jti/x", ""),
         (Method::DELETE, "/revocations/sub/alice", ""),
+        (Method::DELETE, "/revocations/sid/s1", ""),
         (Method::POST, "/reload", ""),
         (Method::POST, "/drain", ""),
         (Method::GET, "/config", ""),
@@ -617,15 +604,7 @@ async fn urls_come_from_the_environment_and_a_missing_variable_is_named() {
         "auth = \"none\"",
     ));
     std::fs::write(&path, &text).unwrap();
-    let rl = gw
-        .client_plain()
-        .send(
-            Method::POST,
-            &format!("http://{}/reload", gw.admin),
-            &[("authorization", &bearer)],
-            jwtgate::body::empty(),
-        )
-        .await;
+    let rl = gw.reload(&token).await;
     assert_eq!(rl.status, 200, "{}", rl.text());
     let r = gw.client_plain().get(&gw.http_url("/two/x"), &[]).await;
     assert_eq!(r.header("x-upstream"), Some("env-up2"));
@@ -637,15 +616,7 @@ async fn urls_come_from_the_environment_and_a_missing_variable_is_named() {
         "auth = \"none\"",
     ));
     std::fs::write(&path, &text).unwrap();
-    let rl = gw
-        .client_plain()
-        .send(
-            Method::POST,
-            &format!("http://{}/reload", gw.admin),
-            &[("authorization", &bearer)],
-            jwtgate::body::empty(),
-        )
-        .await;
+    let rl = gw.reload(&token).await;
     assert_eq!(rl.status, 400);
     assert!(
         rl.text().contains("routes[2].upstreams[0]")

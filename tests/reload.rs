@@ -13,18 +13,6 @@ fn config_path(gw: &TestGateway) -> std::path::PathBuf {
     gw.dir.path().join("gateway.toml")
 }
 
-async fn post_reload(gw: &TestGateway, token: &str) -> Resp {
-    let b = format!("Bearer {token}");
-    gw.client_plain()
-        .send(
-            Method::POST,
-            &format!("http://{}/reload", gw.admin),
-            &[("authorization", &b)],
-            jwtgate::body::empty(),
-        )
-        .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_new_routes_and_refuses_bad_files() {
     std::env::set_var("JWTGATE_TEST_RELOAD_ADMIN", "reload-admin");
@@ -68,8 +56,8 @@ async fn reload_applies_new_routes_and_refuses_bad_files() {
         ),
     )
     .unwrap();
-    assert_eq!(post_reload(&gw, "wrong").await.status, 401);
-    let r = post_reload(&gw, "reload-admin").await;
+    assert_eq!(gw.reload("wrong").await.status, 401);
+    let r = gw.reload("reload-admin").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["reloaded"], true);
     let notes = r.json()["notes"].to_string();
@@ -97,6 +85,23 @@ async fn reload_applies_new_routes_and_refuses_bad_files() {
         401,
         "revocations survive a reload"
     );
+    // The notes compare with what runs, not with the last file loaded: the same file again
+    // is still not applied to the listeners...
+    let r = gw.reload("reload-admin").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["notes"],
+        json!(["[server] header_timeout_ms changed: restart to apply (max_body_bytes, stream_idle_timeout_ms and trusted_proxy_hops apply at once)"])
+    );
+    // ... and the running value back in the file is no change at all.
+    let with_b = format!(
+        "{original}{}",
+        route("b", "/b", &[&b.url()], "auth = \"none\"")
+    );
+    std::fs::write(config_path(&gw), &with_b).unwrap();
+    let r = gw.reload("reload-admin").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["notes"], json!([]));
 
     // A broken file is refused and the running config stays.
     std::fs::write(
@@ -104,7 +109,7 @@ async fn reload_applies_new_routes_and_refuses_bad_files() {
         format!("{original}\n[[routes]]\nname = \"c\"\n"),
     )
     .unwrap();
-    let r = post_reload(&gw, "reload-admin").await;
+    let r = gw.reload("reload-admin").await;
     assert_eq!(r.status, 400);
     assert!(
         r.json()["error_description"]
@@ -118,7 +123,7 @@ async fn reload_applies_new_routes_and_refuses_bad_files() {
     assert_eq!(cl.get(&gw.http_url("/a/x"), &auth).await.status, 200);
     // Attempts by result, counted across the reloads (the 401 was no attempt).
     assert!(
-        gw.has_metric("jwtgate_reloads_total{result=\"ok\"} 1")
+        gw.has_metric("jwtgate_reloads_total{result=\"ok\"} 3")
             .await
     );
     assert!(
@@ -151,7 +156,7 @@ async fn reload_waits_for_new_keys_and_refuses_when_they_never_load() {
             .port()
     );
     std::fs::write(config_path(&gw), with_issuer(&dead)).unwrap();
-    let r = tokio::time::timeout(Duration::from_secs(20), post_reload(&gw, "reload-admin"))
+    let r = tokio::time::timeout(Duration::from_secs(20), gw.reload("reload-admin"))
         .await
         .unwrap();
     assert_eq!(r.status, 400);
@@ -169,7 +174,7 @@ async fn reload_waits_for_new_keys_and_refuses_when_they_never_load() {
     assert_eq!(ready.status, 200, "the running config stays ready");
     // A live IdP: swapped in only once its keys are loaded, so the first request passes.
     std::fs::write(config_path(&gw), with_issuer(&idp.jwks_url())).unwrap();
-    assert_eq!(post_reload(&gw, "reload-admin").await.status, 200);
+    assert_eq!(gw.reload("reload-admin").await.status, 200);
     let b = format!("Bearer {}", token("RS256", Some("k1"), json!({})));
     assert_eq!(
         gw.client_plain()

@@ -3,21 +3,11 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
 use http::Method;
 use serde_json::json;
-
-/// A fresh env var holding a fresh admin token (tests run in parallel).
-fn admin_env() -> (String, String) {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let var = format!("JWTGATE_TEST_ADMIN_{}", N.fetch_add(1, Ordering::Relaxed));
-    let value = format!("admin-{}", jwtgate::token::random_id());
-    std::env::set_var(&var, &value);
-    (var, value)
-}
 
 struct Rig {
     up: EchoUpstream,
@@ -119,20 +109,7 @@ impl Rig {
     }
 
     async fn admin(&self, method: Method, path: &str, auth: Option<&str>, body: &str) -> Resp {
-        let b = auth.map(|a| format!("Bearer {a}"));
-        let mut h = vec![("content-type", "application/json")];
-        if let Some(b) = &b {
-            h.push(("authorization", b));
-        }
-        self.gw
-            .client_plain()
-            .send(
-                method,
-                &format!("http://{}{path}", self.gw.admin),
-                &h,
-                jwtgate::body::full(body.to_string()),
-            )
-            .await
+        self.gw.admin_call(method, path, auth, body).await
     }
 
     /// Revoke `t`'s jti through the admin API and see it refused; returns its claims.
@@ -167,17 +144,6 @@ impl Rig {
         )
         .await
     }
-}
-
-fn claims_of(t: &str) -> serde_json::Value {
-    use base64::Engine;
-    let p = t.split('.').nth(1).unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(p)
-            .unwrap(),
-    )
-    .unwrap()
 }
 
 // === the same cases on both stores ===

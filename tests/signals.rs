@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -15,17 +14,6 @@ use serde_json::json;
 const CAEP_SESSION_REVOKED: &str =
     "https://schemas.openid.net/secevent/caep/event-type/session-revoked";
 const RISC: &str = "https://schemas.openid.net/secevent/risc/event-type/";
-
-fn admin_env() -> (String, String) {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let var = format!(
-        "JWTGATE_TEST_SIG_ADMIN_{}",
-        N.fetch_add(1, Ordering::Relaxed)
-    );
-    let value = format!("admin-{}", jwtgate::token::random_id());
-    std::env::set_var(&var, &value);
-    (var, value)
-}
 
 /// One gateway: issuer "op" (the mock IdP's JWKS) with a back-channel logout path,
 /// `[signals]` reusing its keys, one authenticated route.

@@ -32,6 +32,7 @@ pub(super) struct FileConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct FileAnomaly {
+    #[serde(deserialize_with = "super::duration::s")]
     pub(super) window_s: u64,
     pub(super) max_requests_per_token: u64,
     pub(super) max_networks_per_token: usize,
@@ -92,14 +93,18 @@ pub(super) const MAX_CONN_TIMEOUT_MS: u64 = 3_600_000;
 #[serde(deny_unknown_fields, default)]
 pub(super) struct FileServer {
     pub(super) worker_threads: usize,
+    #[serde(deserialize_with = "super::duration::s")]
     pub(super) drain_s: u64,
+    #[serde(deserialize_with = "super::duration::ms")]
     pub(super) header_timeout_ms: u64,
     pub(super) max_header_bytes: usize,
     pub(super) max_body_bytes: u64,
     pub(super) trusted_proxy_hops: usize,
     pub(super) log_format: String,
     pub(super) upstream_ca: Option<String>,
+    #[serde(deserialize_with = "super::duration::ms")]
     pub(super) stream_idle_timeout_ms: u64,
+    #[serde(deserialize_with = "super::duration::ms")]
     pub(super) keepalive_timeout_ms: u64,
     pub(super) max_connections: usize,
 }
@@ -132,7 +137,10 @@ pub(super) struct FileTls {
     /// `"optional"` (default with `client_ca`) or `"required"`.
     pub(super) client_auth: Option<String>,
     /// How often the files are checked for a renewed pair (0: never).
-    #[serde(default = "default_tls_watch_ms")]
+    #[serde(
+        default = "default_tls_watch_ms",
+        deserialize_with = "super::duration::ms"
+    )]
     pub(super) watch_interval_ms: u64,
 }
 
@@ -162,7 +170,7 @@ pub(super) struct FileIssuer {
     #[serde(default)]
     pub(super) audiences: Vec<String>,
     pub(super) algorithms: Option<Vec<String>>,
-    #[serde(default = "default_leeway")]
+    #[serde(default = "default_leeway", deserialize_with = "super::duration::s")]
     pub(super) leeway_s: u64,
     pub(super) jwks_url: Option<String>,
     pub(super) keys: Option<Vec<FileKey>>,
@@ -181,7 +189,10 @@ pub(super) struct FileIssuer {
     /// The gateway's client at the introspection endpoint (HTTP Basic).
     pub(super) client_id: Option<String>,
     pub(super) client_secret_env: Option<String>,
-    #[serde(default = "default_introspection_cache")]
+    #[serde(
+        default = "default_introspection_cache",
+        deserialize_with = "super::duration::s"
+    )]
     pub(super) introspection_cache_s: u64,
     /// Introspection calls per second for tokens not in the cache (per replica).
     #[serde(default = "default_introspection_rate")]
@@ -206,9 +217,12 @@ pub(super) struct FileSignals {
     pub(super) audience: String,
     pub(super) jwks_url: Option<String>,
     pub(super) algorithms: Option<Vec<String>>,
-    #[serde(default = "default_leeway")]
+    #[serde(default = "default_leeway", deserialize_with = "super::duration::s")]
     pub(super) leeway_s: u64,
-    #[serde(default = "default_signals_max_age")]
+    #[serde(
+        default = "default_signals_max_age",
+        deserialize_with = "super::duration::s"
+    )]
     pub(super) max_age_s: u64,
 }
 
@@ -239,6 +253,7 @@ pub(super) struct FileTokens {
     pub(super) sources: Vec<String>,
     pub(super) csrf: bool,
     /// How far a DPoP proof's `iat` may be from now, either way.
+    #[serde(deserialize_with = "super::duration::s")]
     pub(super) dpop_iat_window_s: u64,
     /// Behind a TLS terminator: the header carrying the client certificate (URL-encoded PEM).
     pub(super) client_cert_header: Option<String>,
@@ -273,6 +288,7 @@ pub(super) struct FileIdentity {
     pub(super) forward_token: bool,
     pub(super) assertion_header: Option<String>,
     pub(super) assertion_key: Option<String>,
+    #[serde(default, deserialize_with = "super::duration::opt_s")]
     pub(super) assertion_ttl_s: Option<u64>,
     pub(super) claims: toml::Table,
 }
@@ -300,17 +316,22 @@ pub(super) struct FileRevocation {
     /// The variable holding the whole Redis URL (with its password), instead of `redis_url`.
     pub(super) redis_url_env: Option<String>,
     pub(super) key_prefix: String,
+    #[serde(deserialize_with = "super::duration::ms")]
     pub(super) cache_ttl_ms: u64,
     pub(super) cache_capacity: u64,
+    #[serde(deserialize_with = "super::duration::ms")]
     pub(super) timeout_ms: u64,
     pub(super) on_error: String,
+    #[serde(deserialize_with = "super::duration::s")]
     pub(super) subject_ttl_s: u64,
     pub(super) pool_size: usize,
+    #[serde(deserialize_with = "super::duration::ms")]
     pub(super) connect_timeout_ms: u64,
     pub(super) redis_ca: Option<String>,
     pub(super) redis_password_env: Option<String>,
     pub(super) sentinel_password_env: Option<String>,
     pub(super) min_replicas: u32,
+    #[serde(deserialize_with = "super::duration::ms")]
     pub(super) min_replicas_timeout_ms: u64,
     pub(super) redis_cluster: Vec<String>,
 }
@@ -346,13 +367,16 @@ pub(super) struct FileRefresh {
     pub(super) client_id: Option<String>,
     pub(super) client_secret_env: String,
     pub(super) client_auth: String,
+    #[serde(deserialize_with = "super::duration::s")]
     pub(super) refresh_before_s: u64,
     pub(super) access_cookie: String,
     pub(super) refresh_cookie: String,
     pub(super) refresh_header: String,
     pub(super) revocation_endpoint: Option<String>,
     pub(super) logout_path: String,
+    #[serde(deserialize_with = "super::duration::s")]
     pub(super) reuse_window_s: u64,
+    #[serde(deserialize_with = "super::duration::ms")]
     pub(super) timeout_ms: u64,
     pub(super) rate_limit: FileRefreshLimit,
 }
@@ -402,7 +426,7 @@ pub(super) struct FileRoute {
     pub(super) auth: String,
     #[serde(default)]
     pub(super) scopes: Vec<String>,
-    #[serde(default = "default_timeout")]
+    #[serde(default = "default_timeout", deserialize_with = "super::duration::ms")]
     pub(super) timeout_ms: u64,
     pub(super) rate_limit: Option<FileRateLimit>,
     pub(super) cors: Option<FileCors>,
@@ -442,7 +466,10 @@ pub(super) struct FileCors {
     pub(super) headers: Vec<String>,
     #[serde(default)]
     pub(super) credentials: bool,
-    #[serde(default = "default_cors_max_age")]
+    #[serde(
+        default = "default_cors_max_age",
+        deserialize_with = "super::duration::s"
+    )]
     pub(super) max_age_s: u64,
 }
 

@@ -20,16 +20,25 @@ pub enum ConfigError {
     /// The TOML parser's message includes the line, column and key.
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
-    #[error("{path}: `{key}`: {message}")]
+    /// Found after parsing (a bad value, a missing file, a cross-field check): `line` is
+    /// where the file writes `key` (or the table it is missing from), when it does.
+    #[error("{path}: {}`{key}`: {message}", at_line(.line))]
     Invalid {
         path: String,
+        line: Option<usize>,
         key: String,
         message: String,
     },
 }
 
+fn at_line(line: &Option<usize>) -> String {
+    line.map(|n| format!("line {n}: ")).unwrap_or_default()
+}
+
+mod duration;
 mod file;
 pub mod keys;
+mod locate;
 pub mod login;
 pub mod origin;
 pub mod rules;
@@ -212,7 +221,7 @@ pub struct Refresh {
     pub discovery_issuer: Option<usize>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listen {
     pub https: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
@@ -355,7 +364,9 @@ pub enum OnError {
     Allow,
 }
 
-#[derive(Debug, Clone)]
+/// `Debug` redacts the password of every Redis URL (`redis_url`, the cluster seeds): the
+/// config is printed in logs and panics. Compare with `==`, which sees the real values.
+#[derive(Clone, PartialEq)]
 pub struct Revocation {
     pub store: StoreKind,
     pub redis_url: String,
@@ -383,6 +394,36 @@ pub struct Revocation {
     pub min_replicas_timeout: Duration,
 }
 
+impl std::fmt::Debug for Revocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redact = |u: &str| source::redact_url_password(u).unwrap_or_else(|| u.to_string());
+        let target = match &self.target {
+            RedisTarget::Cluster { seeds } => RedisTarget::Cluster {
+                seeds: seeds.iter().map(|s| redact(s)).collect(),
+            },
+            t => t.clone(),
+        };
+        f.debug_struct("Revocation")
+            .field("store", &self.store)
+            .field("redis_url", &redact(&self.redis_url))
+            .field("key_prefix", &self.key_prefix)
+            .field("cache_ttl", &self.cache_ttl)
+            .field("cache_capacity", &self.cache_capacity)
+            .field("timeout", &self.timeout)
+            .field("on_error", &self.on_error)
+            .field("subject_ttl", &self.subject_ttl)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("redis_ca", &self.redis_ca.as_ref().map(|c| c.len()))
+            .field("target", &target)
+            .field("redis_password", &self.redis_password)
+            .field("sentinel_password", &self.sentinel_password)
+            .field("min_replicas", &self.min_replicas)
+            .field("min_replicas_timeout", &self.min_replicas_timeout)
+            .finish()
+    }
+}
+
 /// What `redis_url` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedisTarget {
@@ -402,7 +443,7 @@ pub enum RedisTarget {
 }
 
 /// A secret read from the environment; `Debug` never shows it.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Password(pub String);
 
 impl std::fmt::Debug for Password {

@@ -59,7 +59,7 @@ fn redact_value(v: &mut toml::Value) {
 
 /// `scheme://user:password@host/...` -> `scheme://user:<redacted>@host/...`; `None` when
 /// there is no password.
-fn redact_url_password(s: &str) -> Option<String> {
+pub fn redact_url_password(s: &str) -> Option<String> {
     let start = s.find("://")? + 3;
     let authority_end = s[start..]
         .find(['/', '?', '#'])

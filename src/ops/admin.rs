@@ -94,6 +94,7 @@ enum Endpoint<'a> {
     Revocations,
     RevokedJti(&'a str),
     RevokedSub(&'a str),
+    RevokedSid(&'a str),
     Reload,
     Drain,
     Config,
@@ -119,6 +120,8 @@ impl<'a> Endpoint<'a> {
                     Endpoint::RevokedJti(jti)
                 } else if let Some(sub) = p.strip_prefix("/revocations/sub/") {
                     Endpoint::RevokedSub(sub)
+                } else if let Some(sid) = p.strip_prefix("/revocations/sid/") {
+                    Endpoint::RevokedSid(sid)
                 } else {
                     return None;
                 }
@@ -137,7 +140,7 @@ impl<'a> Endpoint<'a> {
             | Endpoint::Version => &[Method::GET],
             Endpoint::Revocations | Endpoint::LogLevel => &[Method::GET, Method::POST],
             Endpoint::RevokedJti(_) => &[Method::GET, Method::DELETE],
-            Endpoint::RevokedSub(_) => &[Method::DELETE],
+            Endpoint::RevokedSub(_) | Endpoint::RevokedSid(_) => &[Method::DELETE],
             Endpoint::Reload | Endpoint::Drain => &[Method::POST],
         }
     }
@@ -224,7 +227,12 @@ async fn handle(shared: &Shared, surface: Surface, req: Request<Incoming>) -> Re
         }
         (Endpoint::Revocations, Method::POST) => post_revocation(&app, req.into_body()).await,
         (Endpoint::Revocations, _) => {
-            list_revocations(&app, param("sub"), param("issuer"), param("limit")).await
+            let filter = ListFilter {
+                sub: param("sub"),
+                sid: param("sid"),
+                issuer: param("issuer"),
+            };
+            list_revocations(&app, filter, param("limit")).await
         }
         (Endpoint::Reload, _) => match crate::ops::reload::reload(shared).await {
             Ok(notes) => json(
@@ -304,9 +312,14 @@ async fn handle(shared: &Shared, surface: Surface, req: Request<Incoming>) -> Re
                 Err(e) => store_unavailable(&e),
             }
         }
-        (Endpoint::RevokedJti(value), _) | (Endpoint::RevokedSub(value), _) => {
-            let is_jti = matches!(endpoint, Endpoint::RevokedJti(_));
-            let what = if is_jti { "jti" } else { "sub" };
+        (Endpoint::RevokedJti(value), _)
+        | (Endpoint::RevokedSub(value), _)
+        | (Endpoint::RevokedSid(value), _) => {
+            let what = match endpoint {
+                Endpoint::RevokedJti(_) => "jti",
+                Endpoint::RevokedSub(_) => "sub",
+                _ => "sid",
+            };
             let Some(value) = decode_segment(value) else {
                 return json_response(
                     StatusCode::BAD_REQUEST,
@@ -320,10 +333,10 @@ async fn handle(shared: &Shared, surface: Surface, req: Request<Incoming>) -> Re
                     Err(m) => return json_response(StatusCode::BAD_REQUEST, "bad_request", &m),
                 };
             let scoped = Scoped::new(issuer, &value);
-            let undone = if is_jti {
-                app.revocations.unrevoke_jti(&scoped).await
-            } else {
-                app.revocations.unrevoke_sub(&scoped).await
+            let undone = match what {
+                "jti" => app.revocations.unrevoke_jti(&scoped).await,
+                "sub" => app.revocations.unrevoke_sub(&scoped).await,
+                _ => app.revocations.unrevoke_sid(&scoped).await,
             };
             match undone {
                 Ok(true) => {
@@ -393,27 +406,27 @@ async fn read_small(body: Incoming) -> Result<bytes::Bytes, &'static str> {
 const LIST_DEFAULT: usize = 1_000;
 const LIST_MAX: usize = 10_000;
 
-async fn list_revocations(
-    app: &App,
-    sub: Option<String>,
-    issuer: Option<String>,
-    limit: Option<String>,
-) -> Response<Body> {
+/// `GET /revocations[?sub=|?sid=][&issuer=][&limit=]`.
+async fn list_revocations(app: &App, filter: ListFilter, limit: Option<String>) -> Response<Body> {
     let bad = |m: &str| json_response(StatusCode::BAD_REQUEST, "bad_request", m);
-    if let Some(i) = &issuer {
+    if let Some(i) = &filter.issuer {
         if let Err(m) = which_issuer(&app.config, Some(i), "?issuer=<name>") {
             return bad(&m);
         }
     }
-    if sub.as_deref() == Some("") {
-        return bad("sub must not be empty");
+    for (name, v) in [("sub", &filter.sub), ("sid", &filter.sid)] {
+        if v.as_deref() == Some("") {
+            return bad(&format!("{name} must not be empty"));
+        }
+    }
+    if filter.sub.is_some() && filter.sid.is_some() {
+        return bad("list by sub or by sid, not both");
     }
     let limit = match limit.map(|l| l.parse::<usize>()) {
         None => LIST_DEFAULT,
         Some(Ok(n)) if (1..=LIST_MAX).contains(&n) => n,
         Some(_) => return bad(&format!("limit must be 1..={LIST_MAX}")),
     };
-    let filter = ListFilter { sub, issuer };
     // One more than asked for says whether the list was cut.
     match app.revocations.list(&filter, limit + 1).await {
         Ok(mut l) => {

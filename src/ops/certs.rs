@@ -34,11 +34,41 @@ fn stamp(s: &CertSource) -> Option<Stamp> {
     Some([one(&s.cert_path)?, one(&s.key_path)?])
 }
 
+/// The expiry warning: from `WARN_BEFORE_S` before `notAfter`, once every `WARN_EVERY_S`.
+#[derive(Default)]
+struct ExpiryWarning {
+    warned_at: i64,
+}
+
+impl ExpiryWarning {
+    fn check(&mut self, src: &CertSource, now: i64) {
+        let left = src.not_after() - now;
+        if left < WARN_BEFORE_S && now - self.warned_at >= WARN_EVERY_S {
+            self.warned_at = now;
+            tracing::warn!(cert = %src.cert_path.display(), not_after = src.not_after(), days_left = left / 86_400, "TLS certificate expires soon; renew it (the new files are picked up without a restart)");
+        }
+    }
+}
+
+/// Warn at once about a certificate near its expiry (so the warning is logged before
+/// "jwtgate serving"), then watch in the background until `shutdown`.
+pub fn start(shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+    let mut expiry = ExpiryWarning::default();
+    let tls = shared.app.load().config.tls_files.clone();
+    if let Some(tls) = tls {
+        expiry.check(&tls.source, now_unix());
+    }
+    tokio::spawn(watch(shared, shutdown, expiry));
+}
+
 /// Watch until `shutdown`; counts attempts in `shared.cert_reloads`.
-pub async fn watch(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+async fn watch(
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    mut expiry: ExpiryWarning,
+) {
     // The source being watched (replaced by a config reload) and its files' last stamp.
     let mut watching: Option<(Arc<CertSource>, Option<Stamp>)> = None;
-    let mut warned_at: i64 = 0;
     loop {
         let tls = shared.app.load().config.tls_files.clone();
         let Some(tls) = tls else { return };
@@ -64,11 +94,7 @@ pub async fn watch(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             // First look, or a config reload brought a new source: it was just read.
             _ => watching = Some((src.clone(), stamp(&src))),
         }
-        let left = src.not_after() - now_unix();
-        if left < WARN_BEFORE_S && now_unix() - warned_at >= WARN_EVERY_S {
-            warned_at = now_unix();
-            tracing::warn!(cert = %src.cert_path.display(), not_after = src.not_after(), days_left = left / 86_400, "TLS certificate expires soon; renew it (the new files are picked up without a restart)");
-        }
+        expiry.check(&src, now_unix());
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.wait_for(|s| *s) => return,

@@ -27,54 +27,7 @@ async fn apply(shared: &Shared) -> Result<Vec<String>, String> {
     let current = shared.app.load_full();
     let path = current.config.path.clone();
     let mut config = Config::load(&path).map_err(|e| e.to_string())?;
-    let mut notes = Vec::new();
-    let differs =
-        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
-    if differs(&config.listen, &current.config.listen) {
-        notes.push("[listen] changed: restart to apply".to_string());
-    }
-    // [server]: what the listeners and the upstream client were built with stays until a
-    // restart; what each request reads applies at once.
-    let (old, new) = (&current.config.server, &config.server);
-    let restart_only: Vec<&str> = [
-        ("worker_threads", old.worker_threads != new.worker_threads),
-        ("drain_s", old.drain != new.drain),
-        (
-            "header_timeout_ms",
-            old.header_timeout != new.header_timeout,
-        ),
-        (
-            "keepalive_timeout_ms",
-            old.keepalive_timeout != new.keepalive_timeout,
-        ),
-        (
-            "max_connections",
-            old.max_connections != new.max_connections,
-        ),
-        (
-            "max_header_bytes",
-            old.max_header_bytes != new.max_header_bytes,
-        ),
-        ("log_format", differs(&old.log_format, &new.log_format)),
-        (
-            "upstream_ca",
-            differs(&old.upstream_roots, &new.upstream_roots),
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(key, changed)| changed.then_some(key))
-    .collect();
-    if !restart_only.is_empty() {
-        notes.push(format!(
-            "[server] {} changed: restart to apply (max_body_bytes, stream_idle_timeout_ms and trusted_proxy_hops apply at once)",
-            restart_only.join(", ")
-        ));
-    }
-    if differs(&config.revocation, &current.config.revocation) {
-        notes.push("[revocation] changed: restart to apply".to_string());
-        // Everything keeps using the running store's settings, refresh coordination too.
-        config.revocation = current.config.revocation.clone();
-    }
+    let notes = keep_running(&mut config, &current.config);
     if config.tls.is_none() && current.config.tls.is_some() {
         return Err("[tls] removed while listen.https is bound: restart to apply".into());
     }
@@ -119,4 +72,63 @@ async fn apply(shared: &Shared) -> Result<Vec<String>, String> {
         tracing::warn!("{n}");
     }
     Ok(notes)
+}
+
+/// The settings a reload cannot apply (listeners, what they and the upstream client were
+/// built with, the revocation store): `new` takes the running values, and a note names
+/// each one the file changed. Compared with what runs, not with the last file loaded: a
+/// setting changed in one reload is still noted in the next, and stops being noted once
+/// the file matches the running value again.
+fn keep_running(new: &mut Config, running: &Config) -> Vec<String> {
+    let mut notes = Vec::new();
+    if new.listen != running.listen {
+        notes.push("[listen] changed: restart to apply".to_string());
+    }
+    new.listen = running.listen.clone();
+    // [server]: what the listeners and the upstream client were built with stays until a
+    // restart; what each request reads applies at once.
+    let (old, s) = (&running.server, &mut new.server);
+    let restart_only: Vec<&str> = [
+        ("worker_threads", old.worker_threads != s.worker_threads),
+        ("drain_s", old.drain != s.drain),
+        ("header_timeout_ms", old.header_timeout != s.header_timeout),
+        (
+            "keepalive_timeout_ms",
+            old.keepalive_timeout != s.keepalive_timeout,
+        ),
+        ("max_connections", old.max_connections != s.max_connections),
+        (
+            "max_header_bytes",
+            old.max_header_bytes != s.max_header_bytes,
+        ),
+        ("log_format", old.log_format != s.log_format),
+        (
+            "upstream_ca",
+            format!("{:?}", old.upstream_roots) != format!("{:?}", s.upstream_roots),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect();
+    if !restart_only.is_empty() {
+        notes.push(format!(
+            "[server] {} changed: restart to apply (max_body_bytes, stream_idle_timeout_ms and trusted_proxy_hops apply at once)",
+            restart_only.join(", ")
+        ));
+    }
+    s.worker_threads = old.worker_threads;
+    s.drain = old.drain;
+    s.header_timeout = old.header_timeout;
+    s.keepalive_timeout = old.keepalive_timeout;
+    s.max_connections = old.max_connections;
+    s.max_header_bytes = old.max_header_bytes;
+    s.log_format = old.log_format;
+    s.upstream_roots = old.upstream_roots.clone();
+    // `==`: `Debug` hides the Redis password, and a new one needs a restart too.
+    if new.revocation != running.revocation {
+        notes.push("[revocation] changed: restart to apply".to_string());
+    }
+    // Everything keeps using the running store's settings, refresh coordination too.
+    new.revocation = running.revocation.clone();
+    notes
 }

@@ -679,6 +679,36 @@ impl TestGateway {
         format!("http://{}{path}", self.http)
     }
 
+    /// `method path` on the admin listener, with `auth` as the bearer token (`None`: no
+    /// `Authorization`) and `body` as JSON.
+    pub async fn admin_call(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Option<&str>,
+        body: &str,
+    ) -> Resp {
+        let b = auth.map(|a| format!("Bearer {a}"));
+        let mut h = vec![("content-type", "application/json")];
+        if let Some(b) = &b {
+            h.push(("authorization", b));
+        }
+        self.client_plain()
+            .send(
+                method,
+                &format!("http://{}{path}", self.admin),
+                &h,
+                body::full(body.to_string()),
+            )
+            .await
+    }
+
+    /// `POST /reload` with the admin token `token`.
+    pub async fn reload(&self, token: &str) -> Resp {
+        self.admin_call(Method::POST, "/reload", Some(token), "")
+            .await
+    }
+
     pub fn https_url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.https.port())
     }
@@ -708,6 +738,22 @@ impl Drop for TestGateway {
             r.begin_shutdown();
         }
     }
+}
+
+/// A fresh environment variable holding a fresh admin token, for `admin.token_env` (tests
+/// run in parallel): (variable, token).
+pub fn admin_env() -> (String, String) {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let var = format!("JWTGATE_TEST_ADMIN_{}", N.fetch_add(1, Ordering::Relaxed));
+    let value = format!("admin-{}", jwtgate::token::random_id());
+    std::env::set_var(&var, &value);
+    (var, value)
+}
+
+/// The claims of a JWT, not verified (a test reading its own token's `jti` and `exp`).
+pub fn claims_of(t: &str) -> serde_json::Value {
+    let p = t.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).unwrap()).unwrap()
 }
 
 pub fn init() {

@@ -1,6 +1,7 @@
-//! Secrets and URLs from the environment: `${VAR}` in the values that hold a URL (which may
-//! carry a password: `redis_url`, `jwks_url`, the `[refresh]` endpoints, upstreams), and
-//! `revocation.redis_url_env`. Expanded on every load, so a reload re-reads the real file
+//! Secrets and URLs from the environment: `${VAR}` in every value the gateway dials (which
+//! may carry a password: `redis_url`, `redis_cluster` seeds, issuers' `jwks_url` and
+//! `introspection_endpoint`, `[signals] jwks_url`, the `[refresh]` endpoints, upstreams),
+//! and `revocation.redis_url_env`. Expanded on every load, so a reload re-reads the real file
 //! and the environment; `GET /config` shows the file as written, never the values.
 
 use super::Ctx;
@@ -72,10 +73,19 @@ pub(super) fn expand_urls(ctx: &Ctx, raw: &mut FileConfig) -> Result<(), ConfigE
     } else {
         r.redis_url = expand(ctx, "revocation.redis_url", &r.redis_url)?;
     }
+    for (i, seed) in r.redis_cluster.iter_mut().enumerate() {
+        *seed = expand(ctx, &format!("revocation.redis_cluster[{i}]"), seed)?;
+    }
     for (i, fi) in raw.issuers.iter_mut().enumerate() {
         if let Some(u) = &mut fi.jwks_url {
             *u = expand(ctx, &format!("issuers[{i}].jwks_url"), u)?;
         }
+        if let Some(u) = &mut fi.introspection_endpoint {
+            *u = expand(ctx, &format!("issuers[{i}].introspection_endpoint"), u)?;
+        }
+    }
+    if let Some(u) = raw.signals.as_mut().and_then(|s| s.jwks_url.as_mut()) {
+        *u = expand(ctx, "signals.jwks_url", u)?;
     }
     if let Some(f) = &mut raw.refresh {
         if let Some(u) = &mut f.token_endpoint {

@@ -493,6 +493,9 @@ pub(super) fn validate_revocation(
             ))
         }
     };
+    // A URL in a message: it may have come from `${VAR}` with its password.
+    let shown =
+        |u: &str| crate::config::source::redact_url_password(u).unwrap_or_else(|| u.to_string());
     let target = if store == StoreKind::Redis && !r.redis_cluster.is_empty() {
         let tls = r.redis_cluster[0].starts_with("rediss://");
         for seed in &r.redis_cluster {
@@ -504,7 +507,10 @@ pub(super) fn validate_revocation(
             if !ok {
                 return Err(ctx.err(
                     "revocation.redis_cluster",
-                    format!("{seed:?}: every seed must be redis://, or every seed rediss://"),
+                    format!(
+                        "{:?}: every seed must be redis://, or every seed rediss://",
+                        shown(seed)
+                    ),
                 ));
             }
         }
@@ -512,8 +518,12 @@ pub(super) fn validate_revocation(
             seeds: r.redis_cluster.clone(),
         }
     } else if store == StoreKind::Redis {
-        redis_target(&r.redis_url)
-            .map_err(|m| ctx.err("revocation.redis_url", format!("{:?}: {m}", r.redis_url)))?
+        redis_target(&r.redis_url).map_err(|m| {
+            ctx.err(
+                "revocation.redis_url",
+                format!("{:?}: {m}", shown(&r.redis_url)),
+            )
+        })?
     } else {
         RedisTarget::Single
     };

@@ -36,6 +36,8 @@ impl Ctx<'_> {
     fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: self.file.to_string(),
+            // Filled in from the file's spans once validation fails (`locate`).
+            line: None,
             key: key.into(),
             message: message.into(),
         }
@@ -83,7 +85,7 @@ impl Config {
             dir
         };
         let ctx = Ctx { file: &file, dir };
-        let mut config = validate(&ctx, path, raw)?;
+        let mut config = validate(&ctx, path, raw).map_err(|e| super::locate::locate(e, text))?;
         config.source = Arc::new(super::source::Source::of(text));
         Ok(config)
     }
@@ -925,6 +927,182 @@ admin = "127.0.0.1:0"
         .unwrap_err()
         .to_string();
         assert!(e.contains("routes[0].auth"), "{e}");
+    }
+
+    #[test]
+    fn durations_take_an_integer_or_a_human_form_in_every_key() {
+        let c = open_route(
+            "timeout_ms = '2m'\ncors = { origins = ['*'], max_age_s = '1h' }\n[server]\nheader_timeout_ms = '2s'\ndrain_s = '1m 30s'\nkeepalive_timeout_ms = 500\n[revocation]\ncache_ttl_ms = '1.5s'\nsubject_ttl_s = '1day'\n[anomaly]\nwindow_s = '5m'",
+        )
+        .unwrap();
+        assert_eq!(c.routes[0].timeout, Duration::from_secs(120));
+        assert_eq!(c.routes[0].cors.as_ref().unwrap().max_age_s, 3600);
+        assert_eq!(c.server.header_timeout, Duration::from_secs(2));
+        assert_eq!(c.server.drain, Duration::from_secs(90));
+        assert_eq!(c.server.keepalive_timeout, Duration::from_millis(500));
+        assert_eq!(c.revocation.cache_ttl, Duration::from_millis(1500));
+        assert_eq!(c.revocation.subject_ttl, Duration::from_secs(86_400));
+        assert_eq!(c.anomaly.unwrap().window, Duration::from_secs(300));
+        for (extra, needles) in [
+            // Finer than the unit: refused, not rounded to 1 (or to 0).
+            (
+                "[server]\nheader_timeout_ms = '1500us'",
+                &[
+                    "\"1500us\" is not a whole number of milliseconds",
+                    "line 12",
+                ][..],
+            ),
+            (
+                "[revocation]\nsubject_ttl_s = '500ms'",
+                &["not a whole number of seconds", "subject_ttl_s"],
+            ),
+            (
+                "[server]\ndrain_s = 'soon'",
+                &["\"soon\" is not a duration", "drain_s"],
+            ),
+            (
+                "[server]\ndrain_s = '30'",
+                &["is not a duration", "such as \"30s\""],
+            ),
+            // A human zero is still checked like the integer.
+            (
+                "[server]\nheader_timeout_ms = '0s'",
+                &["server.header_timeout_ms", "greater than 0"],
+            ),
+        ] {
+            let e = open_route(extra).unwrap_err().to_string();
+            for n in needles {
+                assert!(e.contains(n), "{extra}: wanted {n:?} in {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn errors_found_after_parsing_carry_the_line_of_their_key() {
+        for (text, want) in [
+            // A bad URL, two lines into its array.
+            (
+                "[listen]\nhttp = '127.0.0.1:0'\nadmin = '127.0.0.1:0'\n\n[[routes]]\nname = 'a'\npath_prefix = '/'\nupstreams = [\n  'http://ok',\n  'ftp://x',\n]\nauth = 'none'\n",
+                "/tmp/gw.toml: line 10: `routes[0].upstreams[1]`",
+            ),
+            // A bad enum value.
+            (
+                "[listen]\nhttp = '127.0.0.1:0'\nadmin = '127.0.0.1:0'\n[server]\nlog_format = 'xml'\n",
+                "line 5: `server.log_format`",
+            ),
+            // A missing file.
+            (
+                "[listen]\nhttp = '127.0.0.1:0'\nadmin = '127.0.0.1:0'\n[server]\n\nupstream_ca = '/nonexistent/ca.pem'\n",
+                "line 6: `server.upstream_ca`: cannot read /nonexistent/ca.pem",
+            ),
+            // A missing key: the line of its table.
+            (
+                "\n[listen]\nhttp = '127.0.0.1:0'\n",
+                "line 2: `listen.admin`",
+            ),
+        ] {
+            let e = load(text).unwrap_err().to_string();
+            assert!(e.contains(want), "wanted {want:?} in {e}");
+        }
+        // Nothing in the file to point at: no line.
+        let e = load(BASE).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "/tmp/gw.toml: `routes`: at least one [[routes]] entry is required"
+        );
+    }
+
+    #[test]
+    fn every_url_the_gateway_dials_takes_variables() {
+        std::env::set_var("JWTGATE_UT_SEED_HOST", "h1");
+        std::env::set_var("JWTGATE_UT_IDP", "https://idp.test");
+        std::env::set_var("JWTGATE_UT_CLIENT_SECRET", "s3cret");
+        let with = |seed: &str, introspect: &str, ssf: &str| {
+            open_route(&format!(
+                "[revocation]\nstore = 'redis'\nredis_cluster = ['{seed}']\n\n[[issuers]]\nname = 'i'\nissuer = 'https://i.test'\njwks_url = 'http://127.0.0.1:1/jwks'\nintrospection = true\nintrospection_endpoint = '{introspect}'\nclient_id = 'gw'\nclient_secret_env = 'JWTGATE_UT_CLIENT_SECRET'\n\n[signals]\nissuer = 'https://tx.test'\naudience = 'gw'\njwks_url = '{ssf}'\n"
+            ))
+        };
+        let c = with(
+            "redis://${JWTGATE_UT_SEED_HOST}:7000",
+            "${JWTGATE_UT_IDP}/introspect",
+            "${JWTGATE_UT_IDP}/ssf/jwks",
+        )
+        .unwrap();
+        assert_eq!(
+            c.revocation.target,
+            RedisTarget::Cluster {
+                seeds: vec!["redis://h1:7000".into()]
+            }
+        );
+        let endpoint = c.issuers[0]
+            .introspection
+            .as_ref()
+            .unwrap()
+            .endpoint
+            .clone();
+        assert_eq!(endpoint.unwrap(), "https://idp.test/introspect");
+        match &c.signals.unwrap().keys {
+            SignalKeys::Own(i) => {
+                assert!(matches!(&i.keys, KeySource::Jwks(u) if u == "https://idp.test/ssf/jwks"))
+            }
+            k => panic!("{k:?}"),
+        }
+        let (seed, introspect, ssf) = ("redis://h:1", "https://a/i", "https://a/j");
+        for (args, key) in [
+            (
+                (("redis://${JWTGATE_UT_NOPE}:1"), introspect, ssf),
+                "revocation.redis_cluster[0]",
+            ),
+            (
+                (seed, "${JWTGATE_UT_NOPE}/i", ssf),
+                "issuers[0].introspection_endpoint",
+            ),
+            (
+                (seed, introspect, "${JWTGATE_UT_NOPE}/j"),
+                "signals.jwks_url",
+            ),
+        ] {
+            let e = with(args.0, args.1, args.2).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!(
+                    "`{key}`: the environment variable JWTGATE_UT_NOPE"
+                )),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn revocation_debug_hides_the_redis_password() {
+        let c = open_route(
+            "[revocation]\nstore = 'redis'\nredis_url = 'rediss://default:hunter2@redis:6380/0'",
+        )
+        .unwrap();
+        let d = format!("{:?}", c.revocation);
+        assert!(
+            d.contains("rediss://default:<redacted>@redis:6380/0"),
+            "{d}"
+        );
+        let c2 = open_route(
+            "[revocation]\nstore = 'redis'\nredis_cluster = ['redis://:hunter3@h1:7000', 'redis://u:hunter4@h2:7000']",
+        )
+        .unwrap();
+        for text in [d, format!("{c:?}"), format!("{:?}", c2.revocation)] {
+            for secret in ["hunter2", "hunter3", "hunter4"] {
+                assert!(!text.contains(secret), "{secret} in {text}");
+            }
+        }
+        assert!(format!("{:?}", c2.revocation).contains("redis://:<redacted>@h1:7000"));
+        // Equality still sees the password: a new one is a change (reload notes it).
+        let c3 = open_route(
+            "[revocation]\nstore = 'redis'\nredis_url = 'rediss://default:other@redis:6380/0'",
+        )
+        .unwrap();
+        assert_eq!(
+            format!("{:?}", c3.revocation),
+            format!("{:?}", c.revocation)
+        );
+        assert!(c3.revocation != c.revocation);
     }
 
     #[test]

@@ -29,9 +29,11 @@ impl moka::Expiry<String, i64> for UntilValue {
 /// `until`, watermarks and sessions after `subject_ttl`). Also used, with Redis, to hold
 /// revocations pushed over pub/sub.
 pub struct MemoryStore {
+    subject_ttl: Duration,
     jti: moka::sync::Cache<String, i64>,
     sub: moka::sync::Cache<String, i64>,
-    sid: moka::sync::Cache<String, ()>,
+    /// Session -> when its revocation ends (`subject_ttl` after it was made).
+    sid: moka::sync::Cache<String, i64>,
     /// The replay cache: key -> until.
     seen: moka::sync::Cache<String, i64>,
 }
@@ -39,6 +41,7 @@ pub struct MemoryStore {
 impl MemoryStore {
     pub fn new(capacity: u64, subject_ttl: Duration) -> MemoryStore {
         MemoryStore {
+            subject_ttl,
             jti: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(UntilValue)
@@ -67,7 +70,9 @@ impl MemoryStore {
     }
 
     pub(super) fn put_sid(&self, sid: &Scoped) {
-        self.sid.insert(sid.as_str().to_owned(), ());
+        let ttl = self.subject_ttl.as_secs().clamp(1, i64::MAX as u64) as i64;
+        self.sid
+            .insert(sid.as_str().to_owned(), now_unix().saturating_add(ttl));
     }
 
     pub(super) fn put_jti(&self, jti: &Scoped, until: i64) {
@@ -83,18 +88,24 @@ impl MemoryStore {
         self.sub.remove(sub.as_str()).is_some()
     }
 
+    pub(super) fn remove_sid(&self, sid: &Scoped) -> bool {
+        self.sid.remove(sid.as_str()).is_some()
+    }
+
     fn entries(&self, filter: &ListFilter, limit: usize) -> Vec<Listed> {
         let jti = self.jti.iter().map(|(k, v)| (ListedKind::Jti, k, v));
         let sub = self.sub.iter().map(|(k, v)| (ListedKind::Sub, k, v));
+        let sid = self.sid.iter().map(|(k, v)| (ListedKind::Sid, k, v));
         let mut out: Vec<Listed> = sub
             .chain(jti)
+            .chain(sid)
             .filter_map(|(kind, k, v)| {
                 let (issuer, value) = k.split_once(':')?;
                 filter.wants(kind, Some(issuer), value).then(|| Listed {
                     kind,
                     issuer: Some(issuer.to_string()),
                     value: value.to_string(),
-                    until: (kind == ListedKind::Jti).then_some(v),
+                    until: (kind != ListedKind::Sub).then_some(v),
                     revoked_before: (kind == ListedKind::Sub).then_some(v),
                 })
             })
@@ -159,6 +170,10 @@ impl Store for MemoryStore {
     }
     fn unrevoke_sub<'a>(&'a self, sub: &'a Scoped) -> BoxFuture<'a, Result<bool, StoreError>> {
         let had = self.remove_sub(sub);
+        Box::pin(async move { Ok(had) })
+    }
+    fn unrevoke_sid<'a>(&'a self, sid: &'a Scoped) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let had = self.remove_sid(sid);
         Box::pin(async move { Ok(had) })
     }
     fn list<'a>(

@@ -144,6 +144,8 @@ pub trait Store: Send + Sync {
     fn unrevoke_jti<'a>(&'a self, jti: &'a Scoped) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// Undo a subject's watermark (and tell the other replicas); `false` when there was none.
     fn unrevoke_sub<'a>(&'a self, sub: &'a Scoped) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Undo a session's revocation (and tell the other replicas); `false` when there was none.
+    fn unrevoke_sid<'a>(&'a self, sid: &'a Scoped) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// Up to `limit` entries that pass `filter` (admin API).
     fn list<'a>(
         &'a self,
@@ -152,11 +154,13 @@ pub trait Store: Send + Sync {
     ) -> BoxFuture<'a, Result<Vec<Listed>, StoreError>>;
 }
 
-/// Which revocations `GET /revocations` lists: everything, or one subject's watermarks
-/// (a jti entry does not record its token's subject, so it is listed only unfiltered).
+/// Which revocations `GET /revocations` lists: everything, one subject's watermarks, or
+/// one session's revocation (a jti entry records neither its token's subject nor its
+/// session, so it is listed only unfiltered).
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
     pub sub: Option<String>,
+    pub sid: Option<String>,
     pub issuer: Option<String>,
 }
 
@@ -164,10 +168,12 @@ impl ListFilter {
     /// Whether an entry of `kind` for `issuer`'s `value` is wanted.
     pub fn wants(&self, kind: ListedKind, issuer: Option<&str>, value: &str) -> bool {
         let issuer_ok = self.issuer.as_deref().is_none_or(|i| issuer == Some(i));
-        match &self.sub {
-            Some(s) => kind == ListedKind::Sub && value == s && issuer_ok,
-            None => issuer_ok,
-        }
+        let value_ok = match (&self.sub, &self.sid) {
+            (Some(s), _) => kind == ListedKind::Sub && value == s,
+            (None, Some(s)) => kind == ListedKind::Sid && value == s,
+            (None, None) => true,
+        };
+        issuer_ok && value_ok
     }
 }
 
@@ -177,6 +183,8 @@ impl ListFilter {
 pub enum ListedKind {
     Jti,
     Sub,
+    /// A sign-in session: every token with this `sid` claim.
+    Sid,
 }
 
 /// One revocation, as the admin API lists it.
@@ -185,11 +193,11 @@ pub struct Listed {
     pub kind: ListedKind,
     /// The `[[issuers]]` name; `None` for an unscoped key of an earlier release.
     pub issuer: Option<String>,
-    /// The `jti` or `sub`.
+    /// The `jti`, `sub` or `sid`.
     pub value: String,
-    /// jti: the entry lives until then (unix seconds); sub: tokens issued at or before it
-    /// are revoked.
+    /// jti and sid: the entry lives until then (unix seconds).
     pub until: Option<i64>,
+    /// sub: tokens issued at or before it are revoked.
     pub revoked_before: Option<i64>,
 }
 
@@ -485,6 +493,14 @@ impl Revocations {
         Ok(stored || recent)
     }
 
+    /// Undo a session's revocation everywhere (see `unrevoke_jti`).
+    pub async fn unrevoke_sid(&self, sid: &Scoped) -> Result<bool, StoreError> {
+        let stored = self.store.unrevoke_sid(sid).await?;
+        let recent = self.recent.remove_sid(sid);
+        self.cache.invalidate_all();
+        Ok(stored || recent)
+    }
+
     /// Up to `limit` revocations in the store that pass `filter`.
     pub async fn list(&self, filter: &ListFilter, limit: usize) -> Result<Vec<Listed>, StoreError> {
         self.store.list(filter, limit).await
@@ -498,6 +514,10 @@ impl Revocations {
             }
             Message::UndoSub { issuer, undo_sub } => {
                 self.recent.remove_sub(&Scoped::new(&issuer, &undo_sub));
+                self.cache.invalidate_all();
+            }
+            Message::UndoSid { issuer, undo_sid } => {
+                self.recent.remove_sid(&Scoped::new(&issuer, &undo_sid));
                 self.cache.invalidate_all();
             }
             Message::Jti {
@@ -720,13 +740,27 @@ mod tests {
                 at: 7
             }
         );
-        let m = Message::Sid {
-            issuer: "main".into(),
-            sid: "s-1".into(),
-        };
-        let text = serde_json::to_string(&m).unwrap();
-        assert_eq!(text, r#"{"issuer":"main","sid":"s-1"}"#);
-        assert_eq!(serde_json::from_str::<Message>(&text).unwrap(), m);
+        let (issuer, sid) = ("main".to_string(), "s-1".to_string());
+        for (m, want) in [
+            (
+                Message::Sid {
+                    issuer: issuer.clone(),
+                    sid: sid.clone(),
+                },
+                r#"{"issuer":"main","sid":"s-1"}"#,
+            ),
+            (
+                Message::UndoSid {
+                    issuer,
+                    undo_sid: sid,
+                },
+                r#"{"issuer":"main","undo_sid":"s-1"}"#,
+            ),
+        ] {
+            let text = serde_json::to_string(&m).unwrap();
+            assert_eq!(text, want);
+            assert_eq!(serde_json::from_str::<Message>(&text).unwrap(), m);
+        }
         // An earlier release's message: no issuer.
         let m: Message = serde_json::from_str(r#"{"jti":"a","exp":5}"#).unwrap();
         assert_eq!(

@@ -61,6 +61,8 @@ pub enum Message {
     UndoJti { issuer: String, undo_jti: String },
     /// A subject watermark undone (`DELETE /revocations/sub/<sub>`).
     UndoSub { issuer: String, undo_sub: String },
+    /// A session revocation undone (`DELETE /revocations/sid/<sid>`).
+    UndoSid { issuer: String, undo_sid: String },
 }
 
 /// A revocation's writes, to be confirmed by `WAIT`: a pipeline on one server, or (in a
@@ -442,6 +444,16 @@ impl Store for RedisStore {
         })
     }
 
+    fn unrevoke_sid<'a>(&'a self, sid: &'a Scoped) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let msg = Message::UndoSid {
+                issuer: sid.issuer().to_string(),
+                undo_sid: sid.value().to_string(),
+            };
+            self.delete_and_publish(self.sid_key(sid), &msg).await
+        })
+    }
+
     /// SCAN for the keys (bounded by `limit`), then one pipeline of GET + EXPIRETIME.
     fn list<'a>(
         &'a self,
@@ -450,10 +462,11 @@ impl Store for RedisStore {
     ) -> BoxFuture<'a, Result<Vec<Listed>, StoreError>> {
         Box::pin(async move {
             let base = format!("{}revoked:", glob_escape(&self.prefix));
-            let pattern = match &filter.sub {
+            let pattern = match (&filter.sub, &filter.sid) {
                 // `*<sub>` also matches the legacy unscoped key; parsing filters the rest.
-                Some(s) => format!("{base}sub:*{}", glob_escape(s)),
-                None => format!("{base}*"),
+                (Some(s), _) => format!("{base}sub:*{}", glob_escape(s)),
+                (None, Some(s)) => format!("{base}sid:*{}", glob_escape(s)),
+                (None, None) => format!("{base}*"),
             };
             // A cluster's keyspace is split over its primaries, and SCAN walks the node it
             // runs on: walk each primary in turn.
@@ -485,6 +498,8 @@ impl Store for RedisStore {
                     let rest = k.strip_prefix(&strip)?;
                     let (kind, rest) = if let Some(r) = rest.strip_prefix("jti:") {
                         (ListedKind::Jti, r)
+                    } else if let Some(r) = rest.strip_prefix("sid:") {
+                        (ListedKind::Sid, r)
                     } else {
                         (ListedKind::Sub, rest.strip_prefix("sub:")?)
                     };
@@ -528,7 +543,7 @@ impl Store for RedisStore {
                     kind,
                     issuer,
                     value,
-                    until: (kind == ListedKind::Jti).then_some(exp).filter(|t| *t > 0),
+                    until: (kind != ListedKind::Sub).then_some(exp).filter(|t| *t > 0),
                     revoked_before: (kind == ListedKind::Sub)
                         .then(|| v.and_then(|v| v.trim().parse().ok()))
                         .flatten(),
