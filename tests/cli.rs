@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use common::bin::{access_line, exit_code, signal, spawn_gateway, BinGateway, BIN};
 use common::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_jwtgate");
 
 struct Out {
     code: i32,
@@ -855,14 +854,6 @@ async fn healthcheck_exit_codes_follow_readyz_and_healthz() {
     );
 }
 
-/// The JSON access-log line of the request for `path`.
-fn access_line(logs: &[String], path: &str) -> serde_json::Value {
-    logs.iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["path"] == path)
-        .unwrap_or_else(|| panic!("no access-log line for {path}"))
-}
-
 #[test]
 fn demo_walkthrough_succeeds() {
     let o = jwtgate(&["demo", "--once"], &[]);
@@ -873,111 +864,6 @@ fn demo_walkthrough_succeeds() {
     assert!(o.stdout.contains("Open http://127.0.0.1:"));
 }
 
-/// The binary serving one open route, with its log lines collected until it exits.
-struct BinGateway {
-    /// Taken by `exit`; killed on drop if still there (a test that failed half way).
-    child: Option<std::process::Child>,
-    http: String,
-    logs: Option<std::thread::JoinHandle<Vec<String>>>,
-    /// The config file it was started with.
-    config: std::path::PathBuf,
-    _dir: TempDir,
-}
-
-impl BinGateway {
-    /// One open route to `up`, JSON logs, and `server_extra` in `[server]`.
-    fn open_route(up: &EchoUpstream, server_extra: &str) -> BinGateway {
-        BinGateway::listening(
-            up,
-            "http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"",
-            server_extra,
-        )
-    }
-
-    /// One open route to `up` on the `[listen]` addresses given as TOML lines.
-    fn listening(up: &EchoUpstream, listen: &str, server_extra: &str) -> BinGateway {
-        let dir = TempDir::new();
-        let path = dir.path().join("gw.toml");
-        std::fs::write(
-            &path,
-            format!("[listen]\n{listen}\n[server]\nlog_format = \"json\"\n{server_extra}\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n", up.url()),
-        )
-        .unwrap();
-        let (child, http, lines) = spawn_gateway(&path);
-        let logs = std::thread::spawn(move || lines.map_while(Result::ok).collect());
-        BinGateway {
-            child: Some(child),
-            http,
-            logs: Some(logs),
-            config: path,
-            _dir: dir,
-        }
-    }
-
-    /// Send `sig` (`-TERM`, `-HUP`) to the gateway process.
-    fn signal(&self, sig: &str) {
-        signal(self.child.as_ref().unwrap(), sig);
-    }
-
-    /// Wait for the process to exit: its exit code and every log line it wrote.
-    async fn exit(mut self) -> (Option<i32>, Vec<String>) {
-        let code = exit_code(self.child.take().unwrap()).await;
-        (code, self.logs.take().unwrap().join().unwrap())
-    }
-}
-
-impl Drop for BinGateway {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Send `sig` (`-TERM`, `-HUP`) to the gateway process.
-fn signal(child: &std::process::Child, sig: &str) {
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args([sig, &pid])
-        .status()
-        .unwrap()
-        .success());
-}
-
-async fn exit_code(mut child: std::process::Child) -> Option<i32> {
-    tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap()
-        .code()
-}
-
-type LogLines = std::io::Lines<BufReader<std::process::ChildStderr>>;
-
-/// Start the binary on `config` (JSON logs) and wait for its "jwtgate serving" line, which
-/// carries the bound plain-HTTP address: the readiness signal.
-fn spawn_gateway(config: &std::path::Path) -> (std::process::Child, String, LogLines) {
-    let mut child = Command::new(BIN)
-        .args(["run", "-c", config.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let http = loop {
-        let line = lines
-            .next()
-            .expect("gateway exited before serving")
-            .unwrap();
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-            if v["message"] == "jwtgate serving" {
-                break v["http"].as_str().unwrap().to_string();
-            }
-        }
-    };
-    (child, http, lines)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_config_file() {

@@ -1,14 +1,16 @@
 //! The end of every exchange, whatever the front door: a refusal becomes its response,
 //! the route's CORS headers and the request id go on, the request is counted, and the
-//! access-log line is written (nothing is copied for it unless it will be written).
+//! access-log line is written (nothing is copied for it unless it will be written). With
+//! OpenTelemetry on (`ops::otel`), the exchange is also the request's server span.
 
 use std::time::Instant;
 
-use http::{header, HeaderValue, Method, Response, Version};
+use http::{header, HeaderMap, HeaderValue, Method, Response, Version};
 
 use crate::app::App;
 use crate::error::GatewayError;
 use crate::net::body::Body;
+use crate::ops::otel::RequestSpan;
 use crate::pipeline::headers::X_REQUEST_ID;
 use crate::pipeline::Notes;
 use crate::policy::cors;
@@ -21,13 +23,28 @@ pub struct Exchange {
     version: Version,
     method: Option<Method>,
     path: Option<String>,
+    /// The server span, with tracing on.
+    span: Option<RequestSpan>,
 }
 
 impl Exchange {
-    /// Start the clock. `front` names the listener kind in the log (`proxy`, `authz`).
-    pub fn begin(front: &'static str, method: &Method, path: &str, version: Version) -> Self {
+    /// Start the clock, and the server span when tracing is on (continuing the client's
+    /// `traceparent` in `headers`). `front` names the listener kind in the log (`proxy`,
+    /// `authz`).
+    pub fn begin(
+        front: &'static str,
+        method: &Method,
+        path: &str,
+        version: Version,
+        headers: &HeaderMap,
+    ) -> Self {
         let logging = tracing::enabled!(target: "jwtgate::access", tracing::Level::INFO);
+        let span = match crate::ops::otel::enabled() {
+            true => RequestSpan::start(front, method, path, headers),
+            false => None,
+        };
         Exchange {
+            span,
             front,
             logging,
             started: Instant::now(),
@@ -44,6 +61,12 @@ impl Exchange {
             self.method = Some(method.clone());
             self.path = Some(path.to_owned());
         }
+    }
+
+    /// The request's server span (tracing on): the path runs in it (`otel::within`), and
+    /// the upstream gets its trace context (`headers::set_trace_context`).
+    pub fn span(&self) -> Option<&RequestSpan> {
+        self.span.as_ref()
     }
 
     /// Empty notes for this exchange's request path to fill.
@@ -98,13 +121,20 @@ impl Exchange {
         let took = self.started.elapsed();
         app.metrics
             .request(notes.route_index, resp.status().as_u16(), took);
-        if !self.logging {
+        if !self.logging && self.span.is_none() {
             return resp;
         }
         let route = match notes.route_index {
             Some(i) => app.router.routes()[i].config.name.as_str(),
             None => notes.gateway_endpoint.unwrap_or("-"),
         };
+        let trace_id = self.span.as_ref().map(RequestSpan::trace_id);
+        if let Some(s) = self.span {
+            s.finish(route, resp.status().as_u16());
+        }
+        if !self.logging {
+            return resp;
+        }
         tracing::info!(
             target: "jwtgate::access",
             front = self.front,
@@ -116,6 +146,7 @@ impl Exchange {
             duration_us = took.as_micros() as u64,
             request_id = notes.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
             sub = notes.sub.as_deref().unwrap_or("-"),
+            trace_id = trace_id.map(tracing::field::display),
             error = notes.error.as_deref().unwrap_or(""),
         );
         resp

@@ -33,9 +33,20 @@ pub async fn handle<A: AsRef<App>>(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let app = (*app).as_ref();
-    let mut exchange = Exchange::begin("authz", req.method(), req.uri().path(), req.version());
+    let mut exchange = Exchange::begin(
+        "authz",
+        req.method(),
+        req.uri().path(),
+        req.version(),
+        req.headers(),
+    );
     let mut notes = exchange.notes();
-    let outcome = decide(app, &client, &conn, req, &mut notes, &mut exchange).await;
+    let cx = exchange.span().map(crate::ops::otel::RequestSpan::context);
+    let outcome = crate::ops::otel::within(
+        cx,
+        decide(app, &client, &conn, req, &mut notes, &mut exchange),
+    )
+    .await;
     exchange.finish(app, notes, outcome)
 }
 

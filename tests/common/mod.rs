@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use jwtgate::body::{self, Body};
 use tokio::net::TcpListener;
 
+pub mod bin;
 pub mod cluster;
 pub mod fleet;
 pub mod op;
