@@ -314,6 +314,13 @@ fn run(path: PathBuf) -> ExitCode {
     };
     let _log = init_logging(cfg.server.log_format, "info");
     runtime().block_on(async move {
+        // Traces (OTEL_EXPORTER_OTLP_ENDPOINT): the export task runs on this runtime, off
+        // the workers'.
+        match jwtgate::otel::start() {
+            Ok(true) => tracing::info!("OpenTelemetry traces exported over OTLP/HTTP"),
+            Ok(false) => {}
+            Err(e) => return fail(e),
+        }
         let running = match jwtgate::serve(cfg).await {
             Ok(r) => r,
             Err(e) => return fail(e),
@@ -321,6 +328,8 @@ fn run(path: PathBuf) -> ExitCode {
         wait_for_signal(&running).await;
         tracing::info!("shutting down: draining in-flight requests");
         running.shutdown().await;
+        // The spans still queued go out before the process ends.
+        let _ = tokio::task::spawn_blocking(jwtgate::otel::stop).await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })

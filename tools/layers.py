@@ -16,9 +16,9 @@ LAYERS = {
     # 1. gateway.toml -> Config
     "config": 1,
     # 2. outbound HTTP and the body type; errors and their HTTP form; connection caps;
-    #    metrics, a leaf every layer may count in
+    #    metrics and OpenTelemetry traces, leaves every layer may count or trace in
     "net": 2, "error": 2, "capacity": 2,
-    "ops::metrics": 2, "ops::exposition": 2, "ops::process": 2,
+    "ops::metrics": 2, "ops::exposition": 2, "ops::process": 2, "ops::otel": 2,
     # 3. policy tables and identity
     "policy": 3, "identity": 3, "pipeline::headers": 3,
     # 4. the live state

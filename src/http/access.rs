@@ -1,7 +1,8 @@
 //! The end of every exchange, whatever the front door: a refusal becomes its response,
 //! the route's CORS headers and the request id go on, the request is counted, and the
 //! access-log line is written once the response body has been sent (nothing is copied for
-//! it unless it will be written).
+//! it unless it will be written). With OpenTelemetry on (`ops::otel`), the exchange is
+//! also the request's server span.
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -12,6 +13,8 @@ use http::{header, HeaderValue, Method, Request, Response, Version};
 use crate::app::App;
 use crate::error::GatewayError;
 use crate::net::body::{self, Body, Tally};
+use crate::ops::otel::RequestSpan;
+use opentelemetry::trace::TraceId;
 use crate::pipeline::headers::X_REQUEST_ID;
 use crate::pipeline::Notes;
 use crate::policy::cors;
@@ -25,13 +28,21 @@ pub struct Exchange {
     method: Option<Method>,
     path: Option<String>,
     user_agent: Option<HeaderValue>,
+    /// The server span, with tracing on.
+    span: Option<RequestSpan>,
 }
 
 impl Exchange {
-    /// Start the clock. `front` names the listener kind in the log (`proxy`, `authz`).
+    /// Start the clock, and the server span when tracing is on (continuing the client's
+    /// `traceparent`). `front` names the listener kind in the log (`proxy`, `authz`).
     pub fn begin<B>(front: &'static str, req: &Request<B>) -> Self {
         let logging = tracing::enabled!(target: "jwtgate::access", tracing::Level::INFO);
+        let span = match crate::ops::otel::enabled() {
+            true => RequestSpan::start(front, req.method(), req.uri().path(), req.headers()),
+            false => None,
+        };
         Exchange {
+            span,
             front,
             logging,
             started: Instant::now(),
@@ -50,6 +61,12 @@ impl Exchange {
             self.method = Some(method.clone());
             self.path = Some(path.to_owned());
         }
+    }
+
+    /// The request's server span (tracing on): the path runs in it (`otel::within`), and
+    /// the upstream gets its trace context (`headers::set_trace_context`).
+    pub fn span(&self) -> Option<&RequestSpan> {
+        self.span.as_ref()
     }
 
     /// Empty notes for this exchange's request path to fill.
@@ -106,13 +123,21 @@ impl Exchange {
             resp.status().as_u16(),
             self.started.elapsed(),
         );
-        if !self.logging {
+        if !self.logging && self.span.is_none() {
             return resp;
         }
         let route = match notes.route_index {
-            Some(i) => app.router.routes()[i].config.name.clone(),
-            None => notes.gateway_endpoint.unwrap_or("-").to_owned(),
+            Some(i) => app.router.routes()[i].config.name.as_str(),
+            None => notes.gateway_endpoint.unwrap_or("-"),
         };
+        let trace_id = self.span.as_ref().map(RequestSpan::trace_id);
+        if let Some(s) = self.span {
+            s.finish(route, resp.status().as_u16());
+        }
+        if !self.logging {
+            return resp;
+        }
+        let route = route.to_owned();
         let line = AccessLine {
             front: self.front,
             method: self.method,
@@ -127,6 +152,7 @@ impl Exchange {
             upstream_host: notes.upstream.map(|o| o.host_port().to_owned()),
             bytes_received: notes.bytes_received,
             user_agent: self.user_agent,
+            trace_id,
         };
         resp.map(|b| body::logged(b, Box::new(line)))
     }
@@ -151,6 +177,8 @@ struct AccessLine {
     /// Request body bytes read from the client (none: the gateway read no body).
     bytes_received: Option<Tally>,
     user_agent: Option<HeaderValue>,
+    /// The request's trace (tracing on).
+    trace_id: Option<TraceId>,
 }
 
 /// A header value as text, for the log.
@@ -179,6 +207,7 @@ impl body::OnSent for AccessLine {
                 .map_or(0, |t| t.load(Ordering::Relaxed)),
             bytes_sent,
             user_agent = text(&self.user_agent).unwrap_or("-"),
+            trace_id = self.trace_id.map(tracing::field::display),
         );
     }
 }

@@ -35,7 +35,12 @@ pub async fn handle<A: AsRef<App>>(
     let app = (*app).as_ref();
     let mut exchange = Exchange::begin("authz", &req);
     let mut notes = exchange.notes();
-    let outcome = decide(app, &client, &conn, req, &mut notes, &mut exchange).await;
+    let cx = exchange.span().map(crate::ops::otel::RequestSpan::context);
+    let outcome = crate::ops::otel::within(
+        cx,
+        decide(app, &client, &conn, req, &mut notes, &mut exchange),
+    )
+    .await;
     exchange.finish(app, notes, outcome)
 }
 

@@ -14,6 +14,7 @@ use crate::http::forward;
 use crate::identity::refresh;
 use crate::net::body::{self, Body};
 use crate::net::Client;
+use crate::ops::otel::{self, RequestSpan};
 use crate::pipeline::headers::{self, ClientInfo};
 use crate::pipeline::{self, Allowed, Decision, Notes};
 
@@ -28,7 +29,8 @@ pub async fn handle<A: AsRef<App>>(
     let app = (*app).as_ref();
     let exchange = Exchange::begin("proxy", &req);
     let mut notes = exchange.notes();
-    let outcome = proxy(app, &client, conn, req, &mut notes).await;
+    let cx = exchange.span().map(RequestSpan::context);
+    let outcome = otel::within(cx, proxy(app, &client, conn, req, &mut notes, exchange.span())).await;
     exchange.finish(app, notes, outcome)
 }
 
@@ -38,6 +40,7 @@ async fn proxy<'a>(
     conn: ClientInfo,
     mut req: Request<Incoming>,
     notes: &mut Notes<'a>,
+    span: Option<&RequestSpan>,
 ) -> Result<Response<Body>, GatewayError> {
     // 1. Accept: TLS, HTTP/1.1 or h2, header timeout and size limits live in `listener`.
     //    The client's address (for the log) is read before any header changes, and the
@@ -69,7 +72,8 @@ async fn proxy<'a>(
         host,
     } = allowed;
 
-    // 6. Identity, forwarding headers, hop-by-hop removal; the refresh token stays here.
+    // 6. Identity, forwarding headers, trace context, hop-by-hop removal; the refresh
+    //    token stays here.
     if let Some(a) = &auth {
         pipeline::set_identity(app, route, a, &mut parts.headers);
         if notes.logging {
@@ -84,6 +88,9 @@ async fn proxy<'a>(
     }
     headers::join_cookie_lines(&mut parts.headers);
     headers::set_forwarded(&mut parts.headers, &conn, host.as_ref(), hops > 0);
+    if let Some(s) = span {
+        headers::set_trace_context(&mut parts.headers, &s.span_context());
+    }
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
 
     // 7. Forward, streaming both ways; splice upgraded connections.

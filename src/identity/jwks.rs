@@ -20,6 +20,7 @@ pub use crate::config::keys::{
     parse_alg, KeyMaterial, StaticKey, VerifyKey, MIN_HMAC_SECRET, SUPPORTED_ALGS,
 };
 use crate::config::{IssuerConfig, KeySource};
+use crate::ops::otel;
 
 /// Least time between two refetches caused by unknown `kid`s, per issuer.
 pub const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
@@ -300,7 +301,13 @@ impl IssuerKeys {
                     _ = shutdown.changed() => return,
                 }
             };
-            let next = match fetch_jwks(&client, &url, self.config.algorithms.as_deref()).await {
+            let mut span = otel::Span::client("jwks fetch");
+            if span.is_on() {
+                span.set("jwtgate.issuer", self.config.name.clone());
+                span.set("url.full", url.to_string());
+            }
+            let fetch = fetch_jwks(&client, &url, self.config.algorithms.as_deref());
+            let next = match otel::traced(span, fetch).await {
                 Ok((fetched, max_age)) => {
                     backoff = Duration::from_millis(250);
                     let at = j.epoch.elapsed().as_millis() as u64 + 1;

@@ -15,6 +15,8 @@ use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 use tokio::sync::{watch, Notify};
 
+use crate::ops::otel;
+
 /// The OpenID Provider Metadata fields the gateway reads (OpenID Connect Discovery 1.0 §3,
 /// RFC 8414, RP-Initiated Logout 1.0). Unknown fields are ignored, as the spec requires.
 #[derive(Debug, Clone, Deserialize)]
@@ -140,7 +142,12 @@ impl Discovery {
     ) {
         let mut backoff = Duration::from_millis(250);
         loop {
-            let next = match self.fetch(&client).await {
+            let mut span = otel::Span::client("oidc discovery");
+            if span.is_on() {
+                span.set("jwtgate.issuer", self.name.clone());
+                span.set("url.full", self.url.to_string());
+            }
+            let next = match otel::traced(span, self.fetch(&client)).await {
                 Ok((endpoints, max_age)) => {
                     backoff = Duration::from_millis(250);
                     tracing::info!(issuer = %self.name, refresh_s = max_age.as_secs(), "OIDC discovery document loaded");

@@ -1,6 +1,7 @@
 //! Header hygiene: strip identity headers a client sent, set the verified identity and the
-//! forwarding headers (`x-forwarded-*`, `x-request-id`), remove hop-by-hop headers. Every
-//! header the gateway sets on an upstream request is set here.
+//! forwarding headers (`x-forwarded-*`, `x-request-id`) and, with tracing on, the W3C trace
+//! context (`traceparent`, `tracestate`); remove hop-by-hop headers. Every header the
+//! gateway sets on an upstream request is set here.
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -17,6 +18,8 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -240,6 +243,33 @@ pub fn set_forwarded(
         }
         None => {
             headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+}
+
+/// Step 6c, with tracing on (`ops::otel`): the upstream's W3C trace context is the
+/// gateway's span, a child of the client's: `traceparent` with the same trace id and the
+/// gateway's span id as parent, and the client's `tracestate` with it. A client's
+/// `traceparent` that was not valid started a new trace, so neither it nor its `tracestate`
+/// goes on. With tracing off this is not called: the client's headers pass untouched, as
+/// any other header.
+pub fn set_trace_context(headers: &mut HeaderMap, span: &opentelemetry::trace::SpanContext) {
+    let tp = format!(
+        "00-{:032x}-{:016x}-{:02x}",
+        span.trace_id(),
+        span.span_id(),
+        span.trace_flags()
+    );
+    if let Ok(tp) = HeaderValue::try_from(tp) {
+        headers.insert(TRACEPARENT.clone(), tp);
+    }
+    let state = span.trace_state().header();
+    match HeaderValue::try_from(state) {
+        Ok(s) if !s.is_empty() => {
+            headers.insert(TRACESTATE.clone(), s);
+        }
+        _ => {
+            headers.remove(&TRACESTATE);
         }
     }
 }

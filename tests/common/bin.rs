@@ -42,9 +42,33 @@ impl BinGateway {
         BinGateway::start(listen, server_extra, &routes)
     }
 
+    /// `listening`, with these environment variables set for the process.
+    pub fn listening_env(
+        up: &EchoUpstream,
+        listen: &str,
+        server_extra: &str,
+        env: &[(&str, &str)],
+    ) -> BinGateway {
+        let routes = format!(
+            "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
+            up.url()
+        );
+        BinGateway::start_env(listen, server_extra, &routes, env)
+    }
+
     /// `[listen]` lines, `[server]` lines (JSON logs are added), then `body` (issuers,
     /// routes, ...). `dir` is made first, for files `body` refers to.
     pub fn start(listen: &str, server_extra: &str, body: &str) -> BinGateway {
+        BinGateway::start_env(listen, server_extra, body, &[])
+    }
+
+    /// `start`, with these environment variables set for the process.
+    pub fn start_env(
+        listen: &str,
+        server_extra: &str,
+        body: &str,
+        env: &[(&str, &str)],
+    ) -> BinGateway {
         let dir = TempDir::new();
         let path = dir.path().join("gw.toml");
         std::fs::write(
@@ -52,7 +76,7 @@ impl BinGateway {
             format!("[listen]\n{listen}\n[server]\nlog_format = \"json\"\n{server_extra}\n{body}"),
         )
         .unwrap();
-        let (child, serving, lines) = spawn(&path);
+        let (child, serving, _, lines) = spawn(&path, env);
         let logs = std::thread::spawn(move || lines.map_while(Result::ok).collect());
         let addr = |k: &str| serving[k].as_str().unwrap_or("-").to_string();
         BinGateway {
@@ -116,20 +140,33 @@ pub type LogLines = std::io::Lines<BufReader<std::process::ChildStderr>>;
 /// Start the binary on `config` (JSON logs) and wait for its "jwtgate serving" line, which
 /// carries the bound plain-HTTP address: the readiness signal.
 pub fn spawn_gateway(config: &Path) -> (Child, String, LogLines) {
-    let (child, serving, lines) = spawn(config);
-    (child, serving["http"].as_str().unwrap().to_string(), lines)
+    let (child, http, _, lines) = spawn_gateway_logged(config);
+    (child, http, lines)
 }
 
-/// `spawn_gateway`, returning the whole "jwtgate serving" line (every listener's address).
-fn spawn(config: &Path) -> (Child, serde_json::Value, LogLines) {
+/// `spawn_gateway`, also returning the lines logged before "jwtgate serving".
+pub fn spawn_gateway_logged(config: &Path) -> (Child, String, Vec<String>, LogLines) {
+    let (child, serving, before, lines) = spawn(config, &[]);
+    let http = serving["http"].as_str().unwrap().to_string();
+    (child, http, before, lines)
+}
+
+/// Start the binary on `config` with `env` set: the whole "jwtgate serving" line (every
+/// listener's address), the lines before it, and the rest to come.
+fn spawn(
+    config: &Path,
+    env: &[(&str, &str)],
+) -> (Child, serde_json::Value, Vec<String>, LogLines) {
     let mut child = Command::new(BIN)
         .args(["run", "-c", config.to_str().unwrap()])
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut before = Vec::new();
     let serving = loop {
         let line = lines
             .next()
@@ -140,8 +177,9 @@ fn spawn(config: &Path) -> (Child, serde_json::Value, LogLines) {
                 break v;
             }
         }
+        before.push(line);
     };
-    (child, serving, lines)
+    (child, serving, before, lines)
 }
 
 /// The access-log line of the request for `path`.

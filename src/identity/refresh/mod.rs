@@ -15,6 +15,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Status
 use http_body_util::{BodyExt, Limited};
 
 use crate::config::{ClientAuth, OAuthClient, Refresh};
+use crate::ops::otel;
 use crate::error::{GatewayError, TokenError};
 use crate::identity::auth::{self, now_unix, Verified, Verifier};
 use crate::net::body::{self, Body};
@@ -193,14 +194,18 @@ impl Refresher {
         let key = sha256(refresh_token.as_bytes());
         self.results
             .get_with(key, async {
+                // Spans (tracing on): the grant at the token endpoint, and around it the
+                // replicas' coordination in Redis.
+                let grant = || {
+                    let span = otel::Span::client("refresh grant");
+                    otel::traced(span, self.grant(http, verifier, refresh_token))
+                };
                 let out = match &self.shared {
                     Some(s) => {
-                        s.run(refresh_token, verifier, || {
-                            self.grant(http, verifier, refresh_token)
-                        })
-                        .await
+                        let span = otel::Span::redis("refresh coordination", "SET NX");
+                        otel::traced(span, s.run(refresh_token, verifier, grant)).await
                     }
-                    None => self.grant(http, verifier, refresh_token).await,
+                    None => grant().await,
                 };
                 if let Err(e) = &out {
                     tracing::warn!(error = %e, "token refresh failed");

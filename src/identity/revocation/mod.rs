@@ -22,6 +22,7 @@ use crate::clock::now_unix;
 use crate::config::{OnError, Revocation as RevocationConfig, StoreKind};
 use crate::error::{GatewayError, TokenError};
 use crate::identity::auth::Verified;
+use crate::ops::otel;
 pub use crate::ids::Scoped;
 pub use connect::{redis_pool, Conn, Connector, Manager, Pool};
 pub use memory_store::MemoryStore;
@@ -323,7 +324,8 @@ impl Revocations {
             .cache
             .try_get_with(v.key, async {
                 self.lookups.inc();
-                let lookup = self.store.lookup(keys).await?;
+                let span = self.span("revocation lookup", "MGET");
+                let lookup = otel::traced(span, self.store.lookup(keys)).await?;
                 let until = v.exp.saturating_add(v.leeway);
                 Ok::<_, StoreError>(Arc::new(CachedLookup { lookup, until }))
             })
@@ -401,6 +403,14 @@ impl Revocations {
         })
     }
 
+    /// A span for a call to the Redis store (none for the in-memory one, or tracing off).
+    fn span(&self, name: &'static str, operation: &'static str) -> otel::Span {
+        match self.kind {
+            StoreKind::Redis => otel::Span::redis(name, operation),
+            StoreKind::Memory => otel::Span::none(),
+        }
+    }
+
     /// A write's outcome says whether the store answers, like a lookup's.
     fn count_write(&self, r: Result<(), StoreError>) -> Result<(), StoreError> {
         match &r {
@@ -420,21 +430,24 @@ impl Revocations {
     /// Revoke an issuer's token id until `until`: the token's `exp` plus the largest
     /// `leeway_s` (`Config::max_leeway_s`), as long as any issuer would still accept it.
     pub async fn revoke_jti(&self, jti: &Scoped, until: i64) -> Result<(), StoreError> {
-        self.count_write(self.store.revoke_jti(jti, until).await)?;
+        let span = self.span("revocation write", "SET");
+        self.count_write(otel::traced(span, self.store.revoke_jti(jti, until)).await)?;
         self.recent.put_jti(jti, until);
         Ok(())
     }
 
     /// Revoke every token of an issuer's `sub` issued at or before `at`.
     pub async fn revoke_sub(&self, sub: &Scoped, at: i64) -> Result<(), StoreError> {
-        self.count_write(self.store.revoke_sub(sub, at).await)?;
+        let span = self.span("revocation write", "SET");
+        self.count_write(otel::traced(span, self.store.revoke_sub(sub, at)).await)?;
         self.recent.put_sub(sub, at);
         Ok(())
     }
 
     /// Revoke every token of an issuer whose `sid` claim is `sid` (for `subject_ttl_s`).
     pub async fn revoke_sid(&self, sid: &Scoped) -> Result<(), StoreError> {
-        self.store.revoke_sid(sid).await?;
+        let span = self.span("revocation write", "SET");
+        otel::traced(span, self.store.revoke_sid(sid)).await?;
         self.recent.put_sid(sid);
         Ok(())
     }
