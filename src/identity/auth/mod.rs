@@ -199,7 +199,9 @@ impl Verifier {
                 if token.len() > MAX_TOKEN_BYTES {
                     return Err(TokenError::Malformed("token too large").into());
                 }
-                i.introspect(self, token).await?
+                // Boxed: an HTTP exchange with the issuer, which a JWT's future should not
+                // carry.
+                Box::pin(i.introspect(self, token)).await?
             }
             _ => self.verify(token).await?,
         };
