@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod certs;
 pub mod exposition;
+pub mod logfields;
 pub mod metrics;
 pub mod process;
 pub mod reload;
