@@ -8,7 +8,7 @@
 #           `master_process off`, upstream keepalive); or `hyper-floor` (examples/
 #           hyper_floor.rs, the least a hyper proxy does per request; built here if needed)
 #   env: BENCH_IR_SECONDS (measured seconds per binary, default 10)
-#        BENCH_IR_ROUTE=none|jwt|rule|bearer|dpop (default none): the route is open; or needs
+#        BENCH_IR_ROUTE=none|jwt|rule|rs256|bearer|dpop (default none): the route is open; or needs
 #        an HS256 bearer token (one token, so every measured request is a verified-cache
 #        hit); or also has an `allow` rule (a group check and a method check); or `bearer`:
 #        an RS256 bearer token (a cache hit too), `sender_constraint = "off"`; or `dpop`:
@@ -17,6 +17,16 @@
 #        the first jwtgate binary given), the replay cache in a redis-server started here
 #        (BENCH_IR_REDIS=0: the memory store). `bearer` and `dpop` need openssl and
 #        redis-server.
+#        `rs256`: an RS256 bearer token with jti and scope (one token, key made here with
+#        openssl), for issue 19's configuration
+#        BENCH_IR_STORE=memory|redis (default memory): the revocation store; `redis` starts
+#        its own redis-server on a free port (one token, so the revocation cache is warm)
+#        BENCH_IR_ACCESS_LOG=off|on (default off): `on` runs with RUST_LOG=info, the
+#        access-log line per request written by the log thread (to a file here)
+#        Issue 19's configuration: BENCH_IR_ROUTE=rs256 BENCH_IR_STORE=redis
+#        BENCH_IR_ACCESS_LOG=on (identity headers are on by default)
+#        BENCH_IR_PROFILE=release|profiling (default release): the cargo profile whose
+#        target/PROFILE/jwtgate is the default binary and whose hyper_floor is used
 #        BENCH_IR_KEEP=DIR keeps each callgrind dump there as callgrind.BINARY.REQUESTS
 #        (read it with `callgrind_annotate --inclusive=yes`)
 #
@@ -29,14 +39,18 @@ set -Eeuo pipefail
 
 SECONDS_PER_RUN=${BENCH_IR_SECONDS:-10}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PROFILE=${BENCH_IR_PROFILE:-release}
 BINS=("$@")
-[[ ${#BINS[@]} -gt 0 ]] || BINS=("$ROOT/target/release/jwtgate")
+[[ ${#BINS[@]} -gt 0 ]] || BINS=("$ROOT/target/$PROFILE/jwtgate")
 
 log() { printf '[instructions] %s\n' "$*" >&2; }
 die() { printf '[instructions] ERROR: %s\n' "$*" >&2; exit 1; }
 
 missing=()
-for t in valgrind:valgrind callgrind_control:valgrind wrk:wrk nginx:nginx curl:curl python3:python3; do
+tools=(valgrind:valgrind callgrind_control:valgrind wrk:wrk nginx:nginx curl:curl python3:python3)
+[[ ${BENCH_IR_STORE:-memory} == redis ]] && tools+=(redis-server:redis-server redis-cli:redis-tools)
+[[ ${BENCH_IR_ROUTE:-none} =~ ^(rs256|bearer|dpop)$ ]] && tools+=(openssl:openssl)
+for t in "${tools[@]}"; do
     command -v "${t%%:*}" >/dev/null || missing+=("${t##*:}")
 done
 if [[ ${#missing[@]} -gt 0 ]]; then
@@ -48,8 +62,8 @@ for b in "${BINS[@]}"; do
     case $b in
         nginx) ;;
         hyper-floor)
-            log "building examples/hyper_floor.rs (release)"
-            (cd "$ROOT" && cargo build --release --quiet --example hyper_floor) ;;
+            log "building examples/hyper_floor.rs ($PROFILE)"
+            (cd "$ROOT" && cargo build --profile "$PROFILE" --quiet --example hyper_floor) ;;
         *) [[ -x $b ]] || die "$b is not an executable (cargo build --release?)" ;;
     esac
 done
@@ -60,13 +74,14 @@ PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     [[ -f $TMP/up/nginx.pid ]] && kill "$(cat "$TMP/up/nginx.pid")" 2>/dev/null || true
+    [[ -f $TMP/redis.pid ]] && kill "$(cat "$TMP/redis.pid")" 2>/dev/null || true
     rm -rf "$TMP"
 }
 trap cleanup EXIT
 
-read -r UP GW ADMIN <<<"$(python3 -c '
+read -r UP GW ADMIN REDIS_PORT <<<"$(python3 -c '
 import socket
-s=[socket.socket() for _ in range(3)]
+s=[socket.socket() for _ in range(4)]
 for x in s: x.bind(("127.0.0.1",0))
 print(*[x.getsockname()[1] for x in s])')"
 
@@ -122,7 +137,36 @@ s = b(hmac.new(os.environ["BENCH_IR_HS_SECRET"].encode(), f"{h}.{p}".encode(), h
 print(f"{h}.{p}.{s}")')
         WRK_AUTH=(-H "Authorization: Bearer $TOKEN")
         ;;
-    *) die "BENCH_IR_ROUTE must be none, jwt or rule" ;;
+    rs256)
+        openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$TMP/rsa.pem" 2>/dev/null
+        openssl pkey -in "$TMP/rsa.pem" -pubout -out "$TMP/rsa.pub.pem"
+        ISSUER_BLOCK=$(printf '[[issuers]]\nname = "b"\nissuer = "https://bench.test"\nkeys = [{ kid = "r1", alg = "RS256", pem = "%s" }]\n' "$TMP/rsa.pub.pem")
+        ROUTE_EXTRA='auth = "required"'
+        b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
+        h=$(printf '{"alg":"RS256","kid":"r1","typ":"JWT"}' | b64url)
+        p=$(printf '{"iss":"https://bench.test","sub":"bench","exp":%d,"jti":"bench-1","scope":"read write"}' "$(($(date +%s) + 86400))" | b64url)
+        s=$(printf '%s' "$h.$p" | openssl dgst -sha256 -sign "$TMP/rsa.pem" -binary | b64url)
+        WRK_AUTH=(-H "Authorization: Bearer $h.$p.$s")
+        ;;
+    *) die "BENCH_IR_ROUTE must be none, jwt, rule, rs256, bearer or dpop" ;;
+esac
+
+STORE_BLOCK=""
+case ${BENCH_IR_STORE:-memory} in
+    memory) ;;
+    redis)
+        redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+            --daemonize yes --pidfile "$TMP/redis.pid" --logfile "$TMP/redis.log" --dir "$TMP"
+        for _ in $(seq 50); do [[ $(redis-cli -p "$REDIS_PORT" PING 2>/dev/null) == PONG ]] && break; sleep 0.1; done
+        [[ $(redis-cli -p "$REDIS_PORT" PING 2>&1) == PONG ]] || die "redis-server on port $REDIS_PORT does not answer"
+        STORE_BLOCK=$(printf '[revocation]\nstore = "redis"\nredis_url = "redis://127.0.0.1:%s/0"\n' "$REDIS_PORT")
+        ;;
+    *) die "BENCH_IR_STORE must be memory or redis" ;;
+esac
+case ${BENCH_IR_ACCESS_LOG:-off} in
+    off) LOG_LEVEL=warn ;;
+    on) LOG_LEVEL=info ;;
+    *) die "BENCH_IR_ACCESS_LOG must be off or on" ;;
 esac
 
 cat >"$TMP/gateway.toml" <<EOF
@@ -135,6 +179,8 @@ worker_threads = 2
 log_format = "text"
 
 $ISSUER_BLOCK
+
+$STORE_BLOCK
 
 [[routes]]
 name = "bench"
@@ -171,10 +217,10 @@ for b in "${BINS[@]}"; do
     out="$TMP/callgrind.out"
     case $b in
         nginx) cmd=(nginx -p "$TMP/px" -c "$TMP/px/nginx.conf" -e "$TMP/px/error.log") ;;
-        hyper-floor) cmd=("$ROOT/target/release/examples/hyper_floor" "127.0.0.1:$GW" "127.0.0.1:$UP") ;;
+        hyper-floor) cmd=("$ROOT/target/$PROFILE/examples/hyper_floor" "127.0.0.1:$GW" "127.0.0.1:$UP") ;;
         *) cmd=("$b" run -c "$TMP/gateway.toml") ;;
     esac
-    RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" \
+    RUST_LOG=$LOG_LEVEL valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" \
         >"$TMP/gateway.log" 2>&1 &
     vg=$!
     PIDS+=("$vg")

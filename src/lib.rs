@@ -46,6 +46,7 @@ pub use cli::{certs, demo, token};
 pub use identity::{auth, jwks, revocation, sender};
 pub use net::body;
 pub use ops::admin::{install_log_control, SetLogLevel};
+pub use ops::logfields::TextFields;
 pub use ops::otel;
 
 use std::net::SocketAddr;

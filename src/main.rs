@@ -297,7 +297,8 @@ fn init_logging(format: LogFormat, default: &str) -> tracing_appender::non_block
             }
         }
         LogFormat::Text => {
-            let b = b.with_filter_reloading();
+            // DefaultFields' output at a fraction of its cost per access-log line.
+            let b = b.fmt_fields(jwtgate::TextFields).with_filter_reloading();
             let handle = b.reload_handle();
             if b.try_init().is_ok() {
                 control(&initial, handle);

@@ -43,7 +43,9 @@ pub async fn forward<'r>(
         *tried = Some(&upstream.origin);
         *req.uri_mut() = upstream_uri(route, upstream, &original)?;
         let started = std::time::Instant::now();
-        let send = client.send(&upstream.origin, req);
+        // Pinned here and lent to `after_body`: moved into it, the send future would be
+        // held twice in this future's state (the argument and its pinned copy).
+        let send = std::pin::pin!(client.send(&upstream.origin, req));
         match after_body(send, body_sent.take(), route.config.timeout).await {
             Err(_) => {
                 if let Some(s) = stat {
@@ -81,11 +83,10 @@ pub async fn forward<'r>(
 
 /// `send` with `timeout` counted from when `body_sent` resolves (at once without it).
 async fn after_body<F: std::future::Future>(
-    send: F,
+    mut send: std::pin::Pin<&mut F>,
     body_sent: Option<crate::net::body::BodySent>,
     timeout: Duration,
 ) -> Result<F::Output, tokio::time::error::Elapsed> {
-    let mut send = std::pin::pin!(send);
     if let Some(sent) = body_sent {
         tokio::select! {
             biased;

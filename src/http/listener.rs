@@ -328,3 +328,25 @@ where
     };
     conn::serve(io, conn, &builder, peer, handle).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-connection task's future, plain and TLS (issue 19): hyper's connection
+    /// state, the deadline, and room for the handshake. Each connection holds one, idle or
+    /// not. `cargo test --lib future_sizes -- --nocapture` prints them.
+    #[test]
+    fn future_sizes_of_connections() {
+        fn of<F: FnOnce(tokio::net::TcpStream, ClientInfo, conn::Conn, ServeCtx) -> R, R>(
+            _: F,
+        ) -> usize {
+            std::mem::size_of::<R>()
+        }
+        println!(
+            "serve_conn (plain): {} bytes",
+            of(serve_conn::<tokio::net::TcpStream>)
+        );
+        println!("serve_tls: {} bytes", of(serve_tls));
+    }
+}

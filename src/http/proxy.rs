@@ -170,3 +170,158 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
                     .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
             })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::mem::size_of;
+
+    use http::request::Parts;
+
+    use super::*;
+    use crate::identity::auth::Verifier;
+    use crate::identity::revocation::Revocations;
+    use crate::identity::sender::{Facts, SenderCheck};
+
+    struct Live(App);
+    impl AsRef<App> for Live {
+        fn as_ref(&self) -> &App {
+            &self.0
+        }
+    }
+
+    /// The request path's futures, by the size of their state (a future holds every
+    /// nested future it awaits, and is moved once when boxed): issue 19. Sizes in bytes;
+    /// `cargo test --lib future_sizes -- --nocapture` prints them.
+    #[test]
+    fn future_sizes() {
+        fn of<
+            'a,
+            F: FnOnce(&'a App, &'a Client, ClientInfo, Request<Incoming>, &'a mut Notes<'a>) -> R,
+            R,
+        >(
+            _: F,
+        ) -> usize {
+            size_of::<R>()
+        }
+        let handle = {
+            fn of<
+                F: FnOnce(std::sync::Arc<Live>, Client, ClientInfo, Request<Incoming>) -> R,
+                R,
+            >(
+                _: F,
+            ) -> usize {
+                size_of::<R>()
+            }
+            of(handle::<Live>)
+        };
+        let proxy = of(proxy);
+        let decide = {
+            fn of<
+                'a,
+                F: FnOnce(
+                    &'a App,
+                    &'a Client,
+                    &'a ClientInfo,
+                    &'a mut Parts,
+                    &'a mut Notes<'a>,
+                    usize,
+                ) -> R,
+                R,
+            >(
+                _: F,
+            ) -> usize {
+                size_of::<R>()
+            }
+            of(pipeline::decide)
+        };
+        let forward = {
+            fn of<
+                'a,
+                F: FnOnce(
+                    &'a Client,
+                    &'a crate::policy::route::Route,
+                    &'a [crate::ops::metrics::UpstreamStats],
+                    Parts,
+                    Body,
+                    Option<crate::net::body::BodySent>,
+                ) -> R,
+                R,
+            >(
+                _: F,
+            ) -> usize {
+                size_of::<R>()
+            }
+            of(forward::forward)
+        };
+        let authenticate = {
+            fn of<
+                'a,
+                F: FnOnce(
+                    &'a Verifier,
+                    crate::config::AuthMode,
+                    &'a crate::config::Tokens,
+                    &'a http::Method,
+                    Option<&'a str>,
+                    &'a http::HeaderMap,
+                    Option<&'a crate::config::CorsConfig>,
+                ) -> R,
+                R,
+            >(
+                _: F,
+            ) -> usize {
+                size_of::<R>()
+            }
+            of(Verifier::authenticate)
+        };
+        let revocation = {
+            fn of<'a, F: FnOnce(&'a Revocations, &'a crate::identity::auth::Verified) -> R, R>(
+                _: F,
+            ) -> usize {
+                size_of::<R>()
+            }
+            of(Revocations::check)
+        };
+        let sender = {
+            fn of<
+                'a,
+                F: FnOnce(
+                    &'a SenderCheck,
+                    crate::config::SenderConstraint,
+                    &'a crate::identity::auth::Authenticated,
+                    &'a Facts<'a>,
+                    i64,
+                ) -> R,
+                R,
+            >(
+                _: F,
+            ) -> usize {
+                size_of::<R>()
+            }
+            of(SenderCheck::check)
+        };
+        let send = {
+            fn of<
+                'a,
+                F: FnOnce(&'a Client, &'a crate::config::origin::Origin, Request<Body>) -> R,
+                R,
+            >(
+                _: F,
+            ) -> usize {
+                size_of::<R>()
+            }
+            of(Client::send)
+        };
+        for (name, size) in [
+            ("proxy::handle", handle),
+            ("proxy::proxy", proxy),
+            ("pipeline::decide", decide),
+            ("forward::forward", forward),
+            ("Verifier::authenticate", authenticate),
+            ("Revocations::check", revocation),
+            ("SenderCheck::check", sender),
+            ("Client::send", send),
+        ] {
+            println!("{name}: {size} bytes");
+        }
+    }
+}

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod certs;
 pub mod exposition;
+pub mod logfields;
 pub mod metrics;
 pub mod otel;
 pub mod process;

@@ -236,8 +236,17 @@ async fn decide_steps<'a>(
             Err(TokenError::Expired) if renewable => expired = true,
             other => other?,
         }
-        //    Sender-constrained tokens: the DPoP proof or the client certificate.
-        check_sender(app, route, a, conn, parts, authority, hops).await?;
+        //    Sender-constrained tokens: the DPoP proof or the client certificate. On an
+        //    `off` route (the default) nothing is checked and a DPoP-scheme token goes
+        //    upstream as the client sent it; elsewhere the check is boxed, so its future
+        //    (the proof's replay cache) does not widen every request's.
+        if route.config.sender_constraint == crate::config::SenderConstraint::Off {
+            if a.dpop_scheme {
+                a.bearer = None;
+            }
+        } else {
+            Box::pin(check_sender(app, route, a, conn, parts, authority, hops)).await?;
+        }
     }
     //    Before any refresh (a refused request must not spend a refresh token): the
     //    route's per-subject rate limit, counted per verified subject, or by address for a
@@ -332,8 +341,7 @@ pub struct OriginalScheme(pub &'static str);
 /// Step 4's sender constraint (`identity::sender`), with the request as the client
 /// addressed it: behind trusted proxies (`hops` > 0) their `x-forwarded-proto` and
 /// `x-forwarded-host` say the scheme and host, as for the upstream's forwarding headers.
-/// A checked `DPoP` header goes no further. On an `off` route nothing is checked and a
-/// DPoP-scheme token goes upstream as the client sent it.
+/// A checked `DPoP` header goes no further. Not called on an `off` route.
 async fn check_sender(
     app: &App,
     route: &Route,
@@ -343,15 +351,8 @@ async fn check_sender(
     authority: Option<&str>,
     hops: usize,
 ) -> Result<(), GatewayError> {
-    use crate::config::SenderConstraint;
     use crate::identity::sender::{self, Facts};
     let mode = route.config.sender_constraint;
-    if mode == SenderConstraint::Off {
-        if a.dpop_scheme {
-            a.bearer = None;
-        }
-        return Ok(());
-    }
     let forwarded = |name: &str| {
         (hops > 0)
             .then(|| parts.headers.get(name))

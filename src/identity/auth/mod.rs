@@ -71,6 +71,9 @@ pub struct Verified {
     /// What `policy::rules` derives from `claims` the first time a rule reads this token
     /// (the claims as CEL values), kept with the token so later requests reuse it.
     pub rule_view: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
+    /// `identity::revocation`'s note that this token was found not revoked, and until
+    /// when that answer holds (the "not revoked" stamps in `revocation`); 0 for none yet.
+    pub revocation_stamp: std::sync::atomic::AtomicU64,
     weight: u32,
 }
 
@@ -202,7 +205,9 @@ impl Verifier {
                 if token.len() > MAX_TOKEN_BYTES {
                     return Err(TokenError::Malformed("token too large").into());
                 }
-                i.introspect(self, token).await?
+                // Boxed: an HTTP exchange with the issuer, which a JWT's future should not
+                // carry.
+                Box::pin(i.introspect(self, token)).await?
             }
             _ => self.verify(token).await?,
         };
@@ -380,6 +385,7 @@ impl Verifier {
             cnf_x5t,
             claims: self.keep_claims.then(|| claims.clone()),
             rule_view: std::sync::OnceLock::new(),
+            revocation_stamp: std::sync::atomic::AtomicU64::new(0),
             weight,
         })
     }
@@ -740,6 +746,7 @@ mod tests {
             cnf_x5t: None,
             claims: None,
             rule_view: std::sync::OnceLock::new(),
+            revocation_stamp: std::sync::atomic::AtomicU64::new(0),
             weight: 1,
         }
     }

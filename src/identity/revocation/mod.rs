@@ -211,6 +211,55 @@ struct CachedLookup {
     lookup: Lookup,
     /// The token's `exp` plus its issuer's leeway: a "revoked" answer is kept until then.
     until: i64,
+    /// `now_ms` before the store was asked, plus `cache_ttl_ms`: a "not revoked" answer
+    /// holds no longer than its cache entry lives.
+    fresh_until_ms: u64,
+}
+
+// === "not revoked" stamps ===
+//
+// A token found not revoked carries a stamp (`Verified::revocation_stamp`): the epoch of
+// the answer and until when it holds. While no revocation has been heard since (the
+// epoch is unchanged) and the deadline has not passed, the next request's answer is the
+// same, so it is taken from the stamp: no `recent` lookups, no cache lookup, no boxed
+// future. The deadline is that of the answer's cache entry (`cache_ttl_ms`), so a
+// revocation written straight into Redis is seen as late as before and no later.
+
+/// Bumped after this process learns of a revocation (made here, or heard on the
+/// channel), forgets cached answers, or builds a `Revocations`: a stamp holds only in the
+/// epoch it was made in. Read before a lookup and bumped after a write, so a stamp can
+/// never outlive a revocation its lookup missed.
+static EPOCH: AtomicU64 = AtomicU64::new(1);
+
+fn bump_epoch() {
+    EPOCH.fetch_add(1, Ordering::AcqRel);
+}
+
+/// A stamp: the epoch's low 24 bits over a 40-bit deadline (ms of `now_ms`, 35 years).
+/// The epoch would have to advance by exactly 2^24 within one stamp's lifetime (at most
+/// `cache_ttl_ms`) to be mistaken for its own.
+const DEADLINE_BITS: u32 = 40;
+const DEADLINE_MASK: u64 = (1 << DEADLINE_BITS) - 1;
+
+/// How long an in-process store's answer is stamped for (it changes only with a write,
+/// which bumps the epoch; the deadline only bounds the stamp's age).
+const MEMORY_STAMP_MS: u64 = 1000;
+
+/// Milliseconds on a monotonic clock started by the first call.
+fn now_ms() -> u64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+fn stamp_holds(stamp: u64, epoch: u64, now: u64) -> bool {
+    stamp != 0 && stamp >> DEADLINE_BITS == epoch & 0xff_ffff && now < stamp & DEADLINE_MASK
+}
+
+fn set_stamp(v: &Verified, epoch: u64, until_ms: u64) {
+    if until_ms <= DEADLINE_MASK {
+        let s = (epoch & 0xff_ffff) << DEADLINE_BITS | until_ms;
+        v.revocation_stamp.store(s, Ordering::Relaxed);
+    }
 }
 
 struct CacheExpiry {
@@ -255,6 +304,8 @@ pub struct Revocations {
     probe_delay_ms: AtomicU64,
     /// Subscriptions to the revocations channel made (the first, and each after a loss).
     pub subscriptions: Counter,
+    /// `cache_ttl_ms`: how long a "not revoked" answer from the store is kept.
+    cache_ttl_ms: u64,
     /// Revocations refused because `WAIT` saw fewer than `min_replicas` replicas.
     pub unreplicated: Counter,
 }
@@ -276,7 +327,10 @@ impl Revocations {
                 (Arc::new(s), ch, Some(connector))
             }
         };
+        // Stamps made under another `Revocations` (before a reload) no longer hold.
+        bump_epoch();
         Ok(Revocations {
+            cache_ttl_ms: cfg.cache_ttl.as_millis().min(u128::from(u32::MAX)) as u64,
             kind: cfg.store,
             store,
             recent: MemoryStore::new(cfg.cache_capacity, cfg.subject_ttl),
@@ -302,20 +356,30 @@ impl Revocations {
 
     /// Step 4b: is this verified token revoked (by its issuer's jti or subject)?
     pub async fn check(&self, v: &Verified) -> Result<(), GatewayError> {
+        // The epoch before any lookup (see `EPOCH`).
+        let epoch = EPOCH.load(Ordering::Acquire);
+        let now = now_ms();
+        if stamp_holds(v.revocation_stamp.load(Ordering::Relaxed), epoch, now) {
+            return Ok(());
+        }
         if let Some(l) = self.store.lookup_now(keys(v)) {
-            return decide(l, v);
+            decide(l, v)?;
+            set_stamp(v, epoch, now + MEMORY_STAMP_MS);
+            return Ok(());
         }
         // The remote path's future is large (cache, store); boxing it keeps every caller's
-        // future small for the common in-process answer.
-        Box::pin(self.check_remote(v)).await
+        // future small for the common stamped answer.
+        Box::pin(self.check_remote(v, epoch)).await
     }
 
-    async fn check_remote(&self, v: &Verified) -> Result<(), GatewayError> {
+    async fn check_remote(&self, v: &Verified, epoch: u64) -> Result<(), GatewayError> {
         let keys = keys(v);
         decide(self.recent.get(keys), v)?;
         // A cached answer needs no store, even while the circuit is open.
         if let Some(c) = self.cache.get(&v.key).await {
-            return decide(c.lookup, v);
+            decide(c.lookup, v)?;
+            set_stamp(v, epoch, c.fresh_until_ms);
+            return Ok(());
         }
         if self.open.load(Ordering::Acquire) {
             return self.unavailable();
@@ -324,16 +388,23 @@ impl Revocations {
             .cache
             .try_get_with(v.key, async {
                 self.lookups.inc();
+                let fresh_until_ms = now_ms() + self.cache_ttl_ms;
                 let span = self.span("revocation lookup", "MGET");
                 let lookup = otel::traced(span, self.store.lookup(keys)).await?;
                 let until = v.exp.saturating_add(v.leeway);
-                Ok::<_, StoreError>(Arc::new(CachedLookup { lookup, until }))
+                Ok::<_, StoreError>(Arc::new(CachedLookup {
+                    lookup,
+                    until,
+                    fresh_until_ms,
+                }))
             })
             .await;
         match res {
             Ok(c) => {
                 self.record_ok();
-                decide(c.lookup, v)
+                decide(c.lookup, v)?;
+                set_stamp(v, epoch, c.fresh_until_ms);
+                Ok(())
             }
             Err(e) => {
                 tracing::warn!(error = %e, "revocation lookup failed");
@@ -431,25 +502,35 @@ impl Revocations {
     /// `leeway_s` (`Config::max_leeway_s`), as long as any issuer would still accept it.
     pub async fn revoke_jti(&self, jti: &Scoped, until: i64) -> Result<(), StoreError> {
         let span = self.span("revocation write", "SET");
-        self.count_write(otel::traced(span, self.store.revoke_jti(jti, until)).await)?;
-        self.recent.put_jti(jti, until);
-        Ok(())
+        let r = self.count_write(otel::traced(span, self.store.revoke_jti(jti, until)).await);
+        if r.is_ok() {
+            self.recent.put_jti(jti, until);
+        }
+        // Even after an error: the store may hold it all the same.
+        bump_epoch();
+        r
     }
 
     /// Revoke every token of an issuer's `sub` issued at or before `at`.
     pub async fn revoke_sub(&self, sub: &Scoped, at: i64) -> Result<(), StoreError> {
         let span = self.span("revocation write", "SET");
-        self.count_write(otel::traced(span, self.store.revoke_sub(sub, at)).await)?;
-        self.recent.put_sub(sub, at);
-        Ok(())
+        let r = self.count_write(otel::traced(span, self.store.revoke_sub(sub, at)).await);
+        if r.is_ok() {
+            self.recent.put_sub(sub, at);
+        }
+        bump_epoch();
+        r
     }
 
     /// Revoke every token of an issuer whose `sid` claim is `sid` (for `subject_ttl_s`).
     pub async fn revoke_sid(&self, sid: &Scoped) -> Result<(), StoreError> {
         let span = self.span("revocation write", "SET");
-        otel::traced(span, self.store.revoke_sid(sid)).await?;
-        self.recent.put_sid(sid);
-        Ok(())
+        let r = otel::traced(span, self.store.revoke_sid(sid)).await;
+        if r.is_ok() {
+            self.recent.put_sid(sid);
+        }
+        bump_epoch();
+        r
     }
 
     /// See `Store::first_sighting`.
@@ -495,6 +576,7 @@ impl Revocations {
         let stored = self.store.unrevoke_jti(jti).await?;
         let recent = self.recent.remove_jti(jti);
         self.cache.invalidate_all();
+        bump_epoch();
         Ok(stored || recent)
     }
 
@@ -503,6 +585,7 @@ impl Revocations {
         let stored = self.store.unrevoke_sub(sub).await?;
         let recent = self.recent.remove_sub(sub);
         self.cache.invalidate_all();
+        bump_epoch();
         Ok(stored || recent)
     }
 
@@ -520,6 +603,11 @@ impl Revocations {
     }
 
     fn apply(&self, msg: Message) {
+        self.apply_message(msg);
+        bump_epoch();
+    }
+
+    fn apply_message(&self, msg: Message) {
         match msg {
             Message::UndoJti { issuer, undo_jti } => {
                 self.recent.remove_jti(&Scoped::new(&issuer, &undo_jti));
@@ -618,6 +706,7 @@ impl Revocations {
                 self.subscriptions.inc();
                 // We may have missed messages while disconnected: forget "not revoked".
                 self.cache.invalidate_all();
+                bump_epoch();
                 tracing::info!(channel = %self.channel, primary = ?connector.current_primary(), "subscribed to revocations");
                 let mut stream = ps.on_message();
                 while let Some(m) = stream.next().await {
