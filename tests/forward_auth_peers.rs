@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -201,6 +202,29 @@ struct Rig {
     gw: TestGateway,
     proxy: Proxy,
     admin_token: String,
+    /// TCP connections nginx opened to jwtgate's decision listener (0 for the others).
+    authz_connections: Arc<AtomicUsize>,
+}
+
+/// A TCP relay in front of jwtgate's decision listener that counts the connections the
+/// proxy opens to it (jwtgate counts open connections, not accepted ones). Bytes pass
+/// unchanged; the proxy's peer address seen by jwtgate stays 127.0.0.1 (trusted).
+async fn counting_relay(to: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let n = Arc::new(AtomicUsize::new(0));
+    let count = n.clone();
+    tokio::spawn(async move {
+        while let Ok((mut from_proxy, _)) = l.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut to_gateway) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut from_proxy, &mut to_gateway).await;
+                }
+            });
+        }
+    });
+    (addr, n)
 }
 
 /// upstream, IdP, jwtgate (decision listener), and the proxy in front, asking it.
@@ -234,13 +258,20 @@ async fn rig(kind: Kind) -> Rig {
     ]
     .concat();
     let gw = TestGateway::start_authz(&cfg, "").await;
-    let proxy = Proxy::start(kind, gw.authz.unwrap(), up.addr).await;
+    // nginx asks through the counting relay (nginx_keeps_connections_to_jwtgate_open); the
+    // other proxies ask jwtgate directly.
+    let (authz, authz_connections) = match kind {
+        Kind::Nginx => counting_relay(gw.authz.unwrap()).await,
+        Kind::Caddy | Kind::Envoy => (gw.authz.unwrap(), Arc::new(AtomicUsize::new(0))),
+    };
+    let proxy = Proxy::start(kind, authz, up.addr).await;
     Rig {
         up,
         idp,
         gw,
         proxy,
         admin_token,
+        authz_connections,
     }
 }
 
@@ -463,4 +494,32 @@ async fn caddy_forward_auth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_ext_authz_http_service() {
     behind(Kind::Envoy).await;
+}
+
+/// The nginx config that docs/FORWARD-AUTH.md shows keeps its connections to jwtgate and to
+/// the upstream open: without `keepalive` in the upstream block, HTTP/1.1 and an empty
+/// `Connection` header, every auth subrequest would open (and close) a TCP connection,
+/// which is latency each client request pays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_keeps_connections_to_jwtgate_open() {
+    let r = rig(Kind::Nginx).await;
+    let t = valid(json!({"scope": "read"}));
+    for i in 0..20 {
+        let resp = r
+            .get(
+                &format!("/api/orders?id={i}"),
+                &[("authorization", &bearer(&t))],
+            )
+            .await;
+        assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
+    }
+    // One worker (tests/peers/nginx.conf), one request at a time: one connection each.
+    assert_eq!(
+        r.authz_connections.load(Ordering::SeqCst),
+        1,
+        "nginx opened a connection to jwtgate per decision; logs: {}",
+        r.proxy.logs()
+    );
+    assert_eq!(r.up.connections(), 1, "nginx -> upstream: not kept alive");
+    assert_eq!(r.up.count(), 20);
 }
