@@ -196,7 +196,14 @@ mod tests {
     fn future_sizes() {
         fn of<
             'a,
-            F: FnOnce(&'a App, &'a Client, ClientInfo, Request<Incoming>, &'a mut Notes<'a>) -> R,
+            F: FnOnce(
+                &'a App,
+                &'a Client,
+                ClientInfo,
+                Request<Incoming>,
+                &'a mut Notes<'a>,
+                Option<&'a RequestSpan>,
+            ) -> R,
             R,
         >(
             _: F,
@@ -244,6 +251,7 @@ mod tests {
                     Parts,
                     Body,
                     Option<crate::net::body::BodySent>,
+                    &'a mut Option<&'a crate::config::origin::Origin>,
                 ) -> R,
                 R,
             >(
