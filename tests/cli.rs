@@ -864,7 +864,6 @@ fn demo_walkthrough_succeeds() {
     assert!(o.stdout.contains("Open http://127.0.0.1:"));
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_config_file() {
     let a = EchoUpstream::named("a").await;
