@@ -184,7 +184,10 @@ async fn client_trace_is_continued_exported_and_passed_upstream_as_a_child() {
     let seen = up.last().headers;
     let (trace, parent, flags) = parse_traceparent(seen["traceparent"].to_str().unwrap());
     assert_eq!(trace, TRACE);
-    assert_ne!(parent, PARENT, "the upstream's parent is the gateway's span");
+    assert_ne!(
+        parent, PARENT,
+        "the upstream's parent is the gateway's span"
+    );
     assert_eq!(flags, "01");
     assert_eq!(seen["tracestate"], "vendor=abc,other=1");
 
@@ -246,7 +249,12 @@ async fn an_invalid_traceparent_is_not_passed_on_and_a_new_trace_starts() {
         assert_eq!(span.attrs["url.path"], path);
     }
     // No header at all: a new trace too.
-    assert_eq!(cl.get(&format!("http://{}/none", gw.http), &[]).await.status, 200);
+    assert_eq!(
+        cl.get(&format!("http://{}/none", gw.http), &[])
+            .await
+            .status,
+        200
+    );
     let (trace, _, _) = parse_traceparent(up.last().headers["traceparent"].to_str().unwrap());
     rx.server_span(&trace).await;
 }

@@ -30,7 +30,11 @@ pub async fn handle<A: AsRef<App>>(
     let exchange = Exchange::begin("proxy", &req);
     let mut notes = exchange.notes();
     let cx = exchange.span().map(RequestSpan::context);
-    let outcome = otel::within(cx, proxy(app, &client, conn, req, &mut notes, exchange.span())).await;
+    let outcome = otel::within(
+        cx,
+        proxy(app, &client, conn, req, &mut notes, exchange.span()),
+    )
+    .await;
     exchange.finish(app, notes, outcome)
 }
 

@@ -66,11 +66,12 @@ pub fn start() -> Result<bool, OtelError> {
         .with_protocol(Protocol::HttpBinary)
         .build()
         .map_err(|e| OtelError(e.to_string()))?;
-    let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
-        exporter,
-        opentelemetry_sdk::runtime::Tokio,
-    )
-    .build();
+    let processor =
+        opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+            exporter,
+            opentelemetry_sdk::runtime::Tokio,
+        )
+        .build();
     let mut resource = opentelemetry_sdk::Resource::builder();
     let named = env_set("OTEL_SERVICE_NAME")
         || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| v.contains("service.name="));
@@ -147,9 +148,15 @@ fn well_formed(v: &str) -> bool {
 impl RequestSpan {
     /// Start the server span for a request: a child of the client's `traceparent` when it
     /// is valid, else the root of a new trace. `None` when tracing is off.
-    pub fn start(front: &'static str, method: &http::Method, path: &str, headers: &HeaderMap) -> Option<RequestSpan> {
+    pub fn start(
+        front: &'static str,
+        method: &http::Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<RequestSpan> {
         let tracer = tracer()?;
-        let parent = TraceContextPropagator::new().extract_with_context(&Context::new(), &Headers(headers));
+        let parent =
+            TraceContextPropagator::new().extract_with_context(&Context::new(), &Headers(headers));
         let span = tracer
             .span_builder(method.as_str().to_owned())
             .with_kind(SpanKind::Server)

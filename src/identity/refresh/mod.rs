@@ -15,11 +15,11 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Status
 use http_body_util::{BodyExt, Limited};
 
 use crate::config::{ClientAuth, OAuthClient, Refresh};
-use crate::ops::otel;
 use crate::error::{GatewayError, TokenError};
 use crate::identity::auth::{self, now_unix, Verified, Verifier};
 use crate::net::body::{self, Body};
 use crate::net::Client;
+use crate::ops::otel;
 #[cfg(test)]
 use flight::{open_sealed, seal, StoredOutcome};
 use flight::{sha256, SharedFlight};
