@@ -14,10 +14,10 @@ use crate::app::App;
 use crate::error::GatewayError;
 use crate::net::body::{self, Body, Tally};
 use crate::ops::otel::RequestSpan;
-use opentelemetry::trace::TraceId;
 use crate::pipeline::headers::X_REQUEST_ID;
 use crate::pipeline::Notes;
 use crate::policy::cors;
+use opentelemetry::trace::TraceId;
 
 /// One request's bookkeeping from its head to its response.
 pub struct Exchange {

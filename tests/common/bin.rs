@@ -153,10 +153,7 @@ pub fn spawn_gateway_logged(config: &Path) -> (Child, String, Vec<String>, LogLi
 
 /// Start the binary on `config` with `env` set: the whole "jwtgate serving" line (every
 /// listener's address), the lines before it, and the rest to come.
-fn spawn(
-    config: &Path,
-    env: &[(&str, &str)],
-) -> (Child, serde_json::Value, Vec<String>, LogLines) {
+fn spawn(config: &Path, env: &[(&str, &str)]) -> (Child, serde_json::Value, Vec<String>, LogLines) {
     let mut child = Command::new(BIN)
         .args(["run", "-c", config.to_str().unwrap()])
         .env("RUST_LOG", "info")
