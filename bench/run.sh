@@ -5,7 +5,7 @@
 #
 # Usage: bench/run.sh [--rounds N] [--duration S] [--only SECTION[,SECTION...]] [--keep-tmp]
 #   SECTION: plain | tls | h2 | auth | mem | tokens | revocation | refresh | features | login
-#            | rules | stores
+#            | rules | stores | tracing
 #            (default: all)
 #            peers  = no jwtgate rows (self-test of the peers; needs no Rust build); alone it
 #                     means every section, with others (peers,auth) only those
@@ -58,16 +58,16 @@ done
 [[ $PROPAGATION_N =~ ^[1-9][0-9]*$ ]] || die "BENCH_PROPAGATION_N must be a positive integer"
 
 USE_JG=1
-ALL_SECTIONS=(plain tls h2 auth mem tokens revocation refresh features login rules stores)
+ALL_SECTIONS=(plain tls h2 auth mem tokens revocation refresh features login rules stores tracing)
 SECTIONS=("${ALL_SECTIONS[@]}")
 if [[ -n $ONLY ]]; then
     SECTIONS=()
     IFS=',' read -r -a only_list <<<"$ONLY"
     for s in "${only_list[@]}"; do
         case $s in
-            plain|tls|h2|auth|mem|tokens|revocation|refresh|features|login|rules|stores) SECTIONS+=("$s") ;;
+            plain|tls|h2|auth|mem|tokens|revocation|refresh|features|login|rules|stores|tracing) SECTIONS+=("$s") ;;
             peers) USE_JG=0 ;;
-            *) die "--only: unknown section '$s' (plain, tls, h2, auth, mem, tokens, revocation, refresh, features, login, rules, stores, peers)" ;;
+            *) die "--only: unknown section '$s' (plain, tls, h2, auth, mem, tokens, revocation, refresh, features, login, rules, stores, tracing, peers)" ;;
         esac
     done
     [[ ${#SECTIONS[@]} -gt 0 ]] || SECTIONS=("${ALL_SECTIONS[@]}")
@@ -736,6 +736,45 @@ section_rules() {
     forget_pid "$r_pid"
 }
 
+# --- section "tracing": OpenTelemetry on, every request sampled, vs off -----------------------
+
+# Two processes from gateway-auth.toml, RS256 bearer over TLS to "/": one without OTEL_*
+# (tracing off: one flag read per request), one exporting every request's server span over
+# OTLP/HTTP to bench/lib/otlp_sink.py (answers 200, discards). The batch queue is made large
+# enough that no span is dropped at these rates; the sink's request and byte counts are
+# printed so a reader can see the spans really left.
+section_tracing() {
+    local sink_port f_tls f_http f_admin f_pid n_tls n_http n_admin n_pid sink_pid sink_reqs sink_bytes
+    read -r sink_port f_tls f_http f_admin n_tls n_http n_admin <<<"$(free_ports 7)"
+    mkdir -p "$TMP/tracing"
+    start_bg "OTLP sink" "$TMP/tracing/sink.log" python3 "$BENCH/lib/otlp_sink.py" --port "$sink_port" \
+        --stats "$TMP/tracing/sink.stats"
+    sink_pid=$LAST_PID
+    wait_port "OTLP sink" "$sink_pid" "$sink_port" "$TMP/tracing/sink.log"
+    start_auth_variant "jwtgate (tracing off)" "$TMP/gateway-trace-off.toml" "$f_tls" "$f_http" "$f_admin"
+    f_pid=$LAST_PID
+    JG_ENV=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$sink_port" OTEL_TRACES_SAMPLER=always_on
+        OTEL_BSP_MAX_QUEUE_SIZE=262144 OTEL_BSP_SCHEDULE_DELAY=200 OTEL_BSP_MAX_EXPORT_BATCH_SIZE=2048)
+    start_auth_variant "jwtgate (tracing on)" "$TMP/gateway-trace-on.toml" "$n_tls" "$n_http" "$n_admin"
+    JG_ENV=()
+    n_pid=$LAST_PID
+    add_target jg-trace-off "jwtgate RS256 TLS, tracing off (no OTEL_* set)" wrk "$S:$f_tls/" "$TOKEN_RS"
+    add_target jg-trace-on "jwtgate RS256 TLS, tracing on: OTLP/HTTP export, sampled at 100%" wrk "$S:$n_tls/" "$TOKEN_RS"
+    expect "jwtgate (tracing off) RS256" "${T_URL[jg-trace-off]}" 200 "$TOKEN_RS"
+    expect "jwtgate (tracing on) RS256" "${T_URL[jg-trace-on]}" 200 "$TOKEN_RS"
+    run_section tracing jg-trace-off jg-trace-on
+    stop_pid "$n_pid"
+    forget_pid "$n_pid"
+    stop_pid "$f_pid"
+    forget_pid "$f_pid"
+    stop_pid "$sink_pid"
+    forget_pid "$sink_pid"
+    if [[ -s $TMP/tracing/sink.stats ]]; then
+        read -r sink_reqs sink_bytes <"$TMP/tracing/sink.stats"
+        log "[tracing] the OTLP sink received $sink_reqs export requests, $sink_bytes bytes"
+    fi
+}
+
 # --- section "login": what [login] costs the bearer-token hot path ---------------------------
 
 # Two processes from gateway-auth.toml: + templates/login-off.toml (a second issuer, discovered
@@ -1053,7 +1092,7 @@ for section in "${SECTIONS[@]}"; do
             fi
             run_section auth jg-open-tls jg-rs256-tls jg-es256-tls haproxy-rs256-tls jg-open-http jg-hs256-http haproxy-hs256-http
             ;;
-        tokens|revocation|refresh|features|login|rules|stores)
+        tokens|revocation|refresh|features|login|rules|stores|tracing)
             if [[ $USE_JG == 1 ]]; then
                 "section_$section"
             else

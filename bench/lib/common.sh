@@ -194,7 +194,8 @@ start_jwtgate() {
     local name=$1 cfg=$2 admin=$3 logf=${2%.toml}.log i
     "$JG" check -c "$cfg" >"${cfg%.toml}.check.log" 2>&1 ||
         { cat "${cfg%.toml}.check.log" >&2; die "jwtgate check -c $cfg failed"; }
-    start_bg "$name" "$logf" env RUST_LOG=warn "$JG" run -c "$cfg"
+    # JG_ENV: extra NAME=VALUE words for this process (the "tracing" section's OTEL_*).
+    start_bg "$name" "$logf" env RUST_LOG=warn ${JG_ENV[@]+"${JG_ENV[@]}"} "$JG" run -c "$cfg"
     local pid=$LAST_PID
     for ((i = 0; i < 200; i++)); do
         if curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:$admin/readyz"; then return 0; fi

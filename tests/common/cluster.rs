@@ -55,7 +55,13 @@ impl RedisCluster {
     pub async fn start_with_replicas(replicas: usize) -> RedisCluster {
         let mut nodes = Vec::new();
         for _ in 0..3 * (1 + replicas) {
-            nodes.push(RedisServer::start_with(NODE_ARGS).await);
+            // The cluster bus port is the node's port + 10000 unless set: above 55535 that
+            // is no port at all, so every node gets a free one of its own.
+            let [bus] = super::free_ports();
+            let bus = bus.to_string();
+            let mut args = NODE_ARGS.to_vec();
+            args.extend(["--cluster-port", bus.as_str()]);
+            nodes.push(RedisServer::start_with(&args).await);
         }
         let addrs: Vec<String> = nodes
             .iter()
