@@ -34,9 +34,14 @@ KEEP_TMP=0
 CONNS=${BENCH_CONNS:-64}
 THREADS=${BENCH_THREADS:-1}
 
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH=$ROOT/bench
+ISSUER=bench
+# log, die, start_bg, wait_port, free_ports, render, parse_wrk, the cleanup traps.
+# shellcheck source=lib/common.sh
+source "$BENCH/lib/common.sh"
+
 usage() { sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() { printf '\n[bench] ERROR: %s\n' "$*" >&2; exit 1; }
 
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -52,67 +57,20 @@ for v in ROUNDS DURATION PROOFS CONNS THREADS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
 done
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BENCH=$ROOT/bench
 JG=${JWTGATE_BIN:-$ROOT/target/release/jwtgate}
 [[ -x $JG ]] || die "$JG is missing: cargo build --release (or set JWTGATE_BIN)"
 for t in nginx redis-server wrk curl openssl python3; do
     command -v "$t" >/dev/null 2>&1 || die "missing: $t (apt-get install $t)"
 done
 
-PIDS=()
-TMP=""
-is_alive() { [[ -r /proc/$1/stat ]] && [[ $(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) != Z ]]; }
-stop_pid() {
-    local pid=$1 i
-    if is_alive "$pid"; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 50; i++)); do is_alive "$pid" || break; sleep 0.1; done
-        is_alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-    local rc=$? i
-    set +e
-    trap - EXIT INT TERM
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[i]}"; done
-    if [[ -n $TMP && -d $TMP ]]; then
-        if [[ $KEEP_TMP == 1 || $rc != 0 ]]; then log "temporary files kept in $TMP"; else rm -rf "$TMP"; fi
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-start_bg() { local logf=$1; shift; "$@" >"$logf" 2>&1 & LAST_PID=$!; PIDS+=("$LAST_PID"); }
-wait_port() { # NAME PID PORT LOGFILE
-    local i
-    for ((i = 0; i < 150; i++)); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$3") 2>/dev/null && return 0
-        is_alive "$2" || { tail -n 20 "$4" >&2; die "$1 exited during startup (log: $4)"; }
-        sleep 0.1
-    done
-    die "$1 did not listen on 127.0.0.1:$3 within 15 s"
-}
-render() { # TEMPLATE OUT NAME=VALUE...
-    local tmpl=$1 out=$2 kv args=(); shift 2
-    for kv in "$@"; do args+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
-    sed "${args[@]}" "$tmpl" >"$out"
-}
-
 TMP=$(mktemp -d /tmp/jwtgate-bench-dpop.XXXXXX)
-read -r UP_PORT HTTPS_PORT ADMIN_PORT REDIS_PORT < <(python3 -c '
-import socket
-s = [socket.socket() for _ in range(4)]
-for x in s: x.bind(("127.0.0.1", 0))
-print(" ".join(str(x.getsockname()[1]) for x in s))')
+read -r UP_PORT HTTPS_PORT ADMIN_PORT REDIS_PORT <<<"$(free_ports 4)"
 
 mkdir -p "$TMP/up"
 render "$BENCH/templates/upstream.nginx.conf" "$TMP/up/nginx.conf" PREFIX="$TMP/up" UP_PORT="$UP_PORT"
-start_bg "$TMP/up/stderr.log" nginx -p "$TMP/up/" -e "$TMP/up/error.log" -c "$TMP/up/nginx.conf" -g 'daemon off;'
+start_bg "upstream nginx" "$TMP/up/stderr.log" nginx -p "$TMP/up/" -e "$TMP/up/error.log" -c "$TMP/up/nginx.conf" -g 'daemon off;'
 wait_port "upstream nginx" "$LAST_PID" "$UP_PORT" "$TMP/up/error.log"
-start_bg "$TMP/redis.log" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no
+start_bg "redis-server" "$TMP/redis.log" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no
 wait_port "redis-server" "$LAST_PID" "$REDIS_PORT" "$TMP/redis.log"
 
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$TMP/rsa.pem" 2>/dev/null
@@ -154,14 +112,8 @@ path_prefix = "/dpop"
 upstreams = ["http://127.0.0.1:$UP_PORT"]
 sender_constraint = "required"
 TOML
-"$JG" check -c "$TMP/gateway.toml" >"$TMP/check.log" 2>&1 || { cat "$TMP/check.log" >&2; die "jwtgate check failed"; }
-start_bg "$TMP/jwtgate.log" env RUST_LOG=warn "$JG" run -c "$TMP/gateway.toml"
+start_jwtgate "jwtgate" "$TMP/gateway.toml" "$ADMIN_PORT"
 JG_PID=$LAST_PID
-for ((i = 0; i < 200; i++)); do
-    curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:$ADMIN_PORT/readyz" && break
-    is_alive "$JG_PID" || { tail -n 20 "$TMP/jwtgate.log" >&2; die "jwtgate exited during startup"; }
-    sleep 0.1
-done
 
 mint() { "$JG" token --alg RS256 --key "$TMP/rsa.pem" --kid r1 --iss bench --sub alice --ttl 7200 "$@" | tail -n 1; }
 BEARER=$(mint)
@@ -181,22 +133,9 @@ P=$("$JG" dpop-proof --key "$TMP/dpop.pem" --url "$BASE/dpop" --token "$BOUND")
 [[ $(code -H "Authorization: DPoP $BOUND" "$BASE/dpop") == 401 ]] || die "bound token without proof was not refused"
 log "checks passed"
 
-parse_wrk() {
-    awk '
-    function ms(v) {
-        if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
-        if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
-        if (v ~ /s$/)  return substr(v, 1, length(v) - 1) * 1000
-        return ""
-    }
-    /^Requests\/sec:/ { rps = $2 }
-    $1 == "50%" { p50 = ms($2) }
-    $1 == "99%" { p99 = ms($2) }
-    /^ +[0-9]+ requests in/ { n = $1 }
-    /Non-2xx or 3xx responses:/ { err += $NF }
-    /Socket errors:/ { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) err += $i + 0 }
-    END { printf "%s %s %s %d %d\n", rps, p50, p99, err, n }
-    ' "$1"
+# parse_wrk plus the number of requests wrk completed: "rps p50 p99 errors requests"
+parse_wrk_n() {
+    printf '%s %d\n' "$(parse_wrk "$1")" "$(awk '/^ +[0-9]+ requests in/ { print $1 }' "$1")"
 }
 RES=$TMP/results.txt
 : >"$RES"
@@ -221,7 +160,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
                     wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency -s "$BENCH/lib/dpop_proofs.lua" \
                     "$BASE/dpop" -- "$THREADS" >"$out" 2>&1 || die "wrk failed ($out)" ;;
         esac
-        read -r rps p50 p99 err n < <(parse_wrk "$out")
+        read -r rps p50 p99 err n < <(parse_wrk_n "$out")
         if [[ $id == dpop ]] && ((n + CONNS > PROOFS)); then
             echo "round $r: dpop sent about $((n + CONNS)) requests with $PROOFS proofs: proofs were reused (run with a larger --proofs)" >>"$NOTES"
         fi
