@@ -1156,26 +1156,39 @@ async fn read_form(
     (auth, form)
 }
 
+/// An endpoint's configured slowness, then its configured failure (`fail_status` non-zero:
+/// that status with `temporarily_unavailable`), as the tests set them.
+async fn delay_or_fail(delay_ms: &AtomicU64, fail_status: &AtomicU64) -> Option<Response<Body>> {
+    let delay = delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let fail = fail_status.load(Ordering::SeqCst);
+    (fail != 0).then(|| {
+        json_resp(
+            fail as u16,
+            serde_json::json!({"error": "temporarily_unavailable"}),
+        )
+    })
+}
+
+/// The `Authorization` the gateway must send as the IdP's client (HTTP Basic).
+fn client_basic() -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"))
+    )
+}
+
 /// RFC 7662: `active` with the token's claims for a live opaque token, `{"active": false}`
 /// for anything else; the gateway must authenticate as CLIENT_ID with HTTP Basic.
 async fn introspect_endpoint(req: Request<Incoming>, st: &IdpState) -> Response<Body> {
     st.introspect_calls.fetch_add(1, Ordering::SeqCst);
     let (auth, form) = read_form(req).await;
-    let delay = st.introspect_delay_ms.load(Ordering::SeqCst);
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
+    if let Some(r) = delay_or_fail(&st.introspect_delay_ms, &st.introspect_fail_status).await {
+        return r;
     }
-    let fail = st.introspect_fail_status.load(Ordering::SeqCst);
-    if fail != 0 {
-        return json_resp(
-            fail as u16,
-            serde_json::json!({"error": "temporarily_unavailable"}),
-        );
-    }
-    let basic = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"))
-    );
+    let basic = client_basic();
     if auth.as_deref() != Some(basic.as_str()) {
         return json_resp(401, serde_json::json!({"error": "invalid_client"}));
     }
@@ -1197,21 +1210,10 @@ async fn token_endpoint(req: Request<Incoming>, st: &IdpState) -> Response<Body>
     let (auth, form) = read_form(req).await;
     let raw_form: Vec<String> = form.iter().map(|(k, v)| format!("{k}={v}")).collect();
     *st.last_token_request.lock().unwrap() = Some((auth.clone(), raw_form.join("&")));
-    let delay = st.token_delay_ms.load(Ordering::SeqCst);
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
+    if let Some(r) = delay_or_fail(&st.token_delay_ms, &st.token_fail_status).await {
+        return r;
     }
-    let fail = st.token_fail_status.load(Ordering::SeqCst);
-    if fail != 0 {
-        return json_resp(
-            fail as u16,
-            serde_json::json!({"error": "temporarily_unavailable"}),
-        );
-    }
-    let basic = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"))
-    );
+    let basic = client_basic();
     let post_ok = form.get("client_id").map(String::as_str) == Some(CLIENT_ID)
         && form.get("client_secret").map(String::as_str) == Some(CLIENT_SECRET);
     if auth.as_deref() != Some(basic.as_str()) && !post_ok {

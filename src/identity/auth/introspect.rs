@@ -18,7 +18,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use prometheus_client::metrics::counter::Counter;
 use serde_json::{Map, Value};
 
-use super::{now_unix, Verified, Verifier};
+use super::{now_unix, UntilExp, Verified, Verifier};
 use crate::config::{Introspection, OnError};
 use crate::error::{GatewayError, TokenError};
 use crate::identity::jwks::IssuerKeys;
@@ -63,21 +63,6 @@ impl moka::Expiry<[u8; 32], Answer> for AnswerExpiry {
                 self.cache.min(Duration::from_secs(left))
             }
         })
-    }
-}
-
-struct UntilExp;
-
-impl moka::Expiry<[u8; 32], Arc<Verified>> for UntilExp {
-    fn expire_after_create(
-        &self,
-        _k: &[u8; 32],
-        v: &Arc<Verified>,
-        _now: Instant,
-    ) -> Option<Duration> {
-        Some(Duration::from_secs(
-            (v.exp + v.leeway - now_unix()).max(0) as u64
-        ))
     }
 }
 

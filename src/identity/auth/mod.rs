@@ -109,6 +109,8 @@ pub struct Verifier {
     introspector: Option<introspect::Introspector>,
 }
 
+/// A verified token lives in a cache until its `exp` plus the issuer's leeway (the verifier's
+/// cache and the introspection cache alike).
 struct UntilExp;
 
 impl moka::Expiry<[u8; 32], Arc<Verified>> for UntilExp {

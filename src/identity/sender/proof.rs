@@ -422,6 +422,26 @@ mod tests {
         (key, jwk)
     }
 
+    /// A valid ES256 proof of `GET URL` for `TOKEN` made at `now`: (proof, its key's
+    /// thumbprint, now).
+    fn good_proof() -> (String, String, i64) {
+        let (key, jwk) = es256();
+        let now = 1_800_000_000;
+        let proof = mint(
+            &key,
+            Algorithm::ES256,
+            &jwk,
+            "GET",
+            URL,
+            Some(TOKEN),
+            now,
+            "j",
+            None,
+        )
+        .unwrap();
+        (proof, jwk_thumbprint(&jwk).unwrap(), now)
+    }
+
     fn sha(t: &str) -> [u8; 32] {
         let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.as_bytes());
         d.as_ref().try_into().unwrap()
@@ -510,21 +530,7 @@ mod tests {
 
     #[test]
     fn forged_headers_are_refused() {
-        let (key, jwk) = es256();
-        let jkt = jwk_thumbprint(&jwk).unwrap();
-        let now = 1_800_000_000;
-        let good = mint(
-            &key,
-            Algorithm::ES256,
-            &jwk,
-            "GET",
-            URL,
-            Some(TOKEN),
-            now,
-            "j",
-            None,
-        )
-        .unwrap();
+        let (good, jkt, now) = good_proof();
         let mut parts = good.split('.');
         let (h, p, sig) = (
             parts.next().unwrap(),
@@ -579,21 +585,7 @@ mod tests {
     /// reproduces; thousands of cases per run.
     #[test]
     fn mutations_of_a_valid_proof_never_verify() {
-        let (key, jwk) = es256();
-        let jkt = jwk_thumbprint(&jwk).unwrap();
-        let now = 1_800_000_000;
-        let good = mint(
-            &key,
-            Algorithm::ES256,
-            &jwk,
-            "GET",
-            URL,
-            Some(TOKEN),
-            now,
-            "j",
-            None,
-        )
-        .unwrap();
+        let (good, jkt, now) = good_proof();
         assert!(check(&good, &jkt, now).is_ok());
         let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ {}\"";
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
