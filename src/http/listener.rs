@@ -335,8 +335,10 @@ mod tests {
 
     /// The per-connection task's future, plain and TLS (issue 19): hyper's connection
     /// state, the deadline, and room for the handshake. Each connection holds one, idle or
-    /// not. `cargo test --lib future_sizes -- --nocapture` prints them.
+    /// not. `cargo test --lib future_sizes -- --ignored --nocapture` prints them: a measurement,
+    /// not a check, so it is ignored in the normal run.
     #[test]
+    #[ignore = "measurement: prints future sizes, asserts nothing"]
     fn future_sizes_of_connections() {
         fn of<F: FnOnce(tokio::net::TcpStream, ClientInfo, conn::Conn, ServeCtx) -> R, R>(
             _: F,

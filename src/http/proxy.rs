@@ -195,8 +195,10 @@ mod tests {
 
     /// The request path's futures, by the size of their state (a future holds every
     /// nested future it awaits, and is moved once when boxed): issue 19. Sizes in bytes;
-    /// `cargo test --lib future_sizes -- --nocapture` prints them.
+    /// `cargo test --lib future_sizes -- --ignored --nocapture` prints them: a measurement,
+    /// not a check, so it is ignored in the normal run.
     #[test]
+    #[ignore = "measurement: prints future sizes, asserts nothing"]
     fn future_sizes() {
         fn of<
             'a,
