@@ -97,15 +97,6 @@ ensure_tools() {
 
 # --- helpers -----------------------------------------------------------------------------
 
-rss_kib() { # VmRSS of a process plus its direct children (nginx master + workers), in KiB
-    local total=0 p v
-    for p in "$1" $(ps -o pid= --ppid "$1" 2>/dev/null); do
-        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
-        total=$((total + ${v:-0}))
-    done
-    echo "$total"
-}
-
 mint_token_jwtgate() { # ALG KID (--key FILE | --secret-env VAR): the JWT is the last line of stdout
     local alg=$1 kid=$2 out tok
     shift 2
@@ -251,12 +242,9 @@ skip_row() { record "$1" "$2" "$3" 0 skip "" "" "" 0 "$4"; }
 # info_row SECTION ID LABEL NOTE [RPS] [LAT_A_MS] [LAT_B_MS]: a measured fact, not a load run
 info_row() { record "$1" "$2" "$3" 0 info "${5:-}" "${6:-}" "${7:-}" 0 "$4"; }
 
-wrk_requests() { awk '/ requests in / {print $1; exit}' "$1"; } # requests wrk completed
 
 
 # --- section "tokens": many distinct tokens in rotation -----------------------------------
-
-commas() { sed ':a;s/\B[0-9]\{3\}\>/,&/;ta' <<<"$1"; } # 1000000 -> 1,000,000
 
 declare -A MINT_SECS=()
 MINTED=""

@@ -1,7 +1,7 @@
-# bench/lib/common.sh: what bench/run.sh and bench/forward_auth.sh share, sourced by both:
+# bench/lib/common.sh: what the bench scripts (run.sh, forward_auth.sh, dpop.sh, scale.sh) share:
 # logging, the processes a script starts and their cleanup, readiness waits, apt-get
-# installs that start no service, free ports, templates, test tokens, jwtgate start-up and
-# wrk output parsing.
+# installs that start no service, free ports, templates, test tokens, jwtgate start-up, RSS
+# and wrk output parsing.
 #
 # The sourcing script sets ROOT (the repository), BENCH ($ROOT/bench), JG (the jwtgate
 # binary), ISSUER (the tokens' iss) and KEEP_TMP (1 = keep $TMP), and later TMP (its one
@@ -170,6 +170,17 @@ render() {
     if grep -n '@[A-Z0-9_]*@' "$out" >&2; then die "unfilled placeholder in $out (from $tmpl)"; fi
 }
 
+rss_kib() { # VmRSS of a process plus its direct children (nginx master + workers), in KiB
+    local total=0 p v
+    for p in "$1" $(ps -o pid= --ppid "$1" 2>/dev/null); do
+        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+commas() { sed ':a;s/\B[0-9]\{3\}\>/,&/;ta' <<<"$1"; } # 1000000 -> 1,000,000
+
 b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
 
 # mint_token_openssl ALG KID KEYFILE|SECRET [EXP_OFFSET_S] [ISS]: a JWT made with openssl alone
@@ -189,18 +200,24 @@ mint_token_openssl() {
 }
 
 # start_jwtgate NAME CONFIG ADMIN_PORT: `jwtgate check`, then `jwtgate run` until the admin
-# listener's /readyz answers 200 -> LAST_PID; its log is CONFIG with .log for .toml
+# listener's /readyz answers 200 -> LAST_PID, and START_MS: milliseconds from `run` to that
+# first 200 (polled every 20 ms); its log is CONFIG with .log for .toml
+START_MS=0
 start_jwtgate() {
-    local name=$1 cfg=$2 admin=$3 logf=${2%.toml}.log i
+    local name=$1 cfg=$2 admin=$3 logf=${2%.toml}.log i t0
     "$JG" check -c "$cfg" >"${cfg%.toml}.check.log" 2>&1 ||
         { cat "${cfg%.toml}.check.log" >&2; die "jwtgate check -c $cfg failed"; }
+    t0=$(date +%s%N)
     # JG_ENV: extra NAME=VALUE words for this process (the "tracing" section's OTEL_*).
     start_bg "$name" "$logf" env RUST_LOG=warn ${JG_ENV[@]+"${JG_ENV[@]}"} "$JG" run -c "$cfg"
     local pid=$LAST_PID
-    for ((i = 0; i < 200; i++)); do
-        if curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:$admin/readyz"; then return 0; fi
+    for ((i = 0; i < 1000; i++)); do
+        if curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:$admin/readyz"; then
+            START_MS=$((($(date +%s%N) - t0) / 1000000))
+            return 0
+        fi
         is_alive "$pid" || { show_log "$logf"; die "$name exited during startup (log: $logf)"; }
-        sleep 0.1
+        sleep 0.02
     done
     show_log "$logf"
     die "$name: admin /readyz on 127.0.0.1:$admin did not answer 200 within 20 s (log: $logf)"
@@ -237,3 +254,5 @@ parse_wrk() {
     END { printf "%s %s %s %d\n", (rps == "" ? "-" : rps), (p50 == "" ? "-" : p50), (p99 == "" ? "-" : p99), err }
     ' "$1"
 }
+
+wrk_requests() { awk '/ requests in / {print $1; exit}' "$1"; } # requests wrk completed

@@ -49,6 +49,9 @@ def read_response(sock):
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--source", default=None,
+                    help="local address to connect from (127.0.0.2, ...): each source address has "
+                         "its own ~28,000 ephemeral ports towards one server port")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--tls", action="store_true", help="TLS (certificate not verified), SNI localhost")
@@ -77,7 +80,8 @@ def main():
     held, ok, failed, first_err = [], 0, 0, None
     for _ in range(a.n):
         try:
-            s = socket.create_connection((a.host, a.port), timeout=10)
+            s = socket.create_connection((a.host, a.port), timeout=10,
+                                         source_address=(a.source, 0) if a.source else None)
             if ctx is not None:
                 s = ctx.wrap_socket(s, server_hostname="localhost")
             s.sendall(req)

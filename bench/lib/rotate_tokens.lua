@@ -1,8 +1,11 @@
 -- bench/lib/rotate_tokens.lua: wrk script for bench/run.sh's "tokens" section. Every request
 -- carries the next token of a file (one JWT per line) in "Authorization: Bearer <token>".
 --
--- usage: wrk -tT ... -s rotate_tokens.lua URL -- TOKEN_FILE T
+-- usage: wrk -tT ... -s rotate_tokens.lua URL -- TOKEN_FILE T [token|path]
 --   T must equal wrk's -t (wrk does not tell init() how many threads there are).
+--   path: the lines are request paths (bench/scale.sh's routes curve), each sent with the
+--         token from the environment variable BENCH_BEARER; token (the default): the lines
+--         are tokens, sent to the URL's path.
 --
 -- Each thread keeps only its share of the file (line k goes to thread (k - 1) % T) and walks it
 -- with its own index, so the threads never send the same token at the same moment and the
@@ -29,6 +32,10 @@ local pre, post
 function init(args)
    local file = args[1]
    local nthreads = tonumber(args[2] or "1")
+   local kind = args[3] or "token"
+   if kind ~= "token" and kind ~= "path" then
+      error("rotate_tokens.lua: the 3rd argument is token or path, got " .. kind)
+   end
    if not file or not nthreads or nthreads < 1 then
       error("rotate_tokens.lua: usage: wrk ... -s rotate_tokens.lua URL -- TOKEN_FILE THREADS")
    end
@@ -57,7 +64,16 @@ function init(args)
       if p and p >= 0 and p < n then idx = p end
    end
    local marker = "@@TOKEN@@"
-   local req = wrk.format(nil, nil, { ["Authorization"] = "Bearer " .. marker })
+   local req
+   if kind == "path" then
+      local bearer = os.getenv("BENCH_BEARER")
+      if not bearer or #bearer == 0 then
+         error("rotate_tokens.lua: path mode needs BENCH_BEARER")
+      end
+      req = wrk.format(nil, marker, { ["Authorization"] = "Bearer " .. bearer })
+   else
+      req = wrk.format(nil, nil, { ["Authorization"] = "Bearer " .. marker })
+   end
    local s, e = string.find(req, marker, 1, true)
    pre = string.sub(req, 1, s - 1)
    post = string.sub(req, e + 1)

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use aws_lc_rs::signature::{EcdsaKeyPair, ParsedPublicKey, ECDSA_P256_SHA256_FIXED_SIGNING};
 use http::HeaderName;
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse, ThumbprintHash};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind, EncodingKey};
 
 /// Algorithms a config may name (never `none`).
 pub const SUPPORTED_ALGS: &str =
@@ -54,6 +54,47 @@ pub struct VerifyKey {
     /// keys are tried for tokens without `kid`.
     pub pinned: Option<Algorithm>,
     pub key: DecodingKey,
+    /// The public key parsed once for each of `algs` (see `parse_public`); empty for HMAC.
+    pub parsed: Arc<[(Algorithm, ParsedPublicKey)]>,
+}
+
+/// `key` parsed once, at load time, for each of `algs`: what jsonwebtoken's aws-lc backend
+/// does inside every `crypto::verify` (the same bytes, the same aws-lc-rs verification
+/// algorithm), where it also copies the key and boxes a verifier. HMAC secrets, and a key
+/// aws-lc-rs would refuse, get no entry: jsonwebtoken keeps verifying those.
+pub fn parse_public(key: &DecodingKey, algs: &[Algorithm]) -> Arc<[(Algorithm, ParsedPublicKey)]> {
+    algs.iter()
+        .filter_map(|&alg| Some((alg, parse_one(key, alg)?)))
+        .collect()
+}
+
+fn parse_one(key: &DecodingKey, alg: Algorithm) -> Option<ParsedPublicKey> {
+    use aws_lc_rs::signature as sig;
+    let rsa: Option<&'static sig::RsaParameters> = match alg {
+        Algorithm::RS256 => Some(&sig::RSA_PKCS1_2048_8192_SHA256),
+        Algorithm::RS384 => Some(&sig::RSA_PKCS1_2048_8192_SHA384),
+        Algorithm::RS512 => Some(&sig::RSA_PKCS1_2048_8192_SHA512),
+        Algorithm::PS256 => Some(&sig::RSA_PSS_2048_8192_SHA256),
+        Algorithm::PS384 => Some(&sig::RSA_PSS_2048_8192_SHA384),
+        Algorithm::PS512 => Some(&sig::RSA_PSS_2048_8192_SHA512),
+        _ => None,
+    };
+    let verifier: &'static dyn sig::VerificationAlgorithm = match (alg, rsa) {
+        (_, Some(p)) => p,
+        (Algorithm::ES256, _) => &sig::ECDSA_P256_SHA256_FIXED,
+        (Algorithm::ES384, _) => &sig::ECDSA_P384_SHA384_FIXED,
+        (Algorithm::EdDSA, _) => &sig::ED25519,
+        _ => return None,
+    };
+    match (key.kind(), rsa) {
+        (DecodingKeyKind::SecretOrDer(bytes), _) => ParsedPublicKey::new(verifier, bytes).ok(),
+        (DecodingKeyKind::RsaModulusExponent { n, e }, Some(p)) => {
+            sig::RsaPublicKeyComponents { n, e }
+                .to_parsed_public_key(p)
+                .ok()
+        }
+        _ => None,
+    }
 }
 
 impl std::fmt::Debug for VerifyKey {
@@ -104,6 +145,7 @@ impl VerifyKey {
             kid,
             algs: vec![alg],
             pinned: Some(alg),
+            parsed: parse_public(&key, &[alg]),
             key,
         })
     }
@@ -167,4 +209,49 @@ pub struct AssertionConfig {
     pub header: HeaderName,
     pub key: Arc<AssertionKey>,
     pub ttl: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::KeyPair;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+
+    #[test]
+    fn public_keys_are_parsed_once_and_agree_with_jsonwebtoken() {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+        let point = pair.public_key().as_ref();
+        let key = DecodingKey::from_ec_components(
+            &URL_SAFE_NO_PAD.encode(&point[1..33]),
+            &URL_SAFE_NO_PAD.encode(&point[33..]),
+        )
+        .unwrap();
+        let parsed = parse_public(&key, &[Algorithm::ES256]);
+        assert_eq!(parsed.len(), 1);
+
+        let msg = b"header.payload";
+        let sig = pair.sign(&rng, msg).unwrap();
+        let sig64 = URL_SAFE_NO_PAD.encode(sig.as_ref());
+        assert!(parsed[0].1.verify_sig(msg, sig.as_ref()).is_ok());
+        assert!(parsed[0]
+            .1
+            .verify_sig(b"header.payloaX", sig.as_ref())
+            .is_err());
+        assert!(jsonwebtoken::crypto::verify(&sig64, msg, &key, Algorithm::ES256).unwrap());
+        assert!(
+            !jsonwebtoken::crypto::verify(&sig64, b"header.payloaX", &key, Algorithm::ES256)
+                .unwrap()
+        );
+
+        // An HMAC secret is left to jsonwebtoken, and so is an algorithm the key cannot do.
+        assert!(
+            parse_public(&DecodingKey::from_secret(&[7u8; 32]), &[Algorithm::HS256]).is_empty()
+        );
+        assert!(parse_public(&key, &[Algorithm::RS256]).is_empty());
+    }
 }

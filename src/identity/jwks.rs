@@ -16,6 +16,7 @@ use jsonwebtoken::jwk::{
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::sync::{watch, Notify};
 
+use crate::config::keys::parse_public;
 pub use crate::config::keys::{
     parse_alg, KeyMaterial, StaticKey, VerifyKey, MIN_HMAC_SECRET, SUPPORTED_ALGS,
 };
@@ -69,6 +70,7 @@ impl VerifyKey {
         let key = DecodingKey::from_jwk(jwk).ok()?;
         Some(VerifyKey {
             kid: jwk.common.key_id.clone(),
+            parsed: parse_public(&key, &algs),
             algs,
             pinned,
             key,

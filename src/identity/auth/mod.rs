@@ -579,12 +579,22 @@ fn decode_json<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// With the key parsed at load time (`VerifyKey::parsed`: RSA, EC, Ed25519) aws-lc-rs checks
+/// the signature directly; HMAC goes through jsonwebtoken, which re-reads its key each call.
 fn verify_sig(
     sig: &str,
     message: &[u8],
     key: &VerifyKey,
     alg: Algorithm,
 ) -> Result<(), TokenError> {
+    if let Some((_, parsed)) = key.parsed.iter().find(|(a, _)| *a == alg) {
+        let raw = URL_SAFE_NO_PAD
+            .decode(sig)
+            .map_err(|_| TokenError::Malformed("signature is not base64url"))?;
+        return parsed
+            .verify_sig(message, &raw)
+            .map_err(|_| TokenError::BadSignature);
+    }
     match jsonwebtoken::crypto::verify(sig, message, &key.key, alg) {
         Ok(true) => Ok(()),
         Ok(false) => Err(TokenError::BadSignature),
