@@ -659,15 +659,19 @@ impl Revocations {
     async fn probe(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
-            let up = self.store.ping().await.is_ok();
-            let every = if up {
+            let checked = self.store.ping().await;
+            let every = if checked.is_ok() {
                 self.record_ok();
                 backoff.reset();
                 Duration::from_secs(2)
             } else {
                 self.failures.fetch_max(TRIP_AFTER, Ordering::Relaxed);
                 if !self.open.swap(true, Ordering::AcqRel) {
-                    tracing::warn!("revocation store unreachable; circuit open");
+                    // Why, once per outage: an unreachable host, a refused password, a
+                    // certificate `redis_ca` does not trust.
+                    if let Err(e) = &checked {
+                        tracing::warn!(error = %e, "revocation store unreachable; circuit open");
+                    }
                 }
                 backoff.next_delay()
             };
