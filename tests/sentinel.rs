@@ -394,6 +394,13 @@ async fn rediss_sentinel_with_redis_ca_on_tls_only_engines() {
     let ready = c.get(&format!("http://{}/readyz", gw.admin), &[]).await;
     assert_eq!(ready.status, 503, "{}", ready.text());
     assert_eq!(ready.json()["revocation"]["circuit"]["state"], "open");
+    // The probe has run (and logged why) once it set its retry delay.
+    let probed = eventually(Duration::from_secs(5), || async {
+        let r = c.get(&format!("http://{}/readyz", gw.admin), &[]).await;
+        r.json()["revocation"]["circuit"]["probe_delay_ms"].as_u64() > Some(0)
+    })
+    .await;
+    assert!(probed.is_some(), "the store's probe never ran");
     let before = gw.before.clone();
     let logs: Vec<String> = before.into_iter().chain(gw.stop().await).collect();
     let said = logs
