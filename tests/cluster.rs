@@ -279,90 +279,247 @@ fn sha256_hex(s: &str) -> String {
         .collect()
 }
 
+/// Two gateways doing edge refresh against one IdP (whose token endpoint answers after
+/// 300 ms), coordinating through `cluster`.
+struct RefreshFleet {
+    idp: MockIdp,
+    _up: EchoUpstream,
+    gws: [TestGateway; 2],
+}
+
+impl RefreshFleet {
+    async fn start(cluster: &RedisCluster) -> RefreshFleet {
+        let idp = MockIdp::start(vec![]).await;
+        let up = EchoUpstream::start().await;
+        std::env::set_var(CLIENT_SECRET_ENV, CLIENT_SECRET);
+        let cfg = format!(
+            "[[issuers]]\nname = \"s\"\nissuer = \"https://idp.test\"\naudiences = [\"api\"]\nleeway_s = 5\nkeys = [{{ kid = \"r1\", alg = \"RS256\", pem = \"{}\" }}]\n\n[refresh]\ntoken_endpoint = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_env = \"{CLIENT_SECRET_ENV}\"\nrefresh_before_s = 60\ntimeout_ms = 2000\n\n[revocation]\nstore = \"redis\"\n{}\n\n{}",
+            fixture("rsa.pub.pem").display(),
+            idp.token_url(),
+            cluster_cfg(cluster),
+            route("api", "/api", &[&up.url()], "")
+        );
+        let gws = [
+            TestGateway::start(&cfg).await,
+            TestGateway::start(&cfg).await,
+        ];
+        idp.state()
+            .token_delay_ms
+            .store(300, std::sync::atomic::Ordering::SeqCst);
+        RefreshFleet { idp, _up: up, gws }
+    }
+
+    /// Refresh tokens whose coordination keys are served by `n` different masters, for
+    /// which `keep(master)` holds: (token, master).
+    async fn tokens_on(
+        &self,
+        cluster: &RedisCluster,
+        n: usize,
+        keep: impl Fn(usize) -> bool,
+    ) -> Vec<(String, usize)> {
+        let mut rts: Vec<(String, usize)> = Vec::new();
+        for _ in 0..400 {
+            let rt = self.idp.issue_refresh_token("alice");
+            let node = cluster.owner(&lock_key(&rt)).await;
+            if keep(node) && rts.iter().all(|(_, m)| *m != node) {
+                rts.push((rt, node));
+            }
+            if rts.len() == n {
+                return rts;
+            }
+        }
+        panic!("no {n} refresh tokens on distinct masters: {rts:?}");
+    }
+
+    /// Six concurrent requests per refresh token, alternating between the gateways, all at
+    /// once, each carrying an access token about to expire. Asserts every answer is 200 with
+    /// the one new access token of its refresh token, and that the IdP's token endpoint
+    /// was called once per refresh token.
+    async fn refresh_once_each(&self, rts: &[String]) {
+        let calls_before = self.idp.token_calls();
+        let near_expiry = token(
+            "RS256",
+            Some("r1"),
+            serde_json::json!({"exp": jwtgate::auth::now_unix() + 10}),
+        );
+        let mut tasks = Vec::new();
+        for (k, rt) in rts.iter().enumerate() {
+            for j in 0..6 {
+                let gw = &self.gws[j % 2];
+                let cookie = format!("refresh_token={rt}; access_token={near_expiry}");
+                let (cl, url) = (gw.client_plain(), gw.http_url("/api/x"));
+                tasks.push((
+                    k,
+                    tokio::spawn(async move { cl.get(&url, &[("cookie", &cookie)]).await }),
+                ));
+            }
+        }
+        let mut fresh_tokens: HashMap<usize, HashSet<String>> = HashMap::new();
+        for (k, t) in tasks {
+            let resp = t.await.unwrap();
+            assert_eq!(resp.status, 200, "{}", resp.text());
+            let c = resp
+                .headers
+                .get_all("set-cookie")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .find(|c| c.starts_with("access_token="))
+                .expect("no new access token");
+            let v = c.split(';').next().unwrap().split_once('=').unwrap().1;
+            fresh_tokens.entry(k).or_default().insert(v.to_string());
+        }
+        assert_eq!(
+            self.idp.token_calls() - calls_before,
+            rts.len() as u64,
+            "the replicas replayed a refresh token (one call per token expected)"
+        );
+        for (k, set) in &fresh_tokens {
+            assert_eq!(
+                set.len(),
+                1,
+                "token {k}: every request must get the one new token"
+            );
+        }
+    }
+}
+
+fn lock_key(rt: &str) -> String {
+    format!("jwtgate:{{rt:{}}}:lock", sha256_hex(rt))
+}
+
+fn result_key(rt: &str) -> String {
+    format!("jwtgate:{{rt:{}}}:result", sha256_hex(rt))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_single_flight_holds_across_replicas_with_keys_on_every_node() {
     let cluster = RedisCluster::start().await;
-    let idp = MockIdp::start(vec![]).await;
-    let up = EchoUpstream::start().await;
-    std::env::set_var(CLIENT_SECRET_ENV, CLIENT_SECRET);
-    let cfg = format!(
-        "[[issuers]]\nname = \"s\"\nissuer = \"https://idp.test\"\naudiences = [\"api\"]\nleeway_s = 5\nkeys = [{{ kid = \"r1\", alg = \"RS256\", pem = \"{}\" }}]\n\n[refresh]\ntoken_endpoint = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_env = \"{CLIENT_SECRET_ENV}\"\nrefresh_before_s = 60\ntimeout_ms = 2000\n\n[revocation]\nstore = \"redis\"\n{}\n\n{}",
-        fixture("rsa.pub.pem").display(),
-        idp.token_url(),
-        cluster_cfg(&cluster),
-        route("api", "/api", &[&up.url()], "")
-    );
-    let gws = [
-        TestGateway::start(&cfg).await,
-        TestGateway::start(&cfg).await,
-    ];
-    idp.state()
-        .token_delay_ms
-        .store(300, std::sync::atomic::Ordering::SeqCst);
-
+    let rf = RefreshFleet::start(&cluster).await;
     // Three refresh tokens whose coordination keys live on three different masters.
-    let mut rts: Vec<(String, usize)> = Vec::new();
-    for _ in 0..200 {
-        let rt = idp.issue_refresh_token("alice");
-        let node = cluster
-            .owner(&format!("jwtgate:{{rt:{}}}:lock", sha256_hex(&rt)))
-            .await;
-        if rts.iter().all(|(_, n)| *n != node) {
-            rts.push((rt, node));
-        }
-        if rts.len() == 3 {
-            break;
-        }
-    }
-    assert_eq!(rts.len(), 3);
-
-    // Six concurrent requests per token, alternating between the gateways, all at once.
-    let near_expiry = token(
-        "RS256",
-        Some("r1"),
-        serde_json::json!({"exp": jwtgate::auth::now_unix() + 10}),
-    );
-    let mut tasks = Vec::new();
-    for (k, (rt, _)) in rts.iter().enumerate() {
-        for j in 0..6 {
-            let gw = &gws[j % 2];
-            let cookie = format!("refresh_token={rt}; access_token={near_expiry}");
-            let (cl, url) = (gw.client_plain(), gw.http_url("/api/x"));
-            tasks.push((
-                k,
-                tokio::spawn(async move { cl.get(&url, &[("cookie", &cookie)]).await }),
-            ));
-        }
-    }
-    let mut fresh_tokens: HashMap<usize, HashSet<String>> = HashMap::new();
-    for (k, t) in tasks {
-        let resp = t.await.unwrap();
-        assert_eq!(resp.status, 200, "{}", resp.text());
-        let c = resp
-            .headers
-            .get_all("set-cookie")
-            .iter()
-            .map(|v| v.to_str().unwrap().to_string())
-            .find(|c| c.starts_with("access_token="))
-            .expect("no new access token");
-        let v = c.split(';').next().unwrap().split_once('=').unwrap().1;
-        fresh_tokens.entry(k).or_default().insert(v.to_string());
-    }
-    assert_eq!(
-        idp.token_calls(),
-        3,
-        "the replicas replayed a refresh token (one call per token expected)"
-    );
-    for (k, set) in &fresh_tokens {
-        assert_eq!(
-            set.len(),
-            1,
-            "token {k}: every request must get the one new token"
-        );
-    }
+    let rts = rf.tokens_on(&cluster, 3, |_| true).await;
+    let tokens: Vec<String> = rts.iter().map(|(rt, _)| rt.clone()).collect();
+    rf.refresh_once_each(&tokens).await;
     // The result sits beside its lock: on the master the lock's slot named.
     for (rt, node) in &rts {
-        let result = format!("jwtgate:{{rt:{}}}:result", sha256_hex(rt));
-        assert_eq!(cluster.node_of(&result).await, *node);
+        assert_eq!(cluster.node_of(&result_key(rt)).await, *node);
     }
+}
+
+/// Revoke `jti` on gateway `gw`, retrying each 503 when its `Retry-After` says, as a client
+/// of the admin API would, up to `tries` times: how many 503s came before the 204.
+async fn revoke_retrying(fleet: &Fleet, gw: usize, jti: &str, tries: usize) -> usize {
+    for n in 0..tries {
+        let r = fleet.revoke_resp(gw, jti).await;
+        match r.status {
+            204 => return n,
+            503 => {
+                let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+                tokio::time::sleep(Duration::from_secs(after)).await;
+            }
+            other => panic!("revocation answered {other}: {}", r.text()),
+        }
+    }
+    panic!("revocation still 503 after {tries} tries");
+}
+
+/// The moment a master is replaced, before anything else settles: keys whose slots it
+/// served are written where the slots went. A revocation is one pipeline, `SET` + `WAIT`,
+/// sent by the key's slot; a pipeline that meets MOVED is resent whole to the node MOVED
+/// names (the redis crate's cluster client), so its `WAIT` counts the new master's
+/// replicas. The refresh coordination's pipelines (result + lock, in one slot) for tokens
+/// whose keys sat on the dead master single-flight as before. Three masters with two
+/// replicas each, so the promoted replica keeps one replica (the other follows it) and
+/// `min_replicas = 1` can be met without restarting the dead node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn right_after_a_promotion_the_dead_masters_slots_are_rerouted() {
+    let mut cluster = RedisCluster::start_with_replicas(2).await;
+    let fleet = Fleet::start(&durable_cfg(&cluster)).await;
+    let rf = RefreshFleet::start(&cluster).await;
+
+    // Every gateway's connections learn the slot map as it is now.
+    let mut acked: Vec<(String, String)> = Vec::new();
+    for i in 0..12 {
+        let (t, jti, key) = fresh();
+        assert_eq!(
+            fleet.revoke(i % 2, &jti).await,
+            204,
+            "revocation {i} before"
+        );
+        acked.push((t, key));
+    }
+    let warm = rf.tokens_on(&cluster, 3, |_| true).await;
+    rf.refresh_once_each(&warm.into_iter().map(|(rt, _)| rt).collect::<Vec<_>>())
+        .await;
+
+    // The victim, and what will be asked of its slots once it is gone.
+    let dead = cluster.owner(&acked[0].1).await;
+    let heirs = cluster.replicas_of(dead).await;
+    assert_eq!(heirs.len(), 2, "master {dead} has replicas {heirs:?}");
+    let mut doomed = Vec::new();
+    while doomed.len() < 20 {
+        let (t, jti, key) = fresh();
+        if cluster.owner(&key).await == dead {
+            doomed.push((t, jti, key));
+        }
+    }
+    let rts: Vec<String> = rf
+        .tokens_on(&cluster, 1, |m| m == dead)
+        .await
+        .into_iter()
+        .map(|(rt, _)| rt)
+        .collect();
+
+    let killed = Instant::now();
+    cluster.nodes[dead].kill();
+    // Promoted: a replica of the dead master serves its slots (the rest may still settle).
+    let heir = loop {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no replica of master {dead} was promoted"
+        );
+        if let Some(owner) = cluster.try_owner(&doomed[0].2).await {
+            assert!(
+                heirs.contains(&owner),
+                "slot went to {owner}, not {heirs:?}"
+            );
+            break owner;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let promoted_after = killed.elapsed();
+
+    // At once: revocations of keys in the dead master's slots, through both gateways.
+    let mut retries = 0;
+    let mut first_204_after = None;
+    for (i, (t, jti, key)) in doomed.into_iter().enumerate() {
+        retries += revoke_retrying(&fleet, i % 2, &jti, 15).await;
+        first_204_after.get_or_insert(killed.elapsed());
+        assert_eq!(
+            cluster.node_of(&key).await,
+            heir,
+            "revocation {i} is not on the promoted master"
+        );
+        acked.push((t, key));
+    }
+    // The refresh coordination's keys of the dead master's slots, too.
+    rf.refresh_once_each(&rts).await;
+    assert_eq!(cluster.node_of(&result_key(&rts[0])).await, heir);
+
+    // Every 204 is in the cluster, and refused by both gateways.
+    for (t, key) in &acked {
+        cluster.node_of(key).await; // panics if no node holds it
+        for i in 0..2 {
+            assert_eq!(
+                fleet.call(i, t).await,
+                Ok(401),
+                "gateway {i} accepted a revoked token"
+            );
+        }
+    }
+    println!(
+        "right after a promotion: heir serving the slots {promoted_after:?} after the kill; \
+         first of 20 revocations in those slots confirmed {:?} after the kill, {retries} \
+         retries (503 + Retry-After) in all; refresh single flight held for a token there",
+        first_204_after.unwrap()
+    );
 }

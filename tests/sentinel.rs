@@ -252,3 +252,170 @@ async fn without_min_replicas_the_failover_is_followed_and_losses_are_reported()
         f.first_204_after
     );
 }
+
+const TLS_REDIS_PW_ENV: &str = "JWTGATE_TEST_TLS_REDIS_PASSWORD";
+const TLS_SENTINEL_PW_ENV: &str = "JWTGATE_TEST_TLS_SENTINEL_PASSWORD";
+
+/// `[revocation]` keys for a `rediss+sentinel://` set: its URL, `redis_ca` = `ca`, both
+/// passwords from the environment.
+fn tls_cfg(set: &SentinelSet, ca: &std::path::Path) -> String {
+    format!(
+        "redis_url = \"{}\"\nredis_ca = \"{}\"\nredis_password_env = \"{TLS_REDIS_PW_ENV}\"\nsentinel_password_env = \"{TLS_SENTINEL_PW_ENV}\"\nmin_replicas = 1\nmin_replicas_timeout_ms = 300",
+        set.url(),
+        ca.display()
+    )
+}
+
+/// Every process TLS only (`--port 0`): primary, replica and three sentinels, replication
+/// and monitoring over TLS, servers and sentinels behind passwords. The gateways reach them
+/// with `rediss+sentinel://` verified against `redis_ca`: revocations are confirmed (204),
+/// refused by both gateways, heard over pub/sub, and survive a failover the gateways
+/// follow over TLS. A gateway whose `redis_ca` did not sign the servers' certificate is
+/// not ready, refuses authenticated requests (503) and says why in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_sentinel_with_redis_ca_on_tls_only_engines() {
+    use common::redis_tls::{unrelated_ca, RedisTls};
+    let (redis_pw, sentinel_pw) = ("redis-pw-7f3a", "sentinel-pw-91c2");
+    std::env::set_var(TLS_REDIS_PW_ENV, redis_pw);
+    std::env::set_var(TLS_SENTINEL_PW_ENV, sentinel_pw);
+    let tls = RedisTls::new(Some(redis_pw));
+    let mut set = SentinelSet::start_tls(tls.clone(), sentinel_pw).await;
+    assert!(set.url().starts_with("rediss+sentinel://"));
+    // Nothing answers in plain text: the servers and sentinels speak TLS only.
+    for port in set
+        .nodes
+        .iter()
+        .map(|n| n.port)
+        .chain(set.sentinels.iter().map(|s| s.port))
+    {
+        assert!(
+            common::sentinel::plain_ping(port).await.is_none(),
+            "port {port} answered in plain text"
+        );
+    }
+
+    let fleet = Arc::new(Fleet::start(&tls_cfg(&set, &tls.ca)).await);
+    let primary = set.primary_port().await.unwrap();
+    for i in 0..2 {
+        let r = fleet.readyz(i).await;
+        assert_eq!(r["revocation"]["store"], "redis-sentinel", "{r}");
+        assert_eq!(r["revocation"]["circuit"]["state"], "closed", "{r}");
+        assert_eq!(
+            r["revocation"]["circuit"]["primary"],
+            format!("127.0.0.1:{primary}"),
+            "{r}"
+        );
+    }
+    // Revoked on one gateway over TLS, heard by the other over the TLS subscription
+    // sooner than its cached "not revoked" (300 ms) expires.
+    for i in 0..5 {
+        let (t, jti, _) = fresh();
+        assert_eq!(fleet.call(1 - i % 2, &t).await, Ok(200));
+        assert_eq!(fleet.revoke(i % 2, &jti).await, 204, "revocation {i}");
+        assert_eq!(fleet.call(i % 2, &t).await, Ok(401));
+        let (fleet, t) = (&fleet, &t);
+        let heard = eventually(Duration::from_millis(200), || async move {
+            fleet.call(1 - i % 2, t).await == Ok(401)
+        })
+        .await;
+        assert!(
+            heard.is_some(),
+            "revocation {i} never reached the other gateway"
+        );
+    }
+
+    // A failover over TLS: the gateways find the promoted replica through the sentinels.
+    let f = failover(&mut set, fleet.clone(), 20, 10).await;
+    let new_primary = set.primary_port().await.unwrap();
+    assert_ne!(new_primary, primary);
+    assert_served(&fleet, &f.served).await;
+    for i in 0..2 {
+        let r = fleet.readyz(i).await;
+        assert_eq!(
+            r["revocation"]["circuit"]["primary"],
+            format!("127.0.0.1:{new_primary}"),
+            "{r}"
+        );
+    }
+    let keys: Vec<String> = f.acked.iter().map(|(_, k)| k.clone()).collect();
+    assert_eq!(
+        set.count_keys(&keys).await,
+        keys.len(),
+        "an acknowledged revocation was lost"
+    );
+    for (t, _) in &f.acked {
+        for i in 0..2 {
+            assert_eq!(
+                fleet.call(i, t).await,
+                Ok(401),
+                "gateway {i} accepted a revoked token"
+            );
+        }
+    }
+    println!(
+        "rediss+sentinel: {} revocations answered 204 ({} after the kill), {} answered 503; \
+         promoted after {:?}; first 204 after the kill at {:?}; none lost",
+        f.acked.len(),
+        f.acked.len() - 20,
+        f.refused,
+        f.promoted_after,
+        f.first_204_after
+    );
+
+    // The wrong CA: the binary, as an operator runs it, with every other key the same.
+    let dir = common::TempDir::new();
+    let wrong = unrelated_ca(dir.path());
+    let up = EchoUpstream::start().await;
+    let body = format!(
+        "[[issuers]]\nname = \"s\"\nissuer = \"https://idp.test\"\naudiences = [\"api\"]\nkeys = [{{ kid = \"r1\", alg = \"RS256\", pem = \"{}\" }}]\n\n[revocation]\nstore = \"redis\"\ntimeout_ms = 200\non_error = \"deny\"\n{}\n\n{}",
+        fixture("rsa.pub.pem").display(),
+        tls_cfg(&set, &wrong),
+        route("api", "/api", &[&up.url()], "")
+    );
+    let gw = common::bin::BinGateway::start_env(
+        "http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"",
+        "",
+        &body,
+        &[
+            (TLS_REDIS_PW_ENV, redis_pw),
+            (TLS_SENTINEL_PW_ENV, sentinel_pw),
+        ],
+    );
+    let (t, _, _) = fresh();
+    let c = Client::plain();
+    let resp = c
+        .get(
+            &format!("http://{}/api/x", gw.http),
+            &[("authorization", &format!("Bearer {t}"))],
+        )
+        .await;
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    assert_eq!(resp.json()["error"], "revocation_unavailable");
+    let ready = c.get(&format!("http://{}/readyz", gw.admin), &[]).await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert_eq!(ready.json()["revocation"]["circuit"]["state"], "open");
+    // The probe has run (and logged why) once it set its retry delay.
+    let probed = eventually(Duration::from_secs(5), || async {
+        let r = c.get(&format!("http://{}/readyz", gw.admin), &[]).await;
+        r.json()["revocation"]["circuit"]["probe_delay_ms"].as_u64() > Some(0)
+    })
+    .await;
+    assert!(probed.is_some(), "the store's probe never ran");
+    let before = gw.before.clone();
+    let logs: Vec<String> = before.into_iter().chain(gw.stop().await).collect();
+    let said = logs
+        .iter()
+        .filter(|l| l.contains("revocation"))
+        .find(|l| l.contains("certificate") || l.contains("UnknownIssuer"));
+    assert!(
+        said.is_some(),
+        "no log line says the certificate was not trusted: {logs:#?}"
+    );
+    println!("wrong redis_ca: {}", said.unwrap());
+    for l in &logs {
+        assert!(
+            !l.contains(redis_pw) && !l.contains(sentinel_pw),
+            "a password in the log: {l}"
+        );
+    }
+}

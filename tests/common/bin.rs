@@ -17,7 +17,11 @@ pub struct BinGateway {
     pub http: String,
     /// The forward-auth listener's address (`-` without one).
     pub authz: String,
+    /// The admin listener's address (`-` without one).
+    pub admin: String,
     logs: Option<std::thread::JoinHandle<Vec<String>>>,
+    /// The lines logged before "jwtgate serving" (start-up).
+    pub before: Vec<String>,
     /// The config file it was started with.
     pub config: PathBuf,
     pub dir: TempDir,
@@ -76,14 +80,16 @@ impl BinGateway {
             format!("[listen]\n{listen}\n[server]\nlog_format = \"json\"\n{server_extra}\n{body}"),
         )
         .unwrap();
-        let (child, serving, _, lines) = spawn(&path, env);
+        let (child, serving, before, lines) = spawn(&path, env);
         let logs = std::thread::spawn(move || lines.map_while(Result::ok).collect());
         let addr = |k: &str| serving[k].as_str().unwrap_or("-").to_string();
         BinGateway {
             child: Some(child),
             http: addr("http"),
             authz: addr("authz"),
+            admin: addr("admin"),
             logs: Some(logs),
+            before,
             config: path,
             dir,
         }

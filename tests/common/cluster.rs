@@ -143,6 +143,15 @@ impl RedisCluster {
 
     /// Index of the live master that serves `key`'s slot, whether or not it exists.
     pub async fn owner(&self, key: &str) -> usize {
+        match self.try_owner(key).await {
+            Some(i) => i,
+            None => panic!("no node serves {key}"),
+        }
+    }
+
+    /// `owner`, or `None` while no live node serves the slot (its master is gone and no
+    /// replica was promoted yet).
+    pub async fn try_owner(&self, key: &str) -> Option<usize> {
         for (i, n) in self.nodes.iter().enumerate() {
             let Some(mut conn) = try_conn(n).await else {
                 continue;
@@ -150,10 +159,10 @@ impl RedisCluster {
             let v: Result<Option<String>, _> =
                 redis::cmd("GET").arg(key).query_async(&mut conn).await;
             if v.is_ok() {
-                return i;
+                return Some(i);
             }
         }
-        panic!("no node serves {key}")
+        None
     }
 
     /// The role of node `i` (`ROLE`): its master's port if it is a replica, `None` if it
@@ -173,12 +182,21 @@ impl RedisCluster {
 
     /// Index of a replica of master `m`.
     pub async fn replica_of(&self, m: usize) -> usize {
+        match self.replicas_of(m).await.first() {
+            Some(i) => *i,
+            None => panic!("node {m} has no replica"),
+        }
+    }
+
+    /// Indexes of the replicas of master `m`.
+    pub async fn replicas_of(&self, m: usize) -> Vec<usize> {
+        let mut out = Vec::new();
         for i in 0..self.nodes.len() {
             if self.master_of(i).await == Some(self.nodes[m].port) {
-                return i;
+                out.push(i);
             }
         }
-        panic!("node {m} has no replica")
+        out
     }
 
     /// Whether node `i` is a master now.

@@ -24,6 +24,7 @@ pub mod bin;
 pub mod cluster;
 pub mod fleet;
 pub mod op;
+pub mod redis_tls;
 pub mod sentinel;
 
 // === temp dirs ===
@@ -943,6 +944,8 @@ pub struct RedisServer {
     dir: TempDir,
     /// More `redis-server` arguments (`--replicaof 127.0.0.1 <port>`).
     extra: Vec<String>,
+    /// With `start_tls_only`: TLS on `port`, plain TCP off (kept across restarts).
+    tls_only: Option<redis_tls::RedisTls>,
 }
 
 /// `N` distinct free loopback ports (held open together while they are chosen).
@@ -968,6 +971,24 @@ impl RedisServer {
             child: None,
             dir: TempDir::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls_only: None,
+        };
+        r.spawn().await;
+        r
+    }
+
+    /// TLS only (`--port 0`, TLS on `port`), with `tls`'s certificate and password, and
+    /// more `redis-server` arguments.
+    pub async fn start_tls_only(tls: &redis_tls::RedisTls, extra: &[&str]) -> RedisServer {
+        let [port] = free_ports();
+        let mut r = RedisServer {
+            port,
+            tls_port: None,
+            cert: None,
+            child: None,
+            dir: TempDir::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls_only: Some(tls.clone()),
         };
         r.spawn().await;
         r
@@ -986,6 +1007,7 @@ impl RedisServer {
             child: None,
             dir,
             extra: Vec::new(),
+            tls_only: None,
         };
         r.spawn().await;
         r
@@ -996,10 +1018,13 @@ impl RedisServer {
     }
 
     async fn spawn(&mut self) {
+        let listen = match &self.tls_only {
+            None => vec!["--port".to_string(), self.port.to_string()],
+            Some(t) => t.server_args(self.port),
+        };
         let child = std::process::Command::new("redis-server")
+            .args(listen)
             .args([
-                "--port",
-                &self.port.to_string(),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -1064,6 +1089,12 @@ impl RedisServer {
     }
 
     async fn ping(&self) -> bool {
+        if let Some(t) = &self.tls_only {
+            let Some(mut c) = t.conn(self.port, t.password.as_deref()).await else {
+                return false;
+            };
+            return redis::cmd("PING").query_async::<()>(&mut c).await.is_ok();
+        }
         let s = raw_exchange_quick(("127.0.0.1", self.port), b"PING\r\n").await;
         s.starts_with("+PONG")
     }
@@ -1094,6 +1125,12 @@ impl RedisServer {
     }
 
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        if let Some(t) = &self.tls_only {
+            return t
+                .conn(self.port, t.password.as_deref())
+                .await
+                .expect("TLS redis-server unreachable");
+        }
         redis::Client::open(self.url())
             .unwrap()
             .get_multiplexed_async_connection()

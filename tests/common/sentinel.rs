@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use super::redis_tls::RedisTls;
 use super::{free_ports, RedisServer, TempDir};
 
 /// The name the sentinels monitor.
@@ -20,6 +21,10 @@ pub struct SentinelSet {
     /// The servers as started: `nodes[0]` was the first primary, `nodes[1]` its replica.
     pub nodes: Vec<RedisServer>,
     pub sentinels: Vec<SentinelProc>,
+    /// With `start_tls`: every process TLS only, the servers behind a password.
+    pub tls: Option<RedisTls>,
+    /// The sentinels' own password (`requirepass` of the sentinel processes).
+    pub sentinel_password: Option<String>,
 }
 
 pub struct SentinelProc {
@@ -62,13 +67,29 @@ impl SentinelSet {
     /// Primary, replica (in sync), three sentinels (quorum 2, `down-after-milliseconds`
     /// 1000, `failover-timeout` 2000), all agreeing.
     pub async fn start() -> SentinelSet {
-        let primary = RedisServer::start_with(NODE_ARGS).await;
+        Self::start_with(None, None).await
+    }
+
+    /// `start` with every server and sentinel on TLS only (`tls`'s certificate, verified
+    /// against its CA by the replica and the sentinels too), the servers behind `tls`'s
+    /// password and the sentinels behind `sentinel_password`.
+    pub async fn start_tls(tls: RedisTls, sentinel_password: &str) -> SentinelSet {
+        Self::start_with(Some(tls), Some(sentinel_password)).await
+    }
+
+    async fn start_with(tls: Option<RedisTls>, sentinel_password: Option<&str>) -> SentinelSet {
+        let primary = node(tls.as_ref(), NODE_ARGS).await;
         let p = primary.port.to_string();
-        let replica =
-            RedisServer::start_with(&[NODE_ARGS, &["--replicaof", "127.0.0.1", &p]].concat()).await;
+        let replica = node(
+            tls.as_ref(),
+            &[NODE_ARGS, &["--replicaof", "127.0.0.1", &p]].concat(),
+        )
+        .await;
         let set = SentinelSet {
             nodes: vec![primary, replica],
             sentinels: Vec::new(),
+            tls,
+            sentinel_password: sentinel_password.map(str::to_string),
         };
         assert!(
             set.wait_in_sync(1, Duration::from_secs(10)).await,
@@ -77,7 +98,13 @@ impl SentinelSet {
         let mut set = set;
         let ports: [u16; 3] = free_ports();
         for port in ports {
-            set.sentinels.push(spawn_sentinel(port, set.nodes[0].port));
+            let s = spawn_sentinel(
+                port,
+                set.nodes[0].port,
+                set.tls.as_ref(),
+                set.sentinel_password.as_deref(),
+            );
+            set.sentinels.push(s);
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         'wait: loop {
@@ -86,7 +113,7 @@ impl SentinelSet {
                 "the sentinels never agreed on the primary, replica and each other"
             );
             for s in &set.sentinels {
-                let Some(m) = sentinel_master(s.port).await else {
+                let Some(m) = set.sentinel_master(s.port).await else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue 'wait;
                 };
@@ -103,20 +130,52 @@ impl SentinelSet {
         set
     }
 
-    /// `redis+sentinel://` URL naming the three sentinels.
+    /// `redis+sentinel://` URL naming the three sentinels (`rediss+sentinel://` with TLS).
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self
             .sentinels
             .iter()
             .map(|s| format!("127.0.0.1:{}", s.port))
             .collect();
-        format!("redis+sentinel://{}/{MASTER}/0", hosts.join(","))
+        let scheme = match self.tls {
+            None => "redis",
+            Some(_) => "rediss",
+        };
+        format!("{scheme}+sentinel://{}/{MASTER}/0", hosts.join(","))
+    }
+
+    /// A connection to the server on `port` (over TLS, with the password, when the set
+    /// has them), or `None` if it does not answer.
+    pub async fn node_conn(&self, port: u16) -> Option<redis::aio::MultiplexedConnection> {
+        match &self.tls {
+            None => conn(port).await,
+            Some(t) => t.conn(port, t.password.as_deref()).await,
+        }
+    }
+
+    /// A connection to the sentinel on `port`, or `None` if it does not answer.
+    pub async fn sentinel_conn(&self, port: u16) -> Option<redis::aio::MultiplexedConnection> {
+        match &self.tls {
+            None => conn(port).await,
+            Some(t) => t.conn(port, self.sentinel_password.as_deref()).await,
+        }
+    }
+
+    async fn sentinel_master(&self, port: u16) -> Option<HashMap<String, String>> {
+        let mut c = self.sentinel_conn(port).await?;
+        let v: Vec<String> = redis::cmd("SENTINEL")
+            .arg("master")
+            .arg(MASTER)
+            .query_async(&mut c)
+            .await
+            .ok()?;
+        Some(pairs(v))
     }
 
     /// The primary's port, as the first sentinel that answers names it.
     pub async fn primary_port(&self) -> Option<u16> {
         for s in &self.sentinels {
-            let Some(mut c) = conn(s.port).await else {
+            let Some(mut c) = self.sentinel_conn(s.port).await else {
                 continue;
             };
             let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
@@ -139,7 +198,7 @@ impl SentinelSet {
         while Instant::now() < deadline {
             let mut all = true;
             for s in &self.sentinels {
-                let m = sentinel_master(s.port).await;
+                let m = self.sentinel_master(s.port).await;
                 if m.as_ref().and_then(|m| m.get("port")) != Some(&port.to_string()) {
                     all = false;
                     break;
@@ -167,7 +226,7 @@ impl SentinelSet {
                 false => self.primary_port().await,
             };
             if let Some(mut c) = match port {
-                Some(p) => conn(p).await,
+                Some(p) => self.node_conn(p).await,
                 None => None,
             } {
                 let info: String = redis::cmd("INFO")
@@ -191,7 +250,7 @@ impl SentinelSet {
     /// How many of `keys` the current primary holds.
     pub async fn count_keys(&self, keys: &[String]) -> usize {
         let port = self.primary_port().await.expect("no primary");
-        let mut c = conn(port).await.expect("primary unreachable");
+        let mut c = self.node_conn(port).await.expect("primary unreachable");
         let mut n = 0;
         for k in keys {
             let e: bool = redis::cmd("EXISTS")
@@ -205,28 +264,44 @@ impl SentinelSet {
     }
 }
 
-async fn sentinel_master(port: u16) -> Option<HashMap<String, String>> {
-    let mut c = conn(port).await?;
-    let v: Vec<String> = redis::cmd("SENTINEL")
-        .arg("master")
-        .arg(MASTER)
-        .query_async(&mut c)
-        .await
-        .ok()?;
-    Some(pairs(v))
+/// A data node, plain or TLS only.
+async fn node(tls: Option<&RedisTls>, extra: &[&str]) -> RedisServer {
+    match tls {
+        None => RedisServer::start_with(extra).await,
+        Some(t) => RedisServer::start_tls_only(t, extra).await,
+    }
 }
 
-fn spawn_sentinel(port: u16, primary: u16) -> SentinelProc {
+/// A sentinel on `port` watching `primary`; with `tls`, on TLS only and talking TLS to the
+/// servers and the other sentinels, with the servers' password (`auth-pass`); with
+/// `password`, asking it of clients and giving it to the other sentinels (`sentinel-pass`).
+fn spawn_sentinel(
+    port: u16,
+    primary: u16,
+    tls: Option<&RedisTls>,
+    password: Option<&str>,
+) -> SentinelProc {
     let dir = TempDir::new();
     let conf = dir.path().join("sentinel.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {}\nsentinel monitor {MASTER} 127.0.0.1 {primary} 2\nsentinel down-after-milliseconds {MASTER} 1000\nsentinel failover-timeout {MASTER} 2000\nsentinel parallel-syncs {MASTER} 1\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    let mut text = format!(
+        "bind 127.0.0.1\ndaemonize no\ndir {}\nsentinel monitor {MASTER} 127.0.0.1 {primary} 2\nsentinel down-after-milliseconds {MASTER} 1000\nsentinel failover-timeout {MASTER} 2000\nsentinel parallel-syncs {MASTER} 1\n",
+        dir.path().display()
+    );
+    match tls {
+        None => text.push_str(&format!("port {port}\n")),
+        Some(t) => {
+            for (k, v) in t.conf_lines(port) {
+                text.push_str(&format!("{k} {v}\n"));
+            }
+            if let Some(pw) = &t.password {
+                text.push_str(&format!("sentinel auth-pass {MASTER} {pw}\n"));
+            }
+        }
+    }
+    if let Some(pw) = password {
+        text.push_str(&format!("requirepass {pw}\nsentinel sentinel-pass {pw}\n"));
+    }
+    std::fs::write(&conf, text).unwrap();
     let child = std::process::Command::new("redis-server")
         .arg(&conf)
         .arg("--sentinel")
@@ -242,4 +317,11 @@ fn spawn_sentinel(port: u16, primary: u16) -> SentinelProc {
         conf,
         _dir: dir,
     }
+}
+
+/// A plain-TCP `PING` to `port`: its reply (`+PONG`, or an error such as `-NOAUTH`), or
+/// `None` if nothing answered in plain text (nothing listening, or TLS only).
+pub async fn plain_ping(port: u16) -> Option<String> {
+    let s = super::raw_exchange_quick(("127.0.0.1", port), b"PING\r\n").await;
+    (s.starts_with('+') || s.starts_with('-')).then_some(s)
 }

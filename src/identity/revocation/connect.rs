@@ -144,31 +144,6 @@ impl Conn {
     }
 }
 
-impl Conn {
-    /// `WAIT n timeout_ms` on the primary that owns `key` (the one a write of `key` just
-    /// went to on this connection): how many of its replicas have this connection's
-    /// writes. The cluster client would otherwise send WAIT to every primary.
-    pub async fn wait_on_key_master(
-        &mut self,
-        key: &str,
-        n: u32,
-        timeout_ms: u64,
-    ) -> RedisResult<u32> {
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(n).arg(timeout_ms);
-        match self {
-            Conn::Cluster(c) => {
-                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-                let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
-                    Route::with_key(key, SlotAddr::Master),
-                ));
-                Ok(redis::from_redis_value(c.route_command(wait, to).await?)?)
-            }
-            conn => wait.query_async(conn).await,
-        }
-    }
-}
-
 fn unexpected(what: &'static str) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Client, "unexpected reply", what.into()))
 }

@@ -658,16 +658,24 @@ impl Revocations {
     /// and a fleet of replicas never hammers a store that is coming back).
     async fn probe(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        // Whether this outage's cause was logged (a failing lookup may have opened the
+        // circuit first, without the probe's error).
+        let mut told = false;
         loop {
-            let up = self.store.ping().await.is_ok();
-            let every = if up {
+            let checked = self.store.ping().await;
+            let every = if checked.is_ok() {
                 self.record_ok();
                 backoff.reset();
+                told = false;
                 Duration::from_secs(2)
             } else {
                 self.failures.fetch_max(TRIP_AFTER, Ordering::Relaxed);
-                if !self.open.swap(true, Ordering::AcqRel) {
-                    tracing::warn!("revocation store unreachable; circuit open");
+                self.open.store(true, Ordering::Release);
+                // Why, once per outage: an unreachable host, a refused password, a
+                // certificate `redis_ca` does not trust.
+                if let (false, Err(e)) = (told, &checked) {
+                    tracing::warn!(error = %e, "revocation store unreachable; circuit open");
+                    told = true;
                 }
                 backoff.next_delay()
             };

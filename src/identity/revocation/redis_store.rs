@@ -65,13 +65,6 @@ pub enum Message {
     UndoSid { issuer: String, undo_sid: String },
 }
 
-/// A revocation's writes, to be confirmed by `WAIT`: a pipeline on one server, or (in a
-/// cluster) one command and the key it writes, whose master the WAIT must go to.
-enum Durable<'a> {
-    Pipeline(redis::Pipeline),
-    Slot(redis::Cmd, &'a str),
-}
-
 /// Glob metacharacters of SCAN MATCH, escaped.
 fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -166,22 +159,23 @@ impl RedisStore {
             })?
     }
 
-    /// Run `set` (the SET of `key`), then PUBLISH the message; with `min_replicas`, end
-    /// with `WAIT min_replicas timeout` (see `replicated`) and fail unless enough replicas
-    /// confirmed.
+    /// Run `set` (a revocation's SET), then PUBLISH the message; with `min_replicas`, end
+    /// the SET's pipeline with `WAIT min_replicas timeout` (see `replicated`) and fail
+    /// unless enough replicas confirmed.
     pub(super) async fn publish_with(
         &self,
         set: redis::Cmd,
-        key: &str,
         msg: &Message,
     ) -> Result<(), StoreError> {
         let payload = serde_json::to_string(msg).map_err(|e| StoreError::Backend(e.to_string()))?;
         if self.connector.is_cluster() {
             // The channel hashes elsewhere than the key, and a cluster pipeline must stay in
-            // one slot (nor does the client follow a MOVED inside one): the SET alone (on
-            // the key's master; with `min_replicas` followed by WAIT on that master), then
-            // the PUBLISH (any node; the cluster bus delivers it to subscribers on every
-            // node).
+            // one slot: the SET (with `min_replicas`, and WAIT in its pipeline), then the
+            // PUBLISH (any node; the cluster bus delivers it to subscribers on every node).
+            // WAIT names no key, so the client sends the pipeline by the SET's slot, to the
+            // key's master, and resends it whole where a MOVED points (a failover, a slot
+            // migration): the WAIT always runs on the connection that made the write and
+            // counts the replicas of the master that holds it.
             let mut publish = redis::cmd("PUBLISH");
             publish.arg(self.channel()).arg(payload);
             let stored = match self.min_replicas {
@@ -189,7 +183,11 @@ impl RedisStore {
                     self.run(|mut c| async move { set.query_async::<()>(&mut c).await })
                         .await
                 }
-                _ => self.replicated(Durable::Slot(set, key)).await,
+                _ => {
+                    let mut pipe = redis::pipe();
+                    pipe.add_command(set).ignore();
+                    self.replicated(pipe).await
+                }
             };
             // Published even when too few replicas confirmed: the master has the key, and
             // every replica's cache should agree with it.
@@ -210,14 +208,14 @@ impl RedisStore {
                 .run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
                 .await;
         }
-        self.replicated(Durable::Pipeline(pipe)).await
+        self.replicated(pipe).await
     }
 
-    /// The writes of `op`, then `WAIT min_replicas timeout`, on a connection of its own
-    /// (WAIT blocks the connection it runs on: on the shared one it would stall every
-    /// lookup behind it; and it counts the replicas that have this connection's writes).
-    /// Fails unless enough replicas confirmed.
-    async fn replicated(&self, op: Durable<'_>) -> Result<(), StoreError> {
+    /// The writes of `pipe` (replies ignored), then `WAIT min_replicas timeout` in the same
+    /// pipeline, on a connection of its own (WAIT blocks the connection it runs on: on the
+    /// shared one it would stall every lookup behind it; and it counts the replicas that
+    /// have this connection's writes). Fails unless enough replicas confirmed.
+    async fn replicated(&self, mut pipe: redis::Pipeline) -> Result<(), StoreError> {
         let wanted = self.min_replicas;
         let ms = self.wait_timeout.as_millis() as u64;
         let work = async {
@@ -226,16 +224,8 @@ impl RedisStore {
                 .get()
                 .await
                 .map_err(|e| StoreError::Backend(e.to_string()))?;
-            let acked = match op {
-                Durable::Pipeline(mut pipe) => {
-                    pipe.cmd("WAIT").arg(wanted).arg(ms);
-                    pipe.query_async::<(u32,)>(&mut *conn).await.map(|(a,)| a)
-                }
-                Durable::Slot(set, key) => match set.query_async::<()>(&mut *conn).await {
-                    Ok(()) => conn.wait_on_key_master(key, wanted, ms).await,
-                    Err(e) => Err(e),
-                },
-            };
+            pipe.cmd("WAIT").arg(wanted).arg(ms);
+            let acked = pipe.query_async::<(u32,)>(&mut *conn).await.map(|(a,)| a);
             let acked = match acked {
                 Ok(a) => a,
                 Err(e) => {
@@ -296,19 +286,38 @@ impl Store for RedisStore {
     fn lookup<'a>(&'a self, keys: Keys<'a>) -> BoxFuture<'a, Result<Lookup, StoreError>> {
         let Keys { jti, sub, sid } = keys;
         Box::pin(async move {
-            let mut cmd = redis::cmd("MGET");
+            let mut keys = Vec::with_capacity(5);
             if let Some(s) = sub {
-                cmd.arg(self.sub_key(s)).arg(self.legacy_sub_key(s));
+                keys.extend([self.sub_key(s), self.legacy_sub_key(s)]);
             }
             if let Some(j) = jti {
-                cmd.arg(self.jti_key(j)).arg(self.legacy_jti_key(j));
+                keys.extend([self.jti_key(j), self.legacy_jti_key(j)]);
             }
             if let Some(s) = sid {
-                cmd.arg(self.sid_key(s));
+                keys.push(self.sid_key(s));
             }
-            let vals: Vec<Option<String>> = self
-                .run(|mut c| async move { cmd.query_async(&mut c).await })
-                .await?;
+            let vals: Vec<Option<String>> = if self.connector.is_cluster() {
+                // One GET per key, all sent at once on the multiplexed connection, rather
+                // than one MGET: the cluster client splits an MGET by slot and fans it out
+                // only over the node connections it already holds; one it is still making
+                // or repairing (a new connection, a failover) fails the whole MGET with a
+                // "multi-slot results" mismatch. A GET is routed like any one-key command:
+                // to the slot's master, or where MOVED points, connecting if need be.
+                self.run(|c| {
+                    futures_util::future::try_join_all(keys.iter().map(|k| {
+                        let mut c = c.clone();
+                        let mut get = redis::cmd("GET");
+                        get.arg(k);
+                        async move { get.query_async::<Option<String>>(&mut c).await }
+                    }))
+                })
+                .await?
+            } else {
+                let mut cmd = redis::cmd("MGET");
+                cmd.arg(&keys);
+                self.run(|mut c| async move { cmd.query_async(&mut c).await })
+                    .await?
+            };
             let mut vals = vals.into_iter();
             let mut next = || vals.next().flatten();
             // An unreadable watermark fails closed: it revokes every token of the subject.
@@ -344,7 +353,6 @@ impl Store for RedisStore {
             set.arg(&key).arg("1").arg("EXAT").arg(until);
             self.publish_with(
                 set,
-                &key,
                 &Message::Jti {
                     issuer: Some(jti.issuer().to_string()),
                     jti: jti.value().to_string(),
@@ -365,7 +373,6 @@ impl Store for RedisStore {
                 .arg(self.subject_ttl.as_secs().max(1));
             self.publish_with(
                 set,
-                &key,
                 &Message::Sub {
                     issuer: Some(sub.issuer().to_string()),
                     sub: sub.value().to_string(),
@@ -386,7 +393,6 @@ impl Store for RedisStore {
                 .arg(self.subject_ttl.as_secs().max(1));
             self.publish_with(
                 set,
-                &key,
                 &Message::Sid {
                     issuer: sid.issuer().to_string(),
                     sid: sid.value().to_string(),
