@@ -23,6 +23,12 @@
 #        its own redis-server on a free port (one token, so the revocation cache is warm)
 #        BENCH_IR_ACCESS_LOG=off|on (default off): `on` runs with RUST_LOG=info, the
 #        access-log line per request written by the log thread (to a file here)
+#        BENCH_IR_OTEL=off|on (default off): `on` starts an OTLP/HTTP sink (nginx, templates/
+#        otlp-sink.nginx.conf: 200, body discarded) and runs the gateway with
+#        OTEL_EXPORTER_OTLP_ENDPOINT pointing at it and OTEL_TRACES_SAMPLER=always_on: every
+#        request's server span is built, batched, encoded and posted, all counted (the
+#        exporter runs in the gateway's process). OTEL_BSP_* set by the caller pass through.
+#        The sink's count of export requests and bytes is printed.
 #        Issue 19's configuration: BENCH_IR_ROUTE=rs256 BENCH_IR_STORE=redis
 #        BENCH_IR_ACCESS_LOG=on (identity headers are on by default)
 #        BENCH_IR_PROFILE=release|profiling (default release): the cargo profile whose
@@ -74,14 +80,15 @@ PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     [[ -f $TMP/up/nginx.pid ]] && kill "$(cat "$TMP/up/nginx.pid")" 2>/dev/null || true
+    [[ -f $TMP/sink/nginx.pid ]] && kill "$(cat "$TMP/sink/nginx.pid")" 2>/dev/null || true
     [[ -f $TMP/redis.pid ]] && kill "$(cat "$TMP/redis.pid")" 2>/dev/null || true
     rm -rf "$TMP"
 }
 trap cleanup EXIT
 
-read -r UP GW ADMIN REDIS_PORT <<<"$(python3 -c '
+read -r UP GW ADMIN REDIS_PORT SINK <<<"$(python3 -c '
 import socket
-s=[socket.socket() for _ in range(4)]
+s=[socket.socket() for _ in range(5)]
 for x in s: x.bind(("127.0.0.1",0))
 print(*[x.getsockname()[1] for x in s])')"
 
@@ -163,6 +170,17 @@ case ${BENCH_IR_STORE:-memory} in
         ;;
     *) die "BENCH_IR_STORE must be memory or redis" ;;
 esac
+OTEL_ENV=()
+case ${BENCH_IR_OTEL:-off} in
+    off) ;;
+    on)
+        mkdir -p "$TMP"/sink/{client_body,proxy,fastcgi,uwsgi,scgi}
+        sed -e "s#@PREFIX@#$TMP/sink#g" -e "s#@SINK_PORT@#$SINK#g" "$ROOT/bench/templates/otlp-sink.nginx.conf" >"$TMP/sink/nginx.conf"
+        nginx -p "$TMP/sink" -c "$TMP/sink/nginx.conf" -e "$TMP/sink/error.log"
+        OTEL_ENV=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK" OTEL_TRACES_SAMPLER=always_on)
+        ;;
+    *) die "BENCH_IR_OTEL must be off or on" ;;
+esac
 case ${BENCH_IR_ACCESS_LOG:-off} in
     off) LOG_LEVEL=warn ;;
     on) LOG_LEVEL=info ;;
@@ -220,7 +238,8 @@ for b in "${BINS[@]}"; do
         hyper-floor) cmd=("$ROOT/target/$PROFILE/examples/hyper_floor" "127.0.0.1:$GW" "127.0.0.1:$UP") ;;
         *) cmd=("$b" run -c "$TMP/gateway.toml") ;;
     esac
-    RUST_LOG=$LOG_LEVEL valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" \
+    [[ ! -d $TMP/sink ]] || : >"$TMP/sink/exports.log"
+    env RUST_LOG=$LOG_LEVEL "${OTEL_ENV[@]}" valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" \
         >"$TMP/gateway.log" 2>&1 &
     vg=$!
     PIDS+=("$vg")
@@ -250,6 +269,10 @@ for b in "${BINS[@]}"; do
     [[ -n $dump && -n $reqs ]] || die "no callgrind dump or wrk result for $b"
     ir=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1}')
     printf '| %s | %s | %s | %s |\n' "$b" "$reqs" "$ir" "$((ir / reqs))"
+    if [[ ${BENCH_IR_OTEL:-off} == on ]]; then
+        # The exporter flushed what was queued when the gateway exited (SIGTERM).
+        log "$b: the OTLP sink received $(wc -l <"$TMP/sink/exports.log") export requests, $(awk '{n += $1} END {print n + 0}' "$TMP/sink/exports.log") bytes (warm-up included)"
+    fi
     if [[ -n ${BENCH_IR_KEEP:-} ]]; then
         mkdir -p "$BENCH_IR_KEEP"
         cp "$dump" "$BENCH_IR_KEEP/callgrind.$(basename "$b").$reqs"

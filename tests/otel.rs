@@ -39,6 +39,8 @@ struct Receiver {
     url: String,
     /// Every span of every export, in arrival order: the readiness signal the tests wait on.
     spans: Mutex<mpsc::UnboundedReceiver<Exported>>,
+    /// The spans received so far (a test may look for several, in any order).
+    seen: Mutex<Vec<Exported>>,
     /// Export requests received.
     posts: Arc<AtomicUsize>,
     _task: tokio::task::JoinHandle<()>,
@@ -114,28 +116,61 @@ async fn receiver() -> Receiver {
     Receiver {
         url,
         spans: Mutex::new(rx),
+        seen: Mutex::new(Vec::new()),
         posts,
         _task: task,
     }
 }
 
 impl Receiver {
-    /// The next exported server span of `trace_id`, waiting for the export.
-    async fn server_span(&self, trace_id: &str) -> Exported {
+    /// The first exported span for which `want` holds, waiting for the export.
+    async fn span(&self, what: &str, want: impl Fn(&Exported) -> bool) -> Exported {
         let mut rx = self.spans.lock().await;
+        let mut seen = self.seen.lock().await;
+        if let Some(s) = seen.iter().find(|s| want(s)) {
+            return s.clone();
+        }
         let wait = async {
             loop {
                 let s = rx.recv().await.expect("receiver channel closed");
-                if s.trace_id == trace_id && s.kind == 2 {
+                seen.push(s.clone());
+                if want(&s) {
                     return s;
                 }
             }
         };
-        tokio::time::timeout(Duration::from_secs(15), wait)
-            .await
-            .unwrap_or_else(|_| panic!("no server span of trace {trace_id} was exported"))
+        match tokio::time::timeout(Duration::from_secs(15), wait).await {
+            Ok(s) => s,
+            Err(_) => panic!("no {what} was exported; got {:#?}", *seen),
+        }
+    }
+
+    /// The next exported server span of `trace_id`, waiting for the export.
+    async fn server_span(&self, trace_id: &str) -> Exported {
+        self.span(&format!("server span of trace {trace_id}"), |s| {
+            s.trace_id == trace_id && s.kind == SERVER
+        })
+        .await
+    }
+
+    /// The client span `name` whose parent is `parent` (the request's span).
+    async fn child(&self, name: &str, parent: &Exported) -> Exported {
+        let what = format!("span {name:?} under {}", parent.span_id);
+        let s = self
+            .span(&what, |s| s.name == name && s.trace_id == parent.trace_id)
+            .await;
+        assert_eq!(
+            s.parent, parent.span_id,
+            "{name}: the request's span is its parent"
+        );
+        assert_eq!(s.kind, CLIENT, "{name}: a client span");
+        s
     }
 }
+
+/// `opentelemetry.proto.trace.v1.Span.SpanKind`.
+const SERVER: i32 = 2;
+const CLIENT: i32 = 3;
 
 /// The binary with one open route to `up`, exporting to `rx` when given.
 fn gateway(up: &EchoUpstream, rx: Option<&Receiver>) -> BinGateway {
@@ -287,4 +322,198 @@ async fn without_an_otlp_endpoint_nothing_is_exported_and_trace_headers_pass_unt
     assert_eq!(code, Some(0));
     assert_eq!(rx.posts.load(Ordering::SeqCst), 0, "spans were exported");
     assert!(access_line(&logs, "/plain").get("trace_id").is_none());
+}
+
+/// The binary on `body` (issuers, stores, routes), exporting to `rx`; `env` adds variables.
+fn traced_gateway(
+    rx: &Receiver,
+    listen_extra: &str,
+    body: &str,
+    env: &[(&str, &str)],
+) -> BinGateway {
+    let listen = format!("http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{listen_extra}");
+    let mut all = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.url.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+    ];
+    all.extend_from_slice(env);
+    BinGateway::start_env(&listen, "", body, &all)
+}
+
+/// The fixtures' RS256 issuer (`https://idp.test`, audience `api`).
+fn issuer() -> String {
+    format!(
+        "[[issuers]]\nname = \"s\"\nissuer = \"https://idp.test\"\naudiences = [\"api\"]\nleeway_s = 5\nkeys = [{{ kid = \"r1\", alg = \"RS256\", pem = \"{}\" }}]\n\n",
+        fixture("rsa.pub.pem").display()
+    )
+}
+
+/// An access token of the fixtures' issuer, expiring in `exp_in` seconds.
+fn access(exp_in: i64) -> String {
+    token(
+        "RS256",
+        Some("r1"),
+        serde_json::json!({"exp": jwtgate::auth::now_unix() + exp_in}),
+    )
+}
+
+/// `GET <path>` on the proxy listener as a client in trace `TRACE`, with one more header.
+async fn get_in_trace(gw: &BinGateway, path: &str, header: (&str, &str)) -> Resp {
+    let tp = format!("00-{TRACE}-{PARENT}-01");
+    Client::plain()
+        .get(
+            &format!("http://{}{path}", gw.http),
+            &[("traceparent", &tp), header],
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_lookup_in_redis_is_a_child_of_the_request_span() {
+    let rx = receiver().await;
+    let up = EchoUpstream::start().await;
+    let redis = RedisServer::start().await;
+    let body = format!(
+        "{}[revocation]\nstore = \"redis\"\nredis_url = \"{}\"\n\n{}",
+        issuer(),
+        redis.url(),
+        route("api", "/api", &[&up.url()], "")
+    );
+    let gw = traced_gateway(&rx, "", &body, &[]);
+    let auth = format!("Bearer {}", access(600));
+    let r = get_in_trace(&gw, "/api/x", ("authorization", &auth)).await;
+    assert_eq!(r.status, 200);
+    let request = rx.server_span(TRACE).await;
+    assert_eq!(request.name, "GET api");
+    let lookup = rx.child("revocation lookup", &request).await;
+    assert_eq!(lookup.attrs["db.system.name"], "redis");
+    assert_eq!(lookup.attrs["db.operation.name"], "MGET");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_grant_is_a_child_of_the_request_span() {
+    let rx = receiver().await;
+    let up = EchoUpstream::start().await;
+    let idp = MockIdp::start(vec![]).await;
+    let body = format!(
+        "{}[refresh]\ntoken_endpoint = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_env = \"{CLIENT_SECRET_ENV}\"\nrefresh_before_s = 60\ntimeout_ms = 2000\n\n{}",
+        issuer(),
+        idp.token_url(),
+        route("api", "/api", &[&up.url()], "")
+    );
+    let gw = traced_gateway(&rx, "", &body, &[(CLIENT_SECRET_ENV, CLIENT_SECRET)]);
+    // An access token 30 s from expiry, inside `refresh_before_s`: renewed on the way.
+    let cookie = format!(
+        "access_token={}; refresh_token={}",
+        access(30),
+        idp.issue_refresh_token("alice")
+    );
+    let r = get_in_trace(&gw, "/api/x", ("cookie", &cookie)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(idp.token_calls(), 1, "the token was refreshed");
+    let request = rx.server_span(TRACE).await;
+    rx.child("refresh grant", &request).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_fetch_is_a_root_span_of_its_own() {
+    let rx = receiver().await;
+    let up = EchoUpstream::start().await;
+    let idp = MockIdp::start(vec![Keys::rsa_jwk("r1", "rsa")]).await;
+    let body = format!(
+        "[[issuers]]\nname = \"remote\"\nissuer = \"https://idp.test\"\naudiences = [\"api\"]\njwks_url = \"{}\"\n\n{}",
+        idp.jwks_url(),
+        route("api", "/api", &[&up.url()], "")
+    );
+    let gw = traced_gateway(&rx, "", &body, &[]);
+    let fetch = rx.span("jwks fetch span", |s| s.name == "jwks fetch").await;
+    assert!(idp.fetches() >= 1);
+    assert_eq!(fetch.parent, "", "a background fetch starts its own trace");
+    assert_eq!(fetch.kind, CLIENT);
+    assert_eq!(fetch.attrs["jwtgate.issuer"], "remote");
+    assert_eq!(fetch.attrs["url.full"], idp.jwks_url());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traceparent_sent_twice_starts_a_new_trace() {
+    let rx = receiver().await;
+    let up = EchoUpstream::start().await;
+    let gw = gateway(&up, Some(&rx));
+    let tp = format!("00-{TRACE}-{PARENT}-01");
+    let other = format!("00-{TRACE}-{}-01", "1".repeat(16));
+    for (i, lines) in [[tp.as_str(), tp.as_str()], [tp.as_str(), other.as_str()]]
+        .iter()
+        .enumerate()
+    {
+        let path = format!("/twice/{i}");
+        let r = Client::plain()
+            .get(
+                &format!("http://{}{path}", gw.http),
+                &[("traceparent", lines[0]), ("traceparent", lines[1])],
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        let seen = up.last().headers;
+        assert_eq!(seen.get_all("traceparent").iter().count(), 1);
+        let (trace, parent, _) = parse_traceparent(seen["traceparent"].to_str().unwrap());
+        assert_ne!(trace, TRACE, "{lines:?}: a new trace");
+        let span = rx.server_span(&trace).await;
+        assert_eq!(span.span_id, parent);
+        assert_eq!(span.parent, "", "{lines:?}: a root span");
+        assert_eq!(span.attrs["url.path"], path);
+    }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowing_authz_answer_carries_the_gateway_span_as_traceparent() {
+    let rx = receiver().await;
+    let body = format!(
+        "{}[authz]\ntrusted_proxies = [\"127.0.0.1\"]\n\n{}",
+        issuer(),
+        route("api", "/api", &["http://127.0.0.1:1"], "")
+    );
+    let gw = traced_gateway(&rx, "authz = \"127.0.0.1:0\"", &body, &[]);
+    let tp = format!("00-{TRACE}-{PARENT}-01");
+    let auth = format!("Bearer {}", access(600));
+    let check = |auth: &str| {
+        let url = format!("http://{}/", gw.authz);
+        let (tp, auth) = (tp.clone(), auth.to_string());
+        async move {
+            Client::plain()
+                .get(
+                    &url,
+                    &[
+                        ("x-forwarded-method", "GET"),
+                        ("x-forwarded-uri", "/api/x"),
+                        ("traceparent", &tp),
+                        ("tracestate", "vendor=abc"),
+                        ("authorization", &auth),
+                    ],
+                )
+                .await
+        }
+    };
+    let r = check(&auth).await;
+    assert_eq!(r.status, 200);
+    let (trace, parent, flags) = parse_traceparent(r.headers["traceparent"].to_str().unwrap());
+    assert_eq!(trace, TRACE, "the client's trace");
+    assert_eq!(flags, "01");
+    assert_eq!(r.headers["tracestate"], "vendor=abc");
+    let span = rx.server_span(TRACE).await;
+    assert_eq!(
+        span.span_id, parent,
+        "the upstream's parent is the gateway's span"
+    );
+    assert_eq!(span.parent, PARENT);
+    assert_eq!(span.attrs["jwtgate.front"], "authz");
+    assert_eq!(span.name, "GET api");
+    // A refusal carries no trace context: there is no upstream request to join.
+    let r = check("Bearer not-a-token").await;
+    assert_eq!(r.status, 401);
+    assert!(!r.headers.contains_key("traceparent"));
+    gw.stop().await;
 }

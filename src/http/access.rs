@@ -13,7 +13,7 @@ use http::{header, HeaderValue, Method, Request, Response, Version};
 use crate::app::App;
 use crate::error::GatewayError;
 use crate::net::body::{self, Body, Tally};
-use crate::ops::otel::RequestSpan;
+use crate::ops::otel::{RequestSpan, RouteNames};
 use crate::pipeline::headers::X_REQUEST_ID;
 use crate::pipeline::Notes;
 use crate::policy::cors;
@@ -126,14 +126,19 @@ impl Exchange {
         if !self.logging && self.span.is_none() {
             return resp;
         }
-        let route = match notes.route_index {
-            Some(i) => app.router.routes()[i].config.name.as_str(),
-            None => notes.gateway_endpoint.unwrap_or("-"),
-        };
+        let route = notes.route_index.map(|i| &app.router.routes()[i]);
         let trace_id = self.span.as_ref().map(RequestSpan::trace_id);
         if let Some(s) = self.span {
-            s.finish(route, resp.status().as_u16());
+            let names = match route {
+                Some(r) => r.trace_names(),
+                None => RouteNames::endpoint(notes.gateway_endpoint.unwrap_or("-")),
+            };
+            s.finish(names, resp.status().as_u16());
         }
+        let route = match route {
+            Some(r) => r.config.name.as_str(),
+            None => notes.gateway_endpoint.unwrap_or("-"),
+        };
         if !self.logging {
             return resp;
         }

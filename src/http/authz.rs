@@ -2,8 +2,9 @@
 //! (nginx `auth_request`, Traefik/Caddy `forward_auth`, Envoy `ext_authz`) asks here
 //! whether a request may pass. The original request is read from the check request, run
 //! through the same `pipeline::decide` as a proxied one, and answered instead of
-//! forwarded: 200 with the identity headers for the proxy to copy upstream, or the
-//! gateway's usual 401/403/429.
+//! forwarded: 200 with the identity headers for the proxy to copy upstream (and, with
+//! tracing on, the gateway span's `traceparent`/`tracestate`), or the gateway's usual
+//! 401/403/429.
 
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
@@ -102,6 +103,12 @@ async fn decide<'a>(
     }
     if let Some(n) = auth.and_then(|a| a.dpop_nonce) {
         h.insert(crate::error::DPOP_NONCE.clone(), n);
+    }
+    // Tracing on: the gateway's span as the parent for the proxy to pass upstream (nginx
+    // `auth_request_set $jg_tp $upstream_http_traceparent;`, Traefik `authResponseHeaders`),
+    // so the upstream's spans join the gateway's trace as they do behind the proxy path.
+    if let Some(s) = exchange.span() {
+        crate::pipeline::headers::set_trace_context(h, s.span_context());
     }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)

@@ -93,7 +93,7 @@ async fn proxy<'a>(
     headers::join_cookie_lines(&mut parts.headers);
     headers::set_forwarded(&mut parts.headers, &conn, host.as_ref(), hops > 0);
     if let Some(s) = span {
-        headers::set_trace_context(&mut parts.headers, &s.span_context());
+        headers::set_trace_context(&mut parts.headers, s.span_context());
     }
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
 

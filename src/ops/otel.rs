@@ -28,6 +28,8 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
+mod export;
+
 /// The tracer, once `start` found an endpoint. Unset means off.
 static TRACING: OnceLock<(SdkTracerProvider, SdkTracer)> = OnceLock::new();
 
@@ -60,12 +62,7 @@ pub fn start() -> Result<bool, OtelError> {
     if !configured || disabled || TRACING.get().is_some() {
         return Ok(false);
     }
-    use opentelemetry_otlp::{Protocol, WithExportConfig as _};
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_protocol(Protocol::HttpBinary)
-        .build()
-        .map_err(|e| OtelError(e.to_string()))?;
+    let exporter = export::Exporter::from_env()?;
     let processor =
         opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
             exporter,
@@ -98,10 +95,80 @@ pub fn stop() {
 
 // === the request's span ===
 
-/// A request's server span, as the current context to run its path in.
+/// The methods HTTP defines, as span names and `http.request.method` values; any other is
+/// `_OTHER` (OpenTelemetry's HTTP conventions), named `HTTP`. Static: nothing is copied per
+/// request.
+const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "_OTHER",
+];
+const OTHER: usize = 9;
+
+fn method_index(m: &http::Method) -> usize {
+    METHODS[..OTHER]
+        .iter()
+        .position(|k| *k == m.as_str())
+        .unwrap_or(OTHER)
+}
+
+/// A route's (or a gateway endpoint's) span names, `GET api` ... `HTTP api`, and its name
+/// for `http.route`, made once per route and kept for the life of the process, so ending a
+/// request's span copies no string. Interned: a config reload with the same route names
+/// adds nothing.
+#[derive(Debug)]
+pub struct RouteNames {
+    route: &'static str,
+    spans: [&'static str; 10],
+}
+
+impl RouteNames {
+    pub fn new(route: &str) -> RouteNames {
+        let spans = std::array::from_fn(|i| match i {
+            OTHER => intern(&format!("HTTP {route}")),
+            _ => intern(&format!("{} {route}", METHODS[i])),
+        });
+        RouteNames {
+            route: intern(route),
+            spans,
+        }
+    }
+
+    /// The names of a gateway endpoint (`logout`, `login_callback`; `-` when nothing
+    /// matched): a short table, made as endpoints are first seen.
+    pub fn endpoint(name: &'static str) -> &'static RouteNames {
+        static TABLE: std::sync::Mutex<Vec<(&str, &RouteNames)>> =
+            std::sync::Mutex::new(Vec::new());
+        let mut t = TABLE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, n)) = t.iter().find(|(k, _)| *k == name) {
+            return n;
+        }
+        let n: &'static RouteNames = Box::leak(Box::new(RouteNames::new(name)));
+        t.push((name, n));
+        n
+    }
+}
+
+/// `s` as a string that lives as long as the process, allocated once per distinct value.
+fn intern(s: &str) -> &'static str {
+    static SEEN: std::sync::Mutex<Option<std::collections::HashSet<&'static str>>> =
+        std::sync::Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    let seen = seen.get_or_insert_with(Default::default);
+    if let Some(k) = seen.get(s) {
+        return k;
+    }
+    let k: &'static str = Box::leak(s.into());
+    seen.insert(k);
+    k
+}
+
+/// A request's server span, and the context to run its path in.
 pub struct RequestSpan {
+    span: opentelemetry_sdk::trace::Span,
+    /// The span's context as the parent of the spans started inside it (`within`). It
+    /// holds the span's ids, not the span: the span stays here, unboxed and unlocked,
+    /// until `finish`.
     cx: Context,
-    method: http::Method,
+    method: usize,
 }
 
 /// `traceparent`/`tracestate` read from a request's headers. A field sent on more than one
@@ -145,6 +212,10 @@ fn well_formed(v: &str) -> bool {
         && (b.len() == 55 || (b[55] == b'-' && &b[..2] != b"00"))
 }
 
+/// Attributes a server span ends with: the three it starts with, then `http.route` and
+/// `http.response.status_code` (one allocation, sized once).
+const SERVER_ATTRIBUTES: usize = 5;
+
 impl RequestSpan {
     /// Start the server span for a request: a child of the client's `traceparent` when it
     /// is valid, else the root of a new trace. `None` when tracing is off.
@@ -155,20 +226,29 @@ impl RequestSpan {
         headers: &HeaderMap,
     ) -> Option<RequestSpan> {
         let tracer = tracer()?;
-        let parent =
-            TraceContextPropagator::new().extract_with_context(&Context::new(), &Headers(headers));
+        let parent = if headers.contains_key("traceparent") {
+            TraceContextPropagator::new().extract_with_context(&Context::new(), &Headers(headers))
+        } else {
+            Context::new()
+        };
+        let m = method_index(method);
+        let mut attributes = Vec::with_capacity(SERVER_ATTRIBUTES);
+        attributes.extend([
+            KeyValue::new("http.request.method", METHODS[m]),
+            KeyValue::new("url.path", path.to_owned()),
+            KeyValue::new("jwtgate.front", front),
+        ]);
         let span = tracer
-            .span_builder(method.as_str().to_owned())
+            .span_builder(if m == OTHER { "HTTP" } else { METHODS[m] })
             .with_kind(SpanKind::Server)
-            .with_attributes([
-                KeyValue::new("http.request.method", method.as_str().to_owned()),
-                KeyValue::new("url.path", path.to_owned()),
-                KeyValue::new("jwtgate.front", front),
-            ])
+            .with_attributes(attributes)
             .start_with_context(tracer, &parent);
+        // The ids as the parent of what the request calls: not remote, the span is ours.
+        let cx = Context::new().with_remote_span_context(span.span_context().clone());
         Some(RequestSpan {
-            cx: Context::new().with_span(span),
-            method: method.clone(),
+            span,
+            cx,
+            method: m,
         })
     }
 
@@ -179,21 +259,21 @@ impl RequestSpan {
 
     /// The trace this request belongs to (the access log's `trace_id`).
     pub fn trace_id(&self) -> TraceId {
-        self.cx.span().span_context().trace_id()
+        self.span.span_context().trace_id()
     }
 
     /// The gateway's span: the parent the upstream is told about.
-    pub fn span_context(&self) -> SpanContext {
-        self.cx.span().span_context().clone()
+    pub fn span_context(&self) -> &SpanContext {
+        self.span.span_context()
     }
 
     /// The response head is ready: name the span after the route (`GET api`), record the
     /// status (5xx is an error, as for any server span) and end it. Nothing waits: the
     /// span goes to the batch processor's queue.
-    pub fn finish(self, route: &str, status: u16) {
-        let span = self.cx.span();
-        span.update_name(format!("{} {route}", self.method));
-        span.set_attribute(KeyValue::new("http.route", route.to_owned()));
+    pub fn finish(mut self, names: &RouteNames, status: u16) {
+        let span = &mut self.span;
+        span.update_name(names.spans[self.method]);
+        span.set_attribute(KeyValue::new("http.route", names.route));
         span.set_attribute(KeyValue::new(
             "http.response.status_code",
             i64::from(status),

@@ -254,13 +254,13 @@ pub fn set_forwarded(
 /// goes on. With tracing off this is not called: the client's headers pass untouched, as
 /// any other header.
 pub fn set_trace_context(headers: &mut HeaderMap, span: &opentelemetry::trace::SpanContext) {
-    let tp = format!(
-        "00-{:032x}-{:016x}-{:02x}",
-        span.trace_id(),
-        span.span_id(),
-        span.trace_flags()
-    );
-    if let Ok(tp) = HeaderValue::try_from(tp) {
+    // `00-<trace id>-<span id>-<flags>`, written in place (no formatting machinery).
+    let mut tp = [b'-'; 55];
+    tp[..2].copy_from_slice(b"00");
+    hex_into(&mut tp[3..35], &span.trace_id().to_bytes());
+    hex_into(&mut tp[36..52], &span.span_id().to_bytes());
+    hex_into(&mut tp[53..55], &[span.trace_flags().to_u8()]);
+    if let Ok(tp) = HeaderValue::from_bytes(&tp) {
         headers.insert(TRACEPARENT.clone(), tp);
     }
     let state = span.trace_state().header();
@@ -271,6 +271,15 @@ pub fn set_trace_context(headers: &mut HeaderMap, span: &opentelemetry::trace::S
         _ => {
             headers.remove(&TRACESTATE);
         }
+    }
+}
+
+/// `bytes` as lower-case hex into `out` (twice as long).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (o, b) in out.chunks_exact_mut(2).zip(bytes) {
+        o[0] = HEX[usize::from(b >> 4)];
+        o[1] = HEX[usize::from(b & 0xf)];
     }
 }
 

@@ -4,8 +4,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 use crate::config::{RouteConfig, UpstreamUrl};
+use crate::ops::otel::RouteNames;
 use crate::path::host_without_port;
 use crate::policy::limit::RateLimit;
 
@@ -18,9 +20,17 @@ pub struct Route {
     /// The route's `rate_limit` buckets (this replica's).
     pub limit: Option<RateLimit>,
     next: AtomicUsize,
+    /// Its span names, made by the first traced request (tracing on).
+    trace_names: OnceLock<RouteNames>,
 }
 
 impl Route {
+    /// The names its requests' server spans end with (`GET api`, `http.route`).
+    pub fn trace_names(&self) -> &RouteNames {
+        self.trace_names
+            .get_or_init(|| RouteNames::new(&self.config.name))
+    }
+
     /// Upstreams in round-robin order starting with this request's turn, with their index
     /// in the route's `upstreams`.
     pub fn pick(&self) -> impl Iterator<Item = (usize, &UpstreamUrl)> {
@@ -112,6 +122,7 @@ impl Router {
                 config,
                 index,
                 next: AtomicUsize::new(0),
+                trace_names: OnceLock::new(),
             })
             .collect();
         for (i, r) in routes.iter().enumerate() {
