@@ -222,6 +222,7 @@ async fn decide_steps<'a>(
                     host,
                     &parts.headers,
                     notes.cors,
+                    Some(&*conn.token_memo),
                 )
                 .await?
         }
