@@ -278,6 +278,7 @@ mod tests {
                     Option<&'a str>,
                     &'a http::HeaderMap,
                     Option<&'a crate::config::CorsConfig>,
+                    Option<&'a crate::identity::auth::TokenMemo>,
                 ) -> R,
                 R,
             >(

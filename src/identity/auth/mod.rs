@@ -188,7 +188,9 @@ impl Verifier {
     /// Authenticate a request: find the token, verify signature and static claims. The
     /// clock (`check_time`), revocation and scopes are the caller's next steps, because an
     /// expired token may still be renewed at the edge. `Ok(None)`: no token and `mode`
-    /// is not `Required`.
+    /// is not `Required`. `memo`: the connection's last token (`TokenMemo`), when the
+    /// caller has a connection.
+    #[allow(clippy::too_many_arguments)]
     pub async fn authenticate(
         &self,
         mode: AuthMode,
