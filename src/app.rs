@@ -83,7 +83,7 @@ impl App {
             verifier.issuers(),
             revocations.clone(),
         );
-        let names: Vec<String> = config.routes.iter().map(|r| r.name.clone()).collect();
+        let names: Vec<String> = config.routes.iter().map(|r| r.name.to_string()).collect();
         let mut metrics = Metrics::new(&names);
         if rules.any() {
             decisions.register(&mut metrics);
@@ -99,7 +99,7 @@ impl App {
         let upstream_counts: Vec<(&str, usize)> = config
             .routes
             .iter()
-            .map(|r| (r.name.as_str(), r.upstreams.len()))
+            .map(|r| (&*r.name, r.upstreams.len()))
             .collect();
         metrics.add_upstreams(&upstream_counts);
         for i in verifier.issuers() {

@@ -477,7 +477,9 @@ impl std::fmt::Display for UpstreamUrl {
 
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
-    pub name: String,
+    /// Shared, not copied, by what outlives a request's borrow of the config (the access-log
+    /// line, written when the response body has been sent).
+    pub name: Arc<str>,
     /// Lower-case, without port.
     pub host: Option<String>,
     /// Normalised: starts with `/`, no trailing `/` except for the root.

@@ -12,6 +12,9 @@ use http::{HeaderValue, Uri};
 pub struct Origin {
     /// `scheme://host:port`.
     pub(crate) key: Box<str>,
+    /// `host:port` (IPv6 in brackets), the port filled in from the scheme: shared by the
+    /// access-log lines of the requests sent there.
+    pub(crate) host_port: std::sync::Arc<str>,
     /// A small number per distinct `key` and `Host` value in this process: the pool's
     /// index, so the request path never hashes the key.
     pub(crate) id: usize,
@@ -42,6 +45,7 @@ impl Origin {
         let key: Box<str> =
             format!("{}://{host}:{port}", if tls { "https" } else { "http" }).into();
         Ok(Origin {
+            host_port: key.split_once("://").map_or(&*key, |(_, hp)| hp).into(),
             host_header,
             id: origin_id(&format!("{key} {}", authority.as_str())),
             key,
@@ -53,7 +57,7 @@ impl Origin {
 
     /// `host:port` (IPv6 in brackets), the port filled in from the scheme.
     pub fn host_port(&self) -> &str {
-        self.key.split_once("://").map_or(&self.key, |(_, hp)| hp)
+        &self.host_port
     }
 }
 

@@ -6,12 +6,14 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
-use http::{header, HeaderValue, Method, Request, Response, Version};
+use http::{header, HeaderValue, Method, Request, Response, Uri, Version};
 
 use crate::app::App;
 use crate::error::GatewayError;
+use crate::identity::auth::Verified;
 use crate::net::body::{self, Body, Tally};
 use crate::ops::otel::{RequestSpan, RouteNames};
 use crate::pipeline::headers::X_REQUEST_ID;
@@ -26,7 +28,8 @@ pub struct Exchange {
     started: Instant,
     version: Version,
     method: Option<Method>,
-    path: Option<String>,
+    /// The request's URI as received (shares its bytes; the line writes its path).
+    uri: Option<Uri>,
     user_agent: Option<HeaderValue>,
     /// The server span, with tracing on.
     span: Option<RequestSpan>,
@@ -48,7 +51,7 @@ impl Exchange {
             started: Instant::now(),
             version: req.version(),
             method: logging.then(|| req.method().clone()),
-            path: logging.then(|| req.uri().path().to_owned()),
+            uri: logging.then(|| req.uri().clone()),
             user_agent: logging
                 .then(|| req.headers().get(header::USER_AGENT).cloned())
                 .flatten(),
@@ -56,10 +59,10 @@ impl Exchange {
     }
     /// The request the line is about, when it is not the one received (a forward-auth
     /// check describes another).
-    pub fn describe(&mut self, method: &Method, path: &str) {
+    pub fn describe(&mut self, method: &Method, uri: &Uri) {
         if self.logging {
             self.method = Some(method.clone());
-            self.path = Some(path.to_owned());
+            self.uri = Some(uri.clone());
         }
     }
 
@@ -127,39 +130,37 @@ impl Exchange {
             return resp;
         }
         let route = notes.route_index.map(|i| &app.router.routes()[i]);
+        let endpoint = notes.gateway_endpoint.unwrap_or("-");
         let trace_id = self.span.as_ref().map(RequestSpan::trace_id);
         if let Some(s) = self.span {
             let names = match route {
                 Some(r) => r.trace_names(),
-                None => RouteNames::endpoint(notes.gateway_endpoint.unwrap_or("-")),
+                None => RouteNames::endpoint(endpoint),
             };
             s.finish(names, resp.status().as_u16());
         }
-        let route = match route {
-            Some(r) => r.config.name.as_str(),
-            None => notes.gateway_endpoint.unwrap_or("-"),
-        };
+        let route = route.map(|r| &r.config.name);
         if !self.logging {
             return resp;
         }
-        let route = route.to_owned();
         let line = AccessLine {
             front: self.front,
             method: self.method,
-            path: self.path,
-            route,
+            uri: self.uri,
+            route: route.cloned(),
+            endpoint,
             client: notes.client,
             status: resp.status().as_u16(),
             started: self.started,
             request_id: notes.request_id,
-            sub: notes.sub,
+            caller: notes.caller,
             error: notes.error,
-            upstream_host: notes.upstream.map(|o| o.host_port().to_owned()),
+            upstream_host: notes.upstream.map(|o| o.host_port.clone()),
             bytes_received: notes.bytes_received,
             user_agent: self.user_agent,
             trace_id,
         };
-        resp.map(|b| body::logged(b, Box::new(line)))
+        resp.map(|b| body::logged(b, line))
     }
 }
 
@@ -169,16 +170,20 @@ impl Exchange {
 struct AccessLine {
     front: &'static str,
     method: Option<Method>,
-    path: Option<String>,
-    route: String,
+    uri: Option<Uri>,
+    /// The route's name, shared with the config (none: the gateway answered itself).
+    route: Option<Arc<str>>,
+    /// The gateway's own endpoint that answered (`logout`), or `-`.
+    endpoint: &'static str,
     client: Option<IpAddr>,
     status: u16,
     started: Instant,
     request_id: Option<HeaderValue>,
-    sub: Option<String>,
+    /// The verified caller, whose `sub` the line names.
+    caller: Option<Arc<Verified>>,
     error: Option<String>,
     /// `host:port` of the upstream the request went to (the last one tried).
-    upstream_host: Option<String>,
+    upstream_host: Option<Arc<str>>,
     /// Request body bytes read from the client (none: the gateway read no body).
     bytes_received: Option<Tally>,
     user_agent: Option<HeaderValue>,
@@ -197,13 +202,13 @@ impl body::OnSent for AccessLine {
             target: "jwtgate::access",
             front = self.front,
             method = self.method.as_ref().map_or("-", Method::as_str),
-            path = self.path.as_deref().unwrap_or(""),
-            route = self.route.as_str(),
+            path = self.uri.as_ref().map_or("", Uri::path),
+            route = self.route.as_deref().unwrap_or(self.endpoint),
             client = self.client.map(tracing::field::display),
             status = self.status,
             duration_us = self.started.elapsed().as_micros() as u64,
             request_id = text(&self.request_id).unwrap_or("-"),
-            sub = self.sub.as_deref().unwrap_or("-"),
+            sub = self.caller.as_ref().map_or("-", |v| v.sub.as_str()),
             error = self.error.as_deref().unwrap_or(""),
             upstream_host = self.upstream_host.as_deref().unwrap_or("-"),
             bytes_received = self

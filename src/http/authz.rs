@@ -70,7 +70,7 @@ async fn decide<'a>(
     // The check request's body (if a proxy sends one) plays no part in the decision.
     let (parts, _body) = req.into_parts();
     let mut original = original_request(parts, app.config.authz.path_prefix.as_deref())?;
-    exchange.describe(&original.method, original.uri.path());
+    exchange.describe(&original.method, &original.uri);
 
     // 2-5. The same decision a proxied request gets. The proxy is one more hop in front of
     //    the client's address (its x-forwarded-for entry is the client's).
@@ -95,7 +95,7 @@ async fn decide<'a>(
     if let Some(a) = &auth {
         pipeline::set_identity(app, route, a, h);
         if notes.logging {
-            notes.sub = Some(a.verified.sub.clone());
+            notes.caller = Some(a.verified.clone());
         }
     }
     if let (Some((grant, channel)), Some(r)) = (&renewed, &app.config.refresh) {

@@ -81,7 +81,7 @@ async fn proxy<'a>(
     if let Some(a) = &auth {
         pipeline::set_identity(app, route, a, &mut parts.headers);
         if notes.logging {
-            notes.sub = Some(a.verified.sub.clone());
+            notes.caller = Some(a.verified.clone());
         }
     }
     if let Some(r) = &app.config.refresh {
@@ -278,6 +278,7 @@ mod tests {
                     Option<&'a str>,
                     &'a http::HeaderMap,
                     Option<&'a crate::config::CorsConfig>,
+                    Option<&'a crate::identity::auth::TokenMemo>,
                 ) -> R,
                 R,
             >(

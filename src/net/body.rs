@@ -29,7 +29,7 @@ enum Kind {
     Upstream(Idle<UpstreamBody>),
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
     /// A response whose access-log line is written once it has been sent (or dropped):
-    /// boxed, and used only while the access log is on.
+    /// boxed with the line (one allocation), and used only while the access log is on.
     Logged(Box<Logged>),
 }
 
@@ -43,14 +43,15 @@ pub trait OnSent: Send {
 }
 
 /// A response body that counts what it sends and reports it when dropped (hyper drops a
-/// body once it has written it, or when the client went away mid-way).
-pub struct Logged {
+/// body once it has written it, or when the client went away mid-way). `on_sent` is the
+/// last field, so a `Box<Logged<Line>>` becomes a `Box<Logged>` without a second box.
+pub struct Logged<T: OnSent + ?Sized = dyn OnSent> {
     inner: Body,
     sent: u64,
-    on_sent: Box<dyn OnSent>,
+    on_sent: T,
 }
 
-impl Drop for Logged {
+impl<T: OnSent + ?Sized> Drop for Logged<T> {
     fn drop(&mut self) {
         self.on_sent.sent(self.sent);
     }
@@ -167,12 +168,13 @@ pub fn request(b: Incoming, max: usize, idle: Duration, tally: Option<Tally>) ->
 }
 
 /// `inner`, counting the data bytes it sends; `on_sent` gets the count when it is dropped.
-pub fn logged(inner: Body, on_sent: Box<dyn OnSent>) -> Body {
-    Body(Kind::Logged(Box::new(Logged {
+pub fn logged<T: OnSent + 'static>(inner: Body, on_sent: T) -> Body {
+    let logged: Box<Logged<T>> = Box::new(Logged {
         inner,
         sent: 0,
         on_sent,
-    })))
+    });
+    Body(Kind::Logged(logged))
 }
 
 /// An upstream's response body, failing after `idle` without data.

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::Identity;
-use crate::identity::auth::Authenticated;
+use crate::identity::auth::{Authenticated, TokenMemo};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -121,6 +121,8 @@ pub struct ClientInfo {
     /// base64url SHA-256 of the TLS client certificate (`[tls] client_ca`), for
     /// certificate-bound tokens (RFC 8705 §3).
     pub client_cert: Option<std::sync::Arc<str>>,
+    /// The last token this connection presented, with its verification.
+    pub token_memo: std::sync::Arc<TokenMemo>,
     /// The peer's IP address as a header value (`x-forwarded-for`).
     ip: HeaderValue,
 }
@@ -133,6 +135,7 @@ impl ClientInfo {
             peer,
             tls,
             client_cert: None,
+            token_memo: Default::default(),
             ip,
         }
     }

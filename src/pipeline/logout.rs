@@ -34,6 +34,7 @@ pub async fn logout(
             host,
             &parts.headers,
             cors,
+            None,
         )
         .await?
         .ok_or(GatewayError::MissingToken)?;

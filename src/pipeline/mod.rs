@@ -56,7 +56,8 @@ pub struct Notes<'a> {
     pub request_id: Option<HeaderValue>,
     /// See `headers::client_address`: worked out once, when first needed.
     pub client: Option<std::net::IpAddr>,
-    pub sub: Option<String>,
+    /// The verified caller (the log's `sub`).
+    pub caller: Option<Arc<auth::Verified>>,
     pub error: Option<String>,
     /// The `cors` of the request's route, and the request's `Origin`.
     pub cors: Option<&'a CorsConfig>,
@@ -222,6 +223,7 @@ async fn decide_steps<'a>(
                     host,
                     &parts.headers,
                     notes.cors,
+                    Some(&*conn.token_memo),
                 )
                 .await?
         }

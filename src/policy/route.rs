@@ -191,7 +191,7 @@ mod tests {
     }
 
     fn name<'a>(r: &'a Router, host: Option<&str>, path: &str) -> Option<&'a str> {
-        r.find(host, path).map(|r| r.config.name.as_str())
+        r.find(host, path).map(|r| &*r.config.name)
     }
 
     #[test]

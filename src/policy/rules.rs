@@ -99,10 +99,10 @@ impl Rules {
                 let mut route = HashMap::new();
                 route.insert(
                     CelMapKey::from("name".to_string()),
-                    Box::new(CelString::from(r.name.clone())) as Box<dyn Val>,
+                    Box::new(CelString::from(r.name.to_string())) as Box<dyn Val>,
                 );
                 Some(RouteRules {
-                    name: r.name.clone(),
+                    name: r.name.to_string(),
                     allow: r.allow.clone(),
                     require: r.require_claims.clone(),
                     route_val: Box::new(CelMap::from(route)),

@@ -112,7 +112,7 @@ pub(super) fn validate_route(
         .map_err(|(k, m)| ctx.err(format!("{key}.cors.{k}"), m))?;
     let (allow, require_claims) = validate_rules(ctx, key, r, auth)?;
     Ok(RouteConfig {
-        name: r.name.clone(),
+        name: r.name.as_str().into(),
         host,
         path_prefix,
         upstreams,

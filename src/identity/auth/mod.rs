@@ -18,10 +18,12 @@ pub use extract::{check_csrf, find_cookie, find_only_cookie, find_token, remove_
 
 mod extract;
 pub mod introspect;
+mod memo;
 use crate::config::{AuthMode, CorsConfig, Identity, Tokens};
 use crate::error::{GatewayError, TokenError};
 use crate::identity::jwks::{self, IssuerKeys, KidLookup, VerifyKey};
 use crate::ids::Scoped;
+pub use memo::TokenMemo;
 
 /// Tokens larger than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -99,6 +101,8 @@ pub struct Authenticated {
 
 /// Verifies tokens against the configured issuers.
 pub struct Verifier {
+    /// Tells this verifier from the one a reload replaces (`TokenMemo`).
+    id: u64,
     issuers: Vec<Arc<IssuerKeys>>,
     by_iss: HashMap<String, usize>,
     identity: Identity,
@@ -137,7 +141,9 @@ impl Verifier {
             .weigher(|_k, v: &Arc<Verified>| v.weight)
             .expire_after(UntilExp)
             .build();
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Verifier {
+            id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             issuers,
             by_iss,
             identity,
@@ -182,7 +188,9 @@ impl Verifier {
     /// Authenticate a request: find the token, verify signature and static claims. The
     /// clock (`check_time`), revocation and scopes are the caller's next steps, because an
     /// expired token may still be renewed at the edge. `Ok(None)`: no token and `mode`
-    /// is not `Required`.
+    /// is not `Required`. `memo`: the connection's last token (`TokenMemo`), when the
+    /// caller has a connection.
+    #[allow(clippy::too_many_arguments)]
     pub async fn authenticate(
         &self,
         mode: AuthMode,
@@ -191,6 +199,7 @@ impl Verifier {
         host: Option<&str>,
         headers: &HeaderMap,
         cors: Option<&CorsConfig>,
+        memo: Option<&TokenMemo>,
     ) -> Result<Option<Authenticated>, GatewayError> {
         let Some((token, carrier)) = find_token(tokens, headers)? else {
             return match mode {
@@ -211,7 +220,7 @@ impl Verifier {
                 // carry.
                 Box::pin(i.introspect(self, token)).await?
             }
-            _ => self.verify(token).await?,
+            _ => self.verify_remembered(token, memo).await?,
         };
         let bearer = match carrier {
             Carrier::AuthorizationHeader => None,
@@ -226,6 +235,30 @@ impl Verifier {
         }))
     }
 
+    /// `verify`, first asking the connection's memo of its last token (exact bytes).
+    async fn verify_remembered(
+        &self,
+        token: &str,
+        memo: Option<&TokenMemo>,
+    ) -> Result<Arc<Verified>, TokenError> {
+        let Some(memo) = memo else {
+            return self.verify(token).await;
+        };
+        if let Some(v) = memo.recall(self.id, token) {
+            if self.is_current(&v) && now_unix() <= v.exp.saturating_add(v.leeway) {
+                return Ok(v);
+            }
+        }
+        let v = self.verify(token).await?;
+        memo.remember(self.id, token, &v);
+        Ok(v)
+    }
+
+    /// Whether `v` was verified under its issuer's current key set.
+    fn is_current(&self, v: &Verified) -> bool {
+        self.issuers[v.issuer].generation() == v.generation
+    }
+
     /// Signature and static claims, through the cache. Time checks are the caller's.
     pub async fn verify(&self, token: &str) -> Result<Arc<Verified>, TokenError> {
         if token.len() > MAX_TOKEN_BYTES {
@@ -235,7 +268,7 @@ impl Verifier {
         let mut key = [0u8; 32];
         key.copy_from_slice(digest.as_ref());
         if let Some(v) = self.cache.get(&key) {
-            if self.issuers[v.issuer].generation() == v.generation {
+            if self.is_current(&v) {
                 return Ok(v);
             }
         }
