@@ -28,8 +28,6 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
-mod export;
-
 /// The tracer, once `start` found an endpoint. Unset means off.
 static TRACING: OnceLock<(SdkTracerProvider, SdkTracer)> = OnceLock::new();
 
@@ -62,7 +60,12 @@ pub fn start() -> Result<bool, OtelError> {
     if !configured || disabled || TRACING.get().is_some() {
         return Ok(false);
     }
-    let exporter = export::Exporter::from_env()?;
+    use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .build()
+        .map_err(|e| OtelError(e.to_string()))?;
     let processor =
         opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
             exporter,
