@@ -471,19 +471,8 @@ struct ClientCert {
 
 impl Pki {
     fn new(dir: &std::path::Path, name: &str) -> Pki {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let cert = params.self_signed(&key).unwrap();
-        let ca_path = dir.join(format!("{name}.pem"));
-        std::fs::write(&ca_path, cert.pem()).unwrap();
-        Pki {
-            ca: rcgen::Issuer::new(params, key),
-            ca_path,
-        }
+        let (ca_path, ca) = common::redis_tls::ca(dir, name);
+        Pki { ca, ca_path }
     }
 
     fn client(&self) -> ClientCert {

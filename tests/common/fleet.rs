@@ -103,6 +103,24 @@ impl Fleet {
             .map(|r| r.status)
     }
 
+    /// Every one of `tokens` is refused (401) by each of `gateways`: the revocations they
+    /// were acknowledged for held.
+    pub async fn assert_refused<'a>(
+        &self,
+        gateways: &[usize],
+        tokens: impl IntoIterator<Item = &'a String>,
+    ) {
+        for t in tokens {
+            for &i in gateways {
+                assert_eq!(
+                    self.call(i, t).await,
+                    Ok(401),
+                    "gateway {i} accepted a revoked token"
+                );
+            }
+        }
+    }
+
     pub async fn readyz(&self, i: usize) -> serde_json::Value {
         let gw = &self.gws[i];
         gw.client_plain()

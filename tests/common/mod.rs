@@ -963,23 +963,16 @@ impl RedisServer {
 
     /// `start` with more `redis-server` arguments.
     pub async fn start_with(extra: &[&str]) -> RedisServer {
-        let [port] = free_ports();
-        let mut r = RedisServer {
-            port,
-            tls_port: None,
-            cert: None,
-            child: None,
-            dir: TempDir::new(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            tls_only: None,
-        };
-        r.spawn().await;
-        r
+        Self::launch(extra, None).await
     }
 
     /// TLS only (`--port 0`, TLS on `port`), with `tls`'s certificate and password, and
     /// more `redis-server` arguments.
     pub async fn start_tls_only(tls: &redis_tls::RedisTls, extra: &[&str]) -> RedisServer {
+        Self::launch(extra, Some(tls.clone())).await
+    }
+
+    async fn launch(extra: &[&str], tls_only: Option<redis_tls::RedisTls>) -> RedisServer {
         let [port] = free_ports();
         let mut r = RedisServer {
             port,
@@ -988,7 +981,7 @@ impl RedisServer {
             child: None,
             dir: TempDir::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            tls_only: Some(tls.clone()),
+            tls_only,
         };
         r.spawn().await;
         r
