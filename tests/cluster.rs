@@ -35,15 +35,9 @@ async fn revocations_cross_replicas_on_a_cluster() {
         assert_eq!(fleet.call(1, &t).await, Ok(200));
         assert_eq!(fleet.revoke(i % 2, &jti).await, 204);
         // Sooner than B's cached "not revoked" (300 ms) expires: the channel told it.
-        let (fleet, t) = (&fleet, &t);
-        let heard = eventually(Duration::from_millis(200), || async move {
-            fleet.call(1 - i % 2, t).await == Ok(401)
-        })
-        .await;
-        assert!(
-            heard.is_some(),
-            "revocation {i} never reached the other replica"
-        );
+        fleet
+            .assert_heard(1 - i % 2, &t, &format!("revocation {i}"))
+            .await;
         nodes.insert(cluster.node_of(&key).await);
     }
     assert!(nodes.len() >= 2, "every key on one node: {nodes:?}");
@@ -169,12 +163,7 @@ async fn a_master_killed_in_the_cluster_loses_no_confirmed_revocation() {
     assert!(nodes.contains(&heir), "no key on the promoted master");
 
     // Every 204 survived: in the cluster, and refused by both gateways.
-    for (_, key) in &acked {
-        cluster.node_of(key).await; // panics if no node holds it
-    }
-    fleet
-        .assert_refused(&[0, 1], acked.iter().map(|(t, _)| t))
-        .await;
+    assert_held(&cluster, &fleet, &acked).await;
     println!(
         "cluster failover: {on_dead} of the first 60 keys on the killed master; heir promoted \
          after {promoted_after:?}; during it {during} revocations answered 204 and {refused} \
@@ -502,16 +491,22 @@ async fn right_after_a_promotion_the_dead_masters_slots_are_rerouted() {
     assert_eq!(cluster.node_of(&result_key(&rts[0])).await, heir);
 
     // Every 204 is in the cluster, and refused by both gateways.
-    for (_, key) in &acked {
-        cluster.node_of(key).await; // panics if no node holds it
-    }
-    fleet
-        .assert_refused(&[0, 1], acked.iter().map(|(t, _)| t))
-        .await;
+    assert_held(&cluster, &fleet, &acked).await;
     println!(
         "right after a promotion: heir serving the slots {promoted_after:?} after the kill; \
          first of 20 revocations in those slots confirmed {:?} after the kill, {retries} \
          retries (503 + Retry-After) in all; refresh single flight held for a token there",
         first_204_after.unwrap()
     );
+}
+
+/// Every acknowledged revocation is in the cluster (`node_of` panics if no node holds its
+/// key) and refused by both gateways.
+async fn assert_held(cluster: &RedisCluster, fleet: &Fleet, acked: &[(String, String)]) {
+    for (_, key) in acked {
+        cluster.node_of(key).await;
+    }
+    fleet
+        .assert_refused(&[0, 1], acked.iter().map(|(t, _)| t))
+        .await;
 }

@@ -307,15 +307,9 @@ async fn rediss_sentinel_with_redis_ca_on_tls_only_engines() {
         assert_eq!(fleet.call(1 - i % 2, &t).await, Ok(200));
         assert_eq!(fleet.revoke(i % 2, &jti).await, 204, "revocation {i}");
         assert_eq!(fleet.call(i % 2, &t).await, Ok(401));
-        let (fleet, t) = (&fleet, &t);
-        let heard = eventually(Duration::from_millis(200), || async move {
-            fleet.call(1 - i % 2, t).await == Ok(401)
-        })
-        .await;
-        assert!(
-            heard.is_some(),
-            "revocation {i} never reached the other gateway"
-        );
+        fleet
+            .assert_heard(1 - i % 2, &t, &format!("revocation {i}"))
+            .await;
     }
 
     // A failover over TLS: the gateways find the promoted replica through the sentinels.

@@ -103,6 +103,16 @@ impl Fleet {
             .map(|r| r.status)
     }
 
+    /// Gateway `i` refuses `t` within 200 ms: a revocation made on another gateway reached
+    /// it through the channel, sooner than its cached "not revoked" would expire.
+    pub async fn assert_heard(&self, i: usize, t: &str, what: &str) {
+        let heard = eventually(Duration::from_millis(200), || async move {
+            self.call(i, t).await == Ok(401)
+        })
+        .await;
+        assert!(heard.is_some(), "{what} never reached gateway {i}");
+    }
+
     /// Every one of `tokens` is refused (401) by each of `gateways`: the revocations they
     /// were acknowledged for held.
     pub async fn assert_refused<'a>(
