@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::TempDir;
 
@@ -104,12 +103,6 @@ impl RedisTls {
         };
         let c = redis::Client::build_with_tls(format!("rediss://{auth}127.0.0.1:{port}/"), certs)
             .ok()?;
-        tokio::time::timeout(
-            Duration::from_millis(500),
-            c.get_multiplexed_async_connection(),
-        )
-        .await
-        .ok()?
-        .ok()
+        super::sentinel::connect(c).await
     }
 }

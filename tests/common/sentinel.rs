@@ -45,7 +45,11 @@ impl Drop for SentinelProc {
 
 /// A connection to the server on `port`, or `None` if it does not answer (killed).
 pub(super) async fn conn(port: u16) -> Option<redis::aio::MultiplexedConnection> {
-    let c = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
+    connect(redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?).await
+}
+
+/// `c`'s connection, or `None` if its server does not answer within 500 ms.
+pub(super) async fn connect(c: redis::Client) -> Option<redis::aio::MultiplexedConnection> {
     tokio::time::timeout(
         Duration::from_millis(500),
         c.get_multiplexed_async_connection(),
