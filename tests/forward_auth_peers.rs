@@ -37,7 +37,21 @@ struct Proxy {
 }
 
 impl Proxy {
+    /// Start the proxy on fresh ports; again on others (three tries) if it exits at start,
+    /// e.g. because a parallel test's listener took a picked port first.
     async fn start(kind: Kind, authz: SocketAddr, upstream: SocketAddr) -> Proxy {
+        for attempt in 1..=3 {
+            let mut p = Proxy::spawn(kind, authz, upstream);
+            match p.wait_listening().await {
+                Ok(()) => return p,
+                Err(why) if attempt < 3 => eprintln!("{kind:?}: {why}\nretrying on other ports"),
+                Err(why) => panic!("{kind:?}: {why}"),
+            }
+        }
+        unreachable!()
+    }
+
+    fn spawn(kind: Kind, authz: SocketAddr, upstream: SocketAddr) -> Proxy {
         let dir = TempDir::new();
         let [port, admin_port] = free_ports();
         let d = dir.path();
@@ -120,40 +134,32 @@ impl Proxy {
                     "cannot start {program} ({e}); the forward-auth peer tests need it: {install}"
                 )
             });
-        let mut p = Proxy {
+        Proxy {
             kind,
             port,
             child,
             dir,
-        };
-        p.wait_listening().await;
-        p
+        }
     }
 
-    /// Readiness: the proxy's own port accepts (and the child is still the one running).
-    async fn wait_listening(&mut self) {
+    /// Readiness: the child itself holds the listener on its port. A connect alone is not
+    /// enough: a parallel test's port-0 listener may hold the port, and the proxy then
+    /// exits on "address in use" while the test talks to the other listener.
+    async fn wait_listening(&mut self) -> Result<(), String> {
         for _ in 0..600 {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "{:?} exited at start ({status}):\n{}",
-                    self.kind,
-                    self.logs()
-                );
+                return Err(format!("exited at start ({status}):\n{}", self.logs()));
             }
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return;
+            if listens_on(self.child.id(), self.port) {
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!(
-            "{:?} never listened on port {}:\n{}",
-            self.kind,
+        Err(format!(
+            "never listened on port {}:\n{}",
             self.port,
             self.logs()
-        );
+        ))
     }
 
     fn logs(&self) -> String {

@@ -956,6 +956,45 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
     std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
+/// Whether process `pid` holds a listening TCP socket on `port` (Linux `/proc`).
+///
+/// A port from `free_ports` is free only until somebody binds it: another test running in
+/// parallel may get it from the kernel for its own port-0 listener before the child binds
+/// it. A child's readiness must therefore be its own listener, not "the port accepts".
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let listening = f.get(3) == Some(&"0A");
+            let on_port = f
+                .get(1)
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                == Some(port);
+            if listening && on_port {
+                if let Some(inode) = f.get(9) {
+                    inodes.push(format!("socket:[{inode}]"));
+                }
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|l| inodes.iter().any(|i| l.as_os_str() == i.as_str()))
+    })
+}
+
 impl RedisServer {
     pub async fn start() -> RedisServer {
         Self::start_with(&[]).await
@@ -973,9 +1012,8 @@ impl RedisServer {
     }
 
     async fn launch(extra: &[&str], tls_only: Option<redis_tls::RedisTls>) -> RedisServer {
-        let [port] = free_ports();
         let mut r = RedisServer {
-            port,
+            port: 0,
             tls_port: None,
             cert: None,
             child: None,
@@ -983,7 +1021,7 @@ impl RedisServer {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             tls_only,
         };
-        r.spawn().await;
+        r.spawn_fresh().await;
         r
     }
 
@@ -992,17 +1030,16 @@ impl RedisServer {
         let dir = TempDir::new();
         let (cert, _) =
             jwtgate::certs::write(dir.path(), &["localhost".into(), "127.0.0.1".into()]).unwrap();
-        let [port, tls_port] = free_ports();
         let mut r = RedisServer {
-            port,
-            tls_port: Some(tls_port),
+            port: 0,
+            tls_port: Some(0),
             cert: Some(cert),
             child: None,
             dir,
             extra: Vec::new(),
             tls_only: None,
         };
-        r.spawn().await;
+        r.spawn_fresh().await;
         r
     }
 
@@ -1010,7 +1047,30 @@ impl RedisServer {
         format!("rediss://localhost:{}/0", self.tls_port.unwrap())
     }
 
+    /// `spawn` on fresh ports, again on others (three tries) if the server exits at start:
+    /// a parallel test's port-0 listener may take a picked port before redis-server binds it.
+    async fn spawn_fresh(&mut self) {
+        for attempt in 1..=3 {
+            let [port, tls_port] = free_ports();
+            self.port = port;
+            if self.tls_port.is_some() {
+                self.tls_port = Some(tls_port);
+            }
+            match self.try_spawn().await {
+                Ok(()) => return,
+                Err(why) if attempt < 3 => eprintln!("{why}; retrying on other ports"),
+                Err(why) => panic!("{why}"),
+            }
+        }
+    }
+
     async fn spawn(&mut self) {
+        if let Err(why) = self.try_spawn().await {
+            panic!("{why}");
+        }
+    }
+
+    async fn try_spawn(&mut self) -> Result<(), String> {
         let listen = match &self.tls_only {
             None => vec!["--port".to_string(), self.port.to_string()],
             Some(t) => t.server_args(self.port),
@@ -1048,17 +1108,21 @@ impl RedisServer {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!(
+                self.child = None;
+                return Err(format!(
                     "redis-server on port {} exited at start: {status}",
                     self.port
-                );
+                ));
             }
             if self.ping().await {
-                return;
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("redis-server on port {} never answered PING", self.port);
+        Err(format!(
+            "redis-server on port {} never answered PING",
+            self.port
+        ))
     }
 
     fn tls_args(&self) -> Vec<String> {
