@@ -12,7 +12,9 @@
 //!
 //! The SDK reads the other standard variables itself: `OTEL_SERVICE_NAME` (default here
 //! `jwtgate`), `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`/`_ARG`, `OTEL_BSP_*`,
-//! `OTEL_EXPORTER_OTLP_HEADERS`/`_TIMEOUT`. `OTEL_SDK_DISABLED=true` turns tracing off.
+//! `OTEL_EXPORTER_OTLP_HEADERS`/`_TIMEOUT`, `OTEL_EXPORTER_OTLP_COMPRESSION` (`gzip`).
+//! `OTEL_SDK_DISABLED=true` turns tracing off. A protocol other than `http/protobuf` is
+//! refused at start.
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -60,6 +62,25 @@ pub fn start() -> Result<bool, OtelError> {
     if !configured || disabled || TRACING.get().is_some() {
         return Ok(false);
     }
+    // This build exports OTLP over HTTP/protobuf: a protocol variable asking for another
+    // (grpc, http/json) is refused at start rather than ignored. The traces variable wins
+    // over the general one, as the SDK reads them.
+    let protocol = [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ]
+    .into_iter()
+    .find_map(|name| Some((name, std::env::var(name).ok().filter(|v| !v.is_empty())?)));
+    if let Some((name, value)) = protocol {
+        if value != "http/protobuf" {
+            return Err(OtelError(format!(
+                "{name}={value}: jwtgate exports OTLP over HTTP/protobuf only; \
+                 set it to http/protobuf (or unset it) and point the endpoint at the \
+                 collector's OTLP/HTTP port (4318)"
+            )));
+        }
+    }
+    // OTEL_EXPORTER_OTLP_COMPRESSION / _TRACES_COMPRESSION (gzip) are read by the exporter.
     use opentelemetry_otlp::{Protocol, WithExportConfig as _};
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
