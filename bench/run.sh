@@ -5,14 +5,15 @@
 #
 # Usage: bench/run.sh [--rounds N] [--duration S] [--only SECTION[,SECTION...]] [--keep-tmp]
 #   SECTION: plain | tls | h2 | auth | mem | tokens | revocation | refresh | features | login
-#            | rules | stores | tracing
+#            | rules | stores | tracing | free
 #            (default: all)
 #            peers  = no jwtgate rows (self-test of the peers; needs no Rust build); alone it
 #                     means every section, with others (peers,auth) only those
 #   defaults: 3 rounds of 10 s per target.
 #   env: JWTGATE_BIN (default target/release/jwtgate), BENCH_WARMUP (s, default 1),
 #        BENCH_CONNS (default 64), BENCH_MEM_CONNS (default 1000), BENCH_MANY_TOKENS (tokens
-#        section, default 1000000), BENCH_PROPAGATION_N (revocation section, default 1000).
+#        section, default 1000000), BENCH_PROPAGATION_N (revocation section, default 1000),
+#        HYPER_FLOOR_BIN (free section, default target/release/examples/hyper_floor).
 #
 # Runs on Debian as root: missing tools are installed with apt-get (nginx, haproxy, wrk,
 # nghttp2-client for h2load, curl, openssl, python3, redis-server for the revocation section)
@@ -58,16 +59,16 @@ done
 [[ $PROPAGATION_N =~ ^[1-9][0-9]*$ ]] || die "BENCH_PROPAGATION_N must be a positive integer"
 
 USE_JG=1
-ALL_SECTIONS=(plain tls h2 auth mem tokens revocation refresh features login rules stores tracing)
+ALL_SECTIONS=(plain tls h2 auth mem tokens revocation refresh features login rules stores tracing free)
 SECTIONS=("${ALL_SECTIONS[@]}")
 if [[ -n $ONLY ]]; then
     SECTIONS=()
     IFS=',' read -r -a only_list <<<"$ONLY"
     for s in "${only_list[@]}"; do
         case $s in
-            plain|tls|h2|auth|mem|tokens|revocation|refresh|features|login|rules|stores|tracing) SECTIONS+=("$s") ;;
+            plain|tls|h2|auth|mem|tokens|revocation|refresh|features|login|rules|stores|tracing|free) SECTIONS+=("$s") ;;
             peers) USE_JG=0 ;;
-            *) die "--only: unknown section '$s' (plain, tls, h2, auth, mem, tokens, revocation, refresh, features, login, rules, stores, tracing, peers)" ;;
+            *) die "--only: unknown section '$s' (plain, tls, h2, auth, mem, tokens, revocation, refresh, features, login, rules, stores, tracing, free, peers)" ;;
         esac
     done
     [[ ${#SECTIONS[@]} -gt 0 ]] || SECTIONS=("${ALL_SECTIONS[@]}")
@@ -82,12 +83,12 @@ ensure_tools() {
         timeout=coreutils ps=procps
     HAVE_H2LOAD=1
     if ! command -v h2load >/dev/null 2>&1; then
-        if want_section h2; then
+        if want_section h2 || want_section free; then
             apt_install nghttp2-client || log "WARNING: could not install nghttp2-client (h2load)"
         fi
         command -v h2load >/dev/null 2>&1 || HAVE_H2LOAD=0
     fi
-    if [[ $USE_JG == 1 ]] && { want_section revocation || want_section stores; }; then
+    if [[ $USE_JG == 1 ]] && { want_section revocation || want_section stores || want_section free; }; then
         if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
             apt_install redis-server || die "apt-get install redis-server failed (the revocation section needs it)"
         fi
@@ -407,17 +408,24 @@ start_redis_gateway() {
     start_auth_variant "$1" "$2" "$3" "$4" "$5" revocation-redis.toml REDIS_PORT="$REDIS_PORT" CACHE_TTL_MS="$6"
 }
 
+# start_store_redis: an own redis-server (no persistence) on a free port for the Redis store
+# -> REDIS_PORT, REDIS_VERSION, LAST_PID
+start_store_redis() {
+    REDIS_PORT=$(free_ports 1)
+    mkdir -p "$TMP/redis-$REDIS_PORT"
+    start_bg "redis-server" "$TMP/redis-$REDIS_PORT/redis.log" redis-server --port "$REDIS_PORT" \
+        --bind 127.0.0.1 --save "" --appendonly no --daemonize no --dir "$TMP/redis-$REDIS_PORT"
+    wait_port "redis-server" "$LAST_PID" "$REDIS_PORT" "$TMP/redis-$REDIS_PORT/redis.log"
+    [[ $(redis-cli -p "$REDIS_PORT" PING 2>&1) == PONG ]] || die "redis-server on port $REDIS_PORT does not answer PING"
+    REDIS_VERSION=$(redis-server --version | sed -n 's/.* v=\([0-9.]*\).*/\1/p')
+}
+
 section_revocation() {
     local redis_pid r_tls r_http r_admin r_pid m_tls m_http m_admin m_pid a_tls a_http a_admin a_pid
     local b_tls b_http b_admin b_pid summary prop rc=0 ptokens p50 p99 prop_note
-    read -r REDIS_PORT r_tls r_http r_admin m_tls m_http m_admin <<<"$(free_ports 7)"
-    mkdir -p "$TMP/redis"
-    start_bg "redis-server" "$TMP/redis/redis.log" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
-        --save "" --appendonly no --daemonize no --dir "$TMP/redis"
+    read -r r_tls r_http r_admin m_tls m_http m_admin <<<"$(free_ports 6)"
+    start_store_redis
     redis_pid=$LAST_PID
-    wait_port "redis-server" "$redis_pid" "$REDIS_PORT" "$TMP/redis/redis.log"
-    [[ $(redis-cli -p "$REDIS_PORT" PING 2>&1) == PONG ]] || die "redis-server on port $REDIS_PORT does not answer PING"
-    REDIS_VERSION=$(redis-server --version | sed -n 's/.* v=\([0-9.]*\).*/\1/p')
 
     # two fresh processes, the same config but for [revocation] (and [admin], unused here)
     start_auth_variant "jwtgate (memory store)" "$TMP/gateway-memory.toml" "$m_tls" "$m_http" "$m_admin"
@@ -762,6 +770,47 @@ section_tracing() {
     log "[tracing] the OTLP sink received $sink_reqs export requests, $sink_bytes bytes"
 }
 
+# --- section "free": issue 19's targets, authentication at no cost ---------------------------
+
+# Authenticated RS256 over TLS with the Redis store (warm cache) and identity headers (the
+# defaults), against nginx's *unauthenticated* TLS proxy, HTTP/1.1 (wrk) and h2 (h2load); and
+# jwtgate's plain HTTP/1.1 (auth = "none") against the bare hyper proxy
+# (examples/hyper_floor.rs: the least a hyper 1.x proxy does per request, no auth, no log).
+section_free() {
+    local floor=${HYPER_FLOOR_BIN:-$ROOT/target/release/examples/hyper_floor} floor_port floor_pid
+    local redis_pid r_tls r_http r_admin r_pid
+    [[ -x $floor ]] || die "$floor is missing: cargo build --release --example hyper_floor (or set HYPER_FLOOR_BIN)"
+    read -r floor_port r_tls r_http r_admin <<<"$(free_ports 4)"
+    start_bg "hyper floor" "$TMP/hyper-floor.log" "$floor" "127.0.0.1:$floor_port" "127.0.0.1:$UP_PORT"
+    floor_pid=$LAST_PID
+    wait_port "hyper floor" "$floor_pid" "$floor_port" "$TMP/hyper-floor.log"
+    start_store_redis
+    redis_pid=$LAST_PID
+    start_redis_gateway "jwtgate (redis store)" "$TMP/gateway-free.toml" "$r_tls" "$r_http" "$r_admin" 1000
+    r_pid=$LAST_PID
+    add_target floor-http "bare hyper proxy (examples/hyper_floor), plain HTTP" wrk "$U:$floor_port/"
+    add_target jg-free-tls "jwtgate RS256 TLS, Redis store (warm), identity headers" wrk "$S:$r_tls/" "$TOKEN_RS"
+    T_NOTE[jg-free-tls]="target: ≥ 1.0× nginx's unauthenticated TLS proxy (issue 19)"
+    expect "hyper floor" "${T_URL[floor-http]}" 200
+    expect "jwtgate (redis store) RS256" "${T_URL[jg-free-tls]}" 200 "$TOKEN_RS"
+    expect "jwtgate (redis store), no token" "${T_URL[jg-free-tls]}" 401
+    local ids=(nginx-tls jg-free-tls floor-http jg-http)
+    if [[ $HAVE_H2LOAD == 1 ]]; then
+        add_target jg-free-h2 "jwtgate RS256 h2, Redis store (warm), identity headers" h2load "$S:$r_tls/" "$TOKEN_RS"
+        expect "jwtgate (redis store) RS256, h2" "${T_URL[jg-free-h2]}" 200 "$TOKEN_RS" h2
+        ids+=(nginx-h2 jg-free-h2)
+    else
+        skip_row free jg-free-h2 "h2 rows" "skipped: h2load not installed (apt-get install nghttp2-client)"
+    fi
+    run_section free "${ids[@]}"
+    stop_pid "$r_pid"
+    forget_pid "$r_pid"
+    stop_pid "$redis_pid"
+    forget_pid "$redis_pid"
+    stop_pid "$floor_pid"
+    forget_pid "$floor_pid"
+}
+
 # --- section "login": what [login] costs the bearer-token hot path ---------------------------
 
 # Two processes from gateway-auth.toml: + templates/login-off.toml (a second issuer, discovered
@@ -1079,7 +1128,7 @@ for section in "${SECTIONS[@]}"; do
             fi
             run_section auth jg-open-tls jg-rs256-tls jg-es256-tls haproxy-rs256-tls jg-open-http jg-hs256-http haproxy-hs256-http
             ;;
-        tokens|revocation|refresh|features|login|rules|stores|tracing)
+        tokens|revocation|refresh|features|login|rules|stores|tracing|free)
             if [[ $USE_JG == 1 ]]; then
                 "section_$section"
             else

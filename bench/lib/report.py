@@ -20,6 +20,7 @@ RATIOS = {
     "tls": [("jg-tls", "direct"), ("jg-tls", "nginx-tls"), ("jg-tls", "haproxy-tls")],
     "h2": [("jg-h2", "direct-h1"), ("jg-h2", "nginx-h2"), ("jg-h2", "haproxy-h2")],
     "auth": [("jg-rs256-tls", "haproxy-rs256-tls"), ("jg-hs256-http", "haproxy-hs256-http")],
+    "free": [("jg-free-tls", "nginx-tls"), ("jg-free-h2", "nginx-h2"), ("jg-http", "floor-http")],
 }
 # (target, base target of the same section): shown in the target's row as "this ÷ base"
 REL = {
