@@ -299,8 +299,12 @@ fn init_logging(format: LogFormat, default: &str) -> tracing_appender::non_block
             }
         }
         LogFormat::Text => {
-            // DefaultFields' output at a fraction of its cost per access-log line.
-            let b = b.fmt_fields(jwtgate::TextFields).with_filter_reloading();
+            // The default format's output (`Full`, `DefaultFields`) at a fraction of its
+            // cost per access-log line.
+            let b = b
+                .fmt_fields(jwtgate::TextFields)
+                .event_format(jwtgate::TextFormat::default())
+                .with_filter_reloading();
             let handle = b.reload_handle();
             if b.try_init().is_ok() {
                 control(&initial, handle);
