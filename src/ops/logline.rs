@@ -96,15 +96,11 @@ mod tests {
     }
 
     fn events() {
-        for level in [Level::TRACE, Level::DEBUG, Level::INFO, Level::WARN, Level::ERROR] {
-            match level {
-                Level::TRACE => tracing::trace!(n = 1u64, "trace"),
-                Level::DEBUG => tracing::debug!(n = 2u64, "debug"),
-                Level::INFO => tracing::info!(target: "jwtgate::access", front = "proxy"),
-                Level::WARN => tracing::warn!(n = 4u64, "a message with \"quotes\""),
-                Level::ERROR => tracing::error!(error = %"gone", "failed"),
-            }
-        }
+        tracing::trace!(n = 1u64, "trace");
+        tracing::debug!(n = 2u64, "debug");
+        tracing::info!(target: "jwtgate::access", front = "proxy", status = 200u64);
+        tracing::warn!(n = 4u64, "a message with \"quotes\"");
+        tracing::error!(error = %"gone", "failed");
         tracing::info!(target: "jwtgate::access", "");
         let span = tracing::info_span!("conn", peer = "127.0.0.1:1", n = 7u64);
         let _e = span.enter();

@@ -81,9 +81,7 @@ fn first_in_second(w: &mut Writer<'_>) -> fmt::Result {
 }
 
 fn since_epoch() -> Option<Duration> {
-    std::time::SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .ok()
+    std::time::SystemTime::now().duration_since(UNIX_EPOCH).ok()
 }
 
 /// The stock timer's shape, which `set_micros` relies on: `….uuuuuuZ`.
