@@ -47,6 +47,8 @@ pub use identity::{auth, jwks, revocation, sender};
 pub use net::body;
 pub use ops::admin::{install_log_control, SetLogLevel};
 pub use ops::logfields::TextFields;
+pub use ops::logline::TextFormat;
+pub use ops::logtime::LogTime;
 pub use ops::otel;
 
 use std::net::SocketAddr;

@@ -269,6 +269,8 @@ fn init_logging(format: LogFormat, default: &str) -> tracing_appender::non_block
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
+        // The stock timer's text, formatted once a second per thread.
+        .with_timer(jwtgate::LogTime)
         .with_writer(writer);
     // `POST /log-level` swaps the filter through the subscriber's reload handle.
     fn control<L, S>(initial: &str, handle: tracing_subscriber::reload::Handle<L, S>)
@@ -297,8 +299,12 @@ fn init_logging(format: LogFormat, default: &str) -> tracing_appender::non_block
             }
         }
         LogFormat::Text => {
-            // DefaultFields' output at a fraction of its cost per access-log line.
-            let b = b.fmt_fields(jwtgate::TextFields).with_filter_reloading();
+            // The default format's output (`Full`, `DefaultFields`) at a fraction of its
+            // cost per access-log line.
+            let b = b
+                .fmt_fields(jwtgate::TextFields)
+                .event_format(jwtgate::TextFormat::default())
+                .with_filter_reloading();
             let handle = b.reload_handle();
             if b.try_init().is_ok() {
                 control(&initial, handle);

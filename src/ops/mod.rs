@@ -7,6 +7,8 @@ pub mod admin;
 pub mod certs;
 pub mod exposition;
 pub mod logfields;
+pub mod logline;
+pub mod logtime;
 pub mod metrics;
 pub mod otel;
 pub mod process;
