@@ -208,13 +208,9 @@ fn intern(s: &str) -> &'static str {
 /// Looked up on every request: a constant, not a string parsed each time.
 const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
-/// A request's server span, and the context to run its path in.
+/// A request's server span: unboxed and unlocked until `finish`.
 pub struct RequestSpan {
     span: opentelemetry_sdk::trace::Span,
-    /// The span's context as the parent of the spans started inside it (`within`). It
-    /// holds the span's ids, not the span: the span stays here, unboxed and unlocked,
-    /// until `finish`.
-    cx: Context,
     method: usize,
 }
 
@@ -290,18 +286,13 @@ impl RequestSpan {
             .with_kind(SpanKind::Server)
             .with_attributes(attributes)
             .start_with_context(tracer, &parent);
-        // The ids as the parent of what the request calls: not remote, the span is ours.
-        let cx = Context::new().with_remote_span_context(span.span_context().clone());
-        Some(RequestSpan {
-            span,
-            cx,
-            method: m,
-        })
+        Some(RequestSpan { span, method: m })
     }
 
-    /// The context holding the span, for `within`.
+    /// The span's ids as the parent of the spans started inside it (`within`): made only
+    /// for a path that can start some (`App::traces_calls`).
     pub fn context(&self) -> Context {
-        self.cx.clone()
+        Context::new().with_remote_span_context(self.span.span_context().clone())
     }
 
     /// The trace this request belongs to (the access log's `trace_id`).
