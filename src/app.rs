@@ -294,6 +294,14 @@ impl App {
         let _ = self.stop.send(true);
     }
 
+    /// Whether a request's path can start spans of its own with tracing on (Redis calls,
+    /// refresh grants): only then does it run inside its server span's context
+    /// (`otel::within`). A new `otel::Span` on the request path must be counted here;
+    /// tests/otel.rs checks that each one is a child of the request's span.
+    pub fn traces_calls(&self) -> bool {
+        self.revocations.traces_calls() || self.refresher.is_some()
+    }
+
     /// Every issuer has a key set.
     pub fn keys_ready(&self) -> bool {
         self.verifier.issuers().iter().all(|i| i.is_loaded())

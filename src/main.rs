@@ -321,8 +321,8 @@ fn run(path: PathBuf) -> ExitCode {
     };
     let _log = init_logging(cfg.server.log_format, "info");
     runtime().block_on(async move {
-        // Traces (OTEL_EXPORTER_OTLP_ENDPOINT): the export task runs on this runtime, off
-        // the workers'.
+        // Traces (OTEL_EXPORTER_OTLP_ENDPOINT): the exports' connections run on this
+        // runtime, off the workers'.
         match jwtgate::otel::start() {
             Ok(true) => tracing::info!("OpenTelemetry traces exported over OTLP/HTTP"),
             Ok(false) => {}

@@ -7,7 +7,7 @@
 //! (a new trace when it is missing or invalid), and the calls it makes on the way get
 //! child spans: Redis (revocation lookups and writes, refresh coordination), refresh
 //! grants. JWKS and discovery fetches run in the background and are spans of their own.
-//! Ended spans go to the SDK's batch processor through a bounded channel; a tokio task
+//! Ended spans go to the SDK's batch processor through a bounded channel; its thread
 //! exports them, so the request path never waits on an export (a full queue drops spans).
 //!
 //! The SDK reads the other standard variables itself: `OTEL_SERVICE_NAME` (default here
@@ -53,7 +53,8 @@ fn env_set(name: &str) -> bool {
 }
 
 /// Start exporting when the environment asks for it; `Ok(false)` when it does not. Call
-/// once, inside the Tokio runtime that is to run the export task (not a worker's).
+/// once, inside the Tokio runtime whose threads are to drive the export's connections
+/// (not a worker's).
 pub fn start() -> Result<bool, OtelError> {
     let configured =
         env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
@@ -87,12 +88,14 @@ pub fn start() -> Result<bool, OtelError> {
         .with_protocol(Protocol::HttpBinary)
         .build()
         .map_err(|e| OtelError(e.to_string()))?;
-    let processor =
-        opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
-            exporter,
-            opentelemetry_sdk::runtime::Tokio,
-        )
-        .build();
+    // The SDK's batch processor: ended spans go into a bounded queue that its own thread
+    // drains 512 at a time (or every `OTEL_BSP_SCHEDULE_DELAY`). Queueing a span wakes no
+    // one; the async-runtime processor woke its export task for every span.
+    let exporter = OnRuntime {
+        exporter,
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter).build();
     let mut resource = opentelemetry_sdk::Resource::builder();
     let named = env_set("OTEL_SERVICE_NAME")
         || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| v.contains("service.name="));
@@ -114,6 +117,44 @@ pub fn stop() {
         if let Err(e) = p.shutdown() {
             tracing::warn!(error = %e, "OpenTelemetry exporter did not shut down cleanly");
         }
+    }
+}
+
+/// The OTLP exporter, run by the batch processor's thread inside the Tokio runtime that
+/// `start` was called in: the crate's hyper client needs a runtime for its connections
+/// and timeouts, and that thread has none.
+#[derive(Debug)]
+struct OnRuntime {
+    exporter: opentelemetry_otlp::SpanExporter,
+    runtime: tokio::runtime::Handle,
+}
+
+impl opentelemetry_sdk::trace::SpanExporter for OnRuntime {
+    fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> impl Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
+        let mut export = Box::pin(self.exporter.export(batch));
+        let runtime = self.runtime.clone();
+        std::future::poll_fn(move |cx| {
+            let _in_runtime = runtime.enter();
+            export.as_mut().poll(cx)
+        })
+    }
+
+    fn shutdown_with_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.exporter.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.exporter.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.exporter.set_resource(resource);
     }
 }
 
@@ -185,13 +226,12 @@ fn intern(s: &str) -> &'static str {
     k
 }
 
-/// A request's server span, and the context to run its path in.
+/// Looked up on every request: a constant, not a string parsed each time.
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
+/// A request's server span: unboxed and unlocked until `finish`.
 pub struct RequestSpan {
     span: opentelemetry_sdk::trace::Span,
-    /// The span's context as the parent of the spans started inside it (`within`). It
-    /// holds the span's ids, not the span: the span stays here, unboxed and unlocked,
-    /// until `finish`.
-    cx: Context,
     method: usize,
 }
 
@@ -250,7 +290,7 @@ impl RequestSpan {
         headers: &HeaderMap,
     ) -> Option<RequestSpan> {
         let tracer = tracer()?;
-        let parent = if headers.contains_key("traceparent") {
+        let parent = if headers.contains_key(&TRACEPARENT) {
             TraceContextPropagator::new().extract_with_context(&Context::new(), &Headers(headers))
         } else {
             Context::new()
@@ -267,18 +307,13 @@ impl RequestSpan {
             .with_kind(SpanKind::Server)
             .with_attributes(attributes)
             .start_with_context(tracer, &parent);
-        // The ids as the parent of what the request calls: not remote, the span is ours.
-        let cx = Context::new().with_remote_span_context(span.span_context().clone());
-        Some(RequestSpan {
-            span,
-            cx,
-            method: m,
-        })
+        Some(RequestSpan { span, method: m })
     }
 
-    /// The context holding the span, for `within`.
+    /// The span's ids as the parent of the spans started inside it (`within`): made only
+    /// for a path that can start some (`App::traces_calls`).
     pub fn context(&self) -> Context {
-        self.cx.clone()
+        Context::new().with_remote_span_context(self.span.span_context().clone())
     }
 
     /// The trace this request belongs to (the access log's `trace_id`).

@@ -474,6 +474,11 @@ impl Revocations {
         })
     }
 
+    /// Whether calls to the store are traced (a Redis store): `span` makes spans.
+    pub fn traces_calls(&self) -> bool {
+        self.kind == StoreKind::Redis
+    }
+
     /// A span for a call to the Redis store (none for the in-memory one, or tracing off).
     fn span(&self, name: &'static str, operation: &'static str) -> otel::Span {
         match self.kind {
