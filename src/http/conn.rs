@@ -582,6 +582,23 @@ mod tests {
     }
 
     #[test]
+    fn protocol_from_alpn_or_first_bytes() {
+        assert_eq!(Proto::of_alpn(Some(b"h2")), Proto::H2);
+        assert_eq!(Proto::of_alpn(Some(b"http/1.1")), Proto::H1);
+        assert_eq!(Proto::of_alpn(None), Proto::Sniff);
+        assert_eq!(Proto::of_first_bytes(b"GET / HTTP/1.1\r\n"), Proto::H1);
+        assert_eq!(
+            Proto::of_first_bytes(b"P"),
+            Proto::Sniff,
+            "could be the preface"
+        );
+        assert_eq!(Proto::of_first_bytes(b"PRI * HTTP/2.0"), Proto::Sniff);
+        assert_eq!(Proto::of_first_bytes(b"POST / HTTP/1.1\r\n"), Proto::H1);
+        assert_eq!(Proto::of_first_bytes(H2_PREFACE), Proto::H2);
+        assert_eq!(Proto::of_first_bytes(b""), Proto::Sniff);
+    }
+
+    #[test]
     fn limit_refuses_over_the_cap_and_frees_on_drop() {
         let l = Limit::new(2);
         let (a, b) = (l.try_acquire(), l.try_acquire());
