@@ -15,7 +15,8 @@
 #   --cold-tokens  RS256 tokens minted for the cold-start pass (default 40000)
 #   defaults: 3 rounds of 4 s per point after a 1 s warm-up; plots in docs/bench.
 #   env: JWTGATE_BIN (default target/release/jwtgate), BENCH_WARMUP (s, default 1),
-#        BENCH_CONNS (wrk connections, default 64).
+#        BENCH_CONNS (wrk connections, default 64),
+#        BENCH_TOKEN_CACHE_MIB (the gateway's server.token_cache_mib, default 64).
 #
 # Runs on Debian as root like bench/run.sh (apt-get installs what is missing; no service is
 # started). Everything binds 127.0.0.1 (the idle connections come from 127.0.0.2, .3, ...)
@@ -33,6 +34,7 @@ P_CONNS=1000,5000,10000,19000
 COLD_TOKENS=40000
 KEEP_TMP=0
 CONNS=${BENCH_CONNS:-64}
+TOKEN_CACHE_MIB=${BENCH_TOKEN_CACHE_MIB:-64}
 WARMUP=${BENCH_WARMUP:-1}
 ISSUER="bench"
 
@@ -139,7 +141,8 @@ expect_status() { # WHAT URL WANT [TOKEN]
 # gw_config OUT HTTP TLS ADMIN: scale.toml rendered; the caller appends routes (and more)
 gw_config() {
     render "$BENCH/templates/scale.toml" "$1" JG_HTTP_PORT="$2" JG_TLS_PORT="$3" JG_ADMIN_PORT="$4" \
-        CERT="$CERT" KEY="$KEY" ISSUER="$ISSUER" RSA_PUB="$TMP/rsa.pub.pem"
+        CERT="$CERT" KEY="$KEY" ISSUER="$ISSUER" RSA_PUB="$TMP/rsa.pub.pem" \
+        TOKEN_CACHE_MIB="$TOKEN_CACHE_MIB"
 }
 default_routes() { # `/open` without auth, everything else with a token
     printf '\n[[routes]]\nname = "open"\npath_prefix = "/open"\nupstreams = ["http://127.0.0.1:%s"]\nauth = "none"\n' "$UP_PORT"
@@ -517,6 +520,7 @@ dirty=$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/nu
     echo "# jwtgate scale curves $STAMP"
     echo
     echo "- jwtgate: $JG (git $rev${dirty:+, uncommitted changes in src/Cargo}, built $(date -u -r "$JG" +%Y-%m-%dT%H:%MZ))"
+    echo "- server.token_cache_mib = $TOKEN_CACHE_MIB (BENCH_TOKEN_CACHE_MIB)"
     echo "- machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1), Linux $(uname -r), ulimit -Hn $(ulimit -Hn)"
     echo "- load: $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}') -t1 -c$CONNS --latency; $ROUNDS round(s) of ${DURATION}s per point after a ${WARMUP}s warm-up, points alternating within each round (conns: one point at a time)"
     echo "- upstream: nginx return 200 (2 workers); gateway: worker_threads = 2; the whole run took $((T_END - T_START)) s"

@@ -60,9 +60,13 @@ impl App {
             .collect();
         let decisions = crate::ops::metrics::PolicyDecisions::default();
         let rules = Rules::new(&config.routes, &decisions);
-        let verifier = Verifier::new(issuers, config.identity.clone())
-            .keep_claims(rules.any())
-            .with_introspection(config.revocation.on_error);
+        let verifier = Verifier::new(
+            issuers,
+            config.identity.clone(),
+            config.server.token_cache_bytes,
+        )
+        .keep_claims(rules.any())
+        .with_introspection(config.revocation.on_error);
         let router = Router::new(config.routes.clone());
         let redis = revocations
             .connector()

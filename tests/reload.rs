@@ -91,7 +91,7 @@ async fn reload_applies_new_routes_and_refuses_bad_files() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         r.json()["notes"],
-        json!(["[server] header_timeout_ms changed: restart to apply (max_body_bytes, stream_idle_timeout_ms and trusted_proxy_hops apply at once)"])
+        json!(["[server] header_timeout_ms changed: restart to apply (max_body_bytes, stream_idle_timeout_ms, trusted_proxy_hops and token_cache_mib apply at once)"])
     );
     // ... and the running value back in the file is no change at all.
     let with_b = format!(

@@ -80,9 +80,13 @@ impl Default for FileAuthz {
 
 /// `server.max_connections` default, sized for the shipped container limit (256 MiB,
 /// deploy/k8s): an idle TLS connection costs about 30 KiB, so 5000 of them take about
-/// 150 MiB, which leaves room for the verified-token cache (64 MiB at most), the
+/// 150 MiB, which leaves room for the verified-token cache (`token_cache_mib`, 64), the
 /// revocation cache and the process itself.
 pub(super) const DEFAULT_MAX_CONNECTIONS: usize = 5_000;
+/// `server.token_cache_mib` default: the verified-token cache's memory, in MiB.
+pub(super) const DEFAULT_TOKEN_CACHE_MIB: u64 = 64;
+/// The largest `server.token_cache_mib` taken: 64 GiB.
+pub(super) const MAX_TOKEN_CACHE_MIB: u64 = 65_536;
 /// Above this, `server.max_connections` is a typo, not a plan: each connection needs a file
 /// descriptor and tens of KiB.
 pub(super) const MAX_MAX_CONNECTIONS: usize = 1_000_000;
@@ -107,6 +111,7 @@ pub(super) struct FileServer {
     #[serde(deserialize_with = "super::duration::ms")]
     pub(super) keepalive_timeout_ms: u64,
     pub(super) max_connections: usize,
+    pub(super) token_cache_mib: u64,
 }
 
 impl Default for FileServer {
@@ -123,6 +128,7 @@ impl Default for FileServer {
             stream_idle_timeout_ms: 60_000,
             keepalive_timeout_ms: 75_000,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            token_cache_mib: DEFAULT_TOKEN_CACHE_MIB,
         }
     }
 }

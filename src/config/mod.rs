@@ -251,6 +251,8 @@ pub struct Server {
     pub keepalive_timeout: Duration,
     /// Concurrent connections on the public listeners (https + http, all workers).
     pub max_connections: usize,
+    /// The verified-token cache's bound in bytes of memory (`token_cache_mib`).
+    pub token_cache_bytes: u64,
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
     pub trusted_proxy_hops: usize,

@@ -44,26 +44,95 @@ use crate::net::body::{Body, BoxError};
 /// The longest an h2 connection closed for idleness gets to send its GOAWAY.
 const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 
-/// The hyper connection builder every listener uses: h1 and h2 size limits and h2
+/// The hyper connection builders every listener uses: h1 and h2 size limits and h2
 /// keep-alive pings. Heads and idle connections are timed by `serve`, not by hyper.
-pub fn builder(server: &Server) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        // hyper would start this timer when a connection goes idle, closing idle
-        // keep-alive connections at the head timeout; `serve` times heads from their first
-        // byte instead.
-        .header_read_timeout(None)
-        .max_buf_size(server.max_header_bytes.max(8192));
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(server.max_header_bytes.min(u32::MAX as usize) as u32)
-        .max_concurrent_streams(256)
-        // Pings find peers that vanished while a stream is open (a long response to a
-        // client whose network went away); answered pings do not keep an idle one open.
-        .keep_alive_interval(server.keepalive_timeout.min(Duration::from_secs(30)))
-        .keep_alive_timeout(server.header_timeout.min(Duration::from_secs(20)));
-    b
+///
+/// A connection whose protocol is known before its first byte is read (ALPN on TLS, or the
+/// first bytes peeked on a plaintext socket: `Proto`) goes straight to hyper's h1 or h2
+/// connection. Only an undecided one goes through hyper-util's auto builder, whose
+/// protocol sniff reads the first 24 bytes on their own: hyper's read buffer then grows
+/// from 8 to 16 KiB on the next read (a partly filled buffer is reserved a full 8 KiB
+/// again), and an idle HTTP/1.1 connection keeps the 16 KiB (issue 19).
+pub struct Builders {
+    h1: hyper::server::conn::http1::Builder,
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    auto: auto::Builder<TokioExecutor>,
+}
+
+/// What a connection speaks, as far as is known before hyper reads from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// HTTP/1.1 (ALPN `http/1.1`, or first bytes that are not the h2 preface).
+    H1,
+    /// h2 (ALPN `h2`, or the whole h2 preface seen).
+    H2,
+    /// Not known: hyper-util's auto builder reads the first bytes to decide.
+    Sniff,
+}
+
+/// The h2 connection preface (RFC 9113 §3.4).
+pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl Proto {
+    /// From a TLS connection's negotiated ALPN protocol.
+    pub fn of_alpn(alpn: Option<&[u8]>) -> Proto {
+        match alpn {
+            Some(b"h2") => Proto::H2,
+            Some(b"http/1.1") => Proto::H1,
+            _ => Proto::Sniff,
+        }
+    }
+
+    /// From the first bytes of a plaintext connection (peeked: hyper still reads them).
+    pub fn of_first_bytes(first: &[u8]) -> Proto {
+        if first.is_empty() {
+            Proto::Sniff
+        } else if first.len() >= H2_PREFACE.len() {
+            if first.starts_with(H2_PREFACE) {
+                Proto::H2
+            } else {
+                Proto::H1
+            }
+        } else if H2_PREFACE.starts_with(first) {
+            // Part of the preface so far: let the auto builder read the rest.
+            Proto::Sniff
+        } else {
+            Proto::H1
+        }
+    }
+}
+
+impl Builders {
+    pub fn new(server: &Server) -> Builders {
+        let mut h1 = hyper::server::conn::http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            // hyper would start this timer when a connection goes idle, closing idle
+            // keep-alive connections at the head timeout; `serve` times heads from their
+            // first byte instead.
+            .header_read_timeout(None)
+            .max_buf_size(server.max_header_bytes.max(8192));
+        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(server.max_header_bytes.min(u32::MAX as usize) as u32)
+            .max_concurrent_streams(256)
+            // Pings find peers that vanished while a stream is open (a long response to a
+            // client whose network went away); answered pings do not keep an idle one open.
+            .keep_alive_interval(server.keepalive_timeout.min(Duration::from_secs(30)))
+            .keep_alive_timeout(server.header_timeout.min(Duration::from_secs(20)));
+        // The same settings for the connections the auto builder sniffs.
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        auto.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .max_buf_size(server.max_header_bytes.max(8192));
+        auto.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(server.max_header_bytes.min(u32::MAX as usize) as u32)
+            .max_concurrent_streams(256)
+            .keep_alive_interval(server.keepalive_timeout.min(Duration::from_secs(30)))
+            .keep_alive_timeout(server.header_timeout.min(Duration::from_secs(20)));
+        Builders { h1, h2, auto }
+    }
 }
 
 // === impl Activity ===
@@ -291,11 +360,12 @@ enum Closed {
 }
 
 /// Serve HTTP/1.1 and h2 (with upgrades) on `io` with `handle`, until the peer closes, a
-/// deadline passes, or the gateway stops.
+/// deadline passes, or the gateway stops. `proto`: what the connection speaks, if known.
 pub async fn serve<I, F, Fut>(
     io: I,
+    proto: Proto,
     conn: Conn,
-    builder: &auto::Builder<TokioExecutor>,
+    builders: &Builders,
     peer: std::net::SocketAddr,
     handle: F,
 ) where
@@ -307,15 +377,15 @@ pub async fn serve<I, F, Fut>(
         slot,
         accepted,
         timeouts,
-        mut shutdown,
+        shutdown,
         drain,
     } = conn;
     let activity = Arc::new(Activity::new(accepted));
-    let io = Watched {
+    let io = TokioIo::new(Watched {
         io,
         activity: activity.clone(),
         _slot: slot,
-    };
+    });
     let requests = activity.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
         let open = requests.open(req.version());
@@ -328,7 +398,57 @@ pub async fn serve<I, F, Fut>(
             Ok::<_, Infallible>(resp.map(|inner| Tracked { inner, _open: open }))
         }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let held = Held {
+        activity,
+        accepted,
+        timeouts,
+        shutdown,
+        peer,
+    };
+    // Every connection's task has room for its largest state, idle or not: HTTP/1.1 is
+    // kept inline; h2 and sniffed connections, larger and rarer, are boxed (one
+    // allocation per connection), so an idle HTTP/1.1 connection does not carry their room.
+    match proto {
+        Proto::H1 => {
+            let c = builders.h1.serve_connection(io, svc).with_upgrades();
+            drive(c, |c| c.graceful_shutdown(), held).await
+        }
+        Proto::H2 => {
+            let c = Box::pin(builders.h2.serve_connection(io, svc));
+            drive(c, |c| c.get_mut().as_mut().graceful_shutdown(), held).await
+        }
+        Proto::Sniff => {
+            let c = Box::pin(builders.auto.serve_connection_with_upgrades(io, svc));
+            drive(c, |c| c.get_mut().as_mut().graceful_shutdown(), held).await
+        }
+    }
+    drop(drain);
+}
+
+/// What `drive` holds a connection to.
+struct Held {
+    activity: Arc<Activity>,
+    accepted: Instant,
+    timeouts: Timeouts,
+    shutdown: watch::Receiver<bool>,
+    peer: std::net::SocketAddr,
+}
+
+/// Run one hyper connection (`graceful` asks it to finish what is open and close) under
+/// its deadlines and the gateway's shutdown.
+async fn drive<C, E, G>(conn: C, graceful: G, held: Held)
+where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+    G: Fn(Pin<&mut C>),
+{
+    let Held {
+        activity,
+        accepted,
+        timeouts,
+        mut shutdown,
+        peer,
+    } = held;
     let mut conn = std::pin::pin!(conn);
     let mut deadline = Deadline {
         sleep: Box::pin(tokio::time::sleep_until(accepted + timeouts.header)),
@@ -348,22 +468,20 @@ pub async fn serve<I, F, Fut>(
             }
             _ = shutdown.wait_for(|s| *s), if !draining => {
                 draining = true;
-                conn.as_mut().graceful_shutdown();
+                graceful(conn.as_mut());
             }
             why = &mut deadline => break Some(why),
         }
     };
     let Some(why) = closed else {
-        drop(drain);
         return;
     };
     tracing::debug!(peer = %peer, reason = %why, "closing connection");
     if matches!(why, Closed::Idle) && activity.h2.load(Ordering::Relaxed) {
         // GOAWAY tells the client no stream was lost, so it may retry on a new connection.
-        conn.as_mut().graceful_shutdown();
+        graceful(conn.as_mut());
         let _ = tokio::time::timeout(GOAWAY_GRACE, conn.as_mut()).await;
     }
-    drop(drain);
 }
 
 /// Resolves when the connection's deadline has passed. Polled on every wake of the
@@ -461,6 +579,23 @@ mod tests {
         drop(a.open(http::Version::HTTP_2));
         a.on_read();
         assert_eq!(a.deadline(T), Some(base + T.keepalive));
+    }
+
+    #[test]
+    fn protocol_from_alpn_or_first_bytes() {
+        assert_eq!(Proto::of_alpn(Some(b"h2")), Proto::H2);
+        assert_eq!(Proto::of_alpn(Some(b"http/1.1")), Proto::H1);
+        assert_eq!(Proto::of_alpn(None), Proto::Sniff);
+        assert_eq!(Proto::of_first_bytes(b"GET / HTTP/1.1\r\n"), Proto::H1);
+        assert_eq!(
+            Proto::of_first_bytes(b"P"),
+            Proto::Sniff,
+            "could be the preface"
+        );
+        assert_eq!(Proto::of_first_bytes(b"PRI * HTTP/2.0"), Proto::Sniff);
+        assert_eq!(Proto::of_first_bytes(b"POST / HTTP/1.1\r\n"), Proto::H1);
+        assert_eq!(Proto::of_first_bytes(H2_PREFACE), Proto::H2);
+        assert_eq!(Proto::of_first_bytes(b""), Proto::Sniff);
     }
 
     #[test]

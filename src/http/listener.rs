@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::future::Either;
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -20,7 +18,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::app::App;
-use crate::http::conn::{self, Limit, Slot, Timeouts};
+use crate::http::conn::{self, Limit, Proto, Slot, Timeouts};
 use crate::http::proxy;
 use crate::pipeline::headers::ClientInfo;
 
@@ -127,7 +125,7 @@ pub fn run_worker(
         drop(app);
         let client = crate::net::Client::with_roots(1024, server.upstream_roots.clone());
         client.spawn_reaper();
-        let builder = Arc::new(conn::builder(&server));
+        let builder = Arc::new(conn::Builders::new(&server));
         // Every connection task holds a sender; the drain is over when all are dropped.
         let (drain_tx, mut drained) = mpsc::channel::<()>(1);
         let mut loops = Vec::new();
@@ -172,7 +170,7 @@ pub fn run_worker(
 struct ConnCtx {
     shared: Arc<Shared>,
     client: crate::net::Client,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<conn::Builders>,
     timeouts: Timeouts,
     limit: Arc<Limit>,
     shutdown: watch::Receiver<bool>,
@@ -203,7 +201,7 @@ impl ConnCtx {
 struct ServeCtx {
     shared: Arc<Shared>,
     client: crate::net::Client,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<conn::Builders>,
     /// Answer with decisions (`authz::handle`) instead of proxying.
     authz: bool,
 }
@@ -239,7 +237,7 @@ async fn accept_loop(l: TcpListener, ctx: ConnCtx) {
         if tls {
             tokio::spawn(serve_tls(stream, info, conn, serve));
         } else {
-            tokio::spawn(serve_conn(stream, info, conn, serve));
+            tokio::spawn(serve_plain(stream, info, conn, serve));
         }
     }
 }
@@ -255,7 +253,9 @@ async fn serve_tls(
     };
     // The handshake is part of the first request's head time.
     let by = conn.accepted + conn.timeouts.header;
-    match tokio::time::timeout_at(by, acceptor.accept(stream)).await {
+    // Boxed, the handshake and then the TLS session: the task keeps no room for either
+    // beside the connection's state (issue 19: an idle TLS connection's task was 12 KiB).
+    match tokio::time::timeout_at(by, Box::pin(acceptor.accept(stream))).await {
         Ok(Ok(s)) => {
             let mut info = info;
             // The client certificate's thumbprint, once per connection (RFC 8705 §3.1).
@@ -265,11 +265,42 @@ async fn serve_tls(
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .map(|c| crate::identity::sender::cert_thumbprint(c.as_ref()).into());
-            serve_conn(s, info, conn, serve).await
+            let proto = Proto::of_alpn(s.get_ref().1.alpn_protocol());
+            serve_conn(Box::new(s), proto, info, conn, serve).await
         }
         Ok(Err(e)) => tracing::debug!(peer = %info.peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(peer = %info.peer, "TLS handshake timed out"),
     }
+}
+
+/// A plaintext connection: HTTP/1.1 or h2 prior knowledge, told apart by its first bytes,
+/// peeked (left in the socket for hyper) within the head deadline. Closed when the
+/// deadline passes or the gateway stops before a byte arrives.
+async fn serve_plain(
+    stream: tokio::net::TcpStream,
+    info: ClientInfo,
+    conn: conn::Conn,
+    serve: ServeCtx,
+) {
+    let mut first = [0u8; conn::H2_PREFACE.len()];
+    let by = conn.accepted + conn.timeouts.header;
+    let mut shutdown = conn.shutdown.clone();
+    let n = tokio::select! {
+        r = tokio::time::timeout_at(by, stream.peek(&mut first)) => match r {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %info.peer, error = %e, "connection failed before a request");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %info.peer, "no request within header_timeout_ms; closing connection");
+                return;
+            }
+        },
+        _ = shutdown.wait_for(|s| *s) => return,
+    };
+    let proto = Proto::of_first_bytes(&first[..n]);
+    serve_conn(stream, proto, info, conn, serve).await
 }
 
 /// This worker thread's handle on the live `App`. A request clones this per-thread `Arc`
@@ -303,7 +334,7 @@ fn worker_app(shared: &Shared) -> Arc<WorkerApp> {
     })
 }
 
-async fn serve_conn<I>(io: I, info: ClientInfo, conn: conn::Conn, serve: ServeCtx)
+async fn serve_conn<I>(io: I, proto: Proto, info: ClientInfo, conn: conn::Conn, serve: ServeCtx)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -326,7 +357,7 @@ where
             Either::Left(Box::pin(proxy::handle(app, client, info, req)))
         }
     };
-    conn::serve(io, conn, &builder, peer, handle).await;
+    conn::serve(io, proto, conn, &builder, peer, handle).await;
 }
 
 #[cfg(test)]
@@ -345,10 +376,7 @@ mod tests {
         ) -> usize {
             std::mem::size_of::<R>()
         }
-        println!(
-            "serve_conn (plain): {} bytes",
-            of(serve_conn::<tokio::net::TcpStream>)
-        );
+        println!("serve_plain: {} bytes", of(serve_plain));
         println!("serve_tls: {} bytes", of(serve_tls));
     }
 }

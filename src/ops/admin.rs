@@ -35,7 +35,7 @@ pub async fn serve(
         let app = shared.app.load();
         let server = &app.config.server;
         (
-            Arc::new(conn::builder(server)),
+            Arc::new(conn::Builders::new(server)),
             Timeouts::of(server),
             app.connections.admin.clone(),
         )
@@ -71,7 +71,7 @@ pub async fn serve(
                 let shared = shared.clone();
                 async move { handle(&shared, surface, req).await }
             };
-            conn::serve(stream, c, &builder, peer, handle).await;
+            conn::serve(stream, conn::Proto::Sniff, c, &builder, peer, handle).await;
         });
     }
 }

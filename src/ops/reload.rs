@@ -112,7 +112,7 @@ fn keep_running(new: &mut Config, running: &Config) -> Vec<String> {
     .collect();
     if !restart_only.is_empty() {
         notes.push(format!(
-            "[server] {} changed: restart to apply (max_body_bytes, stream_idle_timeout_ms and trusted_proxy_hops apply at once)",
+            "[server] {} changed: restart to apply (max_body_bytes, stream_idle_timeout_ms, trusted_proxy_hops and token_cache_mib apply at once)",
             restart_only.join(", ")
         ));
     }

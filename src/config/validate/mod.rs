@@ -490,6 +490,12 @@ fn validate_server(ctx: &Ctx, s: &FileServer) -> Result<Server, ConfigError> {
             format!("must be between 1 and {MAX_MAX_CONNECTIONS}"),
         ));
     }
+    if s.token_cache_mib == 0 || s.token_cache_mib > MAX_TOKEN_CACHE_MIB {
+        return Err(ctx.err(
+            "server.token_cache_mib",
+            format!("must be between 1 and {MAX_TOKEN_CACHE_MIB}"),
+        ));
+    }
     if s.stream_idle_timeout_ms == 0 {
         return Err(ctx.err("server.stream_idle_timeout_ms", "must be greater than 0"));
     }
@@ -513,6 +519,7 @@ fn validate_server(ctx: &Ctx, s: &FileServer) -> Result<Server, ConfigError> {
         stream_idle_timeout: Duration::from_millis(s.stream_idle_timeout_ms),
         keepalive_timeout: Duration::from_millis(s.keepalive_timeout_ms),
         max_connections: s.max_connections,
+        token_cache_bytes: s.token_cache_mib * 1024 * 1024,
         max_header_bytes: s.max_header_bytes,
         max_body_bytes: s.max_body_bytes,
         trusted_proxy_hops: s.trusted_proxy_hops,
@@ -729,6 +736,21 @@ admin = "127.0.0.1:0"
             (
                 "[server]\nmax_connections = 5000000",
                 "server.max_connections",
+            ),
+        ]);
+    }
+
+    #[test]
+    fn token_cache_size_has_a_default_and_is_validated() {
+        let c = open_route("").unwrap();
+        assert_eq!(c.server.token_cache_bytes, 64 * 1024 * 1024);
+        let c = open_route("[server]\ntoken_cache_mib = 1024").unwrap();
+        assert_eq!(c.server.token_cache_bytes, 1024 * 1024 * 1024);
+        refused(&[
+            ("[server]\ntoken_cache_mib = 0", "server.token_cache_mib"),
+            (
+                "[server]\ntoken_cache_mib = 65537",
+                "server.token_cache_mib",
             ),
         ]);
     }

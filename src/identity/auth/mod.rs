@@ -28,8 +28,13 @@ pub use memo::TokenMemo;
 /// Tokens larger than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
-/// Upper bound on memory held by the verified-token cache (weighted by claim size).
-const CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// What an entry costs besides the bytes `Verified::bytes` counts: moka's bookkeeping
+/// (its entry, key and access-order nodes, the expiry timer, the hash table slot) and the
+/// allocator's slack. Measured, not derived: RSS per distinct cached token minus
+/// `Verified::bytes` (docs/BENCHMARKS.md, "s10-C").
+const CACHE_ENTRY_OVERHEAD: usize = 464;
+/// malloc's header and rounding, per allocation (glibc: 8 bytes, 16-byte granules).
+const ALLOC_OVERHEAD: usize = 16;
 
 /// A token whose signature and static claims were verified. Header values are prepared
 /// once here so that a cache hit costs no parsing or formatting.
@@ -80,6 +85,52 @@ pub struct Verified {
 }
 
 impl Verified {
+    /// The bytes this entry allocates: itself behind its `Arc`, and every field's heap
+    /// part, each allocation with malloc's overhead (the claims tree, when kept, is
+    /// estimated by the caller). The cache's weigher adds moka's per-entry share, so
+    /// `server.token_cache_mib` bounds real memory.
+    fn bytes(&self) -> usize {
+        fn heap(len: usize) -> usize {
+            if len == 0 {
+                0
+            } else {
+                len.next_multiple_of(16) + ALLOC_OVERHEAD
+            }
+        }
+        let strings = heap(self.sub.capacity())
+            + heap(self.sub_header.len())
+            + heap(self.scopes.capacity() * std::mem::size_of::<String>())
+            + self
+                .scopes
+                .iter()
+                .map(|s| heap(s.capacity()))
+                .sum::<usize>()
+            + self.scopes_header.as_ref().map_or(0, |h| heap(h.len()))
+            + heap(self.claims_header.len())
+            + heap(
+                self.extra_headers.capacity() * std::mem::size_of::<(HeaderName, HeaderValue)>(),
+            )
+            + self
+                .extra_headers
+                .iter()
+                .map(|(_, v)| heap(v.len()))
+                .sum::<usize>()
+            + self.jti.as_ref().map_or(0, |j| heap(j.capacity()))
+            + self
+                .scoped_jti
+                .as_ref()
+                .map_or(0, |s| heap(s.as_str().len()))
+            + heap(self.scoped_sub.as_str().len())
+            + self
+                .scoped_sid
+                .as_ref()
+                .map_or(0, |s| heap(s.as_str().len()))
+            + self.cnf_jkt.as_ref().map_or(0, |s| heap(s.len()))
+            + self.cnf_x5t.as_ref().map_or(0, |s| heap(s.len()));
+        // The `Arc`'s two counts and the struct.
+        heap(16 + std::mem::size_of::<Verified>()) + strings
+    }
+
     /// Whether the token is bound to a key or certificate (`cnf`).
     pub fn is_bound(&self) -> bool {
         self.cnf_jkt.is_some() || self.cnf_x5t.is_some()
@@ -130,14 +181,16 @@ impl moka::Expiry<[u8; 32], Arc<Verified>> for UntilExp {
 }
 
 impl Verifier {
-    pub fn new(issuers: Vec<Arc<IssuerKeys>>, identity: Identity) -> Verifier {
+    /// `cache_bytes`: the verified-token cache's bound, in bytes of memory
+    /// (`server.token_cache_mib`).
+    pub fn new(issuers: Vec<Arc<IssuerKeys>>, identity: Identity, cache_bytes: u64) -> Verifier {
         let by_iss = issuers
             .iter()
             .enumerate()
             .map(|(i, k)| (k.config.issuer.clone(), i))
             .collect();
         let cache = moka::sync::Cache::builder()
-            .max_capacity(CACHE_MAX_BYTES)
+            .max_capacity(cache_bytes)
             .weigher(|_k, v: &Arc<Verified>| v.weight)
             .expire_after(UntilExp)
             .build();
@@ -389,15 +442,7 @@ impl Verifier {
             None => None,
         };
         let token_id = token_id(scoped_jti.as_ref(), &scoped_sub);
-        let kept = if self.keep_claims {
-            // The JSON tree and its CEL view, roughly.
-            p64.len() * 8
-        } else {
-            0
-        };
-        let weight =
-            (p64.len() * 2 + 256 + cfg.name.len() * 2 + kept).min(u32::MAX as usize) as u32;
-        Ok(Verified {
+        let mut v = Verified {
             key,
             token_id,
             issuer: idx,
@@ -421,8 +466,16 @@ impl Verifier {
             claims: self.keep_claims.then(|| claims.clone()),
             rule_view: std::sync::OnceLock::new(),
             revocation_stamp: std::sync::atomic::AtomicU64::new(0),
-            weight,
-        })
+            weight: 0,
+        };
+        let kept = if self.keep_claims {
+            // The JSON tree and its CEL view, roughly.
+            p64.len() * 8
+        } else {
+            0
+        };
+        v.weight = (v.bytes() + kept + CACHE_ENTRY_OVERHEAD).min(u32::MAX as usize) as u32;
+        Ok(v)
     }
 }
 
@@ -794,6 +847,24 @@ mod tests {
             revocation_stamp: std::sync::atomic::AtomicU64::new(0),
             weight: 1,
         }
+    }
+
+    /// The cache's bound is memory: an entry weighs what it allocates, so a token with
+    /// more claims weighs more, by at least the bytes it adds.
+    #[test]
+    fn cache_weight_counts_the_entry_bytes() {
+        let mut small = verified(1000, None);
+        small.sub = "alice".into();
+        // bench/scale.sh's tokens: `{"exp","iat","iss":"bench","jti":<32 hex>,"sub":"alice"}`.
+        small.jti = Some("0".repeat(32));
+        small.scoped_jti = Some(Scoped::new("bench", &"0".repeat(32)));
+        small.scoped_sub = Scoped::new("bench", "alice");
+        small.claims_header = HeaderValue::from_str(&"e".repeat(128)).unwrap();
+        let mut big = verified(1000, None);
+        big.claims_header = HeaderValue::from_str(&"e".repeat(4096)).unwrap();
+        println!("bytes of a bench-like entry: {}", small.bytes());
+        assert!(small.bytes() > std::mem::size_of::<Verified>() + 128 + 5 + 32);
+        assert!(big.bytes() >= verified(1000, None).bytes() + 4096 - 16);
     }
 
     #[test]
