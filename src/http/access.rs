@@ -73,6 +73,16 @@ impl Exchange {
         self.span.as_ref()
     }
 
+    /// The context the request path runs in (`otel::within`): the server span's, when
+    /// tracing is on and `app`'s path can start spans of its own (`App::traces_calls`);
+    /// setting it on every poll is not free, so no other path gets one.
+    pub fn calls_context(&self, app: &App) -> Option<opentelemetry::Context> {
+        self.span
+            .as_ref()
+            .filter(|_| app.traces_calls())
+            .map(RequestSpan::context)
+    }
+
     /// Empty notes for this exchange's request path to fill.
     pub fn notes<'a>(&self) -> Notes<'a> {
         Notes {

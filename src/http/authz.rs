@@ -36,10 +36,7 @@ pub async fn handle<A: AsRef<App>>(
     let app = (*app).as_ref();
     let mut exchange = Exchange::begin("authz", &req);
     let mut notes = exchange.notes();
-    let cx = exchange
-        .span()
-        .filter(|_| app.traces_calls())
-        .map(crate::ops::otel::RequestSpan::context);
+    let cx = exchange.calls_context(app);
     let outcome = crate::ops::otel::within(
         cx,
         decide(app, &client, &conn, req, &mut notes, &mut exchange),

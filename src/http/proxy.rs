@@ -29,12 +29,7 @@ pub async fn handle<A: AsRef<App>>(
     let app = (*app).as_ref();
     let exchange = Exchange::begin("proxy", &req);
     let mut notes = exchange.notes();
-    // Only a path that can start spans (Redis calls, refresh grants) runs in the span's
-    // context: setting it on every poll is not free.
-    let cx = exchange
-        .span()
-        .filter(|_| app.traces_calls())
-        .map(RequestSpan::context);
+    let cx = exchange.calls_context(app);
     let outcome = otel::within(
         cx,
         proxy(app, &client, conn, req, &mut notes, exchange.span()),
