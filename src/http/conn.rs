@@ -102,35 +102,42 @@ impl Proto {
     }
 }
 
-impl Builders {
-    pub fn new(server: &Server) -> Builders {
-        let mut h1 = hyper::server::conn::http1::Builder::new();
-        h1.timer(TokioTimer::new())
+/// The HTTP/1.1 settings, on hyper's builder or the auto builder's (another type with the
+/// same methods).
+macro_rules! http1_settings {
+    ($b:expr, $server:expr) => {
+        $b.timer(TokioTimer::new())
             // hyper would start this timer when a connection goes idle, closing idle
             // keep-alive connections at the head timeout; `serve` times heads from their
             // first byte instead.
             .header_read_timeout(None)
-            .max_buf_size(server.max_header_bytes.max(8192));
-        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new())
-            .max_header_list_size(server.max_header_bytes.min(u32::MAX as usize) as u32)
+            .max_buf_size($server.max_header_bytes.max(8192))
+    };
+}
+
+/// The h2 settings, likewise.
+macro_rules! http2_settings {
+    ($b:expr, $server:expr) => {
+        $b.timer(TokioTimer::new())
+            .max_header_list_size($server.max_header_bytes.min(u32::MAX as usize) as u32)
             .max_concurrent_streams(256)
             // Pings find peers that vanished while a stream is open (a long response to a
             // client whose network went away); answered pings do not keep an idle one open.
-            .keep_alive_interval(server.keepalive_timeout.min(Duration::from_secs(30)))
-            .keep_alive_timeout(server.header_timeout.min(Duration::from_secs(20)));
+            .keep_alive_interval($server.keepalive_timeout.min(Duration::from_secs(30)))
+            .keep_alive_timeout($server.header_timeout.min(Duration::from_secs(20)))
+    };
+}
+
+impl Builders {
+    pub fn new(server: &Server) -> Builders {
+        let mut h1 = hyper::server::conn::http1::Builder::new();
+        http1_settings!(h1, server);
+        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2_settings!(h2, server);
         // The same settings for the connections the auto builder sniffs.
         let mut auto = auto::Builder::new(TokioExecutor::new());
-        auto.http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(None)
-            .max_buf_size(server.max_header_bytes.max(8192));
-        auto.http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(server.max_header_bytes.min(u32::MAX as usize) as u32)
-            .max_concurrent_streams(256)
-            .keep_alive_interval(server.keepalive_timeout.min(Duration::from_secs(30)))
-            .keep_alive_timeout(server.header_timeout.min(Duration::from_secs(20)));
+        http1_settings!(auto.http1(), server);
+        http2_settings!(auto.http2(), server);
         Builders { h1, h2, auto }
     }
 }
