@@ -146,6 +146,30 @@ async fn assert_served(fleet: &Fleet, served: &[Result<u16, String>]) {
     );
 }
 
+/// Both gateways follow the new primary: ready, circuit closed, connected to it.
+async fn assert_followed(fleet: &Fleet, new_primary: u16) {
+    for i in 0..2 {
+        let r = fleet.readyz(i).await;
+        assert_eq!(r["ready"], true, "{r}");
+        assert_eq!(r["revocation"]["circuit"]["state"], "closed", "{r}");
+        assert_eq!(
+            r["revocation"]["circuit"]["primary"],
+            format!("127.0.0.1:{new_primary}"),
+            "{r}"
+        );
+    }
+}
+
+/// Every revocation answered 204 is in the (new) primary.
+async fn assert_kept(set: &SentinelSet, f: &Failover) {
+    let keys: Vec<String> = f.acked.iter().map(|(_, k)| k.clone()).collect();
+    assert_eq!(
+        set.count_keys(&keys).await,
+        keys.len(),
+        "an acknowledged revocation was lost"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_acknowledged_revocation_is_lost_in_a_failover_with_min_replicas() {
     let mut set = SentinelSet::start().await;
@@ -170,26 +194,11 @@ async fn no_acknowledged_revocation_is_lost_in_a_failover_with_min_replicas() {
     assert_ne!(new_primary, first_primary);
 
     assert_served(&fleet, &f.served).await;
-    // Both gateways follow the new primary: ready, circuit closed, connected to it.
-    for i in 0..2 {
-        let r = fleet.readyz(i).await;
-        assert_eq!(r["ready"], true, "{r}");
-        assert_eq!(r["revocation"]["circuit"]["state"], "closed", "{r}");
-        assert_eq!(
-            r["revocation"]["circuit"]["primary"],
-            format!("127.0.0.1:{new_primary}"),
-            "{r}"
-        );
-    }
+    assert_followed(&fleet, new_primary).await;
 
     // Every 204 survived: in the new primary, and refused by both gateways and by one
     // started now, which knows nothing but what the store holds.
-    let keys: Vec<String> = f.acked.iter().map(|(_, k)| k.clone()).collect();
-    assert_eq!(
-        set.count_keys(&keys).await,
-        keys.len(),
-        "an acknowledged revocation was lost"
-    );
+    assert_kept(&set, &f).await;
     let mut fleet = Arc::into_inner(fleet).unwrap();
     let late = fleet.add_gateway().await;
     fleet
@@ -317,20 +326,8 @@ async fn rediss_sentinel_with_redis_ca_on_tls_only_engines() {
     let new_primary = set.primary_port().await.unwrap();
     assert_ne!(new_primary, primary);
     assert_served(&fleet, &f.served).await;
-    for i in 0..2 {
-        let r = fleet.readyz(i).await;
-        assert_eq!(
-            r["revocation"]["circuit"]["primary"],
-            format!("127.0.0.1:{new_primary}"),
-            "{r}"
-        );
-    }
-    let keys: Vec<String> = f.acked.iter().map(|(_, k)| k.clone()).collect();
-    assert_eq!(
-        set.count_keys(&keys).await,
-        keys.len(),
-        "an acknowledged revocation was lost"
-    );
+    assert_followed(&fleet, new_primary).await;
+    assert_kept(&set, &f).await;
     fleet
         .assert_refused(&[0, 1], f.acked.iter().map(|(t, _)| t))
         .await;
