@@ -776,29 +776,37 @@ section_tracing() {
 # defaults), against nginx's *unauthenticated* TLS proxy, HTTP/1.1 (wrk) and h2 (h2load); and
 # jwtgate's plain HTTP/1.1 (auth = "none") against the bare hyper proxy
 # (examples/hyper_floor.rs: the least a hyper 1.x proxy does per request, no auth, no log).
+# The floor also listens on TLS (tokio-rustls, jwtgate's rustls settings, h2 by ALPN): its TLS
+# and h2 rows say how far a hyper proxy that does nothing gets against nginx on this machine.
 section_free() {
-    local floor=${HYPER_FLOOR_BIN:-$ROOT/target/release/examples/hyper_floor} floor_port floor_pid
+    local floor=${HYPER_FLOOR_BIN:-$ROOT/target/release/examples/hyper_floor} floor_port floor_tls floor_pid
     local redis_pid r_tls r_http r_admin r_pid
     [[ -x $floor ]] || die "$floor is missing: cargo build --release --example hyper_floor (or set HYPER_FLOOR_BIN)"
-    read -r floor_port r_tls r_http r_admin <<<"$(free_ports 4)"
-    start_bg "hyper floor" "$TMP/hyper-floor.log" "$floor" "127.0.0.1:$floor_port" "127.0.0.1:$UP_PORT"
+    read -r floor_port floor_tls r_tls r_http r_admin <<<"$(free_ports 5)"
+    start_bg "hyper floor" "$TMP/hyper-floor.log" "$floor" "127.0.0.1:$floor_port" "127.0.0.1:$UP_PORT" \
+        "127.0.0.1:$floor_tls" "$CERT" "$KEY"
     floor_pid=$LAST_PID
     wait_port "hyper floor" "$floor_pid" "$floor_port" "$TMP/hyper-floor.log"
+    wait_port "hyper floor (TLS)" "$floor_pid" "$floor_tls" "$TMP/hyper-floor.log"
     start_store_redis
     redis_pid=$LAST_PID
     start_redis_gateway "jwtgate (redis store)" "$TMP/gateway-free.toml" "$r_tls" "$r_http" "$r_admin" 1000
     r_pid=$LAST_PID
     add_target floor-http "bare hyper proxy (examples/hyper_floor), plain HTTP" wrk "$U:$floor_port/"
+    add_target floor-tls "bare hyper proxy (examples/hyper_floor), TLS" wrk "$S:$floor_tls/"
     add_target jg-free-tls "jwtgate RS256 TLS, Redis store (warm), identity headers" wrk "$S:$r_tls/" "$TOKEN_RS"
     T_NOTE[jg-free-tls]="target: ≥ 1.0× nginx's unauthenticated TLS proxy (issue 19)"
     expect "hyper floor" "${T_URL[floor-http]}" 200
+    expect "hyper floor TLS" "${T_URL[floor-tls]}" 200
     expect "jwtgate (redis store) RS256" "${T_URL[jg-free-tls]}" 200 "$TOKEN_RS"
     expect "jwtgate (redis store), no token" "${T_URL[jg-free-tls]}" 401
-    local ids=(nginx-tls jg-free-tls floor-http jg-http)
+    local ids=(nginx-tls jg-free-tls floor-tls floor-http jg-http)
     if [[ $HAVE_H2LOAD == 1 ]]; then
+        add_target floor-h2 "bare hyper proxy (examples/hyper_floor), h2" h2load "$S:$floor_tls/"
         add_target jg-free-h2 "jwtgate RS256 h2, Redis store (warm), identity headers" h2load "$S:$r_tls/" "$TOKEN_RS"
+        expect "hyper floor h2" "${T_URL[floor-h2]}" 200 "" h2
         expect "jwtgate (redis store) RS256, h2" "${T_URL[jg-free-h2]}" 200 "$TOKEN_RS" h2
-        ids+=(nginx-h2 jg-free-h2)
+        ids+=(nginx-h2 jg-free-h2 floor-h2)
     else
         skip_row free jg-free-h2 "h2 rows" "skipped: h2load not installed (apt-get install nghttp2-client)"
     fi

@@ -16,7 +16,9 @@
 #   defaults: 3 rounds of 4 s per point after a 1 s warm-up; plots in docs/bench.
 #   env: JWTGATE_BIN (default target/release/jwtgate), BENCH_WARMUP (s, default 1),
 #        BENCH_CONNS (wrk connections, default 64),
-#        BENCH_TOKEN_CACHE_MIB (the gateway's server.token_cache_mib, default 64).
+#        BENCH_TOKEN_CACHE_MIB (the gateway's server.token_cache_mib, default 64),
+#        HYPER_FLOOR_BIN (the tokens curve's client control, default
+#        target/release/examples/hyper_floor; without it the control goes to the upstream).
 #
 # Runs on Debian as root like bench/run.sh (apt-get installs what is missing; no service is
 # started). Everything binds 127.0.0.1 (the idle connections come from 127.0.0.2, .3, ...)
@@ -41,11 +43,12 @@ ISSUER="bench"
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/bench
 JG=${JWTGATE_BIN:-$ROOT/target/release/jwtgate}
+FLOOR=${HYPER_FLOOR_BIN:-$ROOT/target/release/examples/hyper_floor}
 PLOTS=$ROOT/docs/bench
 # shellcheck source=lib/common.sh
 source "$BENCH/lib/common.sh"
 
-usage() { sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -105,6 +108,7 @@ cat "$CERT" "$KEY" >"$TMP/certs/haproxy.pem"
 
 read -r UP_PORT <<<"$(free_ports 1)"
 start_nginx "nginx upstream" "$TMP/nginx-up" "$BENCH/templates/upstream.nginx.conf" "$UP_PORT" UP_PORT="$UP_PORT"
+UP_PID=$LAST_PID
 
 U=http://127.0.0.1
 S=https://127.0.0.1
@@ -259,11 +263,30 @@ EOF
 # measured rounds continue it from there, so they see only tokens the gateway has seen.
 # (wrk cannot stop after a number of requests: its Lua thread:stop() ends the sending, but the
 # run still lasts -d seconds and req/s is divided by them.)
+# The client control: the same script and token files (a symlink each, so its rotation keeps
+# its own .pos file) sent to the plain hyper floor (examples/hyper_floor, HYPER_FLOOR_BIN),
+# which ignores the Authorization header, or to the upstream when the floor is not built. A
+# proxy at about the gateway's rate, so the load generator's share of the 2 cores is alike: if
+# the control line falls at 1,000,000 tokens as the gateway's does, the client is the cause.
 
 curve_tokens() {
     local n max=0 ids=() id http tls admin cfg f big t0 t1 out rps p99 errs sent secs
+    local ctl_url ctl_pid="" ctl_name ctl_port
     IFS=',' read -r -a pts <<<"$P_TOKENS"
     for n in "${pts[@]}"; do ((n > max)) && max=$n; done
+    if [[ -x $FLOOR ]]; then
+        read -r ctl_port <<<"$(free_ports 1)"
+        start_bg "hyper floor" "$TMP/hyper-floor.log" "$FLOOR" "127.0.0.1:$ctl_port" "127.0.0.1:$UP_PORT"
+        ctl_pid=$LAST_PID
+        wait_port "hyper floor" "$ctl_pid" "$ctl_port" "$TMP/hyper-floor.log"
+        ctl_url=$U:$ctl_port/
+        ctl_name="client control: the same script and tokens → bare hyper proxy (ignores them)"
+    else
+        log "WARNING: [tokens] $FLOOR is missing (cargo build --release --example hyper_floor): the client control goes to the upstream"
+        ctl_url=$U:$UP_PORT/
+        ctl_pid=$UP_PID
+        ctl_name="client control: the same script and tokens → upstream direct"
+    fi
     big=$TMP/tokens/hs256-$max.txt
     log "[tokens] minting $(commas "$max") HS256 tokens (jwtgate token --count) ..."
     t0=$(date +%s%N)
@@ -302,9 +325,13 @@ curve_tokens() {
         fi
         log "[tokens] $(commas "$n") tokens: cold $rps req/s ($(commas "$sent") sent before the rounds), RSS $(($(rss_kib "$LAST_PID") / 1024)) MiB"
         ids+=("$id")
+        ln -sfn "$f" "$f.ctl"
+        point "ctl-$id" tokens "$n" "$ctl_name" "$ctl_pid" "$ctl_url" "$f.ctl"$'\t1\ttoken'
+        ids+=("ctl-$id")
     done
     rounds "${ids[@]}"
-    for id in "${ids[@]}"; do stop_one "${P_PID[$id]}"; done
+    for id in "${ids[@]}"; do [[ $id == ctl-* ]] || stop_one "${P_PID[$id]}"; done
+    if [[ -x $FLOOR ]]; then stop_one "$ctl_pid"; fi
 }
 
 # --- curve "revoked" -------------------------------------------------------------------------

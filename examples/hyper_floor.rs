@@ -5,38 +5,83 @@
 //! logs or metrics). `bench/instructions.sh hyper-floor` counts its instructions per
 //! request next to jwtgate's and nginx's. Not a product: it unwraps on every error.
 //!
+//! With TLS_ADDR, CERT_PEM and KEY_PEM it also serves TLS there (`bench/run.sh --only free`'s
+//! floor under jwtgate's TLS and h2 rows): tokio-rustls with jwtgate's rustls settings
+//! (aws-lc-rs, TLS 1.3 and 1.2, ALPN h2 then http/1.1, rustls' default session cache and
+//! buffers), hyper's http2 server when ALPN says h2, else http1. The plain listener is the
+//! same either way.
+//!
 //! Usage: cargo run --release --example hyper_floor -- LISTEN_ADDR UPSTREAM_ADDR
+//!        [TLS_ADDR CERT_PEM KEY_PEM]
 
 use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio_rustls::TlsAcceptor;
 
 type Idle = Rc<RefCell<Vec<SendRequest<Incoming>>>>;
+type Tls = Option<(SocketAddr, TlsAcceptor)>;
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
-        eprintln!("usage: hyper_floor LISTEN_ADDR UPSTREAM_ADDR");
+        eprintln!("usage: hyper_floor LISTEN_ADDR UPSTREAM_ADDR [TLS_ADDR CERT_PEM KEY_PEM]");
         std::process::exit(2);
     };
     let listen: SocketAddr = listen.parse().expect("LISTEN_ADDR");
     let upstream: SocketAddr = upstream.parse().expect("UPSTREAM_ADDR");
+    let tls: Tls = match (args.next(), args.next(), args.next()) {
+        (Some(addr), Some(cert), Some(key)) => Some((
+            addr.parse().expect("TLS_ADDR"),
+            TlsAcceptor::from(tls_config(&cert, &key)),
+        )),
+        (None, _, _) => None,
+        _ => {
+            eprintln!("usage: hyper_floor LISTEN_ADDR UPSTREAM_ADDR [TLS_ADDR CERT_PEM KEY_PEM]");
+            std::process::exit(2);
+        }
+    };
     let workers: Vec<_> = (0..2)
-        .map(|_| std::thread::spawn(move || worker(listen, upstream)))
+        .map(|_| {
+            let tls = tls.clone();
+            std::thread::spawn(move || worker(listen, upstream, tls))
+        })
         .collect();
     for w in workers {
         w.join().unwrap();
     }
 }
 
-fn worker(listen: SocketAddr, upstream: SocketAddr) {
+/// jwtgate's server config (src/config/validate/mod.rs `load_tls`) without the swappable
+/// certificate source and client certificates.
+fn tls_config(cert: &str, key: &str) -> Arc<rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+fn bind(listen: SocketAddr) -> std::net::TcpListener {
     let s = socket2::Socket::new(
         socket2::Domain::for_address(listen),
         socket2::Type::STREAM,
@@ -48,13 +93,22 @@ fn worker(listen: SocketAddr, upstream: SocketAddr) {
     s.set_nonblocking(true).unwrap();
     s.bind(&listen.into()).unwrap();
     s.listen(1024).unwrap();
+    s.into()
+}
+
+fn worker(listen: SocketAddr, upstream: SocketAddr, tls: Tls) {
+    let s = bind(listen);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     tokio::task::LocalSet::new().block_on(&rt, async move {
-        let l = tokio::net::TcpListener::from_std(s.into()).unwrap();
+        let l = tokio::net::TcpListener::from_std(s).unwrap();
         let idle: Idle = Rc::default();
+        if let Some((addr, acceptor)) = tls {
+            let tl = tokio::net::TcpListener::from_std(bind(addr)).unwrap();
+            tokio::task::spawn_local(serve_tls(tl, acceptor, idle.clone(), upstream));
+        }
         loop {
             let (c, _) = l.accept().await.unwrap();
             c.set_nodelay(true).unwrap();
@@ -71,6 +125,61 @@ fn worker(listen: SocketAddr, upstream: SocketAddr) {
             });
         }
     });
+}
+
+/// The TLS listener: h2 or HTTP/1.1 by ALPN, the same idle list of upstream connections.
+async fn serve_tls(l: tokio::net::TcpListener, acceptor: TlsAcceptor, idle: Idle, up: SocketAddr) {
+    loop {
+        let (c, _) = l.accept().await.unwrap();
+        c.set_nodelay(true).unwrap();
+        let (acceptor, idle) = (acceptor.clone(), idle.clone());
+        tokio::task::spawn_local(async move {
+            let Ok(s) = acceptor.accept(c).await else {
+                return;
+            };
+            let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let idle = idle.clone();
+                async move { Ok::<_, Infallible>(forward(&idle, up, origin_form(req)).await) }
+            });
+            let io = TokioIo::new(s);
+            let _ = if h2 {
+                hyper::server::conn::http2::Builder::new(LocalExec)
+                    .timer(TokioTimer::new())
+                    .serve_connection(io, svc)
+                    .await
+            } else {
+                hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .serve_connection(io, svc)
+                    .await
+            };
+        });
+    }
+}
+
+/// An h2 request as HTTP/1.1 for the upstream: origin-form target, `Host` from `:authority`.
+fn origin_form(mut req: Request<Incoming>) -> Request<Incoming> {
+    if req.version() == hyper::Version::HTTP_2 {
+        *req.version_mut() = hyper::Version::HTTP_11;
+        if let Some(a) = req.uri().authority() {
+            let host = hyper::header::HeaderValue::from_str(a.as_str()).unwrap();
+            req.headers_mut().insert(hyper::header::HOST, host);
+        }
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        *req.uri_mut() = pq.parse().unwrap();
+    }
+    req
+}
+
+/// h2 streams as tasks of the worker's LocalSet (the services hold `Rc`s).
+#[derive(Clone, Copy)]
+struct LocalExec;
+
+impl<F: std::future::Future + 'static> hyper::rt::Executor<F> for LocalExec {
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
 }
 
 async fn forward(idle: &Idle, upstream: SocketAddr, req: Request<Incoming>) -> Response<Incoming> {

@@ -33,6 +33,13 @@ REL = {
     "rules": [("jg-rules-allow", "jg-rules-none")],
     "stores": [("jg-store-sentinel", "jg-store-single"), ("jg-store-cluster", "jg-store-single")],
 }
+# (a, b) of one section, printed under the table as "a ÷ b": the free section's floor
+# (examples/hyper_floor) against nginx, and jwtgate against the floor
+PAIRS = {
+    "free": [("floor-tls", "nginx-tls"), ("floor-h2", "nginx-h2"),
+             ("jg-free-tls", "floor-tls"), ("jg-free-h2", "floor-h2"),
+             ("jg-http", "floor-http")],
+}
 # (authenticated target, unauthenticated target in the same process): auth cost = 1 - a/b
 COSTS = {
     "auth": [("jg-rs256-tls", "jg-open-tls"), ("jg-es256-tls", "jg-open-tls"),
@@ -209,6 +216,19 @@ def main():
 
     print("\n".join(out))
     print()
+    pair_lines = []
+    for section, pairs in PAIRS.items():
+        for a, b in pairs:
+            vals = per_round_ratios(rps, a, b)
+            if vals:
+                la = targets.get((section, a), {}).get("label", a)
+                lb = targets.get((section, b), {}).get("label", b)
+                pair_lines.append(f"- {section}: {la} ÷ {lb}: {fmt_ratio(vals)}")
+    if pair_lines:
+        print("Same-round ratios (median (min–max) over rounds):")
+        print()
+        print("\n".join(pair_lines))
+        print()
     print("Ratios: per-round ratio of req/s (both measured in the same round), median over rounds, "
           "(min–max) over rounds in brackets; > 1 means jwtgate served more. Rows whose notes say "
           "\"ratio = this ÷ X\" compare two jwtgate configurations instead (< 1: this one is slower).")
