@@ -18,7 +18,9 @@
 #        BENCH_CONNS (wrk connections, default 64),
 #        BENCH_TOKEN_CACHE_MIB (the gateway's server.token_cache_mib, default 64),
 #        HYPER_FLOOR_BIN (the tokens curve's client control, default
-#        target/release/examples/hyper_floor; without it the control goes to the upstream).
+#        target/release/examples/hyper_floor; without it the control goes to the upstream),
+#        BENCH_TOKENS_CLIENT (the tokens curve's wrk Lua: prebuilt, the default, builds every
+#        request string once; concat builds each request from three strings, as before s11-B).
 #
 # Runs on Debian as root like bench/run.sh (apt-get installs what is missing; no service is
 # started). Everything binds 127.0.0.1 (the idle connections come from 127.0.0.2, .3, ...)
@@ -37,6 +39,7 @@ COLD_TOKENS=40000
 KEEP_TMP=0
 CONNS=${BENCH_CONNS:-64}
 TOKEN_CACHE_MIB=${BENCH_TOKEN_CACHE_MIB:-64}
+TOKENS_CLIENT=${BENCH_TOKENS_CLIENT:-prebuilt}
 WARMUP=${BENCH_WARMUP:-1}
 ISSUER="bench"
 
@@ -48,7 +51,7 @@ PLOTS=$ROOT/docs/bench
 # shellcheck source=lib/common.sh
 source "$BENCH/lib/common.sh"
 
-usage() { sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -70,6 +73,7 @@ done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer"
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "--duration must be a positive number of seconds"
 [[ $COLD_TOKENS =~ ^[1-9][0-9]*$ ]] || die "--cold-tokens must be a positive integer"
+[[ $TOKENS_CLIENT == prebuilt || $TOKENS_CLIENT == concat ]] || die "BENCH_TOKENS_CLIENT: prebuilt or concat, got '$TOKENS_CLIENT'"
 for l in "$P_ROUTES" "$P_TOKENS" "$P_CONNS"; do
     [[ $l =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || die "a point list is positive integers separated by commas, got '$l'"
 done
@@ -268,10 +272,13 @@ EOF
 # which ignores the Authorization header, or to the upstream when the floor is not built. A
 # proxy at about the gateway's rate, so the load generator's share of the 2 cores is alike: if
 # the control line falls at 1,000,000 tokens as the gateway's does, the client is the cause.
+# It did with the concat client (s11-B: LuaJIT's garbage collector, a new string per request,
+# p99 108 ms at 1,000,000 tokens for the control too), hence prebuilt (BENCH_TOKENS_CLIENT).
 
 curve_tokens() {
     local n max=0 ids=() id http tls admin cfg f big t0 t1 out rps p99 errs sent secs
-    local ctl_url ctl_pid="" ctl_name ctl_port
+    local ctl_url ctl_pid="" ctl_name ctl_port mode=(token)
+    [[ $TOKENS_CLIENT == prebuilt ]] && mode+=(prebuilt)
     IFS=',' read -r -a pts <<<"$P_TOKENS"
     for n in "${pts[@]}"; do ((n > max)) && max=$n; done
     if [[ -x $FLOOR ]]; then
@@ -304,13 +311,14 @@ curve_tokens() {
         gw_config "$cfg" "$http" "$tls" "$admin"
         default_routes >>"$cfg"
         start_jwtgate "jwtgate ($id)" "$cfg" "$admin"
-        point "$id" tokens "$n" "HS256 HTTP, warm (every token seen once before)" "$LAST_PID" "$U:$http/" "$f"$'\t1\ttoken'
+        point "$id" tokens "$n" "HS256 HTTP, warm (every token seen once before)" "$LAST_PID" "$U:$http/" \
+            "$f"$'\t1\t'"$(IFS=$'\t'; echo "${mode[*]}")"
         expect_status "$id, first token" "$U:$http/" 200 "$(head -n1 "$f")"
         expect_status "$id, last token" "$U:$http/" 200 "$(tail -n1 "$f")"
         # the cold pass from the first token, then the rest of the tokens once (the warm-up)
         rm -f "$f.pos0"
         out=$TMP/out/tokens-$id-cold.txt
-        wrk_run "$out" "$DURATION" "$U:$http/" "$f" 1 token || die "[tokens] cold pass of $id failed, see $out"
+        wrk_run "$out" "$DURATION" "$U:$http/" "$f" 1 "${mode[@]}" || die "[tokens] cold pass of $id failed, see $out"
         read -r rps _ p99 errs <<<"$(parse_wrk "$out")"
         sent=$(wrk_requests "$out")
         if ((sent <= n)); then
@@ -318,7 +326,7 @@ curve_tokens() {
         fi
         if ((sent < n)); then
             secs=$(((n - sent) * 12 / 10 / ${rps%.*} + 1))
-            wrk_run "$TMP/out/tokens-$id-warm.txt" "$secs" "$U:$http/" "$f" 1 token ||
+            wrk_run "$TMP/out/tokens-$id-warm.txt" "$secs" "$U:$http/" "$f" 1 "${mode[@]}" ||
                 die "[tokens] warm-up of $id failed, see $TMP/out/tokens-$id-warm.txt"
             sent=$((sent + $(wrk_requests "$TMP/out/tokens-$id-warm.txt")))
             ((sent >= n)) || die "[tokens] warm-up of $id sent $sent requests, fewer than its $n tokens"
@@ -326,7 +334,7 @@ curve_tokens() {
         log "[tokens] $(commas "$n") tokens: cold $rps req/s ($(commas "$sent") sent before the rounds), RSS $(($(rss_kib "$LAST_PID") / 1024)) MiB"
         ids+=("$id")
         ln -sfn "$f" "$f.ctl"
-        point "ctl-$id" tokens "$n" "$ctl_name" "$ctl_pid" "$ctl_url" "$f.ctl"$'\t1\ttoken'
+        point "ctl-$id" tokens "$n" "$ctl_name" "$ctl_pid" "$ctl_url" "$f.ctl"$'\t1\t'"$(IFS=$'\t'; echo "${mode[*]}")"
         ids+=("ctl-$id")
     done
     rounds "${ids[@]}"
@@ -548,6 +556,7 @@ dirty=$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/nu
     echo
     echo "- jwtgate: $JG (git $rev${dirty:+, uncommitted changes in src/Cargo}, built $(date -u -r "$JG" +%Y-%m-%dT%H:%MZ))"
     echo "- server.token_cache_mib = $TOKEN_CACHE_MIB (BENCH_TOKEN_CACHE_MIB)"
+    if want tokens; then echo "- tokens curve client: lib/rotate_tokens.lua, $TOKENS_CLIENT (BENCH_TOKENS_CLIENT)"; fi
     echo "- machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1), Linux $(uname -r), ulimit -Hn $(ulimit -Hn)"
     echo "- load: $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}') -t1 -c$CONNS --latency; $ROUNDS round(s) of ${DURATION}s per point after a ${WARMUP}s warm-up, points alternating within each round (conns: one point at a time)"
     echo "- upstream: nginx return 200 (2 workers); gateway: worker_threads = 2; the whole run took $((T_END - T_START)) s"
