@@ -137,13 +137,13 @@ async fn proxy<'a>(
 /// classic request-smuggling shape: refuse it and close the connection.
 fn check_framing(req: &Request<Incoming>, max_body: u64) -> Result<(), GatewayError> {
     let h = req.headers();
-    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
-        return Err(GatewayError::BadRequest(
-            "both Content-Length and Transfer-Encoding",
-        ));
-    }
     let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
     if let Some(first) = lengths.next() {
+        if h.contains_key(header::TRANSFER_ENCODING) {
+            return Err(GatewayError::BadRequest(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
         if lengths.any(|v| v != first) {
             return Err(GatewayError::BadRequest(
                 "conflicting Content-Length headers",

@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::BytesMut;
 
+use http::header::Entry;
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::Identity;
@@ -166,7 +167,14 @@ pub fn client_address(headers: &HeaderMap, conn: &ClientInfo, trusted_hops: usiz
 /// The `x-forwarded-for` entries as received, over every line, left to right; `None` for
 /// a line that is not text.
 fn forwarded_for(headers: &HeaderMap) -> impl DoubleEndedIterator<Item = Option<&str>> {
-    headers.get_all(&X_FORWARDED_FOR).iter().flat_map(|v| {
+    forwarded_entries(headers.get_all(&X_FORWARDED_FOR).iter())
+}
+
+/// `forwarded_for` over these `x-forwarded-for` lines.
+fn forwarded_entries<'a>(
+    lines: impl DoubleEndedIterator<Item = &'a HeaderValue>,
+) -> impl DoubleEndedIterator<Item = Option<&'a str>> {
+    lines.flat_map(|v| {
         let text = v.to_str();
         let bad = text.is_err().then_some(None);
         let entries = text.unwrap_or("").split(',').map(str::trim);
@@ -190,11 +198,18 @@ fn parse_ip(s: &str) -> Option<IpAddr> {
 /// `headers` so the upstream sees the same id. Taken when the request arrives (step 1),
 /// so every answer the gateway gives itself, refusals included, carries and logs it too.
 pub fn request_id(headers: &mut HeaderMap) -> HeaderValue {
-    match headers.get(&X_REQUEST_ID) {
-        Some(v) if is_sane_request_id(v.as_bytes()) => v.clone(),
-        _ => {
+    // One lookup (`entry`) for the read and the write.
+    match headers.entry(&X_REQUEST_ID) {
+        Entry::Occupied(e) if is_sane_request_id(e.get().as_bytes()) => e.get().clone(),
+        Entry::Occupied(mut e) => {
             let id = new_request_id();
-            headers.insert(X_REQUEST_ID.clone(), id.clone());
+            // Replaces every line the client sent.
+            e.insert(id.clone());
+            id
+        }
+        Entry::Vacant(e) => {
+            let id = new_request_id();
+            e.insert(id.clone());
             id
         }
     }
@@ -210,22 +225,29 @@ pub fn set_forwarded(
     authority: Option<&HeaderValue>,
     trust_proxies: bool,
 ) {
-    // Every line the client sent, in order, then the peer (one line upstream).
-    let mut chain = String::new();
-    if headers.contains_key(&X_FORWARDED_FOR) {
-        for entry in forwarded_for(headers).flatten() {
-            chain.push_str(entry);
-            chain.push_str(", ");
+    // Every line the client sent, in order, then the peer (one line upstream). One
+    // lookup (`entry`) for the read and the write.
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(e) => {
+            e.insert(client.ip.clone());
         }
-    }
-    let xff = if chain.is_empty() {
-        Some(client.ip.clone())
-    } else {
-        let _ = write!(chain, "{}", client.peer.ip());
-        HeaderValue::try_from(chain).ok()
-    };
-    if let Some(v) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+        Entry::Occupied(mut e) => {
+            let mut chain = String::new();
+            for entry in forwarded_entries(e.iter()).flatten() {
+                chain.push_str(entry);
+                chain.push_str(", ");
+            }
+            let xff = if chain.is_empty() {
+                Some(client.ip.clone())
+            } else {
+                let _ = write!(chain, "{}", client.peer.ip());
+                HeaderValue::try_from(chain).ok()
+            };
+            if let Some(v) = xff {
+                // Replaces every line the client sent.
+                e.insert(v);
+            }
+        }
     }
     let proto_from_proxy = trust_proxies
         && headers.get(&X_FORWARDED_PROTO).is_some_and(|v| {
@@ -300,20 +322,25 @@ fn is_sane_request_id(v: &[u8]) -> bool {
 /// the log) allocates nothing most of the time.
 fn new_request_id() -> HeaderValue {
     const LEN: usize = 29;
+    /// The thread's id buffer: the prefix and its `-` written once, the counter's digits
+    /// rewritten per id.
+    fn first_id() -> [u8; LEN] {
+        let mut buf = [0u8; LEN];
+        hex(&mut buf[..16], random_u64());
+        buf[16] = b'-';
+        buf
+    }
     thread_local! {
-        static IDS: RefCell<(u64, u64, BytesMut)> = RefCell::new((random_u64(), 0, BytesMut::new()));
+        static IDS: RefCell<([u8; LEN], u64, BytesMut)> = RefCell::new((first_id(), 0, BytesMut::new()));
     }
     IDS.with(|ids| {
-        let (prefix, next, arena) = &mut *ids.borrow_mut();
-        let mut buf = [0u8; LEN];
-        hex(&mut buf[..16], *prefix);
-        buf[16] = b'-';
+        let (buf, next, arena) = &mut *ids.borrow_mut();
         hex(&mut buf[17..], *next & 0xffff_ffff_ffff);
         *next = next.wrapping_add(1);
         if arena.capacity() < LEN {
             *arena = BytesMut::with_capacity(4096);
         }
-        arena.extend_from_slice(&buf);
+        arena.extend_from_slice(&buf[..]);
         HeaderValue::from_maybe_shared(arena.split().freeze())
             .unwrap_or_else(|_| HeaderValue::from_static("0"))
     })
@@ -336,6 +363,10 @@ fn hex(out: &mut [u8], v: u64) {
 
 /// Remove the headers a `Connection` value names (except `upgrade` for an upgrade).
 fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue, upgrade: bool) {
+    // `keep-alive` alone (the usual value, most upstreams' answer) names nothing more.
+    if connection.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
+        return;
+    }
     let Ok(list) = connection.to_str() else {
         return;
     };
