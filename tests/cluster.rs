@@ -390,23 +390,6 @@ async fn refresh_single_flight_holds_across_replicas_with_keys_on_every_node() {
     }
 }
 
-/// Revoke `jti` on gateway `gw`, retrying each 503 when its `Retry-After` says, as a client
-/// of the admin API would, up to `tries` times: how many 503s came before the 204.
-async fn revoke_retrying(fleet: &Fleet, gw: usize, jti: &str, tries: usize) -> usize {
-    for n in 0..tries {
-        let r = fleet.revoke_resp(gw, jti).await;
-        match r.status {
-            204 => return n,
-            503 => {
-                let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
-                tokio::time::sleep(Duration::from_secs(after)).await;
-            }
-            other => panic!("revocation answered {other}: {}", r.text()),
-        }
-    }
-    panic!("revocation still 503 after {tries} tries");
-}
-
 /// The moment a master is replaced, before anything else settles: keys whose slots it
 /// served are written where the slots went. A revocation is one pipeline, `SET` + `WAIT`,
 /// sent by the key's slot; a pipeline that meets MOVED is resent whole to the node MOVED
@@ -477,7 +460,7 @@ async fn right_after_a_promotion_the_dead_masters_slots_are_rerouted() {
     let mut retries = 0;
     let mut first_204_after = None;
     for (i, (t, jti, key)) in doomed.into_iter().enumerate() {
-        retries += revoke_retrying(&fleet, i % 2, &jti, 15).await;
+        retries += fleet.revoke_retrying(i % 2, &jti, 15).await;
         first_204_after.get_or_insert(killed.elapsed());
         assert_eq!(
             cluster.node_of(&key).await,

@@ -58,6 +58,23 @@ impl Fleet {
         self.revoke_resp(i, jti).await.status
     }
 
+    /// `revoke` on gateway `i`, retrying each 503 when its `Retry-After` says, as a client
+    /// of the admin API would, up to `tries` times: how many 503s came before the 204.
+    pub async fn revoke_retrying(&self, i: usize, jti: &str, tries: usize) -> usize {
+        for n in 0..tries {
+            let r = self.revoke_resp(i, jti).await;
+            match r.status {
+                204 => return n,
+                503 => {
+                    let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+                    tokio::time::sleep(std::time::Duration::from_secs(after)).await;
+                }
+                other => panic!("revocation answered {other}: {}", r.text()),
+            }
+        }
+        panic!("revocation still 503 after {tries} tries");
+    }
+
     /// `revoke`, the whole answer.
     pub async fn revoke_resp(&self, i: usize, jti: &str) -> Resp {
         let gw = &self.gws[i];
