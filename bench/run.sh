@@ -280,7 +280,9 @@ mint_many() {
 lua_rotation() {
     add_target "$1" "$2" wrk "$3"
     T_LUA[$1]=$BENCH/lib/rotate_tokens.lua
-    T_LUA_ARGS[$1]="$4"$'\t'1 # 1 = wrk's -t
+    # 1 = wrk's -t; prebuilt: the request strings built once, so the client's cost per request
+    # does not grow with the number of tokens (docs/BENCHMARKS.md "s11-B")
+    T_LUA_ARGS[$1]="$4"$'\t'1$'\t'token$'\t'prebuilt
     T_NOTE[$1]=$5
 }
 
@@ -313,7 +315,7 @@ section_tokens() {
     # Can wrk's LuaJIT hold the big file? One short probe run (1 connection, 1 s) tells.
     log "[tokens] probing wrk with $(commas "$many") tokens in one Lua state ..."
     t0=$(date +%s.%N)
-    timeout -k 5 600 wrk -t1 -c1 -d1s -s "$BENCH/lib/rotate_tokens.lua" "$url" -- "$f_many" 1 >"$probe" 2>&1 || rc=$?
+    timeout -k 5 600 wrk -t1 -c1 -d1s -s "$BENCH/lib/rotate_tokens.lua" "$url" -- "$f_many" 1 token prebuilt >"$probe" 2>&1 || rc=$?
     t1=$(date +%s.%N)
     loaded_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a - 1}')
     if [[ $rc == 0 ]] && grep -q "holds $many of $many tokens" "$probe"; then
@@ -1220,9 +1222,16 @@ RESULT=$BENCH/results/$STAMP$([[ $USE_JG == 1 ]] || echo -peers).md
     echo "- load: $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}') -t1 -c$CONNS -d${DURATION}s --latency$([[ $HAVE_H2LOAD == 1 ]] && echo "; $(h2load --version | head -n1) -c$CONNS -m1 -t1 -D $DURATION")"
     echo "- $ROUNDS round(s) of ${DURATION}s per target after a ${WARMUP}s warm-up; the target order rotates each round; sections: ${SECTIONS[*]}"
     echo "- mem: $MEM_CONNS idle keep-alive connections (one GET each), VmRSS from /proc"
+    if [[ $USE_JG == 1 ]] && want_section mem; then
+        # The idle figures depend on the code layout (build.rs, link/jwtgate.order): a list
+        # gone stale after a toolchain or Cargo.lock change keeps ~5 MiB more code resident.
+        layout=$(python3 "$ROOT/tools/order_file.py" check "$JG" "$ROOT/link/jwtgate.order") &&
+            layout_note="" || layout_note="; STALE (< 90% found): regenerate with tools/order-file.sh"
+        echo "- code layout: ${layout%%$'\n'*}$layout_note"
+    fi
     if [[ $USE_JG == 1 ]]; then
         if want_section tokens; then
-            echo "- tokens: ES256 and RS256 tokens minted by jwtgate token --count, sent in turn by wrk's Lua (lib/rotate_tokens.lua)"
+            echo "- tokens: ES256 and RS256 tokens minted by jwtgate token --count, sent in turn by wrk's Lua (lib/rotate_tokens.lua, request strings prebuilt)"
         fi
         if want_section revocation; then
             echo "- revocation: own redis-server ${REDIS_VERSION:-?} on loopback (no persistence); propagation: $(commas "$PROPAGATION_N") tokens, lib/propagation.py"

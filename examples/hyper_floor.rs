@@ -30,10 +30,12 @@ use tokio_rustls::TlsAcceptor;
 type Idle = Rc<RefCell<Vec<SendRequest<Incoming>>>>;
 type Tls = Option<(SocketAddr, TlsAcceptor)>;
 
+const USAGE: &str = "usage: hyper_floor LISTEN_ADDR UPSTREAM_ADDR [TLS_ADDR CERT_PEM KEY_PEM]";
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
-        eprintln!("usage: hyper_floor LISTEN_ADDR UPSTREAM_ADDR [TLS_ADDR CERT_PEM KEY_PEM]");
+        eprintln!("{USAGE}");
         std::process::exit(2);
     };
     let listen: SocketAddr = listen.parse().expect("LISTEN_ADDR");
@@ -45,7 +47,7 @@ fn main() {
         )),
         (None, _, _) => None,
         _ => {
-            eprintln!("usage: hyper_floor LISTEN_ADDR UPSTREAM_ADDR [TLS_ADDR CERT_PEM KEY_PEM]");
+            eprintln!("{USAGE}");
             std::process::exit(2);
         }
     };
