@@ -500,3 +500,32 @@ async fn forwarded_and_x_real_ip_follow_the_proxy_trust_rule() {
     assert_eq!(seen["forwarded"], "for=6.6.6.6;proto=https");
     assert_eq!(seen["x-real-ip"], "6.6.6.6");
 }
+
+// === finding (2026-12-04 review): `Connection` naming the gateway's own headers ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_header_cannot_strip_what_the_gateway_sets() {
+    let up = EchoUpstream::start().await;
+    let gw = two_routes(&up, "").await;
+    let bearer = format!("Bearer {}", valid());
+    // Apache's CVE-2022-31813 shape: the client names end-to-end headers as hop-by-hop so
+    // the proxy's own x-forwarded-for (or identity) never reaches the upstream.
+    let named =
+        "x-forwarded-for, x-forwarded-proto, x-forwarded-host, x-user-id, x-request-id, x-demo";
+    let headers = [
+        ("authorization", bearer.as_str()),
+        ("connection", named),
+        ("x-demo", "hop"),
+    ];
+    let (status, body) = raw(gw.http, "GET", "/api/x", &headers).await;
+    assert_eq!(status, 200, "{body}");
+    let seen = up.last().headers;
+    assert_eq!(seen["x-user-id"], "alice");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-host"], "localhost");
+    assert!(seen.contains_key("x-request-id"), "{seen:?}");
+    // What the client did name as hop-by-hop and the gateway does not set is still removed.
+    assert!(!seen.contains_key("x-demo"), "{seen:?}");
+    assert!(!seen.contains_key("connection"), "{seen:?}");
+}

@@ -76,8 +76,10 @@ async fn proxy<'a>(
         host,
     } = allowed;
 
-    // 6. Identity, forwarding headers, trace context, hop-by-hop removal; the refresh
-    //    token stays here.
+    // 6. Hop-by-hop removal first, so a client's `Connection: x-user-id` (or any name the
+    //    gateway sets) cannot strip what the gateway adds next (Apache's CVE-2022-31813);
+    //    then identity, forwarding headers, trace context; the refresh token stays here.
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
     if let Some(a) = &auth {
         pipeline::set_identity(app, route, a, &mut parts.headers);
         if notes.logging {
@@ -95,7 +97,6 @@ async fn proxy<'a>(
     if let Some(s) = span {
         headers::set_trace_context(&mut parts.headers, s.span_context());
     }
-    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
 
     // 7. Forward, streaming both ways; splice upgraded connections.
     // A request without a body (hyper knows: no length, or END_STREAM on h2) can be

@@ -361,7 +361,8 @@ fn hex(out: &mut [u8], v: u64) {
     }
 }
 
-/// Remove the headers a `Connection` value names (except `upgrade` for an upgrade).
+/// Remove the headers a `Connection` value names (except `upgrade` for an upgrade, and
+/// `x-request-id`, which the gateway settles at step 1 and every hop must carry).
 fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue, upgrade: bool) {
     // `keep-alive` alone (the usual value, most upstreams' answer) names nothing more.
     if connection.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
@@ -375,6 +376,7 @@ fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue, upgrade: bool
         if token.is_empty()
             || token.eq_ignore_ascii_case("keep-alive")
             || (upgrade && token.eq_ignore_ascii_case("upgrade"))
+            || token.eq_ignore_ascii_case(X_REQUEST_ID.as_str())
         {
             continue;
         }
