@@ -20,7 +20,9 @@
 #        HYPER_FLOOR_BIN (the tokens curve's client control, default
 #        target/release/examples/hyper_floor; without it the control goes to the upstream),
 #        BENCH_TOKENS_CLIENT (the tokens curve's wrk Lua: prebuilt, the default, builds every
-#        request string once; concat builds each request from three strings, as before s11-B).
+#        request string once; concat builds each request from three strings, as before s11-B),
+#        BENCH_HUGETLB=1 (the gateway runs with GLIBC_TUNABLES=glibc.malloc.hugetlb=1: glibc
+#        asks for transparent huge pages for its heaps, README "Large token caches").
 #
 # Runs on Debian as root like bench/run.sh (apt-get installs what is missing; no service is
 # started). Everything binds 127.0.0.1 (the idle connections come from 127.0.0.2, .3, ...)
@@ -47,6 +49,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/bench
 JG=${JWTGATE_BIN:-$ROOT/target/release/jwtgate}
 FLOOR=${HYPER_FLOOR_BIN:-$ROOT/target/release/examples/hyper_floor}
+JG_ENV=()
+[[ ${BENCH_HUGETLB:-0} == 1 ]] && JG_ENV=(GLIBC_TUNABLES=glibc.malloc.hugetlb=1)
 PLOTS=$ROOT/docs/bench
 # shellcheck source=lib/common.sh
 source "$BENCH/lib/common.sh"
@@ -558,6 +562,7 @@ dirty=$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/nu
     echo
     echo "- jwtgate: $JG (git $rev${dirty:+, uncommitted changes in src/Cargo}, built $(date -u -r "$JG" +%Y-%m-%dT%H:%MZ))"
     echo "- server.token_cache_mib = $TOKEN_CACHE_MIB (BENCH_TOKEN_CACHE_MIB)"
+    if [[ ${#JG_ENV[@]} -gt 0 ]]; then echo "- gateway environment: ${JG_ENV[*]} (BENCH_HUGETLB)"; fi
     if want tokens; then echo "- tokens curve client: lib/rotate_tokens.lua, $TOKENS_CLIENT (BENCH_TOKENS_CLIENT)"; fi
     echo "- machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1), Linux $(uname -r), ulimit -Hn $(ulimit -Hn)"
     echo "- load: $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}') -t1 -c$CONNS --latency; $ROUNDS round(s) of ${DURATION}s per point after a ${WARMUP}s warm-up, points alternating within each round (conns: one point at a time)"
