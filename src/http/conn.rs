@@ -634,7 +634,11 @@ mod tests {
         drop(a.open(http::Version::HTTP_11));
         assert_eq!(poll(&mut d), None);
         let first = d.sleep.deadline();
-        assert_eq!(first, base + T.header, "earlier than the deadline: left alone");
+        assert_eq!(
+            first,
+            base + T.header,
+            "earlier than the deadline: left alone"
+        );
         // It rings at the head timeout, early: re-armed to the keep-alive deadline.
         tokio::time::advance(T.header).await;
         assert_eq!(poll(&mut d), None);
@@ -678,7 +682,10 @@ mod tests {
         tokio::time::advance(idle - Instant::now() - Duration::from_millis(1)).await;
         assert!(d.as_mut().poll(&mut cx).is_pending(), "not before");
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(matches!(d.as_mut().poll(&mut cx), Poll::Ready(Closed::Idle)));
+        assert!(matches!(
+            d.as_mut().poll(&mut cx),
+            Poll::Ready(Closed::Idle)
+        ));
     }
 
     #[tokio::test(start_paused = true)]
