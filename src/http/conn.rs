@@ -489,6 +489,12 @@ where
         timeouts,
     };
     let mut draining = false;
+    let probe = shutdown.clone();
+    let mut stop = Quiet {
+        fut: std::pin::pin!(shutdown.wait_for(|s| *s)),
+        probe,
+        waker: None,
+    };
     let closed = loop {
         tokio::select! {
             biased;
@@ -498,7 +504,7 @@ where
                 }
                 break None;
             }
-            _ = shutdown.wait_for(|s| *s), if !draining => {
+            _ = &mut stop, if !draining => {
                 draining = true;
                 graceful(conn.as_mut());
             }
@@ -513,6 +519,32 @@ where
         // GOAWAY tells the client no stream was lost, so it may retry on a new connection.
         graceful(conn.as_mut());
         let _ = tokio::time::timeout(GOAWAY_GRACE, conn.as_mut()).await;
+    }
+}
+
+/// The gateway's shutdown signal (`fut`, waiting on `probe`'s channel) as the connection
+/// task waits for it: polled again only when the signal has changed since (`probe`, one
+/// atomic load) or the task's waker is another. Polling the waiting `fut` takes the
+/// channel's waiter lock, and the connection task wakes a few times per request.
+struct Quiet<'a, F> {
+    fut: Pin<&'a mut F>,
+    probe: watch::Receiver<bool>,
+    /// The waker `fut` was last polled with, while it is pending.
+    waker: Option<std::task::Waker>,
+}
+
+impl<F: Future> Future for Quiet<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let same = this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if same && matches!(this.probe.has_changed(), Ok(false)) {
+            return Poll::Pending;
+        }
+        let r = this.fut.as_mut().poll(cx);
+        this.waker = r.is_pending().then(|| cx.waker().clone());
+        r
     }
 }
 
@@ -686,6 +718,32 @@ mod tests {
             d.as_mut().poll(&mut cx),
             Poll::Ready(Closed::Idle)
         ));
+    }
+
+    /// The shutdown signal is polled once while nothing changes, and seen when it comes.
+    #[tokio::test]
+    async fn shutdown_signal_is_polled_only_when_it_changed() {
+        let (tx, mut rx) = watch::channel(false);
+        let probe = rx.clone();
+        let polls = std::cell::Cell::new(0);
+        let mut wait = std::pin::pin!(rx.wait_for(|s| *s));
+        let counted = std::future::poll_fn(|cx| {
+            polls.set(polls.get() + 1);
+            wait.as_mut().poll(cx).map(|r| r.is_ok())
+        });
+        let mut stop = Quiet {
+            fut: std::pin::pin!(counted),
+            probe,
+            waker: None,
+        };
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        for _ in 0..3 {
+            assert!(Pin::new(&mut stop).poll(&mut cx).is_pending());
+        }
+        assert_eq!(polls.get(), 1);
+        tx.send(true).unwrap();
+        assert_eq!(Pin::new(&mut stop).poll(&mut cx), Poll::Ready(true));
+        assert_eq!(polls.get(), 2);
     }
 
     #[tokio::test(start_paused = true)]
