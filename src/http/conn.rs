@@ -14,8 +14,9 @@
 //! - none while a request is open (bodies have `stream_idle_timeout_ms`, upstreams the
 //!   route's `timeout_ms`) or after an upgrade (WebSocket).
 //!
-//! The deadline is one timer per connection, re-armed only when it changes; a request costs
-//! a few relaxed atomics and one clock read, no allocation and no lock.
+//! The deadline is one timer per connection, re-armed only when it moves earlier (or rang
+//! before a later one); a request costs a few relaxed atomics and one clock read, no
+//! allocation, no lock and no timer change.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -147,6 +148,11 @@ impl Builders {
 /// No head has started (`head_start_ms`).
 const NONE: u64 = u64::MAX;
 
+/// A head has started and its time is not read yet (`head_start_ms`): the socket only marks
+/// it; `Activity::deadline`, polled in the same wake of the connection task, reads the
+/// clock. A head that arrives whole opens its request first, so it costs no clock read.
+const STARTED: u64 = u64::MAX - 1;
+
 /// What the deadline is computed from, written by the service (requests opening and
 /// closing) and the socket (bytes arriving). Times are milliseconds since `base`.
 struct Activity {
@@ -181,7 +187,7 @@ impl Activity {
     }
 
     fn since_base(&self) -> u64 {
-        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(NONE - 1)
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(STARTED - 1)
     }
 
     fn at(&self, ms: u64, plus: Duration) -> Instant {
@@ -205,8 +211,26 @@ impl Activity {
             && self.head_start_ms.load(Ordering::Relaxed) == NONE
             && self.requests.load(Ordering::Relaxed) > 0
         {
-            self.head_start_ms
-                .store(self.since_base(), Ordering::Relaxed);
+            self.head_start_ms.store(STARTED, Ordering::Relaxed);
+        }
+    }
+
+    /// When the current head started (`NONE`: none has), reading the clock for one the
+    /// socket marked `STARTED`. Unless a request opened meanwhile (it clears the mark).
+    fn head_start(&self) -> u64 {
+        let head = self.head_start_ms.load(Ordering::Relaxed);
+        if head != STARTED {
+            return head;
+        }
+        let now = self.since_base();
+        match self.head_start_ms.compare_exchange(
+            STARTED,
+            now,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => now,
+            Err(other) => other,
         }
     }
 
@@ -219,9 +243,11 @@ impl Activity {
         if self.requests.load(Ordering::Relaxed) == 0 {
             return Some(self.base + t.header);
         }
-        let head = self.head_start_ms.load(Ordering::Relaxed);
-        if head != NONE && !self.h2.load(Ordering::Relaxed) {
-            return Some(self.at(head, t.header));
+        if !self.h2.load(Ordering::Relaxed) {
+            let head = self.head_start();
+            if head != NONE {
+                return Some(self.at(head, t.header));
+            }
         }
         Some(self.at(self.idle_since_ms.load(Ordering::Relaxed), t.keepalive))
     }
@@ -459,11 +485,16 @@ where
     let mut conn = std::pin::pin!(conn);
     let mut deadline = Deadline {
         sleep: Box::pin(tokio::time::sleep_until(accepted + timeouts.header)),
-        armed: Some(accepted + timeouts.header),
         activity: &activity,
         timeouts,
     };
     let mut draining = false;
+    let probe = shutdown.clone();
+    let mut stop = Quiet {
+        fut: std::pin::pin!(shutdown.wait_for(|s| *s)),
+        probe,
+        waker: None,
+    };
     let closed = loop {
         tokio::select! {
             biased;
@@ -473,7 +504,7 @@ where
                 }
                 break None;
             }
-            _ = shutdown.wait_for(|s| *s), if !draining => {
+            _ = &mut stop, if !draining => {
                 draining = true;
                 graceful(conn.as_mut());
             }
@@ -491,13 +522,43 @@ where
     }
 }
 
+/// The gateway's shutdown signal (`fut`, waiting on `probe`'s channel) as the connection
+/// task waits for it: polled again only when the signal has changed since (`probe`, one
+/// atomic load) or the task's waker is another. Polling the waiting `fut` takes the
+/// channel's waiter lock, and the connection task wakes a few times per request.
+struct Quiet<'a, F> {
+    fut: Pin<&'a mut F>,
+    probe: watch::Receiver<bool>,
+    /// The waker `fut` was last polled with, while it is pending.
+    waker: Option<std::task::Waker>,
+}
+
+impl<F: Future> Future for Quiet<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let same = this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if same && matches!(this.probe.has_changed(), Ok(false)) {
+            return Poll::Pending;
+        }
+        let r = this.fut.as_mut().poll(cx);
+        this.waker = r.is_pending().then(|| cx.waker().clone());
+        r
+    }
+}
+
 /// Resolves when the connection's deadline has passed. Polled on every wake of the
 /// connection task, so a deadline moved earlier by the socket (a head starting) is seen at
 /// once; one moved by another task (an h2 stream closing) wakes it through `waker`.
+///
+/// `sleep` never rings after the deadline, but may ring before it: a deadline moved earlier
+/// re-arms it at once, one moved later (each request's end pushes the keep-alive deadline
+/// on) leaves it as it is, and when it rings early it is re-armed then. A keep-alive
+/// connection's requests then touch no timer; the timer wakes it once per
+/// `keepalive_timeout_ms` at most.
 struct Deadline<'a> {
     sleep: Pin<Box<Sleep>>,
-    /// What `sleep` is set to; `None` while no deadline applies.
-    armed: Option<Instant>,
     activity: &'a Activity,
     timeouts: Timeouts,
 }
@@ -516,26 +577,29 @@ impl Future for Deadline<'_> {
                     cx.waker().wake_by_ref();
                 }
             }
-            this.armed = None;
             return Poll::Pending;
         };
-        if this.armed != Some(at) {
+        if at < this.sleep.deadline() {
             this.sleep.as_mut().reset(at);
-            this.armed = Some(at);
         }
-        match this.sleep.as_mut().poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(()) => {
-                let a = this.activity;
-                let idle = a.requests.load(Ordering::Relaxed) > 0
-                    && (a.h2.load(Ordering::Relaxed)
-                        || a.head_start_ms.load(Ordering::Relaxed) == NONE);
-                Poll::Ready(if idle {
-                    Closed::Idle
-                } else {
-                    Closed::HeadTimeout
-                })
+        loop {
+            if this.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
+            if this.sleep.deadline() < at {
+                // Rang early: the deadline has moved on since it was armed.
+                this.sleep.as_mut().reset(at);
+                continue;
+            }
+            let a = this.activity;
+            let idle = a.requests.load(Ordering::Relaxed) > 0
+                && (a.h2.load(Ordering::Relaxed)
+                    || a.head_start_ms.load(Ordering::Relaxed) == NONE);
+            return Poll::Ready(if idle {
+                Closed::Idle
+            } else {
+                Closed::HeadTimeout
+            });
         }
     }
 }
@@ -577,6 +641,109 @@ mod tests {
         open.0.upgraded.store(true, Ordering::Relaxed);
         drop(open);
         assert_eq!(a.deadline(T), None, "upgraded");
+    }
+
+    /// The keep-alive deadline moving later leaves the timer alone; the timer ringing before
+    /// the deadline re-arms it; a head starting moves it earlier at once.
+    #[tokio::test(start_paused = true)]
+    async fn deadline_timer_is_rearmed_lazily_and_never_late() {
+        let base = Instant::now();
+        let a = Arc::new(Activity::new(base));
+        let mut d = Box::pin(Deadline {
+            sleep: Box::pin(tokio::time::sleep_until(base + T.header)),
+            activity: &a,
+            timeouts: T,
+        });
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let mut poll = |d: &mut Pin<Box<Deadline<'_>>>| match d.as_mut().poll(&mut cx) {
+            Poll::Ready(why) => Some(why.to_string()),
+            Poll::Pending => None,
+        };
+        // A first request, answered after 1 s: idle from then.
+        drop(a.open(http::Version::HTTP_11));
+        assert_eq!(poll(&mut d), None);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        drop(a.open(http::Version::HTTP_11));
+        assert_eq!(poll(&mut d), None);
+        let first = d.sleep.deadline();
+        assert_eq!(
+            first,
+            base + T.header,
+            "earlier than the deadline: left alone"
+        );
+        // It rings at the head timeout, early: re-armed to the keep-alive deadline.
+        tokio::time::advance(T.header).await;
+        assert_eq!(poll(&mut d), None);
+        let idle = base + Duration::from_secs(1) + T.keepalive;
+        assert_eq!(d.sleep.deadline(), idle);
+        // Another request: the deadline moves on, the timer does not.
+        let open = a.open(http::Version::HTTP_11);
+        assert_eq!(poll(&mut d), None);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        drop(open);
+        assert_eq!(poll(&mut d), None);
+        assert_eq!(d.sleep.deadline(), idle);
+        // Bytes of a next head: its timeout is earlier, armed at once, and closes.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        a.on_read();
+        assert_eq!(poll(&mut d), None);
+        let head = Instant::now() + T.header;
+        assert_eq!(d.sleep.deadline(), head);
+        tokio::time::advance(T.header - Duration::from_millis(1)).await;
+        assert_eq!(poll(&mut d), None, "not before the head timeout");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(poll(&mut d), Some(Closed::HeadTimeout.to_string()));
+    }
+
+    /// An idle connection is closed at its keep-alive deadline, not before and not later,
+    /// although the timer was armed for an earlier one.
+    #[tokio::test(start_paused = true)]
+    async fn idle_connection_closes_at_its_keepalive_deadline() {
+        let base = Instant::now();
+        let a = Arc::new(Activity::new(base));
+        let mut d = Box::pin(Deadline {
+            sleep: Box::pin(tokio::time::sleep_until(base + T.header)),
+            activity: &a,
+            timeouts: T,
+        });
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        tokio::time::advance(Duration::from_secs(3)).await;
+        drop(a.open(http::Version::HTTP_11));
+        let idle = base + Duration::from_secs(3) + T.keepalive;
+        assert!(d.as_mut().poll(&mut cx).is_pending());
+        tokio::time::advance(idle - Instant::now() - Duration::from_millis(1)).await;
+        assert!(d.as_mut().poll(&mut cx).is_pending(), "not before");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(matches!(
+            d.as_mut().poll(&mut cx),
+            Poll::Ready(Closed::Idle)
+        ));
+    }
+
+    /// The shutdown signal is polled once while nothing changes, and seen when it comes.
+    #[tokio::test]
+    async fn shutdown_signal_is_polled_only_when_it_changed() {
+        let (tx, mut rx) = watch::channel(false);
+        let probe = rx.clone();
+        let polls = std::cell::Cell::new(0);
+        let mut wait = std::pin::pin!(rx.wait_for(|s| *s));
+        let counted = std::future::poll_fn(|cx| {
+            polls.set(polls.get() + 1);
+            wait.as_mut().poll(cx).map(|r| r.is_ok())
+        });
+        let mut stop = Quiet {
+            fut: std::pin::pin!(counted),
+            probe,
+            waker: None,
+        };
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        for _ in 0..3 {
+            assert!(Pin::new(&mut stop).poll(&mut cx).is_pending());
+        }
+        assert_eq!(polls.get(), 1);
+        tx.send(true).unwrap();
+        assert_eq!(Pin::new(&mut stop).poll(&mut cx), Poll::Ready(true));
+        assert_eq!(polls.get(), 2);
     }
 
     #[tokio::test(start_paused = true)]
