@@ -114,6 +114,19 @@ impl Drop for TextVisitor<'_> {
     }
 }
 
+/// A `str` field's value as `DefaultFields` writes it, `{:?}`: between quotes as is when
+/// that is what `{:?}` would print (also `textline`'s).
+pub(crate) fn push_debug_str(b: &mut String, value: &str) {
+    if debug_is_verbatim(value) {
+        b.push('"');
+        b.push_str(value);
+        b.push('"');
+    } else {
+        // Writing to a `String` cannot fail.
+        let _ = write!(b, "{value:?}");
+    }
+}
+
 /// `{:?}` of these strings is the string between quotes: printable ASCII without `"` or
 /// `\`.
 fn debug_is_verbatim(s: &str) -> bool {
@@ -125,16 +138,7 @@ impl Visit for TextVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         self.either(
             field,
-            |b| {
-                if debug_is_verbatim(value) {
-                    b.push('"');
-                    b.push_str(value);
-                    b.push('"');
-                } else {
-                    // Writing to a `String` cannot fail.
-                    let _ = write!(b, "{value:?}");
-                }
-            },
+            |b| push_debug_str(b, value),
             |d| d.record_str(field, value),
         );
     }
