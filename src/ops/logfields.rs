@@ -118,6 +118,7 @@ impl Drop for TextVisitor<'_> {
 /// that is what `{:?}` would print (also `textline`'s).
 pub(crate) fn push_debug_str(b: &mut String, value: &str) {
     if debug_is_verbatim(value) {
+        b.reserve(value.len() + 2);
         b.push('"');
         b.push_str(value);
         b.push('"');
@@ -128,10 +129,12 @@ pub(crate) fn push_debug_str(b: &mut String, value: &str) {
 }
 
 /// `{:?}` of these strings is the string between quotes: printable ASCII without `"` or
-/// `\`.
+/// `\`. Every byte is looked at (no early exit), which lets the compiler test 16 at a
+/// time: most values are plain, and a request id or user agent is 40 bytes or more.
 fn debug_is_verbatim(s: &str) -> bool {
-    s.bytes()
-        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    s.bytes().fold(true, |plain, b| {
+        plain & ((0x20..0x7f).contains(&b) & (b != b'"') & (b != b'\\'))
+    })
 }
 
 impl Visit for TextVisitor<'_> {

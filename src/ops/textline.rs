@@ -110,6 +110,12 @@ impl TextLine {
         let _ = write!(self.buf, "{value}");
     }
 
+    /// A field whose value `value` writes, as its `Display` would (no quotes).
+    pub(crate) fn with(&mut self, name: &str, value: impl FnOnce(&mut String)) {
+        self.name(name);
+        value(&mut self.buf);
+    }
+
     /// The whole line, with its `\n`.
     pub(crate) fn finish(mut self) -> String {
         self.buf.push('\n');
