@@ -50,6 +50,7 @@ pub use ops::logfields::TextFields;
 pub use ops::logline::TextFormat;
 pub use ops::logtime::LogTime;
 pub use ops::otel;
+pub use ops::textline::{install_text_sink, LineSink};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -253,7 +253,8 @@ const LOG_BUFFER_LINES: usize = 16_384;
 /// behind, workers wait rather than drop lines. Keep the guard until exit; dropping it
 /// flushes.
 fn init_logging(format: LogFormat, default: &str) -> tracing_appender::non_blocking::WorkerGuard {
-    use std::io::IsTerminal;
+    use std::io::{IsTerminal, Write as _};
+    use tracing_subscriber::fmt::MakeWriter as _;
     use tracing_subscriber::EnvFilter;
     let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
     let (filter, initial) = match from_env.as_deref().map(EnvFilter::try_new) {
@@ -271,7 +272,8 @@ fn init_logging(format: LogFormat, default: &str) -> tracing_appender::non_block
         .with_ansi(ansi)
         // The stock timer's text, formatted once a second per thread.
         .with_timer(jwtgate::LogTime)
-        .with_writer(writer);
+        .with_writer(writer.clone());
+    let direct = writer;
     // `POST /log-level` swaps the filter through the subscriber's reload handle.
     fn control<L, S>(initial: &str, handle: tracing_subscriber::reload::Handle<L, S>)
     where
@@ -308,6 +310,13 @@ fn init_logging(format: LogFormat, default: &str) -> tracing_appender::non_block
             let handle = b.reload_handle();
             if b.try_init().is_ok() {
                 control(&initial, handle);
+                // The access log's lines, the same text without tracing's dispatch, to the
+                // same writer (colours: left to the subscriber's coloured format).
+                if !ansi {
+                    jwtgate::install_text_sink(Box::new(move |line| {
+                        let _ = direct.make_writer().write_all(line);
+                    }));
+                }
             }
         }
     }

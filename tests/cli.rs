@@ -1092,3 +1092,129 @@ async fn log_level_changes_at_runtime_through_the_admin_api() {
         "the change itself is logged"
     );
 }
+
+/// `line` with the value of each of `keys` (up to the next space) written as `*`.
+fn masked(line: &str, keys: &[&str]) -> String {
+    let mut out = line.to_string();
+    for k in keys {
+        let at = out
+            .find(&format!(" {k}="))
+            .unwrap_or_else(|| panic!("no {k} in {line}"));
+        let start = at + k.len() + 2;
+        let end = out[start..].find(' ').map_or(out.len(), |e| start + e);
+        out.replace_range(start..end, "*");
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_access_log_lines_are_what_the_default_format_writes() {
+    // With text logs (the default), the access line skips `tracing`'s event and goes
+    // straight to the log's writer: the same text, every line out before exit, and
+    // `POST /log-level` still turns the lines off.
+    let up = EchoUpstream::start().await;
+    let [http, admin] = free_ports();
+    let dir = TempDir::new();
+    let config = dir.path().join("gw.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:{http}\"\nadmin = \"127.0.0.1:{admin}\"\n[server]\nlog_format = \"text\"\n[admin]\ntoken_env = \"JWTGATE_TEST_CLI_TEXTLOG_ADMIN\"\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
+            up.url()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "-c", config.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .env("JWTGATE_TEST_CLI_TEXTLOG_ADMIN", "textlog-admin-token")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    loop {
+        let line = lines
+            .next()
+            .expect("gateway exited before serving")
+            .unwrap();
+        if line.contains("jwtgate serving") {
+            break;
+        }
+    }
+    let logs = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let cl = Client::plain();
+    let url = |p: &str| format!("http://127.0.0.1:{http}{p}");
+    assert_eq!(
+        cl.get(&url("/plain"), &[("user-agent", "ua/1")])
+            .await
+            .status,
+        200
+    );
+    let odd = r#"say "hi" \o/"#;
+    let r = cl.get(&url("/odd"), &[("user-agent", odd)]).await;
+    assert_eq!(r.status, 200);
+    let n = 100;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (cl, url) = (cl.clone(), url(&format!("/burst/{i}")));
+        tasks.push(tokio::spawn(async move { cl.get(&url, &[]).await.status }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let r = cl
+        .send(
+            http::Method::POST,
+            &format!("http://127.0.0.1:{admin}/log-level?level=warn"),
+            &[("authorization", "Bearer textlog-admin-token")],
+            jwtgate::body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(cl.get(&url("/quiet"), &[]).await.status, 200);
+    signal(&child, "-TERM");
+    assert_eq!(exit_code(child).await, Some(0));
+    let logs = logs.join().unwrap();
+    let access: Vec<&String> = logs
+        .iter()
+        .filter(|l| l.contains(" jwtgate::access: "))
+        .collect();
+    let line = |path: &str| {
+        let want = format!(" path=\"{path}\" ");
+        access
+            .iter()
+            .find(|l| l.contains(&want))
+            .unwrap_or_else(|| panic!("no access line for {path}: {logs:?}"))
+    };
+    // `2026-12-04T13:17:52.123456Z  INFO jwtgate::access: front="proxy" ...`
+    let plain = line("/plain");
+    let (time, rest) = plain.split_at(27);
+    assert!(
+        time.ends_with('Z') && time.as_bytes()[10] == b'T',
+        "{plain}"
+    );
+    let upstream = up.url().trim_start_matches("http://").to_string();
+    assert_eq!(
+        masked(rest, &["duration_us", "request_id", "bytes_sent"]),
+        format!("  INFO jwtgate::access: front=\"proxy\" method=\"GET\" path=\"/plain\" route=\"r\" client=127.0.0.1 status=200 duration_us=* request_id=* sub=\"-\" error=\"\" upstream_host=\"{upstream}\" bytes_received=0 bytes_sent=* user_agent=\"ua/1\""),
+    );
+    assert!(
+        line("/odd").ends_with(&format!(" user_agent={odd:?}")),
+        "{}",
+        line("/odd")
+    );
+    let mut seen: Vec<u32> = access
+        .iter()
+        .filter_map(|l| {
+            let (_, p) = l.split_once(" path=\"/burst/")?;
+            p.split_once('"')?.0.parse().ok()
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..n).collect::<Vec<u32>>());
+    assert!(
+        !access.iter().any(|l| l.contains("path=\"/quiet\"")),
+        "an access line written at level warn: {access:?}"
+    );
+}

@@ -17,10 +17,12 @@ use crate::error::GatewayError;
 use crate::identity::auth::Verified;
 use crate::net::body::{self, Body, Tally};
 use crate::ops::otel::{RequestSpan, RouteNames};
+use crate::ops::textline::{self, TextLine};
 use crate::pipeline::headers::X_REQUEST_ID;
 use crate::pipeline::Notes;
 use crate::policy::cors;
 use opentelemetry::trace::TraceId;
+use tracing::Level;
 
 /// One request's bookkeeping from its head to its response.
 pub struct Exchange {
@@ -212,6 +214,24 @@ fn text(v: &Option<HeaderValue>) -> Option<&str> {
 /// `Display` goes through `core::fmt` for each number, ~950 instructions a line (issue 19).
 struct ClientIp(IpAddr);
 
+impl ClientIp {
+    /// The text into `s`, without `core::fmt` for an IPv4 address (the text line's way).
+    fn push_to(&self, s: &mut String) {
+        let IpAddr::V4(v4) = self.0 else {
+            // Writing to a `String` cannot fail.
+            let _ = write!(s, "{}", self.0);
+            return;
+        };
+        let [a, b, c, d] = v4.octets();
+        let mut n = itoa::Buffer::new();
+        s.push_str(n.format(a));
+        for o in [b, c, d] {
+            s.push('.');
+            s.push_str(n.format(o));
+        }
+    }
+}
+
 impl fmt::Display for ClientIp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let IpAddr::V4(v4) = self.0 else {
@@ -230,27 +250,101 @@ impl fmt::Display for ClientIp {
 
 impl body::OnSent for AccessLine {
     fn sent(&mut self, bytes_sent: u64) {
-        tracing::info!(
-            target: "jwtgate::access",
-            front = self.front,
-            method = self.method.as_ref().map_or("-", Method::as_str),
-            path = self.uri.as_ref().map_or("", Uri::path),
-            route = self.route.as_deref().unwrap_or(self.endpoint),
-            client = self.client.map(|ip| tracing::field::display(ClientIp(ip))),
-            status = self.status,
-            duration_us = self.started.elapsed().as_micros() as u64,
-            request_id = text(&self.request_id).unwrap_or("-"),
-            sub = self.caller.as_ref().map_or("-", |v| v.sub.as_str()),
-            error = self.error.as_deref().unwrap_or(""),
-            upstream_host = self.upstream_host.as_deref().unwrap_or("-"),
-            bytes_received = self
+        let line = Fields {
+            front: self.front,
+            method: self.method.as_ref().map_or("-", Method::as_str),
+            path: self.uri.as_ref().map_or("", Uri::path),
+            route: self.route.as_deref().unwrap_or(self.endpoint),
+            client: self.client,
+            status: self.status,
+            duration_us: self.started.elapsed().as_micros() as u64,
+            request_id: text(&self.request_id).unwrap_or("-"),
+            sub: self.caller.as_ref().map_or("-", |v| v.sub.as_str()),
+            error: self.error.as_deref().unwrap_or(""),
+            upstream_host: self.upstream_host.as_deref().unwrap_or("-"),
+            bytes_received: self
                 .bytes_received
                 .as_ref()
                 .map_or(0, |t| t.load(Ordering::Relaxed)),
             bytes_sent,
-            user_agent = text(&self.user_agent).unwrap_or("-"),
+            user_agent: text(&self.user_agent).unwrap_or("-"),
+            trace_id: self.trace_id,
+        };
+        // The filter was asked when the exchange began (`Exchange::begin`): a line begun
+        // is written, also when `POST /log-level` turned the access log off meanwhile.
+        if !textline::write(&Level::INFO, ACCESS, |l| line.text(l)) {
+            line.event();
+        }
+    }
+}
+
+/// The access log's target.
+const ACCESS: &str = "jwtgate::access";
+
+/// One access-log line's values, written one of two ways with the same text.
+struct Fields<'a> {
+    front: &'a str,
+    method: &'a str,
+    path: &'a str,
+    route: &'a str,
+    client: Option<IpAddr>,
+    status: u16,
+    duration_us: u64,
+    request_id: &'a str,
+    sub: &'a str,
+    error: &'a str,
+    upstream_host: &'a str,
+    bytes_received: u64,
+    bytes_sent: u64,
+    user_agent: &'a str,
+    trace_id: Option<TraceId>,
+}
+
+impl Fields<'_> {
+    /// The line as a `tracing` event: the JSON log, colours, or no text sink installed.
+    fn event(&self) {
+        tracing::info!(
+            target: ACCESS,
+            front = self.front,
+            method = self.method,
+            path = self.path,
+            route = self.route,
+            client = self.client.map(|ip| tracing::field::display(ClientIp(ip))),
+            status = self.status,
+            duration_us = self.duration_us,
+            request_id = self.request_id,
+            sub = self.sub,
+            error = self.error,
+            upstream_host = self.upstream_host,
+            bytes_received = self.bytes_received,
+            bytes_sent = self.bytes_sent,
+            user_agent = self.user_agent,
             trace_id = self.trace_id.map(tracing::field::display),
         );
+    }
+
+    /// The line as the text log writes `event` (fields in the same order; an absent
+    /// optional field is left out, as `tracing` leaves out a `None`).
+    fn text(&self, l: &mut TextLine) {
+        l.str("front", self.front);
+        l.str("method", self.method);
+        l.str("path", self.path);
+        l.str("route", self.route);
+        if let Some(ip) = self.client {
+            l.with("client", |s| ClientIp(ip).push_to(s));
+        }
+        l.u64("status", self.status.into());
+        l.u64("duration_us", self.duration_us);
+        l.str("request_id", self.request_id);
+        l.str("sub", self.sub);
+        l.str("error", self.error);
+        l.str("upstream_host", self.upstream_host);
+        l.u64("bytes_received", self.bytes_received);
+        l.u64("bytes_sent", self.bytes_sent);
+        l.str("user_agent", self.user_agent);
+        if let Some(t) = self.trace_id {
+            l.display("trace_id", t);
+        }
     }
 }
 
@@ -259,6 +353,97 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
+    use crate::ops::logfields::tests::Buf;
+
+    fn lines() -> Vec<Fields<'static>> {
+        let plain = Fields {
+            front: "proxy",
+            method: "GET",
+            path: "/api/v1/items",
+            route: "api",
+            client: Some(IpAddr::V4(Ipv4Addr::new(10, 9, 99, 100))),
+            status: 200,
+            duration_us: 1234,
+            request_id: "0af7651916cd43dd8448eb211c80319c-000000000001",
+            sub: "alice",
+            error: "",
+            upstream_host: "127.0.0.1:8080",
+            bytes_received: 0,
+            bytes_sent: 5,
+            user_agent: "curl/8.5.0",
+            trace_id: None,
+        };
+        let odd = Fields {
+            front: "authz",
+            method: "PATCH",
+            path: "/a b/\"q\"\\/é/\u{7f}/\t",
+            route: "logout",
+            client: Some(IpAddr::V6("2001:db8::1".parse().unwrap())),
+            status: 401,
+            error: "invalid dpop proof: \"htu\" does not match",
+            user_agent: "Mozilla/5.0 (X11; \"Linux\") \u{1b}[31m",
+            sub: "bob\\admin",
+            trace_id: Some(TraceId::from_bytes(*b"0123456789abcdef")),
+            ..plain
+        };
+        let missing = Fields {
+            method: "-",
+            path: "",
+            route: "-",
+            client: None,
+            status: 599,
+            duration_us: 0,
+            request_id: "-",
+            sub: "-",
+            upstream_host: "-",
+            bytes_received: u64::MAX,
+            bytes_sent: 0,
+            user_agent: "-",
+            trace_id: None,
+            ..plain
+        };
+        let traced = Fields {
+            client: Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+            trace_id: Some(TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap()),
+            error: "upstream timed out",
+            ..plain
+        };
+        vec![plain, odd, missing, traced]
+    }
+
+    /// Timestamps masked: the two ways read the clock at different moments.
+    fn masked(text: &str) -> Vec<String> {
+        text.split_inclusive('\n')
+            .map(|l| {
+                let z = l.find('Z').expect("a timestamp");
+                format!("{}<time>{}", &l[..z - 26], &l[z + 1..])
+            })
+            .collect()
+    }
+
+    #[test]
+    fn text_line_is_what_the_event_writes() {
+        let buf = Buf::default();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(buf.clone())
+            .with_ansi(false)
+            .fmt_fields(crate::TextFields)
+            .event_format(crate::TextFormat::default())
+            .finish();
+        tracing::subscriber::with_default(sub, || lines().iter().for_each(Fields::event));
+        let want = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let mut got = String::new();
+        for f in lines() {
+            let mut l = TextLine::start(String::new(), &Level::INFO, ACCESS);
+            f.text(&mut l);
+            got.push_str(&l.finish());
+        }
+        let want = masked(&want);
+        assert_eq!(want.len(), 4, "{want:?}");
+        assert!(want[1].contains("client=2001:db8::1 "), "{}", want[1]);
+        assert!(!want[2].contains("client="), "{}", want[2]);
+        assert_eq!(masked(&got), want);
+    }
 
     #[test]
     fn client_ip_as_ip_addr_displays_it() {
@@ -274,6 +459,9 @@ mod tests {
         for ip in ips {
             let shown = format!("{:?}", tracing::field::display(ClientIp(ip)));
             assert_eq!(shown, ip.to_string());
+            let mut pushed = String::new();
+            ClientIp(ip).push_to(&mut pushed);
+            assert_eq!(pushed, shown);
         }
     }
 }

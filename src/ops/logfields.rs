@@ -114,27 +114,34 @@ impl Drop for TextVisitor<'_> {
     }
 }
 
+/// A `str` field's value as `DefaultFields` writes it, `{:?}`: between quotes as is when
+/// that is what `{:?}` would print (also `textline`'s).
+pub(crate) fn push_debug_str(b: &mut String, value: &str) {
+    if debug_is_verbatim(value) {
+        b.reserve(value.len() + 2);
+        b.push('"');
+        b.push_str(value);
+        b.push('"');
+    } else {
+        // Writing to a `String` cannot fail.
+        let _ = write!(b, "{value:?}");
+    }
+}
+
 /// `{:?}` of these strings is the string between quotes: printable ASCII without `"` or
-/// `\`.
+/// `\`. Every byte is looked at (no early exit), which lets the compiler test 16 at a
+/// time: most values are plain, and a request id or user agent is 40 bytes or more.
 fn debug_is_verbatim(s: &str) -> bool {
-    s.bytes()
-        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    s.bytes().fold(true, |plain, b| {
+        plain & ((0x20..0x7f).contains(&b) & (b != b'"') & (b != b'\\'))
+    })
 }
 
 impl Visit for TextVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         self.either(
             field,
-            |b| {
-                if debug_is_verbatim(value) {
-                    b.push('"');
-                    b.push_str(value);
-                    b.push('"');
-                } else {
-                    // Writing to a `String` cannot fail.
-                    let _ = write!(b, "{value:?}");
-                }
-            },
+            |b| push_debug_str(b, value),
             |d| d.record_str(field, value),
         );
     }

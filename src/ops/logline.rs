@@ -31,7 +31,7 @@ impl Default for TextFormat {
 }
 
 /// The space after the time, the level as `Full` pads it, and the space after it.
-fn level(level: &Level) -> &'static str {
+pub(crate) fn level(level: &Level) -> &'static str {
     match *level {
         Level::TRACE => " TRACE ",
         Level::DEBUG => " DEBUG ",

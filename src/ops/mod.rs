@@ -13,3 +13,4 @@ pub mod metrics;
 pub mod otel;
 pub mod process;
 pub mod reload;
+pub mod textline;
