@@ -34,8 +34,9 @@ pub struct Exchange {
     /// The request's URI as received (shares its bytes; the line writes its path).
     uri: Option<Uri>,
     user_agent: Option<HeaderValue>,
-    /// The server span, with tracing on.
-    span: Option<RequestSpan>,
+    /// The server span, with tracing on. Boxed: the SDK's span is large, and every
+    /// request's future holds this field.
+    span: Option<Box<RequestSpan>>,
 }
 
 impl Exchange {
@@ -44,7 +45,8 @@ impl Exchange {
     pub fn begin<B>(front: &'static str, req: &Request<B>) -> Self {
         let logging = tracing::enabled!(target: "jwtgate::access", tracing::Level::INFO);
         let span = match crate::ops::otel::enabled() {
-            true => RequestSpan::start(front, req.method(), req.uri().path(), req.headers()),
+            true => RequestSpan::start(front, req.method(), req.uri().path(), req.headers())
+                .map(Box::new),
             false => None,
         };
         Exchange {
@@ -72,7 +74,7 @@ impl Exchange {
     /// The request's server span (tracing on): the path runs in it (`otel::within`), and
     /// the upstream gets its trace context (`headers::set_trace_context`).
     pub fn span(&self) -> Option<&RequestSpan> {
-        self.span.as_ref()
+        self.span.as_deref()
     }
 
     /// The context the request path runs in (`otel::within`): the server span's, when
@@ -80,7 +82,7 @@ impl Exchange {
     /// setting it on every poll is not free, so no other path gets one.
     pub fn calls_context(&self, app: &App) -> Option<opentelemetry::Context> {
         self.span
-            .as_ref()
+            .as_deref()
             .filter(|_| app.traces_calls())
             .map(RequestSpan::context)
     }
@@ -144,13 +146,13 @@ impl Exchange {
         }
         let route = notes.route_index.map(|i| &app.router.routes()[i]);
         let endpoint = notes.gateway_endpoint.unwrap_or("-");
-        let trace_id = self.span.as_ref().map(RequestSpan::trace_id);
+        let trace_id = self.span.as_deref().map(RequestSpan::trace_id);
         if let Some(s) = self.span {
             let names = match route {
                 Some(r) => r.trace_names(),
                 None => RouteNames::endpoint(endpoint),
             };
-            s.finish(names, resp.status().as_u16());
+            (*s).finish(names, resp.status().as_u16());
         }
         let route = route.map(|r| &r.config.name);
         if !self.logging {

@@ -30,7 +30,7 @@ static X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
 pub async fn handle<A: AsRef<App>>(
     app: std::sync::Arc<A>,
     client: Client,
-    conn: ClientInfo,
+    conn: std::sync::Arc<ClientInfo>,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let app = (*app).as_ref();

@@ -25,23 +25,24 @@ pub async fn forward<'r>(
     client: &Client,
     route: &'r Route,
     stats: &[UpstreamStats],
-    mut parts: http::request::Parts,
-    body: Body,
+    mut req: Request<Body>,
     mut body_sent: Option<crate::net::body::BodySent>,
     tried: &mut Option<&'r Origin>,
 ) -> Result<Response<UpstreamBody>, GatewayError> {
-    let original = std::mem::take(&mut parts.uri);
-    parts.version = Version::HTTP_11;
-    parts.extensions = http::Extensions::new();
-    let mut req = Request::from_parts(parts, body);
-    // Later attempts send copies of a replayable request; anything else gets one attempt.
+    *req.version_mut() = Version::HTTP_11;
+    req.extensions_mut().clear();
+    // Later attempts send copies of a replayable request (the client's URI still in them);
+    // anything else gets one attempt. Boxed: most requests have none, and the request
+    // future stays small.
     let spare = (route.config.upstreams.len() > 1 && net::is_replayable(&req))
-        .then(|| net::copy_request(&req));
+        .then(|| Box::new(net::copy_request(&req)));
     let mut last_err = GatewayError::NoUpstream;
     for (i, upstream) in route.pick() {
         let stat = stats.get(i);
         *tried = Some(&upstream.origin);
-        *req.uri_mut() = upstream_uri(route, upstream, &original)?;
+        // From the client's URI: the request's own on the first attempt, the spare's after.
+        let uri = upstream_uri(route, upstream, req.uri())?;
+        *req.uri_mut() = uri;
         let started = std::time::Instant::now();
         // Pinned here and lent to `after_body`: moved into it, the send future would be
         // held twice in this future's state (the argument and its pinned copy).

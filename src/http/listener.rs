@@ -339,6 +339,9 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
+    // Shared by the connection's requests: one reference count to bump per request, and
+    // one pointer in each request's future instead of the whole `ClientInfo`.
+    let info = Arc::new(info);
     let ServeCtx {
         shared,
         client,

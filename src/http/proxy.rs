@@ -23,7 +23,7 @@ use crate::pipeline::{self, Allowed, Decision, Notes};
 pub async fn handle<A: AsRef<App>>(
     app: std::sync::Arc<A>,
     client: Client,
-    conn: ClientInfo,
+    conn: std::sync::Arc<ClientInfo>,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let app = (*app).as_ref();
@@ -32,7 +32,7 @@ pub async fn handle<A: AsRef<App>>(
     let cx = exchange.calls_context(app);
     let outcome = otel::within(
         cx,
-        proxy(app, &client, conn, req, &mut notes, exchange.span()),
+        proxy(app, &client, &conn, req, &mut notes, exchange.span()),
     )
     .await;
     exchange.finish(app, notes, outcome)
@@ -41,7 +41,7 @@ pub async fn handle<A: AsRef<App>>(
 async fn proxy<'a>(
     app: &'a App,
     client: &Client,
-    conn: ClientInfo,
+    conn: &ClientInfo,
     mut req: Request<Incoming>,
     notes: &mut Notes<'a>,
     span: Option<&RequestSpan>,
@@ -52,72 +52,81 @@ async fn proxy<'a>(
     //    smuggle a second request past us is refused here.
     let hops = app.config.server.trusted_proxy_hops;
     if notes.logging {
-        notes.client(req.headers(), &conn, hops);
+        notes.client(req.headers(), conn, hops);
     }
     notes.request_id = Some(headers::request_id(req.headers_mut()));
     check_framing(&req, app.config.server.max_body_bytes)?;
     let upgrade = is_upgrade(&req);
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
+    // Steps 2-6 edit the request head in place, and `decide` borrows it: in a block of
+    // its own, so the head's slot ends with the block instead of staying in this future's
+    // state beside the forwarded request's (issue 19).
+    let (req, body_sent, route, auth, renewed) = {
+        let (mut parts, body) = req.into_parts();
 
-    // 2-5. Route, strip, authenticate, refresh: the decision every front door shares.
-    let allowed = match pipeline::decide(app, client, &conn, &mut parts, notes, hops).await? {
-        Decision::Answer(resp) => return Ok(resp),
-        // Boxed: the identity provider's rare POSTs must not widen every request's future.
-        Decision::Receive(e) => {
-            return Ok(Box::pin(pipeline::signals::receive(app, e, &parts, body)).await)
+        // 2-5. Route, strip, authenticate, refresh: the decision every front door shares.
+        let allowed = match pipeline::decide(app, client, conn, &mut parts, notes, hops).await? {
+            Decision::Answer(resp) => return Ok(resp),
+            // Boxed: the identity provider's rare POSTs must not widen every request's future.
+            Decision::Receive(e) => {
+                return Ok(Box::pin(pipeline::signals::receive(app, e, &parts, body)).await)
+            }
+            Decision::Allow(a) => a,
+        };
+        let Allowed {
+            route,
+            auth,
+            renewed,
+            host,
+        } = allowed;
+
+        // 6. Hop-by-hop removal first, so a client's `Connection: x-user-id` (or any name
+        //    the gateway sets) cannot strip what the gateway adds next (Apache's
+        //    CVE-2022-31813); then identity, forwarding headers, trace context; the refresh
+        //    token stays here.
+        headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+        if let Some(a) = &auth {
+            pipeline::set_identity(app, route, a, &mut parts.headers);
+            if notes.logging {
+                notes.caller = Some(a.verified.clone());
+            }
         }
-        Decision::Allow(a) => a,
+        if let Some(r) = &app.config.refresh {
+            refresh::strip_refresh_token(r, &mut parts.headers);
+        }
+        if app.login.is_some() {
+            crate::identity::login::strip_cookies(&mut parts.headers);
+        }
+        headers::join_cookie_lines(&mut parts.headers);
+        headers::set_forwarded(&mut parts.headers, conn, host.as_ref(), hops > 0);
+        if let Some(s) = span {
+            headers::set_trace_context(&mut parts.headers, s.span_context());
+        }
+
+        // A request without a body (hyper knows: no length, or END_STREAM on h2) can be
+        // replayed on the next upstream and needs no stream of its own.
+        let (body, body_sent) = if body.is_end_stream() {
+            (body::empty(), None)
+        } else {
+            if notes.logging {
+                notes.bytes_received = Some(body::Tally::default());
+            }
+            let (b, sent) = body::request(
+                body,
+                app.config.server.max_body_bytes as usize,
+                app.config.server.stream_idle_timeout,
+                notes.bytes_received.clone(),
+            );
+            (b, Some(sent))
+        };
+        let req = Request::from_parts(parts, body);
+        (req, body_sent, route, auth, renewed)
     };
-    let Allowed {
-        route,
-        auth,
-        renewed,
-        host,
-    } = allowed;
-
-    // 6. Hop-by-hop removal first, so a client's `Connection: x-user-id` (or any name the
-    //    gateway sets) cannot strip what the gateway adds next (Apache's CVE-2022-31813);
-    //    then identity, forwarding headers, trace context; the refresh token stays here.
-    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
-    if let Some(a) = &auth {
-        pipeline::set_identity(app, route, a, &mut parts.headers);
-        if notes.logging {
-            notes.caller = Some(a.verified.clone());
-        }
-    }
-    if let Some(r) = &app.config.refresh {
-        refresh::strip_refresh_token(r, &mut parts.headers);
-    }
-    if app.login.is_some() {
-        crate::identity::login::strip_cookies(&mut parts.headers);
-    }
-    headers::join_cookie_lines(&mut parts.headers);
-    headers::set_forwarded(&mut parts.headers, &conn, host.as_ref(), hops > 0);
-    if let Some(s) = span {
-        headers::set_trace_context(&mut parts.headers, s.span_context());
-    }
 
     // 7. Forward, streaming both ways; splice upgraded connections.
-    // A request without a body (hyper knows: no length, or END_STREAM on h2) can be
-    // replayed on the next upstream and needs no stream of its own.
-    let (body, body_sent) = if body.is_end_stream() {
-        (body::empty(), None)
-    } else {
-        if notes.logging {
-            notes.bytes_received = Some(body::Tally::default());
-        }
-        let (b, sent) = body::request(
-            body,
-            app.config.server.max_body_bytes as usize,
-            app.config.server.stream_idle_timeout,
-            notes.bytes_received.clone(),
-        );
-        (b, Some(sent))
-    };
     let stats = app.metrics.upstreams(route.index);
     let tried = &mut notes.upstream;
-    let mut resp = forward::forward(client, route, stats, parts, body, body_sent, tried).await?;
+    let mut resp = forward::forward(client, route, stats, req, body_sent, tried).await?;
     if let Some(on) = on_upgrade {
         forward::splice_upgrade(on, &mut resp);
     }
@@ -206,7 +215,7 @@ mod tests {
             F: FnOnce(
                 &'a App,
                 &'a Client,
-                ClientInfo,
+                &'a ClientInfo,
                 Request<Incoming>,
                 &'a mut Notes<'a>,
                 Option<&'a RequestSpan>,
@@ -219,7 +228,12 @@ mod tests {
         }
         let handle = {
             fn of<
-                F: FnOnce(std::sync::Arc<Live>, Client, ClientInfo, Request<Incoming>) -> R,
+                F: FnOnce(
+                    std::sync::Arc<Live>,
+                    Client,
+                    std::sync::Arc<ClientInfo>,
+                    Request<Incoming>,
+                ) -> R,
                 R,
             >(
                 _: F,
@@ -255,8 +269,7 @@ mod tests {
                     &'a Client,
                     &'a crate::policy::route::Route,
                     &'a [crate::ops::metrics::UpstreamStats],
-                    Parts,
-                    Body,
+                    Request<Body>,
                     Option<crate::net::body::BodySent>,
                     &'a mut Option<&'a crate::config::origin::Origin>,
                 ) -> R,
@@ -336,6 +349,17 @@ mod tests {
             ("Revocations::check", revocation),
             ("SenderCheck::check", sender),
             ("Client::send", send),
+            // What those futures hold, some of it more than once.
+            ("Request<Incoming>", size_of::<Request<Incoming>>()),
+            ("Request<Body>", size_of::<Request<Body>>()),
+            ("Response<Body>", size_of::<Response<Body>>()),
+            ("Parts", size_of::<Parts>()),
+            ("Body", size_of::<Body>()),
+            ("ClientInfo", size_of::<ClientInfo>()),
+            ("Exchange", size_of::<Exchange>()),
+            ("Notes", size_of::<Notes>()),
+            ("Allowed", size_of::<Allowed>()),
+            ("GatewayError", size_of::<GatewayError>()),
         ] {
             println!("{name}: {size} bytes");
         }

@@ -197,8 +197,10 @@ impl Client {
             // An upstream may close a connection that sat idle just as the request reaches
             // it (a keep-alive timeout shorter than ours). Like nginx, an idempotent request
             // without a body is then sent once more; a copy is kept for that only on
-            // connections idle since before the last reaper tick.
-            let replay = (stale && !replayed && is_replayable(&req)).then(|| copy_request(&req));
+            // connections idle since before the last reaper tick (boxed: rare, and the
+            // request future stays small).
+            let replay =
+                (stale && !replayed && is_replayable(&req)).then(|| Box::new(copy_request(&req)));
             match tx.try_send_request(req).await {
                 Ok(resp) => return Ok(self.wrap(slot, tx, resp)),
                 Err(mut e) => match e.take_message() {
@@ -210,7 +212,7 @@ impl Client {
                             Some(r) if closed_before_response(&e) => {
                                 tracing::debug!(origin = %origin, error = %e, "idle upstream connection closed under the request; sending it again");
                                 replayed = true;
-                                req = r;
+                                req = *r;
                             }
                             _ => return Err(e.into()),
                         }
