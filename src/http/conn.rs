@@ -643,17 +643,22 @@ mod tests {
         assert_eq!(a.deadline(T), None, "upgraded");
     }
 
+    /// A connection's deadline as `serve` makes it at `accepted`, over `a`.
+    fn deadline(a: &Activity, accepted: Instant) -> Pin<Box<Deadline<'_>>> {
+        Box::pin(Deadline {
+            sleep: Box::pin(tokio::time::sleep_until(accepted + T.header)),
+            activity: a,
+            timeouts: T,
+        })
+    }
+
     /// The keep-alive deadline moving later leaves the timer alone; the timer ringing before
     /// the deadline re-arms it; a head starting moves it earlier at once.
     #[tokio::test(start_paused = true)]
     async fn deadline_timer_is_rearmed_lazily_and_never_late() {
         let base = Instant::now();
         let a = Arc::new(Activity::new(base));
-        let mut d = Box::pin(Deadline {
-            sleep: Box::pin(tokio::time::sleep_until(base + T.header)),
-            activity: &a,
-            timeouts: T,
-        });
+        let mut d = deadline(&a, base);
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
         let mut poll = |d: &mut Pin<Box<Deadline<'_>>>| match d.as_mut().poll(&mut cx) {
             Poll::Ready(why) => Some(why.to_string()),
@@ -701,11 +706,7 @@ mod tests {
     async fn idle_connection_closes_at_its_keepalive_deadline() {
         let base = Instant::now();
         let a = Arc::new(Activity::new(base));
-        let mut d = Box::pin(Deadline {
-            sleep: Box::pin(tokio::time::sleep_until(base + T.header)),
-            activity: &a,
-            timeouts: T,
-        });
+        let mut d = deadline(&a, base);
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
         tokio::time::advance(Duration::from_secs(3)).await;
         drop(a.open(http::Version::HTTP_11));
