@@ -16,9 +16,11 @@ LAYERS = {
     # 1. gateway.toml -> Config
     "config": 1,
     # 2. outbound HTTP and the body type; errors and their HTTP form; connection caps;
-    #    metrics and OpenTelemetry traces, leaves every layer may count or trace in
+    #    metrics, OpenTelemetry traces and the text log's line, leaves every layer may
+    #    count, trace or log in
     "net": 2, "error": 2, "capacity": 2,
     "ops::metrics": 2, "ops::exposition": 2, "ops::process": 2, "ops::otel": 2,
+    "ops::textline": 2, "ops::logline": 2, "ops::logfields": 2, "ops::logtime": 2,
     # 3. policy tables and identity
     "policy": 3, "identity": 3, "pipeline::headers": 3,
     # 4. the live state
