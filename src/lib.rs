@@ -49,6 +49,7 @@ pub use ops::admin::{install_log_control, SetLogLevel};
 pub use ops::logfields::TextFields;
 pub use ops::logline::TextFormat;
 pub use ops::logtime::LogTime;
+pub use ops::logwriter::{self, LogWriter};
 pub use ops::otel;
 pub use ops::textline::{install_text_sink, LineSink};
 

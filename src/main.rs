@@ -242,19 +242,13 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("cannot start the control runtime")
 }
 
-/// Lines the log writer may fall behind: half a second of access log at 30k requests/s.
-/// Its queue is allocated (and touched) whole at start, 32 bytes a line: tracing-appender's
-/// default of 128,000 lines cost 4 MiB of RSS.
-const LOG_BUFFER_LINES: usize = 16_384;
-
-/// Logs go to stderr through a background writer thread, so a worker never blocks on the
-/// write (or on another worker holding stderr): with the access log on, writing inline cost
-/// more CPU than proxying the request. Not lossy: if the writer falls `LOG_BUFFER_LINES`
-/// behind, workers wait rather than drop lines. Keep the guard until exit; dropping it
-/// flushes.
-fn init_logging(format: LogFormat, default: &str) -> tracing_appender::non_blocking::WorkerGuard {
-    use std::io::{IsTerminal, Write as _};
-    use tracing_subscriber::fmt::MakeWriter as _;
+/// Logs go to stderr through a background writer thread (`jwtgate::LogWriter`), so a
+/// worker never blocks on the write (or on another worker holding stderr): with the access
+/// log on, writing inline cost more CPU than proxying the request. Not lossy: if the writer
+/// falls `jwtgate::logwriter::LIMIT` bytes behind, workers wait rather than drop lines.
+/// Keep the guard until exit; dropping it writes what is left.
+fn init_logging(format: LogFormat, default: &str) -> jwtgate::logwriter::Flush {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
     let (filter, initial) = match from_env.as_deref().map(EnvFilter::try_new) {
@@ -262,11 +256,13 @@ fn init_logging(format: LogFormat, default: &str) -> tracing_appender::non_block
         _ => (EnvFilter::new(default), default.to_string()),
     };
     let ansi = std::io::stderr().is_terminal();
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(LOG_BUFFER_LINES)
-        .lossy(false)
-        .thread_name("jwtgate-log")
-        .finish(std::io::stderr());
+    let (writer, guard) = match jwtgate::LogWriter::start("jwtgate-log", std::io::stderr()) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: cannot start the log writer thread: {e}");
+            std::process::exit(1);
+        }
+    };
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
@@ -313,9 +309,7 @@ fn init_logging(format: LogFormat, default: &str) -> tracing_appender::non_block
                 // The access log's lines, the same text without tracing's dispatch, to the
                 // same writer (colours: left to the subscriber's coloured format).
                 if !ansi {
-                    jwtgate::install_text_sink(Box::new(move |line| {
-                        let _ = direct.make_writer().write_all(line);
-                    }));
+                    jwtgate::install_text_sink(Box::new(move |line| direct.write_lines(line)));
                 }
             }
         }

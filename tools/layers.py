@@ -21,6 +21,7 @@ LAYERS = {
     "net": 2, "error": 2, "capacity": 2,
     "ops::metrics": 2, "ops::exposition": 2, "ops::process": 2, "ops::otel": 2,
     "ops::textline": 2, "ops::logline": 2, "ops::logfields": 2, "ops::logtime": 2,
+    "ops::logwriter": 2,
     # 3. policy tables and identity
     "policy": 3, "identity": 3, "pipeline::headers": 3,
     # 4. the live state

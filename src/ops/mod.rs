@@ -9,6 +9,7 @@ pub mod exposition;
 pub mod logfields;
 pub mod logline;
 pub mod logtime;
+pub mod logwriter;
 pub mod metrics;
 pub mod otel;
 pub mod process;
