@@ -22,7 +22,9 @@
 #        BENCH_TOKENS_CLIENT (the tokens curve's wrk Lua: prebuilt, the default, builds every
 #        request string once; concat builds each request from three strings, as before s11-B),
 #        BENCH_HUGETLB=1 (the gateway runs with GLIBC_TUNABLES=glibc.malloc.hugetlb=1: glibc
-#        asks for transparent huge pages for its heaps, README "Large token caches").
+#        asks for transparent huge pages for its heaps, README "Large token caches"); =0
+#        (JWTGATE_HUGE_PAGES=off: never, whatever BENCH_TOKEN_CACHE_MIB); unset: the
+#        gateway's own choice (on from token_cache_mib = 512 where the kernel's are madvise).
 #
 # Runs on Debian as root like bench/run.sh (apt-get installs what is missing; no service is
 # started). Everything binds 127.0.0.1 (the idle connections come from 127.0.0.2, .3, ...)
@@ -50,7 +52,10 @@ BENCH=$ROOT/bench
 JG=${JWTGATE_BIN:-$ROOT/target/release/jwtgate}
 FLOOR=${HYPER_FLOOR_BIN:-$ROOT/target/release/examples/hyper_floor}
 JG_ENV=()
-[[ ${BENCH_HUGETLB:-0} == 1 ]] && JG_ENV=(GLIBC_TUNABLES=glibc.malloc.hugetlb=1)
+case ${BENCH_HUGETLB:-} in
+    1) JG_ENV=(GLIBC_TUNABLES=glibc.malloc.hugetlb=1) ;;
+    0) JG_ENV=(JWTGATE_HUGE_PAGES=off) ;;
+esac
 PLOTS=$ROOT/docs/bench
 # shellcheck source=lib/common.sh
 source "$BENCH/lib/common.sh"

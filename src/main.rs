@@ -317,12 +317,88 @@ fn init_logging(format: LogFormat, default: &str) -> jwtgate::logwriter::Flush {
     guard
 }
 
+/// A verified-token cache this large (`server.token_cache_mib`, 512 MiB: ~400,000 small
+/// tokens) runs with glibc's heaps in huge pages.
+const HUGE_PAGES_FROM_BYTES: u64 = 512 << 20;
+
+/// What `huge_pages` did.
+enum HugePages {
+    /// Not wanted, not available, or not glibc.
+    Off,
+    /// Already in force (this is the restarted process, or the operator set the tunable).
+    On,
+    /// Wanted, but the restart failed: running as before.
+    Failed(std::io::Error),
+}
+
+/// With a verified-token cache of `HUGE_PAGES_FROM_BYTES` or more, each cache hit reads a
+/// different part of a heap of hundreds of megabytes, and with the kernel's transparent huge
+/// pages at `madvise` every such read misses the TLB: at 1,000,000 cached tokens that cost
+/// ~18% of throughput (docs/BENCHMARKS.md "s12: huge pages"). glibc asks for huge pages for
+/// its heaps with the `glibc.malloc.hugetlb=1` tunable, which it reads only at start, so the
+/// process starts itself again (`exec`: same pid, arguments and environment, plus the
+/// tunable) before it does anything else. `JWTGATE_HUGE_PAGES=off` never does this, `on`
+/// does it whatever the cache size. Returns only when there was no restart.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn huge_pages(cfg: &Config) -> HugePages {
+    use std::os::unix::process::CommandExt;
+    const TUNABLE: &str = "glibc.malloc.hugetlb";
+    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    if tunables.contains(&format!("{TUNABLE}=1")) {
+        return HugePages::On;
+    }
+    let wanted = match std::env::var("JWTGATE_HUGE_PAGES").as_deref() {
+        Ok("off" | "0") => false,
+        Ok("on" | "1") => true,
+        _ => cfg.server.token_cache_bytes >= HUGE_PAGES_FROM_BYTES,
+    };
+    // `always`: the kernel already backs the heaps with huge pages; `never`: nothing to ask.
+    // An operator's own setting of the tunable is left as it is.
+    let madvise = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|m| m.contains("[madvise]"));
+    if !wanted || !madvise || tunables.contains(TUNABLE) {
+        return HugePages::Off;
+    }
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return HugePages::Failed(e),
+    };
+    let mut args = std::env::args_os();
+    let mut cmd = std::process::Command::new(exe);
+    if let Some(arg0) = args.next() {
+        cmd.arg0(arg0);
+    }
+    let tunables = if tunables.is_empty() {
+        format!("{TUNABLE}=1")
+    } else {
+        format!("{tunables}:{TUNABLE}=1")
+    };
+    HugePages::Failed(cmd.args(args).env("GLIBC_TUNABLES", tunables).exec())
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn huge_pages(_: &Config) -> HugePages {
+    HugePages::Off
+}
+
 fn run(path: PathBuf) -> ExitCode {
     let cfg = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
+    // Returns only when the process did not start again with huge pages.
+    let restart = huge_pages(&cfg);
     let _log = init_logging(cfg.server.log_format, "info");
+    match restart {
+        HugePages::Failed(e) => tracing::warn!(
+            error = %e,
+            "could not restart with glibc.malloc.hugetlb=1 for the large token cache; running without"
+        ),
+        HugePages::On => {
+            tracing::info!("glibc's heaps in huge pages (GLIBC_TUNABLES glibc.malloc.hugetlb=1)")
+        }
+        HugePages::Off => {}
+    }
     runtime().block_on(async move {
         // Traces (OTEL_EXPORTER_OTLP_ENDPOINT): the exports' connections run on this
         // runtime, off the workers'.

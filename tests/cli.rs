@@ -1218,3 +1218,45 @@ async fn text_access_log_lines_are_what_the_default_format_writes() {
         "an access line written at level warn: {access:?}"
     );
 }
+
+/// A verified-token cache of 512 MiB or more runs with glibc's heaps in huge pages: where the
+/// kernel's transparent huge pages are `madvise`, the process starts itself again with
+/// `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (and says so at start), and serves as before. A
+/// small cache, `JWTGATE_HUGE_PAGES=off`, or another kernel setting leaves it alone;
+/// `JWTGATE_HUGE_PAGES=on` asks whatever the size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_token_cache_runs_with_huge_pages() {
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .expect("this test reads the kernel's transparent huge page setting");
+    let madvise = thp.contains("[madvise]");
+    let up = EchoUpstream::start().await;
+    // `[server]` lines, the environment, and whether the tunable is wanted.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], bool);
+    let cases: [Case; 4] = [
+        ("token_cache_mib = 600", &[], madvise),
+        ("", &[], false),
+        (
+            "token_cache_mib = 600",
+            &[("JWTGATE_HUGE_PAGES", "off")],
+            false,
+        ),
+        ("", &[("JWTGATE_HUGE_PAGES", "on")], madvise),
+    ];
+    for (server, env, want) in cases {
+        let listen = "http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"";
+        let gw = BinGateway::listening_env(&up, listen, server, env);
+        let environ = std::fs::read(format!("/proc/{}/environ", gw.pid())).unwrap();
+        let tunable = environ
+            .split(|&b| b == 0)
+            .any(|v| v == b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1");
+        let case = format!("[server] {server:?}, env {env:?}, THP {}", thp.trim());
+        assert_eq!(tunable, want, "{case}");
+        let said = gw.before.iter().any(|l| l.contains("heaps in huge pages"));
+        assert_eq!(said, want, "{case}: {:?}", gw.before);
+        let r = Client::plain()
+            .get(&format!("http://{}/after-start", gw.http), &[])
+            .await;
+        assert_eq!(r.status, 200, "{case}");
+        gw.stop().await;
+    }
+}

@@ -95,6 +95,11 @@ impl BinGateway {
         }
     }
 
+    /// The gateway process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
     /// Send `sig` (`-TERM`, `-HUP`) to the gateway process.
     pub fn signal(&self, sig: &str) {
         signal(self.child.as_ref().unwrap(), sig);
