@@ -17,7 +17,7 @@ use crate::error::GatewayError;
 use crate::identity::auth::Verified;
 use crate::net::body::{self, Body, Tally};
 use crate::ops::otel::{RequestSpan, RouteNames};
-use crate::ops::textline::{self, TextLine};
+use crate::ops::textline::{self, key, TextLine};
 use crate::pipeline::headers::X_REQUEST_ID;
 use crate::pipeline::Notes;
 use crate::policy::cors;
@@ -328,24 +328,24 @@ impl Fields<'_> {
     /// The line as the text log writes `event` (fields in the same order; an absent
     /// optional field is left out, as `tracing` leaves out a `None`).
     fn text(&self, l: &mut TextLine) {
-        l.str("front", self.front);
-        l.str("method", self.method);
-        l.str("path", self.path);
-        l.str("route", self.route);
+        l.str(key!("front"), self.front);
+        l.str(key!("method"), self.method);
+        l.str(key!("path"), self.path);
+        l.str(key!("route"), self.route);
         if let Some(ip) = self.client {
-            l.with("client", |s| ClientIp(ip).push_to(s));
+            l.with(key!("client"), |s| ClientIp(ip).push_to(s));
         }
-        l.u64("status", self.status.into());
-        l.u64("duration_us", self.duration_us);
-        l.str("request_id", self.request_id);
-        l.str("sub", self.sub);
-        l.str("error", self.error);
-        l.str("upstream_host", self.upstream_host);
-        l.u64("bytes_received", self.bytes_received);
-        l.u64("bytes_sent", self.bytes_sent);
-        l.str("user_agent", self.user_agent);
+        l.u64(key!("status"), self.status.into());
+        l.u64(key!("duration_us"), self.duration_us);
+        l.str(key!("request_id"), self.request_id);
+        l.str(key!("sub"), self.sub);
+        l.str(key!("error"), self.error);
+        l.str(key!("upstream_host"), self.upstream_host);
+        l.u64(key!("bytes_received"), self.bytes_received);
+        l.u64(key!("bytes_sent"), self.bytes_sent);
+        l.str(key!("user_agent"), self.user_agent);
         if let Some(t) = self.trace_id {
-            l.display("trace_id", t);
+            l.display(key!("trace_id"), t);
         }
     }
 }

@@ -59,15 +59,25 @@ pub(crate) fn write(level: &Level, target: &str, fields: impl FnOnce(&mut TextLi
     true
 }
 
+/// A field's key as `TextLine` takes it, ` name=`, put together at compile time: one copy
+/// per field instead of a separator, the name and `=` one by one (issue 19).
+macro_rules! key {
+    ($name:literal) => {
+        concat!(" ", $name, "=")
+    };
+}
+pub(crate) use key;
+
 /// One line being written: `TextFormat`'s prefix, then fields as `TextFields` writes them.
-/// Names must be plain identifiers (not `message`, no `r#`), as `tracing` field names are.
+/// Keys come from `key!`; names must be plain identifiers (not `message`, no `r#`), as
+/// `tracing` field names are.
 pub(crate) struct TextLine {
     buf: String,
     is_empty: bool,
 }
 
 impl TextLine {
-    /// `time level target: ` into `buf` (cleared first).
+    /// `time level target:` into `buf` (cleared first); each field brings its own space.
     pub(crate) fn start(mut buf: String, level: &Level, target: &str) -> Self {
         buf.clear();
         if LogTime.format_time(&mut Writer::new(&mut buf)).is_err() {
@@ -75,49 +85,55 @@ impl TextLine {
         }
         buf.push_str(logline::level(level));
         buf.push_str(target);
-        buf.push_str(": ");
+        buf.push(':');
         TextLine {
             buf,
             is_empty: true,
         }
     }
 
-    fn name(&mut self, name: &str) {
-        debug_assert!(name != "message" && !name.starts_with("r#"), "{name}");
-        if !std::mem::take(&mut self.is_empty) {
-            self.buf.push(' ');
-        }
-        self.buf.push_str(name);
-        self.buf.push('=');
+    fn name(&mut self, key: &str) {
+        debug_assert!(
+            key.starts_with(' ')
+                && key.ends_with('=')
+                && key != " message="
+                && !key.starts_with(" r#"),
+            "{key}"
+        );
+        self.is_empty = false;
+        self.buf.push_str(key);
     }
 
     /// A `str` field (`{:?}`, in quotes).
-    pub(crate) fn str(&mut self, name: &str, value: &str) {
-        self.name(name);
+    pub(crate) fn str(&mut self, key: &str, value: &str) {
+        self.name(key);
         push_debug_str(&mut self.buf, value);
     }
 
     /// An integer field.
-    pub(crate) fn u64(&mut self, name: &str, value: u64) {
-        self.name(name);
+    pub(crate) fn u64(&mut self, key: &str, value: u64) {
+        self.name(key);
         self.buf.push_str(itoa::Buffer::new().format(value));
     }
 
     /// A `%value` field (`tracing::field::display`).
-    pub(crate) fn display(&mut self, name: &str, value: impl fmt::Display) {
-        self.name(name);
+    pub(crate) fn display(&mut self, key: &str, value: impl fmt::Display) {
+        self.name(key);
         // Writing to a `String` cannot fail.
         let _ = write!(self.buf, "{value}");
     }
 
     /// A field whose value `value` writes, as its `Display` would (no quotes).
-    pub(crate) fn with(&mut self, name: &str, value: impl FnOnce(&mut String)) {
-        self.name(name);
+    pub(crate) fn with(&mut self, key: &str, value: impl FnOnce(&mut String)) {
+        self.name(key);
         value(&mut self.buf);
     }
 
-    /// The whole line, with its `\n`.
+    /// The whole line, with its `\n` (and the prefix's space when no field was written).
     pub(crate) fn finish(mut self) -> String {
+        if self.is_empty {
+            self.buf.push(' ');
+        }
         self.buf.push('\n');
         self.buf
     }
