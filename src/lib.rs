@@ -51,7 +51,7 @@ pub use ops::logline::TextFormat;
 pub use ops::logtime::LogTime;
 pub use ops::logwriter::{self, LogWriter};
 pub use ops::otel;
-pub use ops::textline::{install_text_sink, LineSink};
+pub use ops::textline::install_text_sink;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

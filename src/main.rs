@@ -269,7 +269,6 @@ fn init_logging(format: LogFormat, default: &str) -> jwtgate::logwriter::Flush {
         // The stock timer's text, formatted once a second per thread.
         .with_timer(jwtgate::LogTime)
         .with_writer(writer.clone());
-    let direct = writer;
     // `POST /log-level` swaps the filter through the subscriber's reload handle.
     fn control<L, S>(initial: &str, handle: tracing_subscriber::reload::Handle<L, S>)
     where
@@ -309,7 +308,7 @@ fn init_logging(format: LogFormat, default: &str) -> jwtgate::logwriter::Flush {
                 // The access log's lines, the same text without tracing's dispatch, to the
                 // same writer (colours: left to the subscriber's coloured format).
                 if !ansi {
-                    jwtgate::install_text_sink(Box::new(move |line| direct.write_lines(line)));
+                    jwtgate::install_text_sink(writer);
                 }
             }
         }
@@ -329,6 +328,8 @@ enum HugePages {
     On,
     /// Wanted, but the restart failed: running as before.
     Failed(std::io::Error),
+    /// `JWTGATE_HUGE_PAGES` is neither `on`/`1` nor `off`/`0`: left off.
+    Invalid(String),
 }
 
 /// With a verified-token cache of `HUGE_PAGES_FROM_BYTES` or more, each cache hit reads a
@@ -344,19 +345,25 @@ fn huge_pages(cfg: &Config) -> HugePages {
     use std::os::unix::process::CommandExt;
     const TUNABLE: &str = "glibc.malloc.hugetlb";
     let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-    if tunables.contains(&format!("{TUNABLE}=1")) {
-        return HugePages::On;
+    // An operator's own setting of the tunable is left as it is.
+    match tunables
+        .split(':')
+        .find_map(|t| t.strip_prefix(TUNABLE)?.strip_prefix('='))
+    {
+        Some("1") => return HugePages::On,
+        Some(_) => return HugePages::Off,
+        None => {}
     }
-    let wanted = match std::env::var("JWTGATE_HUGE_PAGES").as_deref() {
-        Ok("off" | "0") => false,
-        Ok("on" | "1") => true,
-        _ => cfg.server.token_cache_bytes >= HUGE_PAGES_FROM_BYTES,
+    let wanted = match std::env::var("JWTGATE_HUGE_PAGES") {
+        Ok(v) if v == "off" || v == "0" => false,
+        Ok(v) if v == "on" || v == "1" => true,
+        Ok(v) => return HugePages::Invalid(v),
+        Err(_) => cfg.server.token_cache_bytes >= HUGE_PAGES_FROM_BYTES,
     };
     // `always`: the kernel already backs the heaps with huge pages; `never`: nothing to ask.
-    // An operator's own setting of the tunable is left as it is.
     let madvise = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
         .is_ok_and(|m| m.contains("[madvise]"));
-    if !wanted || !madvise || tunables.contains(TUNABLE) {
+    if !wanted || !madvise {
         return HugePages::Off;
     }
     let exe = match std::env::current_exe() {
@@ -397,6 +404,10 @@ fn run(path: PathBuf) -> ExitCode {
         HugePages::On => {
             tracing::info!("glibc's heaps in huge pages (GLIBC_TUNABLES glibc.malloc.hugetlb=1)")
         }
+        HugePages::Invalid(v) => tracing::warn!(
+            value = %v,
+            "JWTGATE_HUGE_PAGES is not on, off, 1 or 0: ignored, huge pages left off"
+        ),
         HugePages::Off => {}
     }
     runtime().block_on(async move {

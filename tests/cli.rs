@@ -1223,26 +1223,34 @@ async fn text_access_log_lines_are_what_the_default_format_writes() {
 /// kernel's transparent huge pages are `madvise`, the process starts itself again with
 /// `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (and says so at start), and serves as before. A
 /// small cache, `JWTGATE_HUGE_PAGES=off`, or another kernel setting leaves it alone;
-/// `JWTGATE_HUGE_PAGES=on` asks whatever the size.
+/// `JWTGATE_HUGE_PAGES=on` asks whatever the size; another value is warned about and ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_token_cache_runs_with_huge_pages() {
     let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
         .expect("this test reads the kernel's transparent huge page setting");
     let madvise = thp.contains("[madvise]");
     let up = EchoUpstream::start().await;
-    // `[server]` lines, the environment, and whether the tunable is wanted.
-    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], bool);
-    let cases: [Case; 4] = [
-        ("token_cache_mib = 600", &[], madvise),
-        ("", &[], false),
+    // `[server]` lines, the environment, whether the tunable is wanted, and whether a bad
+    // `JWTGATE_HUGE_PAGES` is warned about.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], bool, bool);
+    let cases: [Case; 5] = [
+        ("token_cache_mib = 600", &[], madvise, false),
+        ("", &[], false, false),
         (
             "token_cache_mib = 600",
             &[("JWTGATE_HUGE_PAGES", "off")],
             false,
+            false,
         ),
-        ("", &[("JWTGATE_HUGE_PAGES", "on")], madvise),
+        ("", &[("JWTGATE_HUGE_PAGES", "on")], madvise, false),
+        (
+            "token_cache_mib = 600",
+            &[("JWTGATE_HUGE_PAGES", "yes")],
+            false,
+            true,
+        ),
     ];
-    for (server, env, want) in cases {
+    for (server, env, want, warns) in cases {
         let listen = "http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"";
         let gw = BinGateway::listening_env(&up, listen, server, env);
         let environ = std::fs::read(format!("/proc/{}/environ", gw.pid())).unwrap();
@@ -1253,6 +1261,11 @@ async fn a_large_token_cache_runs_with_huge_pages() {
         assert_eq!(tunable, want, "{case}");
         let said = gw.before.iter().any(|l| l.contains("heaps in huge pages"));
         assert_eq!(said, want, "{case}: {:?}", gw.before);
+        let warned = gw
+            .before
+            .iter()
+            .any(|l| l.contains("JWTGATE_HUGE_PAGES is not on, off"));
+        assert_eq!(warned, warns, "{case}: {:?}", gw.before);
         let r = Client::plain()
             .get(&format!("http://{}/after-start", gw.http), &[])
             .await;

@@ -4,7 +4,7 @@
 //! it unless it will be written). With OpenTelemetry on (`ops::otel`), the exchange is
 //! also the request's server span.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -217,36 +217,26 @@ fn text(v: &Option<HeaderValue>) -> Option<&str> {
 struct ClientIp(IpAddr);
 
 impl ClientIp {
-    /// The text into `s`, without `core::fmt` for an IPv4 address (the text line's way).
-    fn push_to(&self, s: &mut String) {
+    /// The text into `w`: an IPv4 address's numbers by `itoa`, an IPv6 address by its own
+    /// `Display`. For the text line (a `String`) and `Display` alike.
+    fn write_to<W: fmt::Write>(&self, w: &mut W) -> fmt::Result {
         let IpAddr::V4(v4) = self.0 else {
-            // Writing to a `String` cannot fail.
-            let _ = write!(s, "{}", self.0);
-            return;
+            return write!(w, "{}", self.0);
         };
         let [a, b, c, d] = v4.octets();
         let mut n = itoa::Buffer::new();
-        s.push_str(n.format(a));
+        w.write_str(n.format(a))?;
         for o in [b, c, d] {
-            s.push('.');
-            s.push_str(n.format(o));
+            w.write_char('.')?;
+            w.write_str(n.format(o))?;
         }
+        Ok(())
     }
 }
 
 impl fmt::Display for ClientIp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let IpAddr::V4(v4) = self.0 else {
-            return self.0.fmt(f);
-        };
-        let [a, b, c, d] = v4.octets();
-        let mut n = itoa::Buffer::new();
-        f.write_str(n.format(a))?;
-        for o in [b, c, d] {
-            f.write_char('.')?;
-            f.write_str(n.format(o))?;
-        }
-        Ok(())
+        self.write_to(f)
     }
 }
 
@@ -333,7 +323,10 @@ impl Fields<'_> {
         l.str(key!("path"), self.path);
         l.str(key!("route"), self.route);
         if let Some(ip) = self.client {
-            l.with(key!("client"), |s| ClientIp(ip).push_to(s));
+            l.with(key!("client"), |s| {
+                // Writing to a `String` cannot fail.
+                let _ = ClientIp(ip).write_to(s);
+            });
         }
         l.u64(key!("status"), self.status.into());
         l.u64(key!("duration_us"), self.duration_us);
@@ -462,7 +455,7 @@ mod tests {
             let shown = format!("{:?}", tracing::field::display(ClientIp(ip)));
             assert_eq!(shown, ip.to_string());
             let mut pushed = String::new();
-            ClientIp(ip).push_to(&mut pushed);
+            ClientIp(ip).write_to(&mut pushed).unwrap();
             assert_eq!(pushed, shown);
         }
     }

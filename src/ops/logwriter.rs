@@ -110,8 +110,8 @@ impl LogWriter {
     }
 }
 
-/// The writer thread: take what has gathered, write it, wait `GATHER` while lines keep
-/// coming, sleep when none do.
+/// The writer thread: wait for a line, let more gather for `GATHER` (unless closing or
+/// full), take them all, write them in one call; again.
 fn run<W: Write>(shared: &Shared, mut out: W) {
     let mut batch = Vec::new();
     loop {
@@ -122,12 +122,11 @@ fn run<W: Write>(shared: &Shared, mut out: W) {
                 .wake_writer
                 .wait_while(s, |s| s.idle && !s.closed)
                 .unwrap_or_else(PoisonError::into_inner);
-            // Woken by the first line: let more gather (unless closing or full).
-            if !s.closed && !s.full {
-                drop(s);
-                thread::sleep(GATHER);
-                s = shared.lock();
-            }
+        }
+        if !s.closed && !s.full {
+            drop(s);
+            thread::sleep(GATHER);
+            s = shared.lock();
         }
         if s.pending.is_empty() && s.closed {
             return;
@@ -143,12 +142,6 @@ fn run<W: Write>(shared: &Shared, mut out: W) {
         batch.clear();
         if batch.capacity() > KEPT {
             batch = Vec::new();
-        }
-        // Lines keep coming: let them gather for a while before the next write.
-        let s = shared.lock();
-        if !s.pending.is_empty() && !s.closed && !s.full {
-            drop(s);
-            thread::sleep(GATHER);
         }
     }
 }

@@ -21,11 +21,9 @@ use tracing_subscriber::fmt::time::FormatTime;
 use super::logfields::push_debug_str;
 use super::logline;
 use super::logtime::LogTime;
+use super::logwriter::LogWriter;
 
-/// Takes one whole line (ending in `\n`) for the log: the text log's writer.
-pub type LineSink = Box<dyn Fn(&[u8]) + Send + Sync>;
-
-static SINK: OnceLock<LineSink> = OnceLock::new();
+static SINK: OnceLock<LogWriter> = OnceLock::new();
 
 thread_local! {
     /// The line's buffer, kept by each thread between lines.
@@ -35,10 +33,10 @@ thread_local! {
 /// A buffer this large is not kept for the next line.
 const LINE_KEPT: usize = 16 * 1024;
 
-/// Let `write` write lines to `sink`: the binary's text log (no colours), the writer its
+/// Let `write` write lines to `writer`: the binary's text log (no colours), the writer its
 /// `tracing` subscriber writes to, so the lines of both stay in order. Once per process.
-pub fn install_text_sink(sink: LineSink) {
-    let _ = SINK.set(sink);
+pub fn install_text_sink(writer: LogWriter) {
+    let _ = SINK.set(writer);
 }
 
 /// Write one line at `level` for `target` with the fields `fields` adds, when a sink is
@@ -52,7 +50,7 @@ pub(crate) fn write(level: &Level, target: &str, fields: impl FnOnce(&mut TextLi
     let mut line = TextLine::start(buf, level, target);
     fields(&mut line);
     let buf = line.finish();
-    sink(buf.as_bytes());
+    sink.write_lines(buf.as_bytes());
     if buf.capacity() <= LINE_KEPT {
         let _ = LINE.try_with(|l| l.set(buf));
     }
