@@ -1226,7 +1226,7 @@ RESULT=$BENCH/results/$STAMP$([[ $USE_JG == 1 ]] || echo -peers).md
         # The idle figures depend on the code layout (build.rs, link/jwtgate.order): a list
         # gone stale after a toolchain or Cargo.lock change keeps ~5 MiB more code resident.
         layout=$(python3 "$ROOT/tools/order_file.py" check "$JG" "$ROOT/link/jwtgate.order") &&
-            layout_note="" || layout_note="; STALE (< 90% found): regenerate with tools/order-file.sh"
+            layout_note="" || layout_note="; STALE (< 90% found): build the binary on its own (not with --example or --tests in one cargo command), or regenerate with tools/order-file.sh"
         echo "- code layout: ${layout%%$'\n'*}$layout_note"
     fi
     if [[ $USE_JG == 1 ]]; then

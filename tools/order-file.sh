@@ -8,7 +8,9 @@
 #      log configuration.
 # Run it under the shared build lock (flock /work/.cargo.lock ...) after a toolchain or
 # Cargo.lock change, or when `python3 tools/order_file.py check BINARY` finds < 90% of the
-# names; then rebuild (release) and check bench/run.sh --only mem.
+# names; then rebuild (release) and check bench/run.sh --only mem. BINARY must be built on
+# its own (`cargo build --release`): built in one command with an example or the tests, its
+# dependencies carry other hashes (tools/order_file.py) and the list would fit no other build.
 set -Eeuo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=$(realpath "${1:-$ROOT/target/release/jwtgate}")

@@ -64,6 +64,65 @@ pub(super) fn same_origin(
     cors.is_some_and(|c| c.trusts_credentials_from(site))
 }
 
+/// A token as the request carries it. From a header its bytes are not yet known to be
+/// visible ASCII (all a token may hold): `as_str` checks the whole header value, as
+/// `HeaderValue::to_str` does. A connection's memo compares the bytes first
+/// (`TokenMemo::recall`), and what it holds passed that check, so a keep-alive client's
+/// repeated 700-byte token is not scanned again (issue 19).
+#[derive(Debug, Clone, Copy)]
+pub struct Token<'a>(Repr<'a>);
+
+#[derive(Debug, Clone, Copy)]
+enum Repr<'a> {
+    /// Checked already (a cookie value, parsed from a checked `Cookie` line).
+    Str(&'a str),
+    /// `value[range]`; `what` names the header when it is not visible ASCII.
+    Header {
+        value: &'a HeaderValue,
+        start: usize,
+        end: usize,
+        what: &'static str,
+    },
+}
+
+impl<'a> Token<'a> {
+    pub fn as_bytes(&self) -> &'a [u8] {
+        match self.0 {
+            Repr::Str(s) => s.as_bytes(),
+            Repr::Header {
+                value, start, end, ..
+            } => &value.as_bytes()[start..end],
+        }
+    }
+
+    /// The token, if its header is visible ASCII (else 401, as a malformed token).
+    pub fn as_str(&self) -> Result<&'a str, TokenError> {
+        match self.0 {
+            Repr::Str(s) => Ok(s),
+            Repr::Header {
+                value,
+                start,
+                end,
+                what,
+            } => value
+                .to_str()
+                .map(|s| &s[start..end])
+                .map_err(|_| TokenError::Malformed(what)),
+        }
+    }
+
+    fn in_header(value: &'a HeaderValue, token: &'a [u8], what: &'static str) -> Token<'a> {
+        // `token` is a sub-slice of `value`'s bytes.
+        let start = token.as_ptr() as usize - value.as_bytes().as_ptr() as usize;
+        Token(Repr::Header {
+            value,
+            start,
+            end: start + token.len(),
+            what,
+        })
+    }
+}
+
 /// Find the token in the configured sources, in order. A present but malformed
 /// Authorization header is an error, not "no token". A credential given twice (two
 /// `Authorization` lines, two token cookies of one name, a token header repeated) is 400:
@@ -72,51 +131,52 @@ pub(super) fn same_origin(
 pub fn find_token<'a>(
     tokens: &Tokens,
     headers: &'a HeaderMap,
-) -> Result<Option<(&'a str, Carrier)>, GatewayError> {
+) -> Result<Option<(Token<'a>, Carrier)>, GatewayError> {
     for src in &tokens.sources {
         match src {
             TokenSource::Header(name) if name == header::AUTHORIZATION => {
                 if let Some(v) = only_line(headers, &header::AUTHORIZATION)? {
-                    let v = v
-                        .to_str()
-                        .map_err(|_| TokenError::Malformed("authorization header is not ASCII"))?;
+                    const NOT_ASCII: &str = "authorization header is not ASCII";
+                    let b = v.as_bytes();
                     // The first space by a byte scan: `split_once` runs a `CharSearcher`,
                     // ~150 instructions here for a six-letter scheme (issue 19).
-                    let (scheme, rest) = match v.bytes().position(|b| b == b' ') {
-                        Some(i) => (&v[..i], &v[i + 1..]),
-                        None => (v, ""),
+                    let (scheme, rest) = match b.iter().position(|&c| c == b' ') {
+                        Some(i) => (&b[..i], &b[i + 1..]),
+                        None => (b, &b""[..]),
                     };
-                    let carrier = if scheme.eq_ignore_ascii_case("bearer") {
+                    let carrier = if scheme.eq_ignore_ascii_case(b"bearer") {
                         Carrier::AuthorizationHeader
-                    } else if scheme.eq_ignore_ascii_case("dpop") {
+                    } else if scheme.eq_ignore_ascii_case(b"dpop") {
                         Carrier::Dpop
+                    } else if v.to_str().is_err() {
+                        return Err(TokenError::Malformed(NOT_ASCII).into());
                     } else {
                         return Err(TokenError::Malformed(
                             "authorization scheme is not Bearer or DPoP",
                         )
                         .into());
                     };
-                    let t = rest.trim();
+                    // On visible ASCII (all `as_str` lets through) this is `str::trim`.
+                    let t = rest.trim_ascii();
                     if t.is_empty() {
                         return Err(TokenError::Malformed("empty bearer token").into());
                     }
-                    return Ok(Some((t, carrier)));
+                    return Ok(Some((Token::in_header(v, t, NOT_ASCII), carrier)));
                 }
             }
             TokenSource::Header(name) => {
                 if let Some(v) = only_line(headers, name)? {
-                    let t = v
-                        .to_str()
-                        .map_err(|_| TokenError::Malformed("token header is not ASCII"))?
-                        .trim();
+                    let t = v.as_bytes().trim_ascii();
+                    // A blank line is no token (the next source is tried).
                     if !t.is_empty() {
-                        return Ok(Some((t, Carrier::OtherHeader)));
+                        let token = Token::in_header(v, t, "token header is not ASCII");
+                        return Ok(Some((token, Carrier::OtherHeader)));
                     }
                 }
             }
             TokenSource::Cookie(name) => {
                 if let Some(t) = find_only_cookie(headers, name)? {
-                    return Ok(Some((t, Carrier::Cookie)));
+                    return Ok(Some((Token(Repr::Str(t)), Carrier::Cookie)));
                 }
             }
         }

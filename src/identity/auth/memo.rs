@@ -28,10 +28,10 @@ struct Memo {
 impl TokenMemo {
     /// The verification remembered for exactly these bytes by this verifier, if any. The
     /// caller still checks that the issuer's key set is the one it was verified under.
-    pub fn recall(&self, verifier: u64, token: &str) -> Option<Arc<Verified>> {
+    pub fn recall(&self, verifier: u64, token: &[u8]) -> Option<Arc<Verified>> {
         let memo = self.0.lock().ok()?;
         let m = memo.as_ref()?;
-        (m.verifier == verifier && m.token == token.as_bytes()).then(|| m.verified.clone())
+        (m.verifier == verifier && m.token == token).then(|| m.verified.clone())
     }
 
     /// Remember `verified` for `token`, in place of the previous one.

@@ -14,7 +14,9 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
 pub use crate::clock::now_unix;
-pub use extract::{check_csrf, find_cookie, find_only_cookie, find_token, remove_cookies, Carrier};
+pub use extract::{
+    check_csrf, find_cookie, find_only_cookie, find_token, remove_cookies, Carrier, Token,
+};
 
 mod extract;
 pub mod introspect;
@@ -254,7 +256,7 @@ impl Verifier {
         cors: Option<&CorsConfig>,
         memo: Option<&TokenMemo>,
     ) -> Result<Option<Authenticated>, GatewayError> {
-        let Some((token, carrier)) = find_token(tokens, headers)? else {
+        let Some((found, carrier)) = find_token(tokens, headers)? else {
             return match mode {
                 AuthMode::Required => Err(GatewayError::MissingToken),
                 _ => Ok(None),
@@ -265,7 +267,8 @@ impl Verifier {
         }
         // Not a JWT (three dot-separated parts) and an issuer introspects: ask it.
         let verified = match &self.introspector {
-            Some(i) if token.split('.').count() != 3 => {
+            Some(i) if found.as_bytes().split(|&b| b == b'.').count() != 3 => {
+                let token = found.as_str()?;
                 if token.len() > MAX_TOKEN_BYTES {
                     return Err(TokenError::Malformed("token too large").into());
                 }
@@ -273,12 +276,12 @@ impl Verifier {
                 // carry.
                 Box::pin(i.introspect(self, token)).await?
             }
-            _ => self.verify_remembered(token, memo).await?,
+            _ => self.verify_remembered(found, memo).await?,
         };
         let bearer = match carrier {
             Carrier::AuthorizationHeader => None,
             // A DPoP token goes upstream as a bearer token (the proof is checked here).
-            _ => HeaderValue::try_from(format!("Bearer {token}")).ok(),
+            _ => HeaderValue::try_from(format!("Bearer {}", found.as_str()?)).ok(),
         };
         Ok(Some(Authenticated {
             verified,
@@ -288,20 +291,22 @@ impl Verifier {
         }))
     }
 
-    /// `verify`, first asking the connection's memo of its last token (exact bytes).
+    /// `verify`, first asking the connection's memo of its last token (exact bytes, which
+    /// passed `as_str` when remembered: a hit needs no other look at them).
     async fn verify_remembered(
         &self,
-        token: &str,
+        found: Token<'_>,
         memo: Option<&TokenMemo>,
     ) -> Result<Arc<Verified>, TokenError> {
         let Some(memo) = memo else {
-            return self.verify(token).await;
+            return self.verify(found.as_str()?).await;
         };
-        if let Some(v) = memo.recall(self.id, token) {
+        if let Some(v) = memo.recall(self.id, found.as_bytes()) {
             if self.is_current(&v) && now_unix() <= v.exp.saturating_add(v.leeway) {
                 return Ok(v);
             }
         }
+        let token = found.as_str()?;
         let v = self.verify(token).await?;
         memo.remember(self.id, token, &v);
         Ok(v)
@@ -771,19 +776,20 @@ mod tests {
         h
     }
 
+    /// The token `find_token` finds, as a string.
+    fn found(h: &HeaderMap) -> Option<(&str, Carrier)> {
+        find_token(&tokens(), h)
+            .unwrap()
+            .map(|(t, c)| (t.as_str().unwrap(), c))
+    }
+
     #[test]
     fn bearer_header_then_cookie() {
         let h = hm(&[("authorization", "Bearer abc")]);
-        assert_eq!(
-            find_token(&tokens(), &h).unwrap(),
-            Some(("abc", Carrier::AuthorizationHeader))
-        );
+        assert_eq!(found(&h), Some(("abc", Carrier::AuthorizationHeader)));
         let h = hm(&[("cookie", "a=1; access_token=xyz")]);
-        assert_eq!(
-            find_token(&tokens(), &h).unwrap(),
-            Some(("xyz", Carrier::Cookie))
-        );
-        assert_eq!(find_token(&tokens(), &HeaderMap::new()).unwrap(), None);
+        assert_eq!(found(&h), Some(("xyz", Carrier::Cookie)));
+        assert_eq!(found(&HeaderMap::new()), None);
     }
 
     #[test]
@@ -806,10 +812,7 @@ mod tests {
         }
         // Another cookie of the same prefix is not the token.
         let h = hm(&[("cookie", "access_token_old=a; access_token=b")]);
-        assert_eq!(
-            find_token(&tokens(), &h).unwrap(),
-            Some(("b", Carrier::Cookie))
-        );
+        assert_eq!(found(&h), Some(("b", Carrier::Cookie)));
     }
 
     #[test]
@@ -818,6 +821,39 @@ mod tests {
             let h = hm(&[("authorization", v)]);
             assert!(find_token(&tokens(), &h).is_err(), "{v}");
         }
+    }
+
+    /// A token's bytes are checked when it is first verified (`as_str`), not when it is
+    /// found: obs-text in it is still a malformed token, under either scheme, and a wrong
+    /// scheme with obs-text is reported as not ASCII, as before.
+    #[test]
+    fn a_token_that_is_not_visible_ascii_is_malformed() {
+        for v in [&b"Bearer ab\xffcd"[..], b"DPoP \xe2\x82\xac.x.y"] {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_bytes(v).unwrap());
+            let (t, _) = find_token(&tokens(), &h).unwrap().unwrap();
+            assert!(
+                matches!(
+                    t.as_str(),
+                    Err(TokenError::Malformed("authorization header is not ASCII"))
+                ),
+                "{v:?}"
+            );
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_bytes(b"Token \xff").unwrap(),
+        );
+        assert!(matches!(
+            find_token(&tokens(), &h),
+            Err(GatewayError::InvalidToken(TokenError::Malformed(
+                "authorization header is not ASCII"
+            )))
+        ));
+        // Trimmed as `str::trim` would.
+        let h = hm(&[("authorization", "Bearer \t abc \t")]);
+        assert_eq!(found(&h), Some(("abc", Carrier::AuthorizationHeader)));
     }
 
     fn verified(exp: i64, nbf: Option<i64>) -> Verified {
