@@ -318,8 +318,8 @@ impl Fields<'_> {
     /// The line as the text log writes `event` (fields in the same order; an absent
     /// optional field is left out, as `tracing` leaves out a `None`).
     fn text(&self, l: &mut TextLine) {
-        l.str(key!("front"), self.front);
-        l.str(key!("method"), self.method);
+        l.plain(key!("front"), self.front);
+        l.plain(key!("method"), self.method);
         l.str(key!("path"), self.path);
         l.str(key!("route"), self.route);
         if let Some(ip) = self.client {
@@ -330,7 +330,7 @@ impl Fields<'_> {
         }
         l.u64(key!("status"), self.status.into());
         l.u64(key!("duration_us"), self.duration_us);
-        l.str(key!("request_id"), self.request_id);
+        l.plain(key!("request_id"), self.request_id);
         l.str(key!("sub"), self.sub);
         l.str(key!("error"), self.error);
         l.str(key!("upstream_host"), self.upstream_host);

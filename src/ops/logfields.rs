@@ -131,7 +131,7 @@ pub(crate) fn push_debug_str(b: &mut String, value: &str) {
 /// `{:?}` of these strings is the string between quotes: printable ASCII without `"` or
 /// `\`. Every byte is looked at (no early exit), which lets the compiler test 16 at a
 /// time: most values are plain, and a request id or user agent is 40 bytes or more.
-fn debug_is_verbatim(s: &str) -> bool {
+pub(crate) fn debug_is_verbatim(s: &str) -> bool {
     s.bytes().fold(true, |plain, b| {
         plain & ((0x20..0x7f).contains(&b) & (b != b'"') & (b != b'\\'))
     })

@@ -18,7 +18,7 @@ use tracing::Level;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
 
-use super::logfields::push_debug_str;
+use super::logfields::{self, push_debug_str};
 use super::logline;
 use super::logtime::LogTime;
 use super::logwriter::LogWriter;
@@ -106,6 +106,18 @@ impl TextLine {
     pub(crate) fn str(&mut self, key: &str, value: &str) {
         self.name(key);
         push_debug_str(&mut self.buf, value);
+    }
+
+    /// A `str` field that `{:?}` prints as it is, by construction (a literal, a method, a
+    /// request id `pipeline::headers::request_id` settled): the same text as `str`,
+    /// without looking at each byte first.
+    pub(crate) fn plain(&mut self, key: &str, value: &str) {
+        debug_assert!(logfields::debug_is_verbatim(value), "{value:?}");
+        self.name(key);
+        self.buf.reserve(value.len() + 2);
+        self.buf.push('"');
+        self.buf.push_str(value);
+        self.buf.push('"');
     }
 
     /// An integer field.
