@@ -21,8 +21,8 @@
 #        target/release/examples/hyper_floor; without it the control goes to the upstream),
 #        BENCH_TOKENS_CLIENT (the tokens curve's wrk Lua: prebuilt, the default, builds every
 #        request string once; concat builds each request from three strings, as before s11-B),
-#        BENCH_HUGETLB=1 (the gateway runs with GLIBC_TUNABLES=glibc.malloc.hugetlb=1: glibc
-#        asks for transparent huge pages for its heaps, README "Large token caches"); =0
+#        BENCH_HUGETLB=1 (the gateway runs with _RJEM_MALLOC_CONF=thp:always: jemalloc asks
+#        for transparent huge pages for its memory, README "Large token caches"); =0
 #        (JWTGATE_HUGE_PAGES=off: never, whatever BENCH_TOKEN_CACHE_MIB); unset: the
 #        gateway's own choice (on from token_cache_mib = 512 where the kernel's are madvise).
 #
@@ -53,7 +53,7 @@ JG=${JWTGATE_BIN:-$ROOT/target/release/jwtgate}
 FLOOR=${HYPER_FLOOR_BIN:-$ROOT/target/release/examples/hyper_floor}
 JG_ENV=()
 case ${BENCH_HUGETLB:-} in
-    1) JG_ENV=(GLIBC_TUNABLES=glibc.malloc.hugetlb=1) ;;
+    1) JG_ENV=(_RJEM_MALLOC_CONF=thp:always) ;;
     0) JG_ENV=(JWTGATE_HUGE_PAGES=off) ;;
 esac
 PLOTS=$ROOT/docs/bench

@@ -1219,48 +1219,92 @@ async fn text_access_log_lines_are_what_the_default_format_writes() {
     );
 }
 
-/// A verified-token cache of 512 MiB or more runs with glibc's heaps in huge pages: where the
+/// A verified-token cache of 512 MiB or more runs with the heap in huge pages: where the
 /// kernel's transparent huge pages are `madvise`, the process starts itself again with
-/// `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (and says so at start), and serves as before. A
-/// small cache, `JWTGATE_HUGE_PAGES=off`, or another kernel setting leaves it alone;
-/// `JWTGATE_HUGE_PAGES=on` asks whatever the size; another value is warned about and ignored.
+/// jemalloc's `thp:always` in `_RJEM_MALLOC_CONF` (added to the operator's options, and said
+/// at start), and serves as before. A small cache, `JWTGATE_HUGE_PAGES=off`, the operator's
+/// own `thp:` or another kernel setting leaves it alone; `JWTGATE_HUGE_PAGES=on` asks
+/// whatever the size; another value is warned about and ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_token_cache_runs_with_huge_pages() {
     let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
         .expect("this test reads the kernel's transparent huge page setting");
     let madvise = thp.contains("[madvise]");
     let up = EchoUpstream::start().await;
-    // `[server]` lines, the environment, whether the tunable is wanted, and whether a bad
+    // `[server]` lines, the environment, the `_RJEM_MALLOC_CONF` the process runs with
+    // (`None`: none), whether huge pages are said to be on, and whether a bad
     // `JWTGATE_HUGE_PAGES` is warned about.
-    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], bool, bool);
-    let cases: [Case; 5] = [
-        ("token_cache_mib = 600", &[], madvise, false),
-        ("", &[], false, false),
+    type Case<'a> = (
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        Option<&'a str>,
+        bool,
+        bool,
+    );
+    let asked = |conf: &'static str| madvise.then_some(conf);
+    let cases: [Case; 7] = [
+        (
+            "token_cache_mib = 600",
+            &[],
+            asked("thp:always"),
+            madvise,
+            false,
+        ),
+        ("", &[], None, false, false),
         (
             "token_cache_mib = 600",
             &[("JWTGATE_HUGE_PAGES", "off")],
+            None,
             false,
             false,
         ),
-        ("", &[("JWTGATE_HUGE_PAGES", "on")], madvise, false),
+        (
+            "",
+            &[("JWTGATE_HUGE_PAGES", "on")],
+            asked("thp:always"),
+            madvise,
+            false,
+        ),
         (
             "token_cache_mib = 600",
             &[("JWTGATE_HUGE_PAGES", "yes")],
+            None,
             false,
             true,
         ),
+        // The operator's options are kept, and huge pages added to them.
+        (
+            "token_cache_mib = 600",
+            &[("_RJEM_MALLOC_CONF", "narenas:2")],
+            Some(if madvise {
+                "narenas:2,thp:always"
+            } else {
+                "narenas:2"
+            }),
+            madvise,
+            false,
+        ),
+        // The operator's own `thp` is theirs.
+        (
+            "token_cache_mib = 600",
+            &[("_RJEM_MALLOC_CONF", "thp:never")],
+            Some("thp:never"),
+            false,
+            false,
+        ),
     ];
-    for (server, env, want, warns) in cases {
+    for (server, env, conf, said_on, warns) in cases {
         let listen = "http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"";
         let gw = BinGateway::listening_env(&up, listen, server, env);
         let environ = std::fs::read(format!("/proc/{}/environ", gw.pid())).unwrap();
-        let tunable = environ
+        let running = environ
             .split(|&b| b == 0)
-            .any(|v| v == b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1");
+            .find_map(|v| v.strip_prefix(b"_RJEM_MALLOC_CONF="))
+            .map(|v| String::from_utf8_lossy(v).into_owned());
         let case = format!("[server] {server:?}, env {env:?}, THP {}", thp.trim());
-        assert_eq!(tunable, want, "{case}");
-        let said = gw.before.iter().any(|l| l.contains("heaps in huge pages"));
-        assert_eq!(said, want, "{case}: {:?}", gw.before);
+        assert_eq!(running.as_deref(), conf, "{case}");
+        let said = gw.before.iter().any(|l| l.contains("heap in huge pages"));
+        assert_eq!(said, said_on, "{case}: {:?}", gw.before);
         let warned = gw
             .before
             .iter()
