@@ -35,9 +35,15 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Unless `trust_proxies`, the client's `Forwarded` and `X-Real-IP` go too: like
 /// `x-forwarded-for`, they are only believed from a trusted proxy.
 pub fn strip_client_headers(headers: &mut HeaderMap, identity: &Identity, trust_proxies: bool) {
+    let firsts = first_bytes(identity);
     let mut doomed: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
         let s = name.as_str();
+        // Most of a request's names (`host`, `authorization`, `accept`, ...) cannot be
+        // anything stripped here, by their first byte alone (issue 19).
+        if firsts & first_byte(s) == 0 {
+            continue;
+        }
         let forged = if s.contains('_') {
             let dashed = s.replace('_', "-");
             is_identity_header(&dashed, identity) || is_forwarding_header(&dashed)
@@ -52,6 +58,32 @@ pub fn strip_client_headers(headers: &mut HeaderMap, identity: &Identity, trust_
     for name in doomed {
         headers.remove(&name);
     }
+}
+
+/// The first bytes, as a set, of every name `strip_client_headers` may strip: the
+/// forwarding headers' and `x-auth-*`'s `x` and `forwarded`'s `f`, and `[identity]`'s
+/// names' (with `_` for a `-`, as a client may spell it).
+fn first_bytes(identity: &Identity) -> u128 {
+    let mut set = first_byte("x") | first_byte("f");
+    let mut add = |n: &HeaderName| {
+        set |= first_byte(n.as_str());
+        if n.as_str().starts_with('-') {
+            set |= first_byte("_");
+        }
+    };
+    add(&identity.subject_header);
+    add(&identity.scopes_header);
+    add(&identity.claims_header);
+    identity.claims.iter().for_each(|(h, _)| add(h));
+    if let Some(a) = &identity.assertion {
+        add(&a.header);
+    }
+    set
+}
+
+/// `s`'s first byte as a one-element set (header names are ASCII, never empty).
+fn first_byte(s: &str) -> u128 {
+    1u128 << (s.as_bytes().first().copied().unwrap_or(0) & 127)
 }
 
 /// A header only the gateway may set: `[identity]`'s, `x-auth-*`, `x-jwtgate-*`.
@@ -518,6 +550,43 @@ mod tests {
         let mut kept: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
         kept.sort();
         assert_eq!(kept, ["forwarded", "x-real-ip", "x_api_key"]);
+    }
+
+    /// Identity headers named without the usual `x-` are stripped too, in either spelling
+    /// (the first-byte filter knows their first bytes, `_` for a leading `-`).
+    #[test]
+    fn strips_identity_headers_of_any_name() {
+        let identity = Identity {
+            subject_header: HeaderName::from_static("remote-user"),
+            scopes_header: HeaderName::from_static("-scopes"),
+            claims_header: HeaderName::from_static("auth-claims"),
+            forward_token: true,
+            claims: vec![(HeaderName::from_static("user-email"), "email".into())],
+            assertion: None,
+        };
+        let mut h = HeaderMap::new();
+        for n in [
+            "remote-user",
+            "remote_user",
+            "-scopes",
+            "_scopes",
+            "auth_claims",
+            "user-email",
+            "x_auth_other",
+            "forwarded",
+            "host",
+            "accept",
+            "remote-addr",
+        ] {
+            h.insert(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_static("evil"),
+            );
+        }
+        strip_client_headers(&mut h, &identity, false);
+        let mut kept: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
+        kept.sort();
+        assert_eq!(kept, ["accept", "host", "remote-addr"]);
     }
 
     #[test]
