@@ -618,6 +618,22 @@ mod tests {
         h.insert("x-keep", HeaderValue::from_static("1"));
         remove_hop_by_hop(&mut h, false);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"]);
+        // Each hop-by-hop name alone, in either case as sent, goes (and nothing else).
+        for name in HOP_BY_HOP {
+            let mut h = HeaderMap::new();
+            let upper = name.as_str().to_ascii_uppercase();
+            h.insert(
+                HeaderName::from_bytes(upper.as_bytes()).unwrap(),
+                HeaderValue::from_static("1"),
+            );
+            h.insert("x-keep", HeaderValue::from_static("1"));
+            remove_hop_by_hop(&mut h, false);
+            assert_eq!(
+                h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+                ["x-keep"],
+                "{name}"
+            );
+        }
     }
 
     #[test]
