@@ -51,7 +51,7 @@ fn parse(text: &str, unit: Unit) -> Result<u64, String> {
         )
     })?;
     let nanos = d.as_nanos();
-    if nanos % unit.nanos != 0 {
+    if !nanos.is_multiple_of(unit.nanos) {
         return Err(format!(
             "{text:?} is not a whole number of {}: this key counts in {}",
             unit.name, unit.name

@@ -5,7 +5,9 @@
 //! here than one work-stealing runtime (see PERF-NOTES).
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -355,12 +357,21 @@ where
         // Boxed: hyper keeps room for this future in every connection, idle or not, and the
         // request path's state machine is large. One allocation per request instead.
         if authz {
-            Either::Right(Box::pin(crate::http::authz::handle(app, client, info, req)))
+            Either::Right(boxed(|| crate::http::authz::handle(app, client, info, req)))
         } else {
-            Either::Left(Box::pin(proxy::handle(app, client, info, req)))
+            Either::Left(boxed(|| proxy::handle(app, client, info, req)))
         }
     };
     conn::serve(io, proto, conn, &builder, peer, handle).await;
+}
+
+/// `Box::pin(make())`, with the box allocated before the future is made, so the compiler
+/// can write the future's first state (its arguments) straight into it instead of making
+/// the whole ~4.9 KB state on the stack and copying it (issue 19).
+#[inline(always)]
+fn boxed<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    let slot = Box::new_uninit();
+    Box::into_pin(Box::write(slot, make()))
 }
 
 #[cfg(test)]
