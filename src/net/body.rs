@@ -24,9 +24,11 @@ pub struct Body(Kind);
 enum Kind {
     Empty,
     Full(Option<Bytes>),
-    /// A client's request body, cut off at `server.max_body_bytes`.
-    Request(Idle<Limited<Incoming>>),
-    Upstream(Idle<UpstreamBody>),
+    /// A client's request body, cut off at `server.max_body_bytes`. This and `Upstream`
+    /// are boxed so that a `Body` is 40 bytes, not 136: requests and responses are moved
+    /// a dozen times each on their way through hyper's client (issue 19).
+    Request(Box<Idle<Limited<Incoming>>>),
+    Upstream(Box<Idle<UpstreamBody>>),
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
     /// A response whose access-log line is written once it has been sent (or dropped):
     /// boxed with the line (one allocation), and used only while the access log is on.
@@ -164,7 +166,7 @@ pub fn request(b: Incoming, max: usize, idle: Duration, tally: Option<Tally>) ->
     let mut body = Idle::new(Limited::new(b, max), idle, IdleTimeout::Client);
     body.sent = Some(tx);
     body.tally = tally;
-    (Body(Kind::Request(body)), rx)
+    (Body(Kind::Request(Box::new(body))), rx)
 }
 
 /// `inner`, counting the data bytes it sends; `on_sent` gets the count when it is dropped.
@@ -179,7 +181,11 @@ pub fn logged<T: OnSent + 'static>(inner: Body, on_sent: T) -> Body {
 
 /// An upstream's response body, failing after `idle` without data.
 pub fn upstream(b: UpstreamBody, idle: Duration) -> Body {
-    Body(Kind::Upstream(Idle::new(b, idle, IdleTimeout::Upstream)))
+    Body(Kind::Upstream(Box::new(Idle::new(
+        b,
+        idle,
+        IdleTimeout::Upstream,
+    ))))
 }
 
 /// Box any other streaming body.
