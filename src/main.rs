@@ -334,7 +334,7 @@ const MALLOC_CONF: &str = "_RJEM_MALLOC_CONF";
 
 /// What `huge_pages` did.
 enum HugePages {
-    /// Not wanted, not available, or not jemalloc.
+    /// Not wanted, or not available (not Linux, or the kernel's setting is not `madvise`).
     Off,
     /// Already in force (this is the restarted process, or the operator set `thp`).
     On,
@@ -353,7 +353,7 @@ enum HugePages {
 /// `_RJEM_MALLOC_CONF`) before it does anything else. `JWTGATE_HUGE_PAGES=off` never does
 /// this, `on` does it whatever the cache size; an operator's own `thp:` is left as it is.
 /// Returns only when there was no restart.
-#[cfg(all(target_os = "linux", not(target_env = "msvc")))]
+#[cfg(target_os = "linux")]
 fn huge_pages(cfg: &Config) -> HugePages {
     use std::os::unix::process::CommandExt;
     let conf = std::env::var(MALLOC_CONF).unwrap_or_default();
@@ -396,7 +396,7 @@ fn huge_pages(cfg: &Config) -> HugePages {
     HugePages::Failed(cmd.args(args).env(MALLOC_CONF, conf).exec())
 }
 
-#[cfg(not(all(target_os = "linux", not(target_env = "msvc"))))]
+#[cfg(not(target_os = "linux"))]
 fn huge_pages(_: &Config) -> HugePages {
     HugePages::Off
 }

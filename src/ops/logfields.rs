@@ -118,14 +118,19 @@ impl Drop for TextVisitor<'_> {
 /// that is what `{:?}` would print (also `textline`'s).
 pub(crate) fn push_debug_str(b: &mut String, value: &str) {
     if debug_is_verbatim(value) {
-        b.reserve(value.len() + 2);
-        b.push('"');
-        b.push_str(value);
-        b.push('"');
+        push_quoted(b, value);
     } else {
         // Writing to a `String` cannot fail.
         let _ = write!(b, "{value:?}");
     }
+}
+
+/// `value` between double quotes, as it is: `{:?}` of a `debug_is_verbatim` string.
+pub(crate) fn push_quoted(b: &mut String, value: &str) {
+    b.reserve(value.len() + 2);
+    b.push('"');
+    b.push_str(value);
+    b.push('"');
 }
 
 /// `{:?}` of these strings is the string between quotes: printable ASCII without `"` or

@@ -114,10 +114,7 @@ impl TextLine {
     pub(crate) fn plain(&mut self, key: &str, value: &str) {
         debug_assert!(logfields::debug_is_verbatim(value), "{value:?}");
         self.name(key);
-        self.buf.reserve(value.len() + 2);
-        self.buf.push('"');
-        self.buf.push_str(value);
-        self.buf.push('"');
+        logfields::push_quoted(&mut self.buf, value);
     }
 
     /// An integer field.

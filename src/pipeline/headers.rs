@@ -489,10 +489,21 @@ mod tests {
         }
     }
 
+    /// Each of `names`, sent by the client with the value `evil`.
+    fn forged(names: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for n in names {
+            h.insert(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_static("evil"),
+            );
+        }
+        h
+    }
+
     #[test]
     fn strips_forged_identity() {
-        let mut h = HeaderMap::new();
-        for n in [
+        let mut h = forged(&[
             "x-user-id",
             "x-user-scopes",
             "x-auth-claims",
@@ -500,12 +511,7 @@ mod tests {
             "x-jwtgate-assertion",
             "x-user-email",
             "x-other",
-        ] {
-            h.insert(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_static("evil"),
-            );
-        }
+        ]);
         strip_client_headers(&mut h, &identity(), false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-other"));
@@ -528,24 +534,14 @@ mod tests {
             "x-real-ip",
             "x_api_key",
         ];
-        let build = || {
-            let mut h = HeaderMap::new();
-            for n in names {
-                h.insert(
-                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                    HeaderValue::from_static("evil"),
-                );
-            }
-            h
-        };
-        let mut h = build();
+        let mut h = forged(&names);
         strip_client_headers(&mut h, &identity(), false);
         assert_eq!(
             h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
             ["x_api_key"]
         );
         // Behind trusted proxies their Forwarded and X-Real-IP stay; underscores never do.
-        let mut h = build();
+        let mut h = forged(&names);
         strip_client_headers(&mut h, &identity(), true);
         let mut kept: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
         kept.sort();
@@ -564,8 +560,7 @@ mod tests {
             claims: vec![(HeaderName::from_static("user-email"), "email".into())],
             assertion: None,
         };
-        let mut h = HeaderMap::new();
-        for n in [
+        let mut h = forged(&[
             "remote-user",
             "remote_user",
             "-scopes",
@@ -577,12 +572,7 @@ mod tests {
             "host",
             "accept",
             "remote-addr",
-        ] {
-            h.insert(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_static("evil"),
-            );
-        }
+        ]);
         strip_client_headers(&mut h, &identity, false);
         let mut kept: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
         kept.sort();

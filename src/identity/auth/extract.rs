@@ -68,11 +68,12 @@ pub(super) fn same_origin(
 /// visible ASCII (all a token may hold): `as_str` checks the whole header value, as
 /// `HeaderValue::to_str` does. A connection's memo compares the bytes first
 /// (`TokenMemo::recall`), and what it holds passed that check, so a keep-alive client's
-/// repeated 700-byte token is not scanned again (issue 19).
-#[derive(Debug, Clone, Copy)]
+/// repeated 700-byte token is not scanned again (issue 19). No `Debug`: a token is never
+/// printed.
+#[derive(Clone, Copy)]
 pub struct Token<'a>(Repr<'a>);
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 enum Repr<'a> {
     /// Checked already (a cookie value, parsed from a checked `Cookie` line).
     Str(&'a str),
