@@ -6,7 +6,9 @@
 # Usage: bench/instructions.sh [TARGET...]     (default: target/release/jwtgate)
 #   TARGET: a jwtgate binary; or `nginx` (nginx 1.22 as the same plain proxy, one process,
 #           `master_process off`, upstream keepalive); or `hyper-floor` (examples/
-#           hyper_floor.rs, the least a hyper proxy does per request; built here if needed)
+#           hyper_floor.rs, the least a hyper proxy does per request; built here if needed);
+#           or `hyper-floor-headers` (the same with FLOOR_ADDS=headers: it also adds the seven
+#           request headers and the response's x-request-id that SPEC.md makes jwtgate add)
 #   env: BENCH_IR_SECONDS (measured seconds per binary, default 10)
 #        BENCH_IR_ROUTE=none|jwt|rule|rs256|bearer|dpop (default none): the route is open; or needs
 #        an HS256 bearer token (one token, so every measured request is a verified-cache
@@ -67,7 +69,7 @@ fi
 for b in "${BINS[@]}"; do
     case $b in
         nginx) ;;
-        hyper-floor)
+        hyper-floor|hyper-floor-headers)
             log "building examples/hyper_floor.rs ($PROFILE)"
             (cd "$ROOT" && cargo build --profile "$PROFILE" --quiet --example hyper_floor) ;;
         *) [[ -x $b ]] || die "$b is not an executable (cargo build --release?)" ;;
@@ -105,7 +107,7 @@ case $ROUTE_KIND in
     none) ;;
     bearer|dpop)
         JG=""
-        for b in "${BINS[@]}"; do [[ $b == nginx || $b == hyper-floor ]] || { JG=$b; break; }; done
+        for b in "${BINS[@]}"; do [[ $b == nginx || $b == hyper-floor* ]] || { JG=$b; break; }; done
         [[ -n $JG ]] || die "BENCH_IR_ROUTE=$ROUTE_KIND needs a jwtgate binary among the targets"
         openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$TMP/rsa.pem" 2>/dev/null
         openssl pkey -in "$TMP/rsa.pem" -pubout -out "$TMP/rsa.pub.pem"
@@ -236,10 +238,13 @@ for b in "${BINS[@]}"; do
     case $b in
         nginx) cmd=(nginx -p "$TMP/px" -c "$TMP/px/nginx.conf" -e "$TMP/px/error.log") ;;
         hyper-floor) cmd=("$ROOT/target/$PROFILE/examples/hyper_floor" "127.0.0.1:$GW" "127.0.0.1:$UP") ;;
+        hyper-floor-headers) cmd=("$ROOT/target/$PROFILE/examples/hyper_floor" "127.0.0.1:$GW" "127.0.0.1:$UP") ;;
         *) cmd=("$b" run -c "$TMP/gateway.toml") ;;
     esac
     [[ ! -d $TMP/sink ]] || : >"$TMP/sink/exports.log"
-    env RUST_LOG=$LOG_LEVEL "${OTEL_ENV[@]}" valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" \
+    adds=()
+    [[ $b != hyper-floor-headers ]] || adds=(FLOOR_ADDS=headers)
+    env RUST_LOG=$LOG_LEVEL "${OTEL_ENV[@]}" "${adds[@]}" valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" \
         >"$TMP/gateway.log" 2>&1 &
     vg=$!
     PIDS+=("$vg")

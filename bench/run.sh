@@ -782,33 +782,43 @@ section_tracing() {
 # and h2 rows say how far a hyper proxy that does nothing gets against nginx on this machine.
 section_free() {
     local floor=${HYPER_FLOOR_BIN:-$ROOT/target/release/examples/hyper_floor} floor_port floor_tls floor_pid
+    local fh_port fh_tls fh_pid
     local redis_pid r_tls r_http r_admin r_pid
     [[ -x $floor ]] || die "$floor is missing: cargo build --release --example hyper_floor (or set HYPER_FLOOR_BIN)"
-    read -r floor_port floor_tls r_tls r_http r_admin <<<"$(free_ports 5)"
+    read -r floor_port floor_tls r_tls r_http r_admin fh_port fh_tls <<<"$(free_ports 7)"
     start_bg "hyper floor" "$TMP/hyper-floor.log" "$floor" "127.0.0.1:$floor_port" "127.0.0.1:$UP_PORT" \
         "127.0.0.1:$floor_tls" "$CERT" "$KEY"
     floor_pid=$LAST_PID
     wait_port "hyper floor" "$floor_pid" "$floor_port" "$TMP/hyper-floor.log"
     wait_port "hyper floor (TLS)" "$floor_pid" "$floor_tls" "$TMP/hyper-floor.log"
+    # The same floor adding SPEC.md's seven request headers and the response's x-request-id
+    # (FLOOR_ADDS=headers): what a hyper gateway bound to SPEC.md's headers starts from.
+    start_bg "hyper floor + SPEC headers" "$TMP/hyper-floor-headers.log" env FLOOR_ADDS=headers "$floor" \
+        "127.0.0.1:$fh_port" "127.0.0.1:$UP_PORT" "127.0.0.1:$fh_tls" "$CERT" "$KEY"
+    fh_pid=$LAST_PID
+    wait_port "hyper floor + SPEC headers (TLS)" "$fh_pid" "$fh_tls" "$TMP/hyper-floor-headers.log"
     start_store_redis
     redis_pid=$LAST_PID
     start_redis_gateway "jwtgate (redis store)" "$TMP/gateway-free.toml" "$r_tls" "$r_http" "$r_admin" 1000
     r_pid=$LAST_PID
     add_target floor-http "bare hyper proxy (examples/hyper_floor), plain HTTP" wrk "$U:$floor_port/"
     add_target floor-tls "bare hyper proxy (examples/hyper_floor), TLS" wrk "$S:$floor_tls/"
+    add_target floor-hdr-tls "bare hyper proxy + SPEC.md's headers (FLOOR_ADDS=headers), TLS" wrk "$S:$fh_tls/"
     add_target jg-free-tls "jwtgate RS256 TLS, Redis store (warm), identity headers" wrk "$S:$r_tls/" "$TOKEN_RS"
     T_NOTE[jg-free-tls]="target: ≥ 1.0× nginx's unauthenticated TLS proxy (issue 19)"
     expect "hyper floor" "${T_URL[floor-http]}" 200
     expect "hyper floor TLS" "${T_URL[floor-tls]}" 200
+    expect "hyper floor + SPEC headers TLS" "${T_URL[floor-hdr-tls]}" 200
     expect "jwtgate (redis store) RS256" "${T_URL[jg-free-tls]}" 200 "$TOKEN_RS"
     expect "jwtgate (redis store), no token" "${T_URL[jg-free-tls]}" 401
-    local ids=(nginx-tls jg-free-tls floor-tls floor-http jg-http)
+    local ids=(nginx-tls jg-free-tls floor-tls floor-hdr-tls floor-http jg-http)
     if [[ $HAVE_H2LOAD == 1 ]]; then
         add_target floor-h2 "bare hyper proxy (examples/hyper_floor), h2" h2load "$S:$floor_tls/"
+        add_target floor-hdr-h2 "bare hyper proxy + SPEC.md's headers (FLOOR_ADDS=headers), h2" h2load "$S:$fh_tls/"
         add_target jg-free-h2 "jwtgate RS256 h2, Redis store (warm), identity headers" h2load "$S:$r_tls/" "$TOKEN_RS"
         expect "hyper floor h2" "${T_URL[floor-h2]}" 200 "" h2
         expect "jwtgate (redis store) RS256, h2" "${T_URL[jg-free-h2]}" 200 "$TOKEN_RS" h2
-        ids+=(nginx-h2 jg-free-h2 floor-h2)
+        ids+=(nginx-h2 jg-free-h2 floor-h2 floor-hdr-h2)
     else
         skip_row free jg-free-h2 "h2 rows" "skipped: h2load not installed (apt-get install nghttp2-client)"
     fi
@@ -819,6 +829,8 @@ section_free() {
     forget_pid "$redis_pid"
     stop_pid "$floor_pid"
     forget_pid "$floor_pid"
+    stop_pid "$fh_pid"
+    forget_pid "$fh_pid"
 }
 
 # --- section "login": what [login] costs the bearer-token hot path ---------------------------

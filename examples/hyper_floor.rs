@@ -11,6 +11,15 @@
 //! buffers), hyper's http2 server when ALPN says h2, else http1. The plain listener is the
 //! same either way.
 //!
+//! With FLOOR_ADDS=headers it also adds what SPEC.md makes every authenticated request
+//! carry, the way jwtgate adds it in issue 19's configuration and nothing else: seven
+//! request headers (`x-request-id` cut from a per-thread buffer, `x-user-id`,
+//! `x-user-scopes`, `x-auth-claims` as clones of values prepared once, as the verified-token
+//! memo holds them, `x-forwarded-for`, `x-forwarded-proto`, `x-forwarded-host`) and the
+//! response's `x-request-id`. No token is read or checked. `bench/instructions.sh
+//! hyper-floor-headers` counts it: the least a hyper gateway bound to SPEC.md's headers can
+//! do per request (docs/BENCHMARKS.md, "s15").
+//!
 //! Usage: cargo run --release --example hyper_floor -- LISTEN_ADDR UPSTREAM_ADDR
 //!        [TLS_ADDR CERT_PEM KEY_PEM]
 
@@ -22,6 +31,7 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -184,7 +194,12 @@ impl<F: std::future::Future + 'static> hyper::rt::Executor<F> for LocalExec {
     }
 }
 
-async fn forward(idle: &Idle, upstream: SocketAddr, req: Request<Incoming>) -> Response<Incoming> {
+async fn forward(
+    idle: &Idle,
+    upstream: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Response<Incoming> {
+    let id = ADDS_HEADERS.with(|on| *on).then(|| add_headers(&mut req));
     let pooled = idle.borrow_mut().pop();
     let mut tx = match pooled {
         Some(tx) => tx,
@@ -202,5 +217,79 @@ async fn forward(idle: &Idle, upstream: SocketAddr, req: Request<Incoming>) -> R
     let resp = tx.send_request(req).await.unwrap();
     // Back at once: the upstream's bodies here are tiny and already read with the head.
     idle.borrow_mut().push(tx);
+    let mut resp = resp;
+    if let Some(mut id) = id {
+        // As jwtgate does: unique per response, so never indexed by HPACK on h2.
+        id.set_sensitive(true);
+        resp.headers_mut().insert(X_REQUEST_ID, id);
+    }
     resp
+}
+
+thread_local! {
+    static ADDS_HEADERS: bool = std::env::var("FLOOR_ADDS").is_ok_and(|v| v == "headers");
+    /// The values a verified-token memo and a connection would hold, made once.
+    static PREPARED: Prepared = Prepared::new();
+    /// Request ids: a fixed prefix and a counter, cut from a 4 KiB buffer.
+    static IDS: RefCell<(u64, bytes::BytesMut)> = RefCell::new((0, bytes::BytesMut::new()));
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+const X_USER_SCOPES: HeaderName = HeaderName::from_static("x-user-scopes");
+const X_AUTH_CLAIMS: HeaderName = HeaderName::from_static("x-auth-claims");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+struct Prepared {
+    sub: HeaderValue,
+    scopes: HeaderValue,
+    claims: HeaderValue,
+    peer: HeaderValue,
+}
+
+impl Prepared {
+    fn new() -> Prepared {
+        let shared = |s: &str| {
+            HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(s.as_bytes())).unwrap()
+        };
+        Prepared {
+            sub: shared("bench"),
+            scopes: shared("read write"),
+            // bench/instructions.sh's rs256 token's claims, base64url (144 bytes).
+            claims: shared("eyJpc3MiOiJodHRwczovL2JlbmNoLnRlc3QiLCJzdWIiOiJiZW5jaCIsImV4cCI6MTc5NjQ5Nzc4MSwianRpIjoiYmVuY2gtMSIsInNjb3BlIjoicmVhZCB3cml0ZSJ9"),
+            peer: shared("127.0.0.1"),
+        }
+    }
+}
+
+/// SPEC.md's request headers, added as jwtgate adds them; the request id, for the response.
+fn add_headers(req: &mut Request<Incoming>) -> HeaderValue {
+    let id = IDS.with(|ids| {
+        let (next, arena) = &mut *ids.borrow_mut();
+        let mut buf = *b"0123456789abcdef-000000000000";
+        for (i, b) in buf[17..].iter_mut().enumerate() {
+            *b = b"0123456789abcdef"[((*next >> (4 * (11 - i))) & 0xf) as usize];
+        }
+        *next += 1;
+        if arena.capacity() < buf.len() {
+            *arena = bytes::BytesMut::with_capacity(4096);
+        }
+        arena.extend_from_slice(&buf);
+        HeaderValue::from_maybe_shared(arena.split().freeze()).unwrap()
+    });
+    let h = req.headers_mut();
+    h.insert(X_REQUEST_ID, id.clone());
+    PREPARED.with(|p| {
+        h.insert(X_USER_ID, p.sub.clone());
+        h.insert(X_USER_SCOPES, p.scopes.clone());
+        h.insert(X_AUTH_CLAIMS, p.claims.clone());
+        h.insert(X_FORWARDED_FOR, p.peer.clone());
+    });
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if let Some(host) = h.get(hyper::header::HOST).cloned() {
+        h.insert(X_FORWARDED_HOST, host);
+    }
+    id
 }

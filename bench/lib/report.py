@@ -37,7 +37,9 @@ REL = {
 # (examples/hyper_floor) against nginx, and jwtgate against the floor
 PAIRS = {
     "free": [("floor-tls", "nginx-tls"), ("floor-h2", "nginx-h2"),
+             ("floor-hdr-tls", "nginx-tls"), ("floor-hdr-h2", "nginx-h2"),
              ("jg-free-tls", "floor-tls"), ("jg-free-h2", "floor-h2"),
+             ("jg-free-tls", "floor-hdr-tls"), ("jg-free-h2", "floor-hdr-h2"),
              ("jg-http", "floor-http")],
 }
 # (authenticated target, unauthenticated target in the same process): auth cost = 1 - a/b

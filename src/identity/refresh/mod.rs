@@ -379,10 +379,10 @@ pub fn strip_refresh_token(cfg: &Refresh, headers: &mut HeaderMap) {
 pub fn return_tokens(h: &mut HeaderMap, cfg: &Refresh, grant: &Grant, channel: Channel) {
     match channel {
         Channel::Header => {
-            if let Ok(v) = HeaderValue::try_from(grant.access_token.as_str()) {
+            if let Some(v) = token_value(&grant.access_token) {
                 h.insert(X_ACCESS_TOKEN.clone(), v);
             }
-            if let Some(Ok(v)) = grant.refresh_token.as_deref().map(HeaderValue::try_from) {
+            if let Some(v) = grant.refresh_token.as_deref().and_then(token_value) {
                 h.insert(X_REFRESH_TOKEN.clone(), v);
             }
         }
@@ -398,6 +398,15 @@ pub fn return_tokens(h: &mut HeaderMap, cfg: &Refresh, grant: &Grant, channel: C
     }
     // Responses carrying fresh credentials must not be cached by intermediaries.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+/// A token as a response header value, marked sensitive: on h2, HPACK sends it as a
+/// never-indexed literal (RFC 7541 §7.1.3), so it never enters the connection's compression
+/// table, as h2 already does for `Authorization`, `Cookie` and `Set-Cookie` by name.
+fn token_value(token: &str) -> Option<HeaderValue> {
+    let mut v = HeaderValue::try_from(token).ok()?;
+    v.set_sensitive(true);
+    Some(v)
 }
 
 /// Append `Set-Cookie: name=value; HttpOnly; SameSite=Lax; Secure; Path=/[; Max-Age=N]`
@@ -491,6 +500,15 @@ mod tests {
             Some("at")
         );
         assert!(open_sealed("other", &blob).is_none());
+    }
+
+    #[test]
+    fn tokens_returned_in_headers_are_never_indexed() {
+        let v = token_value("eyJhbGciOiJSUzI1NiJ9.e30.c2ln").unwrap();
+        assert!(v.is_sensitive());
+        assert_eq!(v, "eyJhbGciOiJSUzI1NiJ9.e30.c2ln");
+        // Not a header value: nothing is sent.
+        assert!(token_value("line\nbreak").is_none());
     }
 
     #[test]
