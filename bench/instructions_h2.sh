@@ -15,55 +15,42 @@
 set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH=$ROOT/bench
+ISSUER=https://bench.test
+KEEP_TMP=0
+# log, die, start_bg, stop_pid, free_ports, start_nginx, mint_token_openssl, the cleanup traps.
+# shellcheck source=lib/common.sh
+source "$BENCH/lib/common.sh"
+
 REQUESTS=${BENCH_H2_REQUESTS:-20000}
 TARGETS=("$@")
 [[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=("$ROOT/target/release/jwtgate" hyper-floor)
-
-die() { printf '[instructions-h2] ERROR: %s\n' "$*" >&2; exit 1; }
 for t in valgrind callgrind_control h2load nginx openssl curl python3; do
     command -v "$t" >/dev/null || die "$t is missing (apt-get install valgrind nghttp2-client nginx openssl curl)"
 done
 JG=$ROOT/target/release/jwtgate
+FLOOR=$ROOT/target/release/examples/hyper_floor
 for t in "${TARGETS[@]}"; do
     case $t in
-        hyper-floor*) [[ -x $ROOT/target/release/examples/hyper_floor ]] ||
-            (cd "$ROOT" && cargo build --release --quiet --example hyper_floor) ;;
+        hyper-floor|hyper-floor-headers)
+            [[ -x $FLOOR ]] || (cd "$ROOT" && cargo build --release --quiet --example hyper_floor) ;;
         *) [[ -x $t ]] || die "$t is not an executable (cargo build --release?)"; JG=$t ;;
     esac
 done
 [[ -x $JG ]] || die "$JG is missing (cargo build --release): it makes the certificate"
-FLOOR=$ROOT/target/release/examples/hyper_floor
 
 TMP=$(mktemp -d /tmp/jwtgate-ir-h2.XXXXXX)
-VG=""
-cleanup() {
-    [[ -z $VG ]] || kill "$VG" 2>/dev/null || true
-    [[ -f $TMP/up/nginx.pid ]] && kill "$(cat "$TMP/up/nginx.pid")" 2>/dev/null || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-read -r UP GW ADMIN TLS <<<"$(python3 -c '
-import socket
-s=[socket.socket() for _ in range(4)]
-for x in s: x.bind(("127.0.0.1",0))
-print(*[x.getsockname()[1] for x in s])')"
-mkdir -p "$TMP"/up/{client_body,proxy,fastcgi,uwsgi,scgi}
-sed -e "s#@PREFIX@#$TMP/up#g" -e "s#@UP_PORT@#$UP#g" "$ROOT/bench/templates/upstream.nginx.conf" >"$TMP/up/nginx.conf"
-nginx -p "$TMP/up" -c "$TMP/up/nginx.conf" -e "$TMP/up/error.log"
+read -r UP GW ADMIN TLS <<<"$(free_ports 4)"
+start_nginx "upstream nginx" "$TMP/up" "$BENCH/templates/upstream.nginx.conf" "$UP" UP_PORT="$UP"
 
 "$JG" gen-cert --out "$TMP/certs" --host localhost --host 127.0.0.1 >/dev/null
 CERT=$TMP/certs/localhost.crt
 KEY=$TMP/certs/localhost.key
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$TMP/rsa.pem" 2>/dev/null
 openssl pkey -in "$TMP/rsa.pem" -pubout -out "$TMP/rsa.pub.pem"
-b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
-h=$(printf '{"alg":"RS256","kid":"r1","typ":"JWT"}' | b64url)
-p=$(printf '{"iss":"https://bench.test","sub":"bench","exp":%d,"jti":"bench-1","scope":"read write"}' "$(($(date +%s) + 86400))" | b64url)
-s=$(printf '%s' "$h.$p" | openssl dgst -sha256 -sign "$TMP/rsa.pem" -binary | b64url)
-AUTH="Authorization: Bearer $h.$p.$s"
+AUTH="Authorization: Bearer $(mint_token_openssl RS256 r1 "$TMP/rsa.pem" 86400)"
 
-cat >"$TMP/gateway.toml" <<EOF
+cat >"$TMP/gateway.toml" <<TOML
 [listen]
 http = "127.0.0.1:$GW"
 https = "127.0.0.1:$TLS"
@@ -79,7 +66,7 @@ key = "$KEY"
 
 [[issuers]]
 name = "b"
-issuer = "https://bench.test"
+issuer = "$ISSUER"
 keys = [{ kid = "r1", alg = "RS256", pem = "$TMP/rsa.pub.pem" }]
 
 [[routes]]
@@ -87,7 +74,7 @@ name = "bench"
 path_prefix = "/"
 upstreams = ["http://127.0.0.1:$UP"]
 auth = "required"
-EOF
+TOML
 
 URL=https://127.0.0.1:$TLS/
 printf '| target | requests | instructions | instructions per request |\n|---|---:|---:|---:|\n'
@@ -100,17 +87,17 @@ for t in "${TARGETS[@]}"; do
             [[ $t == hyper-floor ]] || adds=(FLOOR_ADDS=headers) ;;
         *) cmd=("$t" run -c "$TMP/gateway.toml") ;;
     esac
-    env RUST_LOG=warn "${adds[@]}" valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" \
-        >"$TMP/target.log" 2>&1 &
-    VG=$!
+    start_bg "$t under callgrind" "$TMP/target.log" env RUST_LOG=warn ${adds[@]+"${adds[@]}"} \
+        valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}"
+    vg=$LAST_PID
     for _ in $(seq 300); do curl -kfs -o /dev/null -H "$AUTH" "$URL" && break; sleep 0.2; done
     curl -kfs -o /dev/null --http2 -H "$AUTH" "$URL" || die "$t does not answer over TLS (see $TMP/target.log)"
     h2load -n 4000 -c 4 -m 10 -H "$AUTH" "$URL" >/dev/null 2>&1
-    callgrind_control -z "$VG" >/dev/null 2>&1
+    callgrind_control -z "$vg" >/dev/null 2>&1
     r=$(h2load -n "$REQUESTS" -c 4 -m 10 -H "$AUTH" "$URL" 2>&1)
-    callgrind_control -d "$VG" >/dev/null 2>&1
-    kill "$VG"; wait "$VG" 2>/dev/null || true
-    VG=""
+    callgrind_control -d "$vg" >/dev/null 2>&1
+    stop_pid "$vg"
+    forget_pid "$vg"
     n=$(awk '/^requests:/{print $8}' <<<"$r")
     [[ ${n:-0} -gt 0 ]] || die "no successful requests for $t: $r"
     dump=$(ls -t "$out".* 2>/dev/null | head -1)
