@@ -237,8 +237,7 @@ for b in "${BINS[@]}"; do
     out="$TMP/callgrind.out"
     case $b in
         nginx) cmd=(nginx -p "$TMP/px" -c "$TMP/px/nginx.conf" -e "$TMP/px/error.log") ;;
-        hyper-floor) cmd=("$ROOT/target/$PROFILE/examples/hyper_floor" "127.0.0.1:$GW" "127.0.0.1:$UP") ;;
-        hyper-floor-headers) cmd=("$ROOT/target/$PROFILE/examples/hyper_floor" "127.0.0.1:$GW" "127.0.0.1:$UP") ;;
+        hyper-floor|hyper-floor-headers) cmd=("$ROOT/target/$PROFILE/examples/hyper_floor" "127.0.0.1:$GW" "127.0.0.1:$UP") ;;
         *) cmd=("$b" run -c "$TMP/gateway.toml") ;;
     esac
     [[ ! -d $TMP/sink ]] || : >"$TMP/sink/exports.log"

@@ -214,10 +214,9 @@ async fn forward(
         }
     };
     tx.ready().await.unwrap();
-    let resp = tx.send_request(req).await.unwrap();
+    let mut resp = tx.send_request(req).await.unwrap();
     // Back at once: the upstream's bodies here are tiny and already read with the head.
     idle.borrow_mut().push(tx);
-    let mut resp = resp;
     if let Some(mut id) = id {
         // As jwtgate does: unique per response, so never indexed by HPACK on h2.
         id.set_sensitive(true);
@@ -257,7 +256,7 @@ impl Prepared {
         Prepared {
             sub: shared("bench"),
             scopes: shared("read write"),
-            // bench/instructions.sh's rs256 token's claims, base64url (144 bytes).
+            // bench/instructions.sh's rs256 token's claims, base64url (128 bytes).
             claims: shared("eyJpc3MiOiJodHRwczovL2JlbmNoLnRlc3QiLCJzdWIiOiJiZW5jaCIsImV4cCI6MTc5NjQ5Nzc4MSwianRpIjoiYmVuY2gtMSIsInNjb3BlIjoicmVhZCB3cml0ZSJ9"),
             peer: shared("127.0.0.1"),
         }

@@ -89,6 +89,37 @@ pub struct Verified {
 }
 
 impl Verified {
+    /// A minimal entry (`sub` "a", no scopes, `{}` as claims) for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(exp: i64, nbf: Option<i64>) -> Verified {
+        Verified {
+            key: [0; 32],
+            token_id: [0; 32],
+            issuer: 0,
+            generation: 0,
+            sub: "a".into(),
+            sub_header: HeaderValue::from_static("a"),
+            scopes: vec![],
+            scopes_header: None,
+            claims_header: HeaderValue::from_static("e30"),
+            extra_headers: vec![],
+            exp,
+            nbf,
+            iat: None,
+            jti: None,
+            scoped_jti: None,
+            scoped_sub: Scoped::new("i", "a"),
+            scoped_sid: None,
+            leeway: 30,
+            cnf_jkt: None,
+            cnf_x5t: None,
+            claims: None,
+            rule_view: std::sync::OnceLock::new(),
+            revocation_stamp: std::sync::atomic::AtomicU64::new(0),
+            weight: 1,
+        }
+    }
+
     /// The bytes this entry allocates: itself behind its `Arc`, and every field's heap
     /// part, each allocation with malloc's overhead (the claims tree, when kept, is
     /// estimated by the caller). The cache's weigher adds moka's per-entry share, so
@@ -858,65 +889,39 @@ mod tests {
         assert_eq!(found(&h), Some(("abc", Carrier::AuthorizationHeader)));
     }
 
-    fn verified(exp: i64, nbf: Option<i64>) -> Verified {
-        Verified {
-            key: [0; 32],
-            token_id: [0; 32],
-            issuer: 0,
-            generation: 0,
-            sub: "a".into(),
-            sub_header: HeaderValue::from_static("a"),
-            scopes: vec![],
-            scopes_header: None,
-            claims_header: HeaderValue::from_static("e30"),
-            extra_headers: vec![],
-            exp,
-            nbf,
-            iat: None,
-            jti: None,
-            scoped_jti: None,
-            scoped_sub: Scoped::new("i", "a"),
-            scoped_sid: None,
-            leeway: 30,
-            cnf_jkt: None,
-            cnf_x5t: None,
-            claims: None,
-            rule_view: std::sync::OnceLock::new(),
-            revocation_stamp: std::sync::atomic::AtomicU64::new(0),
-            weight: 1,
-        }
-    }
-
     /// The cache's bound is memory: an entry weighs what it allocates, so a token with
     /// more claims weighs more, by at least the bytes it adds.
     #[test]
     fn cache_weight_counts_the_entry_bytes() {
-        let mut small = verified(1000, None);
+        let mut small = Verified::for_tests(1000, None);
         small.sub = "alice".into();
         // bench/scale.sh's tokens: `{"exp","iat","iss":"bench","jti":<32 hex>,"sub":"alice"}`.
         small.jti = Some("0".repeat(32));
         small.scoped_jti = Some(Scoped::new("bench", &"0".repeat(32)));
         small.scoped_sub = Scoped::new("bench", "alice");
         small.claims_header = HeaderValue::from_str(&"e".repeat(128)).unwrap();
-        let mut big = verified(1000, None);
+        let mut big = Verified::for_tests(1000, None);
         big.claims_header = HeaderValue::from_str(&"e".repeat(4096)).unwrap();
         println!("bytes of a bench-like entry: {}", small.bytes());
         assert!(small.bytes() > std::mem::size_of::<Verified>() + 128 + 5 + 32);
-        assert!(big.bytes() >= verified(1000, None).bytes() + 4096 - 16);
+        assert!(big.bytes() >= Verified::for_tests(1000, None).bytes() + 4096 - 16);
     }
 
     #[test]
     fn time_checks_use_leeway() {
-        assert_eq!(check_time(&verified(1000, None), 1029), Ok(()));
+        assert_eq!(check_time(&Verified::for_tests(1000, None), 1029), Ok(()));
         assert_eq!(
-            check_time(&verified(1000, None), 1031),
+            check_time(&Verified::for_tests(1000, None), 1031),
             Err(TokenError::Expired)
         );
         assert_eq!(
-            check_time(&verified(2000, Some(1100)), 1050),
+            check_time(&Verified::for_tests(2000, Some(1100)), 1050),
             Err(TokenError::NotYetValid)
         );
-        assert_eq!(check_time(&verified(2000, Some(1100)), 1075), Ok(()));
+        assert_eq!(
+            check_time(&Verified::for_tests(2000, Some(1100)), 1075),
+            Ok(())
+        );
     }
 
     #[test]

@@ -504,11 +504,25 @@ mod tests {
 
     #[test]
     fn tokens_returned_in_headers_are_never_indexed() {
-        let v = token_value("eyJhbGciOiJSUzI1NiJ9.e30.c2ln").unwrap();
-        assert!(v.is_sensitive());
-        assert_eq!(v, "eyJhbGciOiJSUzI1NiJ9.e30.c2ln");
-        // Not a header value: nothing is sent.
-        assert!(token_value("line\nbreak").is_none());
+        let grant = |refresh: Option<&str>| Grant {
+            access_token: "eyJhbGciOiJSUzI1NiJ9.e30.c2ln".into(),
+            verified: Arc::new(Verified::for_tests(now_unix() + 600, None)),
+            expires_in: Some(600),
+            refresh_token: refresh.map(Into::into),
+        };
+        let mut h = HeaderMap::new();
+        return_tokens(&mut h, &cfg(), &grant(Some("rt-2")), Channel::Header);
+        assert_eq!(h["x-access-token"], "eyJhbGciOiJSUzI1NiJ9.e30.c2ln");
+        assert_eq!(h["x-refresh-token"], "rt-2");
+        // Never-indexed literals on h2 (RFC 7541 §7.1.3).
+        assert!(h["x-access-token"].is_sensitive());
+        assert!(h["x-refresh-token"].is_sensitive());
+        assert_eq!(h[header::CACHE_CONTROL], "no-store");
+        // A token that is no header value is not sent.
+        let mut h = HeaderMap::new();
+        return_tokens(&mut h, &cfg(), &grant(Some("line\nbreak")), Channel::Header);
+        assert!(h.contains_key("x-access-token"));
+        assert!(!h.contains_key("x-refresh-token"));
     }
 
     #[test]
